@@ -1,0 +1,212 @@
+"""The phase context a notebook opens, and the report each step returns.
+
+A notebook's first code cell after the imports calls :func:`open_phase`; every
+step function takes the returned :class:`PhaseContext`, records its check
+results in it and returns a :class:`StepReport` that Jupyter displays as a
+table (and figure). When ``run_dir`` is set, results are persisted after every
+step to ``<run_dir>/phases/<NN>.json`` so a notebook that dies half-way still
+leaves the evidence gathered so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ApprovalRequired
+from .redaction import redact, redact_obj
+from .results import CheckResult, results_frame
+from .settings import Settings, load_settings
+
+__all__ = ["PHASES", "PhaseContext", "StepReport", "open_phase", "phase_file"]
+
+log = logging.getLogger(__name__)
+
+# phase number -> (notebook file, title, mutating)
+PHASES: dict[int, tuple[str, str, bool]] = {
+    1: ("01_deployment_status.ipynb", "Deployment status", False),
+    2: ("02_deploy.ipynb", "Deploy", True),
+    3: ("03_endpoint_validation.ipynb", "Endpoint validation", False),
+    4: ("04_mission_critical.ipynb", "Mission-critical tests", False),
+    5: ("05_business_value.ipynb", "Business value", False),
+    6: ("06_rollback.ipynb", "Rollback", True),
+    7: ("07_monitoring.ipynb", "Monitoring", False),
+}
+
+
+def phase_file(run_dir: str | os.PathLike[str], phase: int) -> Path:
+    """Where a phase's results are persisted inside a run folder."""
+    return Path(run_dir) / "phases" / f"{phase:02d}.json"
+
+
+@dataclass
+class StepReport:
+    """What one step shows: its check results, a table, and optionally a figure."""
+
+    title: str
+    results: list[CheckResult]
+    table: Any = None
+    figure: Any = None
+    note: str = ""
+
+    def frame(self) -> Any:
+        """The results as a DataFrame (see :func:`results_frame`)."""
+        return results_frame(self.results)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<h4>{_esc(self.title)}</h4>"]
+        if self.note:
+            parts.append(f"<p>{_esc(redact(self.note))}</p>")
+        if self.results:
+            parts.append(_style_results(self.frame()))
+        if self.table is not None and hasattr(self.table, "to_html"):
+            parts.append(redact(self.table.to_html(index=False, escape=True)))
+        if self.figure is not None:
+            parts.append(_figure_html(self.figure))
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        lines = [self.title]
+        lines += [f"  {r.status:5} {r.id}: {r.detail}" for r in self.results]
+        return redact("\n".join(lines))
+
+
+@dataclass
+class PhaseContext:
+    """State of one phase notebook: settings, approval, results so far."""
+
+    phase: int
+    settings: Settings
+    run_dir: Path | None
+    approve: bool
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    results: list[CheckResult] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    _mutations_done: set[str] = field(default_factory=set)
+    _t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def approved(self) -> bool:
+        """True when mutating steps may run (``approve`` or the sandbox's ``auto_approve``)."""
+        return self.approve or self.settings.auto_approve
+
+    def claim_mutation(self, key: str) -> None:
+        """Mark mutating step ``key`` as run; a second claim in one context refuses.
+
+        Raises:
+            ApprovalRequired: the step already ran in this context (re-executed cell).
+        """
+        if key in self._mutations_done:
+            raise ApprovalRequired(
+                f"{key} already ran in this phase; re-run the notebook from the top "
+                "(open_phase) to approve it again"
+            )
+        self._mutations_done.add(key)
+
+    def record(self, report: StepReport) -> StepReport:
+        """Add a step's results (replacing earlier ones with the same id) and persist."""
+        ids = {r.id for r in report.results}
+        self.results = [r for r in self.results if r.id not in ids] + list(report.results)
+        if report.figure is not None:
+            self.save_figure(report.figure, _slug(report.title))
+        self.persist()
+        return report
+
+    def save_figure(self, fig: Any, name: str) -> str | None:
+        """Save a matplotlib figure as ``figures/pNN-<name>.png`` in the run folder."""
+        if self.run_dir is None:
+            return None
+        rel = f"figures/p{self.phase:02d}-{name}.png"
+        path = self.run_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        if rel not in self.figures:
+            self.figures.append(rel)
+        return rel
+
+    def persist(self) -> None:
+        """Write ``phases/<NN>.json`` (no-op without a run folder)."""
+        if self.run_dir is None:
+            return
+        path = phase_file(self.run_dir, self.phase)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "phase": self.phase,
+            "notebook": PHASES[self.phase][0],
+            "started_at": self.started_at,
+            "updated_at": datetime.now(UTC).isoformat(),
+            "elapsed_s": round(time.monotonic() - self._t0, 3),
+            "checks": [r.to_record() for r in self.results],
+            "artifacts": self.artifacts,
+            "figures": self.figures,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(redact_obj(doc), indent=2, default=str), encoding="utf-8")
+        tmp.replace(path)
+
+
+def open_phase(
+    phase: int,
+    *,
+    environment: str,
+    run_dir: str = "",
+    approve: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> PhaseContext:
+    """Load the environment and start phase ``phase``.
+
+    Args:
+        phase: 1-7.
+        environment: environment name or TOML path.
+        run_dir: run folder to persist into ('' = keep results in memory only).
+        approve: allow mutating steps.
+        overrides: dotted settings overrides, e.g. ``{"thresholds.hold_s": 5}``.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase}; phases are 1-7")
+    settings = load_settings(environment, overrides=overrides)
+    rd = Path(run_dir) if run_dir else None
+    if rd is not None:
+        rd.mkdir(parents=True, exist_ok=True)
+    ctx = PhaseContext(phase=phase, settings=settings, run_dir=rd, approve=approve)
+    ctx.persist()
+    return ctx
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40] or "figure"
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_COLORS = {"pass": "#d4edda", "fail": "#f8d7da", "error": "#f5c6cb", "warn": "#fff3cd",
+           "skip": "#e2e3e5"}
+
+
+def _style_results(frame: Any) -> str:
+    rows = []
+    for rec in frame.to_dict("records"):
+        color = _COLORS.get(rec["status"], "#fff")
+        cells = "".join(f"<td>{_esc(redact(str(rec[c])))}</td>" for c in frame.columns)
+        rows.append(f'<tr style="background:{color}">{cells}</tr>')
+    head = "".join(f"<th>{c}</th>" for c in frame.columns)
+    return f'<table class="runbook-results"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _figure_html(fig: Any) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img src="data:image/png;base64,{data}"/>'

@@ -1,0 +1,77 @@
+"""The runbook's one exception tree.
+
+::
+
+    RunbookError
+    ├── ConfigError          bad environment file, parameter or CLI usage (exit 2)
+    ├── TargetUnreachable    a host or port that cannot be reached at all
+    ├── CloudRunError        the Cloud Run Admin API or Cloud Logging refused or failed
+    ├── NotebookError        a phase notebook raised, timed out or lost its kernel (exit 3)
+    ├── ApprovalRequired     a mutating step was asked to run without approval
+    └── SandboxError         the embedded sandbox could not start, stop or answer
+
+A failing *check* is never an exception: it is a ``CheckResult`` with status
+``fail`` or ``error``. These exceptions are for the cases where the runbook itself
+cannot go on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalRequired",
+    "CloudRunError",
+    "ConfigError",
+    "NotebookError",
+    "RunbookError",
+    "SandboxError",
+    "TargetUnreachable",
+]
+
+
+class RunbookError(Exception):
+    """Root of every error the runbook raises on purpose."""
+
+
+class ConfigError(RunbookError):
+    """The environment file, a parameter or the command line is wrong.
+
+    Args:
+        message: what is wrong, naming the key.
+        source: the file (or ``--param``) the bad value came from.
+    """
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class TargetUnreachable(RunbookError):
+    """A host could not be reached (refused, unresolvable, timed out)."""
+
+
+class CloudRunError(RunbookError):
+    """The Cloud Run Admin API or Cloud Logging call failed."""
+
+
+class NotebookError(RunbookError):
+    """A phase notebook failed to execute.
+
+    Args:
+        message: what happened.
+        notebook: the notebook's file name.
+        cell_index: index of the failing cell, when known.
+    """
+
+    def __init__(self, message: str, notebook: str = "", cell_index: int | None = None) -> None:
+        self.notebook = notebook
+        self.cell_index = cell_index
+        where = f"{notebook} cell {cell_index}" if cell_index is not None else notebook
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ApprovalRequired(RunbookError):
+    """A mutating step was asked to run without approval, or a second time."""
+
+
+class SandboxError(RunbookError):
+    """The embedded sandbox could not be started, stopped or reached."""

@@ -1,0 +1,569 @@
+"""Environment files (TOML): load, validate, resolve secrets.
+
+One file describes one target (``environments/<name>.toml`` or any path). The
+schema below is the public contract of SPEC section 4; unknown keys produce a
+warning, wrong types and bad URLs raise :class:`ConfigError` naming the key and
+the file. Secrets never live in the file: only the names of environment
+variables that hold them, read here and registered for redaction at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .exceptions import ConfigError
+from .redaction import register_secret
+
+__all__ = [
+    "AuthSettings",
+    "CloudRunSettings",
+    "CommandSpec",
+    "LoggingSettings",
+    "ProtocolSettings",
+    "Settings",
+    "SourceSettings",
+    "TargetSettings",
+    "Thresholds",
+    "Timeouts",
+    "environments_dir",
+    "load_settings",
+    "resolve_environment",
+]
+
+log = logging.getLogger(__name__)
+
+AUTH_MODES = ("none", "bearer", "subprotocol", "query")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSettings:
+    """``[target]``: where the service answers."""
+
+    base_url: str = ""
+    ws_url: str = ""
+    ws_paths: tuple[str, ...] = ("/websocket", "/ws/test")
+    primary_ws_path: str = "/websocket"
+    health_path: str = "/health"
+    ws_health_path: str = "/ws/health"
+    ws_test_path: str = "/ws/test"
+    auth_url: str = ""
+    auth_config_path: str = "/auth/config"
+    auth_health_path: str = "/health"
+
+    def http(self, path: str) -> str:
+        """Absolute HTTP URL of ``path`` on the service."""
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def ws(self, path: str | None = None) -> str:
+        """Absolute WebSocket URL of ``path`` (default: the primary WS path)."""
+        return self.ws_url.rstrip("/") + "/" + (path or self.primary_ws_path).lstrip("/")
+
+    def auth(self, path: str) -> str:
+        """Absolute URL of ``path`` on the auth service ('' when none is configured)."""
+        if not self.auth_url:
+            return ""
+        return self.auth_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``[auth]``: how a WebSocket client authenticates.
+
+    ``token`` and ``jwt_secret`` hold the values read from the environment
+    variables named by ``token_env`` / ``jwt_secret_env`` (already registered
+    as secrets); ``token_endpoint`` is a dev-only URL that issues a token for a
+    user id (POST ``{"user_id": ...}`` -> ``{"token": ...}``), as the sandbox has.
+    """
+
+    mode: str = "none"
+    subprotocol: str = "jwt.{token}"
+    query_param: str = "token"
+    token_env: str = ""
+    jwt_secret_env: str = ""
+    jwt_claims: Mapping[str, Any] = field(default_factory=dict)
+    ttl_s: int = 300
+    token_endpoint: str = ""
+    default_user: str = "runbook-user"
+    token: str = field(default="", repr=False)
+    jwt_secret: str = field(default="", repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    """``[protocol]``: message templates and where fields live in frames."""
+
+    ping: Any = field(default_factory=lambda: {"type": "ping"})
+    pong_types: tuple[str, ...] = ("pong",)
+    agent_request: Any = field(
+        default_factory=lambda: {
+            "type": "agent_execute",
+            "data": {"message": "{text}", "thread_id": "{thread_id}", "run_id": "{run_id}"},
+        }
+    )
+    chat_message: Any = field(
+        default_factory=lambda: {
+            "type": "chat_message",
+            "data": {"message": "{text}", "thread_id": "{thread_id}", "run_id": "{run_id}"},
+        }
+    )
+    event_type: tuple[str, ...] = ("type", "data.type", "payload.type")
+    user_id: tuple[str, ...] = ("user_id", "data.user_id", "payload.user_id")
+    run_id: tuple[str, ...] = ("run_id", "data.run_id", "payload.run_id")
+    ignore: tuple[str, ...] = ("welcome", "connected", "heartbeat", "ack", "pong")
+    error_types: tuple[str, ...] = ("error",)
+    critical_events: tuple[str, ...] = (
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    )
+    required_fields: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "agent_started": ("type", "user_id", "run_id", "timestamp", "agent_name"),
+            "agent_thinking": ("type", "user_id", "run_id", "timestamp", "reasoning"),
+            "tool_executing": ("type", "user_id", "run_id", "timestamp", "tool_name"),
+            "tool_completed": ("type", "user_id", "run_id", "timestamp", "tool_name", "results"),
+            "agent_completed": ("type", "user_id", "run_id", "timestamp", "final_response"),
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CloudRunSettings:
+    """``[cloudrun]``: the service on Cloud Run (or the sandbox emulator)."""
+
+    project: str = ""
+    region: str = ""
+    service: str = ""
+    api_endpoint: str = ""
+    deploy_image: str = ""
+    deploy_command: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.project and self.region and self.service)
+
+    @property
+    def service_path(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """``[logging]``: Cloud Logging reads (same endpoint as Cloud Run unless set)."""
+
+    enabled: bool = False
+    api_endpoint: str = ""
+    lookback_s: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """``[source]``: the local checkout the deploy is built from."""
+
+    repo_dir: str = ""
+    expected_branch: str = ""
+    app: str = ""
+    expected_ws_routes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One configured command (``[[commands.predeploy]]`` / ``[[commands.mission_critical]]``)."""
+
+    name: str
+    run: str
+    timeout_s: float = 300.0
+    junit: str = ""
+    cwd: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """``[thresholds]``: pass/fail limits; defaults are the seed plan's numbers."""
+
+    health_ready_s: float = 30.0
+    ws_health_ready_s: float = 60.0
+    http_latency_s: float = 1.0
+    http_latency_samples: int = 5
+    load_connections: int = 10
+    load_messages: int = 1
+    load_ramp_s: float = 0.0
+    load_success_rate: float = 0.8
+    load_p95_s: float = 3.0
+    isolation_users: int = 5
+    isolation_success_rate: float = 0.8
+    isolation_response_s: float = 5.0
+    event_timeout_s: float = 30.0
+    critical_events_min: int = 5
+    tests_max_s: float = 300.0
+    monitor_window_s: float = 60.0
+    monitor_interval_s: float = 2.0
+    monitor_uptime: float = 0.999
+    monitor_ws_failure_rate: float = 0.01
+    monitor_avg_response_s: float = 2.0
+    hold_s: float = 30.0
+    poll_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """``[timeouts]``: every network wait is bounded by one of these."""
+
+    connect_s: float = 5.0
+    read_s: float = 10.0
+    cloudrun_s: float = 30.0
+    operation_s: float = 300.0
+    command_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A validated environment file."""
+
+    name: str
+    path: str
+    target: TargetSettings
+    auth: AuthSettings
+    protocol: ProtocolSettings
+    cloudrun: CloudRunSettings
+    logging: LoggingSettings
+    source: SourceSettings
+    predeploy: tuple[CommandSpec, ...]
+    mission_critical: tuple[CommandSpec, ...]
+    thresholds: Thresholds
+    timeouts: Timeouts
+    auto_approve: bool = False
+    sandbox: bool = False
+    present: frozenset[str] = frozenset()
+    warnings: tuple[str, ...] = ()
+
+    def has(self, section: str) -> bool:
+        """True when ``[section]`` was present in the file."""
+        return section in self.present
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """The settings as a dict with no secret value in it (for manifests and displays)."""
+        out: dict[str, Any] = {"name": self.name, "path": self.path}
+        for part in ("target", "auth", "protocol", "cloudrun", "logging", "source",
+                     "thresholds", "timeouts"):
+            obj = getattr(self, part)
+            out[part] = {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+        out["auth"]["token"] = "[set]" if self.auth.token else ""
+        out["auth"]["jwt_secret"] = "[set]" if self.auth.jwt_secret else ""
+        out["commands"] = {
+            "predeploy": [_cmd(c) for c in self.predeploy],
+            "mission_critical": [_cmd(c) for c in self.mission_critical],
+        }
+        out["auto_approve"] = self.auto_approve
+        return out
+
+    def with_thresholds(self, **overrides: Any) -> Settings:
+        """Copy with some thresholds replaced (used by ``--param``)."""
+        return replace(self, thresholds=replace(self.thresholds, **overrides))
+
+
+def _cmd(c: CommandSpec) -> dict[str, Any]:
+    return {"name": c.name, "run": c.run, "timeout_s": c.timeout_s, "junit": c.junit, "cwd": c.cwd}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ---------------------------------------------------------------- resolution
+
+def environments_dir() -> Path:
+    """The ``environments/`` folder (``RUNBOOK_ENV_DIR`` overrides; default: ./environments)."""
+    return Path(os.environ.get("RUNBOOK_ENV_DIR") or Path.cwd() / "environments")
+
+
+def resolve_environment(name_or_path: str) -> Path:
+    """Path of an environment given by name (``environments/<name>.toml``) or by path.
+
+    Raises:
+        ConfigError: when no such file exists.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".toml" or os.sep in name_or_path or "/" in name_or_path:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"environment file not found: {candidate}")
+    named = environments_dir() / f"{name_or_path}.toml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in environments_dir().glob("*.toml"))
+    raise ConfigError(
+        f"unknown environment {name_or_path!r}: no {named}. Known: {', '.join(known) or 'none'}"
+    )
+
+
+# ---------------------------------------------------------------- loading
+
+_SECTIONS: dict[str, type] = {
+    "target": TargetSettings,
+    "auth": AuthSettings,
+    "protocol": ProtocolSettings,
+    "cloudrun": CloudRunSettings,
+    "logging": LoggingSettings,
+    "source": SourceSettings,
+    "thresholds": Thresholds,
+    "timeouts": Timeouts,
+}
+_TOP_KEYS = {"name", "auto_approve", "sandbox", "commands", *_SECTIONS}
+_PRIVATE = {"auth": {"token", "jwt_secret"}}
+
+
+def load_settings(
+    name_or_path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load and validate an environment file.
+
+    Args:
+        name_or_path: environment name (``environments/<name>.toml``) or a path.
+        environ: where secret environment variables are read (default ``os.environ``).
+        overrides: dotted keys replacing file values, e.g. ``{"thresholds.hold_s": 5}``.
+
+    Returns:
+        The validated :class:`Settings`; ``warnings`` lists unknown keys.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, wrong type, missing key, bad URL.
+    """
+    path = resolve_environment(os.fspath(name_or_path))
+    src = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", src) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", src) from exc
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value, src)
+    return settings_from_dict(raw, source=src, environ=environ)
+
+
+def settings_from_dict(
+    raw: Mapping[str, Any], *, source: str = "<dict>", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate an already-parsed environment mapping (see :func:`load_settings`)."""
+    env = os.environ if environ is None else environ
+    warnings: list[str] = []
+    for key in raw:
+        if key not in _TOP_KEYS:
+            warnings.append(f"unknown top-level key {key!r} (ignored)")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("'name' is required and must be a non-empty string", source)
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"'name' = {name!r} may only hold letters, digits, '-', '_', '.'", source)
+
+    parts: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{section}] must be a table", source)
+        parts[section] = _build(cls, section, table, source, warnings)
+
+    target: TargetSettings = parts["target"]
+    if "target" in raw:
+        target = _validate_target(target, source)
+    parts["target"] = target
+
+    auth: AuthSettings = parts["auth"]
+    if auth.mode not in AUTH_MODES:
+        raise ConfigError(f"[auth] mode = {auth.mode!r}: expected one of {AUTH_MODES}", source)
+    token = env.get(auth.token_env, "") if auth.token_env else ""
+    secret = env.get(auth.jwt_secret_env, "") if auth.jwt_secret_env else ""
+    register_secret(token)
+    register_secret(secret)
+    if auth.token_endpoint:
+        _check_url("auth.token_endpoint", auth.token_endpoint, ("http", "https"), source)
+    parts["auth"] = replace(auth, token=token, jwt_secret=secret)
+
+    commands = raw.get("commands", {})
+    if not isinstance(commands, Mapping):
+        raise ConfigError("[commands] must be a table", source)
+    for key in commands:
+        if key not in ("predeploy", "mission_critical"):
+            warnings.append(f"unknown key commands.{key} (ignored)")
+    predeploy = _commands(commands.get("predeploy", []), "predeploy", source)
+    mission = _commands(commands.get("mission_critical", []), "mission_critical", source)
+
+    for key, val in (("auto_approve", raw.get("auto_approve", False)),
+                     ("sandbox", raw.get("sandbox", False))):
+        if not isinstance(val, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {val!r}", source)
+
+    for w in warnings:
+        log.warning("%s: %s", source, w)
+    present = frozenset(k for k in raw if k in _SECTIONS or k == "commands")
+    return Settings(
+        name=name,
+        path=source,
+        target=parts["target"],
+        auth=parts["auth"],
+        protocol=parts["protocol"],
+        cloudrun=parts["cloudrun"],
+        logging=parts["logging"],
+        source=parts["source"],
+        predeploy=predeploy,
+        mission_critical=mission,
+        thresholds=parts["thresholds"],
+        timeouts=parts["timeouts"],
+        auto_approve=bool(raw.get("auto_approve", False)),
+        sandbox=bool(raw.get("sandbox", False)),
+        present=present,
+        warnings=tuple(warnings),
+    )
+
+
+def _build(cls: type, section: str, table: Mapping[str, Any], source: str,
+           warnings: list[str]) -> Any:
+    defaults = cls()
+    known = {f.name: f for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else {}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known or key in _PRIVATE.get(section, ()):
+            warnings.append(f"unknown key {section}.{key} (ignored)")
+            continue
+        kwargs[key] = _coerce(section, key, value, getattr(defaults, key), source)
+    return cls(**kwargs)
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> Any:
+    where = f"{section}.{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}", source)
+        return value
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, int) \
+            and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{where} must not be negative, got {value}", source)
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}", source)
+        if value < 0:
+            raise ConfigError(f"{where} must not be negative, got {value}", source)
+        return type(default)(value) if isinstance(default, float) else value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}", source)
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}", source)
+        return tuple(value)
+    if isinstance(default, Mapping) and not isinstance(value, Mapping) and key != "ping" and \
+            key not in ("agent_request", "chat_message"):
+        raise ConfigError(f"{where} must be a table, got {value!r}", source)
+    if key == "required_fields":
+        out: dict[str, tuple[str, ...]] = {}
+        for etype, paths in value.items():
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise ConfigError(f"{where}.{etype} must be a list of field paths", source)
+            out[str(etype)] = tuple(paths)
+        return out
+    if key in ("ping", "agent_request", "chat_message"):
+        if not isinstance(value, (str, Mapping)):
+            raise ConfigError(f"{where} must be a string or a table template", source)
+        return value
+    return value
+
+
+def _validate_target(t: TargetSettings, source: str) -> TargetSettings:
+    if not t.base_url:
+        raise ConfigError("target.base_url is required when [target] is present", source)
+    _check_url("target.base_url", t.base_url, ("http", "https"), source)
+    ws_url = t.ws_url
+    if ws_url:
+        _check_url("target.ws_url", ws_url, ("ws", "wss"), source)
+    else:
+        parts = urlsplit(t.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        ws_url = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+    if t.auth_url:
+        _check_url("target.auth_url", t.auth_url, ("http", "https"), source)
+    for key in ("primary_ws_path", "health_path", "ws_health_path", "ws_test_path",
+                "auth_config_path", "auth_health_path"):
+        value = getattr(t, key)
+        if value and not value.startswith("/"):
+            raise ConfigError(f"target.{key} = {value!r} must start with '/'", source)
+    for p in t.ws_paths:
+        if not p.startswith("/"):
+            raise ConfigError(f"target.ws_paths entry {p!r} must start with '/'", source)
+    paths = t.ws_paths or (t.primary_ws_path,)
+    return replace(t, ws_url=ws_url, ws_paths=paths)
+
+
+def _check_url(key: str, url: str, schemes: tuple[str, ...], source: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ConfigError(
+            f"{key} = {url!r}: scheme must be {' or '.join(schemes)}, not {parts.scheme!r}", source
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{key} = {url!r} has no host", source)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{key} = {url!r}: {exc}", source) from exc
+
+
+def _commands(value: Any, key: str, source: str) -> tuple[CommandSpec, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"commands.{key} must be an array of tables", source)
+    out: list[CommandSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        where = f"commands.{key}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where} must be a table with name and run", source)
+        name, run = item.get("name"), item.get("run")
+        if not isinstance(name, str) or not name or not isinstance(run, str) or not run:
+            raise ConfigError(f"{where} needs string keys 'name' and 'run'", source)
+        if name in seen:
+            raise ConfigError(f"{where}: duplicate name {name!r}", source)
+        seen.add(name)
+        timeout = item.get("timeout_s", 300.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"{where}.timeout_s must be a positive number", source)
+        for extra in ("junit", "cwd"):
+            if extra in item and not isinstance(item[extra], str):
+                raise ConfigError(f"{where}.{extra} must be a string", source)
+        out.append(CommandSpec(name=name, run=run, timeout_s=float(timeout),
+                               junit=item.get("junit", ""), cwd=item.get("cwd", "")))
+    return tuple(out)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a table", source)
+    node[keys[-1]] = value
