@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .exceptions import ApprovalRequired
+from .exceptions import ApprovalRequired, ConfigError
 from .redaction import redact, redact_obj
 from .results import CheckResult, results_frame
 from .settings import Settings, load_settings
@@ -159,6 +159,7 @@ def open_phase(
     run_dir: str = "",
     approve: bool = False,
     overrides: dict[str, Any] | None = None,
+    overrides_json: str = "",
 ) -> PhaseContext:
     """Load the environment and start phase ``phase``.
 
@@ -168,10 +169,23 @@ def open_phase(
         run_dir: run folder to persist into ('' = keep results in memory only).
         approve: allow mutating steps.
         overrides: dotted settings overrides, e.g. ``{"thresholds.hold_s": 5}``.
+        overrides_json: the same as a JSON object string (what papermill passes).
+
+    Raises:
+        ConfigError: bad environment file or overrides.
     """
     if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase}; phases are 1-7")
-    settings = load_settings(environment, overrides=overrides)
+        raise ConfigError(f"unknown phase {phase}; phases are 1-7")
+    merged = dict(overrides or {})
+    if overrides_json and overrides_json.strip() not in ("", "{}"):
+        try:
+            parsed = json.loads(overrides_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"overrides_json is not valid JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise ConfigError("overrides_json must be a JSON object of dotted keys")
+        merged.update(parsed)
+    settings = load_settings(environment, overrides=merged)
     rd = Path(run_dir) if run_dir else None
     if rd is not None:
         rd.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,245 @@
+"""Protocol profiles: render outgoing messages, classify incoming frames.
+
+Real services differ in where they put an event's type, user and run ids (flat
+at the root, under ``data`` or under ``payload``), in the frames they send that
+are not events (welcome, heartbeat, ack, pong) and in their message shapes.
+All of that is :class:`~runbook_lib.settings.ProtocolSettings`; this module is
+the one place that reads it. Parsing never raises: a binary, non-JSON or
+oversized frame is a :class:`Frame` of the matching :class:`FrameKind`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .redaction import redact
+from .settings import ProtocolSettings
+
+__all__ = [
+    "MAX_PARSE_BYTES",
+    "PLACEHOLDERS",
+    "Frame",
+    "FrameKind",
+    "first_path",
+    "get_path",
+    "has_path",
+    "parse_frame",
+    "render_message",
+    "render_template",
+]
+
+# Frames above this size are classified, not parsed: a 10 MB JSON blob is not an event
+# any agent protocol sends, and parsing it would stall the observer.
+MAX_PARSE_BYTES = 1_000_000
+PLACEHOLDERS = ("text", "user_id", "thread_id", "run_id")
+_EXCERPT = 200
+_MISSING = object()
+
+
+class FrameKind(StrEnum):
+    """What a received frame turned out to be."""
+
+    EVENT = "event"  # JSON with a type that is neither ignorable nor an error
+    IGNORED = "ignored"  # welcome / heartbeat / ack / pong
+    ERROR = "error"  # a frame whose type is one of ``error_types``
+    UNTYPED = "untyped"  # JSON, but no type at any configured path
+    NON_JSON = "non_json"  # text that is not JSON
+    BINARY = "binary"  # bytes that are not UTF-8 JSON
+    OVERSIZED = "oversized"  # larger than MAX_PARSE_BYTES: not parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One received frame, classified.
+
+    Attributes:
+        t: arrival time in seconds since the reference moment (usually the send).
+        size: raw size in bytes.
+        kind: classification (see :class:`FrameKind`).
+        event_type: the type found at the first matching ``event_type`` path.
+        user_id: the user id found at the first matching ``user_id`` path.
+        run_id: the run id found at the first matching ``run_id`` path.
+        binary: True when the frame arrived as a binary frame.
+        data: the parsed JSON value (None unless JSON).
+        excerpt: the first characters of the frame, redacted (for the record).
+    """
+
+    t: float
+    size: int
+    kind: FrameKind
+    event_type: str | None = None
+    user_id: str | None = None
+    run_id: str | None = None
+    binary: bool = False
+    data: Any = None
+    excerpt: str = ""
+
+    @property
+    def is_event(self) -> bool:
+        """True for a typed, non-ignorable, non-error JSON frame."""
+        return self.kind is FrameKind.EVENT
+
+    @property
+    def is_error(self) -> bool:
+        """True for an error frame."""
+        return self.kind is FrameKind.ERROR
+
+    @property
+    def ignorable(self) -> bool:
+        """True for welcome, heartbeat, ack and pong frames."""
+        return self.kind is FrameKind.IGNORED
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary (no payload beyond the redacted excerpt)."""
+        return {
+            "t": round(self.t, 4),
+            "size": self.size,
+            "kind": str(self.kind),
+            "event_type": self.event_type,
+            "user_id": self.user_id,
+            "run_id": self.run_id,
+            "binary": self.binary,
+            "excerpt": self.excerpt,
+        }
+
+
+def get_path(obj: Any, path: str, default: Any = None) -> Any:
+    """Value at dotted ``path`` (``"data.type"``) inside nested mappings, else ``default``.
+
+    Integer segments index into lists (``"items.0.id"``).
+    """
+    cur = obj
+    for part in path.split("."):
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return default
+    return cur
+
+
+def has_path(obj: Any, path: str) -> bool:
+    """True when ``path`` exists in ``obj`` (even if its value is null)."""
+    return get_path(obj, path, _MISSING) is not _MISSING
+
+
+def first_path(obj: Any, paths: Iterable[str]) -> str | None:
+    """First non-empty scalar found at any of ``paths``, as a string (None if none)."""
+    for path in paths:
+        value = get_path(obj, path)
+        if value is None or isinstance(value, (Mapping, list)):
+            continue
+        text = str(value)
+        if text:
+            return text
+    return None
+
+
+def _substitute(text: str, values: Mapping[str, str]) -> str:
+    # Plain replacement (not str.format) so literal JSON braces in templates survive.
+    for key in PLACEHOLDERS:
+        text = text.replace("{" + key + "}", values.get(key, ""))
+    return text
+
+
+def _render_obj(template: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(template, str):
+        return _substitute(template, values)
+    if isinstance(template, Mapping):
+        return {str(k): _render_obj(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_render_obj(v, values) for v in template]
+    return template
+
+
+def render_template(
+    template: Any, *, text: str = "", user_id: str = "", thread_id: str = "", run_id: str = ""
+) -> str:
+    """Render a message template to the text frame to send.
+
+    A table template (dict) has ``{text}`` ``{user_id}`` ``{thread_id}`` ``{run_id}``
+    substituted in its string leaves and is serialised as JSON; a string template has
+    only those placeholders replaced (other braces are kept verbatim).
+    """
+    values = {"text": text, "user_id": user_id, "thread_id": thread_id, "run_id": run_id}
+    if isinstance(template, str):
+        return _substitute(template, values)
+    return json.dumps(_render_obj(template, values), separators=(",", ":"))
+
+
+def render_message(protocol: ProtocolSettings, name: str, **values: str) -> str:
+    """Render the configured template ``name`` (``ping``, ``agent_request``, ``chat_message``).
+
+    Raises:
+        ValueError: ``name`` is not a template of the protocol.
+    """
+    if name not in ("ping", "agent_request", "chat_message"):
+        raise ValueError(f"unknown message template {name!r}")
+    return render_template(getattr(protocol, name), **values)
+
+
+def _excerpt(text: str) -> str:
+    short = text if len(text) <= _EXCERPT else text[:_EXCERPT] + "…"
+    return redact(short)
+
+
+def parse_frame(
+    message: str | bytes | bytearray | memoryview,
+    protocol: ProtocolSettings,
+    *,
+    t: float = 0.0,
+    max_parse_bytes: int = MAX_PARSE_BYTES,
+) -> Frame:
+    """Classify one received frame; never raises.
+
+    Args:
+        message: the frame as received (``str`` for text frames, bytes for binary).
+        protocol: where types and ids live, which types are ignorable or errors.
+        t: arrival time to record (seconds since the reference moment).
+        max_parse_bytes: frames larger than this are ``OVERSIZED`` and not parsed.
+    """
+    binary = not isinstance(message, str)
+    raw: bytes = bytes(message) if binary else message.encode("utf-8", "surrogatepass")
+    size = len(raw)
+    if size > max_parse_bytes:
+        head = raw[:_EXCERPT].decode("utf-8", "replace")
+        return Frame(t=t, size=size, kind=FrameKind.OVERSIZED, binary=binary, excerpt=_excerpt(head))
+    if binary:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Frame(t=t, size=size, kind=FrameKind.BINARY, binary=True, excerpt=raw[:32].hex())
+    else:
+        text = message  # type: ignore[assignment]
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        kind = FrameKind.BINARY if binary else FrameKind.NON_JSON
+        return Frame(t=t, size=size, kind=kind, binary=binary, excerpt=_excerpt(text))
+    event_type = first_path(data, protocol.event_type) if isinstance(data, Mapping) else None
+    user_id = first_path(data, protocol.user_id) if isinstance(data, Mapping) else None
+    run_id = first_path(data, protocol.run_id) if isinstance(data, Mapping) else None
+    if event_type is None:
+        kind = FrameKind.UNTYPED
+    elif event_type in protocol.error_types:
+        kind = FrameKind.ERROR
+    elif event_type in protocol.ignore or event_type in protocol.pong_types:
+        kind = FrameKind.IGNORED
+    else:
+        kind = FrameKind.EVENT
+    return Frame(
+        t=t,
+        size=size,
+        kind=kind,
+        event_type=event_type,
+        user_id=user_id,
+        run_id=run_id,
+        binary=binary,
+        data=data,
+        excerpt=_excerpt(text),
+    )

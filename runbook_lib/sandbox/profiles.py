@@ -1,0 +1,124 @@
+"""Sandbox backend profiles: the faults a sandbox revision can carry.
+
+A revision's profile is chosen by its container image tag
+(``sandbox/backend:<profile>``), exactly as a real Cloud Run revision's
+behaviour is fixed by the image it was deployed from. The knobs below tune the
+time-based faults and are read from the backend process's environment, so the
+daemon (or a test) can shorten them without a code change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_DELAY_S",
+    "DEFAULT_IDLE_CLOSE_S",
+    "DEFAULT_WARMUP_S",
+    "IMAGE_PREFIX",
+    "PROFILES",
+    "ROUTER_STRIPS_UPGRADE",
+    "ProfileKnobs",
+    "image_for_profile",
+    "profile_from_image",
+]
+
+IMAGE_PREFIX = "sandbox/backend:"
+
+PROFILES: dict[str, str] = {
+    "healthy": "Everything works: WebSocket routes registered, auth enforced, all five events in order.",
+    "ws-routes-missing": "The WebSocket router was not included: WS upgrades, /ws/health and /ws/test "
+    "answer 404 while /health is 200 (the incident).",
+    "proxy-strips-upgrade": "The app is healthy but the front end strips Upgrade/Connection hop-by-hop "
+    "headers, so the backend sees a plain GET and the handshake fails.",
+    "slow-warmup": "Every endpoint answers 503 {'status': 'starting'} for SANDBOX_WARMUP_S seconds "
+    "after start (WS handshakes refused with 503).",
+    "drop-events": "Agent runs never emit tool_completed.",
+    "reorder-events": "Agent runs emit tool_executing before agent_thinking.",
+    "cross-user-leak": "Agent events are broadcast to every open socket, other users included.",
+    "auth-bypass": "Any token (or none) is accepted; the user id is read from the unverified token.",
+    "idle-close": "SANDBOX_IDLE_CLOSE_S after accept the server drops the TCP connection without "
+    "a close frame (the client sees 1006).",
+    "slow-responses": "SANDBOX_DELAY_S is added before every HTTP response and every WebSocket reply.",
+    "deploy-fails": "The container exits with code 1 at startup and never listens.",
+}
+
+# Profiles whose fault lives in the front end (the router), not in the app.
+ROUTER_STRIPS_UPGRADE: set[str] = {"proxy-strips-upgrade"}
+
+DEFAULT_WARMUP_S = 6.0
+DEFAULT_IDLE_CLOSE_S = 3.0
+DEFAULT_DELAY_S = 1.5
+
+
+def profile_from_image(image: str) -> str:
+    """Return the profile named by a sandbox image reference.
+
+    Args:
+        image: ``sandbox/backend:<profile>`` (a registry host prefix such as
+            ``localhost/sandbox/backend:healthy`` is tolerated).
+
+    Raises:
+        ValueError: the image is not a sandbox backend image or names an unknown profile.
+    """
+    ref = image.strip()
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or not (repo == "sandbox/backend" or repo.endswith("/sandbox/backend")):
+        raise ValueError(
+            f"not a sandbox backend image: {image!r}; expected '{IMAGE_PREFIX}<profile>' "
+            f"with profile one of {sorted(PROFILES)}"
+        )
+    if tag not in PROFILES:
+        raise ValueError(
+            f"unknown sandbox profile {tag!r} in image {image!r}; known profiles: {sorted(PROFILES)}"
+        )
+    return tag
+
+
+def image_for_profile(profile: str) -> str:
+    """Return the image reference that selects ``profile`` (inverse of :func:`profile_from_image`).
+
+    Raises:
+        ValueError: unknown profile.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown sandbox profile {profile!r}; known profiles: {sorted(PROFILES)}")
+    return f"{IMAGE_PREFIX}{profile}"
+
+
+def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileKnobs:
+    """Timing knobs of the time-based profiles (seconds)."""
+
+    warmup_s: float = DEFAULT_WARMUP_S
+    idle_close_s: float = DEFAULT_IDLE_CLOSE_S
+    delay_s: float = DEFAULT_DELAY_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProfileKnobs:
+        """Read ``SANDBOX_WARMUP_S``, ``SANDBOX_IDLE_CLOSE_S``, ``SANDBOX_DELAY_S``.
+
+        Raises:
+            ValueError: a knob is set but not a non-negative number.
+        """
+        env = os.environ if env is None else env
+        return cls(
+            warmup_s=_float_env(env, "SANDBOX_WARMUP_S", DEFAULT_WARMUP_S),
+            idle_close_s=_float_env(env, "SANDBOX_IDLE_CLOSE_S", DEFAULT_IDLE_CLOSE_S),
+            delay_s=_float_env(env, "SANDBOX_DELAY_S", DEFAULT_DELAY_S),
+        )
