@@ -43,7 +43,7 @@ class _Echo(WSListener):
 class _DelayedEcho(WSListener):
     """Replies ``delay_s`` after each frame, recording the delay actually applied."""
 
-    __slots__ = ("_delay", "_applied")
+    __slots__ = ("_applied", "_delay")
 
     def __init__(self, delay_s: float, applied: list[float]) -> None:
         self._delay = delay_s

@@ -204,11 +204,15 @@ def parse_frame(
         max_parse_bytes: frames larger than this are ``OVERSIZED`` and not parsed.
     """
     binary = not isinstance(message, str)
-    raw: bytes = bytes(message) if binary else message.encode("utf-8", "surrogatepass")
+    raw: bytes = (
+        message.encode("utf-8", "surrogatepass") if isinstance(message, str) else bytes(message)
+    )
     size = len(raw)
     if size > max_parse_bytes:
         head = raw[:_EXCERPT].decode("utf-8", "replace")
-        return Frame(t=t, size=size, kind=FrameKind.OVERSIZED, binary=binary, excerpt=_excerpt(head))
+        return Frame(
+            t=t, size=size, kind=FrameKind.OVERSIZED, binary=binary, excerpt=_excerpt(head)
+        )
     if binary:
         try:
             text = raw.decode("utf-8")

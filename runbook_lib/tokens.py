@@ -176,8 +176,9 @@ async def obtain_token(
         register_secret(auth.token)
         return TokenResult(token=auth.token, source="env", user_id=user)
     if auth.token and expired:
-        return TokenResult(source="env", user_id=user,
-                           error="a ready token from token_env cannot be made expired")
+        return TokenResult(
+            source="env", user_id=user, error="a ready token from token_env cannot be made expired"
+        )
     return TokenResult(
         user_id=user,
         error="no token source configured (set auth.jwt_secret_env, auth.token_endpoint "
@@ -196,8 +197,11 @@ async def _from_endpoint(
     try:
         resp = await http.post(url, json=body, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        return TokenResult(source="endpoint", user_id=user,
-                           error=f"token endpoint {url} unreachable: {type(exc).__name__}: {exc}")
+        return TokenResult(
+            source="endpoint",
+            user_id=user,
+            error=f"token endpoint {url} unreachable: {type(exc).__name__}: {exc}",
+        )
     finally:
         if own:
             await http.aclose()
@@ -215,8 +219,9 @@ async def _from_endpoint(
             error=f"token endpoint {url} answered HTTP {resp.status_code} without a token: "
             f"{redact(resp.text[:200])}",
         )
-    return TokenResult(token=token, source="endpoint", user_id=user,
-                       expires_at=doc.get("expires_at"))
+    return TokenResult(
+        token=token, source="endpoint", user_id=user, expires_at=doc.get("expires_at")
+    )
 
 
 def connect_auth(auth: AuthSettings, token: str | None) -> ConnectAuth:
@@ -266,28 +271,47 @@ async def negative_cases(
     out = [NegativeCase("missing", True, ConnectAuth(), "no credentials sent")]
     # Token-shaped but not a JWT; long enough to be registered (harmless) as a secret.
     malformed = "not-a-jwt." + secrets.token_hex(8)
-    out.append(NegativeCase("malformed", True, connect_auth(auth, malformed),
-                            "a random string that is not a JWT"))
+    out.append(
+        NegativeCase(
+            "malformed", True, connect_auth(auth, malformed), "a random string that is not a JWT"
+        )
+    )
 
     if auth.jwt_secret:
-        wrong = mint_jwt(secrets.token_hex(32), user, ttl_s=auth.ttl_s,
-                         claims=dict(auth.jwt_claims))
-        out.append(NegativeCase("wrong_signature", True, connect_auth(auth, wrong),
-                                "claims for the test user signed with a random key"))
+        wrong = mint_jwt(
+            secrets.token_hex(32), user, ttl_s=auth.ttl_s, claims=dict(auth.jwt_claims)
+        )
+        out.append(
+            NegativeCase(
+                "wrong_signature",
+                True,
+                connect_auth(auth, wrong),
+                "claims for the test user signed with a random key",
+            )
+        )
     else:
         valid = await obtain_token(auth, user, client=client, timeout_s=timeout_s)
         forged = _resign(valid.token) if valid.ok else None
         if forged:
-            out.append(NegativeCase("wrong_signature", True, connect_auth(auth, forged),
-                                    f"a valid token ({valid.source}) re-signed with a random key"))
+            out.append(
+                NegativeCase(
+                    "wrong_signature",
+                    True,
+                    connect_auth(auth, forged),
+                    f"a valid token ({valid.source}) re-signed with a random key",
+                )
+            )
         else:
             why = valid.error or "the configured token is not a JWT, so it cannot be re-signed"
             out.append(NegativeCase("wrong_signature", False, reason=why))
 
     expired = await obtain_token(auth, user, client=client, timeout_s=timeout_s, expired=True)
     if expired.ok:
-        how = "minted with a past exp" if expired.source == "jwt_secret" else \
-            "issued already expired by the token endpoint"
+        how = (
+            "minted with a past exp"
+            if expired.source == "jwt_secret"
+            else "issued already expired by the token endpoint"
+        )
         out.append(NegativeCase("expired", True, connect_auth(auth, expired.token), how))
     else:
         out.append(NegativeCase("expired", False, reason=expired.error))

@@ -28,20 +28,28 @@ __all__ = [
 IMAGE_PREFIX = "sandbox/backend:"
 
 PROFILES: dict[str, str] = {
-    "healthy": "Everything works: WebSocket routes registered, auth enforced, all five events in order.",
-    "ws-routes-missing": "The WebSocket router was not included: WS upgrades, /ws/health and /ws/test "
-    "answer 404 while /health is 200 (the incident).",
-    "proxy-strips-upgrade": "The app is healthy but the front end strips Upgrade/Connection hop-by-hop "
-    "headers, so the backend sees a plain GET and the handshake fails.",
-    "slow-warmup": "Every endpoint answers 503 {'status': 'starting'} for SANDBOX_WARMUP_S seconds "
-    "after start (WS handshakes refused with 503).",
+    "healthy": "Everything works: WS routes registered, auth enforced, five events in order.",
+    "ws-routes-missing": (
+        "The WebSocket router was not included: WS upgrades, /ws/health and /ws/test "
+        "answer 404 while /health is 200 (the incident)."
+    ),
+    "proxy-strips-upgrade": (
+        "The app is healthy but the front end strips the hop-by-hop Upgrade/Connection "
+        "headers, so the backend sees a plain GET and the handshake fails."
+    ),
+    "slow-warmup": (
+        "Every endpoint answers 503 {'status': 'starting'} for SANDBOX_WARMUP_S seconds "
+        "after start (WS handshakes refused with 503)."
+    ),
     "drop-events": "Agent runs never emit tool_completed.",
     "reorder-events": "Agent runs emit tool_executing before agent_thinking.",
     "cross-user-leak": "Agent events are broadcast to every open socket, other users included.",
-    "auth-bypass": "Any token (or none) is accepted; the user id is read from the unverified token.",
-    "idle-close": "SANDBOX_IDLE_CLOSE_S after accept the server drops the TCP connection without "
-    "a close frame (the client sees 1006).",
-    "slow-responses": "SANDBOX_DELAY_S is added before every HTTP response and every WebSocket reply.",
+    "auth-bypass": "Any token (or none) is accepted; the user id comes from the unverified token.",
+    "idle-close": (
+        "SANDBOX_IDLE_CLOSE_S after accept the server drops the TCP connection without "
+        "a close frame (the client sees 1006)."
+    ),
+    "slow-responses": "SANDBOX_DELAY_S is added before every HTTP response and WebSocket reply.",
     "deploy-fails": "The container exits with code 1 at startup and never listens.",
 }
 
@@ -72,7 +80,8 @@ def profile_from_image(image: str) -> str:
         )
     if tag not in PROFILES:
         raise ValueError(
-            f"unknown sandbox profile {tag!r} in image {image!r}; known profiles: {sorted(PROFILES)}"
+            f"unknown sandbox profile {tag!r} in image {image!r}; "
+            f"known profiles: {sorted(PROFILES)}"
         )
     return tag
 

@@ -1,0 +1,550 @@
+"""The Cloud Run adapter: describe the service, list revisions, deploy, move traffic.
+
+A small protocol (:class:`CloudRun`) the runbook phases call, implemented by
+:class:`GoogleCloudRun` over the real ``google.cloud.run_v2`` REST clients. With
+``[cloudrun] api_endpoint`` set to the sandbox emulator, the sandbox and Google
+are the same code path. Blocking client calls run in ``asyncio.to_thread``, each
+bounded by ``settings.timeouts``; every failure becomes :class:`CloudRunError`
+with a message a person can act on. A deploy whose operation fails is *not* an
+exception: it is an :class:`OperationOutcome` with ``succeeded=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from .exceptions import CloudRunError
+from .settings import Settings
+
+__all__ = [
+    "CloudRun",
+    "GoogleCloudRun",
+    "OperationOutcome",
+    "RevisionInfo",
+    "ServiceInfo",
+    "TrafficTarget",
+    "cloudrun_client",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+_REVISION = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficTarget:
+    """One traffic target: ``LATEST`` (the latest ready revision) or a named ``REVISION``."""
+
+    type: str
+    revision: str
+    percent: int
+    tag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionInfo:
+    """One revision; ``percent`` is its serving share from the service's trafficStatuses."""
+
+    name: str
+    full_name: str
+    create_time: datetime | None
+    ready: bool
+    ready_message: str
+    image: str
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What ``gcloud run services describe`` shows, flattened for checks."""
+
+    name: str
+    uri: str
+    latest_ready_revision: str
+    latest_created_revision: str
+    traffic: tuple[TrafficTarget, ...]
+    traffic_statuses: tuple[TrafficTarget, ...]
+    image: str
+    timeout_s: float | None
+    concurrency: int | None
+    min_instances: int | None
+    max_instances: int | None
+    session_affinity: bool
+    use_http2: bool
+    ingress: str
+    ready: bool
+    ready_message: str
+    generation: int
+
+    @property
+    def serving_revisions(self) -> dict[str, int]:
+        """Revision -> percent of traffic it actually serves (LATEST resolved)."""
+        out: dict[str, int] = {}
+        for t in self.traffic_statuses or self.traffic:
+            rev = t.revision or (self.latest_ready_revision if t.type == "LATEST" else "")
+            if rev and t.percent:
+                out[rev] = out.get(rev, 0) + t.percent
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class OperationOutcome:
+    """How a long-running update ended (a failed rollout is data, not an exception)."""
+
+    name: str
+    done: bool
+    succeeded: bool
+    error: str
+    revision: str
+    duration_s: float
+
+
+class CloudRun(Protocol):
+    """What the runbook needs from Cloud Run (build one with :func:`cloudrun_client`)."""
+
+    async def get_service(self) -> ServiceInfo:
+        """Describe the service."""
+        ...
+
+    async def list_revisions(self, limit: int | None = None) -> list[RevisionInfo]:
+        """Revisions, newest first."""
+        ...
+
+    async def deploy(self, image: str) -> OperationOutcome:
+        """Roll out ``image`` as a new revision; wait for the operation."""
+        ...
+
+    async def set_traffic(self, targets: list[TrafficTarget]) -> OperationOutcome:
+        """Replace the traffic split; wait for the operation."""
+        ...
+
+    def deploy_request(self, image: str) -> dict[str, Any]:
+        """The exact REST request :meth:`deploy` sends (for dry runs)."""
+        ...
+
+    def traffic_request(self, targets: Sequence[TrafficTarget]) -> dict[str, Any]:
+        """The exact REST request :meth:`set_traffic` sends (for dry runs)."""
+        ...
+
+    def gcloud_deploy_command(self, image: str) -> str:
+        """The equivalent ``gcloud run deploy`` command."""
+        ...
+
+    def gcloud_traffic_command(self, targets: Sequence[TrafficTarget]) -> str:
+        """The equivalent ``gcloud run services update-traffic`` command."""
+        ...
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1] if name else ""
+
+
+def _target(t: Any) -> TrafficTarget:
+    kind = "LATEST" if getattr(t.type_, "name", str(t.type_)) == _LATEST else "REVISION"
+    return TrafficTarget(
+        type=kind, revision=_short(t.revision), percent=int(t.percent), tag=t.tag or ""
+    )
+
+
+def _target_json(t: TrafficTarget) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": _LATEST if t.type.upper() == "LATEST" else _REVISION,
+        "percent": int(t.percent),
+    }
+    if t.type.upper() != "LATEST":
+        out["revision"] = t.revision
+    if t.tag:
+        out["tag"] = t.tag
+    return out
+
+
+def _ready_condition(conditions: Sequence[Any]) -> tuple[bool, str]:
+    for c in conditions:
+        if c.type_ == "Ready":
+            return getattr(c.state, "name", "") == "CONDITION_SUCCEEDED", c.message or ""
+    return False, "no Ready condition reported"
+
+
+def _service_info(svc: Any) -> ServiceInfo:
+    tmpl = svc.template
+    containers = list(tmpl.containers)
+    first = containers[0] if containers else None
+    ports = list(first.ports) if first is not None else []
+    timeout = tmpl.timeout.total_seconds() if "timeout" in tmpl else None
+    scaling = tmpl.scaling if "scaling" in tmpl else None
+    cond = svc.terminal_condition
+    ready = getattr(cond.state, "name", "") == "CONDITION_SUCCEEDED"
+    return ServiceInfo(
+        name=_short(svc.name),
+        uri=svc.uri,
+        latest_ready_revision=_short(svc.latest_ready_revision),
+        latest_created_revision=_short(svc.latest_created_revision),
+        traffic=tuple(_target(t) for t in svc.traffic),
+        traffic_statuses=tuple(_target(t) for t in svc.traffic_statuses),
+        image=first.image if first is not None else "",
+        timeout_s=timeout,
+        concurrency=tmpl.max_instance_request_concurrency or None,
+        min_instances=int(scaling.min_instance_count) if scaling is not None else None,
+        max_instances=(int(scaling.max_instance_count) or None) if scaling is not None else None,
+        session_affinity=bool(tmpl.session_affinity),
+        use_http2=any(p.name == "h2c" for p in ports),
+        ingress=getattr(svc.ingress, "name", str(svc.ingress)),
+        ready=ready,
+        ready_message=cond.message or ("" if ready else "service is not ready"),
+        generation=int(svc.generation),
+    )
+
+
+class GoogleCloudRun:
+    """:class:`CloudRun` over the real ``google.cloud.run_v2`` REST clients.
+
+    Args:
+        settings: ``[cloudrun]`` names the service; ``[timeouts]`` bounds every call.
+        poll_interval_s: first delay between operation polls (grows to 2 s).
+    """
+
+    def __init__(self, settings: Settings, *, poll_interval_s: float = 0.25) -> None:
+        cr = settings.cloudrun
+        if not cr.configured:
+            raise CloudRunError(
+                f"{settings.path}: [cloudrun] needs project, region and service "
+                "to talk to Cloud Run"
+            )
+        self.settings = settings
+        self.endpoint = cr.api_endpoint.rstrip("/")
+        self.service_path = cr.service_path
+        self.call_timeout_s = settings.timeouts.cloudrun_s
+        self.operation_timeout_s = settings.timeouts.operation_s
+        self.poll_interval_s = poll_interval_s
+        self._services: Any = None
+        self._revisions: Any = None
+        self._last_template: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ plumbing
+
+    def _where(self) -> str:
+        return self.endpoint or "https://run.googleapis.com"
+
+    def _clients(self) -> tuple[Any, Any]:
+        if self._services is None:
+            from google.api_core.client_options import ClientOptions
+            from google.cloud import run_v2
+
+            kwargs: dict[str, Any] = {"transport": "rest"}
+            if self.endpoint:
+                kwargs["client_options"] = ClientOptions(api_endpoint=self.endpoint)
+                if self.endpoint.startswith("http://"):
+                    from google.auth.credentials import AnonymousCredentials
+
+                    kwargs["credentials"] = AnonymousCredentials()
+            self._services = run_v2.ServicesClient(**kwargs)
+            self._revisions = run_v2.RevisionsClient(**kwargs)
+        return self._services, self._revisions
+
+    def _explain(self, what: str, exc: BaseException) -> CloudRunError:
+        from google.api_core import exceptions as gexc
+        from google.auth import exceptions as auth_exc
+
+        where = self._where()
+        if isinstance(exc, gexc.GoogleAPICallError):
+            code = exc.code
+            hint = {
+                401: "credentials were refused: run `gcloud auth application-default login`",
+                403: "permission denied: the caller needs roles/run.developer (or viewer for "
+                "reads) on the project",
+                404: f"not found: check [cloudrun] project/region/service ({self.service_path})",
+                429: "rate limited by the API: retry in a minute",
+            }.get(int(code) if code else 0, "")
+            msg = f"Cloud Run {what} failed at {where}: HTTP {code} {exc.message}"
+            return CloudRunError(f"{msg} ({hint})" if hint else msg)
+        if isinstance(exc, auth_exc.DefaultCredentialsError):
+            return CloudRunError(
+                f"Cloud Run {what}: no Google credentials found; run "
+                "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+            )
+        if isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError)):
+            return CloudRunError(
+                f"Cloud Run {what}: {where} did not answer within {self.call_timeout_s:g}s"
+            )
+        name = type(exc).__name__
+        text = str(exc)
+        if "ConnectionError" in name or "Connection refused" in text or "NewConnection" in text:
+            return CloudRunError(
+                f"Cloud Run {what}: cannot connect to {where} (connection refused or host "
+                "unreachable); is the sandbox running (`runbook sandbox up`) or the "
+                "api_endpoint right?"
+            )
+        if "Timeout" in name:
+            return CloudRunError(
+                f"Cloud Run {what}: {where} did not answer within {self.call_timeout_s:g}s"
+            )
+        if "ParseError" in name or isinstance(exc, ValueError):
+            return CloudRunError(
+                f"Cloud Run {what}: {where} answered something that is not a valid API "
+                f"response (malformed JSON?): {text[:200]}"
+            )
+        return CloudRunError(f"Cloud Run {what} failed at {where}: {name}: {text[:300]}")
+
+    async def _run(self, what: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+        bound = (timeout_s or self.call_timeout_s) + 5.0
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn), bound)
+        except CloudRunError:
+            raise
+        except Exception as exc:
+            raise self._explain(what, exc) from exc
+
+    def _read_retry(self) -> Any:
+        from google.api_core import exceptions as gexc
+        from google.api_core import retry as gretry
+
+        # Bounded: a transient 503 is retried briefly, everything else fails at once.
+        return gretry.Retry(
+            predicate=gretry.if_exception_type(gexc.ServiceUnavailable),
+            initial=0.2,
+            maximum=1.0,
+            timeout=min(self.call_timeout_s, 10.0),
+        )
+
+    # ------------------------------------------------------------ reads
+
+    def _get_raw(self) -> Any:
+        services, _ = self._clients()
+        svc = services.get_service(
+            name=self.service_path, timeout=self.call_timeout_s, retry=self._read_retry()
+        )
+        self._remember(svc)
+        return svc
+
+    def _remember(self, svc: Any) -> None:
+        from google.protobuf import json_format
+
+        self._last_template = json_format.MessageToDict(type(svc).pb(svc).template)
+
+    async def get_service(self) -> ServiceInfo:
+        """Describe the service (``gcloud run services describe``).
+
+        Raises:
+            CloudRunError: the API refused, failed, timed out or answered garbage.
+        """
+        svc = await self._run("get service", self._get_raw)
+        try:
+            return _service_info(svc)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise CloudRunError(f"Cloud Run get service: unexpected Service shape: {exc}") from exc
+
+    async def list_revisions(self, limit: int | None = None) -> list[RevisionInfo]:
+        """Revisions newest first, each with its serving percent.
+
+        Raises:
+            CloudRunError: as :meth:`get_service`.
+        """
+        info = await self.get_service()
+        serving = info.serving_revisions
+
+        def fetch() -> list[Any]:
+            _, revisions = self._clients()
+            pager = revisions.list_revisions(
+                parent=self.service_path, timeout=self.call_timeout_s, retry=self._read_retry()
+            )
+            out = []
+            for rev in pager:
+                out.append(rev)
+                if limit is not None and len(out) >= limit:
+                    break  # the API lists newest first: no need to page through years
+            return out
+
+        raw = await self._run("list revisions", fetch)
+        rows = []
+        for rev in raw:
+            ready, message = _ready_condition(list(rev.conditions))
+            containers = list(rev.containers)
+            created = rev.create_time if "create_time" in rev else None
+            rows.append(
+                RevisionInfo(
+                    name=_short(rev.name),
+                    full_name=rev.name,
+                    create_time=datetime.fromtimestamp(created.timestamp(), created.tzinfo)
+                    if created is not None
+                    else None,
+                    ready=ready,
+                    ready_message=message,
+                    image=containers[0].image if containers else "",
+                    percent=serving.get(_short(rev.name), 0),
+                )
+            )
+        rows.sort(key=lambda r: r.create_time.timestamp() if r.create_time else 0.0, reverse=True)
+        return rows[:limit] if limit is not None else rows
+
+    # ------------------------------------------------------------ writes
+
+    def _url(self) -> str:
+        return f"{self._where()}/v2/{self.service_path}"
+
+    def deploy_request(self, image: str) -> dict[str, Any]:
+        """The PATCH :meth:`deploy` sends: the current template with the new image.
+
+        Uses the template from the last :meth:`get_service`; before any read,
+        only the image is shown (the rest of the template is kept as is).
+        """
+        template = dict(self._last_template or {"containers": [{}]})
+        containers = [dict(c) for c in template.get("containers") or [{}]]
+        containers[0]["image"] = image
+        template["containers"] = containers
+        template.pop("revision", None)
+        return {
+            "method": "PATCH",
+            "url": f"{self._url()}?updateMask=template",
+            "body": {"name": self.service_path, "template": template},
+        }
+
+    def traffic_request(self, targets: Sequence[TrafficTarget]) -> dict[str, Any]:
+        """The PATCH :meth:`set_traffic` sends."""
+        return {
+            "method": "PATCH",
+            "url": f"{self._url()}?updateMask=traffic",
+            "body": {"name": self.service_path, "traffic": [_target_json(t) for t in targets]},
+        }
+
+    def _gcloud_scope(self) -> str:
+        cr = self.settings.cloudrun
+        return f"--region={shlex.quote(cr.region)} --project={shlex.quote(cr.project)}"
+
+    def gcloud_deploy_command(self, image: str) -> str:
+        """``gcloud run deploy SERVICE --image=IMAGE --region=R --project=P``."""
+        return (
+            f"gcloud run deploy {shlex.quote(self.settings.cloudrun.service)} "
+            f"--image={shlex.quote(image)} {self._gcloud_scope()}"
+        )
+
+    def gcloud_traffic_command(self, targets: Sequence[TrafficTarget]) -> str:
+        """``gcloud run services update-traffic SERVICE --to-revisions=...`` or ``--to-latest``."""
+        svc = shlex.quote(self.settings.cloudrun.service)
+        if len(targets) == 1 and targets[0].type.upper() == "LATEST":
+            return f"gcloud run services update-traffic {svc} --to-latest {self._gcloud_scope()}"
+        spec = ",".join(
+            f"{'LATEST' if t.type.upper() == 'LATEST' else t.revision}={t.percent}" for t in targets
+        )
+        return (
+            f"gcloud run services update-traffic {svc} --to-revisions={spec} {self._gcloud_scope()}"
+        )
+
+    async def _update(self, what: str, request: dict[str, Any], mask: str) -> OperationOutcome:
+        from google.api_core import exceptions as gexc
+        from google.api_core.future import polling
+        from google.cloud import run_v2
+        from google.protobuf import field_mask_pb2
+
+        started = time.monotonic()
+        service = run_v2.Service.from_json(json.dumps(request["body"]), ignore_unknown_fields=True)
+
+        def send() -> Any:
+            services, _ = self._clients()
+            return services.update_service(
+                request=run_v2.UpdateServiceRequest(
+                    service=service, update_mask=field_mask_pb2.FieldMask(paths=[mask])
+                ),
+                timeout=self.call_timeout_s,
+            )
+
+        op = await self._run(what, send)
+        name = op.operation.name
+        waited = polling.DEFAULT_POLLING.with_delay(
+            initial=self.poll_interval_s, maximum=2.0, multiplier=1.5
+        )
+
+        def wait() -> Any:
+            return op.result(
+                timeout=self.operation_timeout_s,
+                polling=waited.with_timeout(self.operation_timeout_s),
+            )
+
+        def revision_of(svc: Any) -> str:
+            return _short(getattr(svc, "latest_created_revision", "") or "")
+
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(wait), self.operation_timeout_s + 10.0
+            )
+        except (TimeoutError, concurrent.futures.TimeoutError, gexc.RetryError):
+            return OperationOutcome(
+                name=name,
+                done=False,
+                succeeded=False,
+                error=f"operation still running after {self.operation_timeout_s:g}s "
+                "(check `gcloud run operations list`)",
+                revision=revision_of(op.metadata) if op.metadata else "",
+                duration_s=time.monotonic() - started,
+            )
+        except gexc.GoogleAPICallError as exc:
+            if op.done() and op.exception() is exc:
+                return OperationOutcome(
+                    name=name,
+                    done=True,
+                    succeeded=False,
+                    error=str(exc.message or exc),
+                    revision=revision_of(op.metadata) if op.metadata else "",
+                    duration_s=time.monotonic() - started,
+                )
+            raise self._explain(f"{what} (polling the operation)", exc) from exc
+        except Exception as exc:
+            raise self._explain(f"{what} (polling the operation)", exc) from exc
+        self._remember(result)
+        revision = revision_of(result)
+        if mask == "traffic":
+            # For a traffic move the interesting revision is the one now serving most.
+            shares = _service_info(result).serving_revisions
+            revision = max(shares, key=lambda r: shares[r]) if shares else ""
+        return OperationOutcome(
+            name=name,
+            done=True,
+            succeeded=True,
+            error="",
+            revision=revision,
+            duration_s=time.monotonic() - started,
+        )
+
+    async def deploy(self, image: str) -> OperationOutcome:
+        """Roll out ``image`` (the current template with a new image); wait up to operation_s.
+
+        Returns:
+            The outcome; a failed rollout has ``succeeded=False`` and the API's reason.
+
+        Raises:
+            CloudRunError: the API itself could not be used.
+        """
+        await self._run("get service", self._get_raw)
+        return await self._update("deploy", self.deploy_request(image), "template")
+
+    async def set_traffic(self, targets: list[TrafficTarget]) -> OperationOutcome:
+        """Replace the traffic split (e.g. ``[TrafficTarget("REVISION", "x", 100)]``).
+
+        Raises:
+            CloudRunError: the API refused (unknown revision, percents not 100) or failed.
+        """
+        if sum(t.percent for t in targets) != 100:
+            raise CloudRunError(
+                f"traffic percents must sum to 100, got {sum(t.percent for t in targets)}"
+            )
+        return await self._update("traffic update", self.traffic_request(targets), "traffic")
+
+
+def cloudrun_client(settings: Settings) -> CloudRun:
+    """The Cloud Run adapter for ``settings`` (sandbox emulator or Google).
+
+    Raises:
+        CloudRunError: ``[cloudrun]`` lacks project, region or service.
+    """
+    return GoogleCloudRun(settings)

@@ -1,0 +1,325 @@
+"""Configured shell commands (pre-deploy checks, mission-critical suites) and their judges.
+
+A :class:`~runbook_lib.settings.CommandSpec` runs in its own process group so a
+timeout kills the whole tree (a test runner's workers included). Output is kept
+as a redacted tail; when ``junit`` names a JUnit XML report, its counts are parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .redaction import redact
+from .results import CheckResult, Status
+from .settings import CommandSpec
+
+__all__ = [
+    "CommandObservation",
+    "JUnitSummary",
+    "judge_command",
+    "judge_predeploy",
+    "judge_tests",
+    "parse_junit",
+    "run_command",
+]
+
+log = logging.getLogger(__name__)
+
+_TAIL_LINES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class JUnitSummary:
+    """Counts from a JUnit XML report.
+
+    Attributes:
+        tests, failures, errors, skipped: totals over every test suite.
+        time_s: total time the report states.
+        failed_cases: ``classname.name`` of failed or errored cases (first 20).
+    """
+
+    tests: int
+    failures: int
+    errors: int
+    skipped: int
+    time_s: float = 0.0
+    failed_cases: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> int:
+        """Tests that neither failed, errored nor were skipped."""
+        return self.tests - self.failures - self.errors - self.skipped
+
+
+@dataclass(frozen=True, slots=True)
+class CommandObservation:
+    """One command run.
+
+    Attributes:
+        name: the configured name.
+        command: the command line (redacted).
+        exit_code: the exit code (None when it could not start).
+        duration_s: wall time.
+        timed_out: the timeout fired and the process group was killed.
+        timeout_s: the timeout that applied.
+        output_tail: the last lines of stdout+stderr (redacted).
+        junit: parsed report when ``junit`` is configured and readable.
+        junit_error: why the report could not be read ('' otherwise).
+        error: why the command could not start ('' otherwise).
+    """
+
+    name: str
+    command: str
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool = False
+    timeout_s: float = 0.0
+    output_tail: str = ""
+    junit: JUnitSummary | None = None
+    junit_error: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Exit code 0, no timeout, and no failures in the JUnit report."""
+        if self.exit_code != 0 or self.timed_out:
+            return False
+        return self.junit is None or (self.junit.failures == 0 and self.junit.errors == 0)
+
+
+def parse_junit(path: str | os.PathLike[str]) -> JUnitSummary:
+    """Totals of a JUnit XML file (``<testsuites>`` or a single ``<testsuite>``).
+
+    Raises:
+        OSError: the file cannot be read.
+        ET.ParseError: the file is not XML.
+    """
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    tests = failures = errors = skipped = 0
+    total_time = 0.0
+    failed: list[str] = []
+    for s in suites:
+        cases = list(s.iter("testcase"))
+        tests += int(s.get("tests", len(cases)) or 0)
+        failures += int(s.get("failures", 0) or 0)
+        errors += int(s.get("errors", 0) or 0)
+        skipped += int(s.get("skipped", s.get("disabled", 0)) or 0)
+        with contextlib.suppress(ValueError):
+            total_time += float(s.get("time", 0) or 0)
+        for c in cases:
+            if c.find("failure") is not None or c.find("error") is not None:
+                failed.append(f"{c.get('classname', '')}.{c.get('name', '')}".lstrip("."))
+    return JUnitSummary(tests, failures, errors, skipped, round(total_time, 3), tuple(failed[:20]))
+
+
+async def run_command(
+    spec: CommandSpec,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    tail_lines: int = _TAIL_LINES,
+) -> CommandObservation:
+    """Run ``spec.run`` in a shell with ``spec.timeout_s``; never raises for a failing command.
+
+    Args:
+        spec: name, command line, timeout, optional ``junit`` report path and ``cwd``.
+        cwd: working directory (default ``spec.cwd`` or the current one).
+        env: environment (default: inherited).
+        tail_lines: how many trailing output lines to keep.
+    """
+    workdir = str(cwd or spec.cwd or Path.cwd())
+    start = time.perf_counter()
+    command = redact(spec.run)
+    try:
+        proc = await asyncio.create_subprocess_shell(
+            spec.run,
+            cwd=workdir,
+            env=dict(env) if env is not None else None,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # own process group: a timeout kills the whole tree
+        )
+    except OSError as exc:
+        return CommandObservation(
+            spec.name,
+            command,
+            None,
+            time.perf_counter() - start,
+            timeout_s=spec.timeout_s,
+            error=f"could not start: {exc}",
+        )
+    tail: deque[bytes] = deque(maxlen=max(1, tail_lines))
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line longer than the stream limit: keep a piece of it
+                line = await proc.stdout.read(65536)
+            if not line:
+                return
+            tail.append(line)
+
+    reader = asyncio.ensure_future(pump())
+    timed_out = False
+    try:
+        await asyncio.wait_for(asyncio.gather(asyncio.shield(reader), proc.wait()), spec.timeout_s)
+    except TimeoutError:
+        timed_out = True
+        _kill_group(proc.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5.0)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(reader, 2.0)
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if proc.returncode is None:
+            _kill_group(proc.pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+    duration = time.perf_counter() - start
+    output = redact(b"".join(tail).decode("utf-8", "replace"))
+    junit, junit_error = None, ""
+    if spec.junit:
+        path = Path(spec.junit)
+        if not path.is_absolute():
+            path = Path(workdir) / path
+        try:
+            junit = parse_junit(path)
+        except (OSError, ET.ParseError, ValueError) as exc:
+            junit_error = f"JUnit report {path} unreadable: {exc}"
+    log.info("command %s exited %s in %.1fs", spec.name, proc.returncode, duration)
+    return CommandObservation(
+        name=spec.name,
+        command=command,
+        exit_code=proc.returncode,
+        duration_s=duration,
+        timed_out=timed_out,
+        timeout_s=spec.timeout_s,
+        output_tail=output,
+        junit=junit,
+        junit_error=junit_error,
+    )
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def judge_command(obs: CommandObservation, *, check_id: str, phase: int) -> CheckResult:
+    """Pass when the command exited 0 in time and its JUnit report (if any) has no failures."""
+    data: dict[str, Any] = {"output_tail": obs.output_tail[-2000:], "command": obs.command}
+    if obs.junit is not None:
+        data["junit"] = {
+            "tests": obs.junit.tests,
+            "failures": obs.junit.failures,
+            "errors": obs.junit.errors,
+            "skipped": obs.junit.skipped,
+            "failed_cases": list(obs.junit.failed_cases),
+        }
+    last = obs.output_tail.strip().splitlines()[-1:] if obs.output_tail.strip() else []
+    hint = f" Last output: {last[0][:200]}" if last else ""
+    if obs.error:
+        return CheckResult(
+            check_id,
+            phase,
+            Status.ERROR,
+            observed=None,
+            threshold="exit 0",
+            detail=f"{obs.name}: {obs.error}",
+            duration_s=obs.duration_s,
+            data=data,
+        )
+    if obs.timed_out:
+        return CheckResult(
+            check_id,
+            phase,
+            Status.FAIL,
+            observed="timeout",
+            threshold="exit 0",
+            detail=f"{obs.name} did not finish within {obs.timeout_s:g}s and was "
+            f"killed: look for a hung connection or raise timeout_s.{hint}",
+            duration_s=obs.duration_s,
+            data=data,
+        )
+    j = obs.junit
+    counts = (
+        (f" ({j.passed} passed, {j.failures} failed, {j.errors} errors, {j.skipped} skipped)")
+        if j
+        else ""
+    )
+    if obs.exit_code != 0:
+        failed = f" Failed: {', '.join(j.failed_cases[:5])}." if j and j.failed_cases else ""
+        return CheckResult(
+            check_id,
+            phase,
+            Status.FAIL,
+            observed=obs.exit_code,
+            threshold="exit 0",
+            detail=f"{obs.name} exited {obs.exit_code}{counts}.{failed}{hint}",
+            duration_s=obs.duration_s,
+            data=data,
+        )
+    if j and (j.failures or j.errors):
+        return CheckResult(
+            check_id,
+            phase,
+            Status.FAIL,
+            observed=obs.exit_code,
+            threshold="exit 0",
+            detail=f"{obs.name} exited 0 but its report "
+            f"lists failures{counts}: {', '.join(j.failed_cases[:5])}",
+            duration_s=obs.duration_s,
+            data=data,
+        )
+    if j and j.tests == 0:
+        return CheckResult(
+            check_id,
+            phase,
+            Status.WARN,
+            observed=0,
+            threshold="exit 0",
+            detail=f"{obs.name} exited 0 but ran no tests: check the test path",
+            duration_s=obs.duration_s,
+            data=data,
+        )
+    status = Status.WARN if obs.junit_error else Status.PASS
+    note = f"; {obs.junit_error}" if obs.junit_error else ""
+    return CheckResult(
+        check_id,
+        phase,
+        status,
+        observed=0,
+        threshold="exit 0",
+        detail=f"{obs.name} exited 0 in {obs.duration_s:.1f}s{counts}{note}",
+        duration_s=obs.duration_s,
+        data=data,
+    )
+
+
+def judge_predeploy(obs: CommandObservation, *, phase: int = 2) -> CheckResult:
+    """``predeploy.<name>``."""
+    return judge_command(obs, check_id=f"predeploy.{obs.name}", phase=phase)
+
+
+def judge_tests(obs: CommandObservation, *, phase: int = 4) -> CheckResult:
+    """``tests.<name>``."""
+    return judge_command(obs, check_id=f"tests.{obs.name}", phase=phase)

@@ -1,0 +1,268 @@
+"""Read the service's Cloud Run logs through the real Cloud Logging client.
+
+:func:`read_logs` builds the same filter the seed's ``gcloud logging read``
+commands use (``resource.type="cloud_run_revision" AND
+resource.labels.service_name="..."``, optionally a revision, a minimum severity
+and substrings), asks ``google.cloud.logging.Client`` over HTTP (the sandbox
+emulator when ``api_endpoint`` is set) and returns flat :class:`LogEntry` rows.
+:func:`logging_filter` and :func:`gcloud_logging_command` let a notebook show
+the equivalent command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from .exceptions import CloudRunError
+from .settings import Settings
+
+__all__ = [
+    "LogEntry",
+    "gcloud_logging_command",
+    "logging_filter",
+    "read_logs",
+]
+
+log = logging.getLogger(__name__)
+
+SEVERITIES = (
+    "DEFAULT",
+    "DEBUG",
+    "INFO",
+    "NOTICE",
+    "WARNING",
+    "ERROR",
+    "CRITICAL",
+    "ALERT",
+    "EMERGENCY",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One log line of a revision (request fields are empty for plain text lines)."""
+
+    timestamp: datetime
+    severity: str
+    revision: str
+    text: str
+    status: int | None
+    method: str
+    path: str
+    latency_s: float | None
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _rfc3339(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def logging_filter(
+    settings: Settings,
+    *,
+    since: datetime | None = None,
+    revision: str | None = None,
+    min_severity: str | None = None,
+    contains: Sequence[str] = (),
+) -> str:
+    """The Cloud Logging filter for the configured service.
+
+    ``contains`` terms are OR-ed (``textPayload:"404" OR textPayload:"websocket"``),
+    like the seed's routing-error query.
+
+    Raises:
+        CloudRunError: unknown severity name.
+    """
+    parts = [
+        'resource.type="cloud_run_revision"',
+        f"resource.labels.service_name={_quote(settings.cloudrun.service)}",
+    ]
+    if revision:
+        parts.append(f"resource.labels.revision_name={_quote(revision)}")
+    if min_severity:
+        sev = min_severity.upper()
+        if sev not in SEVERITIES:
+            raise CloudRunError(f"unknown log severity {min_severity!r}; use one of {SEVERITIES}")
+        parts.append(f"severity>={sev}")
+    if since is not None:
+        parts.append(f"timestamp>={_quote(_rfc3339(since))}")
+    terms = [f"textPayload:{_quote(t)}" for t in contains if t]
+    if len(terms) == 1:
+        parts.append(terms[0])
+    elif terms:
+        parts.append("(" + " OR ".join(terms) + ")")
+    return " AND ".join(parts)
+
+
+def gcloud_logging_command(settings: Settings, filter: str, limit: int = 50) -> str:
+    """The equivalent ``gcloud logging read`` command (as in the seed plan)."""
+    return (
+        f"gcloud logging read {shlex.quote(filter)} "
+        f"--project={shlex.quote(settings.cloudrun.project)} --limit={int(limit)} "
+        '--format="value(timestamp,severity,textPayload)"'
+    )
+
+
+def _latency(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    text = str(value).strip()
+    try:
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        return None
+
+
+def _entry(raw: Any) -> LogEntry:
+    labels = dict(getattr(raw.resource, "labels", None) or {}) if raw.resource else {}
+    http = raw.http_request or {}
+    url = str(http.get("requestUrl") or "")
+    path = urlsplit(url).path if "://" in url else url
+    payload = raw.payload
+    text = payload if isinstance(payload, str) else ("" if payload is None else str(payload))
+    status = http.get("status")
+    ts = raw.timestamp or datetime.fromtimestamp(0, UTC)
+    return LogEntry(
+        timestamp=ts if ts.tzinfo else ts.replace(tzinfo=UTC),
+        severity=str(raw.severity or "DEFAULT"),
+        revision=str(labels.get("revision_name", "")),
+        text=text,
+        status=int(status) if status not in (None, "") else None,
+        method=str(http.get("requestMethod") or ""),
+        path=path,
+        latency_s=_latency(http.get("latency")),
+    )
+
+
+def _explain(endpoint: str, exc: BaseException) -> CloudRunError:
+    from google.api_core import exceptions as gexc
+
+    where = endpoint or "https://logging.googleapis.com"
+    if isinstance(exc, gexc.GoogleAPICallError):
+        hint = {400: " (the filter was refused)", 403: " (the caller needs roles/logging.viewer)"}
+        return CloudRunError(
+            f"Cloud Logging read failed at {where}: HTTP {exc.code} {exc.message}"
+            f"{hint.get(int(exc.code or 0), '')}"
+        )
+    name, text = type(exc).__name__, str(exc)
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return CloudRunError(f"Cloud Logging read: {where} did not answer in time")
+    if "ConnectionError" in name or "Connection refused" in text:
+        return CloudRunError(
+            f"Cloud Logging read: cannot connect to {where}; is the sandbox running "
+            "(`runbook sandbox up`) or the api_endpoint right?"
+        )
+    if isinstance(exc, (ValueError, KeyError)):
+        return CloudRunError(
+            f"Cloud Logging read: {where} answered something that is not a "
+            f"valid entries:list response: {text[:200]}"
+        )
+    return CloudRunError(f"Cloud Logging read failed at {where}: {name}: {text[:300]}")
+
+
+async def read_logs(
+    settings: Settings,
+    *,
+    since: datetime,
+    revision: str | None = None,
+    min_severity: str | None = None,
+    contains: Sequence[str] = (),
+    limit: int = 500,
+) -> list[LogEntry]:
+    """Log entries of the configured service since ``since``, oldest first.
+
+    Args:
+        settings: ``[cloudrun]`` names the service; ``[logging] api_endpoint`` (else
+            ``[cloudrun] api_endpoint``) points at the sandbox, empty means Google.
+        since: earliest timestamp (aware, or naive UTC).
+        revision: only this revision.
+        min_severity: e.g. ``"ERROR"``.
+        contains: substrings of textPayload (any of them).
+        limit: most recent ``limit`` entries at most.
+
+    Raises:
+        CloudRunError: the read failed (refused, unreachable, timed out, bad answer).
+    """
+    endpoint = (settings.logging.api_endpoint or settings.cloudrun.api_endpoint).rstrip("/")
+    flt = logging_filter(
+        settings, since=since, revision=revision, min_severity=min_severity, contains=contains
+    )
+    timeout = settings.timeouts.cloudrun_s
+
+    def fetch() -> list[LogEntry]:
+        from google.cloud import logging as glogging
+
+        credentials = _credentials(endpoint)
+        kwargs: dict[str, Any] = {
+            "project": settings.cloudrun.project,
+            "credentials": credentials,
+            "_http": _bounded_session(credentials, timeout),
+            "_use_grpc": False,
+        }
+        if endpoint:
+            kwargs["client_options"] = {"api_endpoint": endpoint}
+        client = glogging.Client(**kwargs)
+        try:
+            # Newest first so ``limit`` keeps the most recent entries; re-sorted below.
+            it = client.list_entries(
+                resource_names=[f"projects/{settings.cloudrun.project}"],
+                filter_=flt,
+                order_by=glogging.DESCENDING,
+                page_size=min(max(limit, 1), 1000),
+                max_results=limit,
+            )
+            rows = [_entry(e) for e in it]
+        finally:
+            kwargs["_http"].close()
+        rows.sort(key=lambda e: e.timestamp)
+        return rows
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fetch), timeout + 5.0)
+    except CloudRunError:
+        raise
+    except Exception as exc:
+        raise _explain(endpoint, exc) from exc
+
+
+def _credentials(endpoint: str) -> Any:
+    if endpoint.startswith("http://"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    import google.auth
+
+    creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/logging.read"])
+    return creds
+
+
+def _bounded_session(credentials: Any, timeout: float) -> Any:
+    """An authorized HTTP session whose every request is bounded by ``timeout``.
+
+    The logging client asks for 60 s per request and has no knob for it.
+    """
+    from google.auth.transport.requests import AuthorizedSession
+
+    class _Bounded(AuthorizedSession):  # type: ignore[misc]
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            asked = kwargs.get("timeout")
+            kwargs["timeout"] = (
+                timeout if not isinstance(asked, (int, float)) else min(float(asked), timeout)
+            )
+            return super().request(method, url, *args, **kwargs)
+
+    return _Bounded(credentials)

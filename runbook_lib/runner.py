@@ -1,0 +1,658 @@
+"""Execute the phase notebooks with papermill and leave a run folder behind.
+
+``runbook run`` is a thin shell over :func:`run`: it validates the environment
+(configuration errors stop the run before any kernel starts), creates the run
+folder, executes the chosen phases in order (one fresh ``python3`` kernel per
+notebook, working directory = the repository root), applies the gates, and
+hands the folder to :mod:`runbook_lib.evidence` to be judged and sealed.
+
+Gates (SPEC section 5):
+
+- the deploy phase failed (a ``deploy.*`` check failed or its notebook errored):
+  the validation phases 3, 4, 5 and 7 are skipped and the recommendation is rollback;
+- the rollback notebook (6) runs when asked for with ``--phases``, or when the run
+  recommends a rollback and mutations are approved (``--approve`` or the
+  environment's ``auto_approve``);
+- a notebook that raises, times out or loses its kernel is exit code 3, a failed
+  check is 1, all gates passing is 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import evidence
+from .context import PHASES
+from .evidence import PhaseOutcome
+from .exceptions import ConfigError
+from .redaction import redact, register_secret
+from .results import Recommendation
+from .settings import load_settings, resolve_environment
+
+__all__ = [
+    "DEFAULT_PHASES",
+    "EXIT_CHECK_FAILED",
+    "EXIT_NOTEBOOK_ERROR",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "NOTEBOOK_PARAMETERS",
+    "VALIDATION_PHASES",
+    "Progress",
+    "RunOptions",
+    "RunOutcome",
+    "execute_phase",
+    "notebook_parameters",
+    "notebooks_dir",
+    "parse_params",
+    "parse_phases",
+    "repo_root",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOTEBOOK_ERROR = 0, 1, 2, 3
+DEFAULT_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 7)
+VALIDATION_PHASES: tuple[int, ...] = (3, 4, 5, 7)
+ROLLBACK_PHASE = 6
+DEPLOY_PHASE = 2
+_COMMON = ("environment", "run_dir", "approve", "overrides_json")
+# The parameters the runner injects into each phase notebook (a test checks the
+# notebooks' parameters cells declare exactly these).
+NOTEBOOK_PARAMETERS: dict[int, tuple[str, ...]] = {
+    p: _COMMON + (("rollback_to",) if p == ROLLBACK_PHASE else ()) for p in PHASES
+}
+# Notebook parameters that ``--param`` may set directly (everything else is a dotted setting).
+_NOTEBOOK_PARAMS_FROM_CLI = ("rollback_to",)
+
+
+def repo_root() -> Path:
+    """The repository root (kernels run there so relative environment paths resolve)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def notebooks_dir() -> Path:
+    """Where the seven phase notebooks live."""
+    return repo_root() / "notebooks"
+
+
+def parse_phases(spec: str | None) -> tuple[int, ...]:
+    """``"1,3-5"`` -> ``(1, 3, 4, 5)``; ``None``/``""`` -> the default plan.
+
+    Raises:
+        ConfigError: unknown phase numbers or malformed ranges.
+    """
+    if not spec or not spec.strip():
+        return DEFAULT_PHASES
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise ConfigError(f"--phases: {part!r} is not a phase number or range like 3-5")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if lo > hi:
+            raise ConfigError(f"--phases: range {part!r} is backwards")
+        for p in range(lo, hi + 1):
+            if p not in PHASES:
+                raise ConfigError(f"--phases: unknown phase {p}; phases are 1-{max(PHASES)}")
+            out.add(p)
+    return tuple(sorted(out))
+
+
+def parse_params(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--param K=V`` items -> (dotted setting overrides, notebook parameters).
+
+    Values are read as JSON when they parse (``5``, ``true``, ``["/a"]``), else as text.
+    ``rollback_to=REV`` is a notebook parameter; other keys must be dotted settings
+    (``thresholds.hold_s=5``).
+
+    Raises:
+        ConfigError: an item without ``=`` or an undotted unknown key.
+    """
+    overrides: dict[str, Any] = {}
+    nb_params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in _NOTEBOOK_PARAMS_FROM_CLI:
+            nb_params[key] = str(value)
+        elif "." in key:
+            overrides[key] = value
+        else:
+            raise ConfigError(
+                f"--param {key}: use a dotted setting such as thresholds.hold_s=5, or one of "
+                f"{', '.join(_NOTEBOOK_PARAMS_FROM_CLI)}"
+            )
+    return overrides, nb_params
+
+
+def notebook_parameters(
+    phase: int,
+    *,
+    environment: str,
+    run_dir: str,
+    approve: bool,
+    overrides: Mapping[str, Any] | None = None,
+    rollback_to: str = "",
+) -> dict[str, Any]:
+    """The papermill parameters for ``phase`` (keys = :data:`NOTEBOOK_PARAMETERS`)."""
+    params: dict[str, Any] = {
+        "environment": environment,
+        "run_dir": run_dir,
+        "approve": approve,
+        "overrides_json": json.dumps(dict(overrides or {}), sort_keys=True),
+    }
+    if phase == ROLLBACK_PHASE:
+        params["rollback_to"] = rollback_to
+    return params
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``runbook run`` was asked to do.
+
+    Attributes:
+        environment: environment name or TOML path; '' = the embedded sandbox.
+        phases: phases to run ('' / None = 1,2,3,4,5,7 with 6 when a rollback is recommended
+            and approved); an explicit list runs exactly those (6 included if listed).
+        approve: allow mutating steps.
+        out_dir: where run folders are created.
+        overrides: dotted settings overrides (``--param thresholds.hold_s=5``).
+        rollback_to: revision for phase 6 ('' = the one that served before the deploy).
+        cell_timeout_s: per-cell execution timeout.
+        deadline_s: whole-run deadline (kernel starts included).
+        start_timeout_s: how long a kernel may take to start.
+        kernel_name: Jupyter kernel to run the notebooks in.
+        notebooks: folder holding the phase notebooks (default: the repo's ``notebooks/``).
+        serving, deploy_image, sandbox_state_dir: passed to the sandbox when the runner starts it.
+    """
+
+    environment: str = ""
+    phases: tuple[int, ...] | None = None
+    approve: bool = False
+    out_dir: Path = Path("outputs")
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    rollback_to: str = ""
+    cell_timeout_s: float = 600.0
+    deadline_s: float = 1800.0
+    start_timeout_s: float = 60.0
+    kernel_name: str = "python3"
+    notebooks: Path | None = None
+    serving: str | None = None
+    deploy_image: str | None = None
+    sandbox_state_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One progress event for the terminal (the CLI decides how to show it).
+
+    ``event`` is ``phase-start``, ``step``, ``phase-end``, ``phase-skip`` or ``note``.
+    """
+
+    event: str
+    phase: int = 0
+    index: int = 0
+    total: int = 0
+    notebook: str = ""
+    step: str = ""
+    elapsed_s: float = 0.0
+    status: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended.
+
+    Attributes:
+        run_dir: the run folder.
+        exit_code: 0 all gates pass, 1 a check failed, 3 a notebook errored/timed out.
+        verdict: ``pass``, ``fail`` or ``error``.
+        recommendation: ``none`` / ``hold`` / ``rollback`` with target and reasons.
+        phases: what happened to each phase.
+        safe_to_share: false when the final secret scan found secret material.
+        elapsed_s: wall time of the whole run.
+    """
+
+    run_dir: Path
+    exit_code: int
+    verdict: str
+    recommendation: Recommendation
+    phases: tuple[PhaseOutcome, ...]
+    safe_to_share: bool
+    elapsed_s: float
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _step_name(source: str) -> str:
+    """The step a cell runs (``rb.steps.<name>`` or ``open_phase``); '' for other cells."""
+    m = re.search(r"rb\.steps\.(\w+)", source)
+    if m:
+        return m.group(1)
+    return "open_phase" if "open_phase(" in source else ""
+
+
+def _kernel_manager_class(stderr_file: Any) -> type:
+    """A kernel manager that sends the kernel process's own stderr to ``stderr_file``.
+
+    The kernel's process-level chatter (transport warnings, crash messages) would
+    otherwise interleave with the progress lines; cell output is unaffected (it
+    travels over the kernel protocol). The log stays in the run folder for a
+    post-mortem of a dead kernel.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+            if stderr_file is not None and "stderr" not in kw:
+                kw["stderr"] = stderr_file
+            await super()._async_start_kernel(**kw)
+
+        start_kernel = _async_start_kernel  # type: ignore[assignment]
+
+    return QuietKernelManager
+
+
+def execute_phase(
+    phase: int,
+    *,
+    notebook_in: Path,
+    notebook_out: Path,
+    parameters: Mapping[str, Any],
+    cwd: Path,
+    kernel_name: str = "python3",
+    cell_timeout_s: float = 600.0,
+    start_timeout_s: float = 60.0,
+    on_step: Callable[[int, str], None] | None = None,
+    kernel_log: Path | None = None,
+) -> PhaseOutcome:
+    """Run one notebook with papermill into ``notebook_out``; never raises for notebook failures.
+
+    Returns:
+        ``PhaseOutcome`` with status ``pass`` (executed to the end; the checks decide the
+        rest) or ``error`` with the reason and the failing cell's index.
+    """
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    name = notebook_in.name
+    current = {"index": -1}
+
+    def hook(cell: Any = None, cell_index: int = -1, **_: Any) -> None:
+        current["index"] = cell_index
+        if on_step is not None and cell is not None and cell.get("cell_type") == "code":
+            step = _step_name(cell.get("source", ""))
+            if step:
+                on_step(cell_index, step)
+
+    start = time.monotonic()
+    status, reason, cell = "pass", "", None
+    log_file = contextlib.nullcontext(None)
+    if kernel_log is not None:
+        kernel_log.parent.mkdir(parents=True, exist_ok=True)
+        log_file = kernel_log.open("ab")  # type: ignore[assignment]
+    try:
+        with log_file as stderr_file:
+            pm.execute_notebook(
+                str(notebook_in),
+                str(notebook_out),
+                parameters=dict(parameters),
+                kernel_name=kernel_name,
+                progress_bar=False,
+                log_output=False,
+                cwd=str(cwd),
+                start_timeout=int(max(start_timeout_s, 1)),
+                execution_timeout=max(int(cell_timeout_s), 1),
+                on_cell_start=hook,
+                kernel_manager_class=_kernel_manager_class(stderr_file),
+            )
+    except PapermillExecutionError as exc:
+        status, cell = "error", exc.cell_index
+        reason = f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}"
+    except CellTimeoutError:
+        status, cell = "error", current["index"]
+        reason = f"cell {cell} timed out after {int(cell_timeout_s)} s"
+    except DeadKernelError as exc:
+        status, cell = "error", current["index"]
+        reason = f"the kernel died while running cell {cell}: {exc}"
+    except Exception as exc:  # kernel failed to start, notebook unreadable, ...
+        status = "error"
+        cell = current["index"] if current["index"] >= 0 else None
+        reason = f"{type(exc).__name__}: {exc}"
+    duration = time.monotonic() - start
+    if notebook_out.is_file():
+        try:
+            evidence.redact_notebook(notebook_out)
+        except Exception as exc:  # unreadable partial notebook: the scan will still judge it
+            log.warning("could not redact %s: %s", notebook_out, exc)
+    if kernel_log is not None and kernel_log.is_file():
+        text = kernel_log.read_text(encoding="utf-8", errors="replace")
+        kernel_log.write_text(redact(text), encoding="utf-8")
+    return PhaseOutcome(phase, name, status, duration, redact(reason)[:2000], cell)
+
+
+def _field(info: Any, key: str) -> Any:
+    if isinstance(info, Mapping):
+        return info.get(key)
+    return getattr(info, key, None)
+
+
+class _Sandbox:
+    """Start the embedded sandbox when it is not running; stop it after if we started it."""
+
+    def __init__(self, manager: Any, options: RunOptions, progress: ProgressFn) -> None:
+        self.manager = manager
+        self.options = options
+        self.progress = progress
+        self.started = False
+        self.env_file: str = ""
+        self.secrets: list[str] = []
+
+    def _kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if self.options.sandbox_state_dir is not None:
+            kw["state_dir"] = self.options.sandbox_state_dir
+        return kw
+
+    def _remember(self, info: Any) -> None:
+        env_file = _field(info, "env_file")
+        if env_file:
+            self.env_file = str(env_file)
+        # The sandbox's secrets (JWT secret, tokens) are read inside the kernels:
+        # register them here too so the final scan looks for them.
+        for key in ("jwt_secret", "token", "secret"):
+            value = _field(info, key)
+            if isinstance(value, str) and register_secret(value):
+                self.secrets.append(value)
+        environ = _field(info, "environ")
+        if isinstance(environ, Mapping):
+            for k, v in environ.items():
+                os.environ[str(k)] = str(v)
+                if ("SECRET" in str(k) or "TOKEN" in str(k)) and register_secret(str(v)):
+                    self.secrets.append(str(v))
+
+    def __enter__(self) -> _Sandbox:
+        info = None
+        try:
+            info = self.manager.status(**self._kwargs())
+        except Exception as exc:  # not running / no state yet
+            log.info("sandbox status: %s", exc)
+        running = bool(info) and _field(info, "running") is not False
+        if running:
+            ignored = (
+                " (--serving/--deploy-image ignored: `runbook sandbox down` first)"
+                if self.options.serving or self.options.deploy_image
+                else ""
+            )
+            self.progress(Progress("note", message=f"sandbox already running: using it{ignored}"))
+        else:
+            self.progress(Progress("note", message="starting the sandbox"))
+            kw = self._kwargs()
+            if self.options.serving:
+                kw["serving"] = self.options.serving
+            if self.options.deploy_image:
+                kw["deploy_image"] = self.options.deploy_image
+            if self.options.sandbox_state_dir is not None:
+                # An isolated sandbox (tests, parallel rehearsals) keeps its env file too.
+                kw["env_file"] = Path(self.options.sandbox_state_dir) / "local.toml"
+            info = self.manager.up(**kw)
+            self.started = True
+        self._remember(info)
+        if not self.env_file:
+            self.env_file = str(repo_root() / "environments" / "local.toml")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            self.progress(Progress("note", message="stopping the sandbox"))
+            try:
+                self.manager.down(**self._kwargs())
+            except Exception as err:
+                log.warning("sandbox down failed: %s", err)
+
+
+def run(
+    options: RunOptions, *, progress: ProgressFn | None = None, sandbox: Any = None
+) -> RunOutcome:
+    """Execute the phases, apply the gates, write and seal the run folder.
+
+    Args:
+        options: what to run.
+        progress: receives :class:`Progress` events (the CLI prints them).
+        sandbox: the sandbox manager module (default ``runbook_lib.sandbox.manager``),
+            used only when ``options.environment`` is empty.
+
+    Raises:
+        ConfigError: bad environment, overrides or phases (before any kernel starts).
+        SandboxError: the sandbox could not be started.
+    """
+    emit: ProgressFn = progress or (lambda _p: None)
+    if options.environment:
+        return _run(options, options.environment, emit, ())
+    manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
+    with _Sandbox(manager, options, emit) as sb:
+        return _run(options, sb.env_file, emit, tuple(sb.secrets))
+
+
+def _run(
+    options: RunOptions, environment: str, emit: ProgressFn, extra_secrets: Sequence[str]
+) -> RunOutcome:
+    t0 = time.monotonic()
+    env_path = resolve_environment(environment).resolve()
+    # Loading here validates the file and overrides (exit 2 before any kernel) and
+    # registers the secrets the settings name, so the final scan knows their values.
+    settings = load_settings(env_path, overrides=dict(options.overrides))
+    approved = options.approve or settings.auto_approve
+    requested = tuple(sorted(set(options.phases))) if options.phases else DEFAULT_PHASES
+    explicit = options.phases is not None and len(options.phases) > 0
+    order = list(requested)
+    conditional_rollback = ROLLBACK_PHASE not in order and not explicit
+    if conditional_rollback:
+        order = sorted([*order, ROLLBACK_PHASE])
+    nb_dir = options.notebooks or notebooks_dir()
+    for p in order:
+        if not (nb_dir / PHASES[p][0]).is_file():
+            raise ConfigError(f"notebook for phase {p} not found: {nb_dir / PHASES[p][0]}")
+
+    started_at = datetime.now(UTC).isoformat()
+    run_dir = evidence.create_run_dir(options.out_dir, settings.name).resolve()
+    run_id = run_dir.name
+    total = len(requested)
+    outcomes: list[PhaseOutcome] = []
+    deploy_bad = False
+    deadline_hit = False
+    index = 0
+    for phase in order:
+        notebook = PHASES[phase][0]
+        if phase == ROLLBACK_PHASE and conditional_rollback:
+            interim = evidence.build_results(
+                run_dir,
+                run_id=run_id,
+                environment=settings.name,
+                started_at=started_at,
+                finished_at=started_at,
+                outcomes=outcomes,
+            )
+            if interim["recommendation"]["action"] != "rollback":
+                continue
+            total += 1
+            if not approved:
+                outcomes.append(
+                    PhaseOutcome(
+                        phase,
+                        notebook,
+                        "skipped",
+                        0.0,
+                        "rollback recommended but not approved: re-run with --approve --phases 6",
+                    )
+                )
+                emit(
+                    Progress(
+                        "phase-skip", phase, index + 1, total, notebook, message=outcomes[-1].reason
+                    )
+                )
+                continue
+        index += 1
+        remaining = options.deadline_s - (time.monotonic() - t0)
+        skip_reason = ""
+        if deadline_hit or remaining <= 1:
+            deadline_hit = True
+            skip_reason = f"run deadline of {options.deadline_s:g} s reached: not executed"
+        elif deploy_bad and phase in VALIDATION_PHASES:
+            skip_reason = "deploy failed: validation skipped, rollback recommended"
+        if skip_reason:
+            # A phase the deadline cut off is missing evidence, not a passed gate: error.
+            outcomes.append(
+                PhaseOutcome(
+                    phase, notebook, "error" if deadline_hit else "skipped", 0.0, skip_reason
+                )
+            )
+            emit(Progress("phase-skip", phase, index, total, notebook, message=skip_reason))
+            continue
+        emit(
+            Progress("phase-start", phase, index, total, notebook, elapsed_s=time.monotonic() - t0)
+        )
+        params = notebook_parameters(
+            phase,
+            environment=str(env_path),
+            run_dir=str(run_dir),
+            approve=options.approve,
+            overrides=options.overrides,
+            rollback_to=options.rollback_to,
+        )
+        cell_timeout = min(options.cell_timeout_s, remaining)
+
+        def on_step(
+            cell_index: int,
+            step: str,
+            _p: int = phase,
+            _i: int = index,
+            _n: str = notebook,
+            _t: int = total,
+        ) -> None:
+            emit(
+                Progress(
+                    "step",
+                    _p,
+                    _i,
+                    _t,
+                    _n,
+                    step=step,
+                    elapsed_s=time.monotonic() - t0,
+                    message=f"cell {cell_index}",
+                )
+            )
+
+        outcome = execute_phase(
+            phase,
+            notebook_in=nb_dir / notebook,
+            notebook_out=run_dir / notebook,
+            parameters=params,
+            cwd=repo_root(),
+            kernel_name=options.kernel_name,
+            cell_timeout_s=cell_timeout,
+            start_timeout_s=options.start_timeout_s,
+            on_step=on_step,
+            kernel_log=run_dir / "logs" / f"kernel-{phase:02d}.log",
+        )
+        if (
+            outcome.status == "error"
+            and cell_timeout < options.cell_timeout_s
+            and "timed out" in outcome.reason
+        ):
+            deadline_hit = True
+            outcome = PhaseOutcome(
+                phase,
+                notebook,
+                "error",
+                outcome.duration_s,
+                f"run deadline of {options.deadline_s:g} s reached: {outcome.reason}",
+                outcome.cell_index,
+            )
+        if (run_dir / notebook).is_file():
+            try:
+                evidence.export_html(run_dir / notebook)
+            except Exception as exc:  # the .ipynb is the record; HTML is a convenience
+                log.warning("HTML export of %s failed: %s", notebook, exc)
+        record = evidence.load_phase_records(run_dir).get(phase)
+        if outcome.status == "pass" and record is not None:
+            checks = evidence.phase_checks(record)
+            outcome = PhaseOutcome(phase, notebook, str(evidence.worst(checks)), outcome.duration_s)
+        outcomes.append(outcome)
+        emit(
+            Progress(
+                "phase-end",
+                phase,
+                index,
+                total,
+                notebook,
+                elapsed_s=time.monotonic() - t0,
+                status=outcome.status,
+                message=outcome.reason or f"{outcome.duration_s:.1f} s",
+            )
+        )
+        if phase == DEPLOY_PHASE and evidence.deploy_failed(record, outcome):
+            deploy_bad = True
+
+    parameters = {
+        "environment": str(env_path),
+        "environment_name": settings.name,
+        "phases": [o.phase for o in outcomes],
+        "requested_phases": list(requested),
+        "approve": options.approve,
+        "auto_approve": settings.auto_approve,
+        "overrides": dict(options.overrides),
+        "rollback_to": options.rollback_to,
+        "cell_timeout_s": options.cell_timeout_s,
+        "deadline_s": options.deadline_s,
+        "kernel_name": options.kernel_name,
+        "settings": settings.redacted_dict(),
+    }
+    env_secret_values = [v for v in (settings.auth.token, settings.auth.jwt_secret) if v]
+    ev = evidence.finalize_run(
+        run_dir,
+        run_id=run_id,
+        environment=settings.name,
+        started_at=started_at,
+        outcomes=outcomes,
+        parameters=parameters,
+        secrets=[*env_secret_values, *extra_secrets],
+    )
+    if deadline_hit or any(o.status == "error" for o in outcomes):
+        code = EXIT_NOTEBOOK_ERROR
+    elif ev.verdict != "pass":
+        code = EXIT_CHECK_FAILED
+    else:
+        code = EXIT_OK
+    return RunOutcome(
+        run_dir,
+        code,
+        ev.verdict,
+        ev.recommendation,
+        tuple(outcomes),
+        ev.safe_to_share,
+        time.monotonic() - t0,
+    )

@@ -1,0 +1,1161 @@
+"""WebSocket observers: handshake, round trip, agent run, auth, isolation, hold, monitor.
+
+Each observer opens its own connection(s), bounds every wait by a timeout and
+returns a frozen observation; a refused upgrade, a silent server, a garbage
+answer, a 10 MB frame or a dropped TCP connection are recorded, never raised.
+The handshake observer speaks raw HTTP/1.1 over an asyncio stream so that the
+status, headers and body of a *refused* upgrade are kept (that is the evidence
+the incident needs); the session observers use ``websockets``' asyncio client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import ssl
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.typing import Subprotocol
+
+from .http_checks import HttpObservation, error_kind, observe_get
+from .protocol import Frame, parse_frame, render_message
+from .redaction import redact
+from .settings import AuthSettings, ProtocolSettings
+from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "WS_GUID",
+    "AgentRunObservation",
+    "AuthAttempt",
+    "AuthObservation",
+    "ConnectOutcome",
+    "HandshakeObservation",
+    "HoldObservation",
+    "IsolationObservation",
+    "MonitorObservation",
+    "MonitorTick",
+    "RoundTripObservation",
+    "expected_accept",
+    "observe_agent_run",
+    "observe_auth",
+    "observe_handshake",
+    "observe_handshakes",
+    "observe_hold",
+    "observe_isolation",
+    "observe_monitor",
+    "observe_roundtrip",
+]
+
+log = logging.getLogger(__name__)
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Frames above this are refused by the client (close 1009) instead of buffered: an
+# observer must survive a server that sends 10 MB without holding it in memory.
+DEFAULT_MAX_SIZE = 2 * 1024 * 1024
+_BODY_EXCERPT = 500
+_HEAD_LIMIT = 64 * 1024
+_STATUS_LINE = re.compile(rb"^HTTP/(\d\.\d|\d) (\d{3})(?: (.*))?$")
+
+
+def expected_accept(key: str) -> str:
+    """The ``Sec-WebSocket-Accept`` a server must answer to ``Sec-WebSocket-Key`` ``key``."""
+    digest = hashlib.sha1((key + WS_GUID).encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+# ---------------------------------------------------------------- raw handshake
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeObservation:
+    """One raw WebSocket upgrade attempt.
+
+    Attributes:
+        url: the WebSocket URL (without credentials in the query).
+        status: HTTP status of the answer (101, or the refusing status); None if none.
+        reason: the status line's reason phrase.
+        http_version: e.g. ``1.1``.
+        headers: response headers (lowercase names; credentials redacted).
+        body_excerpt: body of a refused upgrade (redacted, truncated).
+        accept_valid: ``Sec-WebSocket-Accept`` matches the key (None unless 101).
+        subprotocol: the subprotocol the server selected (redacted when it carries a token).
+        latency_s: time from connect to the response head (or to the failure).
+        error: refused, timeout, tls, dns, closed, protocol, connect or other; None on answer.
+        error_detail: the underlying message.
+    """
+
+    url: str
+    status: int | None = None
+    reason: str = ""
+    http_version: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body_excerpt: str = ""
+    accept_valid: bool | None = None
+    subprotocol: str | None = None
+    latency_s: float = 0.0
+    error: str | None = None
+    error_detail: str = ""
+
+    @property
+    def upgraded(self) -> bool:
+        """True for a 101 with a valid ``Sec-WebSocket-Accept``."""
+        return self.status == 101 and bool(self.accept_valid)
+
+    @property
+    def path(self) -> str:
+        """The URL's path."""
+        return urlsplit(self.url).path or "/"
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "url": self.url,
+            "status": self.status,
+            "accept_valid": self.accept_valid,
+            "latency_s": round(self.latency_s, 4),
+            "error": self.error,
+            "error_detail": self.error_detail,
+            "body_excerpt": self.body_excerpt[:200],
+        }
+
+
+def _close_frame(code: int = 1000) -> bytes:
+    # A masked client close frame (RFC 6455 5.3: client frames must be masked).
+    payload = struct.pack("!H", code)
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x88, 0x80 | len(payload)]) + mask + masked
+
+
+async def observe_handshake(
+    url: str,
+    *,
+    timeout_s: float = 5.0,
+    auth: ConnectAuth | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> HandshakeObservation:
+    """Send one WebSocket upgrade request over a raw socket and observe the answer.
+
+    Args:
+        url: ``ws://`` or ``wss://`` URL (``http(s)://`` accepted too).
+        timeout_s: bound on the whole exchange (connect, request, response head, body).
+        auth: credentials to send (headers, subprotocols, query).
+        ssl_context: TLS context for ``wss`` (default: the system's).
+    """
+    creds = auth or ConnectAuth()
+    start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+
+    def left() -> float:
+        return max(0.01, deadline - loop.time())
+
+    def failed(kind: str, detail: str, **kw: Any) -> HandshakeObservation:
+        return HandshakeObservation(
+            url=url,
+            latency_s=time.perf_counter() - start,
+            error=kind,
+            error_detail=redact(detail),
+            **kw,
+        )
+
+    parts = urlsplit(creds.url(url))
+    secure = parts.scheme in ("wss", "https")
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        return failed("other", f"not a WebSocket URL: {url!r}")
+    host = parts.hostname
+    port = parts.port or (443 if secure else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    key = base64.b64encode(os.urandom(16)).decode()
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host_header}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        "User-Agent: runbook-ws-probe",
+    ]
+    if creds.subprotocols:
+        lines.append("Sec-WebSocket-Protocol: " + ", ".join(creds.subprotocols))
+    lines += [f"{k}: {v}" for k, v in creds.headers]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    ctx = (ssl_context or ssl.create_default_context()) if secure else None
+    writer: asyncio.StreamWriter | None = None
+    try:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, port, ssl=ctx, server_hostname=host if ctx else None, limit=_HEAD_LIMIT
+                ),
+                left(),
+            )
+            assert writer is not None
+            writer.write(request)
+            await asyncio.wait_for(writer.drain(), left())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), left())
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial and not exc.partial.startswith(b"HTTP/"):
+                return failed("protocol", f"not an HTTP answer: {exc.partial[:80]!r}")
+            return failed(
+                "closed",
+                "connection closed before a complete response head "
+                f"({len(exc.partial)} bytes received)",
+            )
+        except asyncio.LimitOverrunError:
+            return failed("protocol", f"response head larger than {_HEAD_LIMIT} bytes")
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            return failed(error_kind(exc), f"{type(exc).__name__}: {exc}")
+        latency = time.perf_counter() - start
+        status_line, *header_lines = head[:-4].split(b"\r\n")
+        m = _STATUS_LINE.match(status_line)
+        if not m:
+            return failed("protocol", f"not an HTTP status line: {status_line[:80]!r}")
+        headers: dict[str, str] = {}
+        for raw in header_lines:
+            name, sep, value = raw.decode("latin-1").partition(":")
+            if not sep:
+                continue
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        status = int(m.group(2))
+        accept_valid: bool | None = None
+        body = b""
+        if status == 101:
+            accept_valid = headers.get("sec-websocket-accept") == expected_accept(key)
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(_close_frame())  # polite close; the probe does not use the socket
+        else:
+            body = await _read_body(reader, headers, min(left(), 2.0))
+        subprotocol = headers.get("sec-websocket-protocol")
+        safe_headers = {k: redact(v) for k, v in headers.items()}
+        return HandshakeObservation(
+            url=url,
+            status=status,
+            reason=(m.group(3) or b"").decode("latin-1"),
+            http_version=m.group(1).decode(),
+            headers=safe_headers,
+            body_excerpt=redact(body[:_BODY_EXCERPT].decode("utf-8", "replace")),
+            accept_valid=accept_valid,
+            subprotocol=redact(subprotocol) if subprotocol else None,
+            latency_s=latency,
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+async def observe_handshakes(
+    urls: Sequence[str],
+    *,
+    timeout_s: float = 5.0,
+    auth: ConnectAuth | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[HandshakeObservation, ...]:
+    """:func:`observe_handshake` for every URL, concurrently, in the order given."""
+    return tuple(
+        await asyncio.gather(
+            *(
+                observe_handshake(u, timeout_s=timeout_s, auth=auth, ssl_context=ssl_context)
+                for u in urls
+            )
+        )
+    )
+
+
+async def _read_body(
+    reader: asyncio.StreamReader, headers: Mapping[str, str], wait_s: float
+) -> bytes:
+    """Best-effort body excerpt of a refused upgrade (bounded in size and time)."""
+    try:
+        length = int(headers.get("content-length", "-1"))
+    except ValueError:
+        length = -1
+    try:
+        if length == 0:
+            return b""
+        if length > 0:
+            return await asyncio.wait_for(reader.readexactly(min(length, 4096)), wait_s)
+        return await asyncio.wait_for(reader.read(4096), wait_s)
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial
+    except (OSError, TimeoutError):
+        return b""
+
+
+# ---------------------------------------------------------------- websockets sessions
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOutcome:
+    """How a ``websockets`` connect went.
+
+    Attributes:
+        connected: the handshake completed.
+        status: the refusing HTTP status (or 101 when connected).
+        latency_s: time to open (or to the failure).
+        subprotocol: the subprotocol the server selected (redacted).
+        error: refused, timeout, tls, dns, closed, protocol, http_status, connect, other.
+        error_detail: the underlying message (redacted).
+        body_excerpt: body of a refused upgrade.
+    """
+
+    connected: bool
+    status: int | None = None
+    latency_s: float = 0.0
+    subprotocol: str | None = None
+    error: str | None = None
+    error_detail: str = ""
+    body_excerpt: str = ""
+
+
+def _connect_failure(exc: BaseException, latency: float) -> ConnectOutcome:
+    detail = redact(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, InvalidStatus):
+        resp = exc.response
+        body = redact((resp.body or b"")[:_BODY_EXCERPT].decode("utf-8", "replace"))
+        return ConnectOutcome(
+            False,
+            status=resp.status_code,
+            latency_s=latency,
+            error="http_status",
+            error_detail=detail,
+            body_excerpt=body,
+        )
+    if isinstance(exc, InvalidMessage):
+        cause = exc.__cause__
+        kind = "closed" if isinstance(cause, EOFError) else "protocol"
+        return ConnectOutcome(False, latency_s=latency, error=kind, error_detail=detail)
+    if isinstance(exc, (InvalidHandshake, InvalidURI)):
+        return ConnectOutcome(False, latency_s=latency, error="protocol", error_detail=detail)
+    return ConnectOutcome(False, latency_s=latency, error=error_kind(exc), error_detail=detail)
+
+
+async def _open(
+    url: str, auth: ConnectAuth | None, open_timeout_s: float, max_size: int
+) -> tuple[ClientConnection | None, ConnectOutcome]:
+    creds = auth or ConnectAuth()
+    start = time.perf_counter()
+    try:
+        ws = await asyncio.wait_for(
+            connect(
+                creds.url(url),
+                additional_headers=list(creds.headers) or None,
+                subprotocols=[Subprotocol(s) for s in creds.subprotocols] or None,
+                open_timeout=open_timeout_s,
+                ping_interval=None,
+                close_timeout=2.0,
+                max_size=max_size,
+                compression=None,
+                proxy=None,
+                user_agent_header="runbook-ws-probe",
+            ),
+            open_timeout_s + 1.0,
+        )
+    except (OSError, TimeoutError, ssl.SSLError, InvalidHandshake, InvalidURI, EOFError) as exc:
+        return None, _connect_failure(exc, time.perf_counter() - start)
+    sub = ws.subprotocol
+    return ws, ConnectOutcome(
+        True,
+        status=101,
+        latency_s=time.perf_counter() - start,
+        subprotocol=redact(sub) if sub else None,
+    )
+
+
+def _ending(exc: ConnectionClosed) -> tuple[str, int | None, str]:
+    """(how the socket ended, close code, reason) from a ``ConnectionClosed``."""
+    if exc.rcvd is not None:
+        return "server_closed", exc.rcvd.code, redact(exc.rcvd.reason)
+    if exc.sent is not None:
+        if exc.sent.code == 1009:
+            return "too_big", 1009, "frame larger than the client's max_size"
+        return "protocol_error", exc.sent.code, redact(exc.sent.reason)
+    return "abrupt", 1006, "connection dropped without a close frame"
+
+
+async def _close(ws: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(), 3.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTripObservation:
+    """Connect, send the ping template, wait for a pong.
+
+    Attributes:
+        url: the WebSocket URL.
+        connect: how the connect went.
+        sent: the ping was sent.
+        pong: a frame of a ``pong_types`` type arrived.
+        latency_s: send -> pong (None without a pong).
+        frames: every frame received (arrival in seconds since the send).
+        ended: ``pong``, ``timeout``, ``server_closed``, ``abrupt``, ``too_big``,
+            ``protocol_error``, ``connect_failed`` or ``send_failed``.
+        close_code: close code when the socket ended before the pong.
+        close_reason: close reason.
+    """
+
+    url: str
+    connect: ConnectOutcome
+    sent: bool = False
+    pong: bool = False
+    latency_s: float | None = None
+    frames: tuple[Frame, ...] = ()
+    ended: str = ""
+    close_code: int | None = None
+    close_reason: str = ""
+
+
+async def observe_roundtrip(
+    url: str,
+    protocol: ProtocolSettings,
+    *,
+    auth: ConnectAuth | None = None,
+    timeout_s: float = 10.0,
+    open_timeout_s: float = 5.0,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> RoundTripObservation:
+    """Connect, send ``protocol.ping``, skip other frames, expect a pong within ``timeout_s``."""
+    ws, outcome = await _open(url, auth, open_timeout_s, max_size)
+    if ws is None:
+        return RoundTripObservation(url=url, connect=outcome, ended="connect_failed")
+    frames: list[Frame] = []
+    sent = True
+    ended, code, reason = "timeout", None, ""
+    t0 = time.perf_counter()
+    try:
+        try:
+            await asyncio.wait_for(ws.send(render_message(protocol, "ping")), timeout_s)
+        except (ConnectionClosed, TimeoutError):
+            sent = False  # still read what the server said before it closed, briefly
+        deadline = t0 + (timeout_s if sent else min(1.0, timeout_s))
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(ws.recv(), left)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                ended, code, reason = _ending(exc)
+                break
+            frame = parse_frame(msg, protocol, t=time.perf_counter() - t0)
+            frames.append(frame)
+            if frame.event_type in protocol.pong_types:
+                ended = "pong"
+                break
+    finally:
+        await _close(ws)
+    pong = ended == "pong"
+    return RoundTripObservation(
+        url=url,
+        connect=outcome,
+        sent=sent,
+        pong=pong,
+        latency_s=frames[-1].t if pong else None,
+        frames=tuple(frames),
+        ended="send_failed" if not sent and ended == "timeout" else ended,
+        close_code=code,
+        close_reason=reason,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRunObservation:
+    """One user's agent run: every frame from the send until the final event or the timeout.
+
+    Attributes:
+        url: the WebSocket URL.
+        user_id: the test user.
+        run_id: the run id sent in the request.
+        thread_id: the thread id sent in the request.
+        template: ``agent_request`` or ``chat_message``.
+        connect: how the connect went.
+        sent: the request was sent.
+        frames: every frame received, ``t`` in seconds since the send.
+        ended: ``completed`` (final critical event arrived), ``error_frame``, ``timeout``,
+            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error``,
+            ``connect_failed``, ``send_failed`` or ``token_failed``.
+        close_code: close code when the server ended the socket.
+        close_reason: close reason.
+        duration_s: send -> end of observation.
+        timeout_s: the event timeout that applied.
+        error: why the run could not start (token or connect failure), in words.
+        final_event: the event type that completes a run (``critical_events[-1]``).
+    """
+
+    url: str
+    user_id: str
+    run_id: str
+    thread_id: str
+    template: str
+    connect: ConnectOutcome
+    sent: bool = False
+    frames: tuple[Frame, ...] = ()
+    ended: str = ""
+    close_code: int | None = None
+    close_reason: str = ""
+    duration_s: float = 0.0
+    timeout_s: float = 0.0
+    error: str = ""
+    final_event: str = ""
+
+    def is_own(self, frame: Frame) -> bool:
+        """True unless ``frame`` carries another user's id or another run's id.
+
+        Ids are only compared once the server has echoed ours at least once: a server
+        that assigns its own run ids (or a shared token's user) never echoes them.
+        """
+        return _is_own(frame, self.frames, self.user_id, self.run_id)
+
+    @property
+    def events(self) -> tuple[Frame, ...]:
+        """Event frames (typed, not ignorable, not errors) that belong to this run."""
+        return tuple(f for f in self.frames if f.is_event and self.is_own(f))
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """Types of :attr:`events` in arrival order."""
+        return tuple(f.event_type or "" for f in self.events)
+
+    @property
+    def errors(self) -> tuple[Frame, ...]:
+        """Error frames received."""
+        return tuple(f for f in self.frames if f.is_error)
+
+    @property
+    def first_event_s(self) -> float | None:
+        """Seconds from the send to the first own event (None if none)."""
+        ev = self.events
+        return ev[0].t if ev else None
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per frame, with the user id (for a delivery-timeline plot)."""
+        return [{"user": self.user_id, **f.to_record()} for f in self.frames]
+
+
+async def observe_agent_run(
+    url: str,
+    protocol: ProtocolSettings,
+    *,
+    auth: ConnectAuth | None = None,
+    user_id: str = "runbook-user",
+    text: str = "runbook end-to-end check",
+    template: str = "agent_request",
+    event_timeout_s: float = 30.0,
+    open_timeout_s: float = 5.0,
+    linger_s: float = 0.3,
+    run_id: str | None = None,
+    thread_id: str | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> AgentRunObservation:
+    """Send one agent request as ``user_id`` and record every frame until the run ends.
+
+    The run ends at the last critical event of this run (then ``linger_s`` more to catch
+    stragglers of a reordered stream), an error frame, the server closing, or
+    ``event_timeout_s`` after the send.
+    """
+    rid = run_id or f"run-{uuid.uuid4().hex[:12]}"
+    tid = thread_id or f"thread-{uuid.uuid4().hex[:12]}"
+    base: dict[str, Any] = {
+        "url": url,
+        "user_id": user_id,
+        "run_id": rid,
+        "thread_id": tid,
+        "template": template,
+        "timeout_s": event_timeout_s,
+        "final_event": protocol.critical_events[-1] if protocol.critical_events else "",
+    }
+    ws, outcome = await _open(url, auth, open_timeout_s, max_size)
+    if ws is None:
+        return AgentRunObservation(
+            connect=outcome, ended="connect_failed", error=_connect_words(outcome), **base
+        )
+    final = protocol.critical_events[-1] if protocol.critical_events else None
+    frames: list[Frame] = []
+    ended, code, reason = "timeout", None, ""
+    t0 = time.perf_counter()
+    try:
+        msg_out = render_message(
+            protocol, template, text=text, user_id=user_id, thread_id=tid, run_id=rid
+        )
+        sent = True
+        try:
+            await asyncio.wait_for(ws.send(msg_out), open_timeout_s)
+        except (ConnectionClosed, TimeoutError):
+            # Refused after accept (auth error frame + 1008 is typical): still read what
+            # the server said before closing, briefly.
+            sent = False
+        deadline = t0 + (event_timeout_s if sent else min(1.0, event_timeout_s))
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(ws.recv(), left)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                how, code, reason = _ending(exc)
+                # A close after the final event (while lingering) does not undo the completion.
+                ended = ended if ended == "completed" else how
+                break
+            frame = parse_frame(msg, protocol, t=time.perf_counter() - t0)
+            frames.append(frame)
+            done = frame.is_error or (
+                frame.is_event
+                and frame.event_type == final
+                and _is_own(frame, frames, user_id, rid)
+            )
+            if done:
+                ended = "error_frame" if frame.is_error else "completed"
+                deadline = min(deadline, time.perf_counter() + linger_s)
+    finally:
+        await _close(ws)
+    if not sent and ended == "timeout":
+        ended = "send_failed"
+    return AgentRunObservation(
+        connect=outcome,
+        sent=sent,
+        frames=tuple(frames),
+        ended=ended,
+        close_code=code,
+        close_reason=reason,
+        duration_s=time.perf_counter() - t0,
+        error="" if sent else "the socket closed before the request was sent",
+        **base,
+    )
+
+
+def _is_own(frame: Frame, frames: Sequence[Frame], user_id: str, run_id: str) -> bool:
+    if (
+        frame.user_id is not None
+        and frame.user_id != user_id
+        and any(f.user_id == user_id for f in frames)
+    ):
+        return False
+    return not (
+        frame.run_id is not None
+        and frame.run_id != run_id
+        and any(f.run_id == run_id for f in frames)
+    )
+
+
+def _connect_words(outcome: ConnectOutcome) -> str:
+    if outcome.status is not None and outcome.status != 101:
+        return f"upgrade refused with HTTP {outcome.status}"
+    return f"could not connect: {outcome.error} ({outcome.error_detail})"
+
+
+# ---------------------------------------------------------------- auth
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAttempt:
+    """One connect with a given credential and what the server did with it.
+
+    Attributes:
+        case: ``valid`` or a negative case name.
+        produced: False when the case could not be produced from the configuration.
+        reason: how the case was produced or why not.
+        accepted: True (the socket worked), False (refused), None (undecided: the
+            target was unreachable or the socket stayed silent).
+        how: the evidence in words: ``HTTP 401``, ``close 1008``, ``error frame``, ...
+        status: refusing HTTP status, if any.
+        close_code: close code, if the server closed.
+        subprotocol: subprotocol the server selected (redacted).
+        offered_subprotocol: whether a subprotocol was offered.
+        excerpt: error frame or refusal body excerpt (redacted).
+        latency_s: time to the decision.
+    """
+
+    case: str
+    produced: bool = True
+    reason: str = ""
+    accepted: bool | None = None
+    how: str = ""
+    status: int | None = None
+    close_code: int | None = None
+    subprotocol: str | None = None
+    offered_subprotocol: bool = False
+    excerpt: str = ""
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthObservation:
+    """The authenticated connect and every negative case.
+
+    Attributes:
+        mode: the configured auth mode.
+        authenticated: the connect with a valid token (None when no token could be had).
+        negatives: one attempt per negative case.
+        token_error: why no valid token could be obtained ('' otherwise).
+    """
+
+    mode: str
+    authenticated: AuthAttempt | None
+    negatives: tuple[AuthAttempt, ...] = ()
+    token_error: str = ""
+
+
+async def _attempt(
+    url: str,
+    protocol: ProtocolSettings,
+    case: str,
+    creds: ConnectAuth,
+    *,
+    open_timeout_s: float,
+    probe_timeout_s: float,
+    reason: str = "",
+) -> AuthAttempt:
+    start = time.perf_counter()
+    offered = bool(creds.subprotocols)
+    ws, outcome = await _open(url, creds, open_timeout_s, DEFAULT_MAX_SIZE)
+    base: dict[str, Any] = {"case": case, "reason": reason, "offered_subprotocol": offered}
+    if ws is None:
+        if outcome.status is not None:
+            return AuthAttempt(
+                accepted=False,
+                how=f"HTTP {outcome.status}",
+                status=outcome.status,
+                excerpt=outcome.body_excerpt,
+                latency_s=time.perf_counter() - start,
+                **base,
+            )
+        return AuthAttempt(
+            accepted=None,
+            how=f"connect failed: {outcome.error}",
+            excerpt=outcome.error_detail,
+            latency_s=time.perf_counter() - start,
+            **base,
+        )
+    sub = outcome.subprotocol
+    try:
+        try:
+            await asyncio.wait_for(ws.send(render_message(protocol, "ping")), probe_timeout_s)
+        except TimeoutError:
+            pass
+        except ConnectionClosed:
+            pass  # the recv below reports how it closed
+        deadline = time.perf_counter() + probe_timeout_s
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return AuthAttempt(
+                    accepted=None,
+                    subprotocol=sub,
+                    how=f"socket stayed open with no reply in {probe_timeout_s:g}s",
+                    latency_s=time.perf_counter() - start,
+                    **base,
+                )
+            try:
+                msg = await asyncio.wait_for(ws.recv(), left)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                ended, code, why = _ending(exc)
+                how = f"close {code}" + (f" ({why})" if why else "")
+                if ended == "abrupt":
+                    how = "connection dropped without a close frame (1006)"
+                return AuthAttempt(
+                    accepted=False,
+                    how=how,
+                    close_code=code,
+                    subprotocol=sub,
+                    latency_s=time.perf_counter() - start,
+                    **base,
+                )
+            frame = parse_frame(msg, protocol)
+            if frame.is_error:
+                return AuthAttempt(
+                    accepted=False,
+                    how="error frame",
+                    subprotocol=sub,
+                    excerpt=frame.excerpt,
+                    latency_s=time.perf_counter() - start,
+                    **base,
+                )
+            if frame.event_type in protocol.pong_types or frame.is_event:
+                return AuthAttempt(
+                    accepted=True,
+                    how=f"answered with {frame.event_type!r}",
+                    subprotocol=sub,
+                    latency_s=time.perf_counter() - start,
+                    **base,
+                )
+    finally:
+        await _close(ws)
+
+
+async def observe_auth(
+    url: str,
+    protocol: ProtocolSettings,
+    auth: AuthSettings,
+    *,
+    user_id: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    open_timeout_s: float = 5.0,
+    probe_timeout_s: float = 5.0,
+) -> AuthObservation:
+    """Connect with a valid token, then with each invalid credential, and record the answers.
+
+    A connect counts as accepted when the server answers the ping (or sends an event);
+    refused when the upgrade gets an HTTP error, the server closes (1008 expected) or
+    sends an error frame. Cases the configuration cannot produce are listed as such.
+    """
+    user = user_id or auth.default_user
+    token = await obtain_token(auth, user, client=client, timeout_s=open_timeout_s)
+    authenticated: AuthAttempt | None = None
+    if token.ok:
+        authenticated = await _attempt(
+            url,
+            protocol,
+            "valid",
+            connect_auth(auth, token.token),
+            open_timeout_s=open_timeout_s,
+            probe_timeout_s=probe_timeout_s,
+            reason=f"token from {token.source}",
+        )
+    cases = await negative_cases(auth, user_id=user, client=client, timeout_s=open_timeout_s)
+    negatives = []
+    for case in cases:
+        if not case.produced:
+            negatives.append(AuthAttempt(case=case.name, produced=False, reason=case.reason))
+            continue
+        negatives.append(
+            await _attempt(
+                url,
+                protocol,
+                case.name,
+                case.auth,
+                open_timeout_s=open_timeout_s,
+                probe_timeout_s=probe_timeout_s,
+                reason=case.reason,
+            )
+        )
+    return AuthObservation(
+        mode=auth.mode,
+        authenticated=authenticated,
+        negatives=tuple(negatives),
+        token_error=token.error,
+    )
+
+
+# ---------------------------------------------------------------- isolation
+
+
+@dataclass(frozen=True, slots=True)
+class IsolationObservation:
+    """K concurrent users, each with its own token and run."""
+
+    runs: tuple[AgentRunObservation, ...]
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The test users in order."""
+        return tuple(r.user_id for r in self.runs)
+
+
+async def observe_isolation(
+    url: str,
+    protocol: ProtocolSettings,
+    auth: AuthSettings,
+    *,
+    users: int = 5,
+    user_prefix: str = "runbook-iso",
+    template: str = "agent_request",
+    event_timeout_s: float = 30.0,
+    open_timeout_s: float = 5.0,
+    client: httpx.AsyncClient | None = None,
+) -> IsolationObservation:
+    """Run ``users`` agent sessions concurrently, each as its own user with its own token."""
+    suffix = uuid.uuid4().hex[:6]
+
+    async def one(i: int) -> AgentRunObservation:
+        user = f"{user_prefix}-{suffix}-{i}"
+        creds = ConnectAuth()
+        if auth.enabled:
+            token = await obtain_token(auth, user, client=client, timeout_s=open_timeout_s)
+            if not token.ok:
+                return AgentRunObservation(
+                    url=url,
+                    user_id=user,
+                    run_id="",
+                    thread_id="",
+                    template=template,
+                    ended="token_failed",
+                    connect=ConnectOutcome(False, error="token"),
+                    timeout_s=event_timeout_s,
+                    error=token.error,
+                )
+            creds = connect_auth(auth, token.token)
+        return await observe_agent_run(
+            url,
+            protocol,
+            auth=creds,
+            user_id=user,
+            text=f"isolation check for {user}",
+            template=template,
+            event_timeout_s=event_timeout_s,
+            open_timeout_s=open_timeout_s,
+        )
+
+    runs = await asyncio.gather(*(one(i) for i in range(max(1, users))))
+    return IsolationObservation(runs=tuple(runs))
+
+
+# ---------------------------------------------------------------- hold
+
+
+@dataclass(frozen=True, slots=True)
+class HoldObservation:
+    """A socket held open for ``hold_s``.
+
+    Attributes:
+        url: the WebSocket URL.
+        connect: how the connect went.
+        hold_s: how long the socket was meant to stay open.
+        outcome: ``held`` (open for the whole hold, then closed normally),
+            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error`` or ``connect_failed``.
+        ended_at_s: seconds after open when the socket ended (or was closed by us).
+        close_code: close code (1006 for an abrupt end).
+        close_reason: close reason.
+        clean_close: our close at the end completed with a close handshake.
+        pings_sent: application pings sent during the hold.
+        pongs: pongs received.
+        frames: frames received.
+    """
+
+    url: str
+    connect: ConnectOutcome
+    hold_s: float
+    outcome: str
+    ended_at_s: float = 0.0
+    close_code: int | None = None
+    close_reason: str = ""
+    clean_close: bool = False
+    pings_sent: int = 0
+    pongs: int = 0
+    frames: int = 0
+
+
+async def observe_hold(
+    url: str,
+    protocol: ProtocolSettings,
+    *,
+    hold_s: float,
+    auth: ConnectAuth | None = None,
+    ping_every_s: float | None = None,
+    open_timeout_s: float = 5.0,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> HoldObservation:
+    """Keep one socket open for ``hold_s`` (pinging every ``ping_every_s`` if set), then close."""
+    ws, outcome = await _open(url, auth, open_timeout_s, max_size)
+    if ws is None:
+        return HoldObservation(url=url, connect=outcome, hold_s=hold_s, outcome="connect_failed")
+    t0 = time.perf_counter()
+    pings = pongs = nframes = 0
+    next_ping = t0 + ping_every_s if ping_every_s else None
+    try:
+        while True:
+            now = time.perf_counter()
+            left = t0 + hold_s - now
+            if left <= 0:
+                break
+            if next_ping is not None and now >= next_ping:
+                with contextlib.suppress(ConnectionClosed, TimeoutError):
+                    await asyncio.wait_for(ws.send(render_message(protocol, "ping")), 5.0)
+                    pings += 1
+                next_ping = now + (ping_every_s or 0)
+            wait = left if next_ping is None else max(0.01, min(left, next_ping - now))
+            try:
+                msg = await asyncio.wait_for(ws.recv(), wait)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                ended, code, reason = _ending(exc)
+                return HoldObservation(
+                    url=url,
+                    connect=outcome,
+                    hold_s=hold_s,
+                    outcome=ended,
+                    ended_at_s=time.perf_counter() - t0,
+                    close_code=code,
+                    close_reason=reason,
+                    pings_sent=pings,
+                    pongs=pongs,
+                    frames=nframes,
+                )
+            nframes += 1
+            if parse_frame(msg, protocol).event_type in protocol.pong_types:
+                pongs += 1
+        held = time.perf_counter() - t0
+        try:
+            await asyncio.wait_for(ws.close(), 5.0)
+        except (TimeoutError, OSError):
+            pass
+        clean = ws.close_code == 1000 and ws.protocol.close_rcvd is not None
+        return HoldObservation(
+            url=url,
+            connect=outcome,
+            hold_s=hold_s,
+            outcome="held",
+            ended_at_s=held,
+            close_code=ws.close_code,
+            close_reason=ws.close_reason or "",
+            clean_close=clean,
+            pings_sent=pings,
+            pongs=pongs,
+            frames=nframes,
+        )
+    finally:
+        await _close(ws)
+
+
+# ---------------------------------------------------------------- monitor
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorTick:
+    """One monitoring sample: a health GET and a WebSocket handshake (and ping)."""
+
+    t: float
+    health_status: int | None
+    health_latency_s: float
+    health_error: str | None
+    ws_status: int | None
+    ws_latency_s: float
+    ws_error: str | None
+    ws_upgraded: bool
+    ping_ok: bool | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "t": round(self.t, 3),
+            "health_status": self.health_status,
+            "health_latency_s": round(self.health_latency_s, 4),
+            "health_error": self.health_error,
+            "ws_status": self.ws_status,
+            "ws_latency_s": round(self.ws_latency_s, 4),
+            "ws_error": self.ws_error,
+            "ws_upgraded": self.ws_upgraded,
+            "ping_ok": self.ping_ok,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorObservation:
+    """Samples taken every ``interval_s`` over ``window_s``."""
+
+    health_url: str
+    ws_url: str
+    window_s: float
+    interval_s: float
+    ticks: tuple[MonitorTick, ...]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per tick (for a DataFrame or the monitoring plot)."""
+        return [t.to_record() for t in self.ticks]
+
+
+async def observe_monitor(
+    health_url: str,
+    ws_url: str,
+    *,
+    window_s: float,
+    interval_s: float = 2.0,
+    auth: ConnectAuth | None = None,
+    protocol: ProtocolSettings | None = None,
+    ping: bool = False,
+    client: httpx.AsyncClient | None = None,
+    timeout_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> MonitorObservation:
+    """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
+
+    Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
+    ping round trip when ``ping`` and a ``protocol`` are given).
+    """
+    own = client is None
+    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    ticks: list[MonitorTick] = []
+    t0 = clock()
+    k = 0
+    try:
+        while True:
+            t = clock() - t0
+            if t >= window_s and ticks:
+                break
+            jobs: list[Awaitable[Any]] = [
+                observe_get(health_url, client=http, timeout_s=timeout_s),
+                observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
+            ]
+            if ping and protocol is not None:
+                jobs.append(
+                    observe_roundtrip(
+                        ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
+                    )
+                )
+            got = await asyncio.gather(*jobs)
+            h: HttpObservation = got[0]
+            hs: HandshakeObservation = got[1]
+            ping_ok = got[2].pong if len(got) > 2 else None
+            ticks.append(
+                MonitorTick(
+                    t=t,
+                    health_status=h.status,
+                    health_latency_s=h.latency_s,
+                    health_error=h.error,
+                    ws_status=hs.status,
+                    ws_latency_s=hs.latency_s,
+                    ws_error=hs.error,
+                    ws_upgraded=hs.upgraded,
+                    ping_ok=ping_ok,
+                )
+            )
+            k += 1
+            wait = k * interval_s - (clock() - t0)
+            if k * interval_s >= window_s:
+                break
+            if wait > 0:
+                await sleep(wait)
+    finally:
+        if own:
+            await http.aclose()
+    return MonitorObservation(
+        health_url=health_url,
+        ws_url=ws_url,
+        window_s=window_s,
+        interval_s=interval_s,
+        ticks=tuple(ticks),
+    )

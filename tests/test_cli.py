@@ -1,0 +1,175 @@
+"""``runbook`` command line: parsing, exit codes, verify/compare output, progress printing."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import types
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from runbook_lib import cli, evidence, runner
+from runbook_lib.context import PhaseContext, StepReport
+from runbook_lib.evidence import PhaseOutcome
+from runbook_lib.results import CheckResult, Recommendation
+from runbook_lib.runner import Progress, RunOutcome
+from runbook_lib.settings import settings_from_dict
+
+
+def _run_folder(out: Path, status: str) -> Path:
+    run = evidence.create_run_dir(out, "cli")
+    ctx = PhaseContext(
+        phase=3, settings=settings_from_dict({"name": "cli"}), run_dir=run, approve=False
+    )
+    ctx.record(StepReport("s", [CheckResult("ws.upgrade", 3, status, observed=0.5)]))
+    evidence.finalize_run(
+        run,
+        run_id=run.name,
+        environment="cli",
+        started_at=datetime.now(UTC).isoformat(),
+        outcomes=[PhaseOutcome(3, "03_endpoint_validation.ipynb", "pass", 1.0)],
+        parameters={},
+    )
+    return run
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["bogus"],
+        ["run", "--phases", "9"],
+        ["run", "--phases", "1,x"],
+        ["run", "--param", "novalue"],
+        ["run", "--env", "definitely-not-an-environment"],
+        ["run", "--deadline", "0"],
+        ["verify", "/nonexistent/run"],
+        ["compare", "/nonexistent/a", "/nonexistent/b"],
+    ],
+)
+def test_usage_and_config_errors_exit_2_without_traceback(argv, capsys) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip()
+
+
+def test_verify_passes_untouched_and_fails_edited(tmp_path: Path, capsys) -> None:
+    run = _run_folder(tmp_path, "pass")
+    assert cli.main(["verify", str(run)]) == 0
+    assert "OK" in capsys.readouterr().out
+    (run / "summary.md").write_text("tampered")
+    (run / "new.txt").write_text("x")
+    assert cli.main(["verify", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "changed: summary.md" in out and "added: new.txt" in out and "FAILED" in out
+
+
+def test_compare_prints_status_changes(tmp_path: Path, capsys) -> None:
+    a = _run_folder(tmp_path, "fail")
+    b = _run_folder(tmp_path, "pass")
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "ws.upgrade" in out and "fail -> pass" in out
+    assert "phase 3" in out
+
+
+def test_run_passes_options_and_returns_the_runner_exit_code(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    seen = {}
+
+    def fake_run(options, progress=None, sandbox=None):
+        seen["options"] = options
+        return RunOutcome(
+            tmp_path,
+            1,
+            "fail",
+            Recommendation("rollback", "failed after deploy: x", "rev-1"),
+            (),
+            True,
+            1.5,
+        )
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    code = cli.main(
+        [
+            "run",
+            "--env",
+            "staging",
+            "--phases",
+            "1,3-5",
+            "--approve",
+            "--out",
+            str(tmp_path),
+            "--param",
+            "thresholds.hold_s=5",
+            "--param",
+            "rollback_to=rev-0",
+        ]
+    )
+    assert code == 1
+    opts = seen["options"]
+    assert opts.phases == (1, 3, 4, 5) and opts.approve and opts.environment == "staging"
+    assert opts.overrides == {"thresholds.hold_s": 5} and opts.rollback_to == "rev-0"
+    out = capsys.readouterr().out
+    assert "verdict: FAIL" in out and "rollback to rev-1" in out
+
+
+def test_progress_is_quiet_when_not_a_terminal() -> None:
+    """Not a TTY: one line per phase; a TTY also sees each step."""
+    events = [
+        Progress("phase-start", 2, 1, 3, "02_deploy.ipynb"),
+        Progress("step", 2, 1, 3, "02_deploy.ipynb", step="deploy", elapsed_s=4.0),
+        Progress("phase-end", 2, 1, 3, "02_deploy.ipynb", status="pass", message="9.0 s"),
+        Progress("phase-skip", 3, 2, 3, "03_endpoint_validation.ipynb", message="deploy failed"),
+    ]
+    quiet, loud = io.StringIO(), io.StringIO()
+    q, tty = cli.ConsoleProgress(quiet, tty=False), cli.ConsoleProgress(loud, tty=True, tick_s=0)
+    for e in events:
+        q(e)
+        tty(e)
+    q.close()
+    tty.close()
+    assert quiet.getvalue().count("\n") == 2
+    assert "[1/3] 02_deploy.ipynb: PASS" in quiet.getvalue()
+    assert "SKIPPED (deploy failed)" in quiet.getvalue()
+    lines = loud.getvalue().splitlines()
+    assert lines[0].startswith("[1/3] 02_deploy.ipynb starting")
+    assert lines[1].startswith("    > deploy") and lines[2].startswith(
+        "[1/3] 02_deploy.ipynb: PASS"
+    )
+
+
+def test_progress_ticks_the_elapsed_time_of_a_long_step() -> None:
+    """On a terminal the live step line is rewritten with its elapsed time."""
+    import time
+
+    out = io.StringIO()
+    progress = cli.ConsoleProgress(out, tty=True, tick_s=0.05)
+    progress(Progress("step", 7, 1, 1, "07_monitoring.ipynb", step="monitor", message="cell 6"))
+    time.sleep(0.5)
+    progress.close()
+    assert "\r    > monitor" in out.getvalue() and " s" in out.getvalue()
+    assert out.getvalue().endswith("\n")
+
+
+def test_sandbox_subcommand_delegates_to_the_manager(monkeypatch) -> None:
+    got = []
+    fake = types.ModuleType("runbook_lib.sandbox.manager")
+    fake.sandbox_main = lambda argv: got.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "runbook_lib.sandbox.manager", fake)
+    import runbook_lib.sandbox as pkg
+
+    monkeypatch.setattr(pkg, "manager", fake, raising=False)
+    assert cli.main(["sandbox", "up", "--serving", "healthy"]) == 0
+    assert got == [["up", "--serving", "healthy"]]
+
+
+def test_module_entry_point_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runbook_lib", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "verify" in proc.stdout

@@ -1,0 +1,244 @@
+"""Load engine against real loopback servers: outcomes, error kinds, bounds, honesty.
+
+No timed performance assertions here (that is ``benchmarks/bench_load.py``'s job);
+time bounds below only prove that every wait is bounded, with generous margins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import numpy as np
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request
+
+from runbook_lib.load import LoadPlan, LoadReport, run_load
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Behaviour:
+    """What the test server does; tests tweak it before running a plan."""
+
+    delay_s: float = 0.0
+    welcome: bool = False
+    reply: bool = True
+    close_code: int | None = None  # close with this code on the first message
+    status: int | None = None  # refuse the upgrade with this HTTP status
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[tuple[str, Behaviour]]:
+    """A websockets server on 127.0.0.1:0 answering ``ping`` with ``pong``."""
+    behaviour = Behaviour()
+
+    def process_request(conn: ServerConnection, request: Request):  # type: ignore[no-untyped-def]
+        behaviour.seen_headers.append({k.lower(): v for k, v in request.headers.raw_items()})
+        if behaviour.status is not None:
+            return conn.respond(HTTPStatus(behaviour.status), "no route\n")
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        if behaviour.welcome:
+            await ws.send(json.dumps({"type": "welcome"}))
+        async for raw in ws:
+            if behaviour.close_code is not None:
+                await ws.close(behaviour.close_code, "test close")
+                return
+            if not behaviour.reply:
+                continue
+            if behaviour.delay_s:
+                await asyncio.sleep(behaviour.delay_s)
+            msg = json.loads(raw)
+            if msg.get("type") == "ping":
+                await ws.send(json.dumps({"data": {"type": "pong"}}))
+
+    server: Server
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        process_request=process_request,
+        select_subprotocol=lambda conn, offered: offered[0] if offered else None,
+        compression=None,
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws", behaviour
+
+
+def _plan(url: str, **kw: object) -> LoadPlan:
+    base: dict[str, object] = dict(
+        url=url,
+        sessions=10,
+        messages=2,
+        connect_timeout_s=2.0,
+        message_timeout_s=2.0,
+        deadline_s=20.0,
+    )
+    base.update(kw)
+    return LoadPlan(**base)  # type: ignore[arg-type]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _consistent(report: LoadReport) -> None:
+    assert report.succeeded + report.failed == report.planned
+    assert sum(report.errors_by_kind.values()) == report.failed
+    json.dumps(report.to_record())  # JSON-able, no raw arrays
+
+
+async def test_all_sessions_succeed_and_every_sample_is_kept(target) -> None:
+    url, behaviour = target
+    behaviour.welcome = True  # ignored: not an answer, but the first response
+    report = await run_load(_plan(url, sessions=20, messages=3, concurrency=5))
+    _consistent(report)
+    assert report.succeeded == 20 and report.success_rate() == 1.0
+    assert report.handshake_statuses == {101: 20}
+    assert report.rtt_s.shape == (60,) and report.connect_s.shape == (20,)
+    assert report.first_response_s.shape == (20,)
+    assert isinstance(report.rtt_s, np.ndarray) and np.all(report.rtt_s > 0)
+    assert report.p50_s is not None and report.p50_s <= report.p95_s <= report.p99_s
+    assert report.workers == 0 and report.peak_open <= 5
+    rec = report.to_record()
+    assert rec["samples"]["rtt"] == 60 and rec["success_rate"] == 1.0
+
+
+async def test_headers_and_subprotocols_reach_the_target(target) -> None:
+    url, behaviour = target
+    plan = _plan(
+        url, sessions=2, headers=(("Authorization", "Bearer t0k"),), subprotocols=("jwt.t0k",)
+    )
+    report = await run_load(plan)
+    assert report.succeeded == 2
+    seen = behaviour.seen_headers[0]
+    assert seen["authorization"] == "Bearer t0k"
+    assert seen["sec-websocket-protocol"] == "jwt.t0k"
+
+
+async def test_worker_processes_merge_their_results(target) -> None:
+    url, _ = target
+    report = await run_load(_plan(url, sessions=30, messages=2, rate=200.0, workers=2))
+    _consistent(report)
+    assert report.workers == 2
+    assert report.succeeded == 30 and report.rtt_s.size == 60
+    assert report.planned_rate == 200.0 and report.achieved_rate > 0
+
+
+async def test_refused_upgrade_is_classified_by_status(target) -> None:
+    url, behaviour = target
+    behaviour.status = 404
+    report = await run_load(_plan(url, sessions=5))
+    _consistent(report)
+    assert report.errors_by_kind == {"handshake_404": 5}
+    assert report.handshake_statuses == {404: 5}
+    assert report.p50_s is None and report.success_rate() == 0.0
+
+
+async def test_connection_refused_is_classified() -> None:
+    report = await run_load(_plan(f"ws://127.0.0.1:{_free_port()}/ws", sessions=3))
+    _consistent(report)
+    assert report.errors_by_kind == {"refused": 3}
+
+
+async def test_silent_tcp_listener_times_out_within_the_bounds() -> None:
+    """A host that accepts TCP and never answers the upgrade."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.append(w)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        report = await run_load(
+            _plan(f"ws://127.0.0.1:{port}/ws", sessions=4, connect_timeout_s=0.5, deadline_s=5.0)
+        )
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    _consistent(report)
+    assert report.errors_by_kind == {"timeout_connect": 4}
+
+
+async def test_target_that_never_replies_gives_reply_timeouts(target) -> None:
+    url, behaviour = target
+    behaviour.reply = False
+    t0 = time.monotonic()
+    report = await run_load(_plan(url, sessions=3, message_timeout_s=0.5))
+    assert time.monotonic() - t0 < 5.0
+    _consistent(report)
+    assert report.errors_by_kind == {"timeout_reply": 3}
+    assert report.handshake_statuses == {101: 3}
+
+
+async def test_server_close_is_classified_by_code(target) -> None:
+    url, behaviour = target
+    behaviour.close_code = 1011
+    report = await run_load(_plan(url, sessions=3))
+    _consistent(report)
+    assert report.errors_by_kind == {"closed_1011": 3}
+
+
+async def test_deadline_ends_held_sessions(target) -> None:
+    url, _ = target
+    t0 = time.monotonic()
+    report = await run_load(_plan(url, sessions=3, messages=1, hold_s=30.0, deadline_s=1.0))
+    assert time.monotonic() - t0 < 6.0
+    _consistent(report)
+    assert report.errors_by_kind == {"deadline": 3}
+    assert report.rtt_s.size == 3  # what was measured before the deadline is kept
+
+
+async def test_overload_is_marked_with_planned_vs_achieved(target) -> None:
+    """Each session takes >= 40 ms and at most 4 run at once: ~100/s possible, 2000/s planned."""
+    url, behaviour = target
+    behaviour.delay_s = 0.04
+    report = await run_load(_plan(url, sessions=60, messages=1, rate=2000.0, concurrency=4))
+    _consistent(report)
+    assert report.succeeded == 60
+    assert report.behind_schedule and not report.trusted
+    assert report.planned_rate == 2000.0 and report.achieved_rate < 1000.0
+    assert report.max_arrival_lag_s > 0.1
+    assert "planned" in report.schedule_reason
+    assert report.to_record()["behind_schedule"] is True
+
+
+async def test_delayed_target_shows_in_the_median(target) -> None:
+    url, behaviour = target
+    behaviour.delay_s = 0.05
+    report = await run_load(_plan(url, sessions=5, messages=3, rate=20.0))
+    assert report.succeeded == 5
+    assert report.p50_s is not None and 0.045 <= report.p50_s <= 0.25
+    assert not report.behind_schedule
+
+
+async def test_empty_plan_is_no_evidence() -> None:
+    report = await run_load(_plan("ws://127.0.0.1:9/ws", sessions=0))
+    assert report.success_rate() == 0.0 and report.p95_s is None
+    _consistent(report)
+
+
+def test_plan_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="ws://"):
+        LoadPlan(url="http://x", sessions=1)
+    with pytest.raises(ValueError):
+        LoadPlan(url="ws://x", sessions=1, rate=0)
+    with pytest.raises(ValueError):
+        LoadPlan(url="ws://x", sessions=1, concurrency=0)

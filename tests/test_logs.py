@@ -1,0 +1,159 @@
+"""Cloud Logging reads through the real google-cloud-logging HTTP client against the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runbook_lib.cloudrun import cloudrun_client
+from runbook_lib.exceptions import CloudRunError
+from runbook_lib.logs import LogEntry, gcloud_logging_command, logging_filter, read_logs
+from runbook_lib.sandbox import manager
+from runbook_lib.settings import Settings, load_settings, settings_from_dict
+
+WS_HEADERS = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.SandboxInfo]:
+    root = tmp_path_factory.mktemp("sandbox-logs")
+    info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
+    try:
+        yield info
+    finally:
+        manager.down(root / "state")
+
+
+@pytest.fixture(scope="module")
+def settings(sandbox: manager.SandboxInfo) -> Settings:
+    return load_settings(sandbox.env_file)
+
+
+def test_filter_matches_the_seed_queries(settings: Settings) -> None:
+    """The filter is the seed's gcloud logging read filter plus the optional restrictions."""
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    flt = logging_filter(
+        settings,
+        since=since,
+        revision="backend-00002-abc",
+        min_severity="warning",
+        contains=["404", "websocket"],
+    )
+    assert flt == (
+        'resource.type="cloud_run_revision" AND resource.labels.service_name="backend" AND '
+        'resource.labels.revision_name="backend-00002-abc" AND severity>=WARNING AND '
+        'timestamp>="2026-01-02T03:04:05.000000Z" AND '
+        '(textPayload:"404" OR textPayload:"websocket")'
+    )
+    cmd = gcloud_logging_command(settings, flt, limit=20)
+    assert cmd.startswith("gcloud logging read 'resource.type=")
+    assert "--project=sandbox-project --limit=20" in cmd
+    with pytest.raises(CloudRunError, match="unknown log severity"):
+        logging_filter(settings, min_severity="LOUD")
+
+
+async def test_incident_404s_are_read_back_by_revision_and_substring(
+    settings: Settings, sandbox: manager.SandboxInfo
+) -> None:
+    """WebSocket upgrades answered 404 by the serving revision show up in its logs."""
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    serving = (await cloudrun_client(settings).get_service()).latest_ready_revision
+    async with httpx.AsyncClient(base_url=sandbox.service_url, timeout=5) as client:
+        for path in ("/websocket", "/ws/test"):
+            assert (await client.get(path, headers=WS_HEADERS)).status_code == 404
+        assert (await client.get("/health")).status_code == 200
+
+    # A log line travels backend stdout -> daemon -> store after the response: poll briefly.
+    for _ in range(50):
+        entries = await read_logs(
+            settings, since=since, revision=serving, contains=["/websocket", "/ws/test"]
+        )
+        hits = [e for e in entries if e.status == 404]
+        if len(hits) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert entries and all(isinstance(e, LogEntry) for e in entries)
+    assert {e.path for e in hits} == {"/websocket", "/ws/test"}
+    assert all(e.revision == serving and e.method == "GET" for e in hits)
+    assert all(e.timestamp >= since for e in entries)
+    assert [e.timestamp for e in entries] == sorted(e.timestamp for e in entries)
+    assert all(e.latency_s is not None and e.latency_s >= 0 for e in hits)
+
+    warnings = await read_logs(settings, since=since, revision=serving, min_severity="WARNING")
+    assert 404 in {e.status for e in warnings}
+    assert {e.severity for e in warnings} <= {"WARNING", "ERROR", "CRITICAL"}
+    older = (await cloudrun_client(settings).list_revisions())[-1].name
+    assert await read_logs(settings, since=since, revision=older, contains=["/websocket"]) == []
+
+
+async def test_system_entries_and_limit(settings: Settings) -> None:
+    """The emulator's own entries ("is ready") are served; limit keeps the newest."""
+    since = datetime.now(UTC) - timedelta(minutes=10)
+    ready = await read_logs(settings, since=since, contains=["is ready"])
+    assert len(ready) == 2 and all(e.severity == "INFO" for e in ready)
+    one = await read_logs(settings, since=since, limit=1)
+    everything = await read_logs(settings, since=since)
+    assert len(one) == 1 and one[0] == everything[-1]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = b'{"error": {"code": 500, "message": "logging exploded", "status": "INTERNAL"}}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def failing_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _settings(endpoint: str, tmp: Path) -> Settings:
+    return settings_from_dict(
+        {
+            "name": "broken",
+            "cloudrun": {"project": "p", "region": "r", "service": "s", "api_endpoint": endpoint},
+            "timeouts": {"cloudrun_s": 2},
+        },
+        source=str(tmp / "broken.toml"),
+    )
+
+
+async def test_failures_raise_cloudrun_error(failing_server: str, tmp_path: Path) -> None:
+    """A 500 and a refused connection both become CloudRunError naming the endpoint."""
+    since = datetime.now(UTC)
+    with pytest.raises(CloudRunError, match=r"HTTP 500 .*logging exploded"):
+        await read_logs(_settings(failing_server, tmp_path), since=since)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CloudRunError, match="cannot connect"):
+        await read_logs(_settings(f"http://127.0.0.1:{port}", tmp_path), since=since)

@@ -1,0 +1,136 @@
+"""Source checks: git state of a checkout and the app's routes (imported in a child)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runbook_lib.results import Status
+from runbook_lib.source import (
+    judge_git_branch,
+    judge_git_clean,
+    judge_ws_routes_present,
+    list_app_routes,
+    observe_git,
+)
+
+APP = """
+from fastapi import APIRouter, FastAPI, WebSocket
+from starlette.routing import Mount, WebSocketRoute
+
+app = FastAPI()
+router = APIRouter()
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+@router.websocket("/websocket")
+async def ws(websocket: WebSocket):
+    await websocket.accept()
+
+@router.get("/ws/health")
+async def ws_health():
+    return {"connections": {"active": 0}}
+
+async def echo(websocket):
+    await websocket.accept()
+
+app.include_router(router)
+api = APIRouter()
+
+@api.websocket("/stream")
+async def stream(websocket: WebSocket):
+    await websocket.accept()
+
+app.include_router(api, prefix="/api")
+app.router.routes.append(Mount("/v2", routes=[WebSocketRoute("/ws/test", echo)]))
+
+broken = FastAPI()
+broken.include_router(APIRouter())
+
+def factory():
+    return app
+"""
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@x",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@x",
+            "HOME": str(repo),
+            "PATH": "/usr/bin:/bin:/usr/local/bin",
+        },
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q", "-b", "develop-long-lived")
+    (tmp_path / "svc_app.py").write_text(textwrap.dedent(APP))
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "init")
+    return tmp_path
+
+
+def test_clean_repo_on_expected_branch(repo: Path) -> None:
+    obs = observe_git(str(repo))
+    assert obs.is_repo and obs.branch == "develop-long-lived" and obs.head
+    assert judge_git_clean(obs).status is Status.PASS
+    assert judge_git_branch(obs, "develop-long-lived").status is Status.PASS
+    r = judge_git_branch(obs, "main")
+    assert r.status is Status.FAIL and "not main" in r.detail
+    assert judge_git_branch(obs, "").status is Status.SKIP
+
+
+def test_dirty_and_untracked(repo: Path) -> None:
+    (repo / "new.txt").write_text("x")
+    assert judge_git_clean(observe_git(str(repo))).status is Status.WARN
+    (repo / "svc_app.py").write_text("changed")
+    r = judge_git_clean(observe_git(str(repo)))
+    assert r.status is Status.FAIL and "svc_app.py" in r.detail
+
+
+def test_not_a_repo_is_clear(tmp_path: Path) -> None:
+    obs = observe_git(str(tmp_path))
+    assert not obs.is_repo and "not a git work tree" in obs.error
+    assert judge_git_clean(obs).status is Status.FAIL
+    assert not observe_git(str(tmp_path / "missing")).is_repo
+    assert judge_git_clean(None).status is Status.SKIP
+
+
+def test_routes_listed_including_mounts(repo: Path) -> None:
+    obs = list_app_routes("svc_app:app", cwd=str(repo), timeout_s=60)
+    assert obs.error == ""
+    assert set(obs.ws_paths) == {"/websocket", "/api/stream", "/v2/ws/test"}
+    assert "/health" in obs.http_paths and "/ws/health" in obs.http_paths
+    assert judge_ws_routes_present(obs, ["/websocket", "/v2/ws/test"]).status is Status.PASS
+    r = judge_ws_routes_present(obs, ["/websocket", "/ws/health"])
+    assert r.status is Status.FAIL and "HTTP routes only" in r.detail
+    assert list_app_routes("svc_app:factory", cwd=str(repo)).ws_paths
+
+
+def test_app_without_ws_routes_fails(repo: Path) -> None:
+    obs = list_app_routes("svc_app:broken", cwd=str(repo), timeout_s=60)
+    r = judge_ws_routes_present(obs, [])
+    assert r.status is Status.FAIL
+
+
+def test_bad_import_and_hanging_import_are_results(repo: Path) -> None:
+    (repo / "bad_app.py").write_text("raise RuntimeError('config missing')\n")
+    obs = list_app_routes("bad_app:app", cwd=str(repo), timeout_s=60)
+    assert "config missing" in obs.error
+    assert judge_ws_routes_present(obs, ["/websocket"]).status is Status.FAIL
+    (repo / "slow_app.py").write_text("import time\ntime.sleep(60)\n")
+    obs = list_app_routes("slow_app:app", cwd=str(repo), timeout_s=1)
+    assert obs.timed_out and judge_ws_routes_present(obs, []).status is Status.ERROR
+    assert judge_ws_routes_present(None, []).status is Status.SKIP
