@@ -68,7 +68,7 @@ class StepReport:
         if self.table is not None and hasattr(self.table, "to_html"):
             parts.append(redact(self.table.to_html(index=False, escape=True)))
         if self.figure is not None:
-            parts.append(_figure_html(self.figure))
+            parts.append(_figure_html(self.figure, self.title))
         return "\n".join(parts)
 
     def __repr__(self) -> str:
@@ -216,11 +216,11 @@ def _style_results(frame: Any) -> str:
     return f'<table class="runbook-results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
-def _figure_html(fig: Any) -> str:
+def _figure_html(fig: Any, title: str = "figure") -> str:
     import base64
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{data}"/>'
+    return f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}"/>'

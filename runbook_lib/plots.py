@@ -80,13 +80,20 @@ def plot_handshakes(rows: Sequence[Mapping[str, Any]], *, ax: Axes | None = None
     for i, r in enumerate(rows):
         status = r.get("status")
         label = f"{status}" if status is not None else "no response"
-        cause = str(r.get("cause") or ("upgraded" if r.get("ok") else ""))
-        ax.text(values[i] + top * 0.02, i, f"{label}  {cause}"[:80], va="center", fontsize=8)
+        cause = _short_cause(str(r.get("cause") or ("upgraded" if r.get("ok") else "")))
+        ax.text(values[i] + top * 0.02, i, f"{label}  {cause}", va="center", fontsize=8)
     ax.axvline(101, color=OK_COLOR, linestyle=":", linewidth=1)
     ax.set_xlabel("handshake HTTP status code (101 = upgraded; 0 = no response)")
     ax.set_ylabel("WebSocket path")
     ax.set_title("WebSocket handshake per path")
     return fig
+
+
+def _short_cause(cause: str, limit: int = 48) -> str:
+    """The head of a cause sentence, short enough to sit beside a bar (the table has it all)."""
+    for sep in (" (", ": ", "; ", ", "):
+        cause = cause.split(sep)[0]
+    return cause if len(cause) <= limit else cause[: limit - 1] + "…"
 
 
 def plot_warmup(
@@ -173,9 +180,11 @@ def plot_load_latency(
         threshold_s: the p95 limit, drawn dashed when set.
     """
     data = np.asarray(rtt_s, dtype=float)
-    data = data[np.isfinite(data)]
+    data = data[np.isfinite(data)] * 1000.0  # drawn in ms: loopback round trips are ~1 ms
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     hist_ax, cdf_ax = fig.subplots(1, 2)
+    marks = [("p50", p50, "#455a64"), ("p95", p95, WARN_COLOR), ("p99", p99, FAIL_COLOR)]
+    limit_ms = threshold_s * 1000.0 if threshold_s is not None else None
     if data.size == 0:
         for a in (hist_ax, cdf_ax):
             a.text(
@@ -187,33 +196,53 @@ def plot_load_latency(
                 transform=a.transAxes,
                 color=FAIL_COLOR,
             )
+        right = limit_ms or 1.0
     else:
-        hist_ax.hist(data, bins=min(60, max(5, int(np.sqrt(data.size)))), color=NEUTRAL_COLOR)
+        # Zoom on the data; the limit is drawn only when it is near enough to be readable,
+        # otherwise the title says how far below it the whole distribution sits.
+        right = float(np.max(data)) * 1.15 or 1.0
+        if limit_ms is not None and limit_ms <= right * 3:
+            right = max(right, limit_ms * 1.1)
+        hist_ax.hist(
+            data,
+            bins=min(80, max(5, int(np.sqrt(data.size)))),
+            range=(0.0, right),
+            color=NEUTRAL_COLOR,
+        )
         q = np.linspace(0.0, 1.0, min(_CDF_POINTS, data.size))
         cdf_ax.plot(np.quantile(data, q), q * 100.0, color=NEUTRAL_COLOR)
-    marks = [("p50", p50, "#455a64"), ("p95", p95, WARN_COLOR), ("p99", p99, FAIL_COLOR)]
     for name, value, color in marks:
         if value is None:
             continue
         for a in (hist_ax, cdf_ax):
-            a.axvline(value, color=color, linewidth=1.2, label=f"{name} = {value:.3f} s")
-    if threshold_s is not None:
-        for a in (hist_ax, cdf_ax):
             a.axvline(
-                threshold_s,
-                color="black",
-                linestyle="--",
-                linewidth=1,
-                label=f"limit = {threshold_s:g} s",
+                value * 1000.0,
+                color=color,
+                linewidth=1.2,
+                label=f"{name} = {value * 1000.0:.1f} ms",
             )
-    hist_ax.set_xlabel("round-trip time (s)")
-    hist_ax.set_ylabel("connections (count)")
-    hist_ax.set_title(f"Load test latency ({data.size} samples)")
-    cdf_ax.set_xlabel("round-trip time (s)")
-    cdf_ax.set_ylabel("share of connections at or below (%)")
+    off_scale = ""
+    if limit_ms is not None:
+        if limit_ms <= right:
+            for a in (hist_ax, cdf_ax):
+                a.axvline(
+                    limit_ms,
+                    color="black",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"limit = {limit_ms:g} ms",
+                )
+        else:
+            off_scale = f"; limit {limit_ms:g} ms is off scale"
+    for a in (hist_ax, cdf_ax):
+        a.set_xlim(0.0, right)
+        a.set_xlabel("round-trip time (ms)")
+    hist_ax.set_ylabel("round trips (count)")
+    hist_ax.set_title(f"Load test latency ({data.size:,} samples{off_scale})")
+    cdf_ax.set_ylabel("share of round trips at or below (%)")
     cdf_ax.set_ylim(0, 101)
     cdf_ax.set_title("Cumulative distribution")
-    if any(v is not None for _, v, _ in marks) or threshold_s is not None:
+    if any(v is not None for _, v, _ in marks) or limit_ms is not None:
         cdf_ax.legend(loc="lower right", fontsize=8)
     return fig
 

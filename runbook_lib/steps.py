@@ -374,7 +374,7 @@ async def rollback_target(ctx: PhaseContext, rollback_to: str = "") -> StepRepor
     if not target:
         target = _previous_phase_artifact(ctx, 2, "previous_revision") or ""
         source = "revision serving before this run's deploy"
-    if not target or target == current:
+    if not target:
         older = [r for r in revisions if r.ready and r.name != current]
         target = older[0].name if older else ""
         source = "newest ready revision other than the current one"
@@ -1047,6 +1047,11 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         return StepReport(title, _skip_all(ctx, _LOAD_IDS, _TARGET_MISSING))
     th, p = ctx.settings.thresholds, ctx.settings.protocol
     auth, err = await _connect_auth(ctx)
+    if err:
+        return StepReport(
+            title,
+            [_result(ctx, i, Status.ERROR, f"could not obtain a token: {err}") for i in _LOAD_IDS],
+        )
     url = _with_query(ctx.settings.target.ws(), auth.query)
     plan = LoadPlan(
         url=url,

@@ -70,10 +70,19 @@ def test_load_latency_100k_samples_is_fast_and_marks_percentiles() -> None:
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert any(label.startswith("p50") for label in labels)
     assert any(label.startswith("p99") for label in labels)
-    assert "limit = 3 s" in labels
-    assert all("(s)" in a.get_xlabel() for a in fig.axes)
+    assert "limit = 3000 ms" in labels
+    assert all("(ms)" in a.get_xlabel() for a in fig.axes)
     # The CDF is downsampled: drawing 100k points would be slow and identical.
     assert len(fig.axes[1].lines[0].get_xdata()) <= 2000
+
+
+def test_load_latency_zooms_on_data_and_names_a_far_limit() -> None:
+    """Loopback round trips of ~1 ms stay readable next to a 3 s limit: the axis zooms."""
+    rtt = np.random.default_rng(2).normal(0.001, 0.0002, size=1000).clip(0.0002)
+    fig = plots.plot_load_latency(rtt, 0.001, 0.0013, 0.0015, threshold_s=3.0)
+    assert fig.axes[0].get_xlim()[1] < 10.0  # ms, not 3000
+    assert "limit 3000 ms is off scale" in fig.axes[0].get_title()
+    _png(fig)
 
 
 def test_load_latency_without_samples_says_so() -> None:

@@ -40,7 +40,7 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
 from .auth_service import decode_token
-from .profiles import PROFILES, ProfileKnobs
+from .profiles import PROFILES, ProfileKnobs, run_fast
 
 __all__ = [
     "CRITICAL_EVENTS",
@@ -720,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     # SystemExit instead turns a supervisor's normal stop into exit code 0 plus a log line.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        asyncio.run(_serve(server, sock, port, startup_text))
+        run_fast(_serve(server, sock, port, startup_text))
     except (KeyboardInterrupt, SystemExit):
         pass
     _emit("INFO", f"sandbox backend {args.revision} stopped")

@@ -369,4 +369,6 @@ def daemon_main(config: DaemonConfig) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(run_daemon(config))
+    from .profiles import run_fast
+
+    return run_fast(run_daemon(config))

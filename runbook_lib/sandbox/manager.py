@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -234,6 +235,9 @@ def environment_toml(info: SandboxInfo) -> str:
 
         if hasattr(importlib.import_module("runbook_lib.sandbox.backend"), "app"):
             app_line = 'app = "runbook_lib.sandbox.backend:app"\n'
+    py = shlex.quote(sys.executable)
+    junit_local = Path(info.state_dir) / "junit-predeploy.xml"
+    junit_remote = Path(info.state_dir) / "junit-mission-critical.xml"
     return f'''# Written by `runbook sandbox up` at {info.started_at}; rewritten on every `up`.
 # The embedded sandbox: every URL is on 127.0.0.1 and changes with each start.
 # No secret lives here: WebSocket tokens come from the auth service's dev-token endpoint.
@@ -272,6 +276,21 @@ lookback_s = 900
 [source]
 repo_dir = "."
 {app_line}expected_ws_routes = ["/websocket", "/ws/test"]
+
+# The sandbox's own mission-critical suite (runbook_lib/sandbox/suite.py), as the seed
+# runs tests/mission_critical/*: against the fixed code before the deploy, and against
+# the service after it.
+[[commands.predeploy]]
+name = "local_agent_events_suite"
+run = "{py} -m runbook_lib.sandbox.suite --local --junit {junit_local}"
+timeout_s = 60
+junit = "{junit_local}"
+
+[[commands.mission_critical]]
+name = "websocket_agent_events"
+run = "{py} -m runbook_lib.sandbox.suite --base-url {info.service_url} --auth-url {info.auth_url} --junit {junit_remote}"
+timeout_s = 60
+junit = "{junit_remote}"
 
 [thresholds]
 # Short windows so a full sandbox run takes a couple of minutes.
