@@ -27,6 +27,8 @@ Parts (``--only``):
 - ``concurrency``: 10,000 sockets opened at 2,500/s and each held 30 s; memory per
   socket from the worker's RSS growth (the per-process open-file limit here is 20,000).
 - ``accuracy``: the target adds 5 ms before each reply; engine p50 at light load.
+- ``sandbox``: 1,000 concurrent authenticated sessions (ping/pong) held against the
+  runbook's own sandbox backend (profile ``healthy``, pinned to core 0).
 
 Artillery is installed on first use with npm into ``benchmarks/.node/`` (git-ignored).
 """
@@ -62,7 +64,7 @@ GEN_CPU = 1
 PAYLOAD = '{"type":"echo","seq":1}'
 MESSAGES = 10
 P99_LIMIT_S = 0.050
-PARTS = ("rate", "overload", "concurrency", "accuracy")
+PARTS = ("rate", "overload", "concurrency", "accuracy", "sandbox")
 TOOLS = ("artillery", "websockets", "picows", "engine")
 TOOL_LABEL = {
     "artillery": "Artillery 2 (ws engine)",
@@ -421,6 +423,57 @@ def part_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return {"delay_ms": delay_ms, "target_applied_p50_ms": applied, "report": report.to_record()}
 
 
+def part_sandbox(args: argparse.Namespace) -> dict[str, Any]:
+    """1,000 concurrent sessions held against the sandbox backend (JWT bearer auth)."""
+    from runbook_lib.sandbox.auth_service import mint_token
+
+    secret = os.urandom(32).hex()
+    env = dict(os.environ, SANDBOX_JWT_SECRET=secret)
+    cmd = ["taskset", "-c", str(TARGET_CPU), sys.executable, "-m", "runbook_lib.sandbox.backend",
+           "--host", "127.0.0.1", "--port", "0", "--profile", "healthy",
+           "--revision", "bench-00001", "--service", "bench"]  # fmt: skip
+    # The backend logs every connection on stdout: send it to a file, since an unread
+    # pipe would fill up and stall the backend mid-benchmark.
+    logfile = tempfile.NamedTemporaryFile("w+", suffix=".log")
+    proc = subprocess.Popen(cmd, stdout=logfile, text=True, env=env, cwd=ROOT)
+    try:
+        port = None
+        limit = time.monotonic() + 30
+        while port is None and time.monotonic() < limit and proc.poll() is None:
+            time.sleep(0.1)
+            with open(logfile.name) as fh:
+                for line in fh:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        port = json.loads(line).get("port") or port
+        if not port:
+            raise RuntimeError("sandbox backend did not start")
+        token = mint_token(secret, "bench-user")
+        n, hold = args.sandbox_sessions, args.sandbox_hold
+        report = asyncio.run(
+            run_load(
+                LoadPlan(
+                    url=f"ws://127.0.0.1:{port}/websocket",
+                    sessions=n,
+                    ramp_s=1.0,
+                    messages=1,
+                    hold_s=hold,
+                    headers=(("Authorization", f"Bearer {token}"),),
+                    connect_timeout_s=10.0,
+                    deadline_s=hold + 60,
+                )
+            )
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        logfile.close()
+    return {"sessions": n, "hold_s": hold, "report": report.to_record()}
+
+
 # ------------------------------------------------------------------ table
 
 
@@ -555,6 +608,22 @@ def build_rows(results: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]]
                 "yes" if err is not None and abs(err) <= 1.0 else "NO",
             )
         )
+    sb = results.get("sandbox")
+    if sb:
+        rec = sb["report"]
+        met = rec["succeeded"] == sb["sessions"] and rec["peak_open"] >= sb["sessions"]
+        rows.append(
+            (
+                f"sandbox backend: {sb['sessions']:,} concurrent sessions held {sb['hold_s']:.0f}s",
+                f"peak open {rec['peak_open']:,}, succeeded {rec['succeeded']:,}, p95 "
+                f"{(rec['p95_s'] or 0) * 1e3:.1f} ms, connect p95 "
+                f"{(rec['connect_p95_s'] or 0) * 1e3:.0f} ms, errors {rec['errors_by_kind'] or 0}",
+                "all held",
+                "yes" if met else "NO",
+            )
+        )
+        if not met:
+            notes.append(f"Sandbox hold missed: {rec['errors_by_kind']}")
     return rows, notes
 
 
@@ -606,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     args.hold = args.hold or (5.0 if q else 30.0)
     args.overload_duration = 3.0 if q else 10.0
     args.accuracy_duration = 3.0 if q else 10.0
+    args.sandbox_sessions = 1000
+    args.sandbox_hold = 5.0 if q else 10.0
     parts = args.only or list(PARTS)
     if len(os.sched_getaffinity(0)) < 2 or not {TARGET_CPU, GEN_CPU} <= os.sched_getaffinity(0):
         print("needs cores 0 and 1", file=sys.stderr)
@@ -630,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in parts:
         log("part: accuracy")
         results["accuracy"] = part_accuracy(args)
+    if "sandbox" in parts:
+        log("part: sandbox")
+        results["sandbox"] = part_sandbox(args)
     rows, notes = build_rows(results)
     load1 = os.getloadavg()[0]
     notes.append(
