@@ -33,6 +33,9 @@ OVERRIDES = {
     "thresholds.monitor_interval_s": 0.5,
     "thresholds.hold_s": 2.5,
     "thresholds.event_timeout_s": 5,
+    # A revision without the routes answers /ws/health 404 forever: do not wait 60 s for it.
+    "thresholds.health_ready_s": 5,
+    "thresholds.ws_health_ready_s": 5,
 }
 
 
@@ -55,8 +58,13 @@ async def _failing_checks(sandbox, tmp_path, profile: str) -> tuple[set[str], di
     for phase, names in PLAN.items():
         if phase != 2 and not deployed_ok:
             break  # the runner skips validation after a failed deploy; so does the matrix
-        ctx = open_phase(phase, environment=str(sandbox.env_file), run_dir=str(tmp_path),
-                         approve=True, overrides=overrides)
+        ctx = open_phase(
+            phase,
+            environment=str(sandbox.env_file),
+            run_dir=str(tmp_path),
+            approve=True,
+            overrides=overrides,
+        )
         for name in names:
             result = getattr(steps, name)(ctx)
             report = await result if hasattr(result, "__await__") else result

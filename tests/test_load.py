@@ -144,6 +144,7 @@ async def test_refused_upgrade_is_classified_by_status(target) -> None:
     _consistent(report)
     assert report.errors_by_kind == {"handshake_404": 5}
     assert report.handshake_statuses == {404: 5}
+    assert report.server_error_count() == 0
     assert report.p50_s is None and report.success_rate() == 0.0
 
 
@@ -194,6 +195,15 @@ async def test_server_close_is_classified_by_code(target) -> None:
     report = await run_load(_plan(url, sessions=3))
     _consistent(report)
     assert report.errors_by_kind == {"closed_1011": 3}
+    assert report.server_error_count() == 3
+
+
+async def test_503_upgrade_counts_as_server_error(target) -> None:
+    url, behaviour = target
+    behaviour.status = 503
+    report = await run_load(_plan(url, sessions=2))
+    assert report.errors_by_kind == {"handshake_503": 2}
+    assert report.server_error_count() == 2 and report.to_record()["server_errors"] == 2
 
 
 async def test_deadline_ends_held_sessions(target) -> None:
