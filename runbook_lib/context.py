@@ -202,8 +202,13 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-_COLORS = {"pass": "#d4edda", "fail": "#f8d7da", "error": "#f5c6cb", "warn": "#fff3cd",
-           "skip": "#e2e3e5"}
+_COLORS = {
+    "pass": "#d4edda",
+    "fail": "#f8d7da",
+    "error": "#f5c6cb",
+    "warn": "#fff3cd",
+    "skip": "#e2e3e5",
+}
 
 
 def _style_results(frame: Any) -> str:

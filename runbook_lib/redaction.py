@@ -28,7 +28,9 @@ JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-
 # Header-shaped secrets, whatever the value.
 _HEADER_PATTERNS = [
     re.compile(r"(?i)(authorization['\"]?\s*[:=,]\s*['\"]?\s*(?:bearer|basic)\s+)([^\s'\",})\]]+)"),
-    re.compile(r"(?i)(sec-websocket-protocol['\"]?\s*[:=,]\s*['\"]?[^'\"\n]*?jwt\.)([^\s'\",})\]]+)"),
+    re.compile(
+        r"(?i)(sec-websocket-protocol['\"]?\s*[:=,]\s*['\"]?[^'\"\n]*?jwt\.)([^\s'\",})\]]+)"
+    ),
     re.compile(r"(?i)([?&](?:token|access_token|jwt|auth)=)([^&\s'\"#]+)"),
 ]
 

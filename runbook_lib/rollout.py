@@ -36,8 +36,7 @@ def judge_service_status(
                 phase,
                 Status.PASS,
                 observed=serving,
-                detail=f"serving revision(s): "
-                + ", ".join(f"{k} {v}%" for k, v in serving.items()),
+                detail="serving revision(s): " + ", ".join(f"{k} {v}%" for k, v in serving.items()),
             )
         )
     else:

@@ -257,8 +257,16 @@ class Settings:
     def redacted_dict(self) -> dict[str, Any]:
         """The settings as a dict with no secret value in it (for manifests and displays)."""
         out: dict[str, Any] = {"name": self.name, "path": self.path}
-        for part in ("target", "auth", "protocol", "cloudrun", "logging", "source",
-                     "thresholds", "timeouts"):
+        for part in (
+            "target",
+            "auth",
+            "protocol",
+            "cloudrun",
+            "logging",
+            "source",
+            "thresholds",
+            "timeouts",
+        ):
             obj = getattr(self, part)
             out[part] = {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
         out["auth"]["token"] = "[set]" if self.auth.token else ""
@@ -288,6 +296,7 @@ def _plain(v: Any) -> Any:
 
 
 # ---------------------------------------------------------------- resolution
+
 
 def environments_dir() -> Path:
     """The ``environments/`` folder (``RUNBOOK_ENV_DIR`` overrides; default: ./environments)."""
@@ -409,8 +418,10 @@ def settings_from_dict(
     predeploy = _commands(commands.get("predeploy", []), "predeploy", source)
     mission = _commands(commands.get("mission_critical", []), "mission_critical", source)
 
-    for key, val in (("auto_approve", raw.get("auto_approve", False)),
-                     ("sandbox", raw.get("sandbox", False))):
+    for key, val in (
+        ("auto_approve", raw.get("auto_approve", False)),
+        ("sandbox", raw.get("sandbox", False)),
+    ):
         if not isinstance(val, bool):
             raise ConfigError(f"'{key}' must be true or false, got {val!r}", source)
 
@@ -437,8 +448,9 @@ def settings_from_dict(
     )
 
 
-def _build(cls: type, section: str, table: Mapping[str, Any], source: str,
-           warnings: list[str]) -> Any:
+def _build(
+    cls: type, section: str, table: Mapping[str, Any], source: str, warnings: list[str]
+) -> Any:
     defaults = cls()
     known = {f.name: f for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else {}
     kwargs: dict[str, Any] = {}
@@ -456,8 +468,12 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}", source)
         return value
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, int) \
-            and not isinstance(value, bool):
+    if (
+        isinstance(default, int)
+        and not isinstance(default, bool)
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
         if value < 0:
             raise ConfigError(f"{where} must not be negative, got {value}", source)
         return value
@@ -477,8 +493,12 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of strings, got {value!r}", source)
         return tuple(value)
-    if isinstance(default, Mapping) and not isinstance(value, Mapping) and key != "ping" and \
-            key not in ("agent_request", "chat_message"):
+    if (
+        isinstance(default, Mapping)
+        and not isinstance(value, Mapping)
+        and key != "ping"
+        and key not in ("agent_request", "chat_message")
+    ):
         raise ConfigError(f"{where} must be a table, got {value!r}", source)
     if key == "required_fields":
         out: dict[str, tuple[str, ...]] = {}
@@ -507,8 +527,14 @@ def _validate_target(t: TargetSettings, source: str) -> TargetSettings:
         ws_url = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
     if t.auth_url:
         _check_url("target.auth_url", t.auth_url, ("http", "https"), source)
-    for key in ("primary_ws_path", "health_path", "ws_health_path", "ws_test_path",
-                "auth_config_path", "auth_health_path"):
+    for key in (
+        "primary_ws_path",
+        "health_path",
+        "ws_health_path",
+        "ws_test_path",
+        "auth_config_path",
+        "auth_health_path",
+    ):
         value = getattr(t, key)
         if value and not value.startswith("/"):
             raise ConfigError(f"target.{key} = {value!r} must start with '/'", source)
@@ -554,8 +580,15 @@ def _commands(value: Any, key: str, source: str) -> tuple[CommandSpec, ...]:
         for extra in ("junit", "cwd"):
             if extra in item and not isinstance(item[extra], str):
                 raise ConfigError(f"{where}.{extra} must be a string", source)
-        out.append(CommandSpec(name=name, run=run, timeout_s=float(timeout),
-                               junit=item.get("junit", ""), cwd=item.get("cwd", "")))
+        out.append(
+            CommandSpec(
+                name=name,
+                run=run,
+                timeout_s=float(timeout),
+                junit=item.get("junit", ""),
+                cwd=item.get("cwd", ""),
+            )
+        )
     return tuple(out)
 
 

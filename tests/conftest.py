@@ -242,3 +242,105 @@ async def agent_server(
         return srv
 
     return start
+
+
+# ---------------------------------------------------------------- servers for blocking callers
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for servers that must keep answering while the
+    test blocks (``runner.run`` executes notebooks in kernels and waits for them)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
+        self._thread.start()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def call(self, coro: Awaitable[Any], timeout_s: float = 15.0) -> Any:
+        """Run ``coro`` on the loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)  # type: ignore[arg-type]
+
+    def raw(self, handler: RawHandler) -> int:
+        """Start a raw TCP server with ``handler`` on 127.0.0.1:0; returns its port."""
+
+        async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                await handler(reader, writer)
+            except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+                self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+        async def start() -> int:
+            server = await asyncio.start_server(wrapped, "127.0.0.1", 0)
+
+            async def close() -> None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 2.0)
+
+            self._closers.append(close)
+            return server.sockets[0].getsockname()[1]
+
+        return self.call(start())
+
+    def websocket(self, handler: Callable[[ServerConnection], Awaitable[None]], **kw: Any) -> int:
+        """Start a ``websockets`` server on 127.0.0.1:0; returns its port."""
+        kw.setdefault("compression", None)
+
+        async def start() -> int:
+            server = await serve(handler, "127.0.0.1", 0, **kw)
+
+            async def close() -> None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 5.0)
+
+            self._closers.append(close)
+            return next(iter(server.sockets)).getsockname()[1]
+
+        return self.call(start())
+
+    def close(self) -> None:
+        """Close every server, cancel leftover connections, stop the loop and its thread."""
+
+        async def shutdown() -> None:
+            for t in list(self.tasks):
+                t.cancel()
+            for close in self._closers:
+                await close()
+
+        with contextlib.suppress(Exception):
+            self.call(shutdown(), 15.0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5.0)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Any:
+    """A :class:`LoopThread` for servers a blocking test talks to; closed after the test."""
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()
+
+
+async def read_http_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
+    """Read one HTTP request head: (request line, lowercase headers)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30.0)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return lines[0], headers

@@ -90,7 +90,11 @@ def test_preflight_passes_on_friendly_settings():
 def test_latest_serving_cases():
     ok = judge_latest_serving(Svc({"svc-3": 100}, latest_ready_revision="svc-3"), "svc-3", "svc-2")
     assert ok.status is Status.PASS
-    pinned = judge_latest_serving(Svc({"svc-2": 100}, latest_ready_revision="svc-3"), "svc-3", "svc-2")
+    pinned = judge_latest_serving(
+        Svc({"svc-2": 100}, latest_ready_revision="svc-3"), "svc-3", "svc-2"
+    )
     assert pinned.status is Status.FAIL and "pinned" in pinned.detail
-    failed = judge_latest_serving(Svc({"svc-2": 100}, latest_ready_revision="svc-2"), "svc-3", "svc-2")
+    failed = judge_latest_serving(
+        Svc({"svc-2": 100}, latest_ready_revision="svc-2"), "svc-3", "svc-2"
+    )
     assert failed.status is Status.FAIL and "not ready" in failed.detail

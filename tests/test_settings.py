@@ -53,8 +53,10 @@ def test_http_base_url_derives_ws_scheme(tmp_path):
         ('name = "x"\n[thresholds]\nload_connections = -1\n', "must not be negative"),
         ('name = "x"\n[auth]\nmode = "kerberos"\n', "[auth] mode"),
         ('name = "x"\n[logging]\nenabled = "yes"\n', "logging.enabled must be true or false"),
-        ('name = "x"\n[target]\nbase_url="http://h"\nws_paths = "/ws"\nprimary_ws_path="ws"\n',
-         "must start with '/'"),
+        (
+            'name = "x"\n[target]\nbase_url="http://h"\nws_paths = "/ws"\nprimary_ws_path="ws"\n',
+            "must start with '/'",
+        ),
         ('name = "x"\ncommands = { predeploy = [ { name = "a" } ] }\n', "needs string keys"),
         ('[target]\nbase_url = "http://h"\n', "'name' is required"),
         ('name = "x"\ntarget = 3\n', "[target] must be a table"),
@@ -79,8 +81,9 @@ def test_unknown_keys_warn_but_load(tmp_path):
 def test_secrets_come_from_named_env_vars_and_are_registered(tmp_path):
     clear_secrets()
     body = MINIMAL + '[auth]\nmode = "bearer"\ntoken_env = "MY_TOKEN"\njwt_secret_env = "MY_KEY"\n'
-    s = load_settings(write(tmp_path, body), environ={"MY_TOKEN": "tok-abcdef-123",
-                                                     "MY_KEY": "key-zyxwvu-987"})
+    s = load_settings(
+        write(tmp_path, body), environ={"MY_TOKEN": "tok-abcdef-123", "MY_KEY": "key-zyxwvu-987"}
+    )
     assert s.auth.token == "tok-abcdef-123"
     assert {"tok-abcdef-123", "key-zyxwvu-987"} <= registered_secrets()
     assert "tok-abcdef-123" not in repr(s)

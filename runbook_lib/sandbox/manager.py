@@ -238,6 +238,10 @@ def environment_toml(info: SandboxInfo) -> str:
     py = shlex.quote(sys.executable)
     junit_local = Path(info.state_dir) / "junit-predeploy.xml"
     junit_remote = Path(info.state_dir) / "junit-mission-critical.xml"
+    remote_cmd = (
+        f"{py} -m runbook_lib.sandbox.suite --base-url {info.service_url} "
+        f"--auth-url {info.auth_url} --junit {junit_remote}"
+    )
     return f'''# Written by `runbook sandbox up` at {info.started_at}; rewritten on every `up`.
 # The embedded sandbox: every URL is on 127.0.0.1 and changes with each start.
 # No secret lives here: WebSocket tokens come from the auth service's dev-token endpoint.
@@ -288,7 +292,7 @@ junit = "{junit_local}"
 
 [[commands.mission_critical]]
 name = "websocket_agent_events"
-run = "{py} -m runbook_lib.sandbox.suite --base-url {info.service_url} --auth-url {info.auth_url} --junit {junit_remote}"
+run = "{remote_cmd}"
 timeout_s = 60
 junit = "{junit_remote}"
 

@@ -12,21 +12,21 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
-    "EXPECTED_FAILURES",
-    "run_fast",
     "DEFAULT_DELAY_S",
     "DEFAULT_IDLE_CLOSE_S",
     "DEFAULT_WARMUP_S",
+    "EXPECTED_FAILURES",
     "IMAGE_PREFIX",
     "PROFILES",
     "ROUTER_STRIPS_UPGRADE",
     "ProfileKnobs",
     "image_for_profile",
     "profile_from_image",
+    "run_fast",
 ]
 
 IMAGE_PREFIX = "sandbox/backend:"

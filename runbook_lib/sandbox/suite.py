@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # The in-process backend writes its JSON request log to stdout: keep it out of
         # the report (the revision logs of the real target live in Cloud Logging).
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        sys.stdout = open(os.devnull, "w")
         ws_url, secret = _serve_local()
 
         async def token_for(user: str) -> str:
