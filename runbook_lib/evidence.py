@@ -579,6 +579,23 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         parts.append("</table>")
     else:
         parts.append("<p>None.</p>")
+    before_bad = [
+        c
+        for c in results["checks"]
+        if c["phase"] in superseded and c["status"] in ("fail", "error")
+    ]
+    if before_bad:
+        # What the deploy fixed: the incident as phase 1 saw it, not counted in the verdict.
+        parts.append(
+            f"<h2>Before remediation ({len(before_bad)} finding(s), superseded by the deploy)"
+            "</h2><table><tr><th>check</th><th>status before</th><th>detail</th></tr>"
+        )
+        for c in before_bad:
+            parts.append(
+                f"<tr class='s-before'><td><code>{e(c['id'])}</code></td><td>{e(c['status'])}"
+                f"</td><td>{e(str(c['detail']))}</td></tr>"
+            )
+        parts.append("</table>")
     parts.append(
         "<h2>Phases</h2><table><tr><th>phase</th><th>notebook</th><th>status</th>"
         "<th>duration (s)</th><th>note</th></tr>"

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 __all__ = ["main"]
 
@@ -50,8 +51,8 @@ class _Target:
         tok = token if token is not None else await self.token_for(user)
         return connect(
             self.ws_url,
-            subprotocols=[f"jwt.{tok}"],
-            open_timeout=_TIMEOUT_S,  # type: ignore[list-item]
+            subprotocols=[Subprotocol(f"jwt.{tok}")],
+            open_timeout=_TIMEOUT_S,
             close_timeout=2,
         )
 
