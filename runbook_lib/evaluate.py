@@ -535,15 +535,27 @@ def judge_ws_roundtrip(
         cid,
         phase,
         Status.FAIL,
-        "no pong: " + _ended_words(obs.ended, obs.close_code),
+        "no pong: " + _ended_words(obs.ended, obs.close_code, obs.frames),
         observed=obs.ended,
         threshold="pong",
         data={"frames": [f.to_record() for f in obs.frames]},
     )
 
 
-def _ended_words(ended: str, code: int | None) -> str:
+_UNREADABLE = ("binary", "non_json", "oversized")
+
+
+def _ended_words(ended: str, code: int | None, frames: Sequence[Any] = ()) -> str:
     if ended == "timeout":
+        # The server did answer, with frames the client cannot read: say so, not "ignored".
+        bad = [f for f in frames if str(f.kind) in _UNREADABLE]
+        if bad:
+            kinds = sorted({str(f.kind).replace("_", "-") for f in bad})
+            return (
+                f"only {len(bad)} frame(s) the client cannot read arrived before the timeout "
+                f"({', '.join(kinds)}; first: {bad[0].excerpt[:60]!r}): the server must answer "
+                "with JSON text frames"
+            )
         return "nothing matching arrived before the timeout (the server ignores the message type?)"
     if ended in ("server_closed", "abrupt", "protocol_error"):
         return f"the socket closed with {code}: {explain_close(code)}"
@@ -668,7 +680,7 @@ def judge_agent_response(
             phase,
             Status.FAIL,
             f"the agent started ({', '.join(run.event_types)})"
-            f" but never completed: {_ended_words(run.ended, run.close_code)}",
+            f" but never completed: {_ended_words(run.ended, run.close_code, run.frames)}",
             observed=None,
             threshold=timeout_s,
             data=data,
@@ -677,7 +689,7 @@ def judge_agent_response(
         check_id,
         phase,
         Status.FAIL,
-        "no agent event arrived: " + _ended_words(run.ended, run.close_code),
+        "no agent event arrived: " + _ended_words(run.ended, run.close_code, run.frames),
         observed=None,
         threshold=timeout_s,
         data=data,
@@ -705,7 +717,7 @@ def judge_chat_flow(
             cid,
             phase,
             Status.FAIL,
-            "no agent event answered the chat message: " + _ended_words(run.ended, run.close_code),
+            "no agent event answered the chat message: " + _ended_words(run.ended, run.close_code, run.frames),
             observed=0,
         )
     return _r(
@@ -748,7 +760,7 @@ def judge_critical_delivered(
         Status.FAIL,
         f"only {len(got)}/{len(critical)} critical events "
         f"arrived; missing {', '.join(missing)} "
-        f"({_ended_words(run.ended, run.close_code)}). The agent does not emit them or "
+        f"({_ended_words(run.ended, run.close_code, run.frames)}). The agent does not emit them or "
         "the WebSocket notifier drops them.",
         observed=len(got),
         threshold=minimum,
@@ -807,7 +819,7 @@ def judge_events_order(
             phase,
             Status.FAIL,
             "no critical event arrived, so the order cannot be "
-            "confirmed: " + _ended_words(run.ended, run.close_code),
+            "confirmed: " + _ended_words(run.ended, run.close_code, run.frames),
             observed=[],
         )
     bad = order_violation(types, critical)
@@ -898,7 +910,7 @@ def judge_events_latency(
             cid,
             phase,
             Status.FAIL,
-            "no event arrived: " + _ended_words(run.ended, run.close_code),
+            "no event arrived: " + _ended_words(run.ended, run.close_code, run.frames),
             threshold=timeout_s,
         )
     times = [f.t for f in events]

@@ -480,9 +480,12 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}", source)
+        if isinstance(default, int) and not float(value).is_integer():
+            # A count (connections, users, samples) used as range(2.5) would crash a step.
+            raise ConfigError(f"{where} must be a whole number, got {value!r}", source)
         if value < 0:
             raise ConfigError(f"{where} must not be negative, got {value}", source)
-        return type(default)(value) if isinstance(default, float) else value
+        return type(default)(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}", source)

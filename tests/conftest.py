@@ -307,6 +307,18 @@ class LoopThread:
 
         return self.call(start())
 
+    @staticmethod
+    async def read_http_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
+        """Read one HTTP request head: (request line, lowercase header names -> values)."""
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30.0)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        return lines[0], headers
+
     def close(self) -> None:
         """Close every server, cancel leftover connections, stop the loop and its thread."""
 
@@ -333,14 +345,3 @@ def loop_thread() -> Any:
     finally:
         lt.close()
 
-
-async def read_http_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
-    """Read one HTTP request head: (request line, lowercase headers)."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30.0)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    return lines[0], headers
