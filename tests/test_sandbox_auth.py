@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import jwt
 import pytest
-import uvicorn
-from fastapi import FastAPI
+from asgi_server import served
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,31 +19,6 @@ from runbook_lib.sandbox.backend import create_app
 
 SECRET = "auth-test-secret-0123456789-abcdefghijklmnopq"
 TIMEOUT = 10.0
-
-
-@asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=1,
-    )
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        await server.shutdown(sockets=[sock])
-        sock.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
+from asgi_server import served
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
@@ -28,27 +28,8 @@ TIMEOUT = 10.0
 async def backend(profile: str = "healthy", revision: str = "rev-a") -> AsyncIterator[int]:
     """Serve a sandbox backend app with uvicorn on a free loopback port, in this loop."""
     app = create_app(profile=profile, revision=revision, service="svc", jwt_secret=SECRET)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    sock.setblocking(False)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=1,
-    )
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        await server.shutdown(sockets=[sock])
-        sock.close()
+    async with served(app) as port:
+        yield port
 
 
 @asynccontextmanager
