@@ -299,8 +299,19 @@ def _plain(v: Any) -> Any:
 
 
 def environments_dir() -> Path:
-    """The ``environments/`` folder (``RUNBOOK_ENV_DIR`` overrides; default: ./environments)."""
-    return Path(os.environ.get("RUNBOOK_ENV_DIR") or Path.cwd() / "environments")
+    """The ``environments/`` folder environment names are looked up in.
+
+    ``RUNBOOK_ENV_DIR`` when set; else the nearest ``environments/`` in the current
+    directory or one of its parents (a notebook opened in JupyterLab runs in
+    ``notebooks/``); else ``./environments``.
+    """
+    if os.environ.get("RUNBOOK_ENV_DIR"):
+        return Path(os.environ["RUNBOOK_ENV_DIR"])
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "environments").is_dir():
+            return folder / "environments"
+    return cwd / "environments"
 
 
 def resolve_environment(name_or_path: str) -> Path:
@@ -408,6 +419,12 @@ def settings_from_dict(
     if auth.token_endpoint:
         _check_url("auth.token_endpoint", auth.token_endpoint, ("http", "https"), source)
     parts["auth"] = replace(auth, token=token, jwt_secret=secret)
+
+    src: SourceSettings = parts["source"]
+    if src.repo_dir and not Path(src.repo_dir).is_absolute() and source != "<dict>":
+        # Relative paths in an environment file mean "relative to that file", whatever
+        # directory the runbook (or a notebook kernel) happens to run in.
+        parts["source"] = replace(src, repo_dir=str((Path(source).parent / src.repo_dir).resolve()))
 
     commands = raw.get("commands", {})
     if not isinstance(commands, Mapping):

@@ -124,3 +124,20 @@ def test_resolve_by_name_and_unknown_name(tmp_path, monkeypatch):
 def test_example_environment_files_load():
     for path in sorted(Path("environments").glob("*.toml")):
         load_settings(path, environ={})
+
+
+def test_relative_repo_dir_is_relative_to_the_environment_file(tmp_path):
+    (tmp_path / "envs").mkdir()
+    path = write(tmp_path / "envs", MINIMAL + '[source]\nrepo_dir = ".."\n')
+    s = load_settings(path)
+    assert s.source.repo_dir == str(tmp_path.resolve())
+
+
+def test_environment_names_are_found_from_a_subfolder(tmp_path, monkeypatch):
+    """A notebook kernel runs in notebooks/: `environment = "local"` must still resolve."""
+    monkeypatch.delenv("RUNBOOK_ENV_DIR", raising=False)
+    (tmp_path / "environments").mkdir()
+    write(tmp_path / "environments", MINIMAL, "local.toml")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert resolve_environment("local") == tmp_path / "environments" / "local.toml"

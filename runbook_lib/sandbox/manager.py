@@ -227,6 +227,12 @@ def status(
     )
 
 
+def _repo_root() -> str:
+    """The checkout this package runs from: the sandbox's "local source" (fixed code)."""
+    here = Path(__file__).resolve().parents[2]
+    return str(here if (here / "pyproject.toml").is_file() else Path.cwd())
+
+
 def environment_toml(info: SandboxInfo) -> str:
     """The complete environment file (SPEC section 4) for a running sandbox; no secrets."""
     app_line = ""
@@ -278,7 +284,7 @@ enabled = true
 lookback_s = 900
 
 [source]
-repo_dir = "."
+repo_dir = "{_repo_root()}"
 {app_line}expected_ws_routes = ["/websocket", "/ws/test"]
 
 # The sandbox's own mission-critical suite (runbook_lib/sandbox/suite.py), as the seed
