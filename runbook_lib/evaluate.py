@@ -717,7 +717,8 @@ def judge_chat_flow(
             cid,
             phase,
             Status.FAIL,
-            "no agent event answered the chat message: " + _ended_words(run.ended, run.close_code, run.frames),
+            "no agent event answered the chat message: "
+            + _ended_words(run.ended, run.close_code, run.frames),
             observed=0,
         )
     return _r(
@@ -995,7 +996,8 @@ def judge_isolation_sessions(
                 "response_s": first,
                 "ended": r.ended,
                 "events": len(r.events),
-                "why": _run_failure(r) or ("" if good else _ended_words(r.ended, r.close_code)),
+                "why": _run_failure(r)
+                or ("" if good else _ended_words(r.ended, r.close_code, r.frames)),
             }
         )
     rate = ok / len(runs)
@@ -1030,13 +1032,14 @@ def judge_isolation_no_cross_user(
     """``isolation.no_cross_user``: no session receives another user's or run's events."""
     cid = check_id
     runs = iso.runs
-    with_events = [r for r in runs if r.frames]
+    # Binary / non-JSON frames carry no readable user or run id: they prove nothing.
+    with_events = [r for r in runs if any(str(f.kind) not in _UNREADABLE for f in r.frames)]
     if len(with_events) < 2:
         return _r(
             cid,
             phase,
             Status.FAIL,
-            f"only {len(with_events)} session(s) received any "
+            f"only {len(with_events)} session(s) received any readable (JSON) "
             "frame: isolation cannot be shown without at least two active sessions",
             observed=len(with_events),
             threshold="0 foreign frames",

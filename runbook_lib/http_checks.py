@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from .redaction import REDACTED, redact, redact_obj
+from .redaction import REDACTED, redact, redact_excerpt, redact_obj
 
 __all__ = [
     "DEFAULT_HEADERS",
@@ -58,6 +58,17 @@ _SENSITIVE = (
     "sec-websocket-protocol",
 )
 _TEXT_EXCERPT = 500
+
+
+def _exc_text(exc: BaseException, timeout_s: float | None = None) -> str:
+    """``Type: message``; a timeout raised without a message says what it means instead."""
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text}"
+    if error_kind(exc) == "timeout":
+        within = f" within {timeout_s:g}s" if timeout_s else " in time"
+        return f"{type(exc).__name__}: no answer{within}"
+    return type(exc).__name__
 
 
 def error_kind(exc: BaseException) -> str:
@@ -187,7 +198,7 @@ async def observe_get(
             url=url,
             latency_s=latency,
             error=error_kind(exc),
-            error_detail=redact(f"{type(exc).__name__}: {exc}"),
+            error_detail=redact(_exc_text(exc, timeout_s)),
         )
     latency = time.perf_counter() - start
     body: Any = None
@@ -195,7 +206,7 @@ async def observe_get(
     try:
         body = resp.json()
     except ValueError:
-        text = redact(resp.text[:_TEXT_EXCERPT])
+        text = redact_excerpt(resp.text, _TEXT_EXCERPT)
     return HttpObservation(
         url=url,
         status=resp.status_code,
@@ -374,7 +385,7 @@ async def capture_verbose(
                 request_headers=req_headers,
                 latency_s=time.perf_counter() - start,
                 error=error_kind(exc),
-                error_detail=redact(f"{type(exc).__name__}: {exc}"),
+                error_detail=redact(_exc_text(exc, timeout_s)),
             )
     return VerboseCapture(
         url=url,
@@ -383,6 +394,6 @@ async def capture_verbose(
         status=resp.status_code,
         http_version=resp.http_version,
         response_headers=_redact_headers(resp.headers.items()),
-        body_excerpt=redact(resp.text[:_TEXT_EXCERPT]),
+        body_excerpt=redact_excerpt(resp.text, _TEXT_EXCERPT),
         latency_s=time.perf_counter() - start,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .redaction import redact
+from .redaction import redact_excerpt
 from .settings import ProtocolSettings
 
 __all__ = [
@@ -184,8 +184,7 @@ def render_message(protocol: ProtocolSettings, name: str, **values: str) -> str:
 
 
 def _excerpt(text: str) -> str:
-    short = text if len(text) <= _EXCERPT else text[:_EXCERPT] + "…"
-    return redact(short)
+    return redact_excerpt(text, _EXCERPT, "…")
 
 
 def parse_frame(
@@ -209,7 +208,8 @@ def parse_frame(
     )
     size = len(raw)
     if size > max_parse_bytes:
-        head = raw[:_EXCERPT].decode("utf-8", "replace")
+        # Read past the cut so a secret crossing it is redacted whole (see redact_excerpt).
+        head = raw[: _EXCERPT + 4096].decode("utf-8", "replace")
         return Frame(
             t=t, size=size, kind=FrameKind.OVERSIZED, binary=binary, excerpt=_excerpt(head)
         )

@@ -16,6 +16,7 @@ __all__ = [
     "REDACTED",
     "clear_secrets",
     "redact",
+    "redact_excerpt",
     "redact_obj",
     "register_secret",
     "registered_secrets",
@@ -72,6 +73,23 @@ def redact(text: str) -> str:
     for pattern in _HEADER_PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
     return text
+
+
+# How far past an excerpt's end we still read, so a secret crossing the cut is seen whole.
+_EXCERPT_MARGIN = 4096
+
+
+def redact_excerpt(text: str, limit: int, suffix: str = "") -> str:
+    """The first ``limit`` characters of ``text``, redacted *before* the cut.
+
+    Cutting first and redacting after would leave the beginning of a secret that
+    crosses the cut in clear (no longer recognisable as the registered value);
+    ``suffix`` (e.g. ``"…"``) marks a cut.
+    """
+    if not text:
+        return text
+    clean = redact(text[: limit + _EXCERPT_MARGIN])
+    return clean if len(clean) <= limit else clean[:limit] + suffix
 
 
 def redact_obj(value: Any) -> Any:

@@ -1125,9 +1125,9 @@ async def auth_checks(ctx: PhaseContext) -> StepReport:
             ctx, ("auth.config", "auth.health"), "skip: [target] auth_url is not configured"
         )
     if not ctx.settings.auth.enabled or _no_target(ctx):
-        results += _skip_all(
-            ctx, ("auth.ws_authenticated", "auth.rejects_invalid"), "skip: [auth] mode is none"
-        )
+        # Name the real reason: with [auth] configured, the missing piece is the target.
+        why = _TARGET_MISSING if ctx.settings.auth.enabled else "skip: [auth] mode is none"
+        results += _skip_all(ctx, ("auth.ws_authenticated", "auth.rejects_invalid"), why)
         return StepReport(title, results)
     obs = await observe_auth(
         t.ws(),

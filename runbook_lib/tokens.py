@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 import jwt
 
-from .redaction import redact, register_secret
+from .redaction import redact, redact_excerpt, register_secret
 from .settings import AuthSettings
 
 __all__ = [
@@ -217,7 +217,7 @@ async def _from_endpoint(
             source="endpoint",
             user_id=user,
             error=f"token endpoint {url} answered HTTP {resp.status_code} without a token: "
-            f"{redact(resp.text[:200])}",
+            f"{redact_excerpt(resp.text, 200)}",
         )
     return TokenResult(
         token=token, source="endpoint", user_id=user, expires_at=doc.get("expires_at")

@@ -37,9 +37,9 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
-from .http_checks import HttpObservation, error_kind, observe_get
+from .http_checks import HttpObservation, _exc_text, error_kind, observe_get
 from .protocol import Frame, parse_frame, render_message
-from .redaction import redact
+from .redaction import redact, redact_excerpt
 from .settings import AuthSettings, ProtocolSettings
 from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
 
@@ -228,7 +228,7 @@ async def observe_handshake(
         except asyncio.LimitOverrunError:
             return failed("protocol", f"response head larger than {_HEAD_LIMIT} bytes")
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return failed(error_kind(exc), f"{type(exc).__name__}: {exc}")
+            return failed(error_kind(exc), _exc_text(exc, timeout_s))
         latency = time.perf_counter() - start
         status_line, *header_lines = head[:-4].split(b"\r\n")
         m = _STATUS_LINE.match(status_line)
@@ -258,7 +258,7 @@ async def observe_handshake(
             reason=(m.group(3) or b"").decode("latin-1"),
             http_version=m.group(1).decode(),
             headers=safe_headers,
-            body_excerpt=redact(body[:_BODY_EXCERPT].decode("utf-8", "replace")),
+            body_excerpt=redact_excerpt(body.decode("utf-8", "replace"), _BODY_EXCERPT),
             accept_valid=accept_valid,
             subprotocol=redact(subprotocol) if subprotocol else None,
             latency_s=latency,
@@ -335,10 +335,10 @@ class ConnectOutcome:
 
 
 def _connect_failure(exc: BaseException, latency: float) -> ConnectOutcome:
-    detail = redact(f"{type(exc).__name__}: {exc}")
+    detail = redact(_exc_text(exc))
     if isinstance(exc, InvalidStatus):
         resp = exc.response
-        body = redact((resp.body or b"")[:_BODY_EXCERPT].decode("utf-8", "replace"))
+        body = redact_excerpt((resp.body or b"").decode("utf-8", "replace"), _BODY_EXCERPT)
         return ConnectOutcome(
             False,
             status=resp.status_code,

@@ -344,4 +344,3 @@ def loop_thread() -> Any:
         yield lt
     finally:
         lt.close()
-

@@ -26,7 +26,6 @@ from runbook_lib.evidence import verify_run
 from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import RunOptions, run
 
-
 # Short windows so each hostile run is a few seconds per phase; every wait is bounded by these.
 SHORT = """
 [thresholds]
@@ -146,7 +145,10 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     [
         ('[target\nbase_url = "http://x"', "not valid TOML"),
         ('[thresholds]\nhold_s = "long"', "thresholds.hold_s must be a number"),
-        ("[thresholds]\nload_connections = 2.5", "thresholds.load_connections must be a whole number"),
+        (
+            "[thresholds]\nload_connections = 2.5",
+            "thresholds.load_connections must be a whole number",
+        ),
         ('auto_approve = "yes"', "auto_approve"),
         ("[timeouts]\nconnect_s = -1", "timeouts.connect_s must not be negative"),
         ('[target]\nbase_url = "ftp://files.example.com"', "scheme must be http or https"),
@@ -333,7 +335,9 @@ def test_refusing_target_and_cloudrun_500(tmp_path, loop_thread, closed_port) ->
 @pytest.mark.e2e
 def test_silent_target_and_cloudrun_malformed_json_are_bounded(tmp_path, loop_thread) -> None:
     """A target that accepts TCP and never answers; a Cloud Run API answering broken JSON."""
-    api = _api_answering(loop_thread, 200, '{"name": "projects/p/locations/r/services/backend", "tr')
+    api = _api_answering(
+        loop_thread, 200, '{"name": "projects/p/locations/r/services/backend", "tr'
+    )
     port = _silent(loop_thread)
     env = _env(tmp_path, "silent", _target(f"http://127.0.0.1:{port}") + _cloudrun(api))
     phases = (1, 3, 5, 7)
@@ -345,6 +349,9 @@ def test_silent_target_and_cloudrun_malformed_json_are_bounded(tmp_path, loop_th
         assert checks[cid]["status"] in ("fail", "error"), checks[cid]
         assert "timeout" in checks[cid]["detail"] or "timed out" in checks[cid]["detail"]
     assert "malformed JSON" in checks["status.revision_identified"]["detail"]
+    # A timeout names its bound instead of an empty exception message.
+    assert "no answer within 3s" in checks["health.backend"]["detail"]
+    assert "no answer within 2s" in checks["ws.upgrade"]["detail"]
 
 
 @pytest.mark.e2e
@@ -386,28 +393,35 @@ def test_server_closing_mid_handshake(tmp_path, loop_thread) -> None:
     ],
 )
 def test_bad_frames(tmp_path, loop_thread, path, words) -> None:
-    """Binary, non-JSON and 10 MB frames instead of a pong: a failed round trip that says so."""
+    """Binary, non-JSON and 10 MB frames instead of JSON: every WS check fails and says why."""
     port = _bad_frames(loop_thread)
     target = _target(
         f"http://127.0.0.1:{port}", primary_ws_path=f'"{path}"', ws_paths=f'["{path}"]'
     )
     env = _env(tmp_path, path.strip("/"), target)
-    phases = (3,)
+    phases = (3, 5, 7)
     outcome, results, elapsed = _run(tmp_path, env, phases)
     _assert_clean_failure(outcome, results, elapsed, phases)
-    rt = _checks(results)["ws.roundtrip"]
-    assert rt["status"] == "fail", rt
-    assert any(w in rt["detail"].lower() for w in words), rt
+    checks = _checks(results)
+    for cid in ("ws.roundtrip", "chat.flow", "isolation.sessions", "events.latency"):
+        assert checks[cid]["status"] == "fail", checks[cid]
+        assert any(w in checks[cid]["detail"].lower() for w in words), checks[cid]
+    # Unreadable frames carry no user id: they cannot prove isolation.
+    assert checks["isolation.no_cross_user"]["status"] == "fail"
+    assert checks["monitor.ws_failure_rate"]["status"] == "fail"
 
 
 @pytest.mark.e2e
 def test_missing_sections_skip_their_checks(tmp_path) -> None:
-    """No [target], [cloudrun], [source], [auth]: every check of phases 1 and 3 is a skip."""
-    env = _env(tmp_path, "bare", "")
-    outcome, results, _ = _run(tmp_path, env, (1, 3))
-    checks = [c for c in results["checks"] if c["phase"] in (1, 3)]
-    assert checks
+    """No [target], [cloudrun], [source]: every check of phases 1, 3, 5 and 7 is a skip
+    that names the missing section (even where [auth] is configured)."""
+    env = _env(tmp_path, "bare", '[auth]\nmode = "bearer"\ntoken_env = "NO_SUCH_TOKEN_ENV"')
+    outcome, results, _ = _run(tmp_path, env, (1, 3, 5, 7))
+    checks = [c for c in results["checks"] if c["phase"] in (1, 3, 5, 7)]
+    assert {c["phase"] for c in checks} == {1, 3, 5, 7}
     assert {c["status"] for c in checks} == {"skip"}, checks
     assert all(c["detail"].startswith("skip") for c in checks), checks
+    for c in checks:
+        assert any(s in c["detail"] for s in ("[target]", "[cloudrun]", "[source]", "[logging]")), c
     assert outcome.exit_code == 0 and results["verdict"] == "pass"
     assert verify_run(outcome.run_dir).ok

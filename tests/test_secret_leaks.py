@@ -34,7 +34,7 @@ from runbook_lib.redaction import JWT_PATTERN, clear_secrets
 from runbook_lib.runner import notebooks_dir
 
 TOKEN = "planted-opaque-token-7f3a9c2e1b"  # not JWT-shaped: only the registry can catch it
-JWT_SECRET = "planted-jwt-secret-5d8e0a4c6f"
+JWT_SECRET = "planted-jwt-secret-5d8e0a4c6f-91b2c3d4e5f60718"  # >= 32 bytes for HS256
 TOKEN_ENV, SECRET_ENV = "LEAKTEST_TOKEN", "LEAKTEST_JWT_SECRET"
 
 SHORT = """
@@ -52,7 +52,13 @@ isolation_users = 3
 connect_s = 3
 read_s = 3
 """
-CRITICAL = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
+CRITICAL = (
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+)
 EXTRA = {
     "agent_started": {"agent_name": "triage"},
     "agent_thinking": {"reasoning": "r"},
@@ -85,8 +91,12 @@ class EchoServer:
       one gets a welcome, pongs and agent events, each carrying the token.
     """
 
-    def __init__(self, *, refuse_valid: bool = False) -> None:
+    def __init__(
+        self, *, refuse_valid: bool = False, jwt_secret: str = JWT_SECRET, straddle: bool = False
+    ) -> None:
         self.refuse_valid = refuse_valid
+        self.straddle = straddle  # answer agent requests with an error frame (see below)
+        self.jwt_secret = jwt_secret  # '' when the run is not configured with one
         self.received: list[str] = []
         self.echoes: dict[str, int] = {"header": 0, "json_body": 0, "error_frame": 0, "event": 0}
         self.users: set[str] = set()
@@ -110,7 +120,7 @@ class EchoServer:
         if token == TOKEN:
             return "env-token-user"
         try:
-            return str(jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["sub"])
+            return str(jwt.decode(token, self.jwt_secret, algorithms=["HS256"])["sub"])
         except (jwt.PyJWTError, KeyError):
             return None
 
@@ -131,13 +141,13 @@ class EchoServer:
                 {
                     "status": "ok",
                     "connections": {"active": 0},
-                    "debug": {"token": TOKEN, "jwt_secret": JWT_SECRET},
+                    "debug": {"token": TOKEN, "jwt_secret": self.jwt_secret},
                 },
             )
             resp.headers["X-Debug-Token"] = TOKEN
             self.echoes["header"] += 1
             return resp
-        if token is None or token.count(".") != 2 and token != TOKEN:
+        if token is None or (token.count(".") != 2 and token != TOKEN):
             resp = self._json(
                 conn, 401, {"error": "invalid token", "received": token, "expected": TOKEN}
             )
@@ -162,13 +172,15 @@ class EchoServer:
                     json.dumps(
                         {
                             "type": "error",
-                            "message": f"token {token} rejected (signed with {JWT_SECRET}?)",
+                            "message": f"token {token} rejected (key {self.jwt_secret}?)",
                             "token": token,
                         }
                     )
                 )
                 self.echoes["error_frame"] += 1
-                await ws.close(1008, "invalid token")
+                # The close reason quotes the token too when it fits (123 bytes at most).
+                short = token is not None and len(token) < 100
+                await ws.close(1008, f"invalid token {token}" if short else "invalid token")
                 return
             self.users.add(user)
             await ws.send(json.dumps({"type": "connected", "user_id": user, "token": token}))
@@ -180,6 +192,9 @@ class EchoServer:
                 kind = msg.get("type")
                 if kind == "ping":
                     await ws.send(json.dumps({"type": "pong", "echo": token}))
+                elif kind in ("agent_execute", "chat_message") and self.straddle:
+                    await ws.send(straddling_error(token or ""))
+                    self.echoes["error_frame"] += 1
                 elif kind in ("agent_execute", "chat_message"):
                     run_id = (msg.get("data") or {}).get("run_id") or "srv-run"
                     for etype in CRITICAL:
@@ -197,6 +212,16 @@ class EchoServer:
                         await asyncio.sleep(0.01)
         except ConnectionClosed:
             pass
+
+
+def straddling_error(token: str) -> str:
+    """An error frame whose 200-character excerpt cut falls in the middle of ``token``."""
+    head = '{"type": "error", "message": "'
+    tail = '", "token": "'
+    pad = "x" * (190 - len(head) - len(tail))
+    frame = head + pad + tail + token + '"}'
+    assert frame.index(token) == 190
+    return frame
 
 
 def _start(loop_thread: Any, server: EchoServer) -> str:
@@ -237,7 +262,7 @@ def _checks(results: dict) -> dict[str, dict]:
 def _assert_nothing_secret(run_dir: Path, console: str, server: EchoServer) -> None:
     """No planted value, no received token and no JWT-shaped string in any file or on screen."""
     jwts = {t for t in server.received if JWT_PATTERN.fullmatch(t)}
-    needles = {TOKEN, JWT_SECRET, *jwts}
+    needles = {v for v in (TOKEN, server.jwt_secret, *jwts) if v}
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     names = {p.relative_to(run_dir).as_posix() for p in files}
     # Every kind of file the folder holds was searched.
@@ -305,10 +330,11 @@ def test_echoed_secrets_never_reach_the_run_folder_and_checks_still_judge(
 @pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["bearer", "query"])
 def test_refused_valid_token_fails_auth_without_leaking_it(
-    tmp_path, loop_thread, capsys, mode
+    tmp_path, loop_thread, capsys, monkeypatch, mode
 ) -> None:
     """An env token sent as a header or in the URL and quoted back in an error frame: fail, no leak."""
-    server = EchoServer(refuse_valid=True)
+    monkeypatch.delenv(SECRET_ENV)  # only the ready-made token is configured
+    server = EchoServer(refuse_valid=True, jwt_secret="")
     base = _start(loop_thread, server)
     env = _env(tmp_path, base, f'mode = "{mode}"\ntoken_env = "{TOKEN_ENV}"')
     code, run_dir, results, console, elapsed = _cli_run(tmp_path, env, "3,5", capsys)
@@ -320,10 +346,31 @@ def test_refused_valid_token_fails_auth_without_leaking_it(
     assert authed["status"] == "fail", authed
     assert "error frame" in authed["detail"] and "was not accepted" in authed["detail"]
     assert checks["ws.roundtrip"]["status"] == "fail"
-    assert "error frame" in checks["ws.roundtrip"]["detail"]
+    assert "1008" in checks["ws.roundtrip"]["detail"]
     assert code == 1 and results["verdict"] == "fail"
     assert checks["evidence.secret_scan"]["status"] == "pass"
     assert evidence.verify_run(run_dir).ok
+
+
+@pytest.mark.e2e
+def test_no_secret_prefix_survives_excerpt_truncation(
+    tmp_path, loop_thread, capsys, monkeypatch
+) -> None:
+    """An error frame cut for display in the middle of the token must not show its beginning."""
+    monkeypatch.delenv(SECRET_ENV)
+    server = EchoServer(straddle=True, jwt_secret="")
+    base = _start(loop_thread, server)
+    env = _env(tmp_path, base, f'mode = "bearer"\ntoken_env = "{TOKEN_ENV}"')
+    code, run_dir, results, console, _ = _cli_run(tmp_path, env, "5", capsys)
+    chat = _checks(results)["chat.flow"]
+    assert chat["status"] == "fail" and "error frame" in chat["detail"], chat
+    assert "[REDACTED]" in chat["detail"]
+    _assert_nothing_secret(run_dir, console, server)
+    prefix = TOKEN[:10].encode()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert prefix not in path.read_bytes(), path.name
+    assert code == 1
 
 
 # ------------------------------------------------------------------ a leak that slips through
@@ -442,3 +489,21 @@ async def test_deploy_is_a_dry_run_without_approval_and_refuses_to_run_twice(
         await steps.deploy(approved)
     assert [r.id for r in approved.results].count("deploy.executed") == 1
     assert len(ctx.results) == before
+
+
+def test_excerpts_are_cut_after_redaction_never_before() -> None:
+    """A cut through a registered secret or a JWT leaves no recognisable beginning of it."""
+    from runbook_lib.protocol import parse_frame
+    from runbook_lib.redaction import redact_excerpt, register_secret
+    from runbook_lib.settings import ProtocolSettings
+
+    register_secret(TOKEN)
+    frame = straddling_error(TOKEN)
+    assert TOKEN[:10] not in redact_excerpt(frame, 200, "…")
+    assert redact_excerpt(frame, 200, "…").endswith('[REDACTED]"}') is False
+    minted = jwt.encode({"sub": "u"}, JWT_SECRET, algorithm="HS256")
+    assert minted[:40] not in redact_excerpt("x" * 180 + minted, 200)
+    parsed = parse_frame(frame, ProtocolSettings())
+    assert TOKEN[:10] not in parsed.excerpt and "[REDACTED]" in parsed.excerpt
+    huge = frame + " " * (2 * 1024 * 1024)  # oversized: excerpt of the head only
+    assert TOKEN[:10] not in parse_frame(huge, ProtocolSettings(), max_parse_bytes=1000).excerpt
