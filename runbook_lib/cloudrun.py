@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from .exceptions import CloudRunError
+from .redaction import redact_excerpt
 from .settings import Settings
 
 __all__ = [
@@ -293,9 +294,11 @@ class GoogleCloudRun:
         if "ParseError" in name or isinstance(exc, ValueError):
             return CloudRunError(
                 f"Cloud Run {what}: {where} answered something that is not a valid API "
-                f"response (malformed JSON?): {text[:200]}"
+                f"response (malformed JSON?): {redact_excerpt(text, 200)}"
             )
-        return CloudRunError(f"Cloud Run {what} failed at {where}: {name}: {text[:300]}")
+        return CloudRunError(
+            f"Cloud Run {what} failed at {where}: {name}: {redact_excerpt(text, 300)}"
+        )
 
     async def _run(self, what: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
         bound = (timeout_s or self.call_timeout_s) + 5.0

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .exceptions import CloudRunError
+from .redaction import redact_excerpt
 from .settings import Settings
 
 __all__ = [
@@ -169,9 +170,11 @@ def _explain(endpoint: str, exc: BaseException) -> CloudRunError:
     if isinstance(exc, (ValueError, KeyError)):
         return CloudRunError(
             f"Cloud Logging read: {where} answered something that is not a "
-            f"valid entries:list response: {text[:200]}"
+            f"valid entries:list response: {redact_excerpt(text, 200)}"
         )
-    return CloudRunError(f"Cloud Logging read failed at {where}: {name}: {text[:300]}")
+    return CloudRunError(
+        f"Cloud Logging read failed at {where}: {name}: {redact_excerpt(text, 300)}"
+    )
 
 
 async def read_logs(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .redaction import redact
+from .redaction import redact_excerpt
 from .results import CheckResult, Status
 
 __all__ = [
@@ -79,7 +79,7 @@ def observe_git(repo_dir: str, *, timeout_s: float = 10.0) -> GitObservation:
             return GitObservation(
                 repo_dir,
                 False,
-                error=f"{repo_dir} is not a git work tree: {inside.stderr.strip()[:200]}",
+                error=f"{repo_dir} is not a git work tree: {redact_excerpt(inside.stderr.strip(), 200)}",
             )
         branch = _git(repo_dir, "rev-parse", "--abbrev-ref", "HEAD", timeout_s=timeout_s)
         head = _git(repo_dir, "rev-parse", "--short", "HEAD", timeout_s=timeout_s)
@@ -91,7 +91,9 @@ def observe_git(repo_dir: str, *, timeout_s: float = 10.0) -> GitObservation:
     except subprocess.TimeoutExpired:
         return GitObservation(repo_dir, True, error=f"git did not answer within {timeout_s:g}s")
     if status.returncode != 0:
-        return GitObservation(repo_dir, True, error=f"git status failed: {status.stderr[:200]}")
+        return GitObservation(
+            repo_dir, True, error=f"git status failed: {redact_excerpt(status.stderr, 200)}"
+        )
     changed: list[str] = []
     untracked: list[str] = []
     for line in status.stdout.splitlines():
@@ -237,7 +239,7 @@ def list_app_routes(
     err_lines = (proc.stderr or proc.stdout).strip().splitlines()
     last = err_lines[-1] if err_lines else f"exit code {proc.returncode}"
     return AppRoutesObservation(
-        app, duration_s=duration, error=redact(f"importing {app} failed: {last[:300]}")
+        app, duration_s=duration, error=f"importing {app} failed: {redact_excerpt(last, 300)}"
     )
 
 

@@ -504,6 +504,14 @@ async def _connect_auth(ctx: PhaseContext, user: str | None = None) -> tuple[Any
     return connect_auth(auth, tok.token), ""
 
 
+def _token_errors(ctx: PhaseContext, ids: Sequence[str], err: str) -> list[CheckResult]:
+    detail = (
+        f"could not obtain a token to connect with: {err}. Check [auth] (token_env, "
+        "jwt_secret_env or token_endpoint) and the auth service."
+    )
+    return [_result(ctx, i, Status.ERROR, detail) for i in ids]
+
+
 def _handshake_rows(probes: Sequence[Any], base: str) -> list[dict[str, Any]]:
     from .evaluate import explain_status
 
@@ -1277,7 +1285,9 @@ async def rollback_verify(ctx: PhaseContext) -> StepReport:
         )
     t = ctx.settings.target
     health = await observe_get(t.http(t.health_path), timeout_s=_timeouts(ctx).read_s)
-    auth, _ = await _connect_auth(ctx)
+    auth, err = await _connect_auth(ctx)
+    if err:
+        return StepReport(title, _token_errors(ctx, _ROLLBACK_VERIFY_IDS, err))
     rt = await observe_roundtrip(
         t.ws(),
         ctx.settings.protocol,
@@ -1320,7 +1330,9 @@ async def monitor(ctx: PhaseContext) -> StepReport:
     if _no_target(ctx):
         return StepReport(title, _skip_all(ctx, _MONITOR_IDS, _TARGET_MISSING))
     t, th = ctx.settings.target, ctx.settings.thresholds
-    auth, _ = await _connect_auth(ctx)
+    auth, err = await _connect_auth(ctx)
+    if err:
+        return StepReport(title, _token_errors(ctx, _MONITOR_IDS, err))
     mon = await observe_monitor(
         t.http(t.health_path),
         t.ws(),
@@ -1362,7 +1374,9 @@ async def hold(ctx: PhaseContext) -> StepReport:
     if _no_target(ctx):
         return StepReport(title, _skip_all(ctx, ("monitor.hold",), _TARGET_MISSING))
     th = ctx.settings.thresholds
-    auth, _ = await _connect_auth(ctx)
+    auth, err = await _connect_auth(ctx)
+    if err:
+        return StepReport(title, _token_errors(ctx, ("monitor.hold",), err))
     obs = await observe_hold(
         ctx.settings.target.ws(),
         ctx.settings.protocol,

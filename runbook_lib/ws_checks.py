@@ -219,7 +219,9 @@ async def observe_handshake(
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), left())
         except asyncio.IncompleteReadError as exc:
             if exc.partial and not exc.partial.startswith(b"HTTP/"):
-                return failed("protocol", f"not an HTTP answer: {exc.partial[:80]!r}")
+                return failed(
+                    "protocol", f"not an HTTP answer: {redact_excerpt(repr(exc.partial), 80)}"
+                )
             return failed(
                 "closed",
                 "connection closed before a complete response head "
@@ -233,7 +235,9 @@ async def observe_handshake(
         status_line, *header_lines = head[:-4].split(b"\r\n")
         m = _STATUS_LINE.match(status_line)
         if not m:
-            return failed("protocol", f"not an HTTP status line: {status_line[:80]!r}")
+            return failed(
+                "protocol", f"not an HTTP status line: {redact_excerpt(repr(status_line), 80)}"
+            )
         headers: dict[str, str] = {}
         for raw in header_lines:
             name, sep, value = raw.decode("latin-1").partition(":")
