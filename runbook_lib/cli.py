@@ -167,7 +167,10 @@ class ConsoleProgress:
     def __call__(self, p: Progress) -> None:
         where = f"[{p.index}/{p.total}] {p.notebook}"
         if p.event == "phase-end":
-            self._say(f"{where}: {p.status.upper()} ({p.message}) t={p.elapsed_s:.1f}s")
+            # Phase 1 observes the service before any remediation: a FAIL there is the
+            # incident being seen, which a later deploy supersedes.
+            before = " - state before remediation" if p.phase == 1 else ""
+            self._say(f"{where}: {p.status.upper()} ({p.message}{before}) t={p.elapsed_s:.1f}s")
         elif p.event == "phase-skip":
             self._say(f"{where}: SKIPPED ({p.message})")
         elif not self.tty:
