@@ -76,7 +76,7 @@ def plot_handshakes(rows: Sequence[Mapping[str, Any]], *, ax: Axes | None = None
     ax.set_yticks(y, paths)
     ax.invert_yaxis()
     top = max([*values, 101.0])
-    ax.set_xlim(0, top * 1.9)
+    ax.set_xlim(0, top * 2.4)
     for i, r in enumerate(rows):
         status = r.get("status")
         label = f"{status}" if status is not None else "no response"
@@ -89,8 +89,10 @@ def plot_handshakes(rows: Sequence[Mapping[str, Any]], *, ax: Axes | None = None
     return fig
 
 
-def _short_cause(cause: str, limit: int = 48) -> str:
+def _short_cause(cause: str, limit: int = 64) -> str:
     """The head of a cause sentence, short enough to sit beside a bar (the table has it all)."""
+    if cause.startswith("HTTP ") and ": " in cause:
+        cause = cause.split(": ", 1)[1]  # "HTTP 200 instead of 101: <why>": the bar shows 200
     for sep in (" (", ": ", "; ", ", "):
         cause = cause.split(sep)[0]
     return cause if len(cause) <= limit else cause[: limit - 1] + "…"
