@@ -351,24 +351,19 @@ def judge_ws_routes_present(
     found = obs.ws_paths
     data = {"ws_routes": list(found), "http_routes": list(obs.http_paths)}
     missing = [p for p in expected if p not in found]
-    if expected and not missing:
-        return CheckResult(
-            cid,
-            phase,
-            Status.PASS,
-            observed=list(found),
-            threshold=threshold,
-            detail=f"all {len(expected)} expected WebSocket route(s) registered",
-            data=data,
+    if found and not missing:
+        detail = (
+            f"all {len(expected)} expected WebSocket route(s) registered"
+            if expected
+            else f"{len(found)} WebSocket route(s): {', '.join(found)}"
         )
-    if not expected and found:
         return CheckResult(
             cid,
             phase,
             Status.PASS,
             observed=list(found),
             threshold=threshold,
-            detail=f"{len(found)} WebSocket route(s): {', '.join(found)}",
+            detail=detail,
             data=data,
         )
     http_same = [p for p in missing if p in obs.http_paths]

@@ -21,7 +21,7 @@ import ssl
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -392,6 +392,22 @@ async def _open(
     )
 
 
+async def _frames(
+    ws: ClientConnection, protocol: ProtocolSettings, t0: float, deadline: Callable[[], float]
+) -> AsyncGenerator[Frame, None]:
+    """Parsed frames (``t`` relative to ``t0``) until ``deadline()`` passes.
+
+    A close by the server propagates as ``ConnectionClosed``; ``deadline`` is read before
+    every wait so a caller may shorten it (e.g. to linger after the final event).
+    """
+    while (left := deadline() - time.perf_counter()) > 0:
+        try:
+            msg = await asyncio.wait_for(ws.recv(), left)
+        except TimeoutError:
+            return
+        yield parse_frame(msg, protocol, t=time.perf_counter() - t0)
+
+
 def _ending(exc: ConnectionClosed) -> tuple[str, int | None, str]:
     """(how the socket ended, close code, reason) from a ``ConnectionClosed``."""
     if exc.rcvd is not None:
@@ -459,22 +475,15 @@ async def observe_roundtrip(
         except (ConnectionClosed, TimeoutError):
             sent = False  # still read what the server said before it closed, briefly
         deadline = t0 + (timeout_s if sent else min(1.0, timeout_s))
-        while True:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                msg = await asyncio.wait_for(ws.recv(), left)
-            except TimeoutError:
-                continue
-            except ConnectionClosed as exc:
-                ended, code, reason = _ending(exc)
-                break
-            frame = parse_frame(msg, protocol, t=time.perf_counter() - t0)
-            frames.append(frame)
-            if frame.event_type in protocol.pong_types:
-                ended = "pong"
-                break
+        try:
+            async with contextlib.aclosing(_frames(ws, protocol, t0, lambda: deadline)) as stream:
+                async for frame in stream:
+                    frames.append(frame)
+                    if frame.event_type in protocol.pong_types:
+                        ended = "pong"
+                        break
+        except ConnectionClosed as exc:
+            ended, code, reason = _ending(exc)
     finally:
         await _close(ws)
     pong = ended == "pong"
@@ -618,29 +627,23 @@ async def observe_agent_run(
             # the server said before closing, briefly.
             sent = False
         deadline = t0 + (event_timeout_s if sent else min(1.0, event_timeout_s))
-        while True:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                msg = await asyncio.wait_for(ws.recv(), left)
-            except TimeoutError:
-                continue
-            except ConnectionClosed as exc:
-                how, code, reason = _ending(exc)
-                # A close after the final event (while lingering) does not undo the completion.
-                ended = ended if ended == "completed" else how
-                break
-            frame = parse_frame(msg, protocol, t=time.perf_counter() - t0)
-            frames.append(frame)
-            done = frame.is_error or (
-                frame.is_event
-                and frame.event_type == final
-                and _is_own(frame, frames, user_id, rid)
-            )
-            if done:
-                ended = "error_frame" if frame.is_error else "completed"
-                deadline = min(deadline, time.perf_counter() + linger_s)
+        try:
+            # The deadline shrinks to ``linger_s`` after the final event: read it each time.
+            async with contextlib.aclosing(_frames(ws, protocol, t0, lambda: deadline)) as stream:
+                async for frame in stream:
+                    frames.append(frame)
+                    done = frame.is_error or (
+                        frame.is_event
+                        and frame.event_type == final
+                        and _is_own(frame, frames, user_id, rid)
+                    )
+                    if done:
+                        ended = "error_frame" if frame.is_error else "completed"
+                        deadline = min(deadline, time.perf_counter() + linger_s)
+        except ConnectionClosed as exc:
+            how, code, reason = _ending(exc)
+            # A close after the final event (while lingering) does not undo the completion.
+            ended = ended if ended == "completed" else how
     finally:
         await _close(ws)
     if not sent and ended == "timeout":
@@ -770,51 +773,48 @@ async def _attempt(
         except ConnectionClosed:
             pass  # the recv below reports how it closed
         deadline = time.perf_counter() + probe_timeout_s
-        while True:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return AuthAttempt(
-                    accepted=None,
-                    subprotocol=sub,
-                    how=f"socket stayed open with no reply in {probe_timeout_s:g}s",
-                    latency_s=time.perf_counter() - start,
-                    **base,
-                )
-            try:
-                msg = await asyncio.wait_for(ws.recv(), left)
-            except TimeoutError:
-                continue
-            except ConnectionClosed as exc:
-                ended, code, why = _ending(exc)
-                how = f"close {code}" + (f" ({why})" if why else "")
-                if ended == "abrupt":
-                    how = "connection dropped without a close frame (1006)"
-                return AuthAttempt(
-                    accepted=False,
-                    how=how,
-                    close_code=code,
-                    subprotocol=sub,
-                    latency_s=time.perf_counter() - start,
-                    **base,
-                )
-            frame = parse_frame(msg, protocol)
-            if frame.is_error:
-                return AuthAttempt(
-                    accepted=False,
-                    how="error frame",
-                    subprotocol=sub,
-                    excerpt=frame.excerpt,
-                    latency_s=time.perf_counter() - start,
-                    **base,
-                )
-            if frame.event_type in protocol.pong_types or frame.is_event:
-                return AuthAttempt(
-                    accepted=True,
-                    how=f"answered with {frame.event_type!r}",
-                    subprotocol=sub,
-                    latency_s=time.perf_counter() - start,
-                    **base,
-                )
+        try:
+            async with contextlib.aclosing(
+                _frames(ws, protocol, start, lambda: deadline)
+            ) as stream:
+                async for frame in stream:
+                    if frame.is_error:
+                        return AuthAttempt(
+                            accepted=False,
+                            how="error frame",
+                            subprotocol=sub,
+                            excerpt=frame.excerpt,
+                            latency_s=time.perf_counter() - start,
+                            **base,
+                        )
+                    if frame.event_type in protocol.pong_types or frame.is_event:
+                        return AuthAttempt(
+                            accepted=True,
+                            how=f"answered with {frame.event_type!r}",
+                            subprotocol=sub,
+                            latency_s=time.perf_counter() - start,
+                            **base,
+                        )
+        except ConnectionClosed as exc:
+            ended, code, why = _ending(exc)
+            how = f"close {code}" + (f" ({why})" if why else "")
+            if ended == "abrupt":
+                how = "connection dropped without a close frame (1006)"
+            return AuthAttempt(
+                accepted=False,
+                how=how,
+                close_code=code,
+                subprotocol=sub,
+                latency_s=time.perf_counter() - start,
+                **base,
+            )
+        return AuthAttempt(
+            accepted=None,
+            subprotocol=sub,
+            how=f"socket stayed open with no reply in {probe_timeout_s:g}s",
+            latency_s=time.perf_counter() - start,
+            **base,
+        )
     finally:
         await _close(ws)
 
