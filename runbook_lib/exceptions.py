@@ -10,6 +10,9 @@
     ├── ApprovalRequired     a mutating step was asked to run without approval
     └── SandboxError         the embedded sandbox could not start, stop or answer
 
+    KeyboardInterrupt
+    └── RunInterrupted       SIGINT, SIGTERM or a dead owner stopped the run (exit 3)
+
 A failing *check* is never an exception: it is a ``CheckResult`` with status
 ``fail`` or ``error``. These exceptions are for the cases where the runbook itself
 cannot go on.
@@ -22,6 +25,7 @@ __all__ = [
     "CloudRunError",
     "ConfigError",
     "NotebookError",
+    "RunInterrupted",
     "RunbookError",
     "SandboxError",
     "TargetUnreachable",
@@ -75,3 +79,18 @@ class ApprovalRequired(RunbookError):
 
 class SandboxError(RunbookError):
     """The embedded sandbox could not be started, stopped or reached."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A signal (SIGINT, SIGTERM) or the death of the owning process stopped the run.
+
+    A ``KeyboardInterrupt`` so that ``except Exception`` never swallows it and every
+    ``finally`` still runs; the run folder is sealed with verdict ``interrupted``.
+
+    Args:
+        signum: the signal number that stopped the run (0 when the owner died).
+    """
+
+    def __init__(self, signum: int = 0) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by signal {signum}" if signum else "interrupted")

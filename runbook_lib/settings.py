@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError
+from .flows import Flow
 from .redaction import register_secret
 
 __all__ = [
@@ -122,6 +123,13 @@ class ProtocolSettings:
     run_id: tuple[str, ...] = ("run_id", "data.run_id", "payload.run_id")
     ignore: tuple[str, ...] = ("welcome", "connected", "heartbeat", "ack", "pong")
     error_types: tuple[str, ...] = ("error",)
+    # SPEC section 8: frame format, subprotocols offered on every connect, text patterns.
+    format: str = "json"
+    subprotocols: tuple[str, ...] = ()
+    pong_pattern: str = ""
+    error_pattern: str = ""
+    event_patterns: Mapping[str, str] = field(default_factory=dict)
+    shared_room: bool = False
     critical_events: tuple[str, ...] = (
         "agent_started",
         "agent_thinking",
@@ -177,6 +185,8 @@ class SourceSettings:
     expected_branch: str = ""
     app: str = ""
     expected_ws_routes: tuple[str, ...] = ()
+    python: str = ""
+    import_root: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +259,11 @@ class Settings:
     sandbox: bool = False
     present: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
+    # SPEC section 8: user-defined flows, checks declared not applicable (id -> reason),
+    # and keys declared absent with ``false`` (dotted, e.g. "target.ws_test_path").
+    flows: Mapping[str, Flow] = field(default_factory=dict)
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
+    declared_absent: frozenset[str] = frozenset()
 
     def has(self, section: str) -> bool:
         """True when ``[section]`` was present in the file."""
