@@ -89,6 +89,11 @@ def plot_handshakes(rows: Sequence[Mapping[str, Any]], *, ax: Axes | None = None
     return fig
 
 
+def _arrival(sample: Mapping[str, Any]) -> float:
+    """When a poll's answer arrived: its start plus its latency (seconds since polling began)."""
+    return float(sample.get("t_s") or 0.0) + float(sample.get("latency_s") or 0.0)
+
+
 def _short_cause(cause: str, limit: int = 64) -> str:
     """The head of a cause sentence, short enough to sit beside a bar (the table has it all)."""
     if cause.startswith("HTTP ") and ": " in cause:
@@ -110,13 +115,16 @@ def plot_warmup(
         samples: ``{"t_s", "url", "status" (int | None), "error", "latency_s"}`` per poll.
         thresholds: URL -> seconds allowed until the first 200 (drawn dashed).
         ax: draw into this axes instead of a new figure.
+
+    Each answer is drawn when it *arrived* (poll start + latency), the instant the
+    ``*.ready_within`` checks judge, so a slow 200 is drawn where the check saw it.
     """
     fig, ax = _new_figure(ax, 9.0, 4.0)
     urls = list(dict.fromkeys(str(s.get("url", "")) for s in samples))
     markers = ["o", "s", "^", "D", "v"]
     for i, url in enumerate(urls):
         pts = [s for s in samples if str(s.get("url", "")) == url]
-        t = [float(s.get("t_s") or 0.0) for s in pts]
+        t = [_arrival(s) for s in pts]
         v = [_status_value(s.get("status")) for s in pts]
         c = [OK_COLOR if 200 <= x < 300 else FAIL_COLOR for x in v]
         ax.plot(t, v, color="#9e9e9e", linewidth=0.8, zorder=1)
@@ -146,7 +154,7 @@ def plot_warmup(
                 color=WARN_COLOR,
             )
     limits = [float(x) for x in (thresholds or {}).values()]
-    t_all = [float(s.get("t_s") or 0.0) for s in samples]
+    t_all = [_arrival(s) for s in samples]
     ax.set_xlim(-0.5, max([*limits, *t_all, 1.0]) * 1.12)
     if not samples:
         ax.text(
@@ -159,7 +167,7 @@ def plot_warmup(
             color=FAIL_COLOR,
         )
     ax.set_ylim(-20, 620)
-    ax.set_xlabel("time since deploy finished (s)")
+    ax.set_xlabel("time since polling began, at each answer (s)")
     ax.set_ylabel("HTTP status code (0 = no response)")
     ax.set_title("Warm-up: status of each poll")
     if urls:
@@ -330,22 +338,22 @@ def plot_event_timeline(
     ax.set_ylabel("user")
     ax.set_title("Event delivery per user")
     if seen_labels:
-        ax.legend(
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.18),
-            fontsize=8,
-            ncol=min(len(seen_labels), 6),
-            title="event type",
-        )
+        # Outside the axes on the right: below them it covered the x-axis label.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="event type")
     return fig
 
 
-def plot_monitor(samples: Sequence[Mapping[str, Any]]) -> Figure:
+def plot_monitor(
+    samples: Sequence[Mapping[str, Any]], *, avg_response_s: float | None = None
+) -> Figure:
     """Latency over the monitoring window (HTTP and WebSocket) with failures marked.
 
     Args:
         samples: ``{"t_s", "http_status", "http_latency_s", "ws_ok", "ws_status",
             "ws_latency_s"}`` per probe round.
+        avg_response_s: the ``monitor.avg_response`` limit, drawn dashed when set.
+
+    A failed WebSocket probe has no round trip: its latency is not drawn as one.
     """
     fig = Figure(figsize=(10.0, 5.0), layout="constrained")
     lat_ax, fail_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -360,6 +368,7 @@ def plot_monitor(samples: Sequence[Mapping[str, Any]]) -> Figure:
     )
     ws_fail = np.array([not s.get("ws_ok") for s in samples], dtype=bool)
     if samples:
+        ws_lat = np.where(ws_fail, np.nan, ws_lat)
         lat_ax.plot(t, http_lat, marker=".", color=NEUTRAL_COLOR, label="HTTP health")
         lat_ax.plot(t, ws_lat, marker=".", color="#6a1b9a", label="WebSocket round trip")
         for mask, y, label in ((http_fail, 1.0, "HTTP failed"), (ws_fail, 0.0, "WS failed")):
@@ -374,7 +383,16 @@ def plot_monitor(samples: Sequence[Mapping[str, Any]]) -> Figure:
         for x in t[http_fail | ws_fail]:
             lat_ax.axvline(x, color=FAIL_COLOR, alpha=0.25, linewidth=2)
         # Latency from zero, with headroom so the legend never hides a point.
-        top = np.nanmax(np.concatenate([http_lat, ws_lat, [0.001]]))
+        top = float(np.nanmax(np.concatenate([http_lat, ws_lat, [0.001]])))
+        if avg_response_s is not None:
+            lat_ax.axhline(
+                avg_response_s,
+                color=WARN_COLOR,
+                linestyle="--",
+                linewidth=1,
+                label=f"average limit {avg_response_s:g} s",
+            )
+            top = max(top, avg_response_s)
         lat_ax.set_ylim(0, top * 1.35)
         lat_ax.legend(loc="upper left", fontsize=8, ncol=2)
     else:

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from runbook_lib import plots
@@ -141,7 +142,63 @@ def test_monitor_counts_failures_in_title() -> None:
 )
 def test_empty_data_renders_a_message_not_a_crash(draw) -> None:
     """Missing evidence is shown as missing, never as an empty-looking success."""
-    _png(draw())
+    fig = draw()
+    _png(fig)
+    texts = [t.get_text() for a in fig.axes for t in a.texts]
+    assert any(t.startswith("no ") for t in texts), texts
+
+
+def test_warmup_draws_answers_when_they_arrived() -> None:
+    """A slow 200 is drawn when it arrived, the instant health.ready_within judges (2.1 s)."""
+    samples = [{"t_s": 0.3, "url": "/health", "status": 200, "error": None, "latency_s": 1.8}]
+    fig = plots.plot_warmup(samples, thresholds={"/health": 30.0})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "/health ready 2.1 s" in texts, texts
+    offsets = fig.axes[0].collections[0].get_offsets()
+    assert offsets[0][0] == pytest.approx(2.1)
+
+
+def test_monitor_draws_the_limit_and_no_round_trip_for_failed_handshakes() -> None:
+    """The average-response limit is a dashed line; a 404 handshake is not a round trip."""
+    samples = [
+        {
+            "t_s": float(i),
+            "http_status": 200,
+            "http_latency_s": 0.05,
+            "ws_ok": i != 2,
+            "ws_status": 101 if i != 2 else 404,
+            "ws_latency_s": 0.1,
+        }
+        for i in range(5)
+    ]
+    fig = plots.plot_monitor(samples, avg_response_s=2.0)
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "average limit 2 s" in legend
+    ws_line = next(line for line in ax.lines if line.get_label() == "WebSocket round trip")
+    ys = np.asarray(ws_line.get_ydata(), dtype=float)
+    assert np.isnan(ys[2]) and not np.isnan(ys[[0, 1, 3, 4]]).any()
+    assert ax.get_ylim()[1] >= 2.0
+
+
+@pytest.mark.parametrize("users", [1, 2, 5])
+def test_event_timeline_legend_does_not_cover_the_axis_label(users: int) -> None:
+    """The legend sits beside the axes: its box never overlaps the x-axis label."""
+    runs = {
+        f"user-{u}": [{"t_s": 0.1 * i, "type": e} for i, e in enumerate(EVENTS)]
+        for u in range(users)
+    }
+    runs["user-0"].append({"t_s": 0.3, "type": "agent_thinking", "foreign": True})
+    fig = plots.plot_event_timeline(runs, EVENTS)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # layout is computed at draw time
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    label_box = ax.xaxis.label.get_window_extent(renderer)
+    assert not legend_box.overlaps(label_box)
+    shown = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert set(EVENTS) <= shown  # no label hidden
 
 
 def test_figures_are_not_attached_to_pyplot() -> None:
