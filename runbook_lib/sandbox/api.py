@@ -58,6 +58,8 @@ def create_emulator_app(
 
     @app.get("/v2/{path:path}", response_model=None)
     async def get_any(path: str, request: Request) -> Any:
+        if m := re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/services", path):
+            return list_services(m.group(1), request)
         if re.fullmatch(svc_re, path):
             svc = find(path)
             return svc if isinstance(svc, JSONResponse) else emulator.service_json(svc)
@@ -91,6 +93,25 @@ def create_emulator_app(
                 return _error(404, "NOT_FOUND", f"Operation '{path}' was not found")
             return emulator.operation_json(op)
         return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
+
+    def list_services(parent: str, request: Request) -> Any:
+        # services.list: every service under projects/P/locations/L, paged like revisions.
+        found = sorted(
+            (s for s in emulator.services.values() if s.full_name.startswith(parent + "/")),
+            key=lambda s: s.name,
+        )
+        try:
+            size = int(request.query_params.get("pageSize") or 100) or 100
+            token = request.query_params.get("pageToken") or ""
+            start = int(token) if token else 0
+        except ValueError:
+            return _error(400, "INVALID_ARGUMENT", "invalid pageSize or pageToken")
+        body: dict[str, Any] = {
+            "services": [emulator.service_json(s) for s in found[start : start + size]]
+        }
+        if start + size < len(found):
+            body["nextPageToken"] = str(start + size)
+        return body
 
     @app.patch("/v2/{path:path}", response_model=None)
     async def patch_service(path: str, request: Request) -> Any:
@@ -161,6 +182,10 @@ def create_emulator_app(
                         )
                     ],
                     "traffic": svc.traffic,
+                    "tags": {
+                        tag: {"revision": svc.tagged(tag), "url": url}
+                        for tag, url in sorted(svc.tag_uris.items())
+                    },
                 }
             )
         return {"services": services, **(extra_state() if extra_state else {})}

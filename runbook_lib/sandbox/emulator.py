@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import string
 import uuid
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from . import wire
 from .log_store import SEVERITIES, FilterError, LogStore, compile_filter
+from .router import TagListeners, Upstream
 from .wire import SERVICE_TYPE, format_time, parse_time
 
 __all__ = [
@@ -105,10 +107,19 @@ class ServiceState:
     failure: str = ""
     reconciling: bool = False
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Revision tag -> its own URL (Cloud Run: https://TAG---SERVICE-HASH-REGION.a.run.app).
+    tag_uris: dict[str, str] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
         return f"projects/{self.project}/locations/{self.region}/services/{self.name}"
+
+    def tagged(self, tag: str) -> str:
+        """The revision ``tag`` points at now (LATEST resolved), or ``""``."""
+        for rev, _, t in self.resolved_traffic():
+            if t == tag:
+                return rev
+        return ""
 
     def resolved_traffic(self) -> list[tuple[str, int, str]]:
         """(revision, percent, tag) per target, with LATEST resolved to the latest ready one."""
@@ -179,6 +190,9 @@ def _template_key(template: Mapping[str, Any]) -> str:
     return json.dumps(_prune(body), sort_keys=True)
 
 
+# Cloud Run tags: DNS-label characters, as they become part of a host name.
+_TAG = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
 _INGRESS = {
     1: "INGRESS_TRAFFIC_ALL",
     2: "INGRESS_TRAFFIC_INTERNAL_ONLY",
@@ -194,15 +208,25 @@ class CloudRunEmulator:
         runtime: starts/stops revision processes.
         project: project id of every service.
         region: location of every service.
+        tag_listeners: serves revision tags on their own URLs (default: one
+            loopback port per tag on 127.0.0.1).
     """
 
-    def __init__(self, runtime: RevisionRuntime, *, project: str, region: str) -> None:
+    def __init__(
+        self,
+        runtime: RevisionRuntime,
+        *,
+        project: str,
+        region: str,
+        tag_listeners: TagListeners | None = None,
+    ) -> None:
         self.runtime = runtime
         self.project = project
         self.region = region
         self.services: dict[str, ServiceState] = {}
         self.operations: dict[str, OperationState] = {}
         self.logs = LogStore()
+        self.tags = tag_listeners if tag_listeners is not None else TagListeners()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
 
@@ -326,12 +350,22 @@ class CloudRunEmulator:
             if not image:
                 raise ValueError("template.containers[0].image is required")
             _profile_of(image)  # a bad image is refused up front, as a registry miss would be
-            if force or _template_key(template) != _template_key(svc.template):
+            named = str(template.get("revision") or "")
+            if named and named in svc.revisions:
+                if _template_key(template) != _template_key(svc.revisions[named].template):
+                    raise ValueError(
+                        f"Revision named {named!r} with different configuration already exists"
+                    )
+            elif force or named or _template_key(template) != _template_key(svc.template):
+                # A new revision name is a change of its own (`--revision-suffix`).
                 new_template = template
         new_traffic = None
         if wanted("traffic"):
             new_traffic = self._validate_traffic(
-                svc, body.get("traffic") or [], creating=new_template is not None
+                svc,
+                body.get("traffic") or [],
+                creating=new_template is not None,
+                new_name=str(new_template.get("revision") or "") if new_template else "",
             )
         if wanted("ingress") and body.get("ingress"):
             raw = body["ingress"]
@@ -347,6 +381,7 @@ class CloudRunEmulator:
         self.operations[op.name] = op
         if new_traffic is not None:
             svc.traffic = new_traffic
+            self._sync_tags(svc)
         if new_template is None:
             svc.observed_generation = svc.generation
             svc.failure = ""
@@ -371,10 +406,15 @@ class CloudRunEmulator:
         return op
 
     def _validate_traffic(
-        self, svc: ServiceState, targets: list[Mapping[str, Any]], creating: bool
+        self,
+        svc: ServiceState,
+        targets: list[Mapping[str, Any]],
+        creating: bool,
+        new_name: str = "",
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         total = 0
+        tags: set[str] = set()
         for t in targets:
             kind = t.get("type") or (
                 "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
@@ -391,15 +431,24 @@ class CloudRunEmulator:
             entry: dict[str, Any] = {"type": kind, "percent": percent}
             if kind == "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION":
                 rev = str(t.get("revision", "")).rsplit("/", 1)[-1]
-                if rev not in svc.revisions:
+                if rev not in svc.revisions and not (new_name and rev == new_name):
                     raise ValueError(f"Revision {rev!r} does not exist in service {svc.name!r}")
-                if svc.revisions[rev].ready is False:
+                if percent and rev in svc.revisions and svc.revisions[rev].ready is False:
                     raise ValueError(f"Revision {rev!r} is not ready and cannot serve traffic")
                 entry["revision"] = rev
             elif kind != "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST":
                 raise ValueError(f"unknown traffic target type {kind!r}")
             if t.get("tag"):
-                entry["tag"] = str(t["tag"])
+                tag = str(t["tag"])
+                if not _TAG.fullmatch(tag) or len(tag) > 46:
+                    raise ValueError(
+                        f"tag {tag!r} is invalid: use lowercase letters, digits and hyphens, "
+                        "starting with a letter, at most 46 characters"
+                    )
+                if tag in tags:
+                    raise ValueError(f"tag {tag!r} is used by more than one traffic target")
+                tags.add(tag)
+                entry["tag"] = tag
             total += percent
             out.append(entry)
         if total != 100:
@@ -487,10 +536,36 @@ class CloudRunEmulator:
         self.system_log(rev, "ERROR", f"Revision {rev.name} is not ready: {why}")
 
     async def aclose(self) -> None:
-        """Cancel pending rollouts (the daemon is stopping)."""
+        """Cancel pending rollouts and close the tag listeners (the daemon is stopping)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tags.aclose()
+
+    # ---------------------------------------------------------------- tags
+
+    def _sync_tags(self, svc: ServiceState) -> None:
+        """Give every tag in the traffic its own URL; close the URLs of dropped tags."""
+        wanted = {t["tag"] for t in svc.traffic if t.get("tag")}
+        for tag in list(svc.tag_uris):
+            if tag not in wanted:
+                self.tags.close(f"{svc.full_name}#{tag}")
+                del svc.tag_uris[tag]
+        for tag in sorted(wanted - set(svc.tag_uris)):
+            svc.tag_uris[tag] = self.tags.open(
+                f"{svc.full_name}#{tag}", lambda tag=tag: self.tag_upstream(svc, tag)
+            )
+
+    def tag_upstream(self, svc: ServiceState, tag: str) -> Upstream | None:
+        """Where a connection to ``tag``'s URL goes: only the tagged revision, when ready."""
+        rev = svc.revisions.get(svc.tagged(tag))
+        if rev is None or rev.ready is not True or not rev.port:
+            return None
+        from .profiles import ROUTER_STRIPS_UPGRADE
+
+        return Upstream(
+            self.tags.host, rev.port, rev.name, strip_upgrade=rev.profile in ROUTER_STRIPS_UPGRADE
+        )
 
     # ---------------------------------------------------------------- routing
 

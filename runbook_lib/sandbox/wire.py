@@ -149,6 +149,7 @@ def service_json(svc: ServiceState) -> dict[str, Any]:
                     "revision": rev,
                     "percent": pct,
                     "tag": tag,
+                    "uri": svc.tag_uris.get(tag, "") if tag else "",
                 }.items()
                 if v not in ("", None)
             }
