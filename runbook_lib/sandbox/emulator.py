@@ -16,6 +16,7 @@ FastAPI app). The names they define are re-exported here for older imports.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -553,7 +554,7 @@ class CloudRunEmulator:
                 del svc.tag_uris[tag]
         for tag in sorted(wanted - set(svc.tag_uris)):
             svc.tag_uris[tag] = self.tags.open(
-                f"{svc.full_name}#{tag}", lambda tag=tag: self.tag_upstream(svc, tag)
+                f"{svc.full_name}#{tag}", functools.partial(self.tag_upstream, svc, tag)
             )
 
     def tag_upstream(self, svc: ServiceState, tag: str) -> Upstream | None:
