@@ -47,6 +47,7 @@ __all__ = [
     "ServiceRef",
     "TrafficTarget",
     "cloudrun_client",
+    "new_revision_name",
     "pinned",
     "plan_deploy",
     "plan_split",
