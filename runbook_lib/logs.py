@@ -37,6 +37,7 @@ __all__ = [
     "log_scope",
     "logging_filter",
     "read_logs",
+    "scope_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,37 @@ def log_scope(
     raise CloudRunError(
         f"no start time for the logs of {rev}: no deploy was recorded and the phase's "
         "opening time is unknown"
+    )
+
+
+async def scope_for(
+    settings: Settings,
+    *,
+    revision: str | None = None,
+    deployed_revision: str | None = None,
+    deploy_started_at: datetime | str | None = None,
+    phase_opened_at: datetime | str | None = None,
+) -> LogScope:
+    """:func:`log_scope`, reading the serving split from Cloud Run only when it is needed.
+
+    A step calls it with what the run recorded (phase 2's ``deployed_revision`` and
+    ``deploy_started_at``) and ``ctx.started_at``; interactively, with no record, the
+    revision serving all traffic is the one under test.
+
+    Raises:
+        CloudRunError: as :func:`log_scope`, or the service could not be read.
+    """
+    serving = None
+    if not (revision or deployed_revision):
+        from .cloudrun import cloudrun_client
+
+        serving = (await cloudrun_client(settings).get_service()).serving_revisions
+    return log_scope(
+        revision=revision,
+        deployed_revision=deployed_revision,
+        deploy_started_at=deploy_started_at,
+        phase_opened_at=phase_opened_at,
+        serving=serving,
     )
 
 

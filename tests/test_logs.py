@@ -23,6 +23,7 @@ from runbook_lib.logs import (
     log_scope,
     logging_filter,
     read_logs,
+    scope_for,
 )
 from runbook_lib.sandbox import manager
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
@@ -313,9 +314,7 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     await asyncio.sleep(0.05)
     phase_opened = datetime.now(UTC)
     # ... interactively (no run folder) the serving revision since the phase opened.
-    interactive = log_scope(
-        serving=(await cr.get_service()).serving_revisions, phase_opened_at=phase_opened
-    )
+    interactive = await scope_for(settings, phase_opened_at=phase_opened.isoformat())
     assert interactive.revision == out.revision and interactive.since == phase_opened
     assert judge(await read_logs(settings, scope=interactive, contains=contains)) == "pass"
     # Not vacuous: the same query over the deploy's span does see that probe.
