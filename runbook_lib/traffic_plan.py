@@ -28,6 +28,7 @@ __all__ = [
     "deploy_strategy",
     "next_action",
     "plan_shift",
+    "share_rows",
     "shift_steps",
 ]
 
@@ -211,3 +212,34 @@ def next_action(plan: ShiftPlan, verified: bool | None, gates: Sequence[Gate] = 
         else f"the gate at {plan.steps[len(gates) - 1].percent} % passed"
     )
     return ShiftAction("shift", step.split, step.index, f"{why}: {new} to {step.percent} %")
+
+
+def share_rows(samples: Sequence[tuple[float, Mapping[str, int], str]]) -> list[dict[str, Any]]:
+    """Long-format rows of traffic share over time, for a table or a step plot.
+
+    Args:
+        samples: ``(t_s, split, label)`` in time order: seconds since the rollout
+            began, the split then in force (e.g. ``OperationOutcome.split``), and
+            what made it (``"deploy (0 %)"``, ``"step 10 %"``, ``"restore"``).
+
+    Returns:
+        One row per (sample, revision) with ``t_s``, ``revision``, ``percent`` and
+        ``label``; a revision absent from a sample that appeared earlier gets 0, so
+        every line of a plot drops to zero when its traffic is gone.
+    """
+    seen: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for t_s, split, label in samples:
+        for rev in split:
+            if rev not in seen:
+                seen.append(rev)
+        for rev in seen:
+            rows.append(
+                {
+                    "t_s": float(t_s),
+                    "revision": rev,
+                    "percent": int(split.get(rev, 0)),
+                    "label": label,
+                }
+            )
+    return rows

@@ -13,6 +13,7 @@ from runbook_lib.traffic_plan import (
     deploy_strategy,
     next_action,
     plan_shift,
+    share_rows,
     shift_steps,
 )
 
@@ -107,3 +108,21 @@ def test_settings_are_read_with_defaults() -> None:
     assert shift_steps(SimpleNamespace()) == DEFAULT_SHIFT_STEPS
     with pytest.raises(ValueError, match="deploy_strategy must be one of"):
         deploy_strategy(SimpleNamespace(cloudrun=SimpleNamespace(deploy_strategy="yolo")))
+
+
+def test_share_rows_drop_to_zero_when_traffic_leaves() -> None:
+    rows = share_rows(
+        [
+            (0.0, {"old": 100}, "deploy (0 %)"),
+            (5.0, {"new": 10, "old": 90}, "step 10 %"),
+            (9.0, {"old": 100}, "restore"),
+        ]
+    )
+    assert [(r["t_s"], r["revision"], r["percent"]) for r in rows] == [
+        (0.0, "old", 100),
+        (5.0, "old", 90),
+        (5.0, "new", 10),
+        (9.0, "old", 100),
+        (9.0, "new", 0),
+    ]
+    assert max(r["percent"] for r in rows if r["revision"] == "new") == 10
