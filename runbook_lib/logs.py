@@ -7,6 +7,12 @@ and substrings), asks ``google.cloud.logging.Client`` over HTTP (the sandbox
 emulator when ``api_endpoint`` is set) and returns flat :class:`LogEntry` rows.
 :func:`logging_filter` and :func:`gcloud_logging_command` let a notebook show
 the equivalent command.
+
+Evidence is scoped (:class:`LogScope`, built by :func:`log_scope`): a log check
+reads the revision under test since the deploy (or, interactively, since the phase
+opened), never 15 minutes of every revision, so phase 1's own 404 probes of the
+old revision are never counted against the new one. Entries outside the scope are
+dropped client-side too, whatever the server returned.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,9 +32,12 @@ from .settings import Settings
 
 __all__ = [
     "LogEntry",
+    "LogScope",
     "gcloud_logging_command",
+    "log_scope",
     "logging_filter",
     "read_logs",
+    "scope_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,118 @@ class LogEntry:
     latency_s: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class LogScope:
+    """The log entries that are evidence for a check: one revision, from one instant on.
+
+    ``basis`` says in words why this instant (shown next to the check).
+    """
+
+    revision: str
+    since: datetime
+    basis: str
+
+    def admits(self, entry: LogEntry) -> bool:
+        """True when ``entry`` is of the revision under test and not older than ``since``."""
+        return entry.revision == self.revision and entry.timestamp >= self.since
+
+    def describe(self) -> str:
+        """``revision R since T (basis)``."""
+        return (
+            f"revision {self.revision} since {self.since.isoformat(timespec='seconds')} "
+            f"({self.basis})"
+        )
+
+
+def _instant(value: datetime | str | None, what: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CloudRunError(f"{what} is not an ISO 8601 time: {value!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def log_scope(
+    *,
+    revision: str | None = None,
+    deployed_revision: str | None = None,
+    deploy_started_at: datetime | str | None = None,
+    phase_opened_at: datetime | str | None = None,
+    serving: Mapping[str, int] | None = None,
+) -> LogScope:
+    """Decide which log entries are evidence for a check (pure).
+
+    The revision under test is ``revision`` when given, else the revision this run
+    deployed, else the one revision serving all traffic (``serving``, revision ->
+    percent). The start is the deploy's start when the revision under test is the
+    one deployed, else the moment the phase opened. Earlier entries (phase 1's
+    probes, an older revision's errors) are never evidence.
+
+    Raises:
+        CloudRunError: no revision under test can be named (several serve and none
+            was given), or no start time is known.
+    """
+    rev = revision or deployed_revision or ""
+    if not rev and serving:
+        shares = {r: p for r, p in serving.items() if p > 0}
+        if len(shares) == 1:
+            rev = next(iter(shares))
+        elif shares:
+            split = ", ".join(f"{r} {p} %" for r, p in sorted(shares.items()))
+            raise CloudRunError(
+                f"traffic is split ({split}): name the revision under test "
+                "(run phase 2 in the same run, or pass the revision)"
+            )
+    if not rev:
+        raise CloudRunError(
+            "no revision under test: no deploy was recorded and no revision serves traffic"
+        )
+    deployed_at = _instant(deploy_started_at, "deploy_started_at")
+    opened_at = _instant(phase_opened_at, "phase_opened_at")
+    if deployed_at is not None and (not deployed_revision or deployed_revision == rev):
+        return LogScope(rev, deployed_at, f"since the deploy of {rev} started")
+    if opened_at is not None:
+        return LogScope(rev, opened_at, "since this phase opened")
+    raise CloudRunError(
+        f"no start time for the logs of {rev}: no deploy was recorded and the phase's "
+        "opening time is unknown"
+    )
+
+
+async def scope_for(
+    settings: Settings,
+    *,
+    revision: str | None = None,
+    deployed_revision: str | None = None,
+    deploy_started_at: datetime | str | None = None,
+    phase_opened_at: datetime | str | None = None,
+) -> LogScope:
+    """:func:`log_scope`, reading the serving split from Cloud Run only when it is needed.
+
+    A step calls it with what the run recorded (phase 2's ``deployed_revision`` and
+    ``deploy_started_at``) and ``ctx.started_at``; interactively, with no record, the
+    revision serving all traffic is the one under test.
+
+    Raises:
+        CloudRunError: as :func:`log_scope`, or the service could not be read.
+    """
+    serving = None
+    if not (revision or deployed_revision):
+        from .cloudrun import cloudrun_client
+
+        serving = (await cloudrun_client(settings).get_service()).serving_revisions
+    return log_scope(
+        revision=revision,
+        deployed_revision=deployed_revision,
+        deploy_started_at=deploy_started_at,
+        phase_opened_at=phase_opened_at,
+        serving=serving,
+    )
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -77,15 +198,17 @@ def logging_filter(
     revision: str | None = None,
     min_severity: str | None = None,
     contains: Sequence[str] = (),
+    scope: LogScope | None = None,
 ) -> str:
     """The Cloud Logging filter for the configured service.
 
     ``contains`` terms are OR-ed (``textPayload:"404" OR textPayload:"websocket"``),
-    like the seed's routing-error query.
+    like the seed's routing-error query. A ``scope`` sets the revision and the start.
 
     Raises:
-        CloudRunError: unknown severity name.
+        CloudRunError: unknown severity name, or a scope contradicted by since/revision.
     """
+    since, revision = _scoped(scope, since, revision)
     parts = [
         'resource.type="cloud_run_revision"',
         f"resource.labels.service_name={_quote(settings.cloudrun.service)}",
@@ -114,6 +237,18 @@ def gcloud_logging_command(settings: Settings, filter: str, limit: int = 50) -> 
         f"--project={shlex.quote(settings.cloudrun.project)} --limit={int(limit)} "
         '--format="value(timestamp,severity,textPayload)"'
     )
+
+
+def _scoped(
+    scope: LogScope | None, since: datetime | None, revision: str | None
+) -> tuple[datetime | None, str | None]:
+    if scope is None:
+        return since, revision
+    if revision and revision != scope.revision:
+        raise CloudRunError(f"revision {revision!r} contradicts the log scope ({scope.describe()})")
+    if since is not None and _instant(since, "since") != scope.since:
+        raise CloudRunError(f"since={since} contradicts the log scope ({scope.describe()})")
+    return scope.since, scope.revision
 
 
 def _latency(value: Any) -> float | None:
@@ -180,27 +315,34 @@ def _explain(endpoint: str, exc: BaseException) -> CloudRunError:
 async def read_logs(
     settings: Settings,
     *,
-    since: datetime,
+    since: datetime | None = None,
     revision: str | None = None,
     min_severity: str | None = None,
     contains: Sequence[str] = (),
     limit: int = 500,
+    scope: LogScope | None = None,
 ) -> list[LogEntry]:
     """Log entries of the configured service since ``since``, oldest first.
 
     Args:
         settings: ``[cloudrun]`` names the service; ``[logging] api_endpoint`` (else
             ``[cloudrun] api_endpoint``) points at the sandbox, empty means Google.
-        since: earliest timestamp (aware, or naive UTC).
+        since: earliest timestamp (aware, or naive UTC); or give ``scope``.
         revision: only this revision.
         min_severity: e.g. ``"ERROR"``.
         contains: substrings of textPayload (any of them).
         limit: most recent ``limit`` entries at most.
+        scope: the evidence scope (:func:`log_scope`): its revision and start are
+            queried, and entries outside it are dropped even if the server sent them.
 
     Raises:
-        CloudRunError: the read failed (refused, unreachable, timed out, bad answer).
+        CloudRunError: the read failed (refused, unreachable, timed out, bad answer),
+            or neither ``since`` nor ``scope`` was given.
     """
     endpoint = (settings.logging.api_endpoint or settings.cloudrun.api_endpoint).rstrip("/")
+    since, revision = _scoped(scope, since, revision)
+    if since is None:
+        raise CloudRunError("read_logs needs since= or scope=: an unbounded read is no evidence")
     flt = logging_filter(
         settings, since=since, revision=revision, min_severity=min_severity, contains=contains
     )
@@ -231,6 +373,8 @@ async def read_logs(
             rows = [_entry(e) for e in it]
         finally:
             kwargs["_http"].close()
+        if scope is not None:
+            rows = [e for e in rows if scope.admits(e)]
         rows.sort(key=lambda e: e.timestamp)
         return rows
 

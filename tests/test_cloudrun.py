@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +17,17 @@ from runbook_lib.cloudrun import (
     OperationOutcome,
     RevisionInfo,
     ServiceInfo,
+    ServiceRef,
     TrafficTarget,
     cloudrun_client,
+    pinned,
+    plan_deploy,
+    plan_split,
+    plan_tag,
+    plan_untag,
+    split_targets,
+    with_tag,
+    without_tag,
 )
 from runbook_lib.exceptions import CloudRunError
 from runbook_lib.sandbox import manager
@@ -151,6 +161,211 @@ async def test_traffic_to_unknown_revision_is_refused(settings: Settings) -> Non
         await cr.set_traffic([TrafficTarget("REVISION", "backend-09999-zzz", 100)])
     with pytest.raises(CloudRunError, match="sum to 100"):
         await cr.set_traffic([TrafficTarget("LATEST", "", 50)])
+
+
+def _served_by_url(url: str, n: int = 6) -> set[str]:
+    seen = set()
+    for _ in range(n):
+        with httpx.Client(timeout=5) as client:
+            seen.add(client.get(f"{url}/health").json()["revision"])
+    return seen
+
+
+async def test_tag_deploy_with_no_traffic_shift_in_steps_and_restore(
+    settings: Settings, sandbox: manager.SandboxInfo
+) -> None:
+    """SPEC 9 through the real client: tag, verify on the tag URL, 10/50/100, back, untag."""
+    cr = cloudrun_client(settings)
+    before = await cr.get_service()
+    previous = before.serving_revisions
+    (old,) = previous
+    oldest = (await cr.list_revisions())[-1].name
+
+    url = await cr.tag_revision(oldest, "rollback-target")
+    assert url.startswith("http://127.0.0.1:") and url != sandbox.service_url
+    assert await asyncio.to_thread(_served_by_url, url) == {oldest}
+    assert await asyncio.to_thread(served_by, sandbox) == {old}
+    info = await cr.get_service()
+    assert info.serving_revisions == previous and info.tag_urls == {"rollback-target": url}
+
+    out = await cr.deploy("sandbox/backend:healthy", no_traffic=True, tag="candidate")
+    assert out.succeeded and out.tag_url and out.tag_url != url, out
+    assert out.revision.startswith("backend-") and out.revision != old
+    assert out.split == previous, "a no-traffic deploy must leave the split where it was"
+    assert await asyncio.to_thread(_served_by_url, out.tag_url) == {out.revision}
+    assert await asyncio.to_thread(served_by, sandbox) == {old}
+    info = await cr.get_service()
+    assert info.latest_ready_revision == out.revision
+    assert info.tagged_revisions == {"rollback-target": oldest, "candidate": out.revision}
+
+    for pct in (10, 50, 100):
+        split = {out.revision: pct, old: 100 - pct} if pct < 100 else {out.revision: 100}
+        step = await cr.set_traffic_split(split)
+        assert step.succeeded and step.split == split
+        assert set((await cr.get_service()).tag_urls) == {"rollback-target", "candidate"}
+        if pct == 50:
+            assert await asyncio.to_thread(served_by, sandbox, 24) == {old, out.revision}
+    assert await asyncio.to_thread(served_by, sandbox) == {out.revision}
+
+    back = await cr.set_traffic_split(previous)
+    assert back.split == previous
+    assert await asyncio.to_thread(served_by, sandbox) == {old}
+    # The tag URLs survived every step and still reach their revisions.
+    assert await asyncio.to_thread(_served_by_url, out.tag_url, 3) == {out.revision}
+
+    await cr.untag("candidate")
+    gone = await cr.untag("rollback-target")
+    assert gone.split == previous and all(not t.tag for t in gone.traffic)
+    assert (await cr.get_service()).tag_urls == {}
+
+    [listed] = await cr.list_services()
+    assert listed.name == "backend" and listed.serving_revisions == previous
+
+
+async def test_failing_no_traffic_deploy_leaves_traffic_alone(settings: Settings) -> None:
+    """A candidate that never starts fails its operation; the split does not move."""
+    cr = cloudrun_client(settings)
+    previous = (await cr.get_service()).serving_revisions
+    out = await cr.deploy("sandbox/backend:deploy-fails", no_traffic=True, tag="broken")
+    assert out.done and not out.succeeded and "DATABASE_URL" in out.error
+    info = await cr.get_service()
+    assert info.serving_revisions == previous
+    await cr.untag("broken")
+    with pytest.raises(CloudRunError, match="invalid revision tag"):
+        await cr.tag_revision(next(iter(previous)), "Bad_Tag")
+    with pytest.raises(CloudRunError, match="sum to 100"):
+        await cr.set_traffic_split({next(iter(previous)): 90})
+
+
+# ------------------------------------------------------------------ pure traffic arithmetic
+
+_REF = ServiceRef("proj", "us-central1", "svc")
+_SPLIT = (TrafficTarget("REVISION", "svc-a", 90), TrafficTarget("LATEST", "", 10))
+
+
+@pytest.mark.parametrize(
+    ("current", "revision", "tag", "expected"),
+    [
+        # added at 0 %, the split untouched
+        (_SPLIT, "svc-old", "t", [*_SPLIT, TrafficTarget("REVISION", "svc-old", 0, "t")]),
+        # rides on an untagged entry of the same revision
+        (_SPLIT, "svc-a", "t", [TrafficTarget("REVISION", "svc-a", 90, "t"), _SPLIT[1]]),
+        # moves: the old entry keeps its share untagged, a 0 % one disappears
+        (
+            [TrafficTarget("REVISION", "svc-a", 100), TrafficTarget("REVISION", "svc-b", 0, "t")],
+            "svc-c",
+            "t",
+            [TrafficTarget("REVISION", "svc-a", 100), TrafficTarget("REVISION", "svc-c", 0, "t")],
+        ),
+        # status URIs are never sent back
+        (
+            [TrafficTarget("LATEST", "svc-a", 100, "", "http://x")],
+            "svc-a",
+            "t",
+            [TrafficTarget("LATEST", "", 100), TrafficTarget("REVISION", "svc-a", 0, "t")],
+        ),
+    ],
+)
+def test_with_tag(current: Any, revision: str, tag: str, expected: list[TrafficTarget]) -> None:
+    assert with_tag(current, revision, tag) == expected
+
+
+def test_without_tag_pinned_and_split_targets() -> None:
+    tagged = [TrafficTarget("REVISION", "svc-a", 100, "x"), TrafficTarget("REVISION", "b", 0, "y")]
+    assert without_tag(tagged, "x") == [TrafficTarget("REVISION", "svc-a", 100), tagged[1]]
+    assert without_tag(tagged, "y") == [tagged[0]]
+    assert pinned(_SPLIT, "svc-b") == [
+        TrafficTarget("REVISION", "svc-a", 90),
+        TrafficTarget("REVISION", "svc-b", 10),
+    ]
+    # LATEST pinned onto a revision that already has a share: merged, not duplicated
+    assert pinned(_SPLIT, "svc-a") == [TrafficTarget("REVISION", "svc-a", 100)]
+    with pytest.raises(CloudRunError, match="no revision is ready"):
+        pinned(_SPLIT, "")
+    assert split_targets({"n": 10, "o": 90}, tagged) == [
+        TrafficTarget("REVISION", "n", 10),
+        TrafficTarget("REVISION", "o", 90),
+        TrafficTarget("REVISION", "svc-a", 0, "x"),
+        TrafficTarget("REVISION", "b", 0, "y"),
+    ]
+    assert split_targets({"b": 100}, tagged) == [
+        TrafficTarget("REVISION", "b", 100, "y"),
+        TrafficTarget("REVISION", "svc-a", 0, "x"),
+    ]
+    for bad in ({"a": 50}, {"a": 101, "b": -1}, {"": 100}, {"a": 50.0, "b": 50}):
+        with pytest.raises(CloudRunError):
+            split_targets(bad)  # type: ignore[arg-type]
+    for tag in ("", "UPPER", "under_score", "-lead", "trail-", "x" * 47):
+        with pytest.raises(CloudRunError, match="invalid revision tag"):
+            with_tag(_SPLIT, "svc-a", tag)
+
+
+def test_plans_show_json_gcloud_and_curl() -> None:
+    """Dry runs: pasteable JSON, the gcloud flags that do the same, and curl."""
+    import json
+
+    tag = plan_tag(_REF, _SPLIT, "svc-old", "verify")
+    assert tag.url == (
+        "https://run.googleapis.com/v2/projects/proj/locations/us-central1/services/svc"
+        "?updateMask=traffic"
+    )
+    assert json.loads(tag.body_json)["traffic"][-1] == {
+        "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+        "percent": 0,
+        "revision": "svc-old",
+        "tag": "verify",
+    }
+    assert tag.gcloud == (
+        "gcloud run services update-traffic svc --update-tags=verify=svc-old "
+        "--region=us-central1 --project=proj"
+    )
+    assert tag.curl.startswith("curl -sS -X PATCH 'https://run.googleapis.com/v2/")
+    assert "$(gcloud auth print-access-token)" in tag.curl and "{'name'" not in tag.curl
+    assert json.loads(tag.curl.split(" -d ", 1)[1].strip("'")) == tag.body
+    assert tag.request == {"method": "PATCH", "url": tag.url, "body": tag.body}
+    assert set(tag.to_record()) == {"what", "method", "url", "request_json", "gcloud", "curl"}
+
+    untag = plan_untag(_REF, tag.traffic, "verify")
+    assert "--remove-tags=verify" in untag.gcloud and list(untag.traffic) == list(_SPLIT)
+
+    split = plan_split(_REF, tag.traffic, {"svc-old": 10, "svc-a": 90})
+    assert "--to-revisions=svc-old=10,svc-a=90 " in split.gcloud
+    assert [(t.revision, t.percent, t.tag) for t in split.traffic] == [
+        ("svc-old", 10, "verify"),
+        ("svc-a", 90, ""),
+    ]
+
+    deploy = plan_deploy(
+        _REF,
+        {"containers": [{"image": "old"}], "revision": "svc-prev", "timeout": "300s"},
+        "gcr.io/p/app:2",
+        no_traffic=True,
+        tag="candidate",
+        revision_name="svc-abcde",
+        current=_SPLIT,
+        latest_ready="svc-b",
+    )
+    assert deploy.url.endswith("?updateMask=template,traffic")
+    assert deploy.body["template"] == {
+        "containers": [{"image": "gcr.io/p/app:2"}],
+        "revision": "svc-abcde",
+        "timeout": "300s",
+    }
+    assert [(t["revision"], t["percent"], t.get("tag")) for t in deploy.body["traffic"]] == [
+        ("svc-a", 90, None),
+        ("svc-b", 10, None),
+        ("svc-abcde", 0, "candidate"),
+    ]
+    assert deploy.gcloud == (
+        "gcloud run deploy svc --image=gcr.io/p/app:2 --no-traffic --tag=candidate "
+        "--revision-suffix=abcde --region=us-central1 --project=proj"
+    )
+    plain = plan_deploy(_REF, None, "img")
+    assert plain.url.endswith("?updateMask=template") and "traffic" not in plain.body
+    with pytest.raises(CloudRunError, match="needs no_traffic"):
+        plan_deploy(_REF, None, "img", tag="x", revision_name="svc-x")
+    sandbox_ref = ServiceRef("p", "local", "backend", "http://127.0.0.1:9")
+    assert "Authorization" not in plan_untag(sandbox_ref, _SPLIT, "x").curl
 
 
 # ------------------------------------------------------------------ failures

@@ -16,7 +16,15 @@ import pytest
 
 from runbook_lib.cloudrun import cloudrun_client
 from runbook_lib.exceptions import CloudRunError
-from runbook_lib.logs import LogEntry, gcloud_logging_command, logging_filter, read_logs
+from runbook_lib.logs import (
+    LogEntry,
+    LogScope,
+    gcloud_logging_command,
+    log_scope,
+    logging_filter,
+    read_logs,
+    scope_for,
+)
 from runbook_lib.sandbox import manager
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
@@ -157,3 +165,157 @@ async def test_failures_raise_cloudrun_error(failing_server: str, tmp_path: Path
         port = s.getsockname()[1]
     with pytest.raises(CloudRunError, match="cannot connect"):
         await read_logs(_settings(f"http://127.0.0.1:{port}", tmp_path), since=since)
+
+
+# ------------------------------------------------------------------ evidence scope
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+T1 = datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "revision", "since", "basis"),
+    [
+        # a run folder: the revision phase 2 deployed, since its deploy started
+        ({"deployed_revision": "new", "deploy_started_at": T0}, "new", T0, "deploy"),
+        # ISO strings as artifacts carry them; naive means UTC
+        (
+            {"deployed_revision": "new", "deploy_started_at": "2026-01-01T12:00:00"},
+            "new",
+            T0,
+            "deploy",
+        ),
+        (
+            {"deployed_revision": "new", "deploy_started_at": "2026-01-01T12:00:00Z"},
+            "new",
+            T0,
+            "deploy",
+        ),
+        # interactive: the one serving revision, since the phase opened
+        ({"serving": {"new": 100, "old": 0}, "phase_opened_at": T1}, "new", T1, "phase"),
+        # a revision named explicitly that is not the deployed one: the phase start, not the deploy's
+        (
+            {
+                "revision": "old",
+                "deployed_revision": "new",
+                "deploy_started_at": T0,
+                "phase_opened_at": T1,
+            },
+            "old",
+            T1,
+            "phase",
+        ),
+        # the deploy's start wins over the phase's when both are known for the deployed revision
+        (
+            {"deployed_revision": "new", "deploy_started_at": T0, "phase_opened_at": T1},
+            "new",
+            T0,
+            "deploy",
+        ),
+        ({"revision": "r", "phase_opened_at": T1, "serving": {"a": 50, "b": 50}}, "r", T1, "phase"),
+    ],
+)
+def test_log_scope_rules(
+    kwargs: dict[str, Any], revision: str, since: datetime, basis: str
+) -> None:
+    scope = log_scope(**kwargs)
+    assert (scope.revision, scope.since) == (revision, since)
+    assert basis in scope.basis and revision in scope.describe()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (
+            {"serving": {"a": 50, "b": 50}, "phase_opened_at": T1},
+            r"traffic is split \(a 50 %, b 50 %\)",
+        ),
+        ({"phase_opened_at": T1}, "no revision under test"),
+        ({"serving": {"a": 0}, "phase_opened_at": T1}, "no revision under test"),
+        ({"revision": "a"}, "no start time"),
+        ({"revision": "a", "phase_opened_at": "yesterday"}, "not an ISO 8601 time"),
+    ],
+)
+def test_log_scope_refuses_what_it_cannot_name(kwargs: dict[str, Any], pattern: str) -> None:
+    with pytest.raises(CloudRunError, match=pattern):
+        log_scope(**kwargs)
+
+
+def test_scope_admits_only_its_revision_from_its_start(settings: Settings) -> None:
+    scope = LogScope("new", T1, "since this phase opened")
+    entry = LogEntry(T1, "WARNING", "new", "GET /websocket 404", 404, "GET", "/websocket", 0.01)
+    assert scope.admits(entry)
+    assert not scope.admits(LogEntry(**{**_fields(entry), "revision": "old"}))
+    assert not scope.admits(LogEntry(**{**_fields(entry), "timestamp": T0}))
+    flt = logging_filter(settings, scope=scope, contains=["404"])
+    assert 'resource.labels.revision_name="new"' in flt
+    assert 'timestamp>="2026-01-01T12:05:00.000000Z"' in flt
+    with pytest.raises(CloudRunError, match="contradicts"):
+        logging_filter(settings, scope=scope, revision="old")
+
+
+def _fields(entry: LogEntry) -> dict[str, Any]:
+    return {f: getattr(entry, f) for f in LogEntry.__slots__}
+
+
+async def _wait_for(settings: Settings, n: int, **query: Any) -> list[LogEntry]:
+    # A log line travels backend stdout -> daemon -> store after the response: poll briefly.
+    for _ in range(60):
+        hits = [e for e in await read_logs(settings, **query) if e.status == 404]
+        if len(hits) >= n:
+            return hits
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"expected {n} 404 entries for {query}")
+
+
+async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
+    settings: Settings, sandbox: manager.SandboxInfo
+) -> None:
+    """Phase 1's 404 probes of the incident revision are not evidence against the fix."""
+    from runbook_lib.evaluate import judge_log_entries
+
+    cr = cloudrun_client(settings)
+    ws_paths = ("/websocket", "/ws/test")
+    contains = ("404", "websocket", "routing")
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    old = (await cr.get_service()).latest_ready_revision
+    async with httpx.AsyncClient(base_url=sandbox.service_url, timeout=5) as client:
+        for path in ws_paths:  # phase 1: the incident's signature
+            assert (await client.get(path, headers=WS_HEADERS)).status_code == 404
+    await _wait_for(settings, 2, scope=log_scope(revision=old, phase_opened_at=started))
+
+    deploy_started = datetime.now(UTC)
+    out = await cr.deploy("sandbox/backend:healthy")
+    assert out.succeeded, out
+    async with httpx.AsyncClient(base_url=sandbox.service_url, timeout=5) as client:
+        assert (await client.get("/health")).json()["revision"] == out.revision
+
+    def judge(entries: list[LogEntry]) -> str:
+        return str(
+            judge_log_entries(
+                entries, check_id="logs.no_routing_errors", what="x", phase=3, ws_paths=ws_paths
+            ).status
+        )
+
+    # The old way (15 minutes of every revision) blames the fix for phase 1's probes.
+    legacy = await read_logs(
+        settings, since=datetime.now(UTC) - timedelta(seconds=900), contains=contains
+    )
+    assert judge(legacy) == "fail" and {e.revision for e in legacy if e.status == 404} == {old}
+    # A run folder: the deployed revision since its deploy started.
+    by_deploy = log_scope(deployed_revision=out.revision, deploy_started_at=deploy_started)
+    entries = await read_logs(settings, scope=by_deploy, contains=contains)
+    assert judge(entries) == "pass" and all(e.revision == out.revision for e in entries)
+
+    # The new revision was probed before this phase opened (a 404 of its own) ...
+    async with httpx.AsyncClient(base_url=sandbox.service_url, timeout=5) as client:
+        assert (await client.get("/websocket")).status_code == 404
+    await _wait_for(settings, 1, scope=by_deploy, contains=contains)
+    await asyncio.sleep(0.05)
+    phase_opened = datetime.now(UTC)
+    # ... interactively (no run folder) the serving revision since the phase opened.
+    interactive = await scope_for(settings, phase_opened_at=phase_opened.isoformat())
+    assert interactive.revision == out.revision and interactive.since == phase_opened
+    assert judge(await read_logs(settings, scope=interactive, contains=contains)) == "pass"
+    # Not vacuous: the same query over the deploy's span does see that probe.
+    assert judge(await read_logs(settings, scope=by_deploy, contains=contains)) == "fail"

@@ -19,126 +19,7 @@ from google.cloud import logging as glogging
 from google.cloud import run_v2
 
 from runbook_lib.sandbox import manager
-from runbook_lib.sandbox.emulator import (
-    CloudRunEmulator,
-    FilterError,
-    LogStore,
-    RevisionState,
-    compile_filter,
-    parse_time,
-)
-
-# ------------------------------------------------------------------ the filter language (pure)
-
-ENTRY: dict[str, Any] = {
-    "logName": "projects/p/logs/run.googleapis.com%2Frequests",
-    "resource": {
-        "type": "cloud_run_revision",
-        "labels": {"service_name": "backend", "revision_name": "backend-00002-abc"},
-    },
-    "timestamp": "2026-01-01T00:00:10.000000Z",
-    "severity": "WARNING",
-    "textPayload": "GET /websocket 404",
-    "httpRequest": {"requestMethod": "GET", "status": 404},
-    "insertId": "1",
-}
-
-
-@pytest.mark.parametrize(
-    ("flt", "expected"),
-    [
-        ("", True),
-        ('resource.type="cloud_run_revision"', True),
-        ('resource.type = "cloud_run_revision"', True),
-        ('resource.labels.revision_name="backend-00001-xyz"', False),
-        ('resource.labels.revision_name!="backend-00001-xyz"', True),
-        ("severity>=WARNING", True),
-        ("severity>=ERROR", False),
-        ("severity<ERROR", True),
-        ('timestamp>="2026-01-01T00:00:05Z"', True),
-        ('timestamp>="2026-01-01T00:00:11Z"', False),
-        ('timestamp<"2026-01-01T01:00:00+01:00"', False),
-        ('textPayload:"websocket"', True),
-        ('textPayload:"WEBSOCKET"', True),
-        ('textPayload:"routing"', False),
-        ("httpRequest.status>=400", True),
-        ("httpRequest.status=404", True),
-        ('textPayload=~"GET /web.*404$"', True),
-        ("missing.field=1", False),
-        ("NOT missing.field=1", True),
-        ('-textPayload:"routing"', True),
-        ('textPayload:"routing" OR textPayload:"404"', True),
-        ('textPayload:"routing" AND textPayload:"404"', False),
-        ('textPayload:"404" textPayload:"GET"', True),
-        ('"websocket"', True),
-        ("nothing-like-this", False),
-        # Google's precedence: OR binds tighter than AND.
-        ('textPayload:"404" OR textPayload:"x" AND severity>=ERROR', False),
-        ('textPayload:"404" OR (textPayload:"x" AND severity>=ERROR)', True),
-        ('NOT (severity>=ERROR OR textPayload:"x")', True),
-        (
-            'resource.type="cloud_run_revision" AND (textPayload:"404" OR textPayload:"websocket" '
-            'OR textPayload:"routing")',
-            True,
-        ),
-    ],
-)
-def test_filter_semantics(flt: str, expected: bool) -> None:
-    assert compile_filter(flt)(ENTRY) is expected
-
-
-@pytest.mark.parametrize(
-    "flt",
-    [
-        'textPayload:"unterminated',
-        "(severity>=ERROR",
-        "severity>=ERROR)",
-        "AND severity>=ERROR",
-        "severity>=",
-        "severity>=ERROR OR",
-        "a = = b",
-        "severity>=ERROR AND",
-        "NOT",
-    ],
-)
-def test_malformed_filters_are_refused(flt: str) -> None:
-    with pytest.raises(FilterError):
-        compile_filter(flt)
-
-
-def test_parse_time_accepts_nanos_and_offsets() -> None:
-    assert parse_time("2026-01-01T00:00:00.123456789Z") == datetime(
-        2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC
-    )
-    assert parse_time("2026-01-01T01:00:00+01:00") == datetime(2026, 1, 1, tzinfo=UTC)
-    with pytest.raises(ValueError):
-        parse_time("yesterday")
-
-
-def test_log_store_orders_and_pages() -> None:
-    store = LogStore()
-    for i in range(5):
-        store.append(
-            {
-                **ENTRY,
-                "insertId": None,
-                "timestamp": f"2026-01-01T00:00:0{i}Z",
-                "textPayload": f"line {i}",
-            }
-            | {"insertId": f"{i}"}
-        )
-    first = store.query(resource_names=["projects/p"], order_by="timestamp desc", page_size=2)
-    assert [e["textPayload"] for e in first["entries"]] == ["line 4", "line 3"]
-    second = store.query(
-        resource_names=["projects/p"],
-        order_by="timestamp desc",
-        page_size=2,
-        page_token=first["nextPageToken"],
-    )
-    assert [e["textPayload"] for e in second["entries"]] == ["line 2", "line 1"]
-    assert store.query(resource_names=["projects/other"])["entries"] == []
-    with pytest.raises(FilterError):
-        store.query(resource_names=["projects/p"], order_by="severity")
+from runbook_lib.sandbox.emulator import CloudRunEmulator, RevisionState
 
 
 class _NoRuntime:
@@ -386,6 +267,125 @@ async def test_router_strips_upgrade_for_that_profile(sandbox: manager.SandboxIn
         async with connect(ws_url, open_timeout=5):
             pass
     assert refused.value.response.status_code != 101
+
+
+def _update(services: Any, svc: Any, *paths: str, wait_s: float = 60) -> Any:
+    from google.protobuf import field_mask_pb2
+
+    request = run_v2.UpdateServiceRequest(
+        service=svc, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+    )
+    return services.update_service(request=request, timeout=5).result(timeout=wait_s)
+
+
+def _target(revision: str, percent: int, tag: str = "") -> Any:
+    kind = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+    return run_v2.TrafficTarget(type_=kind, revision=revision, percent=percent, tag=tag)
+
+
+def _revisions_served(url: str, n: int = 6) -> set[str]:
+    seen = set()
+    for _ in range(n):  # one connection per request: the router picks per connection
+        with httpx.Client(timeout=5) as client:
+            seen.add(client.get(f"{url}/health").json()["revision"])
+    return seen
+
+
+async def test_revision_tags_have_their_own_urls_for_http_and_websocket(
+    sandbox: manager.SandboxInfo,
+) -> None:
+    """A 0% tagged traffic entry gives the revision a URL (trafficStatuses.uri) reaching only it.
+
+    Also: services.list answers, a deploy whose traffic stays pinned leaves the new revision
+    at 0% (reachable on its tag), and dropping a tag closes its URL.
+    """
+    import json
+
+    from websockets.asyncio.client import connect
+
+    services, revisions = _clients(sandbox)
+    svc = await asyncio.to_thread(services.get_service, name=_service_name(sandbox), timeout=5)
+    serving = svc.latest_ready_revision.rsplit("/", 1)[-1]  # proxy-strips-upgrade by now
+    names = [r.name.rsplit("/", 1)[-1] for r in revisions.list_revisions(parent=svc.name)]
+    healthy = names[-1]  # the first revision, healthy
+    svc.traffic = [_target(serving, 100), _target(healthy, 0, "green")]
+    result = await asyncio.to_thread(_update, services, svc, "traffic")
+    green = next(t for t in result.traffic_statuses if t.tag == "green")
+    assert green.revision == healthy and green.percent == 0
+    assert green.uri.startswith("http://127.0.0.1:") and green.uri != sandbox.service_url
+    assert await asyncio.to_thread(_revisions_served, green.uri) == {healthy}
+    assert await asyncio.to_thread(_revisions_served, sandbox.service_url) == {serving}
+    async with httpx.AsyncClient(timeout=5) as client:
+        token = (
+            await client.post(f"{sandbox.auth_url}/auth/dev-token", json={"user_id": "u7"})
+        ).json()["token"]
+    ws_url = green.uri.replace("http://", "ws://") + "/websocket"
+    async with connect(ws_url, subprotocols=[f"jwt.{token}"], open_timeout=5) as ws:  # type: ignore[list-item]
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert hello["revision"] == healthy and hello["user_id"] == "u7"
+
+    listed = await asyncio.to_thread(
+        lambda: list(
+            services.list_services(
+                parent=f"projects/{sandbox.project}/locations/{sandbox.region}", timeout=5
+            )
+        )
+    )
+    assert [s.name for s in listed] == [_service_name(sandbox)]
+    assert {t.tag: t.uri for t in listed[0].traffic_statuses if t.tag} == {"green": green.uri}
+
+    # Deploy with no traffic: a named new revision, the split pinned, the new one tagged.
+    svc = await asyncio.to_thread(services.get_service, name=_service_name(sandbox), timeout=5)
+    new = "backend-00042-new"
+    svc.template.containers[0].image = "sandbox/backend:healthy"
+    svc.template.revision = new
+    svc.traffic = [_target(serving, 100), _target(healthy, 0, "green"), _target(new, 0, "blue")]
+    result = await asyncio.to_thread(_update, services, svc, "template", "traffic")
+    assert result.latest_created_revision.endswith("/" + new)
+    statuses = {t.revision: (t.percent, t.tag) for t in result.traffic_statuses}
+    assert statuses == {serving: (100, ""), healthy: (0, "green"), new: (0, "blue")}
+    blue = next(t.uri for t in result.traffic_statuses if t.tag == "blue")
+    assert await asyncio.to_thread(_revisions_served, blue) == {new}
+    assert await asyncio.to_thread(_revisions_served, sandbox.service_url) == {serving}
+    # The same name again with another image is refused, as Cloud Run does.
+    svc.template.containers[0].image = "sandbox/backend:slow-responses"
+    with pytest.raises(gexc.BadRequest, match="already exists"):
+        await asyncio.to_thread(_update, services, svc, "template", "traffic")
+
+    # Dropping the tags closes their URLs; the split goes back to LATEST.
+    svc = await asyncio.to_thread(services.get_service, name=_service_name(sandbox), timeout=5)
+    svc.traffic = [
+        run_v2.TrafficTarget(
+            type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST,
+            percent=100,
+        )
+    ]
+    result = await asyncio.to_thread(_update, services, svc, "traffic")
+    assert [t.tag for t in result.traffic_statuses] == [""]
+    for url in (green.uri, blue):
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                async with httpx.AsyncClient(timeout=2) as client:
+                    await client.get(f"{url}/health")
+            except httpx.TransportError:
+                break
+            assert time.monotonic() < deadline, f"{url} still answers after its tag was dropped"
+            await asyncio.sleep(0.1)
+
+
+def test_bad_tags_are_refused(sandbox: manager.SandboxInfo) -> None:
+    """Tags must be DNS-label-like and unique, as they become part of a host name."""
+    services, _ = _clients(sandbox)
+    svc = services.get_service(name=_service_name(sandbox), timeout=5)
+    serving = svc.latest_ready_revision.rsplit("/", 1)[-1]
+    for traffic, why in (
+        ([_target(serving, 100, "Not_OK")], "is invalid"),
+        ([_target(serving, 100, "x"), _target(serving, 0, "x")], "more than one"),
+    ):
+        svc.traffic = traffic
+        with pytest.raises(gexc.BadRequest, match=why):
+            _update(services, svc, "traffic")
 
 
 def test_invalid_update_is_a_400(sandbox: manager.SandboxInfo) -> None:

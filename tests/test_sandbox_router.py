@@ -264,3 +264,29 @@ async def test_stop_drops_open_connections() -> None:
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), TIMEOUT)
         await ws.close()
+
+
+async def test_tag_listeners_give_each_tag_its_own_url() -> None:
+    """open() returns a URL at once (usable before the router accepts); close() refuses it."""
+    from runbook_lib.sandbox.router import TagListeners
+
+    tags = TagListeners()
+    async with backend(revision="rev-a") as port_a, backend(revision="rev-b") as port_b:
+        target = {"green": Upstream("127.0.0.1", port_a, "rev-a")}
+        green = tags.open("svc#green", lambda: target["green"])
+        blue = tags.open("svc#blue", fixed(Upstream("127.0.0.1", port_b, "rev-b")))
+        assert tags.open("svc#green", fixed(None)) == green  # idempotent: same URL
+        assert green != blue and green.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            assert (await client.get(f"{green}/health")).json()["revision"] == "rev-a"
+            assert (await client.get(f"{blue}/health")).json()["revision"] == "rev-b"
+        target["green"] = Upstream("127.0.0.1", port_b, "rev-b")  # the tag moved: same URL
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            assert (await client.get(f"{green}/health")).json()["revision"] == "rev-b"
+        tags.close("svc#green")
+        await tags.aclose()
+        assert tags.urls() == {}
+        for url in (green, blue):
+            with pytest.raises(httpx.ConnectError):
+                async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                    await client.get(f"{url}/health")

@@ -1,42 +1,40 @@
-"""Cloud Run Admin API v2 and Cloud Logging emulators for the sandbox.
+"""The Cloud Run state machine behind the sandbox's Admin API v2 emulator.
 
-One FastAPI app answers the REST subset the runbook uses, with JSON shaped as
-Google sends it (camelCase, RFC 3339 timestamps, ``"300s"`` durations, int64 as
-strings) so the real ``google.cloud.run_v2`` REST transport and the real
-``google.cloud.logging`` HTTP client parse it unchanged:
+The emulator owns the *state* (services, revisions, traffic and tags,
+operations, logs) and its rules: a new revision only for a changed template,
+traffic that sums to 100 and names existing revisions, LATEST resolved to the
+latest ready revision, revision tags with their own URLs. Starting and watching
+revision processes is delegated to a :class:`RevisionRuntime` (the daemon's
+supervisor), which feeds stdout lines and exits back through
+:meth:`CloudRunEmulator.log_line` / :meth:`revision_exited`.
 
-- ``GET /v2/projects/*/locations/*/services/*``              get service
-- ``PATCH /v2/projects/*/locations/*/services/*``            update (deploy / traffic)
-- ``GET /v2/projects/*/locations/*/services/*/revisions``    list revisions (newest first)
-- ``GET /v2/projects/*/locations/*/services/*/revisions/*``  get revision
-- ``GET /v2/projects/*/locations/*/operations/*``            long-running operation
-- ``POST /v2/entries:list``                                  Cloud Logging read
-
-The emulator owns the *state* (services, revisions, traffic, operations, logs).
-Starting and watching revision processes is delegated to a
-:class:`RevisionRuntime` (the daemon's supervisor), which feeds stdout lines and
-exits back through :meth:`CloudRunEmulator.log_line` / :meth:`revision_exited`.
+The rest of the emulator lives beside it: :mod:`.log_store` (Cloud Logging's
+filter language), :mod:`.wire` (Google's JSON shapes) and :mod:`.api` (the
+FastAPI app). The names they define are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import functools
 import json
 import logging
 import random
 import re
 import string
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from . import wire
+from .log_store import SEVERITIES, FilterError, LogStore, compile_filter
+from .router import TagListeners, Upstream
+from .wire import SERVICE_TYPE, format_time, parse_time
 
 __all__ = [
+    "SERVICE_TYPE",
     "SEVERITIES",
     "CloudRunEmulator",
     "FilterError",
@@ -53,305 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SERVICE_TYPE = "type.googleapis.com/google.cloud.run.v2.Service"
-
-# Cloud Logging's LogSeverity ranks: filters compare severities by rank, not by name.
-SEVERITIES: dict[str, int] = {
-    "DEFAULT": 0,
-    "DEBUG": 100,
-    "INFO": 200,
-    "NOTICE": 300,
-    "WARNING": 400,
-    "ERROR": 500,
-    "CRITICAL": 600,
-    "ALERT": 700,
-    "EMERGENCY": 800,
-}
-
-
-def format_time(ts: datetime) -> str:
-    """RFC 3339 UTC with microseconds and a ``Z``, as Google prints timestamps."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_TIME = re.compile(
-    r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2})?)(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"
-)
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp (``Z`` or offset, up to nanoseconds) to an aware datetime.
-
-    Raises:
-        ValueError: not a timestamp.
-    """
-    raw = text.strip()
-    m = _TIME.fullmatch(raw)
-    if not m:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    date, clock, frac, zone = m.groups()
-    clock = clock or "00:00:00"
-    if clock.count(":") == 1:
-        clock += ":00"
-    micros = (frac[1:] + "000000")[:6] if frac else "000000"
-    zone = "+00:00" if zone in (None, "Z") else zone
-    return datetime.fromisoformat(f"{date}T{clock}.{micros}{zone}")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:g}s"
-
-
-# ------------------------------------------------------------------ logging filter
-
-
-class FilterError(ValueError):
-    """A Cloud Logging filter that does not parse (Google answers 400 INVALID_ARGUMENT)."""
-
-
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<lpar>\()|(?P<rpar>\))|
-        (?P<op>>=|<=|!=|=~|!~|=|<|>|:)|
-        (?P<str>"(?:[^"\\]|\\.)*")|
-        (?P<word>[^\s()"<>=!:]+)
-    )""",
-    re.VERBOSE,
-)
-
-Predicate = Callable[[Mapping[str, Any]], bool]
-
-
-def _tokenize(text: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise FilterError(f"unexpected character {text[pos:].strip()[:1]!r} at offset {pos}")
-        pos = m.end()
-        kind = m.lastgroup or ""
-        value = m.group(kind)
-        if kind == "str":
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        tokens.append((kind, value))
-    return tokens
-
-
-def _lookup(entry: Mapping[str, Any], path: str) -> Any:
-    node: Any = entry
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _compare(field_name: str, actual: Any, op: str, expected: str) -> bool:
-    if actual is None:
-        return False
-    if op == ":":
-        return expected.lower() in _flatten(actual).lower()
-    if op in ("=~", "!~"):
-        try:
-            found = re.search(expected, _flatten(actual)) is not None
-        except re.error:
-            return False
-        return found if op == "=~" else not found
-    left: Any
-    right: Any
-    if field_name == "severity":
-        left = SEVERITIES.get(str(actual).upper(), 0)
-        right = SEVERITIES.get(expected.upper())
-        if right is None:
-            return False
-    elif field_name.endswith("timestamp") or field_name.endswith("Timestamp"):
-        try:
-            left, right = parse_time(str(actual)), parse_time(expected)
-        except ValueError:
-            return False
-    elif isinstance(actual, (int, float)) and not isinstance(actual, bool):
-        try:
-            left, right = actual, float(expected)
-        except ValueError:
-            left, right = str(actual), expected
-    else:
-        left, right = str(actual), expected
-    return {
-        "=": left == right,
-        "!=": left != right,
-        "<": left < right,
-        "<=": left <= right,
-        ">": left > right,
-        ">=": left >= right,
-    }[op]
-
-
-def _flatten(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return " ".join(_flatten(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return " ".join(_flatten(v) for v in value)
-    return str(value)
-
-
-class _Parser:
-    """Recursive descent over Cloud Logging's query language subset.
-
-    Precedence as documented by Google: NOT binds tightest, then OR, then AND
-    (so ``a OR b AND c`` means ``(a OR b) AND c``); juxtaposition is AND.
-    """
-
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
-        self.tokens = tokens
-        self.i = 0
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def take(self) -> tuple[str, str]:
-        tok = self.peek()
-        if tok is None:
-            raise FilterError("unexpected end of filter")
-        self.i += 1
-        return tok
-
-    def parse(self) -> Predicate:
-        if not self.tokens:
-            return lambda _e: True
-        pred = self.and_expr()
-        if self.peek() is not None:
-            raise FilterError(f"unexpected {self.peek()[1]!r}")  # type: ignore[index]
-        return pred
-
-    def and_expr(self) -> Predicate:
-        parts = [self.or_expr()]
-        while (tok := self.peek()) is not None and tok[0] != "rpar":
-            if tok == ("word", "AND"):
-                self.take()
-            parts.append(self.or_expr())
-        if len(parts) == 1:
-            return parts[0]
-        return lambda e: all(p(e) for p in parts)
-
-    def or_expr(self) -> Predicate:
-        parts = [self.unary()]
-        while self.peek() == ("word", "OR"):
-            self.take()
-            parts.append(self.unary())
-        if len(parts) == 1:
-            return parts[0]
-        return lambda e: any(p(e) for p in parts)
-
-    def unary(self) -> Predicate:
-        tok = self.peek()
-        if tok == ("word", "NOT"):
-            self.take()
-            inner = self.unary()
-            return lambda e: not inner(e)
-        if tok is not None and tok[0] == "word" and tok[1].startswith("-") and len(tok[1]) > 1:
-            self.tokens[self.i] = ("word", tok[1][1:])
-            inner = self.unary()
-            return lambda e: not inner(e)
-        return self.primary()
-
-    def primary(self) -> Predicate:
-        kind, value = self.take()
-        if kind == "lpar":
-            inner = self.and_expr()
-            if self.peek() is None or self.take()[0] != "rpar":
-                raise FilterError("missing ')'")
-            return inner
-        if kind in ("rpar", "op"):
-            raise FilterError(f"unexpected {value!r}")
-        if value in ("AND", "OR") and kind == "word":
-            raise FilterError(f"{value} needs an expression on both sides")
-        nxt = self.peek()
-        if kind == "word" and nxt is not None and nxt[0] == "op":
-            op = self.take()[1]
-            vkind, expected = self.take()
-            if vkind not in ("word", "str"):
-                raise FilterError(f"expected a value after {value}{op}")
-            name = value
-            return lambda e: _compare(name, _lookup(e, name), op, expected)
-        # A bare value is a global restriction: a substring of any field.
-        needle = value.lower()
-        return lambda e: needle in _flatten(e).lower()
-
-
-def compile_filter(text: str) -> Predicate:
-    """Compile a Cloud Logging filter into a predicate over LogEntry JSON dicts.
-
-    Supports comparisons (``= != < <= > >= : =~ !~``) on dotted field paths,
-    severity and timestamp ordering, bare global terms, ``AND`` / ``OR`` / ``NOT``
-    / ``-``, implicit AND and parentheses.
-
-    Raises:
-        FilterError: the filter is malformed.
-    """
-    return _Parser(_tokenize(text or "")).parse()
-
-
-class LogStore:
-    """Every log entry the sandbox produced, as Cloud Logging LogEntry JSON."""
-
-    def __init__(self, limit: int = 50_000) -> None:
-        self._entries: list[dict[str, Any]] = []
-        self._limit = limit
-        self._seq = 0
-
-    def append(self, entry: dict[str, Any]) -> None:
-        """Store one entry (an ``insertId`` is assigned when missing)."""
-        self._seq += 1
-        entry.setdefault("insertId", f"{self._seq:012d}")
-        self._entries.append(entry)
-        if len(self._entries) > self._limit:
-            # Bounded memory: a long sandbox session drops its oldest entries first.
-            del self._entries[: len(self._entries) - self._limit]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def query(
-        self,
-        *,
-        resource_names: Iterable[str] = (),
-        filter_text: str = "",
-        order_by: str = "",
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> dict[str, Any]:
-        """Answer an ``entries:list`` request body (see the Cloud Logging REST reference).
-
-        Raises:
-            FilterError: malformed filter, order or page token.
-        """
-        pred = compile_filter(filter_text)
-        projects = {n.split("/", 1)[1] for n in resource_names if n.startswith("projects/")}
-        rows = [
-            e
-            for e in self._entries
-            if (not projects or e["logName"].split("/")[1] in projects) and pred(e)
-        ]
-        order = order_by.strip().lower()
-        if order not in ("", "timestamp", "timestamp asc", "timestamp desc"):
-            raise FilterError(f"invalid orderBy {order_by!r}: use 'timestamp asc|desc'")
-        rows.sort(
-            key=lambda e: (parse_time(e["timestamp"]), e["insertId"]),
-            reverse=order.endswith("desc"),
-        )
-        try:
-            start = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
-        except ValueError as exc:
-            raise FilterError(f"invalid pageToken {page_token!r}") from exc
-        size = max(1, min(int(page_size or 50), 1000))
-        page = rows[start : start + size]
-        out: dict[str, Any] = {"entries": page}
-        if start + size < len(rows):
-            out["nextPageToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
-        return out
 
 
 # ------------------------------------------------------------------ Cloud Run state
@@ -409,10 +108,19 @@ class ServiceState:
     failure: str = ""
     reconciling: bool = False
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Revision tag -> its own URL (Cloud Run: https://TAG---SERVICE-HASH-REGION.a.run.app).
+    tag_uris: dict[str, str] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
         return f"projects/{self.project}/locations/{self.region}/services/{self.name}"
+
+    def tagged(self, tag: str) -> str:
+        """The revision ``tag`` points at now (LATEST resolved), or ``""``."""
+        for rev, _, t in self.resolved_traffic():
+            if t == tag:
+                return rev
+        return ""
 
     def resolved_traffic(self) -> list[tuple[str, int, str]]:
         """(revision, percent, tag) per target, with LATEST resolved to the latest ready one."""
@@ -483,6 +191,9 @@ def _template_key(template: Mapping[str, Any]) -> str:
     return json.dumps(_prune(body), sort_keys=True)
 
 
+# Cloud Run tags: DNS-label characters, as they become part of a host name.
+_TAG = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
 _INGRESS = {
     1: "INGRESS_TRAFFIC_ALL",
     2: "INGRESS_TRAFFIC_INTERNAL_ONLY",
@@ -498,15 +209,25 @@ class CloudRunEmulator:
         runtime: starts/stops revision processes.
         project: project id of every service.
         region: location of every service.
+        tag_listeners: serves revision tags on their own URLs (default: one
+            loopback port per tag on 127.0.0.1).
     """
 
-    def __init__(self, runtime: RevisionRuntime, *, project: str, region: str) -> None:
+    def __init__(
+        self,
+        runtime: RevisionRuntime,
+        *,
+        project: str,
+        region: str,
+        tag_listeners: TagListeners | None = None,
+    ) -> None:
         self.runtime = runtime
         self.project = project
         self.region = region
         self.services: dict[str, ServiceState] = {}
         self.operations: dict[str, OperationState] = {}
         self.logs = LogStore()
+        self.tags = tag_listeners if tag_listeners is not None else TagListeners()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
 
@@ -630,12 +351,22 @@ class CloudRunEmulator:
             if not image:
                 raise ValueError("template.containers[0].image is required")
             _profile_of(image)  # a bad image is refused up front, as a registry miss would be
-            if force or _template_key(template) != _template_key(svc.template):
+            named = str(template.get("revision") or "")
+            if named and named in svc.revisions:
+                if _template_key(template) != _template_key(svc.revisions[named].template):
+                    raise ValueError(
+                        f"Revision named {named!r} with different configuration already exists"
+                    )
+            elif force or named or _template_key(template) != _template_key(svc.template):
+                # A new revision name is a change of its own (`--revision-suffix`).
                 new_template = template
         new_traffic = None
         if wanted("traffic"):
             new_traffic = self._validate_traffic(
-                svc, body.get("traffic") or [], creating=new_template is not None
+                svc,
+                body.get("traffic") or [],
+                creating=new_template is not None,
+                new_name=str(new_template.get("revision") or "") if new_template else "",
             )
         if wanted("ingress") and body.get("ingress"):
             raw = body["ingress"]
@@ -651,6 +382,7 @@ class CloudRunEmulator:
         self.operations[op.name] = op
         if new_traffic is not None:
             svc.traffic = new_traffic
+            self._sync_tags(svc)
         if new_template is None:
             svc.observed_generation = svc.generation
             svc.failure = ""
@@ -675,10 +407,15 @@ class CloudRunEmulator:
         return op
 
     def _validate_traffic(
-        self, svc: ServiceState, targets: list[Mapping[str, Any]], creating: bool
+        self,
+        svc: ServiceState,
+        targets: list[Mapping[str, Any]],
+        creating: bool,
+        new_name: str = "",
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         total = 0
+        tags: set[str] = set()
         for t in targets:
             kind = t.get("type") or (
                 "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
@@ -695,15 +432,24 @@ class CloudRunEmulator:
             entry: dict[str, Any] = {"type": kind, "percent": percent}
             if kind == "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION":
                 rev = str(t.get("revision", "")).rsplit("/", 1)[-1]
-                if rev not in svc.revisions:
+                if rev not in svc.revisions and not (new_name and rev == new_name):
                     raise ValueError(f"Revision {rev!r} does not exist in service {svc.name!r}")
-                if svc.revisions[rev].ready is False:
+                if percent and rev in svc.revisions and svc.revisions[rev].ready is False:
                     raise ValueError(f"Revision {rev!r} is not ready and cannot serve traffic")
                 entry["revision"] = rev
             elif kind != "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST":
                 raise ValueError(f"unknown traffic target type {kind!r}")
             if t.get("tag"):
-                entry["tag"] = str(t["tag"])
+                tag = str(t["tag"])
+                if not _TAG.fullmatch(tag) or len(tag) > 46:
+                    raise ValueError(
+                        f"tag {tag!r} is invalid: use lowercase letters, digits and hyphens, "
+                        "starting with a letter, at most 46 characters"
+                    )
+                if tag in tags:
+                    raise ValueError(f"tag {tag!r} is used by more than one traffic target")
+                tags.add(tag)
+                entry["tag"] = tag
             total += percent
             out.append(entry)
         if total != 100:
@@ -791,10 +537,36 @@ class CloudRunEmulator:
         self.system_log(rev, "ERROR", f"Revision {rev.name} is not ready: {why}")
 
     async def aclose(self) -> None:
-        """Cancel pending rollouts (the daemon is stopping)."""
+        """Cancel pending rollouts and close the tag listeners (the daemon is stopping)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tags.aclose()
+
+    # ---------------------------------------------------------------- tags
+
+    def _sync_tags(self, svc: ServiceState) -> None:
+        """Give every tag in the traffic its own URL; close the URLs of dropped tags."""
+        wanted = {t["tag"] for t in svc.traffic if t.get("tag")}
+        for tag in list(svc.tag_uris):
+            if tag not in wanted:
+                self.tags.close(f"{svc.full_name}#{tag}")
+                del svc.tag_uris[tag]
+        for tag in sorted(wanted - set(svc.tag_uris)):
+            svc.tag_uris[tag] = self.tags.open(
+                f"{svc.full_name}#{tag}", functools.partial(self.tag_upstream, svc, tag)
+            )
+
+    def tag_upstream(self, svc: ServiceState, tag: str) -> Upstream | None:
+        """Where a connection to ``tag``'s URL goes: only the tagged revision, when ready."""
+        rev = svc.revisions.get(svc.tagged(tag))
+        if rev is None or rev.ready is not True or not rev.port:
+            return None
+        from .profiles import ROUTER_STRIPS_UPGRADE
+
+        return Upstream(
+            self.tags.host, rev.port, rev.name, strip_upgrade=rev.profile in ROUTER_STRIPS_UPGRADE
+        )
 
     # ---------------------------------------------------------------- routing
 
@@ -821,166 +593,17 @@ class CloudRunEmulator:
 
     # ---------------------------------------------------------------- JSON
 
-    def _condition(
-        self,
-        ctype: str,
-        ready: bool | None,
-        when: datetime | None,
-        message: str = "",
-        reason_field: str = "",
-        reason: str = "",
-    ) -> dict[str, Any]:
-        state = {
-            True: "CONDITION_SUCCEEDED",
-            False: "CONDITION_FAILED",
-            None: "CONDITION_RECONCILING",
-        }[ready]
-        cond: dict[str, Any] = {"type": ctype, "state": state}
-        if message:
-            cond["message"] = message
-        cond["lastTransitionTime"] = format_time(when or datetime.now(UTC))
-        if ready is False:
-            cond["severity"] = "ERROR"
-        if reason_field and reason:
-            cond[reason_field] = reason
-        return cond
-
     def service_json(self, svc: ServiceState) -> dict[str, Any]:
-        """The Service resource as the Admin API v2 returns it."""
-        serving = [(r, p, t) for r, p, t in svc.resolved_traffic()]
-        broken = [
-            r
-            for r, p, _ in serving
-            if p and svc.revisions.get(r) and svc.revisions[r].ready is not True
-        ]
-        if svc.reconciling:
-            ready: bool | None = None
-            message = "Deploying revision."
-        elif svc.failure:
-            ready, message = False, svc.failure
-        elif broken:
-            ready, message = False, f"Revision {broken[0]!r} is serving traffic but is not ready."
-        else:
-            ready, message = True, ""
-        terminal = self._condition(
-            "Ready",
-            ready,
-            svc.update_time,
-            message,
-            "reason",
-            "REVISION_FAILED" if ready is False else "",
-        )
-        out: dict[str, Any] = {
-            "name": svc.full_name,
-            "uid": svc.uid,
-            "generation": str(svc.generation),
-            "labels": {},
-            "createTime": format_time(svc.create_time),
-            "updateTime": format_time(svc.update_time),
-            "creator": "sandbox@local",
-            "lastModifier": "sandbox@local",
-            "ingress": svc.ingress,
-            "launchStage": "GA",
-            "template": svc.template,
-            "traffic": svc.traffic,
-            "observedGeneration": str(svc.observed_generation),
-            "terminalCondition": terminal,
-            "conditions": [
-                self._condition(
-                    "RoutesReady", None if svc.reconciling else not broken, svc.update_time
-                ),
-                self._condition(
-                    "ConfigurationsReady",
-                    None if svc.reconciling else not svc.failure,
-                    svc.update_time,
-                ),
-            ],
-            "latestReadyRevision": f"{svc.full_name}/revisions/{svc.latest_ready}"
-            if svc.latest_ready
-            else "",
-            "latestCreatedRevision": f"{svc.full_name}/revisions/{svc.latest_created}"
-            if svc.latest_created
-            else "",
-            "trafficStatuses": [
-                {
-                    k: v
-                    for k, v in {
-                        "type": t.get("type"),
-                        "revision": rev,
-                        "percent": pct,
-                        "tag": tag,
-                    }.items()
-                    if v not in ("", None)
-                }
-                for t, (rev, pct, tag) in zip(svc.traffic, serving, strict=True)
-            ],
-            "uri": svc.uri,
-            "urls": [svc.uri] if svc.uri else [],
-            "reconciling": svc.reconciling,
-            "etag": f'"{svc.generation}-{svc.uid[:8]}"',
-        }
-        if not out["latestReadyRevision"]:
-            del out["latestReadyRevision"]
-        if not out["latestCreatedRevision"]:
-            del out["latestCreatedRevision"]
-        return out
+        """The Service resource as the Admin API v2 returns it (see :func:`.wire.service_json`)."""
+        return wire.service_json(svc)
 
     def revision_json(self, rev: RevisionState) -> dict[str, Any]:
         """The Revision resource as the Admin API v2 returns it."""
-        tmpl = rev.template
-        ready_cond = self._condition(
-            "Ready",
-            rev.ready,
-            rev.transition_time or rev.create_time,
-            rev.message,
-            rev.reason_field,
-            rev.reason,
-        )
-        out: dict[str, Any] = {
-            "name": rev.full_name,
-            "uid": rev.uid,
-            "generation": "1",
-            "labels": {
-                "serving.knative.dev/service": rev.service.name,
-                "sandbox-profile": rev.profile,
-            },
-            "createTime": format_time(rev.create_time),
-            "updateTime": format_time(rev.transition_time or rev.create_time),
-            "launchStage": "GA",
-            "service": rev.service.full_name,
-            "scaling": tmpl.get("scaling", {}),
-            "maxInstanceRequestConcurrency": tmpl.get("maxInstanceRequestConcurrency", 80),
-            "timeout": tmpl.get("timeout", "300s"),
-            "serviceAccount": "sandbox@sandbox-project.iam.gserviceaccount.com",
-            "containers": tmpl.get("containers", []),
-            "executionEnvironment": "EXECUTION_ENVIRONMENT_GEN2",
-            "conditions": [
-                ready_cond,
-                self._condition(
-                    "ContainerHealthy", rev.ready, rev.transition_time or rev.create_time
-                ),
-            ],
-            "observedGeneration": "1",
-            "logUri": f"http://sandbox.local/logs?revision={rev.name}",
-            "reconciling": rev.ready is None,
-            "etag": f'"{rev.uid[:8]}"',
-        }
-        if tmpl.get("sessionAffinity"):
-            out["sessionAffinity"] = True
-        return out
+        return wire.revision_json(rev)
 
     def operation_json(self, op: OperationState) -> dict[str, Any]:
         """The google.longrunning.Operation (metadata and response are Services)."""
-        out: dict[str, Any] = {
-            "name": op.name,
-            "metadata": {"@type": SERVICE_TYPE, **self.service_json(op.service)},
-            "done": op.done,
-        }
-        if op.error is not None:
-            out["error"] = op.error
-        elif op.response is not None:
-            out["response"] = {"@type": SERVICE_TYPE, **op.response}
-        return out
+        return wire.operation_json(op)
 
 
 def _default_template(image: str) -> dict[str, Any]:
@@ -1000,145 +623,5 @@ def _default_template(image: str) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------ HTTP app
-
-
-def _error(code: int, status: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "status": status}}, status_code=code
-    )
-
-
-def create_emulator_app(
-    emulator: CloudRunEmulator, extra_state: Callable[[], dict[str, Any]] | None = None
-) -> FastAPI:
-    """The FastAPI app serving the Admin API v2 subset and ``entries:list``.
-
-    Args:
-        emulator: the state to serve.
-        extra_state: adds daemon facts (pids, urls) to ``GET /sandbox/state``.
-    """
-    app = FastAPI(
-        title="Cloud Run Admin API v2 + Cloud Logging (sandbox emulator)",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-    svc_re = r"projects/[^/]+/locations/[^/]+/services/[^/:]+"
-
-    def find(full: str) -> ServiceState | JSONResponse:
-        svc = emulator.service(full)
-        if svc is None:
-            return _error(404, "NOT_FOUND", f"Resource '{full}' was not found")
-        return svc
-
-    @app.get("/v2/{path:path}", response_model=None)
-    async def get_any(path: str, request: Request) -> Any:
-        if re.fullmatch(svc_re, path):
-            svc = find(path)
-            return svc if isinstance(svc, JSONResponse) else emulator.service_json(svc)
-        if m := re.fullmatch(rf"({svc_re})/revisions", path):
-            svc = find(m.group(1))
-            if isinstance(svc, JSONResponse):
-                return svc
-            revs = sorted(svc.revisions.values(), key=lambda r: r.create_time, reverse=True)
-            try:
-                size = int(request.query_params.get("pageSize") or 100) or 100
-                token = request.query_params.get("pageToken") or ""
-                start = int(token) if token else 0
-            except ValueError:
-                return _error(400, "INVALID_ARGUMENT", "invalid pageSize or pageToken")
-            page = revs[start : start + size]
-            body: dict[str, Any] = {"revisions": [emulator.revision_json(r) for r in page]}
-            if start + size < len(revs):
-                body["nextPageToken"] = str(start + size)
-            return body
-        if m := re.fullmatch(rf"({svc_re})/revisions/([^/]+)", path):
-            svc = find(m.group(1))
-            if isinstance(svc, JSONResponse):
-                return svc
-            rev = svc.revisions.get(m.group(2))
-            if rev is None:
-                return _error(404, "NOT_FOUND", f"Resource '{path}' was not found")
-            return emulator.revision_json(rev)
-        if re.fullmatch(r"projects/[^/]+/locations/[^/]+/operations/[^/]+", path):
-            op = emulator.operations.get(path)
-            if op is None:
-                return _error(404, "NOT_FOUND", f"Operation '{path}' was not found")
-            return emulator.operation_json(op)
-        return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
-
-    @app.patch("/v2/{path:path}", response_model=None)
-    async def patch_service(path: str, request: Request) -> Any:
-        if not re.fullmatch(svc_re, path):
-            return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
-        svc = find(path)
-        if isinstance(svc, JSONResponse):
-            return svc
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "INVALID_ARGUMENT", "request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "INVALID_ARGUMENT", "request body must be a Service object")
-        mask_raw = request.query_params.get("updateMask")
-        mask = [p for p in mask_raw.split(",") if p] if mask_raw else None
-        if request.query_params.get("validateOnly") in ("true", "True", "1"):
-            return emulator.service_json(svc)
-        try:
-            op = emulator.update_service(svc, body, mask)
-        except ValueError as exc:
-            return _error(400, "INVALID_ARGUMENT", str(exc))
-        return emulator.operation_json(op)
-
-    @app.post("/v2/entries:list", response_model=None)
-    async def entries_list(request: Request) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "INVALID_ARGUMENT", "request body is not valid JSON")
-        if not isinstance(body, dict) or not body.get("resourceNames"):
-            return _error(400, "INVALID_ARGUMENT", "resourceNames is required")
-        try:
-            return emulator.logs.query(
-                resource_names=body.get("resourceNames") or [],
-                filter_text=str(body.get("filter") or ""),
-                order_by=str(body.get("orderBy") or ""),
-                page_size=int(body.get("pageSize") or 50),
-                page_token=str(body.get("pageToken") or ""),
-            )
-        except (FilterError, ValueError) as exc:
-            return _error(400, "INVALID_ARGUMENT", f"Invalid filter or request: {exc}")
-
-    @app.get("/sandbox/state", response_model=None)
-    async def sandbox_state() -> Any:
-        services = []
-        for svc in emulator.services.values():
-            split: dict[str, int] = {}
-            for rev, pct, _ in svc.resolved_traffic():
-                split[rev] = split.get(rev, 0) + pct
-            services.append(
-                {
-                    "name": svc.full_name,
-                    "uri": svc.uri,
-                    "revisions": [
-                        {
-                            "name": r.name,
-                            "profile": r.profile,
-                            "image": r.image,
-                            "ready": r.ready,
-                            "message": r.message,
-                            "pid": r.pid,
-                            "port": r.port,
-                            "percent": split.get(r.name, 0),
-                        }
-                        for r in sorted(
-                            svc.revisions.values(), key=lambda r: r.create_time, reverse=True
-                        )
-                    ],
-                    "traffic": svc.traffic,
-                }
-            )
-        return {"services": services, **(extra_state() if extra_state else {})}
-
-    return app
+# Last: api.py needs the names above only for typing, so this import cannot cycle.
+from .api import create_emulator_app  # noqa: E402

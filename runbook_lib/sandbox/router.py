@@ -9,6 +9,11 @@ a revision that drops its TCP connection drops the client's too.
 
 Only the first request head of a connection is inspected: a revision is chosen
 per connection, as Cloud Run does for HTTP/1.1 keep-alive and WebSocket traffic.
+
+Revision tags (Cloud Run's ``https://TAG---SERVICE-HASH-REGION.a.run.app``) get one
+loopback listener each (:class:`TagListeners`): a plain ``http://127.0.0.1:PORT``
+URL that any HTTP or WebSocket client can use as is, reaching only the tagged
+revision, whatever the traffic split says.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import contextlib
 import json
 import logging
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Router", "Upstream", "strip_upgrade_headers"]
+__all__ = ["Router", "TagListeners", "Upstream", "strip_upgrade_headers"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +171,20 @@ class Router:
         """Client connections currently open through the router."""
         return len(self._handlers)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (0 = a free port) and return the bound port."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> int:
+        """Listen on ``host:port`` (0 = a free port), or on a bound ``sock``; return the port."""
         if self._server is not None:
             raise RuntimeError("router already started")
-        self._server = await asyncio.start_server(
-            self._handle, host, port, limit=self._max_head_bytes, backlog=4096
-        )
+        if sock is not None:
+            self._server = await asyncio.start_server(
+                self._handle, sock=sock, limit=self._max_head_bytes
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._handle, host, port, limit=self._max_head_bytes, backlog=4096
+            )
         sockets = self._server.sockets
         self.port = int(sockets[0].getsockname()[1])
         logger.info("router listening on %s:%s", host, self.port)
@@ -315,3 +329,73 @@ class Router:
                 fut.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+
+
+class TagListeners:
+    """One loopback listener per revision tag, each a :class:`Router` of its own.
+
+    :meth:`open` is synchronous and returns the URL at once: the socket is bound
+    and listening before the router accepts, so a client that connects early
+    waits in the backlog instead of being refused. ``choose`` is asked per
+    connection, so a tag moved to another revision keeps its URL.
+
+    Args:
+        host: the loopback address to bind.
+        router_options: passed to every :class:`Router`.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", **router_options: Any) -> None:
+        self.host = host
+        self._options = router_options
+        self._routers: dict[str, tuple[Router, str, asyncio.Task[int]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def urls(self) -> dict[str, str]:
+        """Key -> URL of every open listener."""
+        return {key: url for key, (_, url, _) in self._routers.items()}
+
+    def open(self, key: str, choose: Callable[[], Upstream | None]) -> str:
+        """Listen for ``key`` (no-op when already open) and return its ``http://`` URL.
+
+        Must be called from the running event loop.
+        """
+        if key in self._routers:
+            return self._routers[key][1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, 0))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        url = f"http://{self.host}:{sock.getsockname()[1]}"
+        router = Router(choose, **self._options)
+        task = asyncio.get_running_loop().create_task(router.start(sock=sock))
+        self._routers[key] = (router, url, task)
+        logger.info("tag listener %s on %s", key, url)
+        return url
+
+    def close(self, key: str) -> None:
+        """Stop listening for ``key`` (in the background; no-op when not open)."""
+        entry = self._routers.pop(key, None)
+        if entry is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._stop(*entry))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _stop(router: Router, url: str, started: asyncio.Task[int]) -> None:
+        with contextlib.suppress(Exception):
+            await started
+        await router.stop()
+        logger.info("tag listener on %s closed", url)
+
+    async def aclose(self) -> None:
+        """Stop every listener and wait for them to go."""
+        for key in list(self._routers):
+            self.close(key)
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=10)

@@ -1,0 +1,193 @@
+"""The sandbox emulator's HTTP face: a FastAPI app with Google's REST routes.
+
+- ``GET /v2/projects/*/locations/*/services``                list services
+- ``GET /v2/projects/*/locations/*/services/*``              get service
+- ``PATCH /v2/projects/*/locations/*/services/*``            update (deploy / traffic)
+- ``GET /v2/projects/*/locations/*/services/*/revisions``    list revisions (newest first)
+- ``GET /v2/projects/*/locations/*/services/*/revisions/*``  get revision
+- ``GET /v2/projects/*/locations/*/operations/*``            long-running operation
+- ``POST /v2/entries:list``                                  Cloud Logging read
+- ``GET /sandbox/state``                                     the sandbox's own view
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .log_store import FilterError
+
+if TYPE_CHECKING:
+    from .emulator import CloudRunEmulator, ServiceState
+
+__all__ = ["create_emulator_app"]
+
+
+def _error(code: int, status: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "status": status}}, status_code=code
+    )
+
+
+def create_emulator_app(
+    emulator: CloudRunEmulator, extra_state: Callable[[], dict[str, Any]] | None = None
+) -> FastAPI:
+    """The FastAPI app serving the Admin API v2 subset and ``entries:list``.
+
+    Args:
+        emulator: the state to serve.
+        extra_state: adds daemon facts (pids, urls) to ``GET /sandbox/state``.
+    """
+    app = FastAPI(
+        title="Cloud Run Admin API v2 + Cloud Logging (sandbox emulator)",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    svc_re = r"projects/[^/]+/locations/[^/]+/services/[^/:]+"
+
+    def find(full: str) -> ServiceState | JSONResponse:
+        svc = emulator.service(full)
+        if svc is None:
+            return _error(404, "NOT_FOUND", f"Resource '{full}' was not found")
+        return svc
+
+    @app.get("/v2/{path:path}", response_model=None)
+    async def get_any(path: str, request: Request) -> Any:
+        if m := re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/services", path):
+            return list_services(m.group(1), request)
+        if re.fullmatch(svc_re, path):
+            svc = find(path)
+            return svc if isinstance(svc, JSONResponse) else emulator.service_json(svc)
+        if m := re.fullmatch(rf"({svc_re})/revisions", path):
+            svc = find(m.group(1))
+            if isinstance(svc, JSONResponse):
+                return svc
+            revs = sorted(svc.revisions.values(), key=lambda r: r.create_time, reverse=True)
+            try:
+                size = int(request.query_params.get("pageSize") or 100) or 100
+                token = request.query_params.get("pageToken") or ""
+                start = int(token) if token else 0
+            except ValueError:
+                return _error(400, "INVALID_ARGUMENT", "invalid pageSize or pageToken")
+            page = revs[start : start + size]
+            body: dict[str, Any] = {"revisions": [emulator.revision_json(r) for r in page]}
+            if start + size < len(revs):
+                body["nextPageToken"] = str(start + size)
+            return body
+        if m := re.fullmatch(rf"({svc_re})/revisions/([^/]+)", path):
+            svc = find(m.group(1))
+            if isinstance(svc, JSONResponse):
+                return svc
+            rev = svc.revisions.get(m.group(2))
+            if rev is None:
+                return _error(404, "NOT_FOUND", f"Resource '{path}' was not found")
+            return emulator.revision_json(rev)
+        if re.fullmatch(r"projects/[^/]+/locations/[^/]+/operations/[^/]+", path):
+            op = emulator.operations.get(path)
+            if op is None:
+                return _error(404, "NOT_FOUND", f"Operation '{path}' was not found")
+            return emulator.operation_json(op)
+        return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
+
+    def list_services(parent: str, request: Request) -> Any:
+        # services.list: every service under projects/P/locations/L, paged like revisions.
+        found = sorted(
+            (s for s in emulator.services.values() if s.full_name.startswith(parent + "/")),
+            key=lambda s: s.name,
+        )
+        try:
+            size = int(request.query_params.get("pageSize") or 100) or 100
+            token = request.query_params.get("pageToken") or ""
+            start = int(token) if token else 0
+        except ValueError:
+            return _error(400, "INVALID_ARGUMENT", "invalid pageSize or pageToken")
+        body: dict[str, Any] = {
+            "services": [emulator.service_json(s) for s in found[start : start + size]]
+        }
+        if start + size < len(found):
+            body["nextPageToken"] = str(start + size)
+        return body
+
+    @app.patch("/v2/{path:path}", response_model=None)
+    async def patch_service(path: str, request: Request) -> Any:
+        if not re.fullmatch(svc_re, path):
+            return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
+        svc = find(path)
+        if isinstance(svc, JSONResponse):
+            return svc
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "INVALID_ARGUMENT", "request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error(400, "INVALID_ARGUMENT", "request body must be a Service object")
+        mask_raw = request.query_params.get("updateMask")
+        mask = [p for p in mask_raw.split(",") if p] if mask_raw else None
+        if request.query_params.get("validateOnly") in ("true", "True", "1"):
+            return emulator.service_json(svc)
+        try:
+            op = emulator.update_service(svc, body, mask)
+        except ValueError as exc:
+            return _error(400, "INVALID_ARGUMENT", str(exc))
+        return emulator.operation_json(op)
+
+    @app.post("/v2/entries:list", response_model=None)
+    async def entries_list(request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "INVALID_ARGUMENT", "request body is not valid JSON")
+        if not isinstance(body, dict) or not body.get("resourceNames"):
+            return _error(400, "INVALID_ARGUMENT", "resourceNames is required")
+        try:
+            return emulator.logs.query(
+                resource_names=body.get("resourceNames") or [],
+                filter_text=str(body.get("filter") or ""),
+                order_by=str(body.get("orderBy") or ""),
+                page_size=int(body.get("pageSize") or 50),
+                page_token=str(body.get("pageToken") or ""),
+            )
+        except (FilterError, ValueError) as exc:
+            return _error(400, "INVALID_ARGUMENT", f"Invalid filter or request: {exc}")
+
+    @app.get("/sandbox/state", response_model=None)
+    async def sandbox_state() -> Any:
+        services = []
+        for svc in emulator.services.values():
+            split: dict[str, int] = {}
+            for rev, pct, _ in svc.resolved_traffic():
+                split[rev] = split.get(rev, 0) + pct
+            services.append(
+                {
+                    "name": svc.full_name,
+                    "uri": svc.uri,
+                    "revisions": [
+                        {
+                            "name": r.name,
+                            "profile": r.profile,
+                            "image": r.image,
+                            "ready": r.ready,
+                            "message": r.message,
+                            "pid": r.pid,
+                            "port": r.port,
+                            "percent": split.get(r.name, 0),
+                        }
+                        for r in sorted(
+                            svc.revisions.values(), key=lambda r: r.create_time, reverse=True
+                        )
+                    ],
+                    "traffic": svc.traffic,
+                    "tags": {
+                        tag: {"revision": svc.tagged(tag), "url": url}
+                        for tag, url in sorted(svc.tag_uris.items())
+                    },
+                }
+            )
+        return {"services": services, **(extra_state() if extra_state else {})}
+
+    return app
