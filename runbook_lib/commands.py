@@ -16,10 +16,10 @@ import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .observations import CommandObservation, JUnitSummary
 from .redaction import redact
 from .results import CheckResult, Status
 from .settings import CommandSpec
@@ -37,65 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TAIL_LINES = 200
-
-
-@dataclass(frozen=True, slots=True)
-class JUnitSummary:
-    """Counts from a JUnit XML report.
-
-    Attributes:
-        tests, failures, errors, skipped: totals over every test suite.
-        time_s: total time the report states.
-        failed_cases: ``classname.name`` of failed or errored cases (first 20).
-    """
-
-    tests: int
-    failures: int
-    errors: int
-    skipped: int
-    time_s: float = 0.0
-    failed_cases: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> int:
-        """Tests that neither failed, errored nor were skipped."""
-        return self.tests - self.failures - self.errors - self.skipped
-
-
-@dataclass(frozen=True, slots=True)
-class CommandObservation:
-    """One command run.
-
-    Attributes:
-        name: the configured name.
-        command: the command line (redacted).
-        exit_code: the exit code (None when it could not start).
-        duration_s: wall time.
-        timed_out: the timeout fired and the process group was killed.
-        timeout_s: the timeout that applied.
-        output_tail: the last lines of stdout+stderr (redacted).
-        junit: parsed report when ``junit`` is configured and readable.
-        junit_error: why the report could not be read ('' otherwise).
-        error: why the command could not start ('' otherwise).
-    """
-
-    name: str
-    command: str
-    exit_code: int | None
-    duration_s: float
-    timed_out: bool = False
-    timeout_s: float = 0.0
-    output_tail: str = ""
-    junit: JUnitSummary | None = None
-    junit_error: str = ""
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Exit code 0, no timeout, and no failures in the JUnit report."""
-        if self.exit_code != 0 or self.timed_out:
-            return False
-        return self.junit is None or (self.junit.failures == 0 and self.junit.errors == 0)
 
 
 def parse_junit(path: str | os.PathLike[str]) -> JUnitSummary:

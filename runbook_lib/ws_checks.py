@@ -22,7 +22,6 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,7 +36,20 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
-from .http_checks import HttpObservation, _exc_text, error_kind, observe_get
+from .http_checks import HttpObservation, error_kind, exc_text, observe_get
+from .observations import (
+    AgentRunObservation,
+    AuthAttempt,
+    AuthObservation,
+    ConnectOutcome,
+    HandshakeObservation,
+    HoldObservation,
+    IsolationObservation,
+    MonitorObservation,
+    MonitorTick,
+    RoundTripObservation,
+    is_own_frame,
+)
 from .protocol import Frame, parse_frame, render_message
 from .redaction import redact, redact_excerpt
 from .settings import AuthSettings, ProtocolSettings
@@ -85,59 +97,6 @@ def expected_accept(key: str) -> str:
 
 
 # ---------------------------------------------------------------- raw handshake
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeObservation:
-    """One raw WebSocket upgrade attempt.
-
-    Attributes:
-        url: the WebSocket URL (without credentials in the query).
-        status: HTTP status of the answer (101, or the refusing status); None if none.
-        reason: the status line's reason phrase.
-        http_version: e.g. ``1.1``.
-        headers: response headers (lowercase names; credentials redacted).
-        body_excerpt: body of a refused upgrade (redacted, truncated).
-        accept_valid: ``Sec-WebSocket-Accept`` matches the key (None unless 101).
-        subprotocol: the subprotocol the server selected (redacted when it carries a token).
-        latency_s: time from connect to the response head (or to the failure).
-        error: refused, timeout, tls, dns, closed, protocol, connect or other; None on answer.
-        error_detail: the underlying message.
-    """
-
-    url: str
-    status: int | None = None
-    reason: str = ""
-    http_version: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body_excerpt: str = ""
-    accept_valid: bool | None = None
-    subprotocol: str | None = None
-    latency_s: float = 0.0
-    error: str | None = None
-    error_detail: str = ""
-
-    @property
-    def upgraded(self) -> bool:
-        """True for a 101 with a valid ``Sec-WebSocket-Accept``."""
-        return self.status == 101 and bool(self.accept_valid)
-
-    @property
-    def path(self) -> str:
-        """The URL's path."""
-        return urlsplit(self.url).path or "/"
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "url": self.url,
-            "status": self.status,
-            "accept_valid": self.accept_valid,
-            "latency_s": round(self.latency_s, 4),
-            "error": self.error,
-            "error_detail": self.error_detail,
-            "body_excerpt": self.body_excerpt[:200],
-        }
 
 
 def _close_frame(code: int = 1000) -> bytes:
@@ -230,7 +189,7 @@ async def observe_handshake(
         except asyncio.LimitOverrunError:
             return failed("protocol", f"response head larger than {_HEAD_LIMIT} bytes")
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return failed(error_kind(exc), _exc_text(exc, timeout_s))
+            return failed(error_kind(exc), exc_text(exc, timeout_s))
         latency = time.perf_counter() - start
         status_line, *header_lines = head[:-4].split(b"\r\n")
         m = _STATUS_LINE.match(status_line)
@@ -315,31 +274,8 @@ async def _read_body(
 # ---------------------------------------------------------------- websockets sessions
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectOutcome:
-    """How a ``websockets`` connect went.
-
-    Attributes:
-        connected: the handshake completed.
-        status: the refusing HTTP status (or 101 when connected).
-        latency_s: time to open (or to the failure).
-        subprotocol: the subprotocol the server selected (redacted).
-        error: refused, timeout, tls, dns, closed, protocol, http_status, connect, other.
-        error_detail: the underlying message (redacted).
-        body_excerpt: body of a refused upgrade.
-    """
-
-    connected: bool
-    status: int | None = None
-    latency_s: float = 0.0
-    subprotocol: str | None = None
-    error: str | None = None
-    error_detail: str = ""
-    body_excerpt: str = ""
-
-
 def _connect_failure(exc: BaseException, latency: float) -> ConnectOutcome:
-    detail = redact(_exc_text(exc))
+    detail = redact(exc_text(exc))
     if isinstance(exc, InvalidStatus):
         resp = exc.response
         body = redact_excerpt((resp.body or b"").decode("utf-8", "replace"), _BODY_EXCERPT)
@@ -424,34 +360,6 @@ async def _close(ws: ClientConnection) -> None:
         await asyncio.wait_for(ws.close(), 3.0)
 
 
-@dataclass(frozen=True, slots=True)
-class RoundTripObservation:
-    """Connect, send the ping template, wait for a pong.
-
-    Attributes:
-        url: the WebSocket URL.
-        connect: how the connect went.
-        sent: the ping was sent.
-        pong: a frame of a ``pong_types`` type arrived.
-        latency_s: send -> pong (None without a pong).
-        frames: every frame received (arrival in seconds since the send).
-        ended: ``pong``, ``timeout``, ``server_closed``, ``abrupt``, ``too_big``,
-            ``protocol_error``, ``connect_failed`` or ``send_failed``.
-        close_code: close code when the socket ended before the pong.
-        close_reason: close reason.
-    """
-
-    url: str
-    connect: ConnectOutcome
-    sent: bool = False
-    pong: bool = False
-    latency_s: float | None = None
-    frames: tuple[Frame, ...] = ()
-    ended: str = ""
-    close_code: int | None = None
-    close_reason: str = ""
-
-
 async def observe_roundtrip(
     url: str,
     protocol: ProtocolSettings,
@@ -498,80 +406,6 @@ async def observe_roundtrip(
         close_code=code,
         close_reason=reason,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRunObservation:
-    """One user's agent run: every frame from the send until the final event or the timeout.
-
-    Attributes:
-        url: the WebSocket URL.
-        user_id: the test user.
-        run_id: the run id sent in the request.
-        thread_id: the thread id sent in the request.
-        template: ``agent_request`` or ``chat_message``.
-        connect: how the connect went.
-        sent: the request was sent.
-        frames: every frame received, ``t`` in seconds since the send.
-        ended: ``completed`` (final critical event arrived), ``error_frame``, ``timeout``,
-            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error``,
-            ``connect_failed``, ``send_failed`` or ``token_failed``.
-        close_code: close code when the server ended the socket.
-        close_reason: close reason.
-        duration_s: send -> end of observation.
-        timeout_s: the event timeout that applied.
-        error: why the run could not start (token or connect failure), in words.
-        final_event: the event type that completes a run (``critical_events[-1]``).
-    """
-
-    url: str
-    user_id: str
-    run_id: str
-    thread_id: str
-    template: str
-    connect: ConnectOutcome
-    sent: bool = False
-    frames: tuple[Frame, ...] = ()
-    ended: str = ""
-    close_code: int | None = None
-    close_reason: str = ""
-    duration_s: float = 0.0
-    timeout_s: float = 0.0
-    error: str = ""
-    final_event: str = ""
-
-    def is_own(self, frame: Frame) -> bool:
-        """True unless ``frame`` carries another user's id or another run's id.
-
-        Ids are only compared once the server has echoed ours at least once: a server
-        that assigns its own run ids (or a shared token's user) never echoes them.
-        """
-        return _is_own(frame, self.frames, self.user_id, self.run_id)
-
-    @property
-    def events(self) -> tuple[Frame, ...]:
-        """Event frames (typed, not ignorable, not errors) that belong to this run."""
-        return tuple(f for f in self.frames if f.is_event and self.is_own(f))
-
-    @property
-    def event_types(self) -> tuple[str, ...]:
-        """Types of :attr:`events` in arrival order."""
-        return tuple(f.event_type or "" for f in self.events)
-
-    @property
-    def errors(self) -> tuple[Frame, ...]:
-        """Error frames received."""
-        return tuple(f for f in self.frames if f.is_error)
-
-    @property
-    def first_event_s(self) -> float | None:
-        """Seconds from the send to the first own event (None if none)."""
-        ev = self.events
-        return ev[0].t if ev else None
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One dict per frame, with the user id (for a delivery-timeline plot)."""
-        return [{"user": self.user_id, **f.to_record()} for f in self.frames]
 
 
 async def observe_agent_run(
@@ -635,7 +469,7 @@ async def observe_agent_run(
                     done = frame.is_error or (
                         frame.is_event
                         and frame.event_type == final
-                        and _is_own(frame, frames, user_id, rid)
+                        and is_own_frame(frame, frames, user_id, rid)
                     )
                     if done:
                         ended = "error_frame" if frame.is_error else "completed"
@@ -661,20 +495,6 @@ async def observe_agent_run(
     )
 
 
-def _is_own(frame: Frame, frames: Sequence[Frame], user_id: str, run_id: str) -> bool:
-    if (
-        frame.user_id is not None
-        and frame.user_id != user_id
-        and any(f.user_id == user_id for f in frames)
-    ):
-        return False
-    return not (
-        frame.run_id is not None
-        and frame.run_id != run_id
-        and any(f.run_id == run_id for f in frames)
-    )
-
-
 def _connect_words(outcome: ConnectOutcome) -> str:
     if outcome.status is not None and outcome.status != 101:
         return f"upgrade refused with HTTP {outcome.status}"
@@ -682,55 +502,6 @@ def _connect_words(outcome: ConnectOutcome) -> str:
 
 
 # ---------------------------------------------------------------- auth
-
-
-@dataclass(frozen=True, slots=True)
-class AuthAttempt:
-    """One connect with a given credential and what the server did with it.
-
-    Attributes:
-        case: ``valid`` or a negative case name.
-        produced: False when the case could not be produced from the configuration.
-        reason: how the case was produced or why not.
-        accepted: True (the socket worked), False (refused), None (undecided: the
-            target was unreachable or the socket stayed silent).
-        how: the evidence in words: ``HTTP 401``, ``close 1008``, ``error frame``, ...
-        status: refusing HTTP status, if any.
-        close_code: close code, if the server closed.
-        subprotocol: subprotocol the server selected (redacted).
-        offered_subprotocol: whether a subprotocol was offered.
-        excerpt: error frame or refusal body excerpt (redacted).
-        latency_s: time to the decision.
-    """
-
-    case: str
-    produced: bool = True
-    reason: str = ""
-    accepted: bool | None = None
-    how: str = ""
-    status: int | None = None
-    close_code: int | None = None
-    subprotocol: str | None = None
-    offered_subprotocol: bool = False
-    excerpt: str = ""
-    latency_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class AuthObservation:
-    """The authenticated connect and every negative case.
-
-    Attributes:
-        mode: the configured auth mode.
-        authenticated: the connect with a valid token (None when no token could be had).
-        negatives: one attempt per negative case.
-        token_error: why no valid token could be obtained ('' otherwise).
-    """
-
-    mode: str
-    authenticated: AuthAttempt | None
-    negatives: tuple[AuthAttempt, ...] = ()
-    token_error: str = ""
 
 
 async def _attempt(
@@ -876,18 +647,6 @@ async def observe_auth(
 # ---------------------------------------------------------------- isolation
 
 
-@dataclass(frozen=True, slots=True)
-class IsolationObservation:
-    """K concurrent users, each with its own token and run."""
-
-    runs: tuple[AgentRunObservation, ...]
-
-    @property
-    def users(self) -> tuple[str, ...]:
-        """The test users in order."""
-        return tuple(r.user_id for r in self.runs)
-
-
 async def observe_isolation(
     url: str,
     protocol: ProtocolSettings,
@@ -937,38 +696,6 @@ async def observe_isolation(
 
 
 # ---------------------------------------------------------------- hold
-
-
-@dataclass(frozen=True, slots=True)
-class HoldObservation:
-    """A socket held open for ``hold_s``.
-
-    Attributes:
-        url: the WebSocket URL.
-        connect: how the connect went.
-        hold_s: how long the socket was meant to stay open.
-        outcome: ``held`` (open for the whole hold, then closed normally),
-            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error`` or ``connect_failed``.
-        ended_at_s: seconds after open when the socket ended (or was closed by us).
-        close_code: close code (1006 for an abrupt end).
-        close_reason: close reason.
-        clean_close: our close at the end completed with a close handshake.
-        pings_sent: application pings sent during the hold.
-        pongs: pongs received.
-        frames: frames received.
-    """
-
-    url: str
-    connect: ConnectOutcome
-    hold_s: float
-    outcome: str
-    ended_at_s: float = 0.0
-    close_code: int | None = None
-    close_reason: str = ""
-    clean_close: bool = False
-    pings_sent: int = 0
-    pongs: int = 0
-    frames: int = 0
 
 
 async def observe_hold(
@@ -1045,50 +772,6 @@ async def observe_hold(
 
 
 # ---------------------------------------------------------------- monitor
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorTick:
-    """One monitoring sample: a health GET and a WebSocket handshake (and ping)."""
-
-    t: float
-    health_status: int | None
-    health_latency_s: float
-    health_error: str | None
-    ws_status: int | None
-    ws_latency_s: float
-    ws_error: str | None
-    ws_upgraded: bool
-    ping_ok: bool | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "t": round(self.t, 3),
-            "health_status": self.health_status,
-            "health_latency_s": round(self.health_latency_s, 4),
-            "health_error": self.health_error,
-            "ws_status": self.ws_status,
-            "ws_latency_s": round(self.ws_latency_s, 4),
-            "ws_error": self.ws_error,
-            "ws_upgraded": self.ws_upgraded,
-            "ping_ok": self.ping_ok,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorObservation:
-    """Samples taken every ``interval_s`` over ``window_s``."""
-
-    health_url: str
-    ws_url: str
-    window_s: float
-    interval_s: float
-    ticks: tuple[MonitorTick, ...]
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One dict per tick (for a DataFrame or the monitoring plot)."""
-        return [t.to_record() for t in self.ticks]
 
 
 async def observe_monitor(
