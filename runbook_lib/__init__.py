@@ -26,6 +26,7 @@ PUBLIC_MODULES = (
     "http_checks",
     "load",
     "logs",
+    "observations",
     "plots",
     "protocol",
     "redaction",

@@ -25,8 +25,6 @@ from .results import CheckResult, Status
 from .settings import CommandSpec
 
 __all__ = [
-    "CommandObservation",
-    "JUnitSummary",
     "judge_command",
     "judge_predeploy",
     "judge_tests",

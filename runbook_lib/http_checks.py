@@ -26,9 +26,6 @@ from .redaction import REDACTED, redact, redact_excerpt, redact_obj
 
 __all__ = [
     "DEFAULT_HEADERS",
-    "HttpObservation",
-    "ReadinessTimeline",
-    "TimelinePoint",
     "VerboseCapture",
     "capture_verbose",
     "error_kind",
