@@ -16,11 +16,11 @@ __version__ = "0.1.0"
 
 # Public modules whose ``__all__`` make up the package's API (tests/test_api.py checks it).
 PUBLIC_MODULES = (
+    "checks",
     "cli",
     "cloudrun",
     "commands",
     "context",
-    "evaluate",
     "evidence",
     "exceptions",
     "http_checks",
@@ -31,7 +31,6 @@ PUBLIC_MODULES = (
     "protocol",
     "redaction",
     "results",
-    "rollout",
     "runner",
     "settings",
     "source",

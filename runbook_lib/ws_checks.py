@@ -36,6 +36,7 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
+from .checks.causes import connect_failure_words
 from .http_checks import HttpObservation, error_kind, exc_text, observe_get
 from .observations import (
     AgentRunObservation,
@@ -433,7 +434,7 @@ async def observe_agent_run(
     ws, outcome = await _open(url, auth, open_timeout_s, max_size)
     if ws is None:
         return AgentRunObservation(
-            connect=outcome, ended="connect_failed", error=_connect_words(outcome), **base
+            connect=outcome, ended="connect_failed", error=connect_failure_words(outcome), **base
         )
     final = protocol.critical_events[-1] if protocol.critical_events else None
     frames: list[Frame] = []
@@ -483,12 +484,6 @@ async def observe_agent_run(
         error="" if sent else "the socket closed before the request was sent",
         **base,
     )
-
-
-def _connect_words(outcome: ConnectOutcome) -> str:
-    if outcome.status is not None and outcome.status != 101:
-        return f"upgrade refused with HTTP {outcome.status}"
-    return f"could not connect: {outcome.error} ({outcome.error_detail})"
 
 
 # ---------------------------------------------------------------- auth
