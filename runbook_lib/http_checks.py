@@ -26,6 +26,7 @@ from .redaction import REDACTED, redact, redact_excerpt, redact_obj
 
 __all__ = [
     "DEFAULT_HEADERS",
+    "PLAIN_HTTP_HINT",
     "VerboseCapture",
     "capture_verbose",
     "error_kind",
@@ -59,15 +60,34 @@ _SENSITIVE = (
 _TEXT_EXCERPT = 500
 
 
+# What TLS spoken to a plain-HTTP port looks like (OpenSSL's wording).
+_PLAIN_HTTP_SIGNS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure")
+PLAIN_HTTP_HINT = "the server speaks plain HTTP here: use http:// / ws://"
+
+
 def exc_text(exc: BaseException, timeout_s: float | None = None) -> str:
-    """``Type: message``; a timeout raised without a message says what it means instead."""
+    """``Type: message``; a timeout raised without a message says what it means instead,
+    and TLS spoken to a plain-HTTP server says to use ``http://``/``ws://``."""
     text = str(exc).strip()
+    if _speaks_plain_http(exc):
+        return f"{type(exc).__name__}: {PLAIN_HTTP_HINT} ({text or 'TLS handshake failed'})"
     if text:
         return f"{type(exc).__name__}: {text}"
     if error_kind(exc) == "timeout":
         within = f" within {timeout_s:g}s" if timeout_s else " in time"
         return f"{type(exc).__name__}: no answer{within}"
     return type(exc).__name__
+
+
+def _speaks_plain_http(exc: BaseException) -> bool:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        if any(sign in str(cur) for sign in _PLAIN_HTTP_SIGNS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def error_kind(exc: BaseException) -> str:

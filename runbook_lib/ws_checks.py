@@ -1,29 +1,23 @@
-"""WebSocket observers: handshake, round trip, agent run, auth, isolation, hold, monitor.
+"""WebSocket session observers: round trip, agent run, auth, isolation, hold.
 
 Each observer opens its own connection(s), bounds every wait by a timeout and
 returns a frozen observation; a refused upgrade, a silent server, a garbage
 answer, a 10 MB frame or a dropped TCP connection are recorded, never raised.
-The handshake observer speaks raw HTTP/1.1 over an asyncio stream so that the
-status, headers and body of a *refused* upgrade are kept (that is the evidence
-the incident needs); the session observers use ``websockets``' asyncio client.
+The session observers use ``websockets``' asyncio client; the raw upgrade probe
+lives in :mod:`runbook_lib.handshake` and the monitoring scheduler in
+:mod:`runbook_lib.monitor` (both names stay importable from here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
-import os
-import re
 import ssl
-import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -37,17 +31,20 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from .checks.causes import connect_failure_words
-from .http_checks import HttpObservation, error_kind, exc_text, observe_get
+
+# The raw upgrade probe moved to runbook_lib.handshake; its names stay importable here.
+from .handshake import WS_GUID as WS_GUID
+from .handshake import expected_accept as expected_accept
+from .handshake import observe_handshake as observe_handshake
+from .handshake import observe_handshakes as observe_handshakes
+from .http_checks import error_kind, exc_text
 from .observations import (
     AgentRunObservation,
     AuthAttempt,
     AuthObservation,
     ConnectOutcome,
-    HandshakeObservation,
     HoldObservation,
     IsolationObservation,
-    MonitorObservation,
-    MonitorTick,
     RoundTripObservation,
     is_own_frame,
 )
@@ -58,208 +55,19 @@ from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
-    "WS_GUID",
-    "expected_accept",
     "observe_agent_run",
     "observe_auth",
-    "observe_handshake",
-    "observe_handshakes",
     "observe_hold",
     "observe_isolation",
-    "observe_monitor",
     "observe_roundtrip",
 ]
 
 log = logging.getLogger(__name__)
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Frames above this are refused by the client (close 1009) instead of buffered: an
 # observer must survive a server that sends 10 MB without holding it in memory.
 DEFAULT_MAX_SIZE = 2 * 1024 * 1024
 _BODY_EXCERPT = 500
-_HEAD_LIMIT = 64 * 1024
-_STATUS_LINE = re.compile(rb"^HTTP/(\d\.\d|\d) (\d{3})(?: (.*))?$")
-
-
-def expected_accept(key: str) -> str:
-    """The ``Sec-WebSocket-Accept`` a server must answer to ``Sec-WebSocket-Key`` ``key``."""
-    digest = hashlib.sha1((key + WS_GUID).encode()).digest()
-    return base64.b64encode(digest).decode()
-
-
-# ---------------------------------------------------------------- raw handshake
-
-
-def _close_frame(code: int = 1000) -> bytes:
-    # A masked client close frame (RFC 6455 5.3: client frames must be masked).
-    payload = struct.pack("!H", code)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x88, 0x80 | len(payload)]) + mask + masked
-
-
-async def observe_handshake(
-    url: str,
-    *,
-    timeout_s: float = 5.0,
-    auth: ConnectAuth | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> HandshakeObservation:
-    """Send one WebSocket upgrade request over a raw socket and observe the answer.
-
-    Args:
-        url: ``ws://`` or ``wss://`` URL (``http(s)://`` accepted too).
-        timeout_s: bound on the whole exchange (connect, request, response head, body).
-        auth: credentials to send (headers, subprotocols, query).
-        ssl_context: TLS context for ``wss`` (default: the system's).
-    """
-    creds = auth or ConnectAuth()
-    start = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-
-    def left() -> float:
-        return max(0.01, deadline - loop.time())
-
-    def failed(kind: str, detail: str, **kw: Any) -> HandshakeObservation:
-        return HandshakeObservation(
-            url=url,
-            latency_s=time.perf_counter() - start,
-            error=kind,
-            error_detail=redact(detail),
-            **kw,
-        )
-
-    parts = urlsplit(creds.url(url))
-    secure = parts.scheme in ("wss", "https")
-    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
-        return failed("other", f"not a WebSocket URL: {url!r}")
-    host = parts.hostname
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    key = base64.b64encode(os.urandom(16)).decode()
-    host_header = host if parts.port is None else f"{host}:{parts.port}"
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {host_header}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        "User-Agent: runbook-ws-probe",
-    ]
-    if creds.subprotocols:
-        lines.append("Sec-WebSocket-Protocol: " + ", ".join(creds.subprotocols))
-    lines += [f"{k}: {v}" for k, v in creds.headers]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    ctx = (ssl_context or ssl.create_default_context()) if secure else None
-    writer: asyncio.StreamWriter | None = None
-    try:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host, port, ssl=ctx, server_hostname=host if ctx else None, limit=_HEAD_LIMIT
-                ),
-                left(),
-            )
-            assert writer is not None
-            writer.write(request)
-            await asyncio.wait_for(writer.drain(), left())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), left())
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial and not exc.partial.startswith(b"HTTP/"):
-                return failed(
-                    "protocol", f"not an HTTP answer: {redact_excerpt(repr(exc.partial), 80)}"
-                )
-            return failed(
-                "closed",
-                "connection closed before a complete response head "
-                f"({len(exc.partial)} bytes received)",
-            )
-        except asyncio.LimitOverrunError:
-            return failed("protocol", f"response head larger than {_HEAD_LIMIT} bytes")
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return failed(error_kind(exc), exc_text(exc, timeout_s))
-        latency = time.perf_counter() - start
-        status_line, *header_lines = head[:-4].split(b"\r\n")
-        m = _STATUS_LINE.match(status_line)
-        if not m:
-            return failed(
-                "protocol", f"not an HTTP status line: {redact_excerpt(repr(status_line), 80)}"
-            )
-        headers: dict[str, str] = {}
-        for raw in header_lines:
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep:
-                continue
-            name, value = name.strip().lower(), value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        status = int(m.group(2))
-        accept_valid: bool | None = None
-        body = b""
-        if status == 101:
-            accept_valid = headers.get("sec-websocket-accept") == expected_accept(key)
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write(_close_frame())  # polite close; the probe does not use the socket
-        else:
-            body = await _read_body(reader, headers, min(left(), 2.0))
-        subprotocol = headers.get("sec-websocket-protocol")
-        safe_headers = {k: redact(v) for k, v in headers.items()}
-        return HandshakeObservation(
-            url=url,
-            status=status,
-            reason=(m.group(3) or b"").decode("latin-1"),
-            http_version=m.group(1).decode(),
-            headers=safe_headers,
-            body_excerpt=redact_excerpt(body.decode("utf-8", "replace"), _BODY_EXCERPT),
-            accept_valid=accept_valid,
-            subprotocol=redact(subprotocol) if subprotocol else None,
-            latency_s=latency,
-        )
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-
-async def observe_handshakes(
-    urls: Sequence[str],
-    *,
-    timeout_s: float = 5.0,
-    auth: ConnectAuth | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> tuple[HandshakeObservation, ...]:
-    """:func:`observe_handshake` for every URL, concurrently, in the order given."""
-    return tuple(
-        await asyncio.gather(
-            *(
-                observe_handshake(u, timeout_s=timeout_s, auth=auth, ssl_context=ssl_context)
-                for u in urls
-            )
-        )
-    )
-
-
-async def _read_body(
-    reader: asyncio.StreamReader, headers: Mapping[str, str], wait_s: float
-) -> bytes:
-    """Best-effort body excerpt of a refused upgrade (bounded in size and time)."""
-    try:
-        length = int(headers.get("content-length", "-1"))
-    except ValueError:
-        length = -1
-    try:
-        if length == 0:
-            return b""
-        if length > 0:
-            return await asyncio.wait_for(reader.readexactly(min(length, 4096)), wait_s)
-        return await asyncio.wait_for(reader.read(4096), wait_s)
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial
-    except (OSError, TimeoutError):
-        return b""
 
 
 # ---------------------------------------------------------------- websockets sessions
@@ -756,78 +564,10 @@ async def observe_hold(
         await _close(ws)
 
 
-# ---------------------------------------------------------------- monitor
+def __getattr__(name: str) -> Any:
+    # observe_monitor moved to runbook_lib.monitor (it schedules this module's observers).
+    if name == "observe_monitor":
+        from .monitor import observe_monitor
 
-
-async def observe_monitor(
-    health_url: str,
-    ws_url: str,
-    *,
-    window_s: float,
-    interval_s: float = 2.0,
-    auth: ConnectAuth | None = None,
-    protocol: ProtocolSettings | None = None,
-    ping: bool = False,
-    client: httpx.AsyncClient | None = None,
-    timeout_s: float = 5.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> MonitorObservation:
-    """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
-
-    Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
-    ping round trip when ``ping`` and a ``protocol`` are given).
-    """
-    own = client is None
-    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
-    ticks: list[MonitorTick] = []
-    t0 = clock()
-    k = 0
-    try:
-        while True:
-            t = clock() - t0
-            if t >= window_s and ticks:
-                break
-            jobs: list[Awaitable[Any]] = [
-                observe_get(health_url, client=http, timeout_s=timeout_s),
-                observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
-            ]
-            if ping and protocol is not None:
-                jobs.append(
-                    observe_roundtrip(
-                        ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
-                    )
-                )
-            got = await asyncio.gather(*jobs)
-            h: HttpObservation = got[0]
-            hs: HandshakeObservation = got[1]
-            ping_ok = got[2].pong if len(got) > 2 else None
-            ticks.append(
-                MonitorTick(
-                    t=t,
-                    health_status=h.status,
-                    health_latency_s=h.latency_s,
-                    health_error=h.error,
-                    ws_status=hs.status,
-                    ws_latency_s=hs.latency_s,
-                    ws_error=hs.error,
-                    ws_upgraded=hs.upgraded,
-                    ping_ok=ping_ok,
-                )
-            )
-            k += 1
-            wait = k * interval_s - (clock() - t0)
-            if k * interval_s >= window_s:
-                break
-            if wait > 0:
-                await sleep(wait)
-    finally:
-        if own:
-            await http.aclose()
-    return MonitorObservation(
-        health_url=health_url,
-        ws_url=ws_url,
-        window_s=window_s,
-        interval_s=interval_s,
-        ticks=tuple(ticks),
-    )
+        return observe_monitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

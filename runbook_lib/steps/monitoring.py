@@ -29,8 +29,8 @@ __all__ = ["hold", "log_errors", "monitor"]
 @step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
+    from ..monitor import observe_monitor
     from ..plots import plot_monitor
-    from ..ws_checks import observe_monitor
 
     t, th = ctx.settings.target, ctx.settings.thresholds
     auth, err = await connect_auth(ctx)
