@@ -36,11 +36,11 @@ def judge_agent_response(
     The final event is ``final_event`` when given, else the one the run recorded
     (``protocol.critical_events[-1]``), else ``agent_completed``.
     """
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=timeout_s)
     final_event = final_event or run.final_event or "agent_completed"
     why = run_failure(run)
     if why:
-        return v.fail(why, threshold=timeout_s)
+        return v.fail(why)
     events = run.events
     done = [f for f in events if f.event_type == final_event]
     data = {"event_types": list(run.event_types), "ended": run.ended}
@@ -48,14 +48,12 @@ def judge_agent_response(
         return v.ok(
             f"agent completed after {done[0].t:.2f}s ({len(events)} event(s))",
             observed=round(done[0].t, 3),
-            threshold=timeout_s,
             data=data,
         )
     if done:
         return v.fail(
             f"agent completed only after {done[0].t:.2f}s (limit {timeout_s:g}s)",
             observed=round(done[0].t, 3),
-            threshold=timeout_s,
             data=data,
         )
     if events:
@@ -63,13 +61,11 @@ def judge_agent_response(
             f"the agent started ({', '.join(run.event_types)})"
             f" but never completed: {ended_words(run.ended, run.close_code, run.frames)}",
             observed=None,
-            threshold=timeout_s,
             data=data,
         )
     return v.fail(
         "no agent event arrived: " + ended_words(run.ended, run.close_code, run.frames),
         observed=None,
-        threshold=timeout_s,
         data=data,
     )
 
@@ -105,17 +101,16 @@ def judge_critical_delivered(
     check_id: str = "events.critical_delivered",
 ) -> CheckResult:
     """``events.critical_delivered``: at least ``minimum`` of the critical event types arrived."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=minimum)
     why = run_failure(run)
     if why:
-        return v.fail(why, observed=0, threshold=minimum)
+        return v.fail(why, observed=0)
     got = [c for c in critical if c in run.event_types]
     missing = [c for c in critical if c not in run.event_types]
     if len(got) >= minimum:
         return v.ok(
             f"{len(got)}/{len(critical)} critical events delivered",
             observed=len(got),
-            threshold=minimum,
             data={"missing": missing},
         )
     return v.fail(
@@ -124,7 +119,6 @@ def judge_critical_delivered(
         f"({ended_words(run.ended, run.close_code, run.frames)}). The agent does not emit them or "
         "the WebSocket notifier drops them.",
         observed=len(got),
-        threshold=minimum,
         data={"missing": missing},
     )
 
@@ -241,15 +235,14 @@ def judge_events_latency(
     run: AgentRunObservation, *, timeout_s: float, check_id: str = "events.latency"
 ) -> CheckResult:
     """``events.latency``: every event arrived within ``timeout_s`` of the request."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=timeout_s)
     why = run_failure(run)
     if why:
-        return v.fail(why, threshold=timeout_s)
+        return v.fail(why)
     events = run.events
     if not events:
         return v.fail(
             "no event arrived: " + ended_words(run.ended, run.close_code, run.frames),
-            threshold=timeout_s,
         )
     times = [f.t for f in events]
     gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
@@ -259,13 +252,11 @@ def judge_events_latency(
         return v.ok(
             f"first event {times[0]:.2f}s, last {last:.2f}s, largest gap {max(gaps):.2f}s",
             observed=round(last, 3),
-            threshold=timeout_s,
             data=data,
         )
     return v.fail(
         f"the last event came {last:.2f}s after the request (limit {timeout_s:g}s)",
         observed=round(last, 3),
-        threshold=timeout_s,
         data=data,
     )
 
@@ -354,7 +345,7 @@ def judge_isolation_no_cross_user(
     iso: IsolationObservation, *, check_id: str = "isolation.no_cross_user"
 ) -> CheckResult:
     """``isolation.no_cross_user``: no session receives another user's or run's events."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold="0 foreign frames")
     runs = iso.runs
     # Binary / non-JSON frames carry no readable user or run id: they prove nothing.
     with_events = [r for r in runs if any(str(f.kind) not in UNREADABLE for f in r.frames)]
@@ -363,7 +354,6 @@ def judge_isolation_no_cross_user(
             f"only {len(with_events)} session(s) received any readable (JSON) "
             "frame: isolation cannot be shown without at least two active sessions",
             observed=len(with_events),
-            threshold="0 foreign frames",
         )
     leaks = cross_user_frames(runs)
     if not leaks:
@@ -371,7 +361,6 @@ def judge_isolation_no_cross_user(
         return v.ok(
             f"{total} frame(s) across {len(runs)} sessions, none foreign",
             observed=0,
-            threshold="0 foreign frames",
         )
     n = sum(len(v) for v in leaks.values())
     example_user, frames = next(iter(leaks.items()))
@@ -382,6 +371,5 @@ def judge_isolation_no_cross_user(
         f"{f['run_id']}. Events are broadcast instead of routed per user: a data leak; "
         "roll back.",
         observed=n,
-        threshold="0 foreign frames",
         data={"leaks": leaks},
     )

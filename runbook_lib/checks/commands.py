@@ -14,7 +14,7 @@ __all__ = ["judge_command", "judge_predeploy", "judge_tests", "judge_tests_durat
 
 def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
     """Pass when the command exited 0 in time and its JUnit report (if any) has no failures."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold="exit 0")
     data: dict[str, Any] = {"output_tail": obs.output_tail[-2000:], "command": obs.command}
     if obs.junit is not None:
         data["junit"] = {
@@ -29,7 +29,6 @@ def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
     if obs.error:
         return v.error(
             observed=None,
-            threshold="exit 0",
             detail=f"{obs.name}: {obs.error}",
             duration_s=obs.duration_s,
             data=data,
@@ -37,7 +36,6 @@ def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
     if obs.timed_out:
         return v.fail(
             observed="timeout",
-            threshold="exit 0",
             detail=f"{obs.name} did not finish within {obs.timeout_s:g}s and was "
             f"killed: look for a hung connection or raise timeout_s.{hint}",
             duration_s=obs.duration_s,
@@ -53,7 +51,6 @@ def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
         failed = f" Failed: {', '.join(j.failed_cases[:5])}." if j and j.failed_cases else ""
         return v.fail(
             observed=obs.exit_code,
-            threshold="exit 0",
             detail=f"{obs.name} exited {obs.exit_code}{counts}.{failed}{hint}",
             duration_s=obs.duration_s,
             data=data,
@@ -61,7 +58,6 @@ def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
     if j and (j.failures or j.errors):
         return v.fail(
             observed=obs.exit_code,
-            threshold="exit 0",
             detail=f"{obs.name} exited 0 but its report "
             f"lists failures{counts}: {', '.join(j.failed_cases[:5])}",
             duration_s=obs.duration_s,
@@ -70,7 +66,6 @@ def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
     if j and j.tests == 0:
         return v.warn(
             observed=0,
-            threshold="exit 0",
             detail=f"{obs.name} exited 0 but ran no tests: check the test path",
             duration_s=obs.duration_s,
             data=data,
@@ -80,7 +75,6 @@ def judge_command(obs: CommandObservation, *, check_id: str) -> CheckResult:
     return v.result(
         status,
         observed=0,
-        threshold="exit 0",
         detail=f"{obs.name} exited 0 in {obs.duration_s:.1f}s{counts}{note}",
         duration_s=obs.duration_s,
         data=data,
@@ -108,18 +102,16 @@ def judge_tests_duration(
     check_id: str = "tests.duration",
 ) -> CheckResult:
     """``tests.duration``: the configured suites took less than ``limit_s`` in total."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=limit_s)
     if not durations:
         return v.skip(
             "no mission-critical test suite is configured",
-            threshold=limit_s,
         )
     total = sum(durations.values())
     if total < limit_s:
         return v.ok(
             f"suites took {total:.1f}s",
             observed=round(total, 2),
-            threshold=limit_s,
             data=dict(durations),
         )
     slowest = max(durations, key=lambda k: durations[k])
@@ -127,6 +119,5 @@ def judge_tests_duration(
         f"suites took {total:.1f}s (limit {limit_s:g}s); slowest "
         f"{slowest} {durations[slowest]:.1f}s: look for connection timeouts",
         observed=round(total, 2),
-        threshold=limit_s,
         data=dict(durations),
     )

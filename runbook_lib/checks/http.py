@@ -26,34 +26,31 @@ __all__ = [
 
 def judge_health_backend(obs: HttpObservation, *, check_id: str = "health.backend") -> CheckResult:
     """``health.backend`` (and ``rollback.health``): the health endpoint answers 200."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=200)
     if obs.status == 200:
         return v.ok(
             f"{obs.url} answered 200 in {obs.latency_s:.3f}s",
             observed=200,
-            threshold=200,
             data={"body": obs.json},
         )
     status = Status.ERROR if obs.status is None and obs.error == "timeout" else Status.FAIL
-    return v.result(status, http_failure(obs), observed=obs.status or obs.error, threshold=200)
+    return v.result(status, http_failure(obs), observed=obs.status or obs.error)
 
 
 def judge_url_reachable(
     obs: HttpObservation, *, check_id: str = "status.url_reachable"
 ) -> CheckResult:
     """``status.url_reachable``: the service URL answers HTTP (any status below 500)."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold="HTTP < 500")
     if obs.status is not None and obs.status < 500:
         return v.ok(
             f"{obs.url} answered HTTP {obs.status}",
             observed=obs.status,
-            threshold="HTTP < 500",
         )
     return v.fail(
         http_failure(obs) + ". Check the service URL, ingress "
         "settings and that a revision is serving.",
         observed=obs.status or obs.error,
-        threshold="HTTP < 500",
     )
 
 
@@ -64,15 +61,14 @@ def judge_ready_within(
     limit_s: float,
 ) -> CheckResult:
     """``health.ready_within`` / ``ws.health_ready_within``: 200 within ``limit_s``."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=limit_s)
     points = [p.to_record() for p in timeline.points]
     if not timeline.points:
-        return v.error("no poll was made", threshold=limit_s)
+        return v.error("no poll was made")
     if timeline.ready_at is not None and timeline.ready_at <= limit_s:
         return v.ok(
             f"{timeline.url} answered 200 after {timeline.ready_at:.1f}s ({len(points)} poll(s))",
             observed=round(timeline.ready_at, 3),
-            threshold=limit_s,
             data={"timeline": points},
         )
     last = timeline.points[-1]
@@ -92,7 +88,6 @@ def judge_ready_within(
     return v.fail(
         detail,
         observed=timeline.ready_at,
-        threshold=limit_s,
         data={"timeline": points},
     )
 
@@ -103,16 +98,15 @@ def judge_no_5xx_during_warmup(
     check_id: str = "health.no_5xx_during_warmup",
 ) -> CheckResult:
     """``health.no_5xx_during_warmup``: no 502/503 (any 5xx) while polling for readiness."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=0)
     points = [(t.url, p) for t in timelines for p in t.points]
     if not points:
-        return v.error("no readiness poll was recorded", threshold=0)
+        return v.error("no readiness poll was recorded")
     bad = [(u, p) for u, p in points if p.status is not None and p.status >= 500]
     if not bad:
         return v.ok(
             f"no 5xx in {len(points)} poll(s) during warm-up",
             observed=0,
-            threshold=0,
         )
     codes = sorted({p.status for _, p in bad if p.status is not None})
     detail = (
@@ -123,19 +117,17 @@ def judge_no_5xx_during_warmup(
     return v.fail(
         detail,
         observed=len(bad),
-        threshold=0,
         data={"bad": [{"url": u, **p.to_record()} for u, p in bad]},
     )
 
 
 def judge_ws_health(obs: HttpObservation, *, check_id: str = "ws.health") -> CheckResult:
     """``ws.health``: the WebSocket health endpoint answers 200 with ``connections.active``."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold="200 with connections.active")
     if obs.status != 200:
         return v.fail(
             http_failure(obs),
             observed=obs.status or obs.error,
-            threshold="200 with connections.active",
         )
     if not has_path(obs.json, "connections.active"):
         return v.fail(
@@ -143,14 +135,12 @@ def judge_ws_health(obs: HttpObservation, *, check_id: str = "ws.health") -> Che
             "`connections.active`: the WebSocket manager is not wired into the health "
             "endpoint (or this is not the WebSocket health route)",
             observed=200,
-            threshold="200 with connections.active",
             data={"body": obs.json},
         )
     active = obs.json["connections"]["active"]
     return v.ok(
         f"{obs.url} answered 200, connections.active={active}",
         observed=active,
-        threshold="200 with connections.active",
     )
 
 
@@ -174,11 +164,7 @@ def judge_ws_test_endpoint(
                 threshold=200,
                 data={"body": obs.json},
             )
-        return v.fail(
-            http_failure(obs),
-            observed=obs.status or obs.error,
-            threshold=200,
-        )
+        return _not_200(v, obs)
     if not obs.connect.connected:
         return v.fail(
             f"{obs.url}: {connect_failure_words(obs.connect)}",
@@ -207,9 +193,9 @@ def judge_http_latency(
     check_id: str = "http.latency",
 ) -> CheckResult:
     """``http.latency``: every sample answered 2xx faster than ``limit_s``."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=limit_s)
     if not samples:
-        return v.error("no latency sample was taken", threshold=limit_s)
+        return v.error("no latency sample was taken")
     failed = [s for s in samples if not s.ok]
     lat = [s.latency_s for s in samples if s.ok]
     data = {"samples": [s.to_record() for s in samples]}
@@ -217,7 +203,6 @@ def judge_http_latency(
         return v.fail(
             f"{len(failed)}/{len(samples)} sample(s) failed: " + http_failure(failed[0]),
             observed=None,
-            threshold=limit_s,
             data=data,
         )
     worst = max(lat)
@@ -225,14 +210,12 @@ def judge_http_latency(
         return v.ok(
             f"max {worst:.3f}s, median {statistics.median(lat):.3f}s over {len(lat)} sample(s)",
             observed=round(worst, 4),
-            threshold=limit_s,
             data=data,
         )
     return v.fail(
         f"slowest sample {worst:.3f}s >= {limit_s:g}s: cold "
         "starts, CPU throttling or a slow dependency; check instance count and logs",
         observed=round(worst, 4),
-        threshold=limit_s,
         data=data,
     )
 
@@ -253,12 +236,17 @@ def judge_auth_config(obs: HttpObservation, *, check_id: str = "auth.config") ->
             observed=200,
             threshold="200 JSON",
         )
-    return v.fail(http_failure(obs), observed=obs.status or obs.error, threshold=200)
+    return _not_200(v, obs)
 
 
 def judge_auth_health(obs: HttpObservation, *, check_id: str = "auth.health") -> CheckResult:
     """``auth.health``: the auth service's health endpoint answers 200."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=200)
     if obs.status == 200:
-        return v.ok(f"{obs.url} answered 200", observed=200, threshold=200)
+        return v.ok(f"{obs.url} answered 200", observed=200)
+    return _not_200(v, obs)
+
+
+def _not_200(v: Verdict, obs: HttpObservation) -> CheckResult:
+    """The failure of an endpoint that should answer 200 and did not (or not at all)."""
     return v.fail(http_failure(obs), observed=obs.status or obs.error, threshold=200)

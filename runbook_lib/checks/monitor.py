@@ -36,16 +36,15 @@ def judge_monitor_uptime(
     mon: MonitorObservation, *, min_uptime: float, check_id: str = "monitor.uptime"
 ) -> CheckResult:
     """``monitor.uptime``: share of ticks whose health GET answered 2xx."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=min_uptime)
     if not mon.ticks:
-        return v.error("no monitoring sample was taken", threshold=min_uptime)
+        return v.error("no monitoring sample was taken")
     up = sum(1 for t in mon.ticks if t.health_status is not None and 200 <= t.health_status < 300)
     rate = up / len(mon.ticks)
     if rate >= min_uptime:
         return v.ok(
             f"{up}/{len(mon.ticks)} health samples OK",
             observed=round(rate, 4),
-            threshold=min_uptime,
         )
     bad = sorted(
         {
@@ -58,7 +57,6 @@ def judge_monitor_uptime(
         f"{len(mon.ticks) - up}/{len(mon.ticks)} health samples "
         f"failed ({', '.join(bad)}); uptime {rate:.2%} < {min_uptime:.2%}",
         observed=round(rate, 4),
-        threshold=min_uptime,
     )
 
 
@@ -69,16 +67,15 @@ def judge_monitor_ws_failure_rate(
     check_id: str = "monitor.ws_failure_rate",
 ) -> CheckResult:
     """``monitor.ws_failure_rate``: share of ticks whose handshake (or ping) failed."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=max_rate)
     if not mon.ticks:
-        return v.error("no monitoring sample was taken", threshold=max_rate)
+        return v.error("no monitoring sample was taken")
     failed = [t for t in mon.ticks if not t.ws_upgraded or t.ping_ok is False]
     rate = len(failed) / len(mon.ticks)
     if rate < max_rate or (rate == 0 and max_rate == 0):
         return v.ok(
             f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed",
             observed=round(rate, 4),
-            threshold=max_rate,
         )
     kinds = sorted({str(t.ws_status or t.ws_error) for t in failed})
     first = failed[0]
@@ -90,7 +87,6 @@ def judge_monitor_ws_failure_rate(
     return v.fail(
         f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed ({', '.join(kinds)}): {cause}",
         observed=round(rate, 4),
-        threshold=max_rate,
     )
 
 
@@ -101,26 +97,23 @@ def judge_monitor_avg_response(
     check_id: str = "monitor.avg_response",
 ) -> CheckResult:
     """``monitor.avg_response``: mean health latency of the successful samples."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=limit_s)
     lat = [t.health_latency_s for t in mon.ticks if t.health_status is not None]
     if not lat:
         return v.result(
             Status.FAIL if mon.ticks else Status.ERROR,
             "no health sample got an answer: response time unknown",
-            threshold=limit_s,
         )
     avg = statistics.fmean(lat)
     if avg < limit_s:
         return v.ok(
             f"mean {avg:.3f}s, max {max(lat):.3f}s",
             observed=round(avg, 4),
-            threshold=limit_s,
         )
     return v.fail(
         f"mean response {avg:.3f}s >= {limit_s:g}s: the service "
         "is saturated or cold-starting; check instances and CPU",
         observed=round(avg, 4),
-        threshold=limit_s,
     )
 
 
@@ -128,22 +121,20 @@ def judge_monitor_ws_404(
     mon: MonitorObservation, *, check_id: str = "monitor.ws_404"
 ) -> CheckResult:
     """``monitor.ws_404``: no WebSocket handshake answered 404 during the window."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=0)
     if not mon.ticks:
-        return v.error("no monitoring sample was taken", threshold=0)
+        return v.error("no monitoring sample was taken")
     n = sum(1 for t in mon.ticks if t.ws_status == 404)
     if n == 0:
         return v.ok(
             f"no 404 in {len(mon.ticks)} handshake(s)",
             observed=0,
-            threshold=0,
         )
     return v.fail(
         f"{n}/{len(mon.ticks)} handshakes answered 404: "
         f"{STATUS_CAUSES[404]}. The incident is back (or traffic is split with a revision "
         "without the routes).",
         observed=n,
-        threshold=0,
     )
 
 
@@ -301,7 +292,7 @@ def judge_log_entries(
         what: what was searched, in words (shown in the detail).
         ws_paths: WebSocket paths whose 404s are routing errors.
     """
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=0)
     bad = []
     for e in entries:
         status = e.status
@@ -316,7 +307,6 @@ def judge_log_entries(
         return v.ok(
             f"no {what} ({len(entries)} entries read)",
             observed=0,
-            threshold=0,
         )
     ws404 = [e for e in bad if e.status == 404]
     examples = [
@@ -338,6 +328,5 @@ def judge_log_entries(
     return v.fail(
         detail,
         observed=len(bad),
-        threshold=0,
         data={"examples": examples},
     )

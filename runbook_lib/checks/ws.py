@@ -107,23 +107,20 @@ def judge_ws_upgrade(
 
 def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:
     """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong."""
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold="pong")
     if not obs.connect.connected:
         return v.fail(
             connect_failure_words(obs.connect),
             observed=obs.connect.status or obs.connect.error,
-            threshold="pong",
         )
     if obs.pong and obs.latency_s is not None:
         return v.ok(
             f"pong after {obs.latency_s * 1000:.0f} ms",
             observed=round(obs.latency_s, 4),
-            threshold="pong",
         )
     return v.fail(
         "no pong: " + ended_words(obs.ended, obs.close_code, obs.frames),
         observed=obs.ended,
-        threshold="pong",
         data={"frames": [f.to_record() for f in obs.frames]},
     )
 
