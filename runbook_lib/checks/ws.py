@@ -44,20 +44,16 @@ def judge_ws_routes_probe(
             then the incident signature cannot be named).
         probes: one upgrade attempt per WebSocket path.
     """
-    v = Verdict(check_id)
+    v = Verdict(check_id, threshold=101)
     observed = {p.path: (p.status if p.status is not None else p.error) for p in probes}
     data = {"probes": [p.to_record() for p in probes], "health_status": health and health.status}
     if not probes:
-        return v.error(
-            "no WebSocket path was probed: set target.ws_paths",
-            observed=observed,
-        )
+        return v.error("no WebSocket path was probed: set target.ws_paths", threshold=None)
     bad = [p for p in probes if not p.upgraded]
     if not bad:
         return v.ok(
             f"all {len(probes)} WebSocket path(s) answered 101 with a valid Sec-WebSocket-Accept",
             observed=observed,
-            threshold=101,
             data=data,
         )
     four04 = [p.path for p in bad if p.status == 404]
@@ -71,13 +67,11 @@ def judge_ws_routes_probe(
         return v.fail(
             detail,
             observed=observed,
-            threshold=101,
             data={**data, "incident_signature": True},
         )
     return v.fail(
         "; ".join(upgrade_words(p) for p in bad),
         observed=observed,
-        threshold=101,
         data=data,
     )
 
@@ -85,24 +79,11 @@ def judge_ws_routes_probe(
 def judge_ws_upgrade(
     probes: Sequence[HandshakeObservation], *, check_id: str = "ws.upgrade"
 ) -> CheckResult:
-    """``ws.upgrade``: every WebSocket path answers 101 with a valid ``Sec-WebSocket-Accept``."""
-    v = Verdict(check_id)
-    observed = {p.path: (p.status if p.status is not None else p.error) for p in probes}
-    if not probes:
-        return v.error("no WebSocket path was probed: set target.ws_paths")
-    bad = [p for p in probes if not p.upgraded]
-    if not bad:
-        return v.ok(
-            f"{len(probes)} path(s) upgraded (101, accept valid)",
-            observed=observed,
-            threshold=101,
-        )
-    return v.fail(
-        "; ".join(upgrade_words(p) for p in bad),
-        observed=observed,
-        threshold=101,
-        data={"probes": [p.to_record() for p in probes]},
-    )
+    """``ws.upgrade``: every WebSocket path answers 101 with a valid ``Sec-WebSocket-Accept``.
+
+    The probe of phase 1 without the health answer: each failed path gets its cause.
+    """
+    return judge_ws_routes_probe(None, probes, check_id=check_id)
 
 
 def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:
