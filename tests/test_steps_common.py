@@ -111,3 +111,22 @@ async def test_an_exception_in_a_step_becomes_error_results_for_its_ids(tmp_path
     report = await wrapped(ctx)
     assert [(r.id, r.status) for r in report.results] == [("ws.roundtrip", Status.ERROR)]
     assert "RuntimeError: boom" in report.results[0].detail
+
+
+def test_steps_table_follows_the_notebooks_cell_order() -> None:
+    import json
+    import re
+
+    from runbook_lib.context import PHASES
+
+    notebooks = Path(__file__).parent.parent / "notebooks"
+    for phase, (notebook, _, _) in PHASES.items():
+        cells = json.loads((notebooks / notebook).read_text(encoding="utf-8"))["cells"]
+        called = [
+            m
+            for c in cells
+            if c["cell_type"] == "code"
+            for m in re.findall(r"rb\.steps\.(\w+)", "".join(c["source"]))
+            if m != "phase_summary"
+        ]
+        assert called == [s.name for s in STEPS.values() if s.phase == phase], notebook
