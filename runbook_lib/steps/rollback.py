@@ -11,6 +11,7 @@ from ..checks import (
 )
 from ..context import PhaseContext, StepReport
 from .common import (
+    applies,
     cloudrun,
     connect_auth,
     dry_run,
@@ -92,16 +93,15 @@ async def rollback_verify(ctx: PhaseContext) -> StepReport:
     if not ctx.artifacts.get("rollback_target") or not ctx.approved:
         return report(skip_all(ctx, ids, "dry-run: no rollback was performed"))
     t, to = ctx.settings.target, ctx.settings.timeouts
-    health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
     auth, err = await connect_auth(ctx)
     if err:
         return report(token_errors(ctx, ids, err))
+    results = []
+    if applies(ctx, "rollback.health"):
+        health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
+        results.append(judge_health_backend(health, check_id="rollback.health"))
     rt = await observe_roundtrip(
         t.ws(), ctx.settings.protocol, auth=auth, timeout_s=to.read_s, open_timeout_s=to.connect_s
     )
-    return report(
-        [
-            judge_health_backend(health, check_id="rollback.health"),
-            judge_ws_roundtrip(rt, check_id="rollback.smoke"),
-        ]
-    )
+    results.append(judge_ws_roundtrip(rt, check_id="rollback.smoke"))
+    return report(results)
