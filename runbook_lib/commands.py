@@ -1,4 +1,4 @@
-"""Configured shell commands (pre-deploy checks, mission-critical suites) and their judges.
+"""Configured shell commands (pre-deploy checks, mission-critical suites).
 
 A :class:`~runbook_lib.settings.CommandSpec` runs in its own process group so a
 timeout kills the whole tree (a test runner's workers included). Output is kept
@@ -16,20 +16,13 @@ import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from .observations import CommandObservation, JUnitSummary
 from .redaction import redact
-from .results import CheckResult, Status
 from .settings import CommandSpec
 
 __all__ = [
-    "CommandObservation",
-    "JUnitSummary",
-    "judge_command",
-    "judge_predeploy",
-    "judge_tests",
     "parse_junit",
     "run_command",
 ]
@@ -37,65 +30,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _TAIL_LINES = 200
-
-
-@dataclass(frozen=True, slots=True)
-class JUnitSummary:
-    """Counts from a JUnit XML report.
-
-    Attributes:
-        tests, failures, errors, skipped: totals over every test suite.
-        time_s: total time the report states.
-        failed_cases: ``classname.name`` of failed or errored cases (first 20).
-    """
-
-    tests: int
-    failures: int
-    errors: int
-    skipped: int
-    time_s: float = 0.0
-    failed_cases: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> int:
-        """Tests that neither failed, errored nor were skipped."""
-        return self.tests - self.failures - self.errors - self.skipped
-
-
-@dataclass(frozen=True, slots=True)
-class CommandObservation:
-    """One command run.
-
-    Attributes:
-        name: the configured name.
-        command: the command line (redacted).
-        exit_code: the exit code (None when it could not start).
-        duration_s: wall time.
-        timed_out: the timeout fired and the process group was killed.
-        timeout_s: the timeout that applied.
-        output_tail: the last lines of stdout+stderr (redacted).
-        junit: parsed report when ``junit`` is configured and readable.
-        junit_error: why the report could not be read ('' otherwise).
-        error: why the command could not start ('' otherwise).
-    """
-
-    name: str
-    command: str
-    exit_code: int | None
-    duration_s: float
-    timed_out: bool = False
-    timeout_s: float = 0.0
-    output_tail: str = ""
-    junit: JUnitSummary | None = None
-    junit_error: str = ""
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Exit code 0, no timeout, and no failures in the JUnit report."""
-        if self.exit_code != 0 or self.timed_out:
-            return False
-        return self.junit is None or (self.junit.failures == 0 and self.junit.errors == 0)
 
 
 def parse_junit(path: str | os.PathLike[str]) -> JUnitSummary:
@@ -224,102 +158,7 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def judge_command(obs: CommandObservation, *, check_id: str, phase: int) -> CheckResult:
-    """Pass when the command exited 0 in time and its JUnit report (if any) has no failures."""
-    data: dict[str, Any] = {"output_tail": obs.output_tail[-2000:], "command": obs.command}
-    if obs.junit is not None:
-        data["junit"] = {
-            "tests": obs.junit.tests,
-            "failures": obs.junit.failures,
-            "errors": obs.junit.errors,
-            "skipped": obs.junit.skipped,
-            "failed_cases": list(obs.junit.failed_cases),
-        }
-    last = obs.output_tail.strip().splitlines()[-1:] if obs.output_tail.strip() else []
-    hint = f" Last output: {last[0][:200]}" if last else ""
-    if obs.error:
-        return CheckResult(
-            check_id,
-            phase,
-            Status.ERROR,
-            observed=None,
-            threshold="exit 0",
-            detail=f"{obs.name}: {obs.error}",
-            duration_s=obs.duration_s,
-            data=data,
-        )
-    if obs.timed_out:
-        return CheckResult(
-            check_id,
-            phase,
-            Status.FAIL,
-            observed="timeout",
-            threshold="exit 0",
-            detail=f"{obs.name} did not finish within {obs.timeout_s:g}s and was "
-            f"killed: look for a hung connection or raise timeout_s.{hint}",
-            duration_s=obs.duration_s,
-            data=data,
-        )
-    j = obs.junit
-    counts = (
-        (f" ({j.passed} passed, {j.failures} failed, {j.errors} errors, {j.skipped} skipped)")
-        if j
-        else ""
-    )
-    if obs.exit_code != 0:
-        failed = f" Failed: {', '.join(j.failed_cases[:5])}." if j and j.failed_cases else ""
-        return CheckResult(
-            check_id,
-            phase,
-            Status.FAIL,
-            observed=obs.exit_code,
-            threshold="exit 0",
-            detail=f"{obs.name} exited {obs.exit_code}{counts}.{failed}{hint}",
-            duration_s=obs.duration_s,
-            data=data,
-        )
-    if j and (j.failures or j.errors):
-        return CheckResult(
-            check_id,
-            phase,
-            Status.FAIL,
-            observed=obs.exit_code,
-            threshold="exit 0",
-            detail=f"{obs.name} exited 0 but its report "
-            f"lists failures{counts}: {', '.join(j.failed_cases[:5])}",
-            duration_s=obs.duration_s,
-            data=data,
-        )
-    if j and j.tests == 0:
-        return CheckResult(
-            check_id,
-            phase,
-            Status.WARN,
-            observed=0,
-            threshold="exit 0",
-            detail=f"{obs.name} exited 0 but ran no tests: check the test path",
-            duration_s=obs.duration_s,
-            data=data,
-        )
-    status = Status.WARN if obs.junit_error else Status.PASS
-    note = f"; {obs.junit_error}" if obs.junit_error else ""
-    return CheckResult(
-        check_id,
-        phase,
-        status,
-        observed=0,
-        threshold="exit 0",
-        detail=f"{obs.name} exited 0 in {obs.duration_s:.1f}s{counts}{note}",
-        duration_s=obs.duration_s,
-        data=data,
-    )
-
-
-def judge_predeploy(obs: CommandObservation, *, phase: int = 2) -> CheckResult:
-    """``predeploy.<name>``."""
-    return judge_command(obs, check_id=f"predeploy.{obs.name}", phase=phase)
-
-
-def judge_tests(obs: CommandObservation, *, phase: int = 4) -> CheckResult:
-    """``tests.<name>``."""
-    return judge_command(obs, check_id=f"tests.{obs.name}", phase=phase)
+# The judges moved to runbook_lib.checks.commands; the old names keep working.
+from .checks.commands import judge_command as judge_command  # noqa: E402
+from .checks.commands import judge_predeploy as judge_predeploy  # noqa: E402
+from .checks.commands import judge_tests as judge_tests  # noqa: E402

@@ -14,14 +14,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .checks.catalog import applicability
 from .exceptions import ApprovalRequired, ConfigError
 from .redaction import redact, redact_obj
-from .results import CheckResult, results_frame
+from .results import CheckResult, Status, results_frame
 from .settings import Settings, load_settings
 
 __all__ = ["PHASES", "PhaseContext", "StepReport", "open_phase", "phase_file"]
@@ -111,7 +112,12 @@ class PhaseContext:
         self._mutations_done.add(key)
 
     def record(self, report: StepReport) -> StepReport:
-        """Add a step's results (replacing earlier ones with the same id) and persist."""
+        """Add a step's results (replacing earlier ones with the same id) and persist.
+
+        A check the environment declares not applicable is recorded ``skip`` with the
+        user's reason, whatever the step produced (SPEC section 8).
+        """
+        report.results = [_applicable(r, self.settings) for r in report.results]
         ids = {r.id for r in report.results}
         self.results = [r for r in self.results if r.id not in ids] + list(report.results)
         if report.figure is not None:
@@ -192,6 +198,13 @@ def open_phase(
     ctx = PhaseContext(phase=phase, settings=settings, run_dir=rd, approve=approve)
     ctx.persist()
     return ctx
+
+
+def _applicable(result: CheckResult, settings: Settings) -> CheckResult:
+    why = applicability(result.id, settings)
+    if why is None or (result.status is Status.SKIP and result.detail == why):
+        return result
+    return replace(result, status=Status.SKIP, observed=None, threshold=None, detail=why, data={})
 
 
 def _slug(text: str) -> str:

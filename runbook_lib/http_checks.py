@@ -16,21 +16,21 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from .observations import HttpObservation, ReadinessTimeline, TimelinePoint
 from .redaction import REDACTED, redact, redact_excerpt, redact_obj
 
 __all__ = [
     "DEFAULT_HEADERS",
-    "HttpObservation",
-    "ReadinessTimeline",
-    "TimelinePoint",
+    "PLAIN_HTTP_HINT",
     "VerboseCapture",
     "capture_verbose",
     "error_kind",
+    "exc_text",
     "observe_get",
     "poll_until_ready",
     "sample_latency",
@@ -60,15 +60,34 @@ _SENSITIVE = (
 _TEXT_EXCERPT = 500
 
 
-def _exc_text(exc: BaseException, timeout_s: float | None = None) -> str:
-    """``Type: message``; a timeout raised without a message says what it means instead."""
+# What TLS spoken to a plain-HTTP port looks like (OpenSSL's wording).
+_PLAIN_HTTP_SIGNS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure")
+PLAIN_HTTP_HINT = "the server speaks plain HTTP here: use http:// / ws://"
+
+
+def exc_text(exc: BaseException, timeout_s: float | None = None) -> str:
+    """``Type: message``; a timeout raised without a message says what it means instead,
+    and TLS spoken to a plain-HTTP server says to use ``http://``/``ws://``."""
     text = str(exc).strip()
+    if _speaks_plain_http(exc):
+        return f"{type(exc).__name__}: {PLAIN_HTTP_HINT} ({text or 'TLS handshake failed'})"
     if text:
         return f"{type(exc).__name__}: {text}"
     if error_kind(exc) == "timeout":
         within = f" within {timeout_s:g}s" if timeout_s else " in time"
         return f"{type(exc).__name__}: no answer{within}"
     return type(exc).__name__
+
+
+def _speaks_plain_http(exc: BaseException) -> bool:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        if any(sign in str(cur) for sign in _PLAIN_HTTP_SIGNS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def error_kind(exc: BaseException) -> str:
@@ -106,49 +125,6 @@ def error_kind(exc: BaseException) -> str:
             return "tls"
         return "connect"
     return "other"
-
-
-@dataclass(frozen=True, slots=True)
-class HttpObservation:
-    """One HTTP request and what came back.
-
-    Attributes:
-        url: the URL requested.
-        status: HTTP status, None when no response arrived.
-        latency_s: time to the full response (or to the failure).
-        json: the parsed JSON body (None when not JSON).
-        text: body excerpt when not JSON (redacted).
-        headers: selected response headers (lowercase names).
-        http_version: e.g. ``HTTP/1.1``.
-        error: ``refused``, ``timeout``, ``tls``, ``dns``, ``closed``, ``protocol``,
-            ``connect`` or ``other``; None on any HTTP response.
-        error_detail: the underlying message (redacted).
-    """
-
-    url: str
-    status: int | None = None
-    latency_s: float = 0.0
-    json: Any = None
-    text: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    http_version: str = ""
-    error: str | None = None
-    error_detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True on a 2xx response."""
-        return self.status is not None and 200 <= self.status < 300
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "url": redact(self.url),
-            "status": self.status,
-            "latency_s": round(self.latency_s, 4),
-            "error": self.error,
-            "error_detail": self.error_detail,
-        }
 
 
 @asynccontextmanager
@@ -198,7 +174,7 @@ async def observe_get(
             url=url,
             latency_s=latency,
             error=error_kind(exc),
-            error_detail=redact(_exc_text(exc, timeout_s)),
+            error_detail=redact(exc_text(exc, timeout_s)),
         )
     latency = time.perf_counter() - start
     body: Any = None
@@ -233,53 +209,6 @@ async def sample_latency(
             for _ in range(max(1, n))
         ]
     return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class TimelinePoint:
-    """One poll: seconds since polling began, status or error, latency."""
-
-    t: float
-    status: int | None
-    error: str | None
-    latency_s: float
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "t": round(self.t, 3),
-            "status": self.status,
-            "error": self.error,
-            "latency_s": round(self.latency_s, 4),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ReadinessTimeline:
-    """Polls of one URL until it answered 200 or the deadline passed.
-
-    Attributes:
-        url: the URL polled.
-        points: every poll in order.
-        ready_at: seconds until the first 200 (None if never).
-        deadline_s: how long polling was allowed to go on.
-        interval_s: pause between polls.
-    """
-
-    url: str
-    points: tuple[TimelinePoint, ...]
-    ready_at: float | None
-    deadline_s: float
-    interval_s: float
-
-    @property
-    def ready(self) -> bool:
-        """True when a 200 arrived before the deadline."""
-        return self.ready_at is not None
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One dict per poll (for a DataFrame or a plot)."""
-        return [p.to_record() for p in self.points]
 
 
 async def poll_until_ready(
@@ -385,7 +314,7 @@ async def capture_verbose(
                 request_headers=req_headers,
                 latency_s=time.perf_counter() - start,
                 error=error_kind(exc),
-                error_detail=redact(_exc_text(exc, timeout_s)),
+                error_detail=redact(exc_text(exc, timeout_s)),
             )
     return VerboseCapture(
         url=url,

@@ -13,20 +13,15 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .redaction import redact_excerpt
-from .results import CheckResult, Status
 
 __all__ = [
     "AppRoutesObservation",
     "GitObservation",
     "RouteInfo",
-    "judge_git_branch",
-    "judge_git_clean",
-    "judge_ws_routes_present",
     "list_app_routes",
     "observe_git",
 ]
@@ -243,139 +238,7 @@ def list_app_routes(
     )
 
 
-# ---------------------------------------------------------------- judges
-
-
-def judge_git_clean(obs: GitObservation | None, *, phase: int = 1) -> CheckResult:
-    """``source.git_clean``: no uncommitted changes to tracked files (untracked: warn)."""
-    cid = "source.git_clean"
-    if obs is None:
-        return CheckResult(cid, phase, Status.SKIP, detail="source.repo_dir is not configured")
-    if not obs.is_repo or obs.error:
-        return CheckResult(
-            cid,
-            phase,
-            Status.FAIL if not obs.is_repo else Status.ERROR,
-            observed=None,
-            threshold="clean",
-            detail=f"{obs.error}: cannot tell what the deploy would be built "
-            "from; point source.repo_dir at the service's checkout",
-        )
-    if obs.changed:
-        return CheckResult(
-            cid,
-            phase,
-            Status.FAIL,
-            observed=len(obs.changed),
-            threshold=0,
-            detail=f"{len(obs.changed)} uncommitted change(s) "
-            f"({', '.join(obs.changed[:5])}): the deployed image would not match "
-            "any commit; commit or stash them first",
-            data={"changed": list(obs.changed)},
-        )
-    if obs.untracked:
-        return CheckResult(
-            cid,
-            phase,
-            Status.WARN,
-            observed=len(obs.untracked),
-            threshold=0,
-            detail=f"clean, but {len(obs.untracked)} untracked file(s) "
-            f"({', '.join(obs.untracked[:5])}) would be in a local build",
-            data={"untracked": list(obs.untracked)},
-        )
-    return CheckResult(
-        cid, phase, Status.PASS, observed=0, threshold=0, detail=f"working tree clean at {obs.head}"
-    )
-
-
-def judge_git_branch(obs: GitObservation | None, expected: str, *, phase: int = 1) -> CheckResult:
-    """``source.git_branch``: the checkout is on ``expected`` (skip when none is configured)."""
-    cid = "source.git_branch"
-    if obs is None:
-        return CheckResult(cid, phase, Status.SKIP, detail="source.repo_dir is not configured")
-    if not obs.is_repo or obs.error:
-        return CheckResult(
-            cid,
-            phase,
-            Status.FAIL if not obs.is_repo else Status.ERROR,
-            threshold=expected or None,
-            detail=obs.error,
-        )
-    if not expected:
-        return CheckResult(
-            cid,
-            phase,
-            Status.SKIP,
-            observed=obs.branch,
-            detail="source.expected_branch is not configured",
-        )
-    if obs.branch == expected:
-        return CheckResult(
-            cid,
-            phase,
-            Status.PASS,
-            observed=obs.branch,
-            threshold=expected,
-            detail=f"on {expected} at {obs.head}",
-        )
-    shown = obs.branch or f"a detached HEAD ({obs.head})"
-    return CheckResult(
-        cid,
-        phase,
-        Status.FAIL,
-        observed=obs.branch or obs.head,
-        threshold=expected,
-        detail=f"the checkout is on {shown}, not {expected}: a deploy from here "
-        f"would not ship the fixes on {expected}; switch branches first",
-    )
-
-
-def judge_ws_routes_present(
-    obs: AppRoutesObservation | None, expected: Sequence[str], *, phase: int = 1
-) -> CheckResult:
-    """``source.ws_routes_present``: the app registers every expected WebSocket route."""
-    cid = "source.ws_routes_present"
-    if obs is None:
-        return CheckResult(cid, phase, Status.SKIP, detail="source.app is not configured")
-    threshold = list(expected) or "at least one WebSocket route"
-    if obs.error:
-        return CheckResult(
-            cid,
-            phase,
-            Status.ERROR if obs.timed_out else Status.FAIL,
-            threshold=threshold,
-            detail=f"{obs.error}. The app must import cleanly before it can be "
-            "deployed; fix the import error (see the traceback's last line)",
-        )
-    found = obs.ws_paths
-    data = {"ws_routes": list(found), "http_routes": list(obs.http_paths)}
-    missing = [p for p in expected if p not in found]
-    if found and not missing:
-        detail = (
-            f"all {len(expected)} expected WebSocket route(s) registered"
-            if expected
-            else f"{len(found)} WebSocket route(s): {', '.join(found)}"
-        )
-        return CheckResult(
-            cid,
-            phase,
-            Status.PASS,
-            observed=list(found),
-            threshold=threshold,
-            detail=detail,
-            data=data,
-        )
-    http_same = [p for p in missing if p in obs.http_paths]
-    extra = f" ({', '.join(http_same)} exist as HTTP routes only)" if http_same else ""
-    return CheckResult(
-        cid,
-        phase,
-        Status.FAIL,
-        observed=list(found),
-        threshold=threshold,
-        detail=f"missing WebSocket route(s): {', '.join(missing) or 'all'}{extra}. "
-        "The router that defines them is not included in the app: include it "
-        "before deploying",
-        data=data,
-    )
+# The judges moved to runbook_lib.checks.source; the old names keep working.
+from .checks.source import judge_git_branch as judge_git_branch  # noqa: E402
+from .checks.source import judge_git_clean as judge_git_clean  # noqa: E402
+from .checks.source import judge_ws_routes_present as judge_ws_routes_present  # noqa: E402

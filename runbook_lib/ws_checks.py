@@ -1,30 +1,23 @@
-"""WebSocket observers: handshake, round trip, agent run, auth, isolation, hold, monitor.
+"""WebSocket session observers: round trip, agent run, auth, isolation, hold.
 
 Each observer opens its own connection(s), bounds every wait by a timeout and
 returns a frozen observation; a refused upgrade, a silent server, a garbage
 answer, a 10 MB frame or a dropped TCP connection are recorded, never raised.
-The handshake observer speaks raw HTTP/1.1 over an asyncio stream so that the
-status, headers and body of a *refused* upgrade are kept (that is the evidence
-the incident needs); the session observers use ``websockets``' asyncio client.
+The session observers use ``websockets``' asyncio client; the raw upgrade probe
+lives in :mod:`runbook_lib.handshake` and the monitoring scheduler in
+:mod:`runbook_lib.monitor` (both names stay importable from here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
-import os
-import re
 import ssl
-import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -37,7 +30,24 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
-from .http_checks import HttpObservation, _exc_text, error_kind, observe_get
+from .checks.causes import connect_failure_words
+
+# The raw upgrade probe moved to runbook_lib.handshake; its names stay importable here.
+from .handshake import WS_GUID as WS_GUID
+from .handshake import expected_accept as expected_accept
+from .handshake import observe_handshake as observe_handshake
+from .handshake import observe_handshakes as observe_handshakes
+from .http_checks import error_kind, exc_text
+from .observations import (
+    AgentRunObservation,
+    AuthAttempt,
+    AuthObservation,
+    ConnectOutcome,
+    HoldObservation,
+    IsolationObservation,
+    RoundTripObservation,
+    is_own_frame,
+)
 from .protocol import Frame, parse_frame, render_message
 from .redaction import redact, redact_excerpt
 from .settings import AuthSettings, ProtocolSettings
@@ -45,301 +55,26 @@ from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
-    "WS_GUID",
-    "AgentRunObservation",
-    "AuthAttempt",
-    "AuthObservation",
-    "ConnectOutcome",
-    "HandshakeObservation",
-    "HoldObservation",
-    "IsolationObservation",
-    "MonitorObservation",
-    "MonitorTick",
-    "RoundTripObservation",
-    "expected_accept",
     "observe_agent_run",
     "observe_auth",
-    "observe_handshake",
-    "observe_handshakes",
     "observe_hold",
     "observe_isolation",
-    "observe_monitor",
     "observe_roundtrip",
 ]
 
 log = logging.getLogger(__name__)
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Frames above this are refused by the client (close 1009) instead of buffered: an
 # observer must survive a server that sends 10 MB without holding it in memory.
 DEFAULT_MAX_SIZE = 2 * 1024 * 1024
 _BODY_EXCERPT = 500
-_HEAD_LIMIT = 64 * 1024
-_STATUS_LINE = re.compile(rb"^HTTP/(\d\.\d|\d) (\d{3})(?: (.*))?$")
-
-
-def expected_accept(key: str) -> str:
-    """The ``Sec-WebSocket-Accept`` a server must answer to ``Sec-WebSocket-Key`` ``key``."""
-    digest = hashlib.sha1((key + WS_GUID).encode()).digest()
-    return base64.b64encode(digest).decode()
-
-
-# ---------------------------------------------------------------- raw handshake
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeObservation:
-    """One raw WebSocket upgrade attempt.
-
-    Attributes:
-        url: the WebSocket URL (without credentials in the query).
-        status: HTTP status of the answer (101, or the refusing status); None if none.
-        reason: the status line's reason phrase.
-        http_version: e.g. ``1.1``.
-        headers: response headers (lowercase names; credentials redacted).
-        body_excerpt: body of a refused upgrade (redacted, truncated).
-        accept_valid: ``Sec-WebSocket-Accept`` matches the key (None unless 101).
-        subprotocol: the subprotocol the server selected (redacted when it carries a token).
-        latency_s: time from connect to the response head (or to the failure).
-        error: refused, timeout, tls, dns, closed, protocol, connect or other; None on answer.
-        error_detail: the underlying message.
-    """
-
-    url: str
-    status: int | None = None
-    reason: str = ""
-    http_version: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body_excerpt: str = ""
-    accept_valid: bool | None = None
-    subprotocol: str | None = None
-    latency_s: float = 0.0
-    error: str | None = None
-    error_detail: str = ""
-
-    @property
-    def upgraded(self) -> bool:
-        """True for a 101 with a valid ``Sec-WebSocket-Accept``."""
-        return self.status == 101 and bool(self.accept_valid)
-
-    @property
-    def path(self) -> str:
-        """The URL's path."""
-        return urlsplit(self.url).path or "/"
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "url": self.url,
-            "status": self.status,
-            "accept_valid": self.accept_valid,
-            "latency_s": round(self.latency_s, 4),
-            "error": self.error,
-            "error_detail": self.error_detail,
-            "body_excerpt": self.body_excerpt[:200],
-        }
-
-
-def _close_frame(code: int = 1000) -> bytes:
-    # A masked client close frame (RFC 6455 5.3: client frames must be masked).
-    payload = struct.pack("!H", code)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x88, 0x80 | len(payload)]) + mask + masked
-
-
-async def observe_handshake(
-    url: str,
-    *,
-    timeout_s: float = 5.0,
-    auth: ConnectAuth | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> HandshakeObservation:
-    """Send one WebSocket upgrade request over a raw socket and observe the answer.
-
-    Args:
-        url: ``ws://`` or ``wss://`` URL (``http(s)://`` accepted too).
-        timeout_s: bound on the whole exchange (connect, request, response head, body).
-        auth: credentials to send (headers, subprotocols, query).
-        ssl_context: TLS context for ``wss`` (default: the system's).
-    """
-    creds = auth or ConnectAuth()
-    start = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-
-    def left() -> float:
-        return max(0.01, deadline - loop.time())
-
-    def failed(kind: str, detail: str, **kw: Any) -> HandshakeObservation:
-        return HandshakeObservation(
-            url=url,
-            latency_s=time.perf_counter() - start,
-            error=kind,
-            error_detail=redact(detail),
-            **kw,
-        )
-
-    parts = urlsplit(creds.url(url))
-    secure = parts.scheme in ("wss", "https")
-    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
-        return failed("other", f"not a WebSocket URL: {url!r}")
-    host = parts.hostname
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    key = base64.b64encode(os.urandom(16)).decode()
-    host_header = host if parts.port is None else f"{host}:{parts.port}"
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {host_header}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        "User-Agent: runbook-ws-probe",
-    ]
-    if creds.subprotocols:
-        lines.append("Sec-WebSocket-Protocol: " + ", ".join(creds.subprotocols))
-    lines += [f"{k}: {v}" for k, v in creds.headers]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    ctx = (ssl_context or ssl.create_default_context()) if secure else None
-    writer: asyncio.StreamWriter | None = None
-    try:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host, port, ssl=ctx, server_hostname=host if ctx else None, limit=_HEAD_LIMIT
-                ),
-                left(),
-            )
-            assert writer is not None
-            writer.write(request)
-            await asyncio.wait_for(writer.drain(), left())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), left())
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial and not exc.partial.startswith(b"HTTP/"):
-                return failed(
-                    "protocol", f"not an HTTP answer: {redact_excerpt(repr(exc.partial), 80)}"
-                )
-            return failed(
-                "closed",
-                "connection closed before a complete response head "
-                f"({len(exc.partial)} bytes received)",
-            )
-        except asyncio.LimitOverrunError:
-            return failed("protocol", f"response head larger than {_HEAD_LIMIT} bytes")
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return failed(error_kind(exc), _exc_text(exc, timeout_s))
-        latency = time.perf_counter() - start
-        status_line, *header_lines = head[:-4].split(b"\r\n")
-        m = _STATUS_LINE.match(status_line)
-        if not m:
-            return failed(
-                "protocol", f"not an HTTP status line: {redact_excerpt(repr(status_line), 80)}"
-            )
-        headers: dict[str, str] = {}
-        for raw in header_lines:
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep:
-                continue
-            name, value = name.strip().lower(), value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        status = int(m.group(2))
-        accept_valid: bool | None = None
-        body = b""
-        if status == 101:
-            accept_valid = headers.get("sec-websocket-accept") == expected_accept(key)
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write(_close_frame())  # polite close; the probe does not use the socket
-        else:
-            body = await _read_body(reader, headers, min(left(), 2.0))
-        subprotocol = headers.get("sec-websocket-protocol")
-        safe_headers = {k: redact(v) for k, v in headers.items()}
-        return HandshakeObservation(
-            url=url,
-            status=status,
-            reason=(m.group(3) or b"").decode("latin-1"),
-            http_version=m.group(1).decode(),
-            headers=safe_headers,
-            body_excerpt=redact_excerpt(body.decode("utf-8", "replace"), _BODY_EXCERPT),
-            accept_valid=accept_valid,
-            subprotocol=redact(subprotocol) if subprotocol else None,
-            latency_s=latency,
-        )
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-
-async def observe_handshakes(
-    urls: Sequence[str],
-    *,
-    timeout_s: float = 5.0,
-    auth: ConnectAuth | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> tuple[HandshakeObservation, ...]:
-    """:func:`observe_handshake` for every URL, concurrently, in the order given."""
-    return tuple(
-        await asyncio.gather(
-            *(
-                observe_handshake(u, timeout_s=timeout_s, auth=auth, ssl_context=ssl_context)
-                for u in urls
-            )
-        )
-    )
-
-
-async def _read_body(
-    reader: asyncio.StreamReader, headers: Mapping[str, str], wait_s: float
-) -> bytes:
-    """Best-effort body excerpt of a refused upgrade (bounded in size and time)."""
-    try:
-        length = int(headers.get("content-length", "-1"))
-    except ValueError:
-        length = -1
-    try:
-        if length == 0:
-            return b""
-        if length > 0:
-            return await asyncio.wait_for(reader.readexactly(min(length, 4096)), wait_s)
-        return await asyncio.wait_for(reader.read(4096), wait_s)
-    except asyncio.IncompleteReadError as exc:
-        return exc.partial
-    except (OSError, TimeoutError):
-        return b""
 
 
 # ---------------------------------------------------------------- websockets sessions
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectOutcome:
-    """How a ``websockets`` connect went.
-
-    Attributes:
-        connected: the handshake completed.
-        status: the refusing HTTP status (or 101 when connected).
-        latency_s: time to open (or to the failure).
-        subprotocol: the subprotocol the server selected (redacted).
-        error: refused, timeout, tls, dns, closed, protocol, http_status, connect, other.
-        error_detail: the underlying message (redacted).
-        body_excerpt: body of a refused upgrade.
-    """
-
-    connected: bool
-    status: int | None = None
-    latency_s: float = 0.0
-    subprotocol: str | None = None
-    error: str | None = None
-    error_detail: str = ""
-    body_excerpt: str = ""
-
-
 def _connect_failure(exc: BaseException, latency: float) -> ConnectOutcome:
-    detail = redact(_exc_text(exc))
+    detail = redact(exc_text(exc))
     if isinstance(exc, InvalidStatus):
         resp = exc.response
         body = redact_excerpt((resp.body or b"").decode("utf-8", "replace"), _BODY_EXCERPT)
@@ -424,34 +159,6 @@ async def _close(ws: ClientConnection) -> None:
         await asyncio.wait_for(ws.close(), 3.0)
 
 
-@dataclass(frozen=True, slots=True)
-class RoundTripObservation:
-    """Connect, send the ping template, wait for a pong.
-
-    Attributes:
-        url: the WebSocket URL.
-        connect: how the connect went.
-        sent: the ping was sent.
-        pong: a frame of a ``pong_types`` type arrived.
-        latency_s: send -> pong (None without a pong).
-        frames: every frame received (arrival in seconds since the send).
-        ended: ``pong``, ``timeout``, ``server_closed``, ``abrupt``, ``too_big``,
-            ``protocol_error``, ``connect_failed`` or ``send_failed``.
-        close_code: close code when the socket ended before the pong.
-        close_reason: close reason.
-    """
-
-    url: str
-    connect: ConnectOutcome
-    sent: bool = False
-    pong: bool = False
-    latency_s: float | None = None
-    frames: tuple[Frame, ...] = ()
-    ended: str = ""
-    close_code: int | None = None
-    close_reason: str = ""
-
-
 async def observe_roundtrip(
     url: str,
     protocol: ProtocolSettings,
@@ -500,80 +207,6 @@ async def observe_roundtrip(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AgentRunObservation:
-    """One user's agent run: every frame from the send until the final event or the timeout.
-
-    Attributes:
-        url: the WebSocket URL.
-        user_id: the test user.
-        run_id: the run id sent in the request.
-        thread_id: the thread id sent in the request.
-        template: ``agent_request`` or ``chat_message``.
-        connect: how the connect went.
-        sent: the request was sent.
-        frames: every frame received, ``t`` in seconds since the send.
-        ended: ``completed`` (final critical event arrived), ``error_frame``, ``timeout``,
-            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error``,
-            ``connect_failed``, ``send_failed`` or ``token_failed``.
-        close_code: close code when the server ended the socket.
-        close_reason: close reason.
-        duration_s: send -> end of observation.
-        timeout_s: the event timeout that applied.
-        error: why the run could not start (token or connect failure), in words.
-        final_event: the event type that completes a run (``critical_events[-1]``).
-    """
-
-    url: str
-    user_id: str
-    run_id: str
-    thread_id: str
-    template: str
-    connect: ConnectOutcome
-    sent: bool = False
-    frames: tuple[Frame, ...] = ()
-    ended: str = ""
-    close_code: int | None = None
-    close_reason: str = ""
-    duration_s: float = 0.0
-    timeout_s: float = 0.0
-    error: str = ""
-    final_event: str = ""
-
-    def is_own(self, frame: Frame) -> bool:
-        """True unless ``frame`` carries another user's id or another run's id.
-
-        Ids are only compared once the server has echoed ours at least once: a server
-        that assigns its own run ids (or a shared token's user) never echoes them.
-        """
-        return _is_own(frame, self.frames, self.user_id, self.run_id)
-
-    @property
-    def events(self) -> tuple[Frame, ...]:
-        """Event frames (typed, not ignorable, not errors) that belong to this run."""
-        return tuple(f for f in self.frames if f.is_event and self.is_own(f))
-
-    @property
-    def event_types(self) -> tuple[str, ...]:
-        """Types of :attr:`events` in arrival order."""
-        return tuple(f.event_type or "" for f in self.events)
-
-    @property
-    def errors(self) -> tuple[Frame, ...]:
-        """Error frames received."""
-        return tuple(f for f in self.frames if f.is_error)
-
-    @property
-    def first_event_s(self) -> float | None:
-        """Seconds from the send to the first own event (None if none)."""
-        ev = self.events
-        return ev[0].t if ev else None
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One dict per frame, with the user id (for a delivery-timeline plot)."""
-        return [{"user": self.user_id, **f.to_record()} for f in self.frames]
-
-
 async def observe_agent_run(
     url: str,
     protocol: ProtocolSettings,
@@ -609,7 +242,7 @@ async def observe_agent_run(
     ws, outcome = await _open(url, auth, open_timeout_s, max_size)
     if ws is None:
         return AgentRunObservation(
-            connect=outcome, ended="connect_failed", error=_connect_words(outcome), **base
+            connect=outcome, ended="connect_failed", error=connect_failure_words(outcome), **base
         )
     final = protocol.critical_events[-1] if protocol.critical_events else None
     frames: list[Frame] = []
@@ -635,7 +268,7 @@ async def observe_agent_run(
                     done = frame.is_error or (
                         frame.is_event
                         and frame.event_type == final
-                        and _is_own(frame, frames, user_id, rid)
+                        and is_own_frame(frame, frames, user_id, rid)
                     )
                     if done:
                         ended = "error_frame" if frame.is_error else "completed"
@@ -661,76 +294,7 @@ async def observe_agent_run(
     )
 
 
-def _is_own(frame: Frame, frames: Sequence[Frame], user_id: str, run_id: str) -> bool:
-    if (
-        frame.user_id is not None
-        and frame.user_id != user_id
-        and any(f.user_id == user_id for f in frames)
-    ):
-        return False
-    return not (
-        frame.run_id is not None
-        and frame.run_id != run_id
-        and any(f.run_id == run_id for f in frames)
-    )
-
-
-def _connect_words(outcome: ConnectOutcome) -> str:
-    if outcome.status is not None and outcome.status != 101:
-        return f"upgrade refused with HTTP {outcome.status}"
-    return f"could not connect: {outcome.error} ({outcome.error_detail})"
-
-
 # ---------------------------------------------------------------- auth
-
-
-@dataclass(frozen=True, slots=True)
-class AuthAttempt:
-    """One connect with a given credential and what the server did with it.
-
-    Attributes:
-        case: ``valid`` or a negative case name.
-        produced: False when the case could not be produced from the configuration.
-        reason: how the case was produced or why not.
-        accepted: True (the socket worked), False (refused), None (undecided: the
-            target was unreachable or the socket stayed silent).
-        how: the evidence in words: ``HTTP 401``, ``close 1008``, ``error frame``, ...
-        status: refusing HTTP status, if any.
-        close_code: close code, if the server closed.
-        subprotocol: subprotocol the server selected (redacted).
-        offered_subprotocol: whether a subprotocol was offered.
-        excerpt: error frame or refusal body excerpt (redacted).
-        latency_s: time to the decision.
-    """
-
-    case: str
-    produced: bool = True
-    reason: str = ""
-    accepted: bool | None = None
-    how: str = ""
-    status: int | None = None
-    close_code: int | None = None
-    subprotocol: str | None = None
-    offered_subprotocol: bool = False
-    excerpt: str = ""
-    latency_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class AuthObservation:
-    """The authenticated connect and every negative case.
-
-    Attributes:
-        mode: the configured auth mode.
-        authenticated: the connect with a valid token (None when no token could be had).
-        negatives: one attempt per negative case.
-        token_error: why no valid token could be obtained ('' otherwise).
-    """
-
-    mode: str
-    authenticated: AuthAttempt | None
-    negatives: tuple[AuthAttempt, ...] = ()
-    token_error: str = ""
 
 
 async def _attempt(
@@ -876,18 +440,6 @@ async def observe_auth(
 # ---------------------------------------------------------------- isolation
 
 
-@dataclass(frozen=True, slots=True)
-class IsolationObservation:
-    """K concurrent users, each with its own token and run."""
-
-    runs: tuple[AgentRunObservation, ...]
-
-    @property
-    def users(self) -> tuple[str, ...]:
-        """The test users in order."""
-        return tuple(r.user_id for r in self.runs)
-
-
 async def observe_isolation(
     url: str,
     protocol: ProtocolSettings,
@@ -937,38 +489,6 @@ async def observe_isolation(
 
 
 # ---------------------------------------------------------------- hold
-
-
-@dataclass(frozen=True, slots=True)
-class HoldObservation:
-    """A socket held open for ``hold_s``.
-
-    Attributes:
-        url: the WebSocket URL.
-        connect: how the connect went.
-        hold_s: how long the socket was meant to stay open.
-        outcome: ``held`` (open for the whole hold, then closed normally),
-            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error`` or ``connect_failed``.
-        ended_at_s: seconds after open when the socket ended (or was closed by us).
-        close_code: close code (1006 for an abrupt end).
-        close_reason: close reason.
-        clean_close: our close at the end completed with a close handshake.
-        pings_sent: application pings sent during the hold.
-        pongs: pongs received.
-        frames: frames received.
-    """
-
-    url: str
-    connect: ConnectOutcome
-    hold_s: float
-    outcome: str
-    ended_at_s: float = 0.0
-    close_code: int | None = None
-    close_reason: str = ""
-    clean_close: bool = False
-    pings_sent: int = 0
-    pongs: int = 0
-    frames: int = 0
 
 
 async def observe_hold(
@@ -1044,122 +564,10 @@ async def observe_hold(
         await _close(ws)
 
 
-# ---------------------------------------------------------------- monitor
+def __getattr__(name: str) -> Any:
+    # observe_monitor moved to runbook_lib.monitor (it schedules this module's observers).
+    if name == "observe_monitor":
+        from .monitor import observe_monitor
 
-
-@dataclass(frozen=True, slots=True)
-class MonitorTick:
-    """One monitoring sample: a health GET and a WebSocket handshake (and ping)."""
-
-    t: float
-    health_status: int | None
-    health_latency_s: float
-    health_error: str | None
-    ws_status: int | None
-    ws_latency_s: float
-    ws_error: str | None
-    ws_upgraded: bool
-    ping_ok: bool | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "t": round(self.t, 3),
-            "health_status": self.health_status,
-            "health_latency_s": round(self.health_latency_s, 4),
-            "health_error": self.health_error,
-            "ws_status": self.ws_status,
-            "ws_latency_s": round(self.ws_latency_s, 4),
-            "ws_error": self.ws_error,
-            "ws_upgraded": self.ws_upgraded,
-            "ping_ok": self.ping_ok,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorObservation:
-    """Samples taken every ``interval_s`` over ``window_s``."""
-
-    health_url: str
-    ws_url: str
-    window_s: float
-    interval_s: float
-    ticks: tuple[MonitorTick, ...]
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One dict per tick (for a DataFrame or the monitoring plot)."""
-        return [t.to_record() for t in self.ticks]
-
-
-async def observe_monitor(
-    health_url: str,
-    ws_url: str,
-    *,
-    window_s: float,
-    interval_s: float = 2.0,
-    auth: ConnectAuth | None = None,
-    protocol: ProtocolSettings | None = None,
-    ping: bool = False,
-    client: httpx.AsyncClient | None = None,
-    timeout_s: float = 5.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> MonitorObservation:
-    """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
-
-    Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
-    ping round trip when ``ping`` and a ``protocol`` are given).
-    """
-    own = client is None
-    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
-    ticks: list[MonitorTick] = []
-    t0 = clock()
-    k = 0
-    try:
-        while True:
-            t = clock() - t0
-            if t >= window_s and ticks:
-                break
-            jobs: list[Awaitable[Any]] = [
-                observe_get(health_url, client=http, timeout_s=timeout_s),
-                observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
-            ]
-            if ping and protocol is not None:
-                jobs.append(
-                    observe_roundtrip(
-                        ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
-                    )
-                )
-            got = await asyncio.gather(*jobs)
-            h: HttpObservation = got[0]
-            hs: HandshakeObservation = got[1]
-            ping_ok = got[2].pong if len(got) > 2 else None
-            ticks.append(
-                MonitorTick(
-                    t=t,
-                    health_status=h.status,
-                    health_latency_s=h.latency_s,
-                    health_error=h.error,
-                    ws_status=hs.status,
-                    ws_latency_s=hs.latency_s,
-                    ws_error=hs.error,
-                    ws_upgraded=hs.upgraded,
-                    ping_ok=ping_ok,
-                )
-            )
-            k += 1
-            wait = k * interval_s - (clock() - t0)
-            if k * interval_s >= window_s:
-                break
-            if wait > 0:
-                await sleep(wait)
-    finally:
-        if own:
-            await http.aclose()
-    return MonitorObservation(
-        health_url=health_url,
-        ws_url=ws_url,
-        window_s=window_s,
-        interval_s=interval_s,
-        ticks=tuple(ticks),
-    )
+        return observe_monitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from runbook_lib import evaluate as ev
+from runbook_lib import checks as ev
 from runbook_lib.http_checks import observe_get, sample_latency
 from runbook_lib.results import Status
 from runbook_lib.sandbox.auth_service import create_auth_app

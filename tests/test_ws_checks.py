@@ -420,7 +420,7 @@ async def test_agent_run_without_credentials_sees_error_frame_and_1008(agent_ser
     run = await observe_agent_run(srv.url, P, event_timeout_s=5)
     assert run.errors and run.events == ()
     assert (run.ended, run.close_code) == ("server_closed", 1008)
-    from runbook_lib.evaluate import judge_chat_flow
+    from runbook_lib.checks import judge_chat_flow
 
     r = judge_chat_flow(run)
     assert r.status == "fail" and ("1008" in r.detail or "error frame" in r.detail)

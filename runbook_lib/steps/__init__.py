@@ -2,17 +2,19 @@
 
 Each step takes the notebook's :class:`PhaseContext`, gathers evidence with the
 I/O modules (``http_checks``, ``ws_checks``, ``cloudrun``, ``logs``, ``load``,
-``commands``, ``source``), judges it with the pure functions of ``evaluate``,
+``commands``, ``source``), judges it with the pure functions of ``runbook_lib.checks``,
 records the results in the context (persisted to the run folder) and returns a
 :class:`StepReport` that Jupyter displays. Steps hold no judging logic of their
-own beyond choosing what to observe; an unexpected exception inside a step
-becomes ``error`` results for the step's checks, never a crashed notebook.
+own beyond choosing what to observe. The :func:`~runbook_lib.steps.common.step`
+decorator reads each step's title and check ids from the catalog, skips checks
+whose configuration is absent or declared not applicable, and turns an unexpected
+exception inside a step into ``error`` results, never a crashed notebook.
 """
 
 from __future__ import annotations
 
-from ._common import phase_summary
 from .business import auth_checks, chat_flow, event_delivery, isolation
+from .common import phase_summary
 from .deployment import deploy, deploy_logs, predeploy, warmup
 from .mission import agent_response, load_test, test_suites
 from .monitoring import hold, log_errors, monitor

@@ -2,47 +2,36 @@
 
 from __future__ import annotations
 
+from ..checks import judge_agent_response, judge_load, judge_tests, judge_tests_duration, step_ids
 from ..context import PhaseContext, StepReport
-from ..results import Status
-from ._common import (
-    _TARGET_MISSING,
-    _agent_run,
-    _connect_auth,
-    _frame_rows,
-    _no_target,
-    _result,
-    _skip_all,
-    _step,
-    _table,
-    _timeouts,
-    _with_query,
+from ..results import CheckResult
+from .common import (
+    agent_run,
+    applies,
+    connect_auth,
+    frame_rows,
+    report,
+    step,
+    table,
+    token_errors,
+    with_query,
 )
 
 __all__ = ["agent_response", "load_test", "test_suites"]
 
 
-def _tests_ids(ctx: PhaseContext) -> list[str]:
-    return [f"tests.{c.name}" for c in ctx.settings.mission_critical] + ["tests.duration"]
-
-
-@_step("Mission-critical test suites", _tests_ids)
+@step
 async def test_suites(ctx: PhaseContext) -> StepReport:
     """Run the configured mission-critical suites (JUnit parsed when written)."""
-    from ..commands import judge_tests, run_command
-    from ..evaluate import judge_tests_duration
+    from ..commands import run_command
 
-    title = "Mission-critical test suites"
-    if not ctx.settings.mission_critical:
-        return StepReport(
-            title,
-            _skip_all(
-                ctx, ("tests.duration",), "skip: no [[commands.mission_critical]] configured"
-            ),
-        )
-    results, rows, durations = [], [], {}
+    results: list[CheckResult] = []
+    rows, durations = [], {}
     for spec in ctx.settings.mission_critical:
+        if not applies(ctx, f"tests.{spec.name}"):
+            continue
         obs = await run_command(spec, cwd=spec.cwd or ctx.settings.source.repo_dir or None)
-        results.append(judge_tests(obs, phase=ctx.phase))
+        results.append(judge_tests(obs))
         durations[spec.name] = obs.duration_s
         j = obs.junit
         rows.append(
@@ -56,53 +45,32 @@ async def test_suites(ctx: PhaseContext) -> StepReport:
                 "timed_out": obs.timed_out,
             }
         )
-    results.append(
-        judge_tests_duration(
-            durations, limit_s=ctx.settings.thresholds.tests_max_s, phase=ctx.phase
-        )
-    )
-    return StepReport(title, results, table=_table(rows))
+    results.append(judge_tests_duration(durations, limit_s=ctx.settings.thresholds.tests_max_s))
+    return report(results, table=table(rows))
 
 
-@_step("End-to-end agent response", ("e2e.agent_response",))
+@step
 async def agent_response(ctx: PhaseContext) -> StepReport:
     """The golden path: send an agent request and wait for the agent's final event."""
-    from ..evaluate import judge_agent_response
-
-    title = "End-to-end agent response"
-    if _no_target(ctx):
-        return StepReport(title, _skip_all(ctx, ("e2e.agent_response",), _TARGET_MISSING))
-    run = await _agent_run(ctx, ctx.settings.auth.default_user, "agent_request", "test golden path")
+    run = await agent_run(ctx, ctx.settings.auth.default_user, "agent_request", "test golden path")
     th = ctx.settings.thresholds
-    return StepReport(
-        title,
-        [judge_agent_response(run, timeout_s=th.event_timeout_s, phase=ctx.phase)],
-        table=_table(_frame_rows(run)),
+    return report(
+        [judge_agent_response(run, timeout_s=th.event_timeout_s)], table=table(frame_rows(run))
     )
 
 
-_LOAD_IDS = ("load.success_rate", "load.latency_p95", "load.no_server_errors")
-
-
-@_step("Concurrent load", _LOAD_IDS)
+@step
 async def load_test(ctx: PhaseContext) -> StepReport:
     """Open N concurrent sessions (connect, ping round trips, close) and judge success and p95."""
-    from ..evaluate import judge_load
     from ..load import LoadPlan, run_load
     from ..plots import plot_load_latency
     from ..protocol import render_message
 
-    title = "Concurrent load"
-    if _no_target(ctx):
-        return StepReport(title, _skip_all(ctx, _LOAD_IDS, _TARGET_MISSING))
-    th, p = ctx.settings.thresholds, ctx.settings.protocol
-    auth, err = await _connect_auth(ctx)
+    th, p, to = ctx.settings.thresholds, ctx.settings.protocol, ctx.settings.timeouts
+    auth, err = await connect_auth(ctx)
     if err:
-        return StepReport(
-            title,
-            [_result(ctx, i, Status.ERROR, f"could not obtain a token: {err}") for i in _LOAD_IDS],
-        )
-    url = _with_query(ctx.settings.target.ws(), auth.query)
+        return report(token_errors(ctx, step_ids("load_test"), err))
+    url = with_query(ctx.settings.target.ws(), auth.query)
     plan = LoadPlan(
         url=url,
         sessions=th.load_connections,
@@ -114,18 +82,16 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         ignore_types=tuple(t for t in p.ignore if t not in p.pong_types),
         headers=auth.headers,
         subprotocols=auth.subprotocols,
-        connect_timeout_s=_timeouts(ctx).connect_s,
-        message_timeout_s=_timeouts(ctx).read_s,
-        deadline_s=max(60.0, _timeouts(ctx).operation_s),
+        connect_timeout_s=to.connect_s,
+        message_timeout_s=to.read_s,
+        deadline_s=max(60.0, to.operation_s),
     )
-    report = await run_load(plan)
-    results = judge_load(
-        report, success_rate=th.load_success_rate, p95_s=th.load_p95_s, phase=ctx.phase
-    )
-    ctx.artifacts["load"] = report.to_record()
+    load = await run_load(plan)
+    results = judge_load(load, success_rate=th.load_success_rate, p95_s=th.load_p95_s)
+    rec = load.to_record()
+    ctx.artifacts["load"] = rec
     fig = plot_load_latency(
-        report.rtt_s, report.p50_s, report.p95_s, report.p99_s, threshold_s=th.load_p95_s
+        load.rtt_s, load.p50_s, load.p95_s, load.p99_s, threshold_s=th.load_p95_s
     )
-    rec = report.to_record()
     rows = [{"metric": k, "value": v} for k, v in rec.items() if not isinstance(v, (list, dict))]
-    return StepReport(title, results, table=_table(rows), figure=fig)
+    return report(results, table=table(rows), figure=fig)

@@ -2,52 +2,40 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from ..checks import (
+    judge_monitor_avg_response,
+    judge_monitor_hold,
+    judge_monitor_uptime,
+    judge_monitor_ws_404,
+    judge_monitor_ws_failure_rate,
+    step_ids,
+)
 from ..context import PhaseContext, StepReport
-from ._common import (
-    _TARGET_MISSING,
-    _connect_auth,
-    _log_step,
-    _no_target,
-    _previous_phase_artifact,
-    _skip_all,
-    _step,
-    _table,
-    _timeouts,
-    _token_errors,
+from .common import (
+    connect_auth,
+    log_step,
+    previous_phase_artifact,
+    report,
+    step,
+    table,
+    token_errors,
 )
 
 __all__ = ["hold", "log_errors", "monitor"]
 
 
-_MONITOR_IDS = (
-    "monitor.uptime",
-    "monitor.ws_failure_rate",
-    "monitor.avg_response",
-    "monitor.ws_404",
-)
-
-
-@_step("Monitoring window", _MONITOR_IDS)
+@step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
-    from ..evaluate import (
-        judge_monitor_avg_response,
-        judge_monitor_uptime,
-        judge_monitor_ws_404,
-        judge_monitor_ws_failure_rate,
-    )
+    from ..monitor import observe_monitor
     from ..plots import plot_monitor
-    from ..ws_checks import observe_monitor
 
-    title = "Monitoring window"
-    if _no_target(ctx):
-        return StepReport(title, _skip_all(ctx, _MONITOR_IDS, _TARGET_MISSING))
     t, th = ctx.settings.target, ctx.settings.thresholds
-    auth, err = await _connect_auth(ctx)
+    auth, err = await connect_auth(ctx)
     if err:
-        return StepReport(title, _token_errors(ctx, _MONITOR_IDS, err))
+        return report(token_errors(ctx, step_ids("monitor"), err))
     mon = await observe_monitor(
         t.http(t.health_path),
         t.ws(),
@@ -56,13 +44,13 @@ async def monitor(ctx: PhaseContext) -> StepReport:
         auth=auth,
         protocol=ctx.settings.protocol,
         ping=True,
-        timeout_s=_timeouts(ctx).connect_s,
+        timeout_s=ctx.settings.timeouts.connect_s,
     )
     results = [
-        judge_monitor_uptime(mon, min_uptime=th.monitor_uptime, phase=ctx.phase),
-        judge_monitor_ws_failure_rate(mon, max_rate=th.monitor_ws_failure_rate, phase=ctx.phase),
-        judge_monitor_avg_response(mon, limit_s=th.monitor_avg_response_s, phase=ctx.phase),
-        judge_monitor_ws_404(mon, phase=ctx.phase),
+        judge_monitor_uptime(mon, min_uptime=th.monitor_uptime),
+        judge_monitor_ws_failure_rate(mon, max_rate=th.monitor_ws_failure_rate),
+        judge_monitor_avg_response(mon, limit_s=th.monitor_avg_response_s),
+        judge_monitor_ws_404(mon),
     ]
     samples = [
         {
@@ -76,29 +64,25 @@ async def monitor(ctx: PhaseContext) -> StepReport:
         for k in mon.ticks
     ]
     ctx.artifacts["monitor_ticks"] = len(samples)
-    return StepReport(title, results, figure=plot_monitor(samples))
+    return report(results, figure=plot_monitor(samples))
 
 
-@_step("Long-lived socket", ("monitor.hold",))
+@step
 async def hold(ctx: PhaseContext) -> StepReport:
     """Hold one socket open for hold_s: it must end cleanly (no 1006, no server close)."""
-    from ..evaluate import judge_monitor_hold
     from ..ws_checks import observe_hold
 
-    title = "Long-lived socket"
-    if _no_target(ctx):
-        return StepReport(title, _skip_all(ctx, ("monitor.hold",), _TARGET_MISSING))
     th = ctx.settings.thresholds
-    auth, err = await _connect_auth(ctx)
+    auth, err = await connect_auth(ctx)
     if err:
-        return StepReport(title, _token_errors(ctx, ("monitor.hold",), err))
+        return report(token_errors(ctx, step_ids("hold"), err))
     obs = await observe_hold(
         ctx.settings.target.ws(),
         ctx.settings.protocol,
         hold_s=th.hold_s,
         auth=auth,
         ping_every_s=max(th.hold_s / 4, 1.0),
-        open_timeout_s=_timeouts(ctx).connect_s,
+        open_timeout_s=ctx.settings.timeouts.connect_s,
     )
     row = {
         "outcome": obs.outcome,
@@ -107,33 +91,18 @@ async def hold(ctx: PhaseContext) -> StepReport:
         "pings": obs.pings_sent,
         "pongs": obs.pongs,
     }
-    return StepReport(title, [judge_monitor_hold(obs, phase=ctx.phase)], table=_table([row]))
+    return report([judge_monitor_hold(obs)], table=table([row]))
 
 
-@_step("Errors in the logs", ("monitor.log_errors",))
+@step
 async def log_errors(ctx: PhaseContext) -> StepReport:
     """Search the service's logs over the lookback window for errors and WebSocket 404s."""
-    from datetime import timedelta
-
-    title = "Errors in the logs"
-    if not ctx.settings.logging.enabled or not ctx.settings.cloudrun.configured:
-        return StepReport(
-            title,
-            _skip_all(
-                ctx,
-                ("monitor.log_errors",),
-                "skip: [logging] enabled is false or [cloudrun] is not configured",
-            ),
-        )
     window = max(ctx.settings.thresholds.monitor_window_s * 2, 120.0)
-    since = datetime.now(UTC) - timedelta(seconds=window)
-    revision = _previous_phase_artifact(ctx, 2, "deployed_revision")
-    return await _log_step(
+    return await log_step(
         ctx,
-        title,
         "monitor.log_errors",
-        since=since,
-        revision=revision,
+        since=datetime.now(UTC) - timedelta(seconds=window),
+        revision=previous_phase_artifact(ctx, 2, "deployed_revision"),
         min_severity="ERROR",
         contains=(),
         what=f"ERROR entries in the last {window:.0f}s",

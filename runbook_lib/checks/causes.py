@@ -1,0 +1,249 @@
+"""Causes and wording shared by every check family, and the one result builder.
+
+:func:`explain_status` and :func:`explain_close` map handshake statuses and close
+codes to likely causes (SPEC section 3); the ``*_words`` helpers phrase an
+observation's failure the same way in every check. :class:`Verdict` builds a
+check's :class:`~runbook_lib.results.CheckResult` with the phase taken from the
+catalog, so a judge only says what it saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..observations import (
+    AgentRunObservation,
+    ConnectOutcome,
+    HandshakeObservation,
+    HttpObservation,
+)
+from ..protocol import Frame
+from ..results import CheckResult, Status
+from .catalog import phase_of
+
+__all__ = [
+    "CLOSE_CAUSES",
+    "INCIDENT_SIGNATURE",
+    "STATUS_CAUSES",
+    "UNREADABLE",
+    "Verdict",
+    "connect_failure_words",
+    "ended_words",
+    "explain_close",
+    "explain_status",
+    "http_failure",
+    "kind_words",
+    "run_failure",
+    "upgrade_words",
+]
+
+# Frame kinds that carry no readable type, user or run id.
+UNREADABLE = ("binary", "non_json", "oversized")
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result builder of one check: ``Verdict(id, threshold=...).fail(detail, observed=...)``.
+
+    Attributes:
+        check_id: a catalog id (or a dynamic ``predeploy.``/``tests.`` id).
+        threshold: what the check compares with (each call may override it).
+        phase: the phase; 0 means the catalog's.
+    """
+
+    check_id: str
+    threshold: Any = None
+    phase: int = 0
+
+    def result(
+        self,
+        status: Status,
+        detail: str = "",
+        *,
+        observed: Any = None,
+        threshold: Any = _UNSET,
+        data: Mapping[str, Any] | None = None,
+        duration_s: float = 0.0,
+    ) -> CheckResult:
+        """The result with ``status``; ``threshold`` defaults to the verdict's."""
+        return CheckResult(
+            id=self.check_id,
+            phase=self.phase or phase_of(self.check_id),
+            status=status,
+            observed=observed,
+            threshold=self.threshold if threshold is _UNSET else threshold,
+            detail=detail,
+            duration_s=duration_s,
+            data=dict(data or {}),
+        )
+
+    def ok(self, detail: str = "", **kw: Any) -> CheckResult:
+        """A ``pass`` result."""
+        return self.result(Status.PASS, detail, **kw)
+
+    def fail(self, detail: str = "", **kw: Any) -> CheckResult:
+        """A ``fail`` result."""
+        return self.result(Status.FAIL, detail, **kw)
+
+    def warn(self, detail: str = "", **kw: Any) -> CheckResult:
+        """A ``warn`` result."""
+        return self.result(Status.WARN, detail, **kw)
+
+    def error(self, detail: str = "", **kw: Any) -> CheckResult:
+        """An ``error`` result: the check itself could not run."""
+        return self.result(Status.ERROR, detail, **kw)
+
+    def skip(self, detail: str = "", **kw: Any) -> CheckResult:
+        """A ``skip`` result: absent configuration, declared not applicable, or a dry run."""
+        return self.result(Status.SKIP, detail, **kw)
+
+
+INCIDENT_SIGNATURE = "WebSocket routes answer 404 while /health is 200"
+
+STATUS_CAUSES: dict[int, str] = {
+    400: "the server saw a request without the WebSocket handshake headers (Upgrade, "
+    "Connection, Sec-WebSocket-Key/Version): a client or proxy dropped them",
+    401: "the server requires credentials for this route: send a valid token",
+    403: "IAM or ingress settings refuse the caller, or no WebSocket route matched and the "
+    "framework answered 403: check `--ingress`/`--allow-unauthenticated` and the route table",
+    404: "the WebSocket route is not registered in the serving revision (router not included, "
+    "wrong path prefix) or a load-balancer path rule does not forward it: list the app's "
+    "routes and deploy the revision that has them",
+    405: "the path exists for another method only: the WebSocket route is not registered there",
+    426: "a hop between client and service stripped the `Upgrade` header (proxy or load "
+    "balancer without WebSocket support): enable WebSocket/HTTP-1.1 upgrade on that hop",
+    429: "the service hit its max instances or concurrency: raise `--max-instances` or "
+    "`--concurrency`, or reduce load",
+    500: "no ready instance, a readiness guard answering before startup finished, or an "
+    "exception in the handler: read the revision's logs",
+    502: "HTTP/2 end-to-end is on (`--use-http2`) but the container speaks HTTP/1.1 "
+    "WebSockets, or the container crashed mid-request: turn HTTP/2 end-to-end off",
+    503: "no ready instance (cold start, crash loop, failed readiness) or a readiness guard "
+    "refusing traffic: check the revision's readiness and min instances",
+    504: "the request hit Cloud Run's request timeout before the container answered",
+}
+
+CLOSE_CAUSES: dict[int, str] = {
+    1000: "normal close",
+    1001: "the server is going away (instance shutdown or redeploy): reconnect",
+    1002: "protocol error: one side sent a malformed frame",
+    1003: "the server refused the subprotocol or data type it was sent: check the "
+    "`Sec-WebSocket-Protocol` offer (e.g. `jwt.<token>`)",
+    1006: "abrupt close without a close frame: Cloud Run's request timeout cut the socket, "
+    "the instance was stopped, or a proxy idle timeout fired: raise `--timeout` above the "
+    "session length and reconnect on close",
+    1008: "policy violation, almost always authentication: the token is missing, expired, "
+    "wrongly signed or for another audience",
+    1009: "a frame exceeded the size limit",
+    1011: "server error while handling the session: read the revision's logs",
+    1012: "the service is restarting",
+    1013: "try again later: the server is overloaded",
+}
+
+
+def explain_status(code: int | None) -> str:
+    """Likely cause of a WebSocket upgrade answered with HTTP ``code``, in words."""
+    if code is None:
+        return "no HTTP answer at all: the host refused, timed out or spoke something else"
+    if code == 101:
+        return "101 Switching Protocols: the upgrade succeeded"
+    if code in STATUS_CAUSES:
+        return STATUS_CAUSES[code]
+    if 300 <= code < 400:
+        return "a redirect: WebSocket clients do not follow it; use the final URL (https/wss)"
+    if 500 <= code < 600:
+        return STATUS_CAUSES[500]
+    if 200 <= code < 300:
+        return (
+            f"HTTP {code} instead of 101: a hop answered the upgrade as a plain GET "
+            "(Upgrade stripped) or the path is an HTTP route, not a WebSocket route"
+        )
+    return f"HTTP {code}: unexpected answer to a WebSocket upgrade"
+
+
+def explain_close(code: int | None) -> str:
+    """Likely cause of a WebSocket closed with ``code``, in words."""
+    if code is None:
+        return "the socket was not closed by a close frame"
+    if code in CLOSE_CAUSES:
+        return CLOSE_CAUSES[code]
+    if 4000 <= code < 5000:
+        return f"application-defined close {code}: see the service's protocol documentation"
+    return f"close code {code}"
+
+
+def http_failure(obs: HttpObservation) -> str:
+    """Why an HTTP request did not answer as hoped: no answer, or the status and its cause."""
+    if obs.status is None:
+        return f"no HTTP answer from {obs.url}: {obs.error} ({obs.error_detail})"
+    return f"{obs.url} answered HTTP {obs.status}: {explain_status(obs.status)}"
+
+
+def upgrade_words(p: HandshakeObservation) -> str:
+    """Why one upgrade failed, prefixed with its path."""
+    if p.status is None:
+        return f"{p.path}: no answer ({p.error}: {p.error_detail})"
+    if p.status == 101:
+        return f"{p.path}: 101 but Sec-WebSocket-Accept is wrong (a proxy rewrote the handshake)"
+    return f"{p.path}: HTTP {p.status} - {explain_status(p.status)}"
+
+
+def connect_failure_words(c: ConnectOutcome) -> str:
+    """Why a WebSocket connect failed: the refusing status and its cause, or the error."""
+    if c.status is not None and c.status != 101:
+        return f"upgrade refused with HTTP {c.status}: {explain_status(c.status)}"
+    return f"could not connect ({c.error}: {c.error_detail})"
+
+
+def ended_words(ended: str, code: int | None, frames: Sequence[Frame] = ()) -> str:
+    """How a session ended, in words (``ended`` as the observers record it)."""
+    if ended == "timeout":
+        # The server did answer, with frames the client cannot read: say so, not "ignored".
+        bad = [f for f in frames if str(f.kind) in UNREADABLE]
+        if bad:
+            kinds = sorted({str(f.kind).replace("_", "-") for f in bad})
+            return (
+                f"only {len(bad)} frame(s) the client cannot read arrived before the timeout "
+                f"({', '.join(kinds)}; first: {bad[0].excerpt[:60]!r}): the server must answer "
+                "with JSON text frames"
+            )
+        return "nothing matching arrived before the timeout (the server ignores the message type?)"
+    if ended in ("server_closed", "abrupt", "protocol_error"):
+        return f"the socket closed with {code}: {explain_close(code)}"
+    if ended == "too_big":
+        return "the server sent a frame larger than the client accepts (closed 1009)"
+    if ended == "send_failed":
+        return "the socket closed before the message could be sent"
+    if ended == "error_frame":
+        return "the server answered with an error frame"
+    return ended
+
+
+def run_failure(run: AgentRunObservation) -> str | None:
+    """Why a run produced no evidence (None when it did connect and send)."""
+    if run.ended == "token_failed":
+        return f"no token for {run.user_id}: {run.error}"
+    if not run.connect.connected:
+        return connect_failure_words(run.connect)
+    if not run.sent:
+        why = "the socket closed before the request was sent"
+        if run.close_code is not None:
+            why += f" (close {run.close_code}: {explain_close(run.close_code)})"
+        if run.errors:
+            why += f"; the server's error frame: {run.errors[0].excerpt}"
+        return why
+    return None
+
+
+def kind_words(kind: str) -> str:
+    """Words for a load error kind such as ``handshake_404`` or ``closed_1006``."""
+    head, _, code = kind.rpartition("_")
+    if code.isdigit() and head == "handshake":
+        return f"{kind}: {explain_status(int(code))}"
+    if code.isdigit() and head == "closed":
+        return f"{kind}: {explain_close(int(code))}"
+    return kind

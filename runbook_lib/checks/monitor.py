@@ -1,0 +1,332 @@
+"""Monitoring, load and log checks: ``monitor.*``, ``load.*``, ``deploy.logs_clean``,
+``logs.no_routing_errors``."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from ..observations import HoldObservation, LoadReportView, LogEntryView, MonitorObservation
+from ..results import CheckResult, Status
+from .causes import (
+    STATUS_CAUSES,
+    Verdict,
+    connect_failure_words,
+    explain_close,
+    explain_status,
+    kind_words,
+)
+
+# Log severities that count against a log check; closes that the server caused.
+_BAD_SEVERITIES = ("ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+_SERVER_CLOSES = ("closed_1011", "closed_1012", "closed_1013", "closed_1014")
+
+__all__ = [
+    "judge_load",
+    "judge_log_entries",
+    "judge_monitor_avg_response",
+    "judge_monitor_hold",
+    "judge_monitor_uptime",
+    "judge_monitor_ws_404",
+    "judge_monitor_ws_failure_rate",
+]
+
+
+def judge_monitor_uptime(
+    mon: MonitorObservation, *, min_uptime: float, check_id: str = "monitor.uptime"
+) -> CheckResult:
+    """``monitor.uptime``: share of ticks whose health GET answered 2xx."""
+    v = Verdict(check_id, threshold=min_uptime)
+    if not mon.ticks:
+        return v.error("no monitoring sample was taken")
+    up = sum(1 for t in mon.ticks if t.health_status is not None and 200 <= t.health_status < 300)
+    rate = up / len(mon.ticks)
+    if rate >= min_uptime:
+        return v.ok(
+            f"{up}/{len(mon.ticks)} health samples OK",
+            observed=round(rate, 4),
+        )
+    bad = sorted(
+        {
+            str(t.health_status or t.health_error)
+            for t in mon.ticks
+            if not (t.health_status and 200 <= t.health_status < 300)
+        }
+    )
+    return v.fail(
+        f"{len(mon.ticks) - up}/{len(mon.ticks)} health samples "
+        f"failed ({', '.join(bad)}); uptime {rate:.2%} < {min_uptime:.2%}",
+        observed=round(rate, 4),
+    )
+
+
+def judge_monitor_ws_failure_rate(
+    mon: MonitorObservation,
+    *,
+    max_rate: float,
+    check_id: str = "monitor.ws_failure_rate",
+) -> CheckResult:
+    """``monitor.ws_failure_rate``: share of ticks whose handshake (or ping) failed."""
+    v = Verdict(check_id, threshold=max_rate)
+    if not mon.ticks:
+        return v.error("no monitoring sample was taken")
+    failed = [t for t in mon.ticks if not t.ws_upgraded or t.ping_ok is False]
+    rate = len(failed) / len(mon.ticks)
+    if rate < max_rate or (rate == 0 and max_rate == 0):
+        return v.ok(
+            f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed",
+            observed=round(rate, 4),
+        )
+    kinds = sorted({str(t.ws_status or t.ws_error) for t in failed})
+    first = failed[0]
+    cause = (
+        explain_status(first.ws_status)
+        if first.ws_status and first.ws_status != 101
+        else (first.ws_error or "ping unanswered")
+    )
+    return v.fail(
+        f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed ({', '.join(kinds)}): {cause}",
+        observed=round(rate, 4),
+    )
+
+
+def judge_monitor_avg_response(
+    mon: MonitorObservation,
+    *,
+    limit_s: float,
+    check_id: str = "monitor.avg_response",
+) -> CheckResult:
+    """``monitor.avg_response``: mean health latency of the successful samples."""
+    v = Verdict(check_id, threshold=limit_s)
+    lat = [t.health_latency_s for t in mon.ticks if t.health_status is not None]
+    if not lat:
+        return v.result(
+            Status.FAIL if mon.ticks else Status.ERROR,
+            "no health sample got an answer: response time unknown",
+        )
+    avg = statistics.fmean(lat)
+    if avg < limit_s:
+        return v.ok(
+            f"mean {avg:.3f}s, max {max(lat):.3f}s",
+            observed=round(avg, 4),
+        )
+    return v.fail(
+        f"mean response {avg:.3f}s >= {limit_s:g}s: the service "
+        "is saturated or cold-starting; check instances and CPU",
+        observed=round(avg, 4),
+    )
+
+
+def judge_monitor_ws_404(
+    mon: MonitorObservation, *, check_id: str = "monitor.ws_404"
+) -> CheckResult:
+    """``monitor.ws_404``: no WebSocket handshake answered 404 during the window."""
+    v = Verdict(check_id, threshold=0)
+    if not mon.ticks:
+        return v.error("no monitoring sample was taken")
+    n = sum(1 for t in mon.ticks if t.ws_status == 404)
+    if n == 0:
+        return v.ok(
+            f"no 404 in {len(mon.ticks)} handshake(s)",
+            observed=0,
+        )
+    return v.fail(
+        f"{n}/{len(mon.ticks)} handshakes answered 404: "
+        f"{STATUS_CAUSES[404]}. The incident is back (or traffic is split with a revision "
+        "without the routes).",
+        observed=n,
+    )
+
+
+def judge_monitor_hold(hold: HoldObservation, *, check_id: str = "monitor.hold") -> CheckResult:
+    """``monitor.hold``: a socket held for ``hold_s`` stays open and closes cleanly."""
+    v = Verdict(check_id)
+    threshold = f"open {hold.hold_s:g}s, clean close"
+    if hold.outcome == "connect_failed":
+        return v.fail(
+            connect_failure_words(hold.connect),
+            observed="connect failed",
+            threshold=threshold,
+        )
+    if hold.outcome == "held" and hold.clean_close:
+        return v.ok(
+            f"held {hold.ended_at_s:.1f}s and closed with {hold.close_code}",
+            observed=round(hold.ended_at_s, 2),
+            threshold=threshold,
+        )
+    if hold.outcome == "held":
+        return v.fail(
+            f"held {hold.ended_at_s:.1f}s but the close handshake "
+            f"did not complete (code {hold.close_code}): "
+            f"{explain_close(hold.close_code)}",
+            observed=round(hold.ended_at_s, 2),
+            threshold=threshold,
+        )
+    return v.fail(
+        f"the socket ended after {hold.ended_at_s:.1f}s of "
+        f"{hold.hold_s:g}s ({hold.outcome}, code {hold.close_code}): "
+        f"{explain_close(hold.close_code)}",
+        observed=round(hold.ended_at_s, 2),
+        threshold=threshold,
+        data={"close_code": hold.close_code, "reason": hold.close_reason},
+    )
+
+
+def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> list[CheckResult]:
+    """``load.success_rate``, ``load.latency_p95`` and ``load.no_server_errors``.
+
+    Args:
+        report: a :class:`runbook_lib.load.LoadReport`.
+        success_rate: minimum share of planned sessions that must succeed.
+        p95_s: the round-trip p95 must stay below this.
+    """
+    out: list[CheckResult] = []
+    errors = dict(report.errors_by_kind or {})
+    top = sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+    top_words = "; ".join(f"{n}x {kind_words(k)}" for k, n in top)
+    if not report.planned:
+        out.append(
+            Verdict("load.success_rate").error(
+                "no session was planned",
+                threshold=success_rate,
+            )
+        )
+    else:
+        rate = report.success_rate()
+        detail = f"{report.succeeded}/{report.planned} sessions succeeded"
+        if rate >= success_rate:
+            out.append(
+                Verdict("load.success_rate").ok(
+                    detail,
+                    observed=round(rate, 4),
+                    threshold=success_rate,
+                )
+            )
+        else:
+            out.append(
+                Verdict("load.success_rate").fail(
+                    f"{detail} ({rate:.0%} < {success_rate:.0%}): {top_words}",
+                    observed=round(rate, 4),
+                    threshold=success_rate,
+                    data={"errors_by_kind": errors},
+                )
+            )
+    p95 = report.p95_s
+    trusted = report.trusted
+    why_untrusted = report.saturation_reason or report.schedule_reason
+    if p95 is None:
+        out.append(
+            Verdict("load.latency_p95").fail(
+                "no round trip was answered, so there is no latency to judge"
+                + (f": {top_words}" if top_words else ""),
+                threshold=p95_s,
+            )
+        )
+    elif p95 < p95_s:
+        note = "" if trusted else f" (generator not trusted: {why_untrusted})"
+        out.append(
+            Verdict("load.latency_p95").ok(
+                f"p95 {p95:.3f}s, p50 {report.p50_s or 0:.3f}s{note}",
+                observed=round(p95, 4),
+                threshold=p95_s,
+            )
+        )
+    elif not trusted:
+        out.append(
+            Verdict("load.latency_p95").warn(
+                f"p95 {p95:.3f}s >= {p95_s:g}s, but the load generator was the "
+                f"bottleneck ({why_untrusted}): rerun with fewer sessions or more workers",
+                observed=round(p95, 4),
+                threshold=p95_s,
+            )
+        )
+    else:
+        out.append(
+            Verdict("load.latency_p95").fail(
+                f"p95 {p95:.3f}s >= {p95_s:g}s under {report.planned} sessions: the "
+                "service is saturated (concurrency, CPU) or cold-starting instances",
+                observed=round(p95, 4),
+                threshold=p95_s,
+            )
+        )
+    n = report.server_error_count()
+    if n == 0:
+        out.append(
+            Verdict("load.no_server_errors").ok(
+                "no 5xx upgrade answer and no server-side close",
+                observed=0,
+                threshold=0,
+            )
+        )
+    else:
+        server = {
+            k: v for k, v in errors.items() if k.startswith("handshake_5") or k in _SERVER_CLOSES
+        }
+        out.append(
+            Verdict("load.no_server_errors").fail(
+                f"{n} session(s) failed on the server side: "
+                + "; ".join(f"{v}x {kind_words(k)}" for k, v in server.items()),
+                observed=n,
+                threshold=0,
+                data={"errors_by_kind": errors},
+            )
+        )
+    return out
+
+
+def judge_log_entries(
+    entries: Sequence[LogEntryView],
+    *,
+    check_id: str,
+    what: str,
+    ws_paths: Sequence[str] = (),
+) -> CheckResult:
+    """``deploy.logs_clean``, ``logs.no_routing_errors``, ``monitor.log_errors``.
+
+    An entry counts against the check when its severity is ERROR or worse, its request
+    status is 5xx, or it is a 404 on one of ``ws_paths`` (the incident's routing error).
+
+    Args:
+        entries: :class:`runbook_lib.logs.LogEntry` rows (already filtered by the reader).
+        check_id: the check to report.
+        what: what was searched, in words (shown in the detail).
+        ws_paths: WebSocket paths whose 404s are routing errors.
+    """
+    v = Verdict(check_id, threshold=0)
+    bad = []
+    for e in entries:
+        status = e.status
+        path = e.path or ""
+        if (
+            str(e.severity).upper() in _BAD_SEVERITIES
+            or (status is not None and status >= 500)
+            or (status == 404 and path in ws_paths)
+        ):
+            bad.append(e)
+    if not bad:
+        return v.ok(
+            f"no {what} ({len(entries)} entries read)",
+            observed=0,
+        )
+    ws404 = [e for e in bad if e.status == 404]
+    examples = [
+        {
+            "timestamp": str(e.timestamp),
+            "severity": e.severity,
+            "revision": e.revision,
+            "text": str(e.text)[:200],
+        }
+        for e in bad[:10]
+    ]
+    first = examples[0]
+    detail = (
+        f"{len(bad)} matching entr{'y' if len(bad) == 1 else 'ies'} ({what}); first: "
+        f"[{first['severity']}] {first['text'][:120]}"
+    )
+    if ws404:
+        detail += f". {len(ws404)} WebSocket upgrade(s) answered 404: {STATUS_CAUSES[404]}"
+    return v.fail(
+        detail,
+        observed=len(bad),
+        data={"examples": examples},
+    )

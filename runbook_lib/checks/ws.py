@@ -1,0 +1,203 @@
+"""WebSocket checks: ``ws.routes_probe``, ``ws.upgrade``, ``ws.roundtrip``, ``rollback.smoke``,
+``auth.ws_authenticated``, ``auth.rejects_invalid``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..observations import (
+    AuthObservation,
+    HandshakeObservation,
+    HttpObservation,
+    RoundTripObservation,
+)
+from ..results import CheckResult
+from .causes import (
+    INCIDENT_SIGNATURE,
+    Verdict,
+    connect_failure_words,
+    ended_words,
+    explain_close,
+    explain_status,
+    upgrade_words,
+)
+
+__all__ = [
+    "judge_auth_rejects_invalid",
+    "judge_auth_ws_authenticated",
+    "judge_ws_roundtrip",
+    "judge_ws_routes_probe",
+    "judge_ws_upgrade",
+]
+
+
+def judge_ws_routes_probe(
+    health: HttpObservation | None,
+    probes: Sequence[HandshakeObservation],
+    *,
+    check_id: str = "ws.routes_probe",
+) -> CheckResult:
+    """``ws.routes_probe``: every WebSocket path upgrades; names the incident signature.
+
+    Args:
+        health: the health GET (None when the service declares no health endpoint:
+            then the incident signature cannot be named).
+        probes: one upgrade attempt per WebSocket path.
+    """
+    v = Verdict(check_id, threshold=101)
+    observed = {p.path: (p.status if p.status is not None else p.error) for p in probes}
+    data = {"probes": [p.to_record() for p in probes], "health_status": health and health.status}
+    if not probes:
+        return v.error("no WebSocket path was probed: set target.ws_paths", threshold=None)
+    bad = [p for p in probes if not p.upgraded]
+    if not bad:
+        return v.ok(
+            f"all {len(probes)} WebSocket path(s) answered 101 with a valid Sec-WebSocket-Accept",
+            observed=observed,
+            data=data,
+        )
+    four04 = [p.path for p in bad if p.status == 404]
+    if health is not None and health.status == 200 and four04:
+        detail = (
+            f"Incident signature: {INCIDENT_SIGNATURE} ({', '.join(four04)} -> 404, "
+            f"{health.url} -> 200). The serving revision does not have the WebSocket "
+            "routes: it was built from code without them or the router is not included. "
+            "Deploy the revision built from the fixed source (phase 2)."
+        )
+        return v.fail(
+            detail,
+            observed=observed,
+            data={**data, "incident_signature": True},
+        )
+    return v.fail(
+        "; ".join(upgrade_words(p) for p in bad),
+        observed=observed,
+        data=data,
+    )
+
+
+def judge_ws_upgrade(
+    probes: Sequence[HandshakeObservation], *, check_id: str = "ws.upgrade"
+) -> CheckResult:
+    """``ws.upgrade``: every WebSocket path answers 101 with a valid ``Sec-WebSocket-Accept``.
+
+    The probe of phase 1 without the health answer: each failed path gets its cause.
+    """
+    return judge_ws_routes_probe(None, probes, check_id=check_id)
+
+
+def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:
+    """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong."""
+    v = Verdict(check_id, threshold="pong")
+    if not obs.connect.connected:
+        return v.fail(
+            connect_failure_words(obs.connect),
+            observed=obs.connect.status or obs.connect.error,
+        )
+    if obs.pong and obs.latency_s is not None:
+        return v.ok(
+            f"pong after {obs.latency_s * 1000:.0f} ms",
+            observed=round(obs.latency_s, 4),
+        )
+    return v.fail(
+        "no pong: " + ended_words(obs.ended, obs.close_code, obs.frames),
+        observed=obs.ended,
+        data={"frames": [f.to_record() for f in obs.frames]},
+    )
+
+
+def judge_auth_ws_authenticated(
+    obs: AuthObservation, *, check_id: str = "auth.ws_authenticated"
+) -> CheckResult:
+    """``auth.ws_authenticated``: a valid token opens a working socket (subprotocol echoed)."""
+    v = Verdict(check_id)
+    a = obs.authenticated
+    if a is None:
+        return v.error(
+            f"no valid token could be obtained: {obs.token_error}",
+            threshold="accepted",
+        )
+    if a.accepted is not True:
+        cause = (
+            explain_status(a.status)
+            if a.status
+            else explain_close(a.close_code)
+            if a.close_code
+            else a.how
+        )
+        return v.fail(
+            f"a valid token ({a.reason}) was not accepted: {a.how} - {cause}",
+            observed=a.how,
+            threshold="accepted",
+        )
+    if obs.mode == "subprotocol" and not a.subprotocol:
+        return v.fail(
+            "the socket opened but the server did not echo the "
+            "jwt subprotocol: browsers drop such connections; the server must select the "
+            "offered subprotocol",
+            observed="no subprotocol",
+            threshold="echoed",
+        )
+    return v.ok(
+        f"authenticated socket works ({a.how})",
+        observed="accepted",
+        threshold="accepted",
+    )
+
+
+def judge_auth_rejects_invalid(
+    obs: AuthObservation, *, check_id: str = "auth.rejects_invalid"
+) -> CheckResult:
+    """``auth.rejects_invalid``: missing, malformed, wrongly signed and expired tokens refused."""
+    v = Verdict(check_id)
+    if obs.mode == "none":
+        return v.skip("auth.mode is none: no credentials are configured")
+    rows = {
+        n.case: (
+            ("refused: " + n.how)
+            if n.accepted is False
+            else ("ACCEPTED: " + n.how)
+            if n.accepted
+            else ("not produced: " + n.reason)
+            if not n.produced
+            else ("undecided: " + n.how)
+        )
+        for n in obs.negatives
+    }
+    accepted = [n.case for n in obs.negatives if n.accepted is True]
+    undecided = [n.case for n in obs.negatives if n.produced and n.accepted is None]
+    missing = [n.case for n in obs.negatives if not n.produced]
+    threshold = "all invalid credentials refused"
+    if accepted:
+        return v.fail(
+            f"the server ACCEPTED invalid credentials: "
+            f"{', '.join(accepted)}. Token verification is off or bypassed: anyone can "
+            "connect as any user; roll back.",
+            observed=rows,
+            threshold=threshold,
+        )
+    if undecided:
+        return v.fail(
+            f"refusal not shown for {', '.join(undecided)}: "
+            + "; ".join(rows[c] for c in undecided),
+            observed=rows,
+            threshold=threshold,
+        )
+    if not [n for n in obs.negatives if n.produced]:
+        return v.error(
+            "no invalid credential could be produced",
+            observed=rows,
+            threshold=threshold,
+        )
+    if missing:
+        return v.warn(
+            f"produced cases were refused; not testable with this "
+            f"configuration: {', '.join(missing)}",
+            observed=rows,
+            threshold=threshold,
+        )
+    return v.ok(
+        "every invalid credential was refused",
+        observed=rows,
+        threshold=threshold,
+    )

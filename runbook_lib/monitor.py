@@ -1,0 +1,97 @@
+"""The monitoring window: health and WebSocket availability sampled on a schedule.
+
+The scheduler combines three observers (a health GET, a raw upgrade, a ping round
+trip); its clock and sleep are injected so tests run it without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from .handshake import observe_handshake
+from .http_checks import observe_get
+from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
+from .settings import ProtocolSettings
+from .tokens import ConnectAuth
+from .ws_checks import observe_roundtrip
+
+__all__ = ["observe_monitor"]
+
+
+async def observe_monitor(
+    health_url: str,
+    ws_url: str,
+    *,
+    window_s: float,
+    interval_s: float = 2.0,
+    auth: ConnectAuth | None = None,
+    protocol: ProtocolSettings | None = None,
+    ping: bool = False,
+    client: httpx.AsyncClient | None = None,
+    timeout_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> MonitorObservation:
+    """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
+
+    Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
+    ping round trip when ``ping`` and a ``protocol`` are given).
+    """
+    own = client is None
+    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    ticks: list[MonitorTick] = []
+    t0 = clock()
+    k = 0
+    try:
+        while True:
+            t = clock() - t0
+            if t >= window_s and ticks:
+                break
+            jobs: list[Awaitable[Any]] = [
+                observe_get(health_url, client=http, timeout_s=timeout_s),
+                observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
+            ]
+            if ping and protocol is not None:
+                jobs.append(
+                    observe_roundtrip(
+                        ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
+                    )
+                )
+            got = await asyncio.gather(*jobs)
+            h: HttpObservation = got[0]
+            hs: HandshakeObservation = got[1]
+            ping_ok = got[2].pong if len(got) > 2 else None
+            ticks.append(
+                MonitorTick(
+                    t=t,
+                    health_status=h.status,
+                    health_latency_s=h.latency_s,
+                    health_error=h.error,
+                    ws_status=hs.status,
+                    ws_latency_s=hs.latency_s,
+                    ws_error=hs.error,
+                    ws_upgraded=hs.upgraded,
+                    ping_ok=ping_ok,
+                )
+            )
+            k += 1
+            wait = k * interval_s - (clock() - t0)
+            if k * interval_s >= window_s:
+                break
+            if wait > 0:
+                await sleep(wait)
+    finally:
+        if own:
+            await http.aclose()
+    return MonitorObservation(
+        health_url=health_url,
+        ws_url=ws_url,
+        window_s=window_s,
+        interval_s=interval_s,
+        ticks=tuple(ticks),
+    )

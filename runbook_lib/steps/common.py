@@ -1,0 +1,389 @@
+"""What every step shares: the catalog-driven :func:`step` decorator (title, ids, skips,
+the error boundary), the dry-run report, auth, log reading and table helpers."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlencode
+
+from ..checks import STEPS, Verdict, applicability, judge_log_entries, skip_reason, step_ids
+from ..checks.causes import explain_status
+from ..context import PhaseContext, StepReport, phase_file
+from ..exceptions import ApprovalRequired, CloudRunError
+from ..observations import AgentRunObservation, HandshakeObservation
+from ..redaction import redact
+from ..results import CheckResult, Status
+
+if TYPE_CHECKING:
+    from ..cloudrun import CloudRun
+    from ..tokens import ConnectAuth
+
+__all__ = [
+    "agent_run",
+    "applies",
+    "cloudrun",
+    "connect_auth",
+    "dry_run",
+    "frame_rows",
+    "handshake_rows",
+    "log_step",
+    "main_revision",
+    "phase_summary",
+    "previous_phase_artifact",
+    "report",
+    "since",
+    "skip_all",
+    "step",
+    "table",
+    "timeline",
+    "token_errors",
+    "with_query",
+    "ws_urls",
+]
+
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[StepReport] | StepReport])
+
+# Most severe first: how a phase summary orders its results.
+_SUMMARY_ORDER = (Status.ERROR, Status.FAIL, Status.WARN, Status.SKIP, Status.PASS)
+
+
+def report(
+    results: Sequence[CheckResult], *, table: Any = None, figure: Any = None, note: str = ""
+) -> StepReport:
+    """A step's report; the :func:`step` decorator gives it the catalog's title."""
+    return StepReport("", list(results), table=table, figure=figure, note=note)
+
+
+def _ids(name: str, ctx: PhaseContext) -> list[str]:
+    """The ids a step records: its dynamic ids from the settings, then its catalog ids."""
+    prefix = STEPS[name].dynamic
+    specs = {"predeploy.": ctx.settings.predeploy, "tests.": ctx.settings.mission_critical}
+    dynamic = [f"{prefix}{c.name}" for c in specs.get(prefix, ())]
+    return dynamic + list(step_ids(name))
+
+
+def _complete(
+    results: Sequence[CheckResult], ids: Sequence[str], skips: Mapping[str, str], ctx: PhaseContext
+) -> list[CheckResult]:
+    """Every id with a skip reason is ``skip``: a declared reason always wins, a step's own
+    ``skip`` (it may carry an observation) is kept, a missing one is added; catalog order."""
+    out: list[CheckResult] = []
+    for r in results:
+        reason = skips.get(r.id)
+        if reason is not None and (
+            r.status is not Status.SKIP or applicability(r.id, ctx.settings) is not None
+        ):
+            r = Verdict(r.id, phase=r.phase).skip(reason)
+        out.append(r)
+    seen = {r.id for r in out}
+    out += [Verdict(i, phase=ctx.phase).skip(skips[i]) for i in ids if i in skips and i not in seen]
+    order = {i: n for n, i in enumerate(ids)}
+    return sorted(out, key=lambda r: order.get(r.id, len(order)))
+
+
+def step(fn: F) -> F:
+    """Make ``fn`` a notebook step, described by its catalog entry (``checks.STEPS``).
+
+    The decorator gives the report its title, skips every check whose configuration is
+    absent or declared not applicable (without calling ``fn`` when none is left), turns
+    an unexpected exception into ``error`` results for the step's ids (a step never
+    crashes a notebook), spreads the elapsed time over results without a duration and
+    records the report in the context. ``fn`` may be a coroutine function or a plain one.
+    """
+    info = STEPS[fn.__name__]
+
+    def before(ctx: PhaseContext) -> tuple[list[str], dict[str, str], StepReport | None]:
+        ids = _ids(info.name, ctx)
+        skips = {i: r for i in ids if (r := skip_reason(i, ctx.settings)) is not None}
+        if ids and len(skips) == len(ids):
+            return ids, skips, report([Verdict(i, phase=ctx.phase).skip(skips[i]) for i in ids])
+        return ids, skips, None
+
+    def failed(ctx: PhaseContext, ids: list[str], exc: Exception) -> StepReport:
+        log.exception("step %s failed", info.name)
+        detail = f"the check could not run: {redact(f'{type(exc).__name__}: {exc}')}"
+        wanted = ids or [info.dynamic.rstrip(".")]
+        return report([Verdict(i, phase=ctx.phase).error(detail) for i in wanted])
+
+    def after(
+        ctx: PhaseContext, rep: StepReport, ids: list[str], skips: dict[str, str], start: float
+    ) -> StepReport:
+        rep.results = _complete(rep.results, ids, skips, ctx)
+        rep.title = rep.title or info.title
+        share = (time.perf_counter() - start) / max(len(rep.results), 1)
+        rep.results = [r if r.duration_s else r.with_duration(share) for r in rep.results]
+        return ctx.record(rep)
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awrapper(ctx: PhaseContext, *args: Any, **kwargs: Any) -> StepReport:
+            start = time.perf_counter()
+            ids, skips, rep = before(ctx)
+            if rep is None:
+                try:
+                    rep = await fn(ctx, *args, **kwargs)
+                except ApprovalRequired:
+                    raise
+                except Exception as exc:  # the one boundary: a step never crashes a notebook
+                    rep = failed(ctx, ids, exc)
+            return after(ctx, rep, ids, skips, start)
+
+        wrapper: Any = awrapper
+    else:
+
+        @functools.wraps(fn)
+        def swrapper(ctx: PhaseContext, *args: Any, **kwargs: Any) -> StepReport:
+            start = time.perf_counter()
+            ids, skips, rep = before(ctx)
+            if rep is None:
+                try:
+                    rep = cast(StepReport, fn(ctx, *args, **kwargs))
+                except ApprovalRequired:
+                    raise
+                except Exception as exc:  # the one boundary: a step never crashes a notebook
+                    rep = failed(ctx, ids, exc)
+            return after(ctx, rep, ids, skips, start)
+
+        wrapper = swrapper
+    # The ids it records: a tuple, or (ids built from the settings) a function of the context.
+    wrapper.check_ids = (lambda ctx: _ids(info.name, ctx)) if info.dynamic else step_ids(info.name)
+    return wrapper  # type: ignore[no-any-return]
+
+
+def applies(ctx: PhaseContext, check_id: str) -> bool:
+    """True unless ``check_id`` is skipped for this environment (not configured or declared)."""
+    return skip_reason(check_id, ctx.settings) is None
+
+
+def skip_all(ctx: PhaseContext, ids: Sequence[str], reason: str) -> list[CheckResult]:
+    """``skip`` results with ``reason`` for ``ids``."""
+    return [Verdict(i, phase=ctx.phase).skip(reason) for i in ids]
+
+
+def dry_run(
+    ctx: PhaseContext, ids: Sequence[str], request: Any, gcloud: str, what: str
+) -> StepReport:
+    """The report of a mutating step that was not approved: what would be sent, and skips."""
+    detail = f"dry-run: not approved; would send {request} (equivalent: {gcloud})"
+    return report(
+        skip_all(ctx, ids, detail),
+        table=table([{"request": str(request), "gcloud": gcloud}]),
+        note=f"Dry run. Re-run with approve=True (CLI: --approve) to {what}.",
+    )
+
+
+def table(rows: list[dict[str, Any]]) -> Any:
+    """A DataFrame of ``rows`` (pandas imported on first use)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def cloudrun(ctx: PhaseContext) -> CloudRun:
+    """The Cloud Run adapter for this environment."""
+    from ..cloudrun import cloudrun_client
+
+    return cloudrun_client(ctx.settings)
+
+
+def previous_phase_artifact(ctx: PhaseContext, phase: int, key: str) -> Any:
+    """An artifact another phase of the same run recorded (``None`` when absent)."""
+    if ctx.run_dir is None:
+        return None
+    path = phase_file(ctx.run_dir, phase)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("artifacts", {}).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def main_revision(serving: Mapping[str, int]) -> str | None:
+    """The revision with the largest share of traffic (None when nothing serves)."""
+    if not serving:
+        return None
+    return max(serving.items(), key=lambda kv: kv[1])[0]
+
+
+async def connect_auth(ctx: PhaseContext, user: str | None = None) -> tuple[ConnectAuth, str]:
+    """Auth to connect with as ``user`` (token obtained and registered as secret), and an error."""
+    from ..tokens import ConnectAuth, connect_auth, obtain_token
+
+    auth = ctx.settings.auth
+    if not auth.enabled:
+        return ConnectAuth(), ""
+    tok = await obtain_token(auth, user, timeout_s=ctx.settings.timeouts.connect_s)
+    if tok.error:
+        return ConnectAuth(), tok.error
+    return connect_auth(auth, tok.token), ""
+
+
+def token_errors(ctx: PhaseContext, ids: Sequence[str], err: str) -> list[CheckResult]:
+    """``error`` results for ``ids``: no token could be obtained to connect with."""
+    detail = (
+        f"could not obtain a token to connect with: {err}. Check [auth] (token_env, "
+        "jwt_secret_env or token_endpoint) and the auth service."
+    )
+    return [Verdict(i, phase=ctx.phase).error(detail) for i in ids]
+
+
+def handshake_rows(probes: Sequence[HandshakeObservation], base: str) -> list[dict[str, Any]]:
+    """One table row per upgrade attempt: path, status, ok, likely cause, latency."""
+    rows = []
+    for p in probes:
+        ok = p.status == 101 and bool(p.accept_valid)
+        path = p.url[len(base) :] if p.url.startswith(base) else p.url
+        cause = (
+            "" if ok else (explain_status(p.status) if p.status else f"{p.error}: {p.error_detail}")
+        )
+        rows.append(
+            {
+                "path": path or "/",
+                "status": p.status,
+                "ok": ok,
+                "cause": cause,
+                "latency_ms": round(p.latency_s * 1000, 1),
+            }
+        )
+    return rows
+
+
+def ws_urls(ctx: PhaseContext) -> list[str]:
+    """The WebSocket URL of every configured path."""
+    t = ctx.settings.target
+    return [t.ws(p) for p in t.ws_paths]
+
+
+def since(ctx: PhaseContext, iso: str | None) -> datetime:
+    """``iso`` as a time, else the logging lookback before now."""
+    if iso:
+        try:
+            return datetime.fromisoformat(iso)
+        except ValueError:
+            pass
+    return datetime.now(UTC) - timedelta(seconds=ctx.settings.logging.lookback_s)
+
+
+async def log_step(
+    ctx: PhaseContext,
+    check_id: str,
+    *,
+    since: datetime,
+    revision: str | None,
+    min_severity: str | None,
+    contains: Sequence[str],
+    what: str,
+    status_404_paths: Sequence[str] = (),
+) -> StepReport:
+    """Read the service's logs with this filter and judge them as ``check_id``."""
+    from ..logs import gcloud_logging_command, logging_filter, read_logs
+
+    flt = logging_filter(
+        ctx.settings, since=since, revision=revision, min_severity=min_severity, contains=contains
+    )
+    gcloud = gcloud_logging_command(ctx.settings, flt)
+    try:
+        entries = await read_logs(
+            ctx.settings,
+            since=since,
+            revision=revision,
+            min_severity=min_severity,
+            contains=contains,
+        )
+    except CloudRunError as exc:
+        return report(
+            [Verdict(check_id, phase=ctx.phase).error(f"could not read logs: {exc}")],
+            note=f"equivalent: {gcloud}",
+        )
+    result = judge_log_entries(entries, check_id=check_id, what=what, ws_paths=status_404_paths)
+    rows = [
+        {
+            "timestamp": e.timestamp.isoformat(timespec="seconds"),
+            "severity": e.severity,
+            "revision": e.revision,
+            "status": e.status,
+            "text": e.text[:160],
+        }
+        for e in entries[:30]
+    ]
+    return report([result], table=table(rows) if rows else None, note=f"equivalent: {gcloud}")
+
+
+def frame_rows(run: AgentRunObservation) -> list[dict[str, Any]]:
+    """One table row per frame of a run, own or foreign."""
+    return [
+        {
+            "t_ms": round(f.t * 1000, 1),
+            "kind": str(f.kind),
+            "type": f.event_type,
+            "user_id": f.user_id,
+            "run_id": f.run_id,
+            "own": run.is_own(f),
+        }
+        for f in run.frames
+    ]
+
+
+async def agent_run(ctx: PhaseContext, user: str, template: str, text: str) -> AgentRunObservation:
+    """One agent run as ``user`` on the primary WebSocket path."""
+    from ..ws_checks import observe_agent_run
+
+    auth, err = await connect_auth(ctx, user)
+    run = await observe_agent_run(
+        ctx.settings.target.ws(),
+        ctx.settings.protocol,
+        auth=auth,
+        user_id=user,
+        text=text,
+        template=template,
+        event_timeout_s=ctx.settings.thresholds.event_timeout_s,
+        open_timeout_s=ctx.settings.timeouts.connect_s,
+    )
+    if err and not run.error:
+        run = replace(run, error=f"token: {err}")
+    return run
+
+
+def with_query(url: str, query: Sequence[tuple[str, str]]) -> str:
+    """``url`` with ``query`` appended."""
+    if not query:
+        return url
+    return url + ("&" if "?" in url else "?") + urlencode(list(query))
+
+
+def timeline(runs: Sequence[AgentRunObservation]) -> dict[str, list[dict[str, Any]]]:
+    """Per user, the events and foreign frames over time (for the delivery plot)."""
+    return {
+        r.user_id: [
+            {"t_s": f.t, "type": f.event_type or str(f.kind), "foreign": not r.is_own(f)}
+            for f in r.frames
+            if f.event_type or not r.is_own(f)
+        ]
+        for r in runs
+    }
+
+
+def phase_summary(ctx: PhaseContext) -> StepReport:
+    """The phase's results so far, failed checks first (persisted as well)."""
+    ordered = sorted(ctx.results, key=lambda r: (_SUMMARY_ORDER.index(r.status), r.id))
+    ctx.persist()
+    failed = [r for r in ordered if not r.ok]
+    note = (
+        (f"{len(failed)} check(s) failed: " + ", ".join(r.id for r in failed))
+        if failed
+        else f"all {len(ordered)} check(s) passed, warned or were skipped"
+    )
+    return StepReport(f"Phase {ctx.phase} summary", ordered, note=note)

@@ -1,0 +1,178 @@
+"""Table tests of the agent-run checks: events and isolation (``runbook_lib.checks.agent``)."""
+
+from __future__ import annotations
+
+import pytest
+from observation_builders import (
+    CRIT,
+    P,
+    ev,
+    run_of,
+)
+
+from runbook_lib.checks import (
+    cross_user_frames,
+    judge_agent_response,
+    judge_chat_flow,
+    judge_critical_delivered,
+    judge_events_latency,
+    judge_events_order,
+    judge_events_structure,
+    judge_isolation_no_cross_user,
+    judge_isolation_sessions,
+    order_violation,
+)
+from runbook_lib.observations import (
+    ConnectOutcome,
+    IsolationObservation,
+)
+from runbook_lib.protocol import Frame, FrameKind
+from runbook_lib.results import Status
+
+S, T, E, C, D = CRIT
+
+
+def test_agent_response() -> None:
+    assert judge_agent_response(run_of(), timeout_s=30).status is Status.PASS
+    r = judge_agent_response(run_of(gap=10), timeout_s=30)
+    assert r.status is Status.FAIL and "only after" in r.detail
+    r = judge_agent_response(run_of(CRIT[:2], ended="timeout"), timeout_s=30)
+    assert r.status is Status.FAIL and "never completed" in r.detail
+    r = judge_agent_response(run_of((), ended="timeout"), timeout_s=30)
+    assert r.status is Status.FAIL and "no agent event" in r.detail
+    refused = run_of(connect=ConnectOutcome(False, status=404, error="http_status"))
+    r = judge_agent_response(refused, timeout_s=30)
+    assert r.status is Status.FAIL and "404" in r.detail
+
+
+def test_chat_flow() -> None:
+    assert judge_chat_flow(run_of()).status is Status.PASS
+    err = Frame(t=0.1, size=5, kind=FrameKind.ERROR, event_type="error", excerpt="denied")
+    r = judge_chat_flow(run_of(frames=[err], ended="error_frame"))
+    assert r.status is Status.FAIL and "error frame" in r.detail
+    assert judge_chat_flow(run_of((), ended="timeout")).status is Status.FAIL
+
+
+@pytest.mark.parametrize(
+    ("types", "minimum", "status"),
+    [
+        (CRIT, 5, Status.PASS),
+        (CRIT[:1] + CRIT[-1:], 5, Status.FAIL),
+        (CRIT[:1] + CRIT[-1:], 2, Status.PASS),
+        ((), 1, Status.FAIL),
+    ],
+)
+def test_critical_delivered(types, minimum, status) -> None:
+    r = judge_critical_delivered(run_of(types), critical=CRIT, minimum=minimum)
+    assert r.status is status
+
+
+@pytest.mark.parametrize(
+    ("types", "ok"),
+    [
+        ((S, T, E, C, D), True),
+        ((S, T, D), True),
+        ((S, T, E, C, E, C, D), True),
+        ((S, E, T, C, D), False),
+        ((T, S, E, C, D), False),
+        ((S, T, E, D), False),
+        ((S, T, E, C), False),
+        ((S, T, E, C, D, E), False),
+        ((S,), False),
+    ],
+)
+def test_order_violation(types, ok) -> None:
+    assert (order_violation(types, CRIT) is None) is ok
+
+
+def test_events_order_judge() -> None:
+    assert judge_events_order(run_of(), critical=CRIT).status is Status.PASS
+    r = judge_events_order(run_of((S, E, T, C, D)), critical=CRIT)
+    assert r.status is Status.FAIL and "expected agent_thinking" in r.detail
+    assert judge_events_order(run_of(()), critical=CRIT).status is Status.FAIL
+
+
+def test_events_structure() -> None:
+    assert judge_events_structure(run_of(), required_fields=P.required_fields).status is Status.PASS
+    bare = [
+        Frame(
+            t=0.1,
+            size=5,
+            kind=FrameKind.EVENT,
+            event_type=S,
+            user_id="u1",
+            data={"type": S, "user_id": "u1"},
+        )
+    ]
+    r = judge_events_structure(run_of(frames=bare), required_fields=P.required_fields)
+    assert r.status is Status.FAIL and "run_id" in r.detail and "agent_name" in r.detail
+    nested = [
+        Frame(
+            t=0.1,
+            size=5,
+            kind=FrameKind.EVENT,
+            event_type=S,
+            user_id="u1",
+            data={
+                "type": S,
+                "data": {"user_id": "u1", "run_id": "r", "timestamp": 1, "agent_name": "a"},
+            },
+        )
+    ]
+    assert (
+        judge_events_structure(run_of(frames=nested), required_fields=P.required_fields).status
+        is Status.PASS
+    )
+    assert (
+        judge_events_structure(run_of(()), required_fields=P.required_fields).status is Status.FAIL
+    )
+
+
+def test_events_latency() -> None:
+    r = judge_events_latency(run_of(), timeout_s=30)
+    assert r.status is Status.PASS and r.data["max_gap_s"] == pytest.approx(0.1)
+    assert judge_events_latency(run_of(gap=10), timeout_s=30).status is Status.FAIL
+    assert judge_events_latency(run_of(()), timeout_s=30).status is Status.FAIL
+
+
+def test_isolation_sessions() -> None:
+    good = IsolationObservation(runs=tuple(run_of(user=f"u{i}", run=f"r{i}") for i in range(5)))
+    assert judge_isolation_sessions(good, success_rate=0.8, response_s=5).status is Status.PASS
+    slow = IsolationObservation(
+        runs=(*good.runs[:3], run_of(user="u8", gap=6), run_of((), user="u9", ended="timeout"))
+    )
+    r = judge_isolation_sessions(slow, success_rate=0.8, response_s=5)
+    assert r.status is Status.FAIL and r.observed == 0.6
+    assert (
+        judge_isolation_sessions(
+            IsolationObservation(runs=()), success_rate=0.8, response_s=5
+        ).status
+        is Status.ERROR
+    )
+
+
+def test_no_cross_user_flags_foreign_user_and_run() -> None:
+    a = run_of(user="a", run="ra")
+    b = run_of(
+        user="b",
+        run="rb",
+        frames=[*run_of(user="b", run="rb").frames, ev(S, 0.2, user="a", run="ra")],
+    )
+    c = run_of(
+        user="c",
+        run="rc",
+        frames=[*run_of(user="c", run="rc").frames, ev(S, 0.3, user=None, run="ra")],
+    )
+    leaks = cross_user_frames([a, b, c])
+    assert set(leaks) == {"b", "c"}
+    r = judge_isolation_no_cross_user(IsolationObservation(runs=(a, b, c)))
+    assert r.status is Status.FAIL and r.observed == 2 and "leak" in r.detail
+    ok = IsolationObservation(runs=(a, run_of(user="b", run="rb")))
+    assert judge_isolation_no_cross_user(ok).status is Status.PASS
+    lonely = IsolationObservation(runs=(a, run_of((), user="b", ended="connect_failed")))
+    assert judge_isolation_no_cross_user(lonely).status is Status.FAIL
+
+
+def test_own_events_ignore_leaked_frames() -> None:
+    b = run_of(user="b", run="rb", frames=[ev(S, 0.1, "b", "rb"), ev(S, 0.2, "a", "ra")])
+    assert len(b.events) == 1

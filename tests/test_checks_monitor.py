@@ -1,0 +1,125 @@
+"""Table tests of the monitoring, load and log checks (``runbook_lib.checks.monitor``)."""
+
+from __future__ import annotations
+
+import pytest
+from observation_builders import (
+    OK,
+    entry,
+    load_report,
+    mon,
+    tick,
+)
+
+from runbook_lib.checks import (
+    judge_load,
+    judge_log_entries,
+    judge_monitor_avg_response,
+    judge_monitor_hold,
+    judge_monitor_uptime,
+    judge_monitor_ws_404,
+    judge_monitor_ws_failure_rate,
+)
+from runbook_lib.observations import (
+    ConnectOutcome,
+    HoldObservation,
+)
+from runbook_lib.results import Status
+
+
+def test_monitor_judges() -> None:
+    good = mon([tick()] * 100)
+    assert judge_monitor_uptime(good, min_uptime=0.999).status is Status.PASS
+    assert judge_monitor_ws_failure_rate(good, max_rate=0.01).status is Status.PASS
+    assert judge_monitor_avg_response(good, limit_s=2).status is Status.PASS
+    assert judge_monitor_ws_404(good).status is Status.PASS
+    bad = mon([tick()] * 98 + [tick(h=503, w=404, up=False)] * 2)
+    assert judge_monitor_uptime(bad, min_uptime=0.999).status is Status.FAIL
+    r = judge_monitor_ws_failure_rate(bad, max_rate=0.01)
+    assert r.status is Status.FAIL and r.observed == 0.02
+    r = judge_monitor_ws_404(bad)
+    assert r.status is Status.FAIL and r.observed == 2 and "not registered" in r.detail
+    assert judge_monitor_avg_response(mon([tick(lat=3)]), limit_s=2).status is Status.FAIL
+    assert (
+        judge_monitor_ws_failure_rate(mon([tick(ping=False)]), max_rate=0.01).status is Status.FAIL
+    )
+    empty = mon([])
+    assert {
+        judge_monitor_uptime(empty, min_uptime=0.9).status,
+        judge_monitor_ws_404(empty).status,
+    } == {Status.ERROR}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "clean", "code", "status", "words"),
+    [
+        ("held", True, 1000, Status.PASS, "held"),
+        ("held", False, 1006, Status.FAIL, "did not complete"),
+        ("abrupt", False, 1006, Status.FAIL, "request timeout"),
+        ("server_closed", False, 1011, Status.FAIL, "server error"),
+        ("connect_failed", False, None, Status.FAIL, "could not connect"),
+    ],
+)
+def test_monitor_hold(outcome, clean, code, status, words) -> None:
+    c = OK if outcome != "connect_failed" else ConnectOutcome(False, error="refused")
+    obs = HoldObservation(
+        url="ws://x",
+        connect=c,
+        hold_s=30,
+        outcome=outcome,
+        ended_at_s=12,
+        close_code=code,
+        clean_close=clean,
+    )
+    r = judge_monitor_hold(obs)
+    assert r.status is status and words in r.detail
+
+
+def test_judge_load() -> None:
+    ok = judge_load(load_report(), success_rate=0.8, p95_s=3)
+    assert [(r.id, r.status) for r in ok] == [
+        ("load.success_rate", Status.PASS),
+        ("load.latency_p95", Status.PASS),
+        ("load.no_server_errors", Status.PASS),
+    ]
+    bad = judge_load(
+        load_report(
+            succeeded=5, failed=5, errors_by_kind={"handshake_404": 3, "closed_1011": 2}, p95_s=4.0
+        ),
+        success_rate=0.8,
+        p95_s=3,
+    )
+    by = {r.id: r for r in bad}
+    assert by["load.success_rate"].status is Status.FAIL
+    assert "not registered" in by["load.success_rate"].detail
+    assert by["load.latency_p95"].status is Status.FAIL
+    assert by["load.no_server_errors"].status is Status.FAIL
+    assert by["load.no_server_errors"].observed == 2
+    sat = judge_load(
+        load_report(p95_s=4.0, saturated=True, saturation_reason="cpu 100%"),
+        success_rate=0.8,
+        p95_s=3,
+    )
+    assert sat[1].status is Status.WARN
+    none = judge_load(load_report(planned=0, succeeded=0, p95_s=None), success_rate=0.8, p95_s=3)
+    assert none[0].status is Status.ERROR and none[1].status is Status.FAIL
+
+
+def test_judge_log_entries() -> None:
+    clean = [entry(), entry(status=200, path="/health"), entry(status=404, path="/favicon.ico")]
+    r = judge_log_entries(
+        clean,
+        check_id="logs.no_routing_errors",
+        what="routing errors",
+        ws_paths=["/websocket"],
+    )
+    assert r.status is Status.PASS and r.phase == 3
+    bad = [
+        *clean,
+        entry("WARNING", 404, "/websocket", "GET /websocket 404"),
+        entry("ERROR", text="Traceback"),
+    ]
+    r = judge_log_entries(
+        bad, check_id="monitor.log_errors", what="errors", ws_paths=["/websocket"]
+    )
+    assert r.status is Status.FAIL and r.observed == 2 and "not registered" in r.detail
