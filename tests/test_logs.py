@@ -272,7 +272,7 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     settings: Settings, sandbox: manager.SandboxInfo
 ) -> None:
     """Phase 1's 404 probes of the incident revision are not evidence against the fix."""
-    from runbook_lib.evaluate import judge_log_entries
+    from runbook_lib.checks import judge_log_entries
 
     cr = cloudrun_client(settings)
     ws_paths = ("/websocket", "/ws/test")
@@ -293,7 +293,7 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     def judge(entries: list[LogEntry]) -> str:
         return str(
             judge_log_entries(
-                entries, check_id="logs.no_routing_errors", what="x", phase=3, ws_paths=ws_paths
+                entries, check_id="logs.no_routing_errors", what="x", ws_paths=ws_paths
             ).status
         )
 
