@@ -25,10 +25,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .redaction import redact_excerpt
-from .settings import ProtocolSettings
+
+if TYPE_CHECKING:  # settings imports flows, which imports this module
+    from .settings import ProtocolSettings
 
 __all__ = [
     "MAX_PARSE_BYTES",
