@@ -160,7 +160,8 @@ async def test_run_users_flags_another_users_marker(ws_server) -> None:
     a, b = await run_users(url, flow, TEXT, ["a", "b"], linger_s=0.5, stagger_s=0.05)
     assert a.completed and b.completed and a.marker != b.marker
     assert [f.text for f in a.foreign_frames] == [f"PONG {b.marker}"]
-    assert [f.text for f in b.foreign_frames] == [f"PONG {a.marker}"]
+    # b connected after a's ping: it may or may not have seen a's pong, never its own as foreign.
+    assert all(a.marker in f.text for f in b.foreign_frames)
 
 
 async def test_run_named_flow_uses_the_default_seed_flow(ws_server) -> None:
