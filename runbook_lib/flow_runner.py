@@ -347,6 +347,20 @@ class _Session:
             await asyncio.wait_for(self.ws.send(message), send_timeout_s)
         except ConnectionClosed as exc:
             self._closed(exc)
+            # Refused after accept (an error frame, then 1008, is typical): keep what the
+            # server said before it closed.
+            errors = [f for f in await self._drain() if f.is_error]
+            if errors:
+                return StepOutcome(
+                    i,
+                    "send",
+                    "error_frame",
+                    desc,
+                    started,
+                    self.now() - started,
+                    detail=f"the service answered with an error frame ({errors[0].excerpt[:200]}) "
+                    f"and closed the socket before the send: {self.closed_words}",
+                )
             return StepOutcome(
                 i,
                 "send",
@@ -430,6 +444,15 @@ class _Session:
                     frame_index=len(self.frames) - 1,
                     detail=f"the service answered with an error frame: {frame.excerpt[:200]}",
                 )
+
+    async def _drain(self, wait_s: float = 0.5) -> list[Frame]:
+        """Record the frames still buffered on a closed socket."""
+        got: list[Frame] = []
+        deadline = time.perf_counter() + wait_s
+        with contextlib.suppress(ConnectionClosed):
+            while (msg := await self._recv(deadline)) is not None:
+                got.append(self._record(msg)[0])
+        return got
 
     async def _linger(self, linger_s: float) -> None:
         deadline = time.perf_counter() + linger_s
