@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from runbook_lib.results import Status
+from runbook_lib.settings import SourceSettings
 from runbook_lib.source import (
     judge_git_branch,
     judge_git_clean,
     judge_ws_routes_present,
     list_app_routes,
+    list_source_routes,
     observe_git,
 )
 
@@ -134,3 +136,68 @@ def test_bad_import_and_hanging_import_are_results(repo: Path) -> None:
     obs = list_app_routes("slow_app:app", cwd=str(repo), timeout_s=1)
     assert obs.timed_out and judge_ws_routes_present(obs, []).status is Status.ERROR
     assert judge_ws_routes_present(None, []).status is Status.SKIP
+
+
+# ---------------------------------------------------------------- the app's own interpreter
+
+
+@pytest.fixture
+def bare_python(tmp_path: Path) -> str:
+    """A second interpreter without site-packages: this one run with ``-S``."""
+    import sys
+
+    script = tmp_path / "bin" / "bare-python"
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_import_root_puts_the_apps_own_tree_first(tmp_path: Path) -> None:
+    """An app importing a sibling that exists only under ``import_root``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "routes_only_here.py").write_text("PATH = '/only/here'\n")
+    (src / "rooted_app.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import WebSocketRoute\n"
+        "from routes_only_here import PATH\n"
+        "async def ws(websocket):\n    await websocket.accept()\n"
+        "app = Starlette(routes=[WebSocketRoute(PATH, ws)])\n"
+    )
+    without = list_app_routes("rooted_app:app", cwd=str(tmp_path), timeout_s=60)
+    assert "'rooted_app'" in without.error and not without.ws_paths
+    obs = list_app_routes("rooted_app:app", cwd=str(tmp_path), import_root="src", timeout_s=60)
+    assert obs.error == "" and obs.ws_paths == ("/only/here",)
+    src_settings = SourceSettings(repo_dir=str(tmp_path), app="rooted_app:app", import_root="src")
+    assert list_source_routes(src_settings, timeout_s=60).ws_paths == ("/only/here",)
+
+
+def test_missing_dependency_names_the_module_and_the_interpreter(
+    repo: Path, bare_python: str
+) -> None:
+    obs = list_app_routes("svc_app:app", cwd=str(repo), python=bare_python, timeout_s=60)
+    assert "module 'fastapi' is not installed" in obs.error
+    assert bare_python in obs.error and "[source] python" in obs.error
+    assert judge_ws_routes_present(obs, ["/websocket"]).status is Status.FAIL
+
+
+def test_runbook_package_modules_do_not_shadow_the_apps(tmp_path: Path) -> None:
+    """The walker runs from runbook_lib/: an app module named ``settings`` is the app's."""
+    (tmp_path / "settings.py").write_text("WS = '/from-app-settings'\n")
+    (tmp_path / "shadow_app.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import WebSocketRoute\n"
+        "import settings\n"
+        "async def ws(websocket):\n    await websocket.accept()\n"
+        "app = Starlette(routes=[WebSocketRoute(settings.WS, ws)])\n"
+    )
+    obs = list_app_routes("shadow_app:app", cwd=str(tmp_path), timeout_s=60)
+    assert obs.ws_paths == ("/from-app-settings",), obs.error
+
+
+def test_bad_interpreter_and_import_root_are_clear(repo: Path) -> None:
+    obs = list_app_routes("svc_app:app", cwd=str(repo), python="./no/such/python")
+    assert "could not start the app's interpreter" in obs.error and "[source] python" in obs.error
+    obs = list_app_routes("svc_app:app", cwd=str(repo), import_root="missing-dir")
+    assert "import root" in obs.error and "is not a directory" in obs.error
