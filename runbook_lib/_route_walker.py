@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import traceback
+from typing import Any
 
 __all__ = ["main", "walk_routes"]
 
@@ -25,9 +26,9 @@ def _kinds(obj: object) -> set:
     return {cls.__name__ for cls in type(obj).__mro__}
 
 
-def walk_routes(routes: object, prefix: str = "") -> list:
+def walk_routes(routes: Any, prefix: str = "") -> list:
     """Flatten ``routes`` (mounted routers and included FastAPI routers too) to dicts."""
-    out = []
+    out: list = []
     for r in list(routes or []):
         kinds = _kinds(r)
         path = getattr(r, "path", "") or ""

@@ -36,7 +36,7 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -78,7 +78,7 @@ _BODY_EXCERPT = 500
 
 
 def _protocol(settings: Settings | ProtocolSettings) -> ProtocolSettings:
-    return getattr(settings, "protocol", settings)  # type: ignore[no-any-return]
+    return cast("ProtocolSettings", getattr(settings, "protocol", settings))
 
 
 async def _connect(

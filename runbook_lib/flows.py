@@ -38,7 +38,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .protocol import Frame, FrameKind, compile_pattern, get_path, render_values
 
@@ -276,7 +276,7 @@ def default_flows(
       for text) within the read timeout;
     * ``isolation``: as ``agent``.
     """
-    protocol = getattr(settings, "protocol", settings)
+    protocol = cast("ProtocolSettings", getattr(settings, "protocol", settings))
     if event_timeout_s is None:
         thresholds = getattr(settings, "thresholds", None)
         event_timeout_s = thresholds.event_timeout_s if thresholds is not None else 30.0
