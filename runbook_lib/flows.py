@@ -300,8 +300,16 @@ def default_flows(
     }
 
 
+# A flow the user did not define falls back to another flow the user did define before
+# the seed's default: an isolation test of a service whose agent conversation is
+# configured must run that conversation, not the seed's.
+_FALLBACK = {"isolation": ("agent",)}
+
+
 def resolve_flow(settings: Settings, name: str) -> Flow:
     """The user's ``[flows.NAME]`` when defined, else the seed's default.
+
+    ``isolation`` not defined but ``agent`` defined: the user's agent flow (renamed).
 
     Raises:
         KeyError: neither the user nor the defaults define ``name``.
@@ -309,6 +317,9 @@ def resolve_flow(settings: Settings, name: str) -> Flow:
     user = settings.flows.get(name)
     if user is not None:
         return user
+    for other in _FALLBACK.get(name, ()):
+        if other in settings.flows:
+            return Flow(name, settings.flows[other].steps)
     return default_flows(settings)[name]
 
 

@@ -152,6 +152,11 @@ def test_resolve_flow_prefers_the_users_flow(tmp_path) -> None:
     assert resolve_flow(settings, "agent") == default_flows(settings)["agent"]
     mine = Flow("agent", (FlowStep(send="hello"), FlowStep(expect_pattern="hi")))
     assert resolve_flow(replace(settings, flows={"agent": mine}), "agent") is mine
+    # isolation runs the user's agent conversation, not the seed's, when only agent is defined
+    assert resolve_flow(replace(settings, flows={"agent": mine}), "isolation").steps == mine.steps
+    assert resolve_flow(replace(settings, flows={"agent": mine}), "chat").steps[0].send == (
+        settings.protocol.chat_message
+    )
     with pytest.raises(KeyError):
         resolve_flow(settings, "nope")
 

@@ -3,7 +3,8 @@
 A valid token (``TOKENS``: token -> user) gets ``{"payload": {"type": "session", "user"}}``;
 a missing or unknown one gets an error frame then close 1008. ``{"action": "run",
 "input": ..., "run": id}`` streams ``run_started``, ``token`` (x2) and ``run_finished``,
-each ``{"payload": {"type", "user", "run", "seq", ...}}``. Health at ``/health``.
+each ``{"payload": {"type", "user", "run", "seq", ...}}``; ``{"action": "ping"}`` ->
+``{"payload": {"type": "pong"}}``. Health at ``/health``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ token_env = "CORPUS_AGENT_TOKEN"
 event_type = ["payload.type"]
 user_id = ["payload.user"]
 run_id = ["payload.run"]
-ignore = ["session"]
+ignore = ["session", "pong"]
+ping = { action = "ping" }
 critical_events = ["run_started", "token", "run_finished"]
 agent_request = { action = "run", input = "{text} {marker}", run = "{run_id}" }
 chat_message = { action = "run", input = "{text} {marker}", run = "{run_id}" }
@@ -80,6 +82,9 @@ def make_app(faults: frozenset[str]) -> Starlette:
                     await ws.send_text(
                         json.dumps({"payload": {"type": "error", "message": "bad json"}})
                     )
+                    continue
+                if msg.get("action") == "ping":
+                    await ws.send_text(json.dumps({"payload": {"type": "pong"}}))
                     continue
                 if msg.get("action") != "run":
                     await ws.send_text(

@@ -45,6 +45,25 @@ pong_types = ["pong"]
 ignore = ["connection_ack", "pong"]
 event_type = ["type"]
 critical_events = ["next", "complete"]
+[protocol.required_fields]
+next = ["id", "type", "payload.data"]
+complete = ["id", "type"]
+[checks.not_applicable]
+"chat.flow" = "GraphQL subscriptions: no chat conversation"
+"auth.config" = "the service has no authentication"
+"auth.health" = "the service has no authentication"
+"auth.ws_authenticated" = "the service has no authentication"
+"auth.rejects_invalid" = "the service has no authentication"
+[[flows.load.steps]]
+send = { type = "connection_init", payload = {} }
+[[flows.load.steps]]
+expect = { type = "connection_ack" }
+timeout_s = 5
+[[flows.load.steps]]
+send = { type = "ping" }
+[[flows.load.steps]]
+expect = { type = "pong" }
+timeout_s = 5
 [[flows.agent.steps]]
 send = { type = "connection_init", payload = {} }
 [[flows.agent.steps]]

@@ -34,8 +34,22 @@ ws_health_path = false
 ws_test_path = false
 [protocol]
 event_type = ["method"]
-ping = { jsonrpc = "2.0", id = 0, method = "ping" }
+ping = { jsonrpc = "2.0", id = "{marker}", method = "ping" }
 critical_events = ["message"]
+[protocol.required_fields]
+message = ["jsonrpc", "method", "params.subscription", "params.data"]
+[checks.not_applicable]
+"events.order" = "one notification per publish: nothing to order"
+"chat.flow" = "pub/sub: no chat conversation"
+"auth.config" = "the service has no authentication"
+"auth.health" = "the service has no authentication"
+"auth.ws_authenticated" = "the service has no authentication"
+"auth.rejects_invalid" = "the service has no authentication"
+[[flows.load.steps]]
+send = { jsonrpc = "2.0", id = "{marker}", method = "ping" }
+[[flows.load.steps]]
+expect = { id = "{marker}", result = "pong" }
+timeout_s = 5
 [[flows.agent.steps]]
 send = { jsonrpc = "2.0", id = 1, method = "subscribe", params = { topic = "t-{marker}" } }
 [[flows.agent.steps]]

@@ -33,7 +33,11 @@ critical_events = ["echoed"]
 chat_message = { type = "echo", text = "{text} {marker}" }
 agent_request = { type = "echo", text = "{text} {marker}" }
 [checks.not_applicable]
-"health.backend" = "the service has no HTTP endpoint"
+"events.order" = "one echo per request: nothing to order"
+"auth.config" = "the service has no authentication"
+"auth.health" = "the service has no authentication"
+"auth.ws_authenticated" = "the service has no authentication"
+"auth.rejects_invalid" = "the service has no authentication"
 """
 
 

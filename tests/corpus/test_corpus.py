@@ -51,6 +51,40 @@ async def test_ws_library_missing_answers_404_on_every_upgrade(corpus, name: str
     assert not obs.connected and obs.status == 404 and obs.stop_reason == "connect_failed"
 
 
+_AUTH = {"text_chat": CHAT_AUTH, "agent_stream": ALICE}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+async def test_every_flow_of_every_sketch_completes_against_the_healthy_service(
+    corpus, name: str
+) -> None:
+    """The environment sketches in README.md are truthful: each flow a user would run
+    (theirs, or the default from their [protocol]) completes, with no foreign frame."""
+    svc = await corpus(name)
+    env = load(name).ENV
+    target = tomllib.loads(env.replace("{base_url}", svc.base_url))["target"]
+    protocol = protocol_from_env(env)
+    flows = {**default_flows(protocol), **flows_from_env(env)}
+    na = tomllib.loads(env.replace("{base_url}", svc.base_url)).get("checks", {})
+    skipped = set(na.get("not_applicable", {}))
+    if "chat.flow" in skipped:
+        flows.pop("chat")
+    if "e2e.agent_response" in skipped:
+        flows.pop("agent")
+    if "isolation" not in flows_from_env(env) and "agent" in flows_from_env(env):
+        flows["isolation"] = flows_from_env(env)["agent"]
+    for flow in flows.values():
+        obs = await run_flow(
+            svc.ws_url + target["primary_ws_path"],
+            flow,
+            {"user_id": "alice"},
+            protocol,
+            auth=_AUTH.get(name),
+        )
+        assert obs.completed, obs.stop_detail
+        assert not obs.foreign_frames
+
+
 # ---------------------------------------------------------------- JSON-RPC pub/sub
 
 

@@ -46,6 +46,12 @@ pong_pattern = "^PONG {marker}$"
 error_pattern = "^ERR "
 event_patterns = { said = '^\\[(?P<room>[^\\]]+)\\] (?P<user_id>\\S+): ', joined = "^JOINED " }
 critical_events = ["joined", "said"]
+[checks.not_applicable]
+"e2e.agent_response" = "a chat room: no agent"
+"events.critical_delivered" = "a chat room: no agent events"
+"events.order" = "a chat room: no agent events"
+"events.structure" = "a chat room: no agent events"
+"events.latency" = "a chat room: no agent events"
 [[flows.chat.steps]]
 send = "NICK {user_id}"
 [[flows.chat.steps]]
@@ -56,6 +62,18 @@ timeout_s = 5
 [[flows.chat.steps]]
 send = "SAY r-{marker} hello {marker}"
 [[flows.chat.steps]]
+expect_pattern = '^\\[r-{marker}\\] {user_id}: hello {marker}$'
+timeout_s = 5
+[[flows.isolation.steps]]
+send = "NICK {user_id}"
+[[flows.isolation.steps]]
+send = "JOIN r-{marker}"
+[[flows.isolation.steps]]
+expect_pattern = "^JOINED r-{marker}$"
+timeout_s = 5
+[[flows.isolation.steps]]
+send = "SAY r-{marker} hello {marker}"
+[[flows.isolation.steps]]
 expect_pattern = '^\\[r-{marker}\\] {user_id}: hello {marker}$'
 timeout_s = 5
 """
