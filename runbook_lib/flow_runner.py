@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -303,8 +304,12 @@ class _Session:
         foreign = is_foreign(
             frame, text, self.values, self.parsed, other_markers=self.other_markers
         )
+        markers = (self.values.get("marker", ""), *self.other_markers)
+        attributed = bool(frame.user_id or frame.run_id or frame.marker) or any(
+            m and m in text for m in markers
+        )
         self.parsed.append(frame)
-        self.frames.append(FlowFrame(frame, kept, foreign=foreign))
+        self.frames.append(FlowFrame(frame, kept, foreign=foreign, attributed=attributed))
         return frame, text, foreign
 
     async def _recv(self, deadline: float) -> str | bytes | None:
@@ -420,7 +425,7 @@ class _Session:
             if captured is not None:
                 self.values.update(captured)
                 idx = len(self.frames) - 1
-                self.frames[idx] = FlowFrame(frame, self.frames[idx].text, step=i)
+                self.frames[idx] = dataclasses.replace(self.frames[idx], step=i)
                 return StepOutcome(
                     i,
                     "expect",

@@ -336,12 +336,15 @@ class FlowFrame:
             and not UTF-8; the hex excerpt is in ``frame.excerpt``).
         step: index of the expect step this frame satisfied (None if none).
         foreign: it carries another user's id or marker (see :func:`is_foreign`).
+        attributed: it carries a user id, a run id or a marker (its own user's or
+            another's), so isolation can tell whose it is.
     """
 
     frame: Frame
     text: str = ""
     step: int | None = None
     foreign: bool = False
+    attributed: bool = False
 
     @property
     def t(self) -> float:
@@ -353,7 +356,12 @@ class FlowFrame:
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able summary (excerpt only, redacted)."""
-        return {**self.frame.to_record(), "step": self.step, "foreign": self.foreign}
+        return {
+            **self.frame.to_record(),
+            "step": self.step,
+            "foreign": self.foreign,
+            "attributed": self.attributed,
+        }
 
 
 # Outcomes of one step: send steps end ``sent`` or ``send_failed``; expect steps end
@@ -487,6 +495,12 @@ class FlowObservation:
         return tuple(f for f in self.frames if f.foreign)
 
     @property
+    def unattributed_frames(self) -> tuple[FlowFrame, ...]:
+        """Non-ignorable frames carrying no user id, run id or marker: isolation cannot
+        tell whose they are (configure ``user_id`` paths or put ``{marker}`` in messages)."""
+        return tuple(f for f in self.frames if not f.attributed and not f.frame.ignorable)
+
+    @property
     def response_s(self) -> float | None:
         """Seconds from the first send to the last matched step (None unless completed)."""
         if not self.completed:
@@ -505,6 +519,29 @@ class FlowObservation:
         where = f"step {self.stopped_at + 1} ({step.description})" if step else "connect"
         why = step.detail if step and step.detail else self.connect_detail or self.stop_reason
         return f"{self.flow} flow stopped at {where}: {why}"
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary of the run (no frame payloads beyond redacted excerpts)."""
+        return {
+            "url": self.url,
+            "flow": self.flow,
+            "user_id": self.user_id,
+            "marker": self.marker,
+            "connected": self.connected,
+            "status": self.status,
+            "subprotocol": self.subprotocol,
+            "connect_error": self.connect_error,
+            "completed": self.completed,
+            "stopped_at": self.stopped_at,
+            "stop_reason": self.stop_reason,
+            "stop_detail": self.stop_detail,
+            "close_code": self.close_code,
+            "frames": len(self.frames),
+            "foreign_frames": len(self.foreign_frames),
+            "response_s": None if self.response_s is None else round(self.response_s, 4),
+            "duration_s": round(self.duration_s, 4),
+            "steps": [s.to_record() for s in self.steps],
+        }
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per frame, with the user (for a delivery-timeline plot)."""
