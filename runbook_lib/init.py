@@ -17,7 +17,8 @@ The file sets every inferred key (with the evidence as a comment), shows every o
 key commented with its default, declares in ``[checks.not_applicable]`` every check
 that cannot apply with the reason, and writes a ``[flows.load]`` conversation when the
 ping is not the seed's. ``init_main(argv) -> int``: 0 written, 1 written but no
-WebSocket path upgraded, 2 usage error (nothing written).
+WebSocket path upgraded (1 and nothing written when nothing answered at all), 2 usage
+error (nothing written).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class InitFindings:
         not_applicable: check id -> reason.
         notes: findings for the file's header (and the terminal).
         upgraded: at least one WebSocket path answered 101.
+        reachable: anything answered (HTTP or a WebSocket handshake, even a refusal).
     """
 
     name: str
@@ -104,6 +106,7 @@ class InitFindings:
     not_applicable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     upgraded: bool = False
+    reachable: bool = False
 
     def set(self, section: str, key: str, value: Any, why: str = "") -> None:
         self.keys.setdefault(section, {})[key] = value
@@ -436,6 +439,7 @@ async def probe_service(
         f.notes.append(f"upgrade {path}: {why}")
     kept = [p for p in declared if "{" not in p] or [a.path for a in accesses]
     f.upgraded = bool(accesses)
+    f.reachable = bool(answered) or bool(accesses)
     if declared and not accesses and any("404" in statuses.get(p, "") for p in declared):
         f.notes.append(
             "every declared WebSocket route answered 404 to the upgrade: the server may have "
@@ -649,6 +653,11 @@ def init_main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout,
         )
     )
+    if not findings.reachable:
+        for note in findings.notes:
+            print(f"  {note}", file=sys.stderr)
+        print(f"runbook init: nothing answered at {args.url}; no file written", file=sys.stderr)
+        return 1
     out = Path(args.out or f"{findings.name}.toml")
     if out.exists() and not args.force:
         print(f"runbook init: {out} exists (use --force to overwrite)", file=sys.stderr)

@@ -174,6 +174,13 @@ def test_init_main_writes_the_file_and_refuses_to_overwrite(tmp_path: Path, caps
         assert bad.exists()
 
 
+def test_init_main_unreachable_service_writes_nothing(tmp_path: Path, closed_port: int) -> None:
+    out = tmp_path / "x.toml"
+    url = f"http://127.0.0.1:{closed_port}"
+    assert init_main(["--url", url, "--out", str(out), "--timeout", "1"]) == 1
+    assert not out.exists()
+
+
 def test_init_main_usage_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     assert init_main(["--url", "ftp://x"]) == 2
     monkeypatch.delenv("NOPE_TOKEN", raising=False)
