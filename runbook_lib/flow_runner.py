@@ -349,6 +349,11 @@ class _Session:
         desc = describe_step(step)
         try:
             message = render_step(step, self.values)
+        except (TypeError, ValueError) as exc:  # e.g. a TOML datetime in a table template
+            return StepOutcome(
+                i, "send", "send_failed", desc, started, 0.0, detail=f"cannot render: {exc}"
+            )
+        try:
             await asyncio.wait_for(self.ws.send(message), send_timeout_s)
         except ConnectionClosed as exc:
             self._closed(exc)

@@ -148,7 +148,9 @@ def render_step(step: FlowStep, values: Mapping[str, str]) -> str:
 def describe_step(step: FlowStep) -> str:
     """One line saying what the step does (for reports; templates unrendered)."""
     if step.send is not None:
-        shown = step.send if isinstance(step.send, str) else json.dumps(dict(step.send))
+        shown = (
+            step.send if isinstance(step.send, str) else json.dumps(dict(step.send), default=str)
+        )
         return f"send {shown[:120]}"
     parts = []
     if step.expect:
@@ -513,6 +515,9 @@ class FlowObservation:
     @property
     def stop_detail(self) -> str:
         """Why the flow stopped, in words ('' when it completed)."""
+        if not self.connected:
+            why = self.connect_detail or self.connect_error or "no answer"
+            return f"{self.flow} flow could not connect to {self.url}: {why}"
         if self.stopped_at is None:
             return ""
         step = self.steps[self.stopped_at] if self.stopped_at < len(self.steps) else None

@@ -107,6 +107,16 @@ async def test_refused_upgrade_is_a_connect_failure(ws_server) -> None:
 async def test_closed_port_is_refused(closed_port: int) -> None:
     obs = await run_flow(f"ws://127.0.0.1:{closed_port}/ws", PUBSUB, None, P, open_timeout_s=1)
     assert not obs.connected and obs.connect_error == "refused"
+    assert "could not connect" in obs.stop_detail
+
+
+async def test_unrenderable_template_is_a_failed_send_not_a_crash(ws_server) -> None:
+    import datetime
+
+    url = await ws_server(echo_json)
+    flow = Flow("x", (FlowStep(send={"at": datetime.date(2024, 1, 1)}),))
+    obs = await run_flow(url, flow, None, P)
+    assert obs.stop_reason == "send_failed" and "cannot render" in obs.stop_detail
 
 
 async def test_error_frame_ends_the_step(ws_server) -> None:
