@@ -133,6 +133,9 @@ class AppRoutesObservation:
         duration_s: how long the import took.
         error: why the app could not be imported or walked ('' otherwise).
         timed_out: the import did not finish within the timeout.
+        missing_module: the module the import could not find ('' otherwise): a
+            dependency missing from ``python``'s environment, not a bug in the app.
+        python: the interpreter that imported the app.
     """
 
     app: str
@@ -140,6 +143,8 @@ class AppRoutesObservation:
     duration_s: float = 0.0
     error: str = ""
     timed_out: bool = False
+    missing_module: str = ""
+    python: str = ""
 
     @property
     def ws_paths(self) -> tuple[str, ...]:
@@ -240,12 +245,20 @@ def list_app_routes(
                 )
             else:
                 detail = f"importing {app} with {used} failed: {message}"
-            return AppRoutesObservation(app, duration_s=duration, error=detail)
+            return AppRoutesObservation(
+                app,
+                duration_s=duration,
+                error=detail,
+                missing_module=str(err.get("module") or "")
+                if err.get("kind") == "missing_module"
+                else "",
+                python=used,
+            )
         routes = tuple(
             RouteInfo(r["kind"], r["path"], tuple(r["methods"]), r["name"])
             for r in out.get("routes", [])
         )
-        return AppRoutesObservation(app, routes=routes, duration_s=duration)
+        return AppRoutesObservation(app, routes=routes, duration_s=duration, python=used)
     err_lines = (proc.stderr or proc.stdout).strip().splitlines()
     last = err_lines[-1] if err_lines else f"exit code {proc.returncode}"
     return AppRoutesObservation(

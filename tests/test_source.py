@@ -179,6 +179,7 @@ def test_missing_dependency_names_the_module_and_the_interpreter(
     obs = list_app_routes("svc_app:app", cwd=str(repo), python=bare_python, timeout_s=60)
     assert "module 'fastapi' is not installed" in obs.error
     assert bare_python in obs.error and "[source] python" in obs.error
+    assert obs.missing_module == "fastapi" and obs.python.startswith(bare_python)
     assert judge_ws_routes_present(obs, ["/websocket"]).status is Status.FAIL
 
 
