@@ -446,9 +446,16 @@ async def probe_service(
             "no WebSocket implementation (uvicorn without websockets/wsproto, --ws none) or a "
             "hop answers for it"
         )
-    test_acc = next((a for a in accesses if a.path == "/ws/test"), None)
-    if test_acc is None and "/ws/test" not in kept:
-        f.set("target", "ws_test_path", False, "no /ws/test route")
+    if "/ws/test" in statuses:
+        test_ok = any(a.path == "/ws/test" for a in accesses)
+        test_why = statuses["/ws/test"]
+    else:
+        test_acc, test_why = await _open_path(ws_base, "/ws/test", token, timeout_s)
+        test_ok = test_acc is not None
+    if test_ok:
+        f.set("target", "ws_test_path", "/ws/test", f"upgrade /ws/test: {test_why}")
+    else:
+        f.set("target", "ws_test_path", False, f"upgrade /ws/test: {test_why}")
     if kept:
         f.set("target", "ws_paths", kept, "the app's routes" if app else "paths that upgraded")
         primary = accesses[0].path if accesses else kept[0]

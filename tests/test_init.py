@@ -4,6 +4,7 @@ found, declares what cannot apply, and its ping/flows work against the service."
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -79,6 +80,21 @@ async def test_init_service_without_health_uses_the_apps_routes(corpus) -> None:
     assert "protocol" not in env  # the seed's JSON ping/pong works: nothing to change
     assert "ws.roundtrip" not in env["checks"]["not_applicable"]
     assert f.upgraded
+
+
+async def test_init_app_import_failure_is_noted_and_candidates_probed(corpus, tmp_path) -> None:
+    """--python without the app's dependencies: the note names the module and the
+    interpreter; the common candidate paths are still probed."""
+    bare = tmp_path / "bare-python"
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    svc = await corpus("no_health")
+    f = await probe_service(
+        svc.base_url, app="corpus.no_health:app", python=str(bare), repo_dir=TESTS, timeout_s=1.5
+    )
+    assert any("'starlette'" in n and str(bare) in n for n in f.notes), f.notes
+    env = _env(f)
+    assert env["target"]["ws_paths"] == ["/ws"] and env["source"]["python"] == str(bare)
 
 
 async def test_init_jsonrpc_and_query_token_services(corpus) -> None:
@@ -187,3 +203,16 @@ def test_init_main_usage_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     assert init_main(["--url", "http://127.0.0.1:1", "--token-env", "NOPE_TOKEN"]) == 2
     assert "NOPE_TOKEN is not set" in capsys.readouterr().err
     assert init_main([]) == 2
+
+
+async def test_init_detects_a_ws_test_endpoint_and_the_seed_ping(ws_server) -> None:
+    async def seed_like(ws) -> None:
+        async for raw in ws:
+            if '"ping"' in raw:
+                await ws.send('{"type": "pong"}')
+
+    url = await ws_server(seed_like)
+    f = await probe_service("http" + url[2:], ws_paths=["/websocket"], timeout_s=1.5)
+    env = _env(f)
+    assert env["target"]["ws_test_path"] == "/ws/test"
+    assert env["target"]["primary_ws_path"] == "/websocket" and "protocol" not in env
