@@ -497,6 +497,20 @@ class FlowObservation:
         return tuple(f for f in self.frames if f.foreign)
 
     @property
+    def first_send_s(self) -> float | None:
+        """When the first send step started (seconds since the connect; None if none ran)."""
+        sends = [s.started_s for s in self.steps if s.kind == "send" and s.outcome != "not_reached"]
+        return sends[0] if sends else None
+
+    @property
+    def first_event_s(self) -> float | None:
+        """Seconds from the first send to the first own event (None if none arrived)."""
+        events = self.events
+        if not events:
+            return None
+        return events[0].t - (self.first_send_s or 0.0)
+
+    @property
     def unattributed_frames(self) -> tuple[FlowFrame, ...]:
         """Non-ignorable frames carrying no user id, run id or marker: isolation cannot
         tell whose they are (configure ``user_id`` paths or put ``{marker}`` in messages)."""

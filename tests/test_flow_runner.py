@@ -47,6 +47,7 @@ async def test_capture_flows_into_later_steps(ws_server) -> None:
     assert [s.outcome for s in obs.steps] == ["sent", "matched", "sent", "matched"]
     assert obs.frames[-1].step == 3 and obs.marker in obs.frames[-1].text
     assert obs.response_s is not None and obs.response_s < 2
+    assert obs.first_send_s is not None and 0 < (obs.first_event_s or 0) < 2
     # The ack carries neither an id at a configured path nor the marker: unattributable.
     assert [f.frame.data.get("ack") for f in obs.unattributed_frames] == [{"id": obs.run_id}]
     record = json.loads(json.dumps(obs.to_record()))
