@@ -7,6 +7,7 @@ against the healthy server, and every injected fault is visible in the observati
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from runbook_lib.flow_runner import run_flow, run_users
 from runbook_lib.flows import Flow, FlowStep, default_flows
+from runbook_lib.settings import AuthSettings, TargetSettings
 from runbook_lib.tokens import ConnectAuth
 
 from . import SERVICES, agent_stream, graphql_ws, jsonrpc_pubsub, no_health, text_chat
@@ -37,6 +39,10 @@ def test_every_service_has_faults_and_a_valid_env_sketch(name: str) -> None:
     env = tomllib.loads(module.ENV.replace("{base_url}", "http://127.0.0.1:1"))
     assert env["target"]["ws_paths"] and "protocol" in env
     protocol_from_env(module.ENV)  # every key is a ProtocolSettings field
+    for section, cls in (("target", TargetSettings), ("auth", AuthSettings)):
+        known = {f.name for f in dataclasses.fields(cls)}
+        assert set(env.get(section, {})) <= known, section
+    assert set(env) <= {"name", "target", "auth", "protocol", "checks", "flows", "source"}
     flows_from_env(module.ENV)  # every step key is a FlowStep field
 
 
