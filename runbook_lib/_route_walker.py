@@ -4,8 +4,9 @@
 MARK``) with the interpreter of ``[source] python``, which need not have the runbook
 (or anything but the app's own dependencies) installed: this module imports only the
 standard library and recognises Starlette/FastAPI routes by class name. It prints one
-line, ``MARK`` followed by JSON: ``{"routes": [...]}`` or ``{"error": {...}}`` naming
-the missing module and the interpreter when the import fails. Keep it compatible with
+line, ``MARK`` followed by JSON: ``{"routes": [...], "installed": {...}}`` (which ASGI
+servers and WebSocket libraries that interpreter can import) or ``{"error": {...}}``
+naming the missing module and the interpreter when the import fails. Keep it compatible with
 old Pythons (3.8+): it runs wherever the app runs.
 """
 
@@ -70,6 +71,23 @@ def _load(spec: str) -> object:
     return obj
 
 
+def _servers() -> dict:
+    """Which ASGI servers and WebSocket libraries the app's environment can import.
+
+    uvicorn without ``websockets`` or ``wsproto`` answers 404 to every upgrade: the
+    routes exist, the server cannot speak WebSocket.
+    """
+    import importlib.util
+
+    found = {}
+    for name in ("uvicorn", "hypercorn", "daphne", "websockets", "wsproto"):
+        try:
+            found[name] = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found[name] = False
+    return found
+
+
 def _interpreter() -> str:
     return f"{sys.executable} (Python {platform.python_version()})"
 
@@ -88,7 +106,11 @@ def main(argv: list) -> int:
         routes = getattr(obj, "routes", None)
         if routes is None and hasattr(obj, "router"):
             routes = obj.router.routes
-        result = {"routes": walk_routes(routes or []), "python": _interpreter()}
+        result = {
+            "routes": walk_routes(routes or []),
+            "python": _interpreter(),
+            "installed": _servers(),
+        }
     except ModuleNotFoundError as exc:
         result = {
             "error": {

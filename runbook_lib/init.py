@@ -420,6 +420,11 @@ async def probe_service(
             f.notes.append(
                 f"{app} registers WebSocket routes: {', '.join(routes.ws_paths) or 'none'}"
             )
+            if routes.ws_library_missing:
+                f.notes.append(
+                    f"{routes.python} has uvicorn but neither websockets nor wsproto: "
+                    "uvicorn would answer 404 to every upgrade"
+                )
         f.set("source", "app", app, "given with --app")
         f.set("source", "repo_dir", repo_dir or ".", "where --app was imported")
         if python:

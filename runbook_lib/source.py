@@ -13,8 +13,8 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .redaction import redact_excerpt
@@ -136,6 +136,8 @@ class AppRoutesObservation:
         missing_module: the module the import could not find ('' otherwise): a
             dependency missing from ``python``'s environment, not a bug in the app.
         python: the interpreter that imported the app.
+        installed: server/WebSocket packages importable there (``uvicorn``, ``hypercorn``,
+            ``daphne``, ``websockets``, ``wsproto`` -> bool; empty when unknown).
     """
 
     app: str
@@ -145,6 +147,14 @@ class AppRoutesObservation:
     timed_out: bool = False
     missing_module: str = ""
     python: str = ""
+    installed: Mapping[str, bool] = field(default_factory=dict)
+
+    @property
+    def ws_library_missing(self) -> bool:
+        """uvicorn is installed but neither ``websockets`` nor ``wsproto``: every upgrade
+        would answer 404 although the routes exist (SPEC 8, "no WebSocket implementation")."""
+        inst = self.installed
+        return bool(inst.get("uvicorn")) and not (inst.get("websockets") or inst.get("wsproto"))
 
     @property
     def ws_paths(self) -> tuple[str, ...]:
@@ -258,7 +268,10 @@ def list_app_routes(
             RouteInfo(r["kind"], r["path"], tuple(r["methods"]), r["name"])
             for r in out.get("routes", [])
         )
-        return AppRoutesObservation(app, routes=routes, duration_s=duration, python=used)
+        installed = {str(k): bool(v) for k, v in (out.get("installed") or {}).items()}
+        return AppRoutesObservation(
+            app, routes=routes, duration_s=duration, python=used, installed=installed
+        )
     err_lines = (proc.stderr or proc.stdout).strip().splitlines()
     last = err_lines[-1] if err_lines else f"exit code {proc.returncode}"
     return AppRoutesObservation(

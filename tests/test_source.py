@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -169,6 +170,8 @@ def test_import_root_puts_the_apps_own_tree_first(tmp_path: Path) -> None:
     assert "'rooted_app'" in without.error and not without.ws_paths
     obs = list_app_routes("rooted_app:app", cwd=str(tmp_path), import_root="src", timeout_s=60)
     assert obs.error == "" and obs.ws_paths == ("/only/here",)
+    assert obs.installed["uvicorn"] and obs.installed["websockets"]
+    assert not obs.ws_library_missing
     src_settings = SourceSettings(repo_dir=str(tmp_path), app="rooted_app:app", import_root="src")
     assert list_source_routes(src_settings, timeout_s=60).ws_paths == ("/only/here",)
 
@@ -202,3 +205,29 @@ def test_bad_interpreter_and_import_root_are_clear(repo: Path) -> None:
     assert "could not start the app's interpreter" in obs.error and "[source] python" in obs.error
     obs = list_app_routes("svc_app:app", cwd=str(repo), import_root="missing-dir")
     assert "import root" in obs.error and "is not a directory" in obs.error
+
+
+def test_uvicorn_without_a_websocket_library_is_reported(tmp_path: Path) -> None:
+    """The app's environment has uvicorn but no websockets/wsproto: every upgrade would 404."""
+    site = tmp_path / "site"
+    (site / "uvicorn").mkdir(parents=True)
+    (site / "uvicorn" / "__init__.py").write_text("")
+    (tmp_path / "plain_app.py").write_text(
+        "class R:\n    path = '/ws'\n    name = 'ws'\n"
+        "class WebSocketRoute(R):\n    pass\n"
+        "class App:\n    routes = [WebSocketRoute()]\n"
+        "app = App()\n"
+    )
+    python = tmp_path / "py"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    obs = list_app_routes("plain_app:app", cwd=str(tmp_path), python=str(python), timeout_s=60)
+    assert obs.error == "" and obs.ws_paths == ("/ws",)
+    assert obs.installed == {
+        "uvicorn": True,
+        "hypercorn": False,
+        "daphne": False,
+        "websockets": False,
+        "wsproto": False,
+    }
+    assert obs.ws_library_missing
