@@ -44,12 +44,13 @@ async def serve_corpus(name: str, faults: Iterable[str] = ()) -> AsyncIterator[R
     unknown = chosen - set(module.FAULTS) - {WS_MISSING}
     if unknown:
         raise ValueError(f"{name} has no fault(s) {sorted(unknown)}")
+    app = module.make_app(chosen)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
     config = uvicorn.Config(
-        module.make_app(chosen),
+        app,
         log_config=None,
         access_log=False,
         lifespan="off",
@@ -59,7 +60,11 @@ async def serve_corpus(name: str, faults: Iterable[str] = ()) -> AsyncIterator[R
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
+    try:
+        await server.startup(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
     try:
         port = sock.getsockname()[1]
         yield Running(name, chosen, f"http://127.0.0.1:{port}", module)
