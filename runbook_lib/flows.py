@@ -8,17 +8,59 @@ a service run named flows: ``agent`` (``e2e.agent_response``, ``events.*``),
 ``chat`` (``chat.flow``), ``load`` (each load session) and ``isolation`` (each
 simulated user). The seed's protocol gives the default flows.
 
-This module holds the model only: frozen dataclasses, no I/O. ``settings`` parses
-``[flows.NAME]`` tables into them; the flow engine renders, matches and captures.
+This module is pure (no I/O): the model (``settings`` parses ``[flows.NAME]``
+tables into :class:`Flow`), the engine that renders a step's template
+(:func:`render_step`), matches a received frame against an expect step
+(:func:`match_step`) and captures values, the seed's default flows
+(:func:`default_flows`, :func:`resolve_flow`), and the record of one run of a flow
+(:class:`FlowObservation`) that the I/O side (``flow_runner.run_flow``) fills.
+
+Matching rules (all must hold for a frame to satisfy an expect step):
+
+* ``expect``: every dotted path of the parsed JSON frame holds the rendered value
+  (strings compare as text, so ``"1"`` matches ``1``); never a text-format frame.
+* ``expect_pattern``: the rendered regex is found in the frame's text (values are
+  escaped; a placeholder without a value captures what stands there).
+* ``expect_event``: the frame's event type (``[protocol] event_type`` paths for
+  JSON, ``event_patterns`` for text) equals the rendered value; ``"*"`` = any event.
+* every ``capture`` is found (a JSON path, or a named group of the pattern).
+
+An error frame (``error_types`` / ``error_pattern``) that the step does not expect
+ends the step (``error_frame``), as the seed's agent run did. A frame that carries
+another user's id, another run's id (once ours was echoed) or another user's marker
+never satisfies a step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-__all__ = ["FLOW_NAMES", "Flow", "FlowStep"]
+from .protocol import Frame, FrameKind, compile_pattern, get_path, render_values
+
+if TYPE_CHECKING:
+    from .settings import ProtocolSettings, Settings
+
+__all__ = [
+    "FLOW_NAMES",
+    "Flow",
+    "FlowFrame",
+    "FlowObservation",
+    "FlowStep",
+    "StepOutcome",
+    "default_flows",
+    "describe_step",
+    "flow_values",
+    "is_foreign",
+    "match_step",
+    "new_marker",
+    "render_step",
+    "resolve_flow",
+]
 
 # The flows the checks run, by name. Users may define others; these are the ones read.
 FLOW_NAMES = ("agent", "chat", "load", "isolation")
@@ -61,3 +103,465 @@ class Flow:
 
     name: str
     steps: tuple[FlowStep, ...]
+
+
+# ---------------------------------------------------------------- values and rendering
+
+
+def new_marker() -> str:
+    """A unique marker for one simulated user in one run (``mk`` + 12 hex digits)."""
+    return "mk" + uuid.uuid4().hex[:12]
+
+
+def flow_values(
+    *,
+    user_id: str = "runbook-user",
+    run_id: str | None = None,
+    thread_id: str | None = None,
+    marker: str | None = None,
+    text: str = "runbook end-to-end check",
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The placeholder values of one run of a flow (fresh run/thread ids and marker)."""
+    values = {
+        "user_id": user_id,
+        "run_id": run_id or f"run-{uuid.uuid4().hex[:12]}",
+        "thread_id": thread_id or f"thread-{uuid.uuid4().hex[:12]}",
+        "marker": marker or new_marker(),
+        "text": text,
+    }
+    values.update({str(k): str(v) for k, v in (extra or {}).items()})
+    return values
+
+
+def render_step(step: FlowStep, values: Mapping[str, str]) -> str:
+    """The frame text a send step sends (a table is serialised as compact JSON).
+
+    Raises:
+        ValueError: ``step`` is not a send step.
+    """
+    if step.send is None:
+        raise ValueError("not a send step")
+    return render_values(step.send, values)
+
+
+def describe_step(step: FlowStep) -> str:
+    """One line saying what the step does (for reports; templates unrendered)."""
+    if step.send is not None:
+        shown = (
+            step.send if isinstance(step.send, str) else json.dumps(dict(step.send), default=str)
+        )
+        return f"send {shown[:120]}"
+    parts = []
+    if step.expect:
+        parts.append("fields " + ", ".join(f"{k} = {v!r}" for k, v in step.expect.items()))
+    if step.expect_pattern:
+        parts.append(f"pattern /{step.expect_pattern}/")
+    if step.expect_event:
+        parts.append(f"event {step.expect_event}")
+    return "expect " + (" and ".join(parts) or "any frame")
+
+
+# ---------------------------------------------------------------- matching
+
+
+def _same(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, str):
+        if actual is None or isinstance(actual, (Mapping, list)):
+            return False
+        if isinstance(actual, bool):
+            return wanted.lower() == str(actual).lower()
+        return str(actual) == wanted
+    return bool(actual == wanted)
+
+
+def _render_value(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return render_values(value, values)
+    if isinstance(value, Mapping):
+        return json.loads(render_values(value, values))
+    return value
+
+
+def is_foreign(
+    frame: Frame,
+    text: str,
+    values: Mapping[str, str],
+    history: Sequence[Frame] = (),
+    *,
+    other_markers: Sequence[str] = (),
+) -> bool:
+    """True when ``frame`` belongs to someone else: another user's id, another run's id
+    (once the server has echoed ours) or one of ``other_markers`` in its text."""
+    uid, rid = values.get("user_id", ""), values.get("run_id", "")
+    if (
+        frame.user_id is not None
+        and uid
+        and frame.user_id != uid
+        and any(f.user_id == uid for f in history)
+    ):
+        return True
+    if (
+        frame.run_id is not None
+        and rid
+        and frame.run_id != rid
+        and any(f.run_id == rid for f in history)
+    ):
+        return True
+    if frame.marker is not None and values.get("marker") and frame.marker != values["marker"]:
+        return True
+    return any(m and m != values.get("marker") and m in text for m in other_markers)
+
+
+def match_step(
+    step: FlowStep,
+    frame: Frame,
+    text: str,
+    values: Mapping[str, str],
+) -> dict[str, str] | None:
+    """Captured values when ``frame`` satisfies the expect ``step``, else None.
+
+    Args:
+        step: an expect step.
+        frame: the received frame, parsed.
+        text: the frame's text (what ``expect_pattern`` searches).
+        values: placeholder values so far (seed names, marker, earlier captures).
+    """
+    if step.send is not None:
+        return None
+    captured: dict[str, str] = {}
+    if step.expect:
+        if frame.data is None:
+            return None
+        for path, wanted in step.expect.items():
+            if not _same(get_path(frame.data, str(path)), _render_value(wanted, values)):
+                return None
+    match: re.Match[str] | None = None
+    if step.expect_pattern:
+        rx = compile_pattern(step.expect_pattern, values)
+        match = rx.search(text) if rx is not None else None
+        if match is None:
+            return None
+        captured.update({k: v for k, v in match.groupdict().items() if v is not None})
+    if step.expect_event:
+        wanted_type = render_values(step.expect_event, values)
+        if wanted_type == "*":
+            if not frame.is_event:
+                return None
+        elif frame.event_type != wanted_type:
+            return None
+    for name, path in step.capture.items():
+        if match is not None and path in match.re.groupindex:
+            value = match.group(path)
+        elif frame.data is not None:
+            value = get_path(frame.data, str(path))
+        else:
+            value = frame.fields.get(str(path))
+        if value is None or isinstance(value, (Mapping, list)):
+            return None
+        captured[str(name)] = str(value)
+    return captured
+
+
+# ---------------------------------------------------------------- default flows
+
+
+def default_flows(
+    settings: Settings | ProtocolSettings, event_timeout_s: float | None = None
+) -> dict[str, Flow]:
+    """The seed's flows, derived from ``[protocol]`` and the thresholds.
+
+    * ``agent``: send ``agent_request``, expect the last critical event within
+      ``event_timeout_s`` (``"*"``, any event, when no critical event is configured);
+    * ``chat``: the same with ``chat_message``;
+    * ``load``: send ``ping``, expect a pong (``pong_types`` for JSON, ``pong_pattern``
+      for text) within the read timeout;
+    * ``isolation``: as ``agent``.
+    """
+    protocol = cast("ProtocolSettings", getattr(settings, "protocol", settings))
+    if event_timeout_s is None:
+        thresholds = getattr(settings, "thresholds", None)
+        event_timeout_s = thresholds.event_timeout_s if thresholds is not None else 30.0
+    timeouts = getattr(settings, "timeouts", None)
+    read_s = timeouts.read_s if timeouts is not None else 10.0
+    final = protocol.critical_events[-1] if protocol.critical_events else "*"
+    done = FlowStep(expect_event=final, timeout_s=event_timeout_s)
+    if protocol.format == "text" and protocol.pong_pattern:
+        pong = FlowStep(expect_pattern=protocol.pong_pattern, timeout_s=read_s)
+    else:
+        pong = FlowStep(
+            expect_event=protocol.pong_types[0] if protocol.pong_types else "pong",
+            timeout_s=read_s,
+        )
+    agent = Flow("agent", (FlowStep(send=protocol.agent_request), done))
+    return {
+        "agent": agent,
+        "chat": Flow("chat", (FlowStep(send=protocol.chat_message), done)),
+        "load": Flow("load", (FlowStep(send=protocol.ping), pong)),
+        "isolation": Flow("isolation", agent.steps),
+    }
+
+
+# A flow the user did not define falls back to another flow the user did define before
+# the seed's default: an isolation test of a service whose agent conversation is
+# configured must run that conversation, not the seed's.
+_FALLBACK = {"isolation": ("agent",)}
+
+
+def resolve_flow(settings: Settings, name: str) -> Flow:
+    """The user's ``[flows.NAME]`` when defined, else the seed's default.
+
+    ``isolation`` not defined but ``agent`` defined: the user's agent flow (renamed).
+
+    Raises:
+        KeyError: neither the user nor the defaults define ``name``.
+    """
+    user = settings.flows.get(name)
+    if user is not None:
+        return user
+    for other in _FALLBACK.get(name, ()):
+        if other in settings.flows:
+            return Flow(name, settings.flows[other].steps)
+    return default_flows(settings)[name]
+
+
+# ---------------------------------------------------------------- the record of a run
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFrame:
+    """One frame received during a flow.
+
+    Attributes:
+        frame: the parsed frame (``t`` = seconds since the connect completed).
+        text: the frame's text, redacted and cut at the runner's cap ('' when binary
+            and not UTF-8; the hex excerpt is in ``frame.excerpt``).
+        step: index of the expect step this frame satisfied (None if none).
+        foreign: it carries another user's id or marker (see :func:`is_foreign`).
+        attributed: it carries a user id, a run id or a marker (its own user's or
+            another's), so isolation can tell whose it is.
+    """
+
+    frame: Frame
+    text: str = ""
+    step: int | None = None
+    foreign: bool = False
+    attributed: bool = False
+
+    @property
+    def t(self) -> float:
+        return self.frame.t
+
+    @property
+    def kind(self) -> FrameKind:
+        return self.frame.kind
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary (excerpt only, redacted)."""
+        return {
+            **self.frame.to_record(),
+            "step": self.step,
+            "foreign": self.foreign,
+            "attributed": self.attributed,
+        }
+
+
+# Outcomes of one step: send steps end ``sent`` or ``send_failed``; expect steps end
+# ``matched``, ``timeout``, ``closed`` or ``error_frame``; steps after the stop ``not_reached``.
+STEP_OUTCOMES = (
+    "sent",
+    "send_failed",
+    "matched",
+    "timeout",
+    "closed",
+    "error_frame",
+    "not_reached",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """How one step went.
+
+    Attributes:
+        index: position in the flow.
+        kind: ``send`` or ``expect``.
+        outcome: one of ``STEP_OUTCOMES``.
+        description: what the step does (:func:`describe_step`).
+        started_s: when the step started, seconds since the connect completed.
+        duration_s: how long it took (for an expect step: until the match or the end).
+        timeout_s: the bound that applied (expect steps).
+        frame_index: index in :attr:`FlowObservation.frames` of the matching frame.
+        captured: values this step captured.
+        detail: why it ended that way, in words.
+    """
+
+    index: int
+    kind: str
+    outcome: str
+    description: str = ""
+    started_s: float = 0.0
+    duration_s: float = 0.0
+    timeout_s: float | None = None
+    frame_index: int | None = None
+    captured: Mapping[str, str] = field(default_factory=dict)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("sent", "matched")
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "description": self.description,
+            "started_s": round(self.started_s, 4),
+            "duration_s": round(self.duration_s, 4),
+            "timeout_s": self.timeout_s,
+            "frame_index": self.frame_index,
+            "captured": sorted(self.captured),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FlowObservation:
+    """One run of a flow by one simulated user: the connect, every frame, every step.
+
+    Attributes:
+        url: the WebSocket URL (no credentials).
+        flow: the flow's name.
+        user_id: the simulated user.
+        marker: the user's unique marker in this run.
+        run_id: the run id used in templates.
+        connected: the upgrade completed.
+        status: HTTP status of a refused upgrade (101 when connected, None if no answer).
+        subprotocol: the subprotocol the server selected (redacted).
+        connect_error: refused, timeout, http_status, protocol, closed, ... (None when connected).
+        connect_detail: the underlying message (redacted).
+        body_excerpt: body of a refused upgrade.
+        connect_s: time to open the socket (or to the failure).
+        frames: every frame received, in order (``t`` since the connect completed).
+        steps: one outcome per step of the flow (``not_reached`` after a stop).
+        captured: every value captured (names only are safe to show; values may be ids).
+        stopped_at: index of the step where the flow stopped (None when it completed).
+        stop_reason: ``connect_failed``, ``send_failed``, ``timeout``, ``closed``,
+            ``error_frame`` ('' when completed).
+        close_code: close code when the server ended the socket.
+        close_reason: its reason.
+        duration_s: connect start -> end of the observation.
+        values: the placeholder values used (marker, ids, captures; no secrets).
+    """
+
+    url: str
+    flow: str
+    user_id: str
+    marker: str
+    run_id: str = ""
+    connected: bool = False
+    status: int | None = None
+    subprotocol: str | None = None
+    connect_error: str | None = None
+    connect_detail: str = ""
+    body_excerpt: str = ""
+    connect_s: float = 0.0
+    frames: tuple[FlowFrame, ...] = ()
+    steps: tuple[StepOutcome, ...] = ()
+    captured: Mapping[str, str] = field(default_factory=dict)
+    stopped_at: int | None = None
+    stop_reason: str = ""
+    close_code: int | None = None
+    close_reason: str = ""
+    duration_s: float = 0.0
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        """Every step succeeded."""
+        return self.connected and self.stopped_at is None and all(s.ok for s in self.steps)
+
+    @property
+    def events(self) -> tuple[Frame, ...]:
+        """Event frames that are not foreign, in arrival order."""
+        return tuple(f.frame for f in self.frames if f.frame.is_event and not f.foreign)
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        return tuple(f.event_type or "" for f in self.events)
+
+    @property
+    def foreign_frames(self) -> tuple[FlowFrame, ...]:
+        """Frames carrying another user's id or marker (a leak, unless the room is shared)."""
+        return tuple(f for f in self.frames if f.foreign)
+
+    @property
+    def first_send_s(self) -> float | None:
+        """When the first send step started (seconds since the connect; None if none ran)."""
+        sends = [s.started_s for s in self.steps if s.kind == "send" and s.outcome != "not_reached"]
+        return sends[0] if sends else None
+
+    @property
+    def first_event_s(self) -> float | None:
+        """Seconds from the first send to the first own event (None if none arrived)."""
+        events = self.events
+        if not events:
+            return None
+        return events[0].t - (self.first_send_s or 0.0)
+
+    @property
+    def unattributed_frames(self) -> tuple[FlowFrame, ...]:
+        """Non-ignorable frames carrying no user id, run id or marker: isolation cannot
+        tell whose they are (configure ``user_id`` paths or put ``{marker}`` in messages)."""
+        return tuple(f for f in self.frames if not f.attributed and not f.frame.ignorable)
+
+    @property
+    def response_s(self) -> float | None:
+        """Seconds from the first send to the last matched step (None unless completed)."""
+        if not self.completed:
+            return None
+        sends = [s.started_s for s in self.steps if s.kind == "send"]
+        start = sends[0] if sends else 0.0
+        last = self.steps[-1]
+        return last.started_s + last.duration_s - start
+
+    @property
+    def stop_detail(self) -> str:
+        """Why the flow stopped, in words ('' when it completed)."""
+        if not self.connected:
+            why = self.connect_detail or self.connect_error or "no answer"
+            return f"{self.flow} flow could not connect to {self.url}: {why}"
+        if self.stopped_at is None:
+            return ""
+        step = self.steps[self.stopped_at] if self.stopped_at < len(self.steps) else None
+        where = f"step {self.stopped_at + 1} ({step.description})" if step else "connect"
+        why = step.detail if step and step.detail else self.connect_detail or self.stop_reason
+        return f"{self.flow} flow stopped at {where}: {why}"
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary of the run (no frame payloads beyond redacted excerpts)."""
+        return {
+            "url": self.url,
+            "flow": self.flow,
+            "user_id": self.user_id,
+            "marker": self.marker,
+            "connected": self.connected,
+            "status": self.status,
+            "subprotocol": self.subprotocol,
+            "connect_error": self.connect_error,
+            "completed": self.completed,
+            "stopped_at": self.stopped_at,
+            "stop_reason": self.stop_reason,
+            "stop_detail": self.stop_detail,
+            "close_code": self.close_code,
+            "frames": len(self.frames),
+            "foreign_frames": len(self.foreign_frames),
+            "response_s": None if self.response_s is None else round(self.response_s, 4),
+            "duration_s": round(self.duration_s, 4),
+            "steps": [s.to_record() for s in self.steps],
+        }
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per frame, with the user (for a delivery-timeline plot)."""
+        return [{"user": self.user_id, **f.to_record()} for f in self.frames]

@@ -6,36 +6,56 @@ are not events (welcome, heartbeat, ack, pong) and in their message shapes.
 All of that is :class:`~runbook_lib.settings.ProtocolSettings`; this module is
 the one place that reads it. Parsing never raises: a binary, non-JSON or
 oversized frame is a :class:`Frame` of the matching :class:`FrameKind`.
+
+Text protocols (``[protocol] format = "text"``) are classified by regular
+expressions: ``pong_pattern`` (an ignorable pong), ``error_pattern`` (an error
+frame) and ``event_patterns`` (event type -> regex). Patterns may hold
+placeholders: ``{marker}`` and friends are replaced by the escaped value when
+the caller knows it, otherwise they become a named group that captures it
+(``"^\\[(?P<room>\\S+)\\] {user_id}: "`` attributes a chat line to its user).
+Named groups ``user_id``/``run_id``/``marker`` of the matching pattern fill the
+frame's ids; every named group is kept in :attr:`Frame.fields`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .redaction import redact_excerpt
-from .settings import ProtocolSettings
+
+if TYPE_CHECKING:  # settings imports flows, which imports this module
+    from .settings import ProtocolSettings
 
 __all__ = [
     "MAX_PARSE_BYTES",
     "PLACEHOLDERS",
     "Frame",
     "FrameKind",
+    "compile_pattern",
     "first_path",
+    "frame_text",
     "get_path",
     "has_path",
     "parse_frame",
+    "pattern_error",
     "render_message",
+    "render_pattern",
     "render_template",
+    "render_values",
 ]
 
 # Frames above this size are classified, not parsed: a 10 MB JSON blob is not an event
 # any agent protocol sends, and parsing it would stall the observer.
 MAX_PARSE_BYTES = 1_000_000
-PLACEHOLDERS = ("text", "user_id", "thread_id", "run_id")
+PLACEHOLDERS = ("text", "user_id", "thread_id", "run_id", "marker")
+# ``{name}`` where name is an identifier: never a regex quantifier, never JSON (``{"``).
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _EXCERPT = 200
 _MISSING = object()
 
@@ -46,7 +66,7 @@ class FrameKind(StrEnum):
     EVENT = "event"  # JSON with a type that is neither ignorable nor an error
     IGNORED = "ignored"  # welcome / heartbeat / ack / pong
     ERROR = "error"  # a frame whose type is one of ``error_types``
-    UNTYPED = "untyped"  # JSON, but no type at any configured path
+    UNTYPED = "untyped"  # JSON without a type at any path; text matching no pattern
     NON_JSON = "non_json"  # text that is not JSON
     BINARY = "binary"  # bytes that are not UTF-8 JSON
     OVERSIZED = "oversized"  # larger than MAX_PARSE_BYTES: not parsed
@@ -66,6 +86,8 @@ class Frame:
         binary: True when the frame arrived as a binary frame.
         data: the parsed JSON value (None unless JSON).
         excerpt: the first characters of the frame, redacted (for the record).
+        fields: named groups of the text pattern that classified the frame (text format).
+        marker: the ``marker`` group of that pattern, when it has one.
     """
 
     t: float
@@ -77,6 +99,8 @@ class Frame:
     binary: bool = False
     data: Any = None
     excerpt: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    marker: str | None = None
 
     @property
     def is_event(self) -> bool:
@@ -104,6 +128,7 @@ class Frame:
             "run_id": self.run_id,
             "binary": self.binary,
             "excerpt": self.excerpt,
+            "marker": self.marker,
         }
 
 
@@ -141,10 +166,16 @@ def first_path(obj: Any, paths: Iterable[str]) -> str | None:
 
 
 def _substitute(text: str, values: Mapping[str, str]) -> str:
-    # Plain replacement (not str.format) so literal JSON braces in templates survive.
-    for key in PLACEHOLDERS:
-        text = text.replace("{" + key + "}", values.get(key, ""))
-    return text
+    # Plain replacement (not str.format) so literal JSON braces in templates survive. The
+    # seed's placeholders always render (empty when unknown); other names (captures) only
+    # when given, so a template's own ``{word}`` text is never eaten.
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in values:
+            return str(values[name])
+        return "" if name in PLACEHOLDERS else m.group(0)
+
+    return _PLACEHOLDER.sub(one, text)
 
 
 def _render_obj(template: Any, values: Mapping[str, str]) -> Any:
@@ -152,24 +183,98 @@ def _render_obj(template: Any, values: Mapping[str, str]) -> Any:
         return _substitute(template, values)
     if isinstance(template, Mapping):
         return {str(k): _render_obj(v, values) for k, v in template.items()}
-    if isinstance(template, list):
+    if isinstance(template, (list, tuple)):
         return [_render_obj(v, values) for v in template]
     return template
 
 
+def render_values(template: Any, values: Mapping[str, str]) -> str:
+    """Render a template with any placeholder values (seed names, ``marker``, captures).
+
+    A string template becomes the text frame itself; a table (or list) has its string
+    leaves substituted and is serialised as compact JSON.
+    """
+    if isinstance(template, str):
+        return _substitute(template, values)
+    return json.dumps(_render_obj(template, values), separators=(",", ":"))
+
+
+def render_pattern(pattern: str, values: Mapping[str, str]) -> str:
+    """``pattern`` with placeholders replaced by their escaped values.
+
+    A placeholder without a value becomes a named group that captures it (the first
+    occurrence ``(?P<name>.+?)``, later ones a back-reference), so an unknown marker or
+    user id is read from the frame instead of breaking the match.
+    """
+    seen: set[str] = set()
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in values and values[name] != "":
+            return re.escape(str(values[name]))
+        if name in seen:
+            return f"(?P={name})"
+        seen.add(name)
+        return f"(?P<{name}>.+?)"
+
+    return _PLACEHOLDER.sub(one, pattern)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return None
+
+
+def compile_pattern(
+    pattern: str, values: Mapping[str, str] | None = None
+) -> re.Pattern[str] | None:
+    """The compiled, rendered ``pattern`` (None when it is not a valid regex); cached."""
+    return _compile(render_pattern(pattern, values or {}))
+
+
+def pattern_error(pattern: str) -> str:
+    """Why ``pattern`` (placeholders allowed) is not a valid regex ('' when it is)."""
+    try:
+        re.compile(render_pattern(pattern, {}))
+    except (re.error, RecursionError, OverflowError) as exc:
+        return str(exc)
+    return ""
+
+
+def frame_text(message: str | bytes | bytearray | memoryview, limit: int | None = None) -> str:
+    """The text of a frame for pattern matching (bytes decoded leniently), cut at ``limit``."""
+    if isinstance(message, str):
+        return message if limit is None else message[:limit]
+    raw = bytes(message) if limit is None else bytes(message[:limit])
+    return raw.decode("utf-8", "replace")
+
+
 def render_template(
-    template: Any, *, text: str = "", user_id: str = "", thread_id: str = "", run_id: str = ""
+    template: Any,
+    *,
+    text: str = "",
+    user_id: str = "",
+    thread_id: str = "",
+    run_id: str = "",
+    marker: str = "",
 ) -> str:
     """Render a message template to the text frame to send.
 
     A table template (dict) has ``{text}`` ``{user_id}`` ``{thread_id}`` ``{run_id}``
-    substituted in its string leaves and is serialised as JSON; a string template has
-    only those placeholders replaced (other braces are kept verbatim).
+    ``{marker}`` substituted in its string leaves and is serialised as JSON; a string
+    template has only those placeholders replaced (other braces are kept verbatim).
     """
-    values = {"text": text, "user_id": user_id, "thread_id": thread_id, "run_id": run_id}
-    if isinstance(template, str):
-        return _substitute(template, values)
-    return json.dumps(_render_obj(template, values), separators=(",", ":"))
+    values = {
+        "text": text,
+        "user_id": user_id,
+        "thread_id": thread_id,
+        "run_id": run_id,
+        "marker": marker,
+    }
+    return render_values(template, values)
 
 
 def render_message(protocol: ProtocolSettings, name: str, **values: str) -> str:
@@ -193,14 +298,18 @@ def parse_frame(
     *,
     t: float = 0.0,
     max_parse_bytes: int = MAX_PARSE_BYTES,
+    values: Mapping[str, str] | None = None,
 ) -> Frame:
     """Classify one received frame; never raises.
 
     Args:
         message: the frame as received (``str`` for text frames, bytes for binary).
-        protocol: where types and ids live, which types are ignorable or errors.
+        protocol: where types and ids live, which types are ignorable or errors;
+            ``format = "text"`` classifies by its patterns instead of JSON paths.
         t: arrival time to record (seconds since the reference moment).
         max_parse_bytes: frames larger than this are ``OVERSIZED`` and not parsed.
+        values: placeholder values for text patterns (``marker``, ``user_id``...);
+            placeholders without a value capture whatever stands there.
     """
     binary = not isinstance(message, str)
     raw: bytes = (
@@ -220,6 +329,8 @@ def parse_frame(
             return Frame(t=t, size=size, kind=FrameKind.BINARY, binary=True, excerpt=raw[:32].hex())
     else:
         text = message  # type: ignore[assignment]
+    if protocol.format == "text":
+        return _classify_text(text, protocol, values or {}, t=t, size=size, binary=binary)
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -247,3 +358,54 @@ def parse_frame(
         data=data,
         excerpt=_excerpt(text),
     )
+
+
+def _classify_text(
+    text: str,
+    protocol: ProtocolSettings,
+    values: Mapping[str, str],
+    *,
+    t: float,
+    size: int,
+    binary: bool,
+) -> Frame:
+    """A text-format frame, classified by the first pattern that matches it."""
+    candidates: list[tuple[str, str, FrameKind]] = []
+    if protocol.error_pattern:
+        candidates.append(("error", protocol.error_pattern, FrameKind.ERROR))
+    if protocol.pong_pattern:
+        candidates.append(("pong", protocol.pong_pattern, FrameKind.IGNORED))
+    for etype, pattern in protocol.event_patterns.items():
+        if etype in protocol.error_types:
+            kind = FrameKind.ERROR
+        elif etype in protocol.ignore or etype in protocol.pong_types:
+            kind = FrameKind.IGNORED
+        else:
+            kind = FrameKind.EVENT
+        candidates.append((str(etype), str(pattern), kind))
+    for etype, pattern, kind in candidates:
+        rx = compile_pattern(pattern, values)
+        m = rx.search(text) if rx is not None else None
+        if m is None:
+            continue
+        groups = {k: v for k, v in m.groupdict().items() if v is not None}
+        return Frame(
+            t=t,
+            size=size,
+            kind=kind,
+            event_type=etype,
+            user_id=groups.get("user_id") or _known(values, "user_id", pattern),
+            run_id=groups.get("run_id") or _known(values, "run_id", pattern),
+            binary=binary,
+            excerpt=_excerpt(text),
+            fields=groups,
+            marker=groups.get("marker") or _known(values, "marker", pattern),
+        )
+    return Frame(t=t, size=size, kind=FrameKind.UNTYPED, binary=binary, excerpt=_excerpt(text))
+
+
+def _known(values: Mapping[str, str], name: str, pattern: str) -> str | None:
+    """``values[name]`` when ``pattern`` matched it as a literal placeholder."""
+    if "{" + name + "}" in pattern and values.get(name):
+        return values[name]
+    return None

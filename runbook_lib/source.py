@@ -13,16 +13,19 @@ import logging
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .redaction import redact_excerpt
+from .settings import SourceSettings
 
 __all__ = [
     "AppRoutesObservation",
     "GitObservation",
     "RouteInfo",
     "list_app_routes",
+    "list_source_routes",
     "observe_git",
 ]
 
@@ -126,6 +129,11 @@ class AppRoutesObservation:
         duration_s: how long the import took.
         error: why the app could not be imported or walked ('' otherwise).
         timed_out: the import did not finish within the timeout.
+        missing_module: the module the import could not find ('' otherwise): a
+            dependency missing from ``python``'s environment, not a bug in the app.
+        python: the interpreter that imported the app.
+        installed: server/WebSocket packages importable there (``uvicorn``, ``hypercorn``,
+            ``daphne``, ``websockets``, ``wsproto`` -> bool; empty when unknown).
     """
 
     app: str
@@ -133,6 +141,16 @@ class AppRoutesObservation:
     duration_s: float = 0.0
     error: str = ""
     timed_out: bool = False
+    missing_module: str = ""
+    python: str = ""
+    installed: Mapping[str, bool] = field(default_factory=dict)
+
+    @property
+    def ws_library_missing(self) -> bool:
+        """uvicorn is installed but neither ``websockets`` nor ``wsproto``: every upgrade
+        would answer 404 although the routes exist (SPEC 8, "no WebSocket implementation")."""
+        inst = self.installed
+        return bool(inst.get("uvicorn")) and not (inst.get("websockets") or inst.get("wsproto"))
 
     @property
     def ws_paths(self) -> tuple[str, ...]:
@@ -145,42 +163,16 @@ class AppRoutesObservation:
         return tuple(r.path for r in self.routes if r.kind == "http")
 
 
-# Runs in the child interpreter: import the app, walk its routes, print one JSON line.
-_WALKER = r"""
-import json, sys
-sys.path.insert(0, sys.argv[2])
-mod_name, _, attr = sys.argv[1].partition(":")
-import importlib
-obj = importlib.import_module(mod_name)
-for part in (attr or "app").split("."):
-    obj = getattr(obj, part)
-if callable(obj) and not hasattr(obj, "routes") and not hasattr(obj, "router"):
-    obj = obj()  # an app factory
-from starlette.routing import Host, Mount, Route, WebSocketRoute
-out = []
-def walk(routes, prefix):
-    for r in routes:
-        if isinstance(r, WebSocketRoute):
-            out.append({"kind": "websocket", "path": prefix + r.path, "methods": [],
-                        "name": r.name or ""})
-        elif isinstance(r, Route):
-            out.append({"kind": "http", "path": prefix + r.path,
-                        "methods": sorted(r.methods or []), "name": r.name or ""})
-        elif hasattr(r, "original_router") and hasattr(r, "include_context"):
-            # FastAPI >= 0.16x keeps include_router() lazily as an _IncludedRouter.
-            walk(r.original_router.routes, prefix + (r.include_context.prefix or ""))
-        elif isinstance(r, (Mount, Host)):
-            sub = getattr(r, "routes", None) or []
-            walk(sub, prefix + (r.path if isinstance(r, Mount) else ""))
-        elif hasattr(r, "path"):
-            out.append({"kind": "other", "path": prefix + r.path, "methods": [],
-                        "name": type(r).__name__})
-routes = getattr(obj, "routes", None)
-if routes is None and hasattr(obj, "router"):
-    routes = obj.router.routes
-walk(routes or [], "")
-sys.stdout.write("\n" + sys.argv[3] + json.dumps(out) + "\n")
-"""
+# Runs in the app's interpreter, by path (that interpreter need not have the runbook).
+_WALKER_PATH = Path(__file__).with_name("_route_walker.py")
+
+
+def _resolve(path: str, base: str) -> str:
+    """``path`` made absolute against ``base`` when it is relative ('' stays '')."""
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else Path(base) / p)
 
 
 def list_app_routes(
@@ -188,23 +180,35 @@ def list_app_routes(
     *,
     cwd: str | None = None,
     timeout_s: float = 60.0,
-    python: str = sys.executable,
+    python: str = "",
+    import_root: str = "",
 ) -> AppRoutesObservation:
     """Import ``module:attr`` in a child interpreter and list its routes; never raises.
 
     Args:
         app: ``"package.module:app"`` (attribute may be dotted or an app factory).
-        cwd: directory to run in and put first on ``sys.path`` (``source.repo_dir``).
+        cwd: directory to run in (``source.repo_dir``; default: the current directory).
         timeout_s: bound on the import (the child is killed after it).
-        python: interpreter to use (default: the current one).
+        python: the app's interpreter (``[source] python``; relative to ``cwd``; default:
+            the runbook's own).
+        import_root: directory put first on ``sys.path`` (``[source] import_root``,
+            relative to ``cwd``; default: ``cwd``).
     """
     workdir = cwd or str(Path.cwd())
+    interpreter = python or sys.executable
+    if python and ("/" in python or python.startswith(".")):
+        interpreter = _resolve(python, workdir)
+    root = _resolve(import_root, workdir) or workdir
     start = time.perf_counter()
     if ":" not in app and "." not in app:
         return AppRoutesObservation(app, error=f"app {app!r} is not of the form 'module:attr'")
+    if not Path(root).is_dir():
+        return AppRoutesObservation(
+            app, error=f"import root {root} is not a directory (check [source] import_root)"
+        )
     try:
         proc = subprocess.run(
-            [python, "-c", _WALKER, app, workdir, _MARK],
+            [interpreter, str(_WALKER_PATH), app, root, _MARK],
             cwd=workdir,
             capture_output=True,
             text=True,
@@ -216,25 +220,71 @@ def list_app_routes(
             app,
             duration_s=time.perf_counter() - start,
             timed_out=True,
-            error=f"importing {app} did not finish within {timeout_s:g}s",
+            error=f"importing {app} with {interpreter} did not finish within {timeout_s:g}s",
         )
     except OSError as exc:
-        return AppRoutesObservation(app, error=f"could not start {python}: {exc}")
+        return AppRoutesObservation(
+            app,
+            error=f"could not start the app's interpreter {interpreter}: {exc} "
+            "(check [source] python)",
+        )
     duration = time.perf_counter() - start
     for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_MARK):
-            try:
-                rows = json.loads(line[len(_MARK) :])
-            except ValueError:
-                break
-            routes = tuple(
-                RouteInfo(r["kind"], r["path"], tuple(r["methods"]), r["name"]) for r in rows
+        if not line.startswith(_MARK):
+            continue
+        try:
+            out = json.loads(line[len(_MARK) :])
+        except ValueError:
+            break
+        child = str(out.get("python") or "")
+        # Name the configured interpreter, and what it really ran (a wrapper, a symlink).
+        used = interpreter if child.startswith(interpreter + " ") else f"{interpreter} [{child}]"
+        err = out.get("error")
+        if err:
+            message = redact_excerpt(str(err.get("message", "")), 300)
+            if err.get("kind") == "missing_module" and err.get("module"):
+                detail = (
+                    f"importing {app} with {used} failed: module {err['module']!r} is not "
+                    f"installed for that interpreter ({message}). If the app runs in its own "
+                    "environment, set [source] python to its interpreter; otherwise install "
+                    f"{err['module']!r} there"
+                )
+            else:
+                detail = f"importing {app} with {used} failed: {message}"
+            return AppRoutesObservation(
+                app,
+                duration_s=duration,
+                error=detail,
+                missing_module=str(err.get("module") or "")
+                if err.get("kind") == "missing_module"
+                else "",
+                python=used,
             )
-            return AppRoutesObservation(app, routes=routes, duration_s=duration)
+        routes = tuple(
+            RouteInfo(r["kind"], r["path"], tuple(r["methods"]), r["name"])
+            for r in out.get("routes", [])
+        )
+        installed = {str(k): bool(v) for k, v in (out.get("installed") or {}).items()}
+        return AppRoutesObservation(
+            app, routes=routes, duration_s=duration, python=used, installed=installed
+        )
     err_lines = (proc.stderr or proc.stdout).strip().splitlines()
     last = err_lines[-1] if err_lines else f"exit code {proc.returncode}"
     return AppRoutesObservation(
-        app, duration_s=duration, error=f"importing {app} failed: {redact_excerpt(last, 300)}"
+        app,
+        duration_s=duration,
+        error=f"importing {app} with {interpreter} failed: {redact_excerpt(last, 300)}",
+    )
+
+
+def list_source_routes(source: SourceSettings, *, timeout_s: float = 60.0) -> AppRoutesObservation:
+    """:func:`list_app_routes` for ``[source]``: ``app`` in ``python`` with ``import_root``."""
+    return list_app_routes(
+        source.app,
+        cwd=source.repo_dir or None,
+        timeout_s=timeout_s,
+        python=source.python,
+        import_root=source.import_root,
     )
 
 

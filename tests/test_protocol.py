@@ -8,12 +8,16 @@ import pytest
 
 from runbook_lib.protocol import (
     FrameKind,
+    compile_pattern,
     first_path,
     get_path,
     has_path,
     parse_frame,
+    pattern_error,
     render_message,
+    render_pattern,
     render_template,
+    render_values,
 )
 from runbook_lib.settings import ProtocolSettings
 
@@ -101,3 +105,106 @@ def test_excerpt_is_redacted() -> None:
     jwt_like = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlLXZhbHVl"
     f = parse_frame(json.dumps({"type": "x", "token": jwt_like}), P)
     assert jwt_like not in f.excerpt
+
+
+# ---------------------------------------------------------------- text format (SPEC 8)
+
+TEXT = ProtocolSettings(
+    format="text",
+    ping="PING {marker}",
+    pong_pattern="^PONG {marker}$",
+    error_pattern="^ERR ",
+    event_patterns={
+        "said": r"^\[(?P<room>[^\]]+)\] {user_id}: (?P<body>.*)$",
+        "joined": r"^JOINED (?P<room>\S+)$",
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "values", "kind", "etype", "fields"),
+    [
+        ("PONG mk1", {"marker": "mk1"}, FrameKind.IGNORED, "pong", {}),
+        ("PONG other", {"marker": "mk1"}, FrameKind.UNTYPED, None, {}),
+        ("PONG other", {}, FrameKind.IGNORED, "pong", {"marker": "other"}),
+        ("ERR unknown command", {}, FrameKind.ERROR, "error", {}),
+        (
+            "[r-1] alice: hi there",
+            {},
+            FrameKind.EVENT,
+            "said",
+            {"room": "r-1", "user_id": "alice", "body": "hi there"},
+        ),
+        ("JOINED r-1", {}, FrameKind.EVENT, "joined", {"room": "r-1"}),
+        ("something else", {}, FrameKind.UNTYPED, None, {}),
+        ('{"type": "agent_started"}', {}, FrameKind.UNTYPED, None, {}),
+        (b"JOINED r-2", {}, FrameKind.EVENT, "joined", {"room": "r-2"}),
+        (b"\xff\xfe\x00", {}, FrameKind.BINARY, None, {}),
+    ],
+    ids=[
+        "pong-own-marker",
+        "pong-other-marker-not-ours",
+        "pong-marker-captured",
+        "error",
+        "event-with-user",
+        "event",
+        "unmatched",
+        "json-in-text-mode-is-text",
+        "binary-utf8",
+        "binary-garbage",
+    ],
+)
+def test_text_frames_are_classified_by_patterns(
+    message: str | bytes, values: dict, kind: FrameKind, etype: str | None, fields: dict
+) -> None:
+    f = parse_frame(message, TEXT, values=values)
+    assert (f.kind, f.event_type, dict(f.fields)) == (kind, etype, fields)
+
+
+def test_text_pattern_fills_ids_and_marker() -> None:
+    f = parse_frame("[r-1] bob: x", TEXT, values={"user_id": "bob"})
+    assert f.user_id == "bob" and f.kind is FrameKind.EVENT
+    g = parse_frame("[r-1] eve: x", TEXT, values={"user_id": "bob"})
+    assert g.kind is FrameKind.UNTYPED  # another user's line does not match our pattern
+    p = parse_frame("PONG mk7", TEXT, values={"marker": "mk7"})
+    assert p.marker == "mk7" and p.ignorable
+
+
+def test_invalid_text_pattern_never_raises() -> None:
+    bad = ProtocolSettings(format="text", event_patterns={"x": "([unclosed"})
+    assert parse_frame("([unclosed", bad).kind is FrameKind.UNTYPED
+    assert pattern_error("([unclosed") and not pattern_error("^ok {marker}$")
+
+
+def test_huge_text_frame_in_text_mode_is_oversized() -> None:
+    f = parse_frame("PONG " + "x" * 2_000_000, TEXT)
+    assert f.kind is FrameKind.OVERSIZED
+
+
+@pytest.mark.parametrize(
+    ("template", "values", "expected"),
+    [
+        ("PING {marker}", {"marker": "mk1"}, "PING mk1"),
+        ("SAY {room} {text}", {"room": "r", "text": "hi"}, "SAY r hi"),
+        ("keep {unknown} and {marker}", {}, "keep {unknown} and "),
+        ({"id": "{sub}", "n": 1, "l": ["{marker}"]}, {"sub": "s1", "marker": "m"}, None),
+    ],
+)
+def test_render_values_substitutes_placeholders_and_captures(
+    template: object, values: dict, expected: str | None
+) -> None:
+    out = render_values(template, values)
+    if expected is None:
+        assert json.loads(out) == {"id": "s1", "n": 1, "l": ["m"]}
+    else:
+        assert out == expected
+
+
+def test_render_pattern_escapes_values_and_captures_unknowns() -> None:
+    assert render_pattern("^a {marker}$", {"marker": "x.y"}) == r"^a x\.y$"
+    rx = compile_pattern("{user_id} said {user_id}")
+    assert rx is not None and rx.search("bob said bob") and not rx.search("bob said eve")
+
+
+def test_render_template_knows_marker() -> None:
+    assert render_template({"m": "{marker}"}, marker="mk") == '{"m":"mk"}'

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from runbook_lib.results import Status
+from runbook_lib.settings import SourceSettings
 from runbook_lib.source import (
     judge_git_branch,
     judge_git_clean,
     judge_ws_routes_present,
     list_app_routes,
+    list_source_routes,
     observe_git,
 )
 
@@ -134,3 +137,97 @@ def test_bad_import_and_hanging_import_are_results(repo: Path) -> None:
     obs = list_app_routes("slow_app:app", cwd=str(repo), timeout_s=1)
     assert obs.timed_out and judge_ws_routes_present(obs, []).status is Status.ERROR
     assert judge_ws_routes_present(None, []).status is Status.SKIP
+
+
+# ---------------------------------------------------------------- the app's own interpreter
+
+
+@pytest.fixture
+def bare_python(tmp_path: Path) -> str:
+    """A second interpreter without site-packages: this one run with ``-S``."""
+    import sys
+
+    script = tmp_path / "bin" / "bare-python"
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_import_root_puts_the_apps_own_tree_first(tmp_path: Path) -> None:
+    """An app importing a sibling that exists only under ``import_root``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "routes_only_here.py").write_text("PATH = '/only/here'\n")
+    (src / "rooted_app.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import WebSocketRoute\n"
+        "from routes_only_here import PATH\n"
+        "async def ws(websocket):\n    await websocket.accept()\n"
+        "app = Starlette(routes=[WebSocketRoute(PATH, ws)])\n"
+    )
+    without = list_app_routes("rooted_app:app", cwd=str(tmp_path), timeout_s=60)
+    assert "'rooted_app'" in without.error and not without.ws_paths
+    obs = list_app_routes("rooted_app:app", cwd=str(tmp_path), import_root="src", timeout_s=60)
+    assert obs.error == "" and obs.ws_paths == ("/only/here",)
+    assert obs.installed["uvicorn"] and obs.installed["websockets"]
+    assert not obs.ws_library_missing
+    src_settings = SourceSettings(repo_dir=str(tmp_path), app="rooted_app:app", import_root="src")
+    assert list_source_routes(src_settings, timeout_s=60).ws_paths == ("/only/here",)
+
+
+def test_missing_dependency_names_the_module_and_the_interpreter(
+    repo: Path, bare_python: str
+) -> None:
+    obs = list_app_routes("svc_app:app", cwd=str(repo), python=bare_python, timeout_s=60)
+    assert "module 'fastapi' is not installed" in obs.error
+    assert bare_python in obs.error and "[source] python" in obs.error
+    assert obs.missing_module == "fastapi" and obs.python.startswith(bare_python)
+    assert judge_ws_routes_present(obs, ["/websocket"]).status is Status.FAIL
+
+
+def test_runbook_package_modules_do_not_shadow_the_apps(tmp_path: Path) -> None:
+    """The walker runs from runbook_lib/: an app module named ``settings`` is the app's."""
+    (tmp_path / "settings.py").write_text("WS = '/from-app-settings'\n")
+    (tmp_path / "shadow_app.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import WebSocketRoute\n"
+        "import settings\n"
+        "async def ws(websocket):\n    await websocket.accept()\n"
+        "app = Starlette(routes=[WebSocketRoute(settings.WS, ws)])\n"
+    )
+    obs = list_app_routes("shadow_app:app", cwd=str(tmp_path), timeout_s=60)
+    assert obs.ws_paths == ("/from-app-settings",), obs.error
+
+
+def test_bad_interpreter_and_import_root_are_clear(repo: Path) -> None:
+    obs = list_app_routes("svc_app:app", cwd=str(repo), python="./no/such/python")
+    assert "could not start the app's interpreter" in obs.error and "[source] python" in obs.error
+    obs = list_app_routes("svc_app:app", cwd=str(repo), import_root="missing-dir")
+    assert "import root" in obs.error and "is not a directory" in obs.error
+
+
+def test_uvicorn_without_a_websocket_library_is_reported(tmp_path: Path) -> None:
+    """The app's environment has uvicorn but no websockets/wsproto: every upgrade would 404."""
+    site = tmp_path / "site"
+    (site / "uvicorn").mkdir(parents=True)
+    (site / "uvicorn" / "__init__.py").write_text("")
+    (tmp_path / "plain_app.py").write_text(
+        "class R:\n    path = '/ws'\n    name = 'ws'\n"
+        "class WebSocketRoute(R):\n    pass\n"
+        "class App:\n    routes = [WebSocketRoute()]\n"
+        "app = App()\n"
+    )
+    python = tmp_path / "py"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    obs = list_app_routes("plain_app:app", cwd=str(tmp_path), python=str(python), timeout_s=60)
+    assert obs.error == "" and obs.ws_paths == ("/ws",)
+    assert obs.installed == {
+        "uvicorn": True,
+        "hypercorn": False,
+        "daphne": False,
+        "websockets": False,
+        "wsproto": False,
+    }
+    assert obs.ws_library_missing
