@@ -64,7 +64,7 @@ _HEADER_PATTERNS = [
 ]
 
 _lock = threading.Lock()
-_secrets: set[str] = set()
+_secrets: dict[str, None] = {}  # an ordered set: chunks of it are compiled once (see _chunks)
 _MIN_LEN = 6  # shorter values would redact ordinary words
 # Case-insensitive matching of a short value would hit ordinary text and image data:
 # below this length only the exact, upper- and lower-case spellings are matched.
@@ -77,7 +77,7 @@ def register_secret(value: str | None) -> str | None:
     """Remember ``value`` as secret (ignored when empty or very short) and return it."""
     if value and len(value) >= _MIN_LEN:
         with _lock:
-            _secrets.add(value)
+            _secrets.setdefault(value, None)
     return value
 
 
@@ -173,7 +173,16 @@ def _trie_regex(words: Iterable[str]) -> str:
         node[""] = {}
 
     def build(node: dict[str, Any]) -> str:
-        alts = [re.escape(ch) + build(sub) for ch, sub in sorted(node.items()) if ch]
+        alts = []
+        for ch, sub in sorted(node.items()):
+            if not ch:
+                continue
+            # Follow a chain of single children iteratively: recursion only at branches.
+            run = [ch]
+            while len(sub) == 1 and "" not in sub:
+                ((nxt, sub),) = sub.items()
+                run.append(nxt)
+            alts.append(re.escape("".join(run)) + build(sub))
         if not alts:
             return ""
         body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
@@ -207,29 +216,43 @@ def _pattern_source(values: frozenset[str]) -> str:
     return "|".join(parts)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=512)
 def _text_regex(values: frozenset[str]) -> re.Pattern[str] | None:
     src = _pattern_source(values)
     return re.compile(src) if src else None
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=512)
 def _bytes_regex(values: frozenset[str]) -> re.Pattern[bytes] | None:
     src = _pattern_source(values)
     return re.compile(src.encode("utf-8")) if src else None
 
 
-def _values(extra: Iterable[str]) -> frozenset[str]:
+# Secrets are compiled in chunks of this many, in registration order: a new secret
+# recompiles only the last chunk, so registering n secrets (a token per simulated user)
+# costs O(n) compilation, not O(n^2), and most texts are searched by one or two patterns.
+_CHUNK = 32
+
+
+def _chunks(extra: Iterable[str]) -> list[frozenset[str]]:
     with _lock:
-        values = set(_secrets)
-    values.update(v for v in extra if v and len(v) >= _MIN_LEN)
-    return frozenset(values)
+        values = dict(_secrets)
+    for v in extra:
+        if v and len(v) >= _MIN_LEN:
+            values.setdefault(v, None)
+    order = list(values)
+    return [frozenset(order[i : i + _CHUNK]) for i in range(0, len(order), _CHUNK)]
+
+
+def _text_regexes(extra: Iterable[str] = ()) -> list[re.Pattern[str]]:
+    return [rx for c in _chunks(extra) if (rx := _text_regex(c)) is not None]
 
 
 def find_secrets(text: str, extra: Iterable[str] = ()) -> list[str]:
     """Every occurrence, in any form, of a registered secret (or one of ``extra``) in ``text``."""
-    rx = _text_regex(_values(extra))
-    return [m.group(0) for m in rx.finditer(text)] if rx and text else []
+    if not text:
+        return []
+    return [m.group(0) for rx in _text_regexes(extra) for m in rx.finditer(text)]
 
 
 def count_secrets(data: bytes | str, extra: Iterable[str] = ()) -> int:
@@ -241,8 +264,8 @@ def count_secrets(data: bytes | str, extra: Iterable[str] = ()) -> int:
         return 0
     if isinstance(data, str):
         return len(find_secrets(data, extra))
-    rx = _bytes_regex(_values(extra))
-    return sum(1 for _ in rx.finditer(data)) if rx else 0
+    regexes = [rx for c in _chunks(extra) if (rx := _bytes_regex(c)) is not None]
+    return sum(1 for rx in regexes for _ in rx.finditer(data))
 
 
 # ------------------------------------------------------------------ redaction
@@ -255,8 +278,7 @@ def redact(text: str) -> str:
     """
     if not text:
         return text
-    rx = _text_regex(_values(()))
-    if rx is not None:
+    for rx in _text_regexes():
         text = rx.sub(REDACTED, text)
     text = JWT_PATTERN.sub(REDACTED, text)
     for pattern in _HEADER_PATTERNS:

@@ -76,9 +76,10 @@ def _decodes_to(text: str, secret: str) -> bool:
         run = m.group(0).rstrip("=").replace("-", "+").replace("_", "/")
         for start in range(4):
             chunk = run[start:]
-            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            if len(chunk) % 4 == 1:
+                chunk = chunk[:-1]
             with contextlib.suppress(ValueError):
-                if raw in base64.b64decode(chunk, validate=True):
+                if raw in base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True):
                     return True
     return False
 
