@@ -54,8 +54,7 @@ class Range:
 
     def text(self) -> str:
         """The range as written in ``docs/configuration.md``, e.g. ``(0, 600]``."""
-        lo = f"{self.lo:g}"
-        hi = f"{self.hi:g}"
+        lo, hi = (f"{int(x)}" if float(x).is_integer() else f"{x:g}" for x in (self.lo, self.hi))
         return f"{'(' if self.lo_open else '['}{lo}, {hi}]"
 
 

@@ -683,3 +683,45 @@ def test_schema_keys_cover_every_section():
     assert "target.health_path" in keys and "protocol.event_patterns" in keys
     assert "checks.not_applicable" in keys and "flows.<name>.steps[].expect_pattern" in keys
     assert "auth.token" not in keys and "auth.jwt_secret" not in keys
+
+
+# ------------------------------------------------------------------ docs/configuration.md
+
+_DOC_ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)\|\s*$")
+_RANGE_OF = {
+    "commands.<list>[].timeout_s": "commands.timeout_s",
+    "flows.<name>.steps[].timeout_s": "flows.timeout_s",
+}
+
+
+def _documented() -> dict[str, tuple[str, str]]:
+    rows: dict[str, tuple[str, str]] = {}
+    for line in (REPO / "docs" / "configuration.md").read_text(encoding="utf-8").splitlines():
+        m = _DOC_ROW.match(line)
+        if m:
+            key, typ, _default, rng, _checks = (g.strip() for g in m.groups())
+            assert key not in rows, f"{key} documented twice"
+            rows[key] = (typ, rng)
+    return rows
+
+
+def test_every_schema_key_is_documented_and_every_documented_key_exists():
+    documented = _documented()
+    schema = set(schema_keys())
+    assert sorted(schema - set(documented)) == [], "keys missing from docs/configuration.md"
+    assert sorted(set(documented) - schema) == [], "documented keys the schema does not have"
+
+
+def test_documented_ranges_are_the_enforced_ranges():
+    for key, (typ, rng) in _documented().items():
+        enforced = RANGES.get(_RANGE_OF.get(key, key))
+        if enforced is None:
+            assert rng == "", (key, rng)
+        else:
+            assert rng == enforced.text(), (key, rng, enforced.text())
+            assert typ, key
+
+
+def test_documented_cell_timeout_is_the_constant():
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert f"CELL_TIMEOUT_S = {CELL_TIMEOUT_S:g}" in text
