@@ -16,8 +16,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
-import shutil
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -36,8 +34,12 @@ from .settings_rules import (
     check_number,
     check_placeholders,
     check_regex,
+    checks_table,
     closest,
     parse_flows,
+    resolve_source,
+    validate_protocol,
+    validate_thresholds,
 )
 
 __all__ = [
@@ -428,9 +430,6 @@ _NON_EMPTY = {
     "source": ("repo_dir", "app", "python", "import_root"),
     "protocol": ("pong_pattern", "error_pattern"),
 }
-_CHECK_ID = re.compile(r"^[a-z][a-z0-9_]*\.[A-Za-z0-9_.-]+$")
-_SUBPROTOCOL = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-FORMATS = ("json", "text")
 
 
 def schema_keys() -> list[str]:
@@ -542,9 +541,9 @@ def settings_from_dict(
         _check_url("auth.token_endpoint", auth.token_endpoint, ("http", "https"), source)
     parts["auth"] = replace(auth, token=token, jwt_secret=secret)
 
-    protocol = _validate_protocol(parts["protocol"], raw.get("protocol", {}), source, warnings)
-    parts["source"] = _resolve_source(parts["source"], source)
-    _validate_thresholds(parts["thresholds"], protocol, source, warnings)
+    protocol = validate_protocol(parts["protocol"], raw.get("protocol", {}), source, warnings)
+    parts["source"] = resolve_source(parts["source"], source)
+    validate_thresholds(parts["thresholds"], protocol, source, warnings)
 
     commands = raw.get("commands", {})
     if not isinstance(commands, Mapping):
@@ -559,7 +558,7 @@ def settings_from_dict(
     predeploy = _commands(commands.get("predeploy", []), "predeploy", source)
     mission = _commands(commands.get("mission_critical", []), "mission_critical", source)
 
-    not_applicable = _checks_table(raw.get("checks", {}), source)
+    not_applicable = checks_table(raw.get("checks", {}), source)
     flows = parse_flows(raw.get("flows", {}), fmt=protocol.format, source=source)
     for flow_name in flows:
         if flow_name not in FLOW_NAMES:
@@ -704,140 +703,6 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
             check_placeholders(f"{where}.{etype}", pattern, BUILTIN_PLACEHOLDERS, source)
         return {str(k): v for k, v in value.items()}
     return value
-
-
-def _validate_protocol(
-    p: ProtocolSettings, table: Mapping[str, Any], source: str, warnings: list[str]
-) -> ProtocolSettings:
-    if p.format not in FORMATS:
-        raise ConfigError(
-            f"protocol.format = {p.format!r}: expected one of {FORMATS}{closest(p.format, FORMATS)}",
-            source,
-        )
-    for sp in p.subprotocols:
-        if not _SUBPROTOCOL.match(sp):
-            raise ConfigError(
-                f"protocol.subprotocols entry {sp!r} is not a valid subprotocol token "
-                "(no spaces or commas)",
-                source,
-            )
-    if p.format == "text" and "ping" in table and isinstance(p.ping, Mapping):
-        raise ConfigError(
-            "protocol.ping is a table (a JSON frame) but format = 'text': give a string", source
-        )
-    for key in ("ping", "agent_request", "chat_message"):
-        check_placeholders(f"protocol.{key}", getattr(p, key), BUILTIN_PLACEHOLDERS, source)
-    for key in ("pong_pattern", "error_pattern"):
-        if key in table:
-            check_regex(f"protocol.{key}", getattr(p, key), source)
-            check_placeholders(f"protocol.{key}", getattr(p, key), BUILTIN_PLACEHOLDERS, source)
-    if "critical_events" in table and not p.critical_events:
-        warnings.append(
-            "protocol.critical_events is empty: events.critical_delivered and events.order "
-            "have nothing to check"
-        )
-    elif len(p.critical_events) < 2:
-        warnings.append(
-            f"protocol.critical_events has {len(p.critical_events)} event type(s): events.order "
-            "needs at least two (the check reports it; declare it in [checks] not_applicable)"
-        )
-    if len(set(p.critical_events)) != len(p.critical_events):
-        raise ConfigError("protocol.critical_events lists an event type twice", source)
-    return p
-
-
-def _validate_thresholds(
-    th: Thresholds, p: ProtocolSettings, source: str, warnings: list[str]
-) -> None:
-    if th.critical_events_min > len(p.critical_events):
-        raise ConfigError(
-            f"thresholds.critical_events_min = {th.critical_events_min} but "
-            f"protocol.critical_events lists {len(p.critical_events)} event type(s): the check "
-            "could never pass; lower the minimum or list the events",
-            source,
-        )
-    if th.monitor_interval_s > th.monitor_window_s:
-        raise ConfigError(
-            f"thresholds.monitor_interval_s = {th.monitor_interval_s:g} is longer than "
-            f"thresholds.monitor_window_s = {th.monitor_window_s:g}: the window holds no sample",
-            source,
-        )
-    samples = int(th.monitor_window_s / th.monitor_interval_s)
-    if samples < 5:
-        warnings.append(
-            f"thresholds.monitor_window_s / monitor_interval_s gives {samples} sample(s) per "
-            "window; monitoring needs at least 5 to judge uptime"
-        )
-
-
-def _resolve_source(src: SourceSettings, source: str) -> SourceSettings:
-    # Relative paths in an environment file mean "relative to that file", whatever
-    # directory the runbook (or a notebook kernel) happens to run in.
-    base = Path(source).parent if source != "<dict>" else Path.cwd()
-    repo_dir = src.repo_dir
-    if repo_dir and not Path(repo_dir).is_absolute() and source != "<dict>":
-        repo_dir = str((base / repo_dir).resolve())
-    python = src.python
-    if python:
-        if os.sep in python or "/" in python:
-            found = Path(python).expanduser()
-            found = found if found.is_absolute() else (base / found)
-            python_path: str | None = str(found.absolute()) if found.exists() else None
-        else:
-            python_path = shutil.which(python)
-        if python_path is None:
-            raise ConfigError(
-                f"source.python = {src.python!r}: no such interpreter (relative paths are "
-                f"relative to {base})",
-                source,
-            )
-        if not os.access(python_path, os.X_OK) or Path(python_path).is_dir():
-            raise ConfigError(f"source.python = {python_path!r} is not executable", source)
-        python = python_path
-    import_root = src.import_root
-    if import_root:
-        root = Path(repo_dir) if repo_dir else base
-        resolved = Path(import_root).expanduser()
-        resolved = resolved if resolved.is_absolute() else root / resolved
-        if not resolved.is_dir():
-            raise ConfigError(
-                f"source.import_root = {import_root!r}: {resolved} is not a folder "
-                "(relative to source.repo_dir)",
-                source,
-            )
-        import_root = str(resolved.resolve())
-    return replace(src, repo_dir=repo_dir, python=python, import_root=import_root)
-
-
-def _checks_table(table: Any, source: str) -> dict[str, str]:
-    if not isinstance(table, Mapping):
-        raise ConfigError("[checks] must be a table", source)
-    for key in table:
-        if key != "not_applicable":
-            raise ConfigError(
-                f"unknown key checks.{key}{closest(key, ['not_applicable'])}; [checks] holds "
-                'not_applicable = { "check.id" = "reason" }',
-                source,
-            )
-    na = table.get("not_applicable", {})
-    if not isinstance(na, Mapping):
-        raise ConfigError("checks.not_applicable must be a table: check id -> reason", source)
-    out: dict[str, str] = {}
-    for cid, reason in na.items():
-        if not _CHECK_ID.match(str(cid)):
-            raise ConfigError(
-                f"checks.not_applicable: {cid!r} is not a check id (family.name, e.g. "
-                '"ws.test_endpoint")',
-                source,
-            )
-        if not isinstance(reason, str) or not reason.strip():
-            raise ConfigError(
-                f"checks.not_applicable.{cid!r} needs a non-empty reason (it is shown in "
-                "the summary)",
-                source,
-            )
-        out[str(cid)] = reason.strip()
-    return out
 
 
 def _validate_target(t: TargetSettings, source: str) -> TargetSettings:
