@@ -36,6 +36,7 @@ from .settings_rules import (
     check_regex,
     checks_table,
     closest,
+    closest_name,
     parse_flows,
     resolve_source,
     validate_protocol,
@@ -449,21 +450,20 @@ def schema_keys() -> list[str]:
 def _suggest(name: str, section: str | None = None) -> str:
     """`` (did you mean [target]?)`` / `` (did you mean thresholds.hold_s?)`` or ''."""
     if section is None:
-        tables = {*_SECTIONS, *_TABLES}
-        hint = closest(name, _TOP_KEYS)
-        if hint:
-            m = hint[len(" (did you mean ") : -2]
-            return f" (did you mean [{m}]?)" if m in tables else hint
+        match = closest_name(name, _TOP_KEYS)
+        if match:
+            shown = f"[{match}]" if match in _SECTIONS or match in _TABLES else match
+            return f" (did you mean {shown}?)"
     elif section in _SECTIONS:
         private = _PRIVATE.get(section, set())
         own = [f.name for f in fields(_SECTIONS[section]) if f.name not in private]
-        hint = closest(name, own)
-        if hint:
-            return f" (did you mean {section}.{hint[len(' (did you mean ') : -2]}?)"
+        match = closest_name(name, own)
+        if match:
+            return f" (did you mean {section}.{match}?)"
     # A key written in the wrong section (hold_s under [timeouts]) or at the top level.
     leaves = {k.rsplit(".", 1)[-1]: k for k in schema_keys() if "." in k and "<" not in k}
-    match = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.8)
-    return f" (did you mean {leaves[match[0]]}?)" if match else ""
+    match = closest_name(name, leaves, cutoff=0.8)
+    return f" (did you mean {leaves[match]}?)" if match else ""
 
 
 def load_settings(

@@ -37,6 +37,7 @@ __all__ = [
     "check_regex",
     "checks_table",
     "closest",
+    "closest_name",
     "parse_flows",
     "placeholders",
     "resolve_source",
@@ -117,10 +118,16 @@ RANGES: dict[str, Range] = {
 }
 
 
+def closest_name(name: str, known: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The known name closest to ``name`` (difflib), or None."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
 def closest(name: str, known: Iterable[str]) -> str:
     """`` (did you mean X?)`` for the closest known name, or ''."""
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
+    match = closest_name(name, known)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def check_number(key: str, value: Any, source: str, name: str = "") -> float | int:
