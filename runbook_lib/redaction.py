@@ -193,21 +193,33 @@ def _trie_regex(words: Iterable[str]) -> str:
     return build(root) if root else ""
 
 
+@lru_cache(maxsize=4096)
+def _forms_of(v: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(forms matched case-insensitively, in lower case; forms matched exactly) of one
+    secret, computed once per secret however often its chunk is recompiled."""
+    case = _case_forms(v)
+    keep = REDACTED.lower()
+    if len(v) >= _FOLD_MIN_LEN:
+        folded = {f.lower() for f in case}
+        exact: set[str] = set()
+    else:
+        folded = set()
+        exact = {x for f in case for x in (f, f.upper(), f.lower())}
+    exact.update(_exact_forms(v))
+    return (
+        tuple(f for f in folded if f and f not in keep),
+        tuple(f for f in exact if f and f.lower() not in keep),
+    )
+
+
 def _pattern_source(values: frozenset[str]) -> str:
     folded: set[str] = set()
     exact: set[str] = set()
     for v in values:
-        if not v or len(v) < _MIN_LEN:
-            continue
-        case = _case_forms(v)
-        if len(v) >= _FOLD_MIN_LEN:
-            folded.update(f.lower() for f in case)
-        else:
-            exact.update(x for f in case for x in (f, f.upper(), f.lower()))
-        exact.update(_exact_forms(v))
-    keep = REDACTED.lower()
-    folded = {f for f in folded if f and f not in keep}
-    exact = {f for f in exact if f and f.lower() not in keep}
+        if v and len(v) >= _MIN_LEN:
+            f, e = _forms_of(v)
+            folded.update(f)
+            exact.update(e)
     parts = []
     if folded:
         parts.append("(?i:" + _trie_regex(folded) + ")")
@@ -228,10 +240,12 @@ def _bytes_regex(values: frozenset[str]) -> re.Pattern[bytes] | None:
     return re.compile(src.encode("utf-8")) if src else None
 
 
-# Secrets are compiled in chunks of this many, in registration order: a new secret
-# recompiles only the last chunk, so registering n secrets (a token per simulated user)
-# costs O(n) compilation, not O(n^2), and most texts are searched by one or two patterns.
-_CHUNK = 32
+# Secrets are compiled in chunks, in registration order: full chunks of _CHUNK, then
+# the rest split by powers of two (43 = 32 + 8 + 2 + 1). A new secret changes only the
+# small trailing chunks (the others stay compiled), so registering n secrets (a token
+# per simulated user, redacting between registrations) costs about O(n log n)
+# compilation, and a text is searched by at most n / _CHUNK + log2(_CHUNK) patterns.
+_CHUNK = 64
 
 
 def _chunks(extra: Iterable[str]) -> list[frozenset[str]]:
@@ -241,7 +255,15 @@ def _chunks(extra: Iterable[str]) -> list[frozenset[str]]:
         if v and len(v) >= _MIN_LEN:
             values.setdefault(v, None)
     order = list(values)
-    return [frozenset(order[i : i + _CHUNK]) for i in range(0, len(order), _CHUNK)]
+    full = len(order) - len(order) % _CHUNK
+    out = [frozenset(order[i : i + _CHUNK]) for i in range(0, full, _CHUNK)]
+    i = full
+    for bit in reversed(range(_CHUNK.bit_length())):
+        size = 1 << bit
+        if (len(order) - full) & size:
+            out.append(frozenset(order[i : i + size]))
+            i += size
+    return out
 
 
 def _text_regexes(extra: Iterable[str] = ()) -> list[re.Pattern[str]]:

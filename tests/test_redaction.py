@@ -227,3 +227,19 @@ def test_redaction_stays_linear_on_large_outputs():
 def test_extra_values_are_searched_without_registering_them():
     assert count_secrets(b"xx sk-TESTSECRET-123456 xx", ["sk-TESTSECRET-123456"]) == 1
     assert "sk-TESTSECRET-123456" not in registered_secrets()
+
+
+def test_many_secrets_registered_between_redactions_stay_cheap_and_all_redacted():
+    """A token per simulated user, redaction between registrations: no recompiling of
+    everything per token (that was quadratic), and every token in every form is found."""
+    tokens = [f"user-token-{i:04d}-" + "z" * 30 for i in range(150)]
+    start = time.perf_counter()
+    for tok in tokens:
+        register_secret(tok)
+        assert redact(f"echo {tok}") == f"echo {REDACTED}"
+    assert time.perf_counter() - start < 30.0  # ~1 s unloaded; quadratic was ~10x that
+    text = " ".join(base64.b64encode(t.encode()).decode() + " " + t.upper() for t in tokens)
+    out = redact(text)
+    assert all(t.upper() not in out for t in tokens)
+    assert not any(_decodes_to(out, t) for t in tokens[::10])
+    assert count_secrets(text.encode()) == 2 * len(tokens)
