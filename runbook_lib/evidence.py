@@ -34,7 +34,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from .context import PHASES, phase_file
-from .redaction import JWT_PATTERN, redact, redact_obj, registered_secrets
+from .redaction import JWT_PATTERN, count_secrets, redact, redact_obj, registered_secrets
 from .results import CheckResult, Recommendation, Status
 
 __all__ = [
@@ -676,7 +676,6 @@ def scan_secrets(run_dir: str | os.PathLike[str], secrets: Iterable[str] = ()) -
             the environment variables the settings name: the kernels read them, not us).
     """
     values = {s for s in (*registered_secrets(), *secrets) if s and len(s) >= 6}
-    needles = [v.encode() for v in values]
     leaks: list[Leak] = []
     root = Path(run_dir)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -684,7 +683,7 @@ def scan_secrets(run_dir: str | os.PathLike[str], secrets: Iterable[str] = ()) -
         if rel == UNSAFE_MARKER:
             continue
         data = path.read_bytes()
-        count = sum(data.count(n) for n in needles)
+        count = count_secrets(data, values)  # every encoded form too (redaction.secret_forms)
         if count:
             leaks.append(Leak(rel, "registered secret value", count))
         jwts = len(_JWT_BYTES.findall(data))

@@ -38,7 +38,7 @@ from .evidence import PhaseOutcome
 from .exceptions import ConfigError
 from .redaction import redact, register_secret
 from .results import Recommendation
-from .settings import load_settings, resolve_environment
+from .settings import CELL_TIMEOUT_S, load_settings, resolve_environment
 
 __all__ = [
     "DEFAULT_PHASES",
@@ -192,7 +192,7 @@ class RunOptions:
     out_dir: Path = Path("outputs")
     overrides: Mapping[str, Any] = field(default_factory=dict)
     rollback_to: str = ""
-    cell_timeout_s: float = 600.0
+    cell_timeout_s: float = CELL_TIMEOUT_S
     deadline_s: float = 1800.0
     start_timeout_s: float = 60.0
     kernel_name: str = "python3"

@@ -1,28 +1,51 @@
 """Environment files (TOML): load, validate, resolve secrets.
 
 One file describes one target (``environments/<name>.toml`` or any path). The
-schema below is the public contract of SPEC section 4; unknown keys produce a
-warning, wrong types and bad URLs raise :class:`ConfigError` naming the key and
-the file. Secrets never live in the file: only the names of environment
-variables that hold them, read here and registered for redaction at once.
+schema below is the public contract of SPEC sections 4 and 8, documented key by key
+in ``docs/configuration.md``. The file is strict: an unknown section or key, a wrong
+type, an empty string where a path or URL belongs, a number that is not finite or out
+of its range (``settings_rules.RANGES``), a wait that cannot fit the notebook cell
+timeout (:data:`CELL_TIMEOUT_S`), a bad pattern or flow, or an environment variable the
+file names but the process lacks, raise :class:`ConfigError` naming the file, the key
+and the closest known key. Secrets never live in the file: only the names of
+environment variables that hold them, read here and registered for redaction at once.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError
-from .flows import Flow
+from .flows import FLOW_NAMES, Flow
 from .redaction import register_secret
+from .settings_rules import (
+    BUILTIN_PLACEHOLDERS,
+    CELL_TIMEOUT_S,
+    RANGES,
+    check_cell_budget,
+    check_number,
+    check_placeholders,
+    check_regex,
+    checks_table,
+    closest,
+    closest_name,
+    parse_flows,
+    resolve_source,
+    validate_protocol,
+    validate_thresholds,
+)
 
 __all__ = [
+    "ABSENT_ABLE",
+    "CELL_TIMEOUT_S",
     "AuthSettings",
     "CloudRunSettings",
     "CommandSpec",
@@ -36,6 +59,9 @@ __all__ = [
     "environments_dir",
     "load_settings",
     "resolve_environment",
+    "schema_keys",
+    "settings_from_dict",
+    "validate_check_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,18 +71,22 @@ AUTH_MODES = ("none", "bearer", "subprotocol", "query")
 
 @dataclass(frozen=True, slots=True)
 class TargetSettings:
-    """``[target]``: where the service answers."""
+    """``[target]``: where the service answers.
+
+    A path set to ``false`` in the file (the service has no such endpoint) is ``None``
+    here and listed in ``Settings.declared_absent``.
+    """
 
     base_url: str = ""
     ws_url: str = ""
     ws_paths: tuple[str, ...] = ("/websocket", "/ws/test")
     primary_ws_path: str = "/websocket"
-    health_path: str = "/health"
-    ws_health_path: str = "/ws/health"
-    ws_test_path: str = "/ws/test"
+    health_path: str | None = "/health"
+    ws_health_path: str | None = "/ws/health"
+    ws_test_path: str | None = "/ws/test"
     auth_url: str = ""
-    auth_config_path: str = "/auth/config"
-    auth_health_path: str = "/health"
+    auth_config_path: str | None = "/auth/config"
+    auth_health_path: str | None = "/health"
 
     def http(self, path: str) -> str:
         """Absolute HTTP URL of ``path`` on the service."""
@@ -291,11 +321,27 @@ class Settings:
             "mission_critical": [_cmd(c) for c in self.mission_critical],
         }
         out["auto_approve"] = self.auto_approve
+        out["checks"] = {"not_applicable": dict(self.not_applicable)}
+        out["declared_absent"] = sorted(self.declared_absent)
+        out["flows"] = {
+            name: [
+                {k: _plain(getattr(step, k)) for k in _STEP_FIELDS if getattr(step, k)}
+                for step in flow.steps
+            ]
+            for name, flow in self.flows.items()
+        }
         return out
 
     def with_thresholds(self, **overrides: Any) -> Settings:
-        """Copy with some thresholds replaced (used by ``--param``)."""
+        """Copy with some thresholds replaced, each checked against its range."""
+        for key, value in overrides.items():
+            if f"thresholds.{key}" not in RANGES:
+                raise ConfigError(f"unknown key thresholds.{key}{closest(key, _THRESHOLD_KEYS)}")
+            overrides[key] = check_number(f"thresholds.{key}", value, self.path)
         return replace(self, thresholds=replace(self.thresholds, **overrides))
+
+
+_STEP_FIELDS = ("send", "expect", "expect_pattern", "expect_event", "capture", "timeout_s")
 
 
 def _cmd(c: CommandSpec) -> dict[str, Any]:
@@ -361,8 +407,63 @@ _SECTIONS: dict[str, type] = {
     "thresholds": Thresholds,
     "timeouts": Timeouts,
 }
-_TOP_KEYS = {"name", "auto_approve", "sandbox", "commands", *_SECTIONS}
+# Tables of the file besides the dataclass sections.
+_TABLES = ("commands", "checks", "flows")
+_TOP_KEYS = ("name", "auto_approve", "sandbox", *_SECTIONS, *_TABLES)
 _PRIVATE = {"auth": {"token", "jwt_secret"}}
+_THRESHOLD_KEYS = tuple(f.name for f in fields(Thresholds))
+_COMMAND_LISTS = ("predeploy", "mission_critical")
+_COMMAND_KEYS = ("name", "run", "timeout_s", "junit", "cwd")
+_FLOW_STEP_KEYS = _STEP_FIELDS
+# [target] paths that accept ``false``: the service has no such endpoint.
+ABSENT_ABLE = (
+    "health_path",
+    "ws_health_path",
+    "ws_test_path",
+    "auth_config_path",
+    "auth_health_path",
+)
+# Keys whose value is a path, a URL or a name: an empty string is an error (it would
+# silently mean "the root" or "nothing"), never a default.
+_NON_EMPTY = {
+    "target": ("base_url", "ws_url", "primary_ws_path", "auth_url", *ABSENT_ABLE),
+    "auth": ("token_env", "jwt_secret_env", "token_endpoint", "subprotocol", "query_param"),
+    "source": ("repo_dir", "app", "python", "import_root"),
+    "protocol": ("pong_pattern", "error_pattern"),
+}
+
+
+def schema_keys() -> list[str]:
+    """Every key an environment file may hold, dotted (``target.health_path``); list and
+    step keys as ``commands.<list>[].name`` and ``flows.<name>.steps[].send``."""
+    keys = ["name", "auto_approve", "sandbox"]
+    for section, cls in _SECTIONS.items():
+        private = _PRIVATE.get(section, set())
+        keys += [f"{section}.{f.name}" for f in fields(cls) if f.name not in private]
+    keys += [f"commands.{lst}" for lst in _COMMAND_LISTS]
+    keys += [f"commands.<list>[].{k}" for k in _COMMAND_KEYS]
+    keys += ["checks.not_applicable", "flows.<name>.steps"]
+    keys += [f"flows.<name>.steps[].{k}" for k in _FLOW_STEP_KEYS]
+    return keys
+
+
+def _suggest(name: str, section: str | None = None) -> str:
+    """`` (did you mean [target]?)`` / `` (did you mean thresholds.hold_s?)`` or ''."""
+    if section is None:
+        match = closest_name(name, _TOP_KEYS)
+        if match:
+            shown = f"[{match}]" if match in _SECTIONS or match in _TABLES else match
+            return f" (did you mean {shown}?)"
+    elif section in _SECTIONS:
+        private = _PRIVATE.get(section, set())
+        own = [f.name for f in fields(_SECTIONS[section]) if f.name not in private]
+        match = closest_name(name, own)
+        if match:
+            return f" (did you mean {section}.{match}?)"
+    # A key written in the wrong section (hold_s under [timeouts]) or at the top level.
+    leaves = {k.rsplit(".", 1)[-1]: k for k in schema_keys() if "." in k and "<" not in k}
+    match = closest_name(name, leaves, cutoff=0.8)
+    return f" (did you mean {leaves[match]}?)" if match else ""
 
 
 def load_settings(
@@ -379,10 +480,12 @@ def load_settings(
         overrides: dotted keys replacing file values, e.g. ``{"thresholds.hold_s": 5}``.
 
     Returns:
-        The validated :class:`Settings`; ``warnings`` lists unknown keys.
+        The validated :class:`Settings`; ``warnings`` lists what is allowed but doubtful.
 
     Raises:
-        ConfigError: unreadable file, bad TOML, wrong type, missing key, bad URL.
+        ConfigError: unreadable file, bad TOML, unknown section or key, wrong type, empty
+            path or URL, number out of range, wait longer than a cell, bad pattern or flow,
+            unset environment variable. The message names the file and the key.
     """
     path = resolve_environment(os.fspath(name_or_path))
     src = str(path)
@@ -403,9 +506,10 @@ def settings_from_dict(
     """Validate an already-parsed environment mapping (see :func:`load_settings`)."""
     env = os.environ if environ is None else environ
     warnings: list[str] = []
-    for key in raw:
+    for key, value in raw.items():
         if key not in _TOP_KEYS:
-            warnings.append(f"unknown top-level key {key!r} (ignored)")
+            shown = f"section [{key}]" if isinstance(value, Mapping) else f"key {key!r}"
+            raise ConfigError(f"unknown {shown}{_suggest(key)}", source)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("'name' is required and must be a non-empty string", source)
@@ -413,11 +517,12 @@ def settings_from_dict(
         raise ConfigError(f"'name' = {name!r} may only hold letters, digits, '-', '_', '.'", source)
 
     parts: dict[str, Any] = {}
+    absent: set[str] = set()
     for section, cls in _SECTIONS.items():
         table = raw.get(section, {})
         if not isinstance(table, Mapping):
             raise ConfigError(f"[{section}] must be a table", source)
-        parts[section] = _build(cls, section, table, source, warnings)
+        parts[section] = _build(cls, section, table, source, absent)
 
     target: TargetSettings = parts["target"]
     if "target" in raw:
@@ -427,28 +532,40 @@ def settings_from_dict(
     auth: AuthSettings = parts["auth"]
     if auth.mode not in AUTH_MODES:
         raise ConfigError(f"[auth] mode = {auth.mode!r}: expected one of {AUTH_MODES}", source)
-    token = env.get(auth.token_env, "") if auth.token_env else ""
-    secret = env.get(auth.jwt_secret_env, "") if auth.jwt_secret_env else ""
+    check_placeholders("auth.subprotocol", auth.subprotocol, ("token",), source)
+    token = _env_value("auth.token_env", auth.token_env, env, source)
+    secret = _env_value("auth.jwt_secret_env", auth.jwt_secret_env, env, source)
     register_secret(token)
     register_secret(secret)
     if auth.token_endpoint:
         _check_url("auth.token_endpoint", auth.token_endpoint, ("http", "https"), source)
     parts["auth"] = replace(auth, token=token, jwt_secret=secret)
 
-    src: SourceSettings = parts["source"]
-    if src.repo_dir and not Path(src.repo_dir).is_absolute() and source != "<dict>":
-        # Relative paths in an environment file mean "relative to that file", whatever
-        # directory the runbook (or a notebook kernel) happens to run in.
-        parts["source"] = replace(src, repo_dir=str((Path(source).parent / src.repo_dir).resolve()))
+    protocol = validate_protocol(parts["protocol"], raw.get("protocol", {}), source, warnings)
+    parts["source"] = resolve_source(parts["source"], source)
+    validate_thresholds(parts["thresholds"], protocol, source, warnings)
 
     commands = raw.get("commands", {})
     if not isinstance(commands, Mapping):
         raise ConfigError("[commands] must be a table", source)
     for key in commands:
-        if key not in ("predeploy", "mission_critical"):
-            warnings.append(f"unknown key commands.{key} (ignored)")
+        if key not in _COMMAND_LISTS:
+            raise ConfigError(
+                f"unknown key commands.{key}{closest(key, _COMMAND_LISTS)}; "
+                "use [[commands.predeploy]] or [[commands.mission_critical]]",
+                source,
+            )
     predeploy = _commands(commands.get("predeploy", []), "predeploy", source)
     mission = _commands(commands.get("mission_critical", []), "mission_critical", source)
+
+    not_applicable = checks_table(raw.get("checks", {}), source)
+    flows = parse_flows(raw.get("flows", {}), fmt=protocol.format, source=source)
+    for flow_name in flows:
+        if flow_name not in FLOW_NAMES:
+            warnings.append(
+                f"flow {flow_name!r} is not run by any check (checks run the flows "
+                f"{', '.join(FLOW_NAMES)}){closest(flow_name, FLOW_NAMES)}"
+            )
 
     for key, val in (
         ("auto_approve", raw.get("auto_approve", False)),
@@ -459,13 +576,13 @@ def settings_from_dict(
 
     for w in warnings:
         log.warning("%s: %s", source, w)
-    present = frozenset(k for k in raw if k in _SECTIONS or k == "commands")
-    return Settings(
+    present = frozenset(k for k in raw if k in _SECTIONS or k in _TABLES)
+    settings = Settings(
         name=name,
         path=source,
         target=parts["target"],
         auth=parts["auth"],
-        protocol=parts["protocol"],
+        protocol=protocol,
         cloudrun=parts["cloudrun"],
         logging=parts["logging"],
         source=parts["source"],
@@ -477,20 +594,77 @@ def settings_from_dict(
         sandbox=bool(raw.get("sandbox", False)),
         present=present,
         warnings=tuple(warnings),
+        flows=flows,
+        not_applicable=not_applicable,
+        declared_absent=frozenset(absent),
     )
+    check_cell_budget(settings, source)
+    return settings
 
 
-def _build(
-    cls: type, section: str, table: Mapping[str, Any], source: str, warnings: list[str]
-) -> Any:
+def validate_check_ids(
+    settings: Settings, known_ids: Iterable[str], prefixes: Iterable[str] = ()
+) -> None:
+    """Every ``[checks] not_applicable`` id is a known check id (or starts with a prefix
+    such as ``"tests."`` for per-command checks).
+
+    Raises:
+        ConfigError: naming the unknown id and the closest known one.
+    """
+    known = sorted(set(known_ids))
+    pre = tuple(prefixes)
+    for cid in settings.not_applicable:
+        if cid in known or (pre and cid.startswith(pre)):
+            continue
+        raise ConfigError(
+            f"checks.not_applicable: unknown check id {cid!r}{closest(cid, known)}", settings.path
+        )
+
+
+def _env_value(key: str, var: str, env: Mapping[str, str], source: str) -> str:
+    """The value of the environment variable named by ``key`` ('' when no name is set)."""
+    if not var:
+        return ""
+    if var not in env:
+        near = difflib.get_close_matches(var, list(env), n=1, cutoff=0.8)
+        also = f" (a variable named {near[0]} is set)" if near else ""
+        raise ConfigError(
+            f"{key} = {var!r}: the environment variable {var} is not set in this process{also}; "
+            f"export it before the run, or remove {key}",
+            source,
+        )
+    return env[var]
+
+
+def _build(cls: type, section: str, table: Mapping[str, Any], source: str, absent: set[str]) -> Any:
     defaults = cls()
-    known = {f.name: f for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else {}
+    known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
+        dotted = f"{section}.{key}"
         if key not in known or key in _PRIVATE.get(section, ()):
-            warnings.append(f"unknown key {section}.{key} (ignored)")
+            raise ConfigError(f"unknown key {dotted}{_suggest(key, section)}", source)
+        if section == "target" and key in ABSENT_ABLE and isinstance(value, bool):
+            if value:
+                raise ConfigError(
+                    f"{dotted} = true: give a path starting with '/', or false when the "
+                    "service has no such endpoint",
+                    source,
+                )
+            kwargs[key] = None
+            absent.add(dotted)
+            continue
+        if dotted in RANGES:
+            kwargs[key] = type(getattr(defaults, key))(check_number(dotted, value, source))
             continue
         kwargs[key] = _coerce(section, key, value, getattr(defaults, key), source)
+        if key in _NON_EMPTY.get(section, ()) and isinstance(kwargs[key], str):
+            if not kwargs[key].strip():
+                raise ConfigError(
+                    f"{dotted} is an empty string: give a value, or leave the key out"
+                    + (" (false declares the endpoint absent)" if key in ABSENT_ABLE else ""),
+                    source,
+                )
     return cls(**kwargs)
 
 
@@ -500,24 +674,6 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}", source)
         return value
-    if (
-        isinstance(default, int)
-        and not isinstance(default, bool)
-        and isinstance(value, int)
-        and not isinstance(value, bool)
-    ):
-        if value < 0:
-            raise ConfigError(f"{where} must not be negative, got {value}", source)
-        return value
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}", source)
-        if isinstance(default, int) and not float(value).is_integer():
-            # A count (connections, users, samples) used as range(2.5) would crash a step.
-            raise ConfigError(f"{where} must be a whole number, got {value!r}", source)
-        if value < 0:
-            raise ConfigError(f"{where} must not be negative, got {value}", source)
-        return type(default)(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}", source)
@@ -525,15 +681,14 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings, got {value!r}", source)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where} must be a list of non-empty strings, got {value!r}", source)
         return tuple(value)
-    if (
-        isinstance(default, Mapping)
-        and not isinstance(value, Mapping)
-        and key != "ping"
-        and key not in ("agent_request", "chat_message")
-    ):
+    if key in ("ping", "agent_request", "chat_message"):
+        if not isinstance(value, (str, Mapping)) or not value:
+            raise ConfigError(f"{where} must be a non-empty string or a table template", source)
+        return value
+    if isinstance(default, Mapping) and not isinstance(value, Mapping):
         raise ConfigError(f"{where} must be a table, got {value!r}", source)
     if key == "required_fields":
         out: dict[str, tuple[str, ...]] = {}
@@ -542,10 +697,11 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
                 raise ConfigError(f"{where}.{etype} must be a list of field paths", source)
             out[str(etype)] = tuple(paths)
         return out
-    if key in ("ping", "agent_request", "chat_message"):
-        if not isinstance(value, (str, Mapping)):
-            raise ConfigError(f"{where} must be a string or a table template", source)
-        return value
+    if key == "event_patterns":
+        for etype, pattern in value.items():
+            check_regex(f"{where}.{etype}", pattern, source)
+            check_placeholders(f"{where}.{etype}", pattern, BUILTIN_PLACEHOLDERS, source)
+        return {str(k): v for k, v in value.items()}
     return value
 
 
@@ -562,14 +718,7 @@ def _validate_target(t: TargetSettings, source: str) -> TargetSettings:
         ws_url = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
     if t.auth_url:
         _check_url("target.auth_url", t.auth_url, ("http", "https"), source)
-    for key in (
-        "primary_ws_path",
-        "health_path",
-        "ws_health_path",
-        "ws_test_path",
-        "auth_config_path",
-        "auth_health_path",
-    ):
+    for key in ("primary_ws_path", *ABSENT_ABLE):
         value = getattr(t, key)
         if value and not value.startswith("/"):
             raise ConfigError(f"target.{key} = {value!r} must start with '/'", source)
@@ -603,18 +752,21 @@ def _commands(value: Any, key: str, source: str) -> tuple[CommandSpec, ...]:
         where = f"commands.{key}[{i}]"
         if not isinstance(item, Mapping):
             raise ConfigError(f"{where} must be a table with name and run", source)
+        for k in item:
+            if k not in _COMMAND_KEYS:
+                raise ConfigError(f"unknown key {where}.{k}{closest(k, _COMMAND_KEYS)}", source)
         name, run = item.get("name"), item.get("run")
         if not isinstance(name, str) or not name or not isinstance(run, str) or not run:
             raise ConfigError(f"{where} needs string keys 'name' and 'run'", source)
         if name in seen:
             raise ConfigError(f"{where}: duplicate name {name!r}", source)
         seen.add(name)
-        timeout = item.get("timeout_s", 300.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"{where}.timeout_s must be a positive number", source)
+        timeout = check_number(
+            "commands.timeout_s", item.get("timeout_s", 300.0), source, f"{where}.timeout_s"
+        )
         for extra in ("junit", "cwd"):
-            if extra in item and not isinstance(item[extra], str):
-                raise ConfigError(f"{where}.{extra} must be a string", source)
+            if extra in item and (not isinstance(item[extra], str) or not item[extra].strip()):
+                raise ConfigError(f"{where}.{extra} must be a non-empty string (a path)", source)
         out.append(
             CommandSpec(
                 name=name,

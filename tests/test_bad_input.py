@@ -158,6 +158,23 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
         ('[auth]\nmode = "kerberos"', "[auth] mode"),
         ('target = "http://h"', "[target] must be a table"),
         ('[cloudrun]\napi_endpoint = ["a"]', "cloudrun.api_endpoint must be a string"),
+        # Strict file (issue 9): a typo is exit 2 naming the closest key, never a green run.
+        ('[targets]\nbase_url = "http://h"', "unknown section [targets] (did you mean [target]?)"),
+        ("[thresholds]\nhold_secs = 5", "(did you mean thresholds.hold_s?)"),
+        ('[target]\nbase_url = "http://h"\nhealth_path = ""', "target.health_path is an empty"),
+        ('[auth]\nmode = "bearer"\ntoken_env = "RB_UNSET_TOKEN_VAR"', "auth.token_env"),
+        ('[protocol]\npong_pattern = "(("', "protocol.pong_pattern"),
+        ("[protocol]\ncritical_events = []", "critical_events_min = 5"),
+        ('[[flows.agent.steps]]\nsend = "{nonce}"', "undefined placeholder {nonce}"),
+        # Bad numbers (issue 11, reliability.md 6k-6m): rejected at load, naming the key.
+        ("[thresholds]\nmonitor_window_s = inf", "thresholds.monitor_window_s"),
+        ("[thresholds]\nhold_s = nan", "thresholds.hold_s"),
+        ("[thresholds]\nhttp_latency_s = nan", "thresholds.http_latency_s"),
+        ("[thresholds]\nmonitor_window_s = 60000", "milliseconds"),
+        ("[thresholds]\nhold_s = 30000", "thresholds.hold_s"),
+        ("[timeouts]\nconnect_s = 0", "timeouts.connect_s"),
+        ("[timeouts]\nread_s = 0", "timeouts.read_s"),
+        ("[thresholds]\nmonitor_window_s = 595", "notebook cell timeout"),
     ],
 )
 def test_bad_environment_file_exits_2_naming_the_key(tmp_path, capsys, body, needle) -> None:
@@ -186,6 +203,9 @@ def test_bad_environment_file_exits_2_naming_the_key(tmp_path, capsys, body, nee
         (["--param", "=5"], "expected KEY=VALUE"),
         (["--param", "hold_s=5"], "dotted setting"),
         (["--param", "thresholds.hold_s=soon"], "thresholds.hold_s must be a number"),
+        (["--param", "thresholds.monitor_window_s=Infinity"], "thresholds.monitor_window_s"),
+        (["--param", "thresholds.http_latency_s=NaN"], "thresholds.http_latency_s"),
+        (["--param", "timeouts.connect_s=0"], "timeouts.connect_s"),
         (["--env", "no-such-environment"], "unknown environment 'no-such-environment'"),
         (["--env", "/nonexistent/x.toml"], "environment file not found"),
         (["--cell-timeout", "-1"], "must be positive"),
@@ -412,10 +432,11 @@ def test_bad_frames(tmp_path, loop_thread, path, words) -> None:
 
 
 @pytest.mark.e2e
-def test_missing_sections_skip_their_checks(tmp_path) -> None:
+def test_missing_sections_skip_their_checks(tmp_path, monkeypatch) -> None:
     """No [target], [cloudrun], [source]: every check of phases 1, 3, 5 and 7 is a skip
     that names the missing section (even where [auth] is configured)."""
-    env = _env(tmp_path, "bare", '[auth]\nmode = "bearer"\ntoken_env = "NO_SUCH_TOKEN_ENV"')
+    monkeypatch.setenv("BARE_TOKEN_ENV", "bare-token-value-123")
+    env = _env(tmp_path, "bare", '[auth]\nmode = "bearer"\ntoken_env = "BARE_TOKEN_ENV"')
     outcome, results, _ = _run(tmp_path, env, (1, 3, 5, 7))
     checks = [c for c in results["checks"] if c["phase"] in (1, 3, 5, 7)]
     assert {c["phase"] for c in checks} == {1, 3, 5, 7}

@@ -464,7 +464,7 @@ def test_missing_cloudrun_section_is_a_clear_error(tmp_path: Path) -> None:
 def test_staging_example_environment_loads(tmp_path: Path) -> None:
     """The committed real-GCP example is a valid, secret-free environment file."""
     path = Path(__file__).resolve().parents[1] / "environments" / "staging.example.toml"
-    settings = load_settings(path, environ={})
+    settings = load_settings(path, environ={"STAGING_WS_TOKEN": ""})  # named vars must be set
     assert settings.warnings == () and not settings.auto_approve
     assert settings.cloudrun.configured and settings.cloudrun.api_endpoint == ""
     assert settings.auth.token_env and not settings.auth.token

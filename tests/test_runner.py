@@ -89,7 +89,8 @@ DEPLOY_FAILS = [
 
 
 @pytest.fixture
-def env_file(tmp_path: Path) -> Path:
+def env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FIXTURE_TOKEN", TOKEN)  # a variable the file names must be set
     path = tmp_path / "fixture.toml"
     path.write_text('name = "fixture"\n[auth]\nmode = "bearer"\ntoken_env = "FIXTURE_TOKEN"\n')
     return path

@@ -11,10 +11,12 @@ the final scan. The deploy step is a dry run without approval and refuses to run
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -92,9 +94,15 @@ class EchoServer:
     """
 
     def __init__(
-        self, *, refuse_valid: bool = False, jwt_secret: str = JWT_SECRET, straddle: bool = False
+        self,
+        *,
+        refuse_valid: bool = False,
+        jwt_secret: str = JWT_SECRET,
+        straddle: bool = False,
+        encoded: bool = False,
     ) -> None:
         self.refuse_valid = refuse_valid
+        self.encoded = encoded  # also echo every encoded form of the credential (issue 11)
         self.straddle = straddle  # answer agent requests with an error frame (see below)
         self.jwt_secret = jwt_secret  # '' when the run is not configured with one
         self.received: list[str] = []
@@ -142,15 +150,17 @@ class EchoServer:
                     "status": "ok",
                     "connections": {"active": 0},
                     "debug": {"token": TOKEN, "jwt_secret": self.jwt_secret},
+                    **({"forms": echo_forms(TOKEN)} if self.encoded else {}),
                 },
             )
             resp.headers["X-Debug-Token"] = TOKEN
             self.echoes["header"] += 1
             return resp
         if token is None or (token.count(".") != 2 and token != TOKEN):
-            resp = self._json(
-                conn, 401, {"error": "invalid token", "received": token, "expected": TOKEN}
-            )
+            body: dict[str, Any] = {"error": "invalid token", "received": token, "expected": TOKEN}
+            if self.encoded:
+                body["error"] = "invalid token; expected " + " ".join(echo_forms(TOKEN).values())
+            resp = self._json(conn, 401, body)
             resp.headers["X-Echo-Token"] = token or TOKEN
             resp.headers["WWW-Authenticate"] = f'Bearer error="invalid_token" token="{token}"'
             self.echoes["header"] += 1
@@ -207,11 +217,62 @@ class EchoServer:
                             "auth_header": f"Authorization: Bearer {token}",
                             **EXTRA[etype],
                         }
+                        if self.encoded:
+                            event["forms"] = echo_forms(token or "")
+                            event["agent_name"] = "b64=" + echo_forms(token or "")["b64"]
                         await ws.send(json.dumps(event))
                         self.echoes["event"] += 1
                         await asyncio.sleep(0.01)
         except ConnectionClosed:
             pass
+
+
+def echo_forms(secret: str) -> dict[str, str]:
+    """The credential the way a careless service or script echoes it: every encoding of
+    issue 11, each an independent spelling (not computed by the code under test)."""
+    raw = secret.encode()
+    return {
+        "raw": secret,
+        "upper": secret.upper(),
+        "lower": secret.lower(),
+        "b64": base64.b64encode(raw).decode(),
+        "b64url_nopad": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        "b64_offset1": base64.b64encode(b"u:" + raw).decode(),
+        "b64_offset2": base64.b64encode(b"id:" + raw + b"!").decode(),
+        "b64_offset0_long": base64.b64encode(b"abc" + raw + b"?x").decode(),
+        "percent": "".join(f"%{b:02X}" for b in raw),
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+    }
+
+
+_B64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{8,}")
+
+
+def _encoded_hits(data: bytes, secret: str) -> list[str]:
+    """Every spelling of ``secret`` found in ``data``: case-folded, hex, percent, and any
+    base64 run (standard or URL-safe, at any character offset) that decodes to it."""
+    raw = secret.encode()
+    low = data.lower()
+    hits = [
+        name
+        for name, needle in (
+            ("raw/case-folded", raw.lower()),
+            ("hex", raw.hex().encode()),
+            ("percent", "".join(f"%{b:02x}" for b in raw).encode()),
+        )
+        if needle in low
+    ]
+    for m in _B64_RUN.finditer(data):
+        run = m.group(0).replace(b"-", b"+").replace(b"_", b"/")
+        for start in range(4):
+            chunk = run[start:]
+            if len(chunk) % 4 == 1:
+                chunk = chunk[:-1]
+            if raw in base64.b64decode(chunk + b"=" * (-len(chunk) % 4)):
+                hits.append("base64")
+                break
+    return hits
 
 
 def straddling_error(token: str) -> str:
@@ -371,6 +432,65 @@ def test_no_secret_prefix_survives_excerpt_truncation(
         if path.is_file():
             assert prefix not in path.read_bytes(), path.name
     assert code == 1
+
+
+@pytest.mark.e2e
+def test_credential_echoed_in_every_encoding_never_reaches_the_folder(
+    tmp_path, loop_thread, capsys, monkeypatch
+) -> None:
+    """reliability.md 7a/7b: a service echoes the token raw, upper-cased, base64 (standard,
+    URL-safe, at every alignment), percent-encoded and hex, in bodies, error frames and
+    events; a mission-critical command prints the same forms and fails. No form of the
+    token may be found in any file of the run folder, and the scan agrees (it passes)."""
+    monkeypatch.delenv(SECRET_ENV)
+    server = EchoServer(encoded=True, jwt_secret="")
+    base = _start(loop_thread, server)
+    script = tmp_path / "debug_env.py"
+    script.write_text(
+        "import base64, os, sys\n"
+        f"t = os.environ[{TOKEN_ENV!r}]\n"
+        "r = t.encode()\n"
+        "print('upper=' + t.upper())\n"
+        "print('b64=' + base64.b64encode(r).decode())\n"
+        "print('b64url=' + base64.urlsafe_b64encode(b'xy' + r).decode().rstrip('='))\n"
+        "print('hex=' + r.hex().upper())\n"
+        "print('all ' + base64.b64encode(b'k' + r).decode() + ' ' + t.lower())\n"
+        "sys.exit(1)\n",
+        encoding="utf-8",
+    )
+    env = _env(tmp_path, base, f'mode = "bearer"\ntoken_env = "{TOKEN_ENV}"')
+    with env.open("a", encoding="utf-8") as f:
+        f.write(
+            f'[[commands.mission_critical]]\nname = "debug_env"\n'
+            f'run = "{sys.executable} {script}"\ntimeout_s = 30\n'
+        )
+    code, run_dir, results, console, _ = _cli_run(tmp_path, env, "3,4,5", capsys)
+    assert server.echoes["event"] > 0 and server.echoes["json_body"] > 0, server.echoes
+    checks = _checks(results)
+    assert checks["tests.debug_env"]["status"] == "fail"
+    assert "[REDACTED]" in checks["tests.debug_env"]["detail"]
+    leaks = {}
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            hits = _encoded_hits(path.read_bytes(), TOKEN)
+            if hits:
+                leaks[path.relative_to(run_dir).as_posix()] = hits
+    assert leaks == {}
+    assert _encoded_hits(console.encode(), TOKEN) == []
+    assert checks["evidence.secret_scan"]["status"] == "pass"
+    assert not (run_dir / evidence.UNSAFE_MARKER).exists()
+    assert code == 1  # the failing command, not a leak
+    assert evidence.verify_run(run_dir).ok
+
+
+def test_the_scan_finds_every_encoded_form_written_around_the_redaction(tmp_path) -> None:
+    """A file written raw with each form: the final scan counts every one of them."""
+    forms = echo_forms(TOKEN)
+    for name, form in forms.items():
+        (tmp_path / f"{name}.txt").write_text(f"leaked: {form}\n", encoding="utf-8")
+    leaks = evidence.scan_secrets(tmp_path, [TOKEN])
+    assert sorted(lk.file for lk in leaks) == sorted(f"{n}.txt" for n in forms)
+    assert all(_encoded_hits((tmp_path / lk.file).read_bytes(), TOKEN) for lk in leaks)
 
 
 # ------------------------------------------------------------------ a leak that slips through
