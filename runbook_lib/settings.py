@@ -88,19 +88,33 @@ class TargetSettings:
     auth_config_path: str | None = "/auth/config"
     auth_health_path: str | None = "/health"
 
-    def http(self, path: str) -> str:
-        """Absolute HTTP URL of ``path`` on the service."""
-        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+    def http(self, path: str | None) -> str:
+        """Absolute HTTP URL of ``path`` on the service.
+
+        Raises:
+            ConfigError: ``path`` is ``None``: the file declared the endpoint absent
+                (``false``), so no check that needs it may run (the catalog skips them).
+        """
+        return self.base_url.rstrip("/") + "/" + _declared(path).lstrip("/")
 
     def ws(self, path: str | None = None) -> str:
         """Absolute WebSocket URL of ``path`` (default: the primary WS path)."""
         return self.ws_url.rstrip("/") + "/" + (path or self.primary_ws_path).lstrip("/")
 
-    def auth(self, path: str) -> str:
+    def auth(self, path: str | None) -> str:
         """Absolute URL of ``path`` on the auth service ('' when none is configured)."""
         if not self.auth_url:
             return ""
-        return self.auth_url.rstrip("/") + "/" + path.lstrip("/")
+        return self.auth_url.rstrip("/") + "/" + _declared(path).lstrip("/")
+
+
+def _declared(path: str | None) -> str:
+    if path is None:
+        raise ConfigError(
+            "a check asked for an endpoint the environment file declared absent (false); "
+            "its checks should have been skipped: report this as a runbook bug"
+        )
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,6 +613,10 @@ def settings_from_dict(
         declared_absent=frozenset(absent),
     )
     check_cell_budget(settings, source)
+    # The catalog is pure and imports nothing of ours at module level: no cycle.
+    from .checks.catalog import CHECK_IDS, DYNAMIC_PREFIXES
+
+    validate_check_ids(settings, CHECK_IDS, DYNAMIC_PREFIXES)
     return settings
 
 

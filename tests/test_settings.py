@@ -269,6 +269,17 @@ def test_checks_not_applicable(tmp_path):
     validate_check_ids(s, ["events.order"], prefixes=("ws.",))
 
 
+def test_not_applicable_ids_are_checked_against_the_catalog_at_load(tmp_path):
+    """A typo'd check id is exit 2 naming the closest catalog id, not a silent no-op."""
+    path = write(tmp_path, MINIMAL + '[checks.not_applicable]\n"events.ordr" = "x"\n')
+    with pytest.raises(
+        ConfigError, match=r"unknown check id 'events.ordr' \(did you mean events.order\?\)"
+    ):
+        load_settings(path)
+    dynamic = write(tmp_path, MINIMAL + '[checks.not_applicable]\n"tests.smoke" = "x"\n', "d.toml")
+    assert load_settings(dynamic).not_applicable == {"tests.smoke": "x"}
+
+
 @pytest.mark.parametrize(
     ("table", "fragment"),
     [
