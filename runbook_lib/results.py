@@ -16,7 +16,6 @@ __all__ = [
     "Status",
     "results_frame",
     "timed",
-    "worst_status",
 ]
 
 
@@ -34,18 +33,9 @@ class Status(StrEnum):
     ERROR = "error"
 
 
-# Severity order used to fold several statuses into one.
+# Severity order of the statuses (for sorting displays). The one fold of a phase's
+# statuses into pass/fail/error is ``runbook_lib.verdict.worst``.
 _SEVERITY = {Status.PASS: 0, Status.SKIP: 1, Status.WARN: 2, Status.FAIL: 3, Status.ERROR: 4}
-
-
-def worst_status(statuses: Iterable[Status | str]) -> Status:
-    """Most severe of ``statuses`` (``pass`` for an empty iterable)."""
-    worst = Status.PASS
-    for s in statuses:
-        s = Status(s)
-        if _SEVERITY[s] > _SEVERITY[worst]:
-            worst = s
-    return worst
 
 
 @dataclass(frozen=True, slots=True)
