@@ -146,7 +146,9 @@ def _chain_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _chain_head(out_dir: Path) -> dict[str, str] | None:
+def _chain_head(out_dir: Path, exclude: str = "") -> dict[str, str] | None:
+    """The last manifest in the chain, skipping ``exclude`` (a run sealed a second time,
+    e.g. after an interrupt during its first seal, must not link to itself)."""
     chain = out_dir / CHAIN_FILE
     if not chain.is_file():
         return None
@@ -155,7 +157,11 @@ def _chain_head(out_dir: Path) -> dict[str, str] | None:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(entry, dict) and {"run_id", "sha256"} <= entry.keys():
+        if (
+            isinstance(entry, dict)
+            and {"run_id", "sha256"} <= entry.keys()
+            and entry["run_id"] != exclude
+        ):
             return {"run_id": str(entry["run_id"]), "sha256": str(entry["sha256"])}
     return None
 
@@ -171,7 +177,7 @@ def write_manifest(
     """
     out_dir = run_dir.parent
     with _chain_lock(out_dir):
-        previous = _chain_head(out_dir)
+        previous = _chain_head(out_dir, exclude=run_dir.name)
         doc = {
             "run_id": run_dir.name,
             "created_at": datetime.now(UTC).isoformat(),

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import evidence
 from .evidence import PhaseOutcome, RunContext
-from .exceptions import ConfigError
+from .exceptions import ConfigError, NotebookError
 from .phases import (
     DEFAULT_PHASES,
     DEPLOY_PHASE,
@@ -58,6 +58,7 @@ __all__ = [
     "RunOptions",
     "RunOutcome",
     "execute_phase",
+    "notebook_error",
     "notebook_parameters",
     "notebooks_dir",
     "parse_params",
@@ -317,6 +318,37 @@ def _signum(exc: BaseException) -> int:
     return int(getattr(exc, "signum", 0) or signal.SIGINT)
 
 
+def notebook_error(
+    exc: Exception, notebook: str, current_cell: int = -1, cell_timeout_s: float = 0.0
+) -> NotebookError:
+    """The one translation of papermill's and nbclient's failures into :class:`NotebookError`.
+
+    Args:
+        exc: what papermill raised.
+        notebook: the notebook's file name.
+        current_cell: the cell that was executing (-1 when none had started).
+        cell_timeout_s: the per-cell timeout in force (named in a timeout's reason).
+    """
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, NotebookError):
+        return exc
+    cell = current_cell if current_cell >= 0 else None
+    if isinstance(exc, PapermillExecutionError):
+        return NotebookError(
+            f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}",
+            notebook,
+            exc.cell_index,
+        )
+    if isinstance(exc, CellTimeoutError):
+        return NotebookError(f"cell {cell} timed out after {int(cell_timeout_s)} s", notebook, cell)
+    if isinstance(exc, DeadKernelError):
+        return NotebookError(f"the kernel died while running cell {cell}: {exc}", notebook, cell)
+    # Kernel failed to start, notebook unreadable, ...
+    return NotebookError(f"{type(exc).__name__}: {exc}", notebook, cell)
+
+
 def execute_phase(
     phase: int,
     *,
@@ -337,8 +369,6 @@ def execute_phase(
         rest) or ``error`` with the reason and the failing cell's index.
     """
     import papermill as pm
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
 
     name = notebook_in.name
     current = {"index": -1}
@@ -390,19 +420,9 @@ def execute_phase(
         _tidy(notebook_out, kernel_log)
         exc.phase_outcome = outcome  # type: ignore[attr-defined]
         raise
-    except PapermillExecutionError as exc:
-        status, cell = "error", exc.cell_index
-        reason = f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}"
-    except CellTimeoutError:
-        status, cell = "error", current["index"]
-        reason = f"cell {cell} timed out after {int(cell_timeout_s)} s"
-    except DeadKernelError as exc:
-        status, cell = "error", current["index"]
-        reason = f"the kernel died while running cell {cell}: {exc}"
-    except Exception as exc:  # kernel failed to start, notebook unreadable, ...
-        status = "error"
-        cell = current["index"] if current["index"] >= 0 else None
-        reason = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        err = notebook_error(exc, name, current["index"], cell_timeout_s)
+        status, reason, cell = "error", err.reason, err.cell_index
     duration = time.monotonic() - start
     _tidy(notebook_out, kernel_log)
     return PhaseOutcome(phase, name, status, duration, redact(reason)[:2000], cell)

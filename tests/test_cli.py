@@ -118,9 +118,10 @@ def test_run_passes_options_and_returns_the_runner_exit_code(
     assert "verdict: FAIL" in out and "rollback to rev-1" in out
 
 
-def test_progress_is_quiet_when_not_a_terminal() -> None:
-    """Not a TTY: one line per phase; a TTY also sees each step."""
+def test_progress_is_quiet_when_not_a_terminal_but_keeps_notes() -> None:
+    """Not a TTY: one line per phase and every note; a TTY also sees each step."""
     events = [
+        Progress("note", message="sandbox already running: using it"),
         Progress("phase-start", 2, 1, 3, "02_deploy.ipynb"),
         Progress("step", 2, 1, 3, "02_deploy.ipynb", step="deploy", elapsed_s=4.0),
         Progress("phase-end", 2, 1, 3, "02_deploy.ipynb", status="pass", message="9.0 s"),
@@ -133,14 +134,22 @@ def test_progress_is_quiet_when_not_a_terminal() -> None:
         tty(e)
     q.close()
     tty.close()
-    assert quiet.getvalue().count("\n") == 2
+    assert quiet.getvalue().count("\n") == 3
+    assert quiet.getvalue().startswith("- sandbox already running: using it\n")
     assert "[1/3] 02_deploy.ipynb: PASS" in quiet.getvalue()
     assert "SKIPPED (deploy failed)" in quiet.getvalue()
     lines = loud.getvalue().splitlines()
-    assert lines[0].startswith("[1/3] 02_deploy.ipynb starting")
-    assert lines[1].startswith("    > deploy") and lines[2].startswith(
+    assert lines[0] == "- sandbox already running: using it"
+    assert lines[1].startswith("[1/3] 02_deploy.ipynb starting")
+    assert lines[2].startswith("    > deploy") and lines[3].startswith(
         "[1/3] 02_deploy.ipynb: PASS"
     )
+
+
+def test_progress_goes_to_stderr_by_default(capsys) -> None:
+    cli.ConsoleProgress(tty=False)(Progress("note", message="configuration: unknown key x"))
+    captured = capsys.readouterr()
+    assert captured.out == "" and "- configuration: unknown key x" in captured.err
 
 
 def test_progress_ticks_the_elapsed_time_of_a_long_step() -> None:
