@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deploy-image", default=None, help="sandbox only: image phase 2 deploys")
     r.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)
     r.add_argument("--kernel", default="python3", help=argparse.SUPPRESS)
+    # An isolated sandbox (tests, parallel rehearsals): its state and env file live there.
+    r.add_argument("--sandbox-state-dir", default=None, help=argparse.SUPPRESS)
 
     s = sub.add_parser("sandbox", help="start, stop or show the embedded sandbox", add_help=False)
     s.add_argument("args", nargs=argparse.REMAINDER)
@@ -234,6 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kernel_name=args.kernel,
         serving=args.serving,
         deploy_image=args.deploy_image,
+        sandbox_state_dir=Path(args.sandbox_state_dir) if args.sandbox_state_dir else None,
     )
     progress = ConsoleProgress()
     try:

@@ -235,3 +235,64 @@ def test_sigint_during_finalization_still_seals(tmp_path: Path, fixture_env: Pat
     # The chain holds this run once per seal, and the manifest does not link to itself.
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["previous_manifest"] is None
+
+
+@pytest.mark.e2e
+def test_sigint_during_a_sandbox_deploy_records_it_stops_the_sandbox_and_next_run_passes(
+    tmp_path: Path,
+) -> None:
+    """The real notebooks against the real sandbox: interrupted while phase 2 deploys."""
+    from runbook_lib.sandbox import manager
+
+    state, out = tmp_path / "sandbox", tmp_path / "out"
+    argv = ["run", "--approve", "--phases", "1,2,3", "--out", str(out)]
+    argv += ["--sandbox-state-dir", str(state)]
+    proc = _start(argv)
+
+    def deploying() -> bool:
+        for path in out.glob("*/phases/02.json"):
+            try:
+                return bool(json.loads(path.read_text())["artifacts"].get("mutations"))
+            except (ValueError, KeyError):
+                return False
+        return False
+
+    _wait_for(deploying, "phase 2 to claim the deploy", proc)
+    ports = {
+        c.laddr.port
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        for c in _listening(p)
+    }
+    sandbox_procs = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(state) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert sandbox_procs and ports, "the sandbox should be running and listening"
+    code, _, err, children = _interrupt(proc)
+    run_dir = _only_run_dir(out)
+    results = _assert_sealed_interrupted(run_dir, err, code)
+    deploys = [m for m in results["mutations"] if m["key"] == "deploy"]
+    assert deploys and deploys[0]["phase"] == 2
+    assert results["recommendation"]["action"] == "hold"
+    # Everything the run started is gone: kernel, sandbox daemon, backends, their ports.
+    assert not manager.is_running(state)
+    assert _alive(children + sandbox_procs) == []
+    busy = {c.laddr.port for c in psutil.net_connections("inet") if c.status == "LISTEN"}
+    assert ports & busy == set()
+
+    # The next run starts a fresh sandbox and is correct.
+    nxt = subprocess.run(
+        [*RUNBOOK, *argv], cwd=ROOT, capture_output=True, text=True, timeout=WAIT_S * 3
+    )
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    second = next(p for p in out.iterdir() if p.is_dir() and p != run_dir)
+    assert json.loads((second / "results.json").read_text())["verdict"] == "pass"
+    assert not manager.is_running(state)
+
+
+def _listening(proc: psutil.Process) -> list:
+    try:
+        return [c for c in proc.net_connections("inet") if c.status == "LISTEN"]
+    except psutil.Error:
+        return []
