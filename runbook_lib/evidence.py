@@ -288,7 +288,8 @@ def build_results(
     }
     if ctx.interrupted:
         doc["interrupted"] = dict(ctx.interrupted)
-    return redact_obj(doc)
+    clean: dict[str, Any] = redact_obj(doc)
+    return clean
 
 
 # ------------------------------------------------------------------ notebooks

@@ -273,14 +273,14 @@ def _kernel_manager_class(stderr_file: Any, started: list[Any] | None = None) ->
     from jupyter_client.manager import AsyncKernelManager
 
     class QuietKernelManager(AsyncKernelManager):
-        async def _async_start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+        async def _async_start_kernel(self, **kw: Any) -> None:
             if stderr_file is not None and "stderr" not in kw:
                 kw["stderr"] = stderr_file
             if started is not None:
                 started.append(self)
             await super()._async_start_kernel(**kw)
 
-        start_kernel = _async_start_kernel  # type: ignore[assignment]
+        start_kernel = _async_start_kernel
 
     return QuietKernelManager
 
