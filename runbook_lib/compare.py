@@ -115,7 +115,7 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-_UNIT = re.compile(r"(?<![A-Za-z])(ms|s|%|frames?|events?|sessions?)\b")
+_UNIT = re.compile(r"(?<![A-Za-z])(ms|s|%|frames?|events?|sessions?)(?![A-Za-z])")
 
 
 def unit_of(check: dict[str, Any] | None) -> str:

@@ -74,6 +74,7 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOTEBOOK_ERROR = 0, 1, 2, 3
 EXIT_INTERRUPTED = EXIT_NOTEBOOK_ERROR
 # Kept importable from here; the table lives in runbook_lib.phases.
 _PHASE_NAMES = (DEFAULT_PHASES, DEPLOY_PHASE, VALIDATION_PHASES)
+_CONFIG_NOTE = "configuration: "
 _COMMON = ("environment", "run_dir", "approve", "overrides_json")
 # The parameters the runner injects into each phase notebook (a test checks the
 # notebooks' parameters cells declare exactly these).
@@ -580,7 +581,7 @@ def _run(
     # registers the secrets the settings name, so the final scan knows their values.
     settings = load_settings(env_path, overrides=dict(options.overrides))
     for warning in settings.warnings:
-        emit(Progress("note", message=f"configuration: {warning}"))
+        emit(Progress("note", message=f"{_CONFIG_NOTE}{warning}"))
     explicit = bool(options.phases)
     requested = tuple(sorted(set(options.phases))) if options.phases else DEFAULT_PHASES
     plan = RunPlan(requested, explicit, options.approve or settings.auto_approve)
@@ -611,7 +612,8 @@ def _run(
             environment_ref=str(env_path),
             warnings=tuple(settings.warnings),
             not_applicable=dict(settings.not_applicable),
-            notes=tuple(notes),
+            # Configuration warnings have their own place in the record.
+            notes=tuple(n for n in notes if not n.startswith(_CONFIG_NOTE)),
             interrupted=interrupted,
         )
         return evidence.finalize_run(

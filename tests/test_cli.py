@@ -182,3 +182,68 @@ def test_module_entry_point_runs() -> None:
         [sys.executable, "-m", "runbook_lib", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "verify" in proc.stdout
+
+
+def test_verify_of_an_unsealed_folder_says_so_without_traceback(tmp_path: Path, capsys) -> None:
+    run = evidence.create_run_dir(tmp_path, "killed")
+    (run / "phases").mkdir()
+    (run / "phases" / "01.json").write_text("{}")
+    assert cli.main(["verify", str(run)]) == 1
+    captured = capsys.readouterr()
+    assert "never sealed" in captured.out and run.name in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_compare_json_and_fail_on_regression(tmp_path: Path, capsys) -> None:
+    import json
+
+    a = _run_folder(tmp_path, "pass")
+    b = _run_folder(tmp_path, "fail")
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    assert "REGRESSION" in capsys.readouterr().out
+    assert cli.main(["compare", str(a), str(b), "--fail-on-regression"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert cli.main(["compare", str(a), str(b), "--json", "--fail-on-regression"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressions"] == ["ws.upgrade"]
+    assert cli.main(["compare", str(b), str(a), "--fail-on-regression"]) == 0
+
+
+def test_interrupt_is_exit_3_with_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
+    from runbook_lib.exceptions import RunInterrupted
+
+    def interrupted_run(options, progress=None, sandbox=None):
+        exc = RunInterrupted(15)
+        exc.run_dir = tmp_path  # type: ignore[attr-defined]
+        exc.sealed = True  # type: ignore[attr-defined]
+        raise exc
+
+    monkeypatch.setattr(runner, "run", interrupted_run)
+    assert cli.main(["run", "--env", "staging"]) == 3
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"runbook: interrupted by signal 15; run folder sealed as interrupted: {tmp_path} (exit 3)"
+    )
+    assert "Traceback" not in err
+
+
+def test_exit_code_mapping() -> None:
+    from runbook_lib.exceptions import (
+        CloudRunError,
+        ConfigError,
+        NotebookError,
+        RunInterrupted,
+        SandboxError,
+    )
+
+    assert cli.exit_code_for(KeyboardInterrupt()) == 3
+    assert cli.exit_code_for(RunInterrupted(2)) == 3
+    assert cli.exit_code_for(NotebookError("x")) == 3
+    for exc in (ConfigError("x"), SandboxError("x"), CloudRunError("x"), OSError("x")):
+        assert cli.exit_code_for(exc) == 2
+
+
+def test_run_help_documents_the_exit_codes(capsys) -> None:
+    assert cli.main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit codes" in out and "interrupted" in out and "3  a notebook" in out
