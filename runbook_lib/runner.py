@@ -827,6 +827,7 @@ def _seal_interrupted(
     done = {o.phase for o in state.outcomes}
     for phase in plan.order:
         if phase not in done and not (phase == ROLLBACK_PHASE and plan.conditional_rollback):
+            done.add(phase)
             state.outcomes.append(
                 PhaseOutcome(
                     phase,

@@ -10,8 +10,9 @@ Gates (SPEC section 5):
 - the deploy phase failed (a ``deploy.*`` check failed or its notebook errored): the
   validation phases 3, 4, 5 and 7 are skipped and the recommendation is rollback;
 - the rollback phase (6) runs when asked for with ``--phases``, or when the run
-  recommends a rollback and mutations are approved; otherwise the rollback is
-  reported as pending with the exact command;
+  recommends a rollback and mutations are approved: in its slot after phase 5, or
+  at the end when only a later phase (monitoring, 7) found the failure; otherwise
+  the rollback is reported as pending with the exact command;
 - a run cut short by a signal is ``interrupted``: the recommendation is to hold, and
   every mutation already made is listed.
 """
@@ -413,9 +414,15 @@ class RunPlan:
 
     @property
     def order(self) -> tuple[int, ...]:
-        """The phases in execution order, the conditional rollback in its slot."""
-        extra = (ROLLBACK_PHASE,) if self.conditional_rollback else ()
-        return tuple(sorted({*self.requested, *extra}))
+        """The phases in execution order.
+
+        The conditional rollback has two slots: its own (after phase 5) and a late one
+        at the end, for a failure that only the phases after it (monitoring) found.
+        It runs at most once: :func:`next_action` omits a phase already decided.
+        """
+        if not self.conditional_rollback:
+            return tuple(sorted(self.requested))
+        return (*sorted({*self.requested, ROLLBACK_PHASE}), ROLLBACK_PHASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +464,8 @@ def next_action(
     """
     typed = _records(records)
     added = False
+    if any(o.phase == phase for o in outcomes):
+        return Action("omit", f"phase {phase} already ran or was skipped in this run")
     if phase == ROLLBACK_PHASE and plan.conditional_rollback:
         judged = judge(typed, outcomes)
         if judged.recommendation.action != "rollback":

@@ -154,8 +154,21 @@ def test_next_action_table(plan, phase, records, outcomes, deadline, expected) -
     assert next_action(plan, phase, records, outcomes, deadline_reason=deadline) == expected
 
 
+def test_a_late_failure_brings_the_rollback_in_at_the_end_once() -> None:
+    """Phase 7 fails after a good deploy: the late slot runs phase 6 (approved)."""
+    records = {2: DEPLOYED_OK, 3: _rec(3, ("ws.upgrade", "pass"))}
+    outcomes = [_out(2), _out(3)]
+    plan = RunPlan((1, 2, 3, 7), approved=True)
+    assert next_action(plan, 6, records, outcomes).kind == "omit"  # its slot: nothing yet
+    records[7] = _rec(7, ("monitor.hold", "fail"))
+    outcomes.append(_out(7, "fail"))
+    assert next_action(plan, 6, records, outcomes) == Action("run", added=True)
+    outcomes.append(_out(6))
+    assert next_action(plan, 6, records, outcomes).kind == "omit"  # never twice
+
+
 def test_plan_order_puts_the_conditional_rollback_in_its_slot() -> None:
-    assert RunPlan((1, 2, 3, 4, 5, 7)).order == (1, 2, 3, 4, 5, 6, 7)
+    assert RunPlan((1, 2, 3, 4, 5, 7)).order == (1, 2, 3, 4, 5, 6, 7, 6)
     assert RunPlan((1, 2), explicit=True).order == (1, 2)
 
 
