@@ -123,9 +123,40 @@ class PhaseRecord:
         return self.artifacts.get("dry_run", True) is False
 
     def mutations(self) -> list[dict[str, Any]]:
-        """Mutations claimed by the phase (``context.PhaseContext.claim_mutation``)."""
+        """Mutations claimed by the phase (``context.PhaseContext.claim_mutation``).
+
+        A claim still ``started`` is completed from the phase's own evidence when the
+        step got that far (the operation its check observed, the revision artifact),
+        so a step that does not report back on the claim still leaves a full record.
+        """
         raw = self.artifacts.get("mutations") or []
-        return [dict(m, phase=self.phase) for m in raw if isinstance(m, Mapping)]
+        out = []
+        for m in raw:
+            if not isinstance(m, Mapping):
+                continue
+            entry = dict(m, phase=self.phase)
+            rule = _MUTATION_EVIDENCE.get(str(entry.get("key")))
+            if rule is not None and entry.get("state") == "started":
+                op_check, ok_check, revision_key = rule
+                by_id = {c.id: c for c in self.checks}
+                op = by_id.get(op_check)
+                if op is not None and isinstance(op.observed, str) and op.observed:
+                    entry.setdefault("operation", op.observed)
+                revision = self.artifacts.get(revision_key)
+                if revision:
+                    entry.setdefault("revision", str(revision))
+                ok = by_id.get(ok_check)
+                if ok is not None and ok.status != Status.SKIP:
+                    entry["state"] = "done" if ok.status == Status.PASS else "failed"
+            out.append(entry)
+        return out
+
+
+# mutation key -> (check observing the operation, check judging success, revision artifact)
+_MUTATION_EVIDENCE: dict[str, tuple[str, str, str]] = {
+    "deploy": ("deploy.executed", "deploy.operation_succeeded", "deployed_revision"),
+    "rollback": ("", "rollback.traffic_moved", "rollback_target"),
+}
 
 
 AnyRecord = PhaseRecord | Mapping[str, Any]

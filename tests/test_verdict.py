@@ -218,3 +218,27 @@ def test_rollback_command_is_exact_and_quoted() -> None:
         "runbook run --env '/envs/my env.toml' --approve --phases 6 --param rollback_to=rev-1"
     )
     assert rollback_command("", None) == "runbook run --approve --phases 6"
+
+
+def test_a_started_claim_is_completed_from_the_phase_evidence() -> None:
+    rec = PhaseRecord(
+        2,
+        (
+            CheckResult("deploy.executed", 2, "pass", observed="operations/op-9"),
+            CheckResult("deploy.operation_succeeded", 2, "fail", observed="boom"),
+        ),
+        {
+            "dry_run": False,
+            "deployed_revision": "backend-00003",
+            "mutations": [{"key": "deploy", "state": "started", "started_at": "t"}],
+        },
+    )
+    (m,) = rec.mutations()
+    assert m == {
+        "key": "deploy",
+        "state": "failed",
+        "started_at": "t",
+        "phase": 2,
+        "operation": "operations/op-9",
+        "revision": "backend-00003",
+    }
