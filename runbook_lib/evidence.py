@@ -35,18 +35,23 @@ from .manifest import (
     CHAIN_FILE,
     MANIFEST,
     RESULTS,
-    SECRET_SCAN_ID,
     UNSAFE_MARKER,
     Leak,
     VerifyReport,
     scan_secrets,
-    tool_versions,
     verify_run,
     write_manifest,
 )
+from .manifest import (
+    SECRET_SCAN_ID as SECRET_SCAN_ID,  # re-exported for compatibility
+)
+from .manifest import tool_versions as tool_versions
 from .phases import PHASES, phase_file
 from .redaction import redact, redact_obj
-from .reports import write_index, write_junit, write_reports, write_summary
+from .reports import write_index as write_index  # re-exported for compatibility
+from .reports import write_junit as write_junit
+from .reports import write_reports
+from .reports import write_summary as write_summary
 from .results import CheckResult, Recommendation, Status
 from .verdict import (
     PhaseOutcome,
@@ -89,16 +94,6 @@ __all__ = [
     "worst",
     "write_manifest",
 ]
-
-# Also importable from here for compatibility (not part of this module's __all__).
-_COMPAT = (
-    RESULTS,
-    SECRET_SCAN_ID,
-    tool_versions,
-    write_index,
-    write_junit,
-    write_summary,
-)
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +241,14 @@ def build_results(
     """
     ctx = context or RunContext()
     typed = dict(records) if records is not None else read_phase_records(run_dir)
-    j = judge(typed, outcomes, extra_checks=extra_checks, safe_to_share=safe_to_share)
+    stopped = str((ctx.interrupted or {}).get("during") or "signal") if ctx.interrupted else ""
+    j = judge(
+        typed,
+        outcomes,
+        extra_checks=extra_checks,
+        safe_to_share=safe_to_share,
+        interrupted=stopped,
+    )
     rec = j.recommendation
     pending = (
         {

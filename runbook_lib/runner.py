@@ -33,13 +33,8 @@ from typing import Any
 from . import evidence
 from .evidence import PhaseOutcome, RunContext
 from .exceptions import ConfigError, NotebookError
-from .phases import (
-    DEFAULT_PHASES,
-    DEPLOY_PHASE,
-    PHASES,
-    ROLLBACK_PHASE,
-    VALIDATION_PHASES,
-)
+from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE, VALIDATION_PHASES
+from .phases import DEPLOY_PHASE as DEPLOY_PHASE  # kept importable from here
 from .redaction import redact, register_secret
 from .results import Recommendation
 from .settings import load_settings, resolve_environment
@@ -72,8 +67,6 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOTEBOOK_ERROR = 0, 1, 2, 3
 # An interrupted run is sealed and exits like a notebook that did not complete.
 EXIT_INTERRUPTED = EXIT_NOTEBOOK_ERROR
-# Kept importable from here; the table lives in runbook_lib.phases.
-_PHASE_NAMES = (DEFAULT_PHASES, DEPLOY_PHASE, VALIDATION_PHASES)
 _CONFIG_NOTE = "configuration: "
 _COMMON = ("environment", "run_dir", "approve", "overrides_json")
 # The parameters the runner injects into each phase notebook (a test checks the
@@ -802,28 +795,20 @@ def _seal_interrupted(
     """
     signum = _signum(exc)
     in_flight = getattr(exc, "phase_outcome", None)
+    phase_now = int(during.split()[1]) if during.startswith("phase ") else None
     if isinstance(in_flight, PhaseOutcome):
         state.outcomes.append(in_flight)
-    elif during.startswith("phase ") and not any(o.status == "interrupted" for o in state.outcomes):
-        phase = int(during.split()[1])
+    elif phase_now is not None and phase_now not in {o.phase for o in state.outcomes}:
+        # Stopped between the runner's own steps for this phase (before or after its kernel).
         state.outcomes.append(
             PhaseOutcome(
-                phase, PHASES[phase].notebook, "interrupted", 0.0, f"interrupted by signal {signum}"
+                phase_now,
+                PHASES[phase_now].notebook,
+                "interrupted",
+                0.0,
+                f"interrupted by signal {signum}",
             )
         )
-    elif not any(o.status == "interrupted" for o in state.outcomes):
-        # Interrupted while sealing a finished run: the record is complete, but it
-        # was not sealed as such; say so in a run-level outcome of the last phase.
-        last = state.outcomes[-1] if state.outcomes else None
-        if last is not None:
-            state.outcomes[-1] = PhaseOutcome(
-                last.phase,
-                last.notebook,
-                "interrupted" if last.status in ("pass", "fail") else last.status,
-                last.duration_s,
-                f"completed; the run was interrupted by signal {signum} during {during}",
-                last.cell_index,
-            )
     done = {o.phase for o in state.outcomes}
     for phase in plan.order:
         if phase not in done and not (phase == ROLLBACK_PHASE and plan.conditional_rollback):

@@ -230,14 +230,19 @@ def verdict_of(
     outcomes: Iterable[PhaseOutcome],
     *,
     safe_to_share: bool = True,
+    interrupted: str = "",
 ) -> str:
     """``error`` if a secret leaked, ``interrupted`` if a signal stopped the run, ``error``
-    if a check or notebook errored, ``fail`` if a check failed, else ``pass``."""
+    if a check or notebook errored, ``fail`` if a check failed, else ``pass``.
+
+    Args:
+        interrupted: where a signal stopped the run ('' = it was not), e.g. while sealing.
+    """
     counted = list(counted)
     outcomes = list(outcomes)
     if not safe_to_share:
         return "error"
-    if any(o.status == INTERRUPTED for o in outcomes):
+    if interrupted or any(o.status == INTERRUPTED for o in outcomes):
         return INTERRUPTED
     if any(o.status == "error" for o in outcomes) or any(c.status == Status.ERROR for c in counted):
         return "error"
@@ -268,6 +273,8 @@ def recommend(
     counted: Sequence[CheckResult],
     records: Mapping[int, AnyRecord],
     outcomes: Sequence[PhaseOutcome],
+    *,
+    interrupted: str = "",
 ) -> Recommendation:
     """``none`` when all gates pass; ``rollback`` after a deploy that left failures; else ``hold``.
 
@@ -276,14 +283,17 @@ def recommend(
     evidence is incomplete, and the mutations it already made are named.
     """
     typed = _records(records)
-    interrupted = [o for o in outcomes if o.status == INTERRUPTED]
-    if interrupted:
-        o = interrupted[0]
+    stopped = [o for o in outcomes if o.status == INTERRUPTED]
+    if stopped or interrupted:
+        where = (
+            f"phase {stopped[0].phase} ({stopped[0].reason or 'signal'})"
+            if stopped
+            else interrupted
+        )
         made = _mutation_words(typed)
         return Recommendation(
             "hold",
-            f"the run was interrupted during phase {o.phase} ({o.reason or 'signal'}): the "
-            "evidence is incomplete; "
+            f"the run was interrupted during {where}: the evidence is incomplete; "
             + (
                 f"mutations already made: {made}; check the service before re-running"
                 if made
@@ -378,8 +388,13 @@ def judge(
     *,
     extra_checks: Sequence[CheckResult] = (),
     safe_to_share: bool = True,
+    interrupted: str = "",
 ) -> Judgement:
-    """The verdict and recommendation of a run from its phase records and outcomes."""
+    """The verdict and recommendation of a run from its phase records and outcomes.
+
+    Args:
+        interrupted: where a signal stopped the run ('' = it was not).
+    """
     typed = _records(records)
     superseded = frozenset({1} if deploy_applied(typed) else ())
     checks: list[CheckResult] = []
@@ -401,8 +416,8 @@ def judge(
             )
     checks += list(extra_checks)
     counted = [c for c in checks if c.phase not in superseded]
-    verdict = verdict_of(counted, outcomes, safe_to_share=safe_to_share)
-    rec = recommend(counted, typed, outcomes)
+    verdict = verdict_of(counted, outcomes, safe_to_share=safe_to_share, interrupted=interrupted)
+    rec = recommend(counted, typed, outcomes, interrupted=interrupted)
     phases = []
     for o in outcomes:
         if o.status in ("pass", "fail") and o.phase in typed:
