@@ -660,9 +660,7 @@ def _run(
                 )
                 emit(Progress("phase-skip", phase, index, total, notebook, message=action.reason))
                 continue
-            outcome = _execute(
-                options, plan, phase, index, total, state, env_path, nb_dir, emit, t0
-            )
+            outcome = _execute(options, phase, index, total, state, env_path, nb_dir, emit, t0)
             state.outcomes.append(outcome)
             emit(
                 Progress(
@@ -700,7 +698,6 @@ def _run(
 
 def _execute(
     options: RunOptions,
-    plan: RunPlan,
     phase: int,
     index: int,
     total: int,
