@@ -52,7 +52,7 @@ from .reports import write_index as write_index  # re-exported for compatibility
 from .reports import write_junit as write_junit
 from .reports import write_reports
 from .reports import write_summary as write_summary
-from .results import CheckResult, Recommendation, Status
+from .results import RESULT_COLUMNS_PUBLIC, CheckResult, Recommendation, Status
 from .verdict import (
     PhaseOutcome,
     PhaseRecord,
@@ -96,9 +96,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# results.json check keys, in the order SPEC section 6 lists them.
-RESULT_COLUMNS_PUBLIC = ["id", "phase", "status", "observed", "threshold", "detail", "duration_s"]
 
 
 @dataclass(frozen=True, slots=True)

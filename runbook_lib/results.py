@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "RESULT_COLUMNS",
+    "RESULT_COLUMNS_PUBLIC",
     "CheckResult",
     "Recommendation",
     "Status",
@@ -121,6 +122,8 @@ class Recommendation:
 
 
 RESULT_COLUMNS = ["phase", "id", "status", "observed", "threshold", "detail", "duration_s"]
+# The same columns in the order SPEC section 6 gives a results.json check entry.
+RESULT_COLUMNS_PUBLIC = ["id", "phase", "status", "observed", "threshold", "detail", "duration_s"]
 
 
 def results_frame(results: Iterable[CheckResult]) -> Any:

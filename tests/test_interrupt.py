@@ -169,6 +169,19 @@ def test_sigint_during_a_phase_seals_the_folder_and_the_next_run_is_correct(
         [*RUNBOOK, "verify", str(second)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert verify.returncode == 0 and run_dir.name in verify.stdout
+    # compare reads the interrupted record: phase 4's check never ran there.
+    cmp = subprocess.run(
+        [*RUNBOOK, "compare", str(run_dir), str(second), "--json", "--fail-on-regression"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    doc = json.loads(cmp.stdout)
+    assert doc["verdict_a"] == "interrupted" and doc["verdict_b"] == "pass"
+    changes = {d["id"]: (d["status_a"], d["status_b"]) for d in doc["status_changes"]}
+    assert changes["fixture.phase4"] == (None, "pass")
 
 
 def test_sigint_after_a_claimed_mutation_records_it(tmp_path: Path, fixture_env: Path) -> None:
