@@ -154,6 +154,14 @@ def _magnitude(d: CheckDelta) -> float:
     return delta / abs(a) if a else delta
 
 
+def _durations(doc: dict[str, Any]) -> dict[int, float | None]:
+    out: dict[int, float | None] = {}
+    for p in doc.get("phases") or []:
+        if isinstance(p, dict) and isinstance(p.get("phase"), int):
+            out[p["phase"]] = _number(p.get("duration_s"))
+    return out
+
+
 def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str]) -> Comparison:
     """Check status changes and numeric (latency, duration) deltas from A to B.
 
@@ -192,8 +200,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str]) -
             numeric.append(d)
     changes.sort(key=lambda d: not d.regression)
     numeric.sort(key=_magnitude, reverse=True)
-    dur_a = {p["phase"]: p.get("duration_s") for p in a.get("phases", []) if isinstance(p, dict)}
-    dur_b = {p["phase"]: p.get("duration_s") for p in b.get("phases", []) if isinstance(p, dict)}
+    dur_a, dur_b = _durations(a), _durations(b)
     durations = tuple((p, dur_a.get(p), dur_b.get(p)) for p in sorted({*dur_a, *dur_b}))
     return Comparison(
         str(a.get("run_id", Path(run_a).name)),

@@ -115,6 +115,14 @@ def _assert_sealed_interrupted(run_dir: Path, err: str, code: int) -> dict:
     return results
 
 
+# A phase 3 that marks its start, then outlasts any test.
+SLOW_PHASE_3 = [
+    "import pathlib, time",
+    "pathlib.Path(run_dir, 'started-3').write_text('x')",
+    "time.sleep(120)",
+]
+
+
 @pytest.fixture
 def fixture_env(tmp_path: Path) -> Path:
     env = tmp_path / "fixture.toml"
@@ -125,16 +133,7 @@ def fixture_env(tmp_path: Path) -> Path:
 def test_sigint_during_a_phase_seals_the_folder_and_the_next_run_is_correct(
     tmp_path: Path, fixture_env: Path
 ) -> None:
-    nbs = _write(
-        tmp_path / "nbs",
-        {
-            3: [
-                "import pathlib, time",
-                "pathlib.Path(run_dir, 'started-3').write_text('x')",
-                "time.sleep(120)",
-            ]
-        },
-    )
+    nbs = _write(tmp_path / "nbs", {3: SLOW_PHASE_3})
     out = tmp_path / "out"
     proc = _start(_argv(fixture_env, nbs, out, "--phases", "1,3,4"))
     _wait_for(lambda: any(out.glob("*/started-3")), "phase 3 to start", proc)
@@ -310,3 +309,38 @@ def _listening(proc: psutil.Process) -> list:
         return [c for c in proc.net_connections("inet") if c.status == "LISTEN"]
     except psutil.Error:
         return []
+
+
+def test_sigterm_as_run_interrupted_is_sealed_with_its_signal(
+    tmp_path: Path, fixture_env: Path
+) -> None:
+    """SIGTERM turned into ``RunInterrupted(15)`` (as the CLI's handler does) seals the same way."""
+    nbs = _write(tmp_path / "nbs", {3: SLOW_PHASE_3})
+    out = tmp_path / "out"
+    wrapper = (
+        "import signal, sys\n"
+        "from runbook_lib import cli\n"
+        "from runbook_lib.exceptions import RunInterrupted\n"
+        "def stop(signum, frame):\n"
+        "    raise RunInterrupted(signum)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", wrapper, *_argv(fixture_env, nbs, out, "--phases", "3")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        restore_signals=True,
+        start_new_session=True,
+    )
+    _wait_for(lambda: any(out.glob("*/started-3")), "phase 3 to start", proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 3, err
+    assert "interrupted by signal 15" in err and "Traceback" not in err
+    results = json.loads((_only_run_dir(out) / "results.json").read_text())
+    assert results["verdict"] == "interrupted" and results["interrupted"]["signal"] == 15
+    assert _alive(children) == []
