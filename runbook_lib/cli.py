@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from . import compare, manifest, runner
+from . import compare, evidence, manifest, runner
 from .exceptions import ConfigError, NotebookError, RunbookError
 from .runner import (
     EXIT_CHECK_FAILED,
@@ -276,6 +276,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             f"FAILED: run {name} ({run_dir}) has no readable {manifest.MANIFEST}: the folder "
             f"was never sealed (a run killed with SIGKILL, or not a run folder); {state}"
         )
+        # What a post-mortem still needs from an unsealed folder: how far it got, and
+        # every mutation it claimed (persisted before each API call).
+        records = evidence.read_phase_records(run_dir)
+        if records:
+            print(f"  phases persisted: {', '.join(str(p) for p in sorted(records))}")
+        for rec in records.values():
+            for m in rec.mutations():
+                extra = ", ".join(f"{k} {m[k]}" for k in ("operation", "revision") if m.get(k))
+                print(
+                    f"  mutation claimed in phase {m['phase']}: {m.get('key')} "
+                    f"({m.get('state')}, started {m.get('started_at', '?')}"
+                    f"{', ' + extra if extra else ''})"
+                )
         return EXIT_CHECK_FAILED
     for label, items in (
         ("changed", report.changed),

@@ -188,9 +188,15 @@ def test_verify_of_an_unsealed_folder_says_so_without_traceback(tmp_path: Path, 
     run = evidence.create_run_dir(tmp_path, "killed")
     (run / "phases").mkdir()
     (run / "phases" / "01.json").write_text("{}")
+    ctx = PhaseContext(
+        phase=2, settings=settings_from_dict({"name": "cli"}), run_dir=run, approve=True
+    )
+    ctx.claim_mutation("deploy")  # then the process was SIGKILLed mid-deploy
     assert cli.main(["verify", str(run)]) == 1
     captured = capsys.readouterr()
     assert "never sealed" in captured.out and run.name in captured.out
+    assert "phases persisted: 1, 2" in captured.out
+    assert "mutation claimed in phase 2: deploy (started" in captured.out
     assert "Traceback" not in captured.err
 
 
