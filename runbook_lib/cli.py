@@ -380,9 +380,11 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_USAGE
 
 
-def _interrupted_message(exc: KeyboardInterrupt) -> str:
+def _interrupted_message(exc: KeyboardInterrupt, command: str) -> str:
     signum = getattr(exc, "signum", 0) or 2
     run_dir = getattr(exc, "run_dir", None)
+    if command != "run":
+        return f"runbook {command}: interrupted by signal {signum}"
     if run_dir is None:
         return f"runbook: interrupted by signal {signum} before a run folder was created"
     if getattr(exc, "sealed", False):
@@ -420,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         # One line, no traceback: the runner sealed the folder before letting it through.
-        print(_interrupted_message(exc), file=sys.stderr)
+        print(_interrupted_message(exc, command), file=sys.stderr)
         return exit_code_for(exc)
     except (RunbookError, OSError, ValueError) as exc:
         print(f"runbook: error: {exc}", file=sys.stderr)
