@@ -5,16 +5,21 @@
     runbook run [--env NAME|PATH] [--phases 1,3-5] [--approve] [--out DIR] [--param K=V ...]
     runbook sandbox up|down|status [--serving PROFILE] [--deploy-image IMAGE]
     runbook verify RUN_DIR
-    runbook compare RUN_A RUN_B
+    runbook compare RUN_A RUN_B [--json] [--fail-on-regression]
 
 Exit codes: 0 all gates pass (verify: folder intact); 1 a check failed (verify:
-a file changed, went missing or was added); 2 usage or configuration error;
-3 a notebook errored, timed out or its kernel died.
+a file changed, went missing or was added; compare: a regression when
+``--fail-on-regression``); 2 usage or configuration error; 3 a notebook errored,
+timed out or its kernel died, or the run was interrupted (SIGINT/SIGTERM: the run
+folder is sealed with verdict ``interrupted``).
+
+This module is the one place exceptions become exit codes (:func:`exit_code_for`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
@@ -23,11 +28,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from . import evidence, runner
-from .exceptions import ConfigError, RunbookError, SandboxError
-from .runner import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, Progress, RunOptions
+from . import compare, evidence, manifest, runner
+from .exceptions import ConfigError, NotebookError, RunbookError
+from .runner import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOTEBOOK_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    Progress,
+    RunOptions,
+)
 
-__all__ = ["ConsoleProgress", "build_parser", "main"]
+__all__ = ["ConsoleProgress", "build_parser", "exit_code_for", "main"]
+
+EXIT_CODES_HELP = """exit codes:
+  0  every gate passed
+  1  a check failed (or the final secret scan found secret material)
+  2  usage or configuration error (nothing was run)
+  3  a notebook errored, timed out or its kernel died, or the run was
+     interrupted (SIGINT/SIGTERM): the run folder is then sealed with
+     verdict "interrupted" and `runbook verify` accepts it
+"""
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="execute the phase notebooks and write a run folder")
+    r = sub.add_parser(
+        "run",
+        help="execute the phase notebooks and write a run folder",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument(
         "--env",
         default="",
@@ -94,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deploy-image", default=None, help="sandbox only: image phase 2 deploys")
     r.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)
     r.add_argument("--kernel", default="python3", help=argparse.SUPPRESS)
+    # An isolated sandbox (tests, parallel rehearsals): its state and env file live there.
+    r.add_argument("--sandbox-state-dir", default=None, help=argparse.SUPPRESS)
 
     s = sub.add_parser("sandbox", help="start, stop or show the embedded sandbox", add_help=False)
     s.add_argument("args", nargs=argparse.REMAINDER)
@@ -104,21 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="check status changes and latency deltas between runs")
     c.add_argument("run_a")
     c.add_argument("run_b")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    c.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 when a check went from pass to fail or error",
+    )
     return p
 
 
 class ConsoleProgress:
-    """Prints runner progress: every step on a terminal, one line per phase otherwise.
+    """Prints runner progress to stderr: every step on a terminal, phases and notes always.
 
-    On a terminal the current step's line is rewritten every ``tick_s`` with its
-    elapsed time, so a long step (the monitoring window, a held socket) visibly
-    progresses; call :meth:`close` when the run ends.
+    Without a terminal (CI, a pipe) one line per phase and every note (sandbox reuse,
+    configuration warnings, an added rollback phase) still print, one line each. On a
+    terminal the current step's line is rewritten every ``tick_s`` with its elapsed
+    time, so a long step (the monitoring window, a held socket) visibly progresses;
+    call :meth:`close` when the run ends.
     """
 
     def __init__(
         self, stream: IO[str] | None = None, tty: bool | None = None, tick_s: float = 1.0
     ) -> None:
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.tick_s = tick_s
         self._lock = threading.Lock()
@@ -173,14 +210,12 @@ class ConsoleProgress:
             self._say(f"{where}: {p.status.upper()} ({p.message}{before}) t={p.elapsed_s:.1f}s")
         elif p.event == "phase-skip":
             self._say(f"{where}: SKIPPED ({p.message})")
-        elif not self.tty:
-            return
-        elif p.event == "phase-start":
-            self._say(f"{where} starting (t={p.elapsed_s:.1f}s)")
-        elif p.event == "step":
-            self._start_live(f"    > {p.step}  ({p.message}, t={p.elapsed_s:.1f}s)")
         elif p.event == "note":
             self._say(f"- {p.message}")
+        elif p.event == "phase-start" and self.tty:
+            self._say(f"{where} starting (t={p.elapsed_s:.1f}s)")
+        elif p.event == "step" and self.tty:
+            self._start_live(f"    > {p.step}  ({p.message}, t={p.elapsed_s:.1f}s)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -201,6 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kernel_name=args.kernel,
         serving=args.serving,
         deploy_image=args.deploy_image,
+        sandbox_state_dir=Path(args.sandbox_state_dir) if args.sandbox_state_dir else None,
     )
     progress = ConsoleProgress()
     try:
@@ -216,7 +252,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not outcome.safe_to_share:
         print(
             f"NOT SAFE TO SHARE: the secret scan found secret material; see "
-            f"{outcome.run_dir / evidence.UNSAFE_MARKER}",
+            f"{outcome.run_dir / manifest.UNSAFE_MARKER}",
             file=sys.stderr,
         )
     print(f"run folder: {outcome.run_dir}")
@@ -228,9 +264,31 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"not a folder: {run_dir}")
-    report = evidence.verify_run(run_dir)
+    report = manifest.verify_run(run_dir)
+    name = report.run_id or run_dir.name
     if report.chain == "no-manifest":
-        print(f"FAILED: {run_dir} has no readable {evidence.MANIFEST}")
+        state = (
+            f"its {manifest.RESULTS} says verdict {report.verdict}"
+            if report.verdict
+            else f"it has no {manifest.RESULTS} either"
+        )
+        print(
+            f"FAILED: run {name} ({run_dir}) has no readable {manifest.MANIFEST}: the folder "
+            f"was never sealed (a run killed with SIGKILL, or not a run folder); {state}"
+        )
+        # What a post-mortem still needs from an unsealed folder: how far it got, and
+        # every mutation it claimed (persisted before each API call).
+        records = evidence.read_phase_records(run_dir)
+        if records:
+            print(f"  phases persisted: {', '.join(str(p) for p in sorted(records))}")
+        for rec in records.values():
+            for m in rec.mutations():
+                extra = ", ".join(f"{k} {m[k]}" for k in ("operation", "revision") if m.get(k))
+                print(
+                    f"  mutation claimed in phase {m['phase']}: {m.get('key')} "
+                    f"({m.get('state')}, started {m.get('started_at', '?')}"
+                    f"{', ' + extra if extra else ''})"
+                )
         return EXIT_CHECK_FAILED
     for label, items in (
         ("changed", report.changed),
@@ -238,20 +296,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         ("added", report.added),
     ):
         for item in items:
-            print(f"{label}: {item}")
+            print(f"{label}: {item} (run {name})")
     chain = {
-        "ok": "linked to the previous run's manifest",
+        "ok": f"linked to the previous run's manifest ({report.previous_run_id})",
         "genesis": "first run of its chain",
-        "unchecked": "previous run folder not present (link not checked)",
-        "broken": "BROKEN: the previous run's manifest no longer matches its recorded hash",
+        "unchecked": f"previous run {report.previous_run_id} not present (link not checked)",
+        "broken": f"BROKEN: the manifest of the previous run {report.previous_run_id} changed "
+        f"since run {name} recorded its hash (run `runbook verify` on "
+        f"{run_dir.parent / report.previous_run_id} to see which files)",
     }
     print(f"chain: {chain.get(report.chain, report.chain)}")
+    if report.verdict == "interrupted":
+        print(f"note: run {name} was interrupted; its folder was sealed as such")
     if not report.safe_to_share:
         print("warning: this folder is marked NOT SAFE TO SHARE (secret material found)")
     if report.ok:
-        print(f"OK: every file of {run_dir} matches {evidence.MANIFEST}")
+        print(f"OK: every file of run {name} ({run_dir}) matches its {manifest.MANIFEST}")
         return EXIT_OK
-    print(f"FAILED: {run_dir} does not match its manifest")
+    what = "its own files" if report.changed or report.missing or report.added else "its chain"
+    print(f"FAILED: run {name} ({run_dir}) does not match its manifest ({what})")
     return EXIT_CHECK_FAILED
 
 
@@ -263,24 +326,36 @@ def _fmt(value: Any) -> str:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    for d in (args.run_a, args.run_b):
-        if not (Path(d) / "results.json").is_file():
-            raise ConfigError(f"{d}: no results.json (not a run folder?)")
-    cmp = evidence.compare_runs(args.run_a, args.run_b)
+    cmp = compare.compare_runs(args.run_a, args.run_b)
+    failing = bool(args.fail_on_regression and cmp.regressions)
+    if args.json:
+        print(json.dumps(cmp.to_record(), indent=2, default=str))
+        return EXIT_CHECK_FAILED if failing else EXIT_OK
     print(f"A: {cmp.run_a} ({cmp.verdict_a})")
     print(f"B: {cmp.run_b} ({cmp.verdict_b})")
-    print(f"\nstatus changes ({len(cmp.status_changes)}):")
+    print(f"\nstatus changes ({len(cmp.status_changes)}, regressions {len(cmp.regressions)}):")
     for d in cmp.status_changes:
-        print(f"  {d.id:34} {d.status_a or '-':>6} -> {d.status_b or '-'}")
-    print(f"\nnumeric observations ({len(cmp.numeric)}), B - A:")
+        mark = "  REGRESSION" if d.regression else ""
+        print(f"  {d.id:34} {d.status_a or '-':>6} -> {d.status_b or '-'}{mark}")
+    if cmp.superseded_changes:
+        print(
+            f"\nbefore-remediation findings (phase 1 superseded by a deploy; not counted) "
+            f"({len(cmp.superseded_changes)}):"
+        )
+        for d in cmp.superseded_changes:
+            print(f"  {d.id:34} {d.status_a or '-':>6} -> {d.status_b or '-'}")
+    print(f"\nnumeric observations ({len(cmp.numeric)}), B - A, largest change first:")
     for d in cmp.numeric:
-        assert d.delta is not None
-        print(f"  {d.id:34} {_fmt(d.observed_a):>10} -> {_fmt(d.observed_b):>10}  ({d.delta:+.4g})")
-    print("\nphase durations (s):")
+        unit = f" {d.unit}" if d.unit else ""
+        delta = f"{d.delta:+.4g}{unit}" if d.delta is not None else ""
+        print(f"  {d.id:34} {_fmt(d.observed_a):>10} -> {_fmt(d.observed_b):>10}{unit}  ({delta})")
+    print("\nphase durations:")
     for phase, a, b in cmp.phase_durations:
-        delta = f"({b - a:+.1f})" if a is not None and b is not None else ""
-        print(f"  phase {phase}: {_fmt(a):>8} -> {_fmt(b):>8} {delta}")
-    return EXIT_OK
+        delta = f"({b - a:+.1f} s)" if a is not None and b is not None else ""
+        print(f"  phase {phase}: {_fmt(a):>8} -> {_fmt(b):>8} s {delta}")
+    if failing:
+        print(f"\nFAILED: {len(cmp.regressions)} check(s) went from pass to fail/error")
+    return EXIT_CHECK_FAILED if failing else EXIT_OK
 
 
 def _cmd_sandbox(argv: Sequence[str]) -> int:
@@ -291,42 +366,66 @@ def _cmd_sandbox(argv: Sequence[str]) -> int:
     return int(sandbox_main(list(argv)) or 0)
 
 
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of an exception that ends a command (SPEC section 5).
+
+    ``KeyboardInterrupt`` (and ``RunInterrupted``) and ``NotebookError`` are 3; every
+    other ``RunbookError`` (configuration, sandbox, Cloud Run before any phase) and
+    unreadable input files (``OSError``, ``ValueError``) are usage errors, 2.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, NotebookError):
+        return EXIT_NOTEBOOK_ERROR
+    return EXIT_USAGE
+
+
+def _interrupted_message(exc: KeyboardInterrupt, command: str) -> str:
+    signum = getattr(exc, "signum", 0) or 2
+    run_dir = getattr(exc, "run_dir", None)
+    if command != "run":
+        return f"runbook {command}: interrupted by signal {signum}"
+    if run_dir is None:
+        return f"runbook: interrupted by signal {signum} before a run folder was created"
+    if getattr(exc, "sealed", False):
+        return (
+            f"runbook: interrupted by signal {signum}; run folder sealed as interrupted: "
+            f"{run_dir} (exit {EXIT_INTERRUPTED})"
+        )
+    return f"runbook: interrupted by signal {signum}; run folder left unsealed: {run_dir}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``runbook``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if argv[:1] == ["sandbox"]:
-        try:
-            return _cmd_sandbox(argv[1:])
-        except ConfigError as exc:
-            print(f"runbook: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except _UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
     started = time.monotonic()
+    command = argv[0] if argv else ""
     try:
+        if command == "sandbox":
+            return _cmd_sandbox(argv[1:])
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except _UsageError as exc:
+            parser.print_usage(sys.stderr)
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "verify":
             return _cmd_verify(args)
         if args.command == "compare":
             return _cmd_compare(args)
-    except (ConfigError, SandboxError) as exc:
-        print(f"runbook: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except RunbookError as exc:
+    except KeyboardInterrupt as exc:
+        # One line, no traceback: the runner sealed the folder before letting it through.
+        print(_interrupted_message(exc, command), file=sys.stderr)
+        return exit_code_for(exc)
+    except (RunbookError, OSError, ValueError) as exc:
         print(f"runbook: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, ValueError) as exc:
-        print(f"runbook: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code_for(exc)
     finally:
-        log.debug("%s took %.1f s", args.command, time.monotonic() - started)
-    return EXIT_USAGE
+        log.debug("%s took %.1f s", command, time.monotonic() - started)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,29 +20,14 @@ from typing import Any
 
 from .checks.catalog import applicability
 from .exceptions import ApprovalRequired, ConfigError
+from .phases import PHASES, phase_file  # the phase table, re-exported for compatibility
 from .redaction import redact, redact_obj
 from .results import CheckResult, Status, results_frame
 from .settings import Settings, load_settings
 
-__all__ = ["PHASES", "PhaseContext", "StepReport", "open_phase", "phase_file"]
+__all__ = ["PHASES", "Mutation", "PhaseContext", "StepReport", "open_phase", "phase_file"]
 
 log = logging.getLogger(__name__)
-
-# phase number -> (notebook file, title, mutating)
-PHASES: dict[int, tuple[str, str, bool]] = {
-    1: ("01_deployment_status.ipynb", "Deployment status", False),
-    2: ("02_deploy.ipynb", "Deploy", True),
-    3: ("03_endpoint_validation.ipynb", "Endpoint validation", False),
-    4: ("04_mission_critical.ipynb", "Mission-critical tests", False),
-    5: ("05_business_value.ipynb", "Business value", False),
-    6: ("06_rollback.ipynb", "Rollback", True),
-    7: ("07_monitoring.ipynb", "Monitoring", False),
-}
-
-
-def phase_file(run_dir: str | os.PathLike[str], phase: int) -> Path:
-    """Where a phase's results are persisted inside a run folder."""
-    return Path(run_dir) / "phases" / f"{phase:02d}.json"
 
 
 @dataclass
@@ -98,8 +82,11 @@ class PhaseContext:
         """True when mutating steps may run (``approve`` or the sandbox's ``auto_approve``)."""
         return self.approve or self.settings.auto_approve
 
-    def claim_mutation(self, key: str) -> None:
-        """Mark mutating step ``key`` as run; a second claim in one context refuses.
+    def claim_mutation(self, key: str) -> Mutation:
+        """Mark mutating step ``key`` as run and persist the intent; a second claim refuses.
+
+        Call it immediately before the API call; call :meth:`Mutation.done` on the
+        returned handle right after, with the operation and revision names.
 
         Raises:
             ApprovalRequired: the step already ran in this context (re-executed cell).
@@ -110,6 +97,16 @@ class PhaseContext:
                 "(open_phase) to approve it again"
             )
         self._mutations_done.add(key)
+        # Persisted before the API call, so a kernel killed mid-mutation still leaves
+        # the record that the mutation was started (the run folder names it).
+        entry: dict[str, Any] = {
+            "key": key,
+            "state": "started",
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        self.artifacts.setdefault("mutations", []).append(entry)
+        self.persist()
+        return Mutation(self, entry)
 
     def record(self, report: StepReport) -> StepReport:
         """Add a step's results (replacing earlier ones with the same id) and persist.
@@ -156,6 +153,30 @@ class PhaseContext:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(redact_obj(doc), indent=2, default=str), encoding="utf-8")
         tmp.replace(path)
+
+
+@dataclass
+class Mutation:
+    """A claimed mutation; :meth:`done` records its operation and revision at once."""
+
+    ctx: PhaseContext
+    entry: dict[str, Any]
+
+    def done(
+        self, *, operation: str = "", revision: str = "", succeeded: bool = True, error: str = ""
+    ) -> None:
+        """Persist the mutation's outcome (operation name, revision) to ``phases/NN.json``."""
+        self.entry.update(
+            state="done" if succeeded else "failed",
+            finished_at=datetime.now(UTC).isoformat(),
+        )
+        if operation:
+            self.entry["operation"] = operation
+        if revision:
+            self.entry["revision"] = revision
+        if error:
+            self.entry["error"] = error
+        self.ctx.persist()
 
 
 def open_phase(

@@ -4,9 +4,9 @@
 
     RunbookError
     ├── ConfigError          bad environment file, parameter or CLI usage (exit 2)
-    ├── TargetUnreachable    a host or port that cannot be reached at all
     ├── CloudRunError        the Cloud Run Admin API or Cloud Logging refused or failed
-    ├── NotebookError        a phase notebook raised, timed out or lost its kernel (exit 3)
+    ├── NotebookError        a phase notebook raised, timed out or lost its kernel (exit 3;
+    │                        the runner records it as the phase's outcome and goes on)
     ├── ApprovalRequired     a mutating step was asked to run without approval
     └── SandboxError         the embedded sandbox could not start, stop or answer
 
@@ -14,8 +14,9 @@
     └── RunInterrupted       SIGINT, SIGTERM or a dead owner stopped the run (exit 3)
 
 A failing *check* is never an exception: it is a ``CheckResult`` with status
-``fail`` or ``error``. These exceptions are for the cases where the runbook itself
-cannot go on.
+``fail`` or ``error``; a host that cannot be reached is such a check, not an
+exception. These exceptions are for the cases where the runbook itself cannot go
+on. ``runbook_lib.cli.exit_code_for`` is the one place they become exit codes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ __all__ = [
     "RunInterrupted",
     "RunbookError",
     "SandboxError",
-    "TargetUnreachable",
 ]
 
 
@@ -49,24 +49,24 @@ class ConfigError(RunbookError):
         super().__init__(f"{source}: {message}" if source else message)
 
 
-class TargetUnreachable(RunbookError):
-    """A host could not be reached (refused, unresolvable, timed out)."""
-
-
 class CloudRunError(RunbookError):
     """The Cloud Run Admin API or Cloud Logging call failed."""
 
 
 class NotebookError(RunbookError):
-    """A phase notebook failed to execute.
+    """A phase notebook failed to execute (raised, timed out, lost or never got its kernel).
+
+    ``runner.execute_phase`` turns papermill's and nbclient's errors into this one type
+    and records it as the phase's ``error`` outcome; the run goes on and exits 3.
 
     Args:
-        message: what happened.
+        message: what happened (kept as ``reason``).
         notebook: the notebook's file name.
         cell_index: index of the failing cell, when known.
     """
 
     def __init__(self, message: str, notebook: str = "", cell_index: int | None = None) -> None:
+        self.reason = message
         self.notebook = notebook
         self.cell_index = cell_index
         where = f"{notebook} cell {cell_index}" if cell_index is not None else notebook

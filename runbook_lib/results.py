@@ -11,12 +11,12 @@ from typing import Any
 
 __all__ = [
     "RESULT_COLUMNS",
+    "RESULT_COLUMNS_PUBLIC",
     "CheckResult",
     "Recommendation",
     "Status",
     "results_frame",
     "timed",
-    "worst_status",
 ]
 
 
@@ -34,18 +34,9 @@ class Status(StrEnum):
     ERROR = "error"
 
 
-# Severity order used to fold several statuses into one.
+# Severity order of the statuses (for sorting displays). The one fold of a phase's
+# statuses into pass/fail/error is ``runbook_lib.verdict.worst``.
 _SEVERITY = {Status.PASS: 0, Status.SKIP: 1, Status.WARN: 2, Status.FAIL: 3, Status.ERROR: 4}
-
-
-def worst_status(statuses: Iterable[Status | str]) -> Status:
-    """Most severe of ``statuses`` (``pass`` for an empty iterable)."""
-    worst = Status.PASS
-    for s in statuses:
-        s = Status(s)
-        if _SEVERITY[s] > _SEVERITY[worst]:
-            worst = s
-    return worst
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +122,8 @@ class Recommendation:
 
 
 RESULT_COLUMNS = ["phase", "id", "status", "observed", "threshold", "detail", "duration_s"]
+# The same columns in the order SPEC section 6 gives a results.json check entry.
+RESULT_COLUMNS_PUBLIC = ["id", "phase", "status", "observed", "threshold", "detail", "duration_s"]
 
 
 def results_frame(results: Iterable[CheckResult]) -> Any:

@@ -3,18 +3,15 @@
 ``runbook run`` is a thin shell over :func:`run`: it validates the environment
 (configuration errors stop the run before any kernel starts), creates the run
 folder, executes the chosen phases in order (one fresh ``python3`` kernel per
-notebook, working directory = the repository root), applies the gates, and
-hands the folder to :mod:`runbook_lib.evidence` to be judged and sealed.
+notebook, working directory = the repository root) and hands the folder to
+:mod:`runbook_lib.evidence` to be judged and sealed.
 
-Gates (SPEC section 5):
-
-- the deploy phase failed (a ``deploy.*`` check failed or its notebook errored):
-  the validation phases 3, 4, 5 and 7 are skipped and the recommendation is rollback;
-- the rollback notebook (6) runs when asked for with ``--phases``, or when the run
-  recommends a rollback and mutations are approved (``--approve`` or the
-  environment's ``auto_approve``);
-- a notebook that raises, times out or loses its kernel is exit code 3, a failed
-  check is 1, all gates passing is 0.
+The runner keeps each phase's outcome and record in memory and, before every
+phase, asks the pure :func:`runbook_lib.verdict.next_action` whether it runs (the
+gates: a failed deploy skips validation, the rollback joins when recommended and
+approved). Exit codes: 0 all gates pass, 1 a check failed, 3 a notebook errored,
+timed out or lost its kernel, or the run was interrupted (the folder is then
+sealed with verdict ``interrupted`` before the interrupt propagates).
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,16 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from . import evidence
-from .context import PHASES
-from .evidence import PhaseOutcome
-from .exceptions import ConfigError
+from .evidence import PhaseOutcome, RunContext
+from .exceptions import ConfigError, NotebookError
+from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE, VALIDATION_PHASES
+from .phases import DEPLOY_PHASE as DEPLOY_PHASE  # kept importable from here
 from .redaction import redact, register_secret
 from .results import Recommendation
 from .settings import CELL_TIMEOUT_S, load_settings, resolve_environment
+from .verdict import PhaseRecord, RunPlan, next_action, settle
 
 __all__ = [
     "DEFAULT_PHASES",
     "EXIT_CHECK_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_NOTEBOOK_ERROR",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -52,6 +53,7 @@ __all__ = [
     "RunOptions",
     "RunOutcome",
     "execute_phase",
+    "notebook_error",
     "notebook_parameters",
     "notebooks_dir",
     "parse_params",
@@ -63,10 +65,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOTEBOOK_ERROR = 0, 1, 2, 3
-DEFAULT_PHASES: tuple[int, ...] = (1, 2, 3, 4, 5, 7)
-VALIDATION_PHASES: tuple[int, ...] = (3, 4, 5, 7)
-ROLLBACK_PHASE = 6
-DEPLOY_PHASE = 2
+# An interrupted run is sealed and exits like a notebook that did not complete.
+EXIT_INTERRUPTED = EXIT_NOTEBOOK_ERROR
+_CONFIG_NOTE = "configuration: "
 _COMMON = ("environment", "run_dir", "approve", "overrides_json")
 # The parameters the runner injects into each phase notebook (a test checks the
 # notebooks' parameters cells declare exactly these).
@@ -254,25 +255,92 @@ def _step_name(source: str) -> str:
     return "open_phase" if "open_phase(" in source else ""
 
 
-def _kernel_manager_class(stderr_file: Any) -> type:
+def _kernel_manager_class(stderr_file: Any, started: list[Any] | None = None) -> type:
     """A kernel manager that sends the kernel process's own stderr to ``stderr_file``.
 
     The kernel's process-level chatter (transport warnings, crash messages) would
     otherwise interleave with the progress lines; cell output is unaffected (it
     travels over the kernel protocol). The log stays in the run folder for a
-    post-mortem of a dead kernel.
+    post-mortem of a dead kernel. Started managers are appended to ``started`` so an
+    interrupted run can stop its kernel before sealing the folder.
     """
     from jupyter_client.manager import AsyncKernelManager
 
     class QuietKernelManager(AsyncKernelManager):
-        async def _async_start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+        async def _async_start_kernel(self, **kw: Any) -> None:
             if stderr_file is not None and "stderr" not in kw:
                 kw["stderr"] = stderr_file
+            if started is not None:
+                started.append(self)
             await super()._async_start_kernel(**kw)
 
-        start_kernel = _async_start_kernel  # type: ignore[assignment]
+        start_kernel = _async_start_kernel
 
     return QuietKernelManager
+
+
+def _kill_kernels(managers: Sequence[Any], timeout_s: float = 5.0) -> None:
+    """Kill the kernels (and whatever they started) of an interrupted phase, bounded.
+
+    A kernel left running would keep writing ``phases/NN.json`` while the folder is
+    sealed (and could still be mutating the service); it runs in its own session.
+    """
+    import psutil
+
+    for km in managers:
+        provisioner = getattr(km, "provisioner", None)
+        pid = getattr(provisioner, "pid", None)
+        if not pid:
+            continue
+        try:
+            root = psutil.Process(int(pid))
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        pgid = getattr(provisioner, "pgid", None)
+        if pgid and pgid != os.getpgrp():
+            with contextlib.suppress(OSError):
+                os.killpg(int(pgid), signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=timeout_s)
+
+
+def _signum(exc: BaseException) -> int:
+    """The signal behind an interrupt (``RunInterrupted.signum``; SIGINT for Ctrl-C)."""
+    return int(getattr(exc, "signum", 0) or signal.SIGINT)
+
+
+def notebook_error(
+    exc: Exception, notebook: str, current_cell: int = -1, cell_timeout_s: float = 0.0
+) -> NotebookError:
+    """The one translation of papermill's and nbclient's failures into :class:`NotebookError`.
+
+    Args:
+        exc: what papermill raised.
+        notebook: the notebook's file name.
+        current_cell: the cell that was executing (-1 when none had started).
+        cell_timeout_s: the per-cell timeout in force (named in a timeout's reason).
+    """
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, NotebookError):
+        return exc
+    cell = current_cell if current_cell >= 0 else None
+    if isinstance(exc, PapermillExecutionError):
+        return NotebookError(
+            f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}",
+            notebook,
+            exc.cell_index,
+        )
+    if isinstance(exc, CellTimeoutError):
+        return NotebookError(f"cell {cell} timed out after {int(cell_timeout_s)} s", notebook, cell)
+    if isinstance(exc, DeadKernelError):
+        return NotebookError(f"the kernel died while running cell {cell}: {exc}", notebook, cell)
+    # Kernel failed to start, notebook unreadable, ...
+    return NotebookError(f"{type(exc).__name__}: {exc}", notebook, cell)
 
 
 def execute_phase(
@@ -283,7 +351,7 @@ def execute_phase(
     parameters: Mapping[str, Any],
     cwd: Path,
     kernel_name: str = "python3",
-    cell_timeout_s: float = 600.0,
+    cell_timeout_s: float = CELL_TIMEOUT_S,
     start_timeout_s: float = 60.0,
     on_step: Callable[[int, str], None] | None = None,
     kernel_log: Path | None = None,
@@ -295,8 +363,6 @@ def execute_phase(
         rest) or ``error`` with the reason and the failing cell's index.
     """
     import papermill as pm
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
 
     name = notebook_in.name
     current = {"index": -1}
@@ -310,10 +376,11 @@ def execute_phase(
 
     start = time.monotonic()
     status, reason, cell = "pass", "", None
-    log_file = contextlib.nullcontext(None)
+    kernels: list[Any] = []
+    log_file: Any = contextlib.nullcontext(None)
     if kernel_log is not None:
         kernel_log.parent.mkdir(parents=True, exist_ok=True)
-        log_file = kernel_log.open("ab")  # type: ignore[assignment]
+        log_file = kernel_log.open("ab")
     try:
         with log_file as stderr_file:
             pm.execute_notebook(
@@ -327,22 +394,36 @@ def execute_phase(
                 start_timeout=int(max(start_timeout_s, 1)),
                 execution_timeout=max(int(cell_timeout_s), 1),
                 on_cell_start=hook,
-                kernel_manager_class=_kernel_manager_class(stderr_file),
+                kernel_manager_class=_kernel_manager_class(stderr_file, kernels),
             )
-    except PapermillExecutionError as exc:
-        status, cell = "error", exc.cell_index
-        reason = f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}"
-    except CellTimeoutError:
-        status, cell = "error", current["index"]
-        reason = f"cell {cell} timed out after {int(cell_timeout_s)} s"
-    except DeadKernelError as exc:
-        status, cell = "error", current["index"]
-        reason = f"the kernel died while running cell {cell}: {exc}"
-    except Exception as exc:  # kernel failed to start, notebook unreadable, ...
-        status = "error"
+    except KeyboardInterrupt as exc:
+        # Stop the kernel first: nothing may write to the folder (or the service) while
+        # it is sealed. The partial notebook is still redacted below, then the interrupt
+        # carries this phase's outcome up to the run.
+        _kill_kernels(kernels)
         cell = current["index"] if current["index"] >= 0 else None
-        reason = f"{type(exc).__name__}: {exc}"
+        where = f" at cell {cell}" if cell is not None else ""
+        outcome = PhaseOutcome(
+            phase,
+            name,
+            "interrupted",
+            time.monotonic() - start,
+            f"interrupted by signal {_signum(exc)}{where}",
+            cell,
+        )
+        _tidy(notebook_out, kernel_log)
+        exc.phase_outcome = outcome  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:
+        err = notebook_error(exc, name, current["index"], cell_timeout_s)
+        status, reason, cell = "error", err.reason, err.cell_index
     duration = time.monotonic() - start
+    _tidy(notebook_out, kernel_log)
+    return PhaseOutcome(phase, name, status, duration, redact(reason)[:2000], cell)
+
+
+def _tidy(notebook_out: Path, kernel_log: Path | None) -> None:
+    """Redact the executed notebook and the kernel's log in place."""
     if notebook_out.is_file():
         try:
             evidence.redact_notebook(notebook_out)
@@ -351,7 +432,6 @@ def execute_phase(
     if kernel_log is not None and kernel_log.is_file():
         text = kernel_log.read_text(encoding="utf-8", errors="replace")
         kernel_log.write_text(redact(text), encoding="utf-8")
-    return PhaseOutcome(phase, name, status, duration, redact(reason)[:2000], cell)
 
 
 def _field(info: Any, key: str) -> Any:
@@ -448,124 +528,215 @@ def run(
     Raises:
         ConfigError: bad environment, overrides or phases (before any kernel starts).
         SandboxError: the sandbox could not be started.
+        KeyboardInterrupt: a signal stopped the run (``RunInterrupted`` for SIGTERM);
+            when a run folder exists it was sealed first, and the exception carries
+            ``run_dir`` and ``outcome`` (a :class:`RunOutcome` with exit code 3).
     """
-    emit: ProgressFn = progress or (lambda _p: None)
+    notes: list[str] = []
+    user_progress: ProgressFn = progress or (lambda _p: None)
+
+    def emit(p: Progress) -> None:
+        # Every note the operator sees is recorded in the run folder too.
+        if p.event == "note":
+            notes.append(p.message)
+        user_progress(p)
+
     if options.environment:
-        return _run(options, options.environment, emit, ())
+        return _run(options, options.environment, emit, (), notes)
     manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
     with _Sandbox(manager, options, emit) as sb:
-        return _run(options, sb.env_file, emit, tuple(sb.secrets))
+        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes)
+
+
+@dataclass
+class _RunState:
+    """What the run has produced so far (kept in memory; the disk is the record)."""
+
+    run_dir: Path
+    run_id: str
+    started_at: str
+    outcomes: list[PhaseOutcome] = field(default_factory=list)
+    records: dict[int, PhaseRecord] = field(default_factory=dict)
+    deadline_hit: bool = False
 
 
 def _run(
-    options: RunOptions, environment: str, emit: ProgressFn, extra_secrets: Sequence[str]
+    options: RunOptions,
+    environment: str,
+    emit: ProgressFn,
+    extra_secrets: Sequence[str],
+    notes: list[str] | None = None,
 ) -> RunOutcome:
     t0 = time.monotonic()
+    notes = notes if notes is not None else []
     env_path = resolve_environment(environment).resolve()
     # Loading here validates the file and overrides (exit 2 before any kernel) and
     # registers the secrets the settings name, so the final scan knows their values.
     settings = load_settings(env_path, overrides=dict(options.overrides))
-    approved = options.approve or settings.auto_approve
+    for warning in settings.warnings:
+        emit(Progress("note", message=f"{_CONFIG_NOTE}{warning}"))
+    explicit = bool(options.phases)
     requested = tuple(sorted(set(options.phases))) if options.phases else DEFAULT_PHASES
-    explicit = options.phases is not None and len(options.phases) > 0
-    order = list(requested)
-    conditional_rollback = ROLLBACK_PHASE not in order and not explicit
-    if conditional_rollback:
-        order = sorted([*order, ROLLBACK_PHASE])
+    plan = RunPlan(requested, explicit, options.approve or settings.auto_approve)
     nb_dir = options.notebooks or notebooks_dir()
-    for p in order:
-        if not (nb_dir / PHASES[p][0]).is_file():
-            raise ConfigError(f"notebook for phase {p} not found: {nb_dir / PHASES[p][0]}")
+    for p in plan.order:
+        if not (nb_dir / PHASES[p].notebook).is_file():
+            raise ConfigError(f"notebook for phase {p} not found: {nb_dir / PHASES[p].notebook}")
 
-    started_at = datetime.now(UTC).isoformat()
     run_dir = evidence.create_run_dir(options.out_dir, settings.name).resolve()
-    run_id = run_dir.name
-    total = len(requested)
-    outcomes: list[PhaseOutcome] = []
-    deploy_bad = False
-    deadline_hit = False
-    index = 0
-    for phase in order:
-        notebook = PHASES[phase][0]
-        if phase == ROLLBACK_PHASE and conditional_rollback:
-            interim = evidence.build_results(
-                run_dir,
-                run_id=run_id,
-                environment=settings.name,
-                started_at=started_at,
-                finished_at=started_at,
-                outcomes=outcomes,
+    state = _RunState(run_dir, run_dir.name, datetime.now(UTC).isoformat())
+    parameters = {
+        "environment": str(env_path),
+        "environment_name": settings.name,
+        "requested_phases": list(requested),
+        "approve": options.approve,
+        "auto_approve": settings.auto_approve,
+        "overrides": dict(options.overrides),
+        "rollback_to": options.rollback_to,
+        "cell_timeout_s": options.cell_timeout_s,
+        "deadline_s": options.deadline_s,
+        "kernel_name": options.kernel_name,
+        "settings": settings.redacted_dict(),
+    }
+    secrets = [*(v for v in (settings.auth.token, settings.auth.jwt_secret) if v), *extra_secrets]
+
+    def seal(interrupted: Mapping[str, Any] | None = None) -> evidence.RunEvidence:
+        context = RunContext(
+            environment_ref=str(env_path),
+            warnings=tuple(settings.warnings),
+            not_applicable=dict(settings.not_applicable),
+            # Configuration warnings have their own place in the record.
+            notes=tuple(n for n in notes if not n.startswith(_CONFIG_NOTE)),
+            interrupted=interrupted,
+        )
+        return evidence.finalize_run(
+            run_dir,
+            run_id=state.run_id,
+            environment=settings.name,
+            started_at=state.started_at,
+            outcomes=state.outcomes,
+            parameters={**parameters, "phases": [o.phase for o in state.outcomes]},
+            secrets=secrets,
+            records=state.records,
+            context=context,
+        )
+
+    during = "start"
+    try:
+        total = len(requested)
+        index = 0
+        for phase in plan.order:
+            during = f"phase {phase}"
+            notebook = PHASES[phase].notebook
+            remaining = options.deadline_s - (time.monotonic() - t0)
+            if remaining <= 1:
+                state.deadline_hit = True
+            action = next_action(
+                plan,
+                phase,
+                state.records,
+                state.outcomes,
+                deadline_reason=(
+                    f"run deadline of {options.deadline_s:g} s reached: not executed"
+                    if state.deadline_hit
+                    else ""
+                ),
             )
-            if interim["recommendation"]["action"] != "rollback":
+            if action.kind == "omit":
                 continue
-            total += 1
-            if not approved:
-                outcomes.append(
-                    PhaseOutcome(
-                        phase,
-                        notebook,
-                        "skipped",
-                        0.0,
-                        "rollback recommended but not approved: re-run with --approve --phases 6",
-                    )
-                )
+            if action.added:
+                total += 1
                 emit(
                     Progress(
-                        "phase-skip", phase, index + 1, total, notebook, message=outcomes[-1].reason
+                        "note",
+                        message=f"rollback recommended: phase {phase} ({notebook}) joins the "
+                        f"run, {total} phases in all",
                     )
                 )
-                continue
-        index += 1
-        remaining = options.deadline_s - (time.monotonic() - t0)
-        skip_reason = ""
-        if deadline_hit or remaining <= 1:
-            deadline_hit = True
-            skip_reason = f"run deadline of {options.deadline_s:g} s reached: not executed"
-        elif deploy_bad and phase in VALIDATION_PHASES:
-            skip_reason = "deploy failed: validation skipped, rollback recommended"
-        if skip_reason:
-            # A phase the deadline cut off is missing evidence, not a passed gate: error.
-            outcomes.append(
-                PhaseOutcome(
-                    phase, notebook, "error" if deadline_hit else "skipped", 0.0, skip_reason
+            index += 1
+            if action.kind == "skip":
+                state.outcomes.append(
+                    PhaseOutcome(phase, notebook, action.status, 0.0, action.reason)
                 )
-            )
-            emit(Progress("phase-skip", phase, index, total, notebook, message=skip_reason))
-            continue
-        emit(
-            Progress("phase-start", phase, index, total, notebook, elapsed_s=time.monotonic() - t0)
-        )
-        params = notebook_parameters(
-            phase,
-            environment=str(env_path),
-            run_dir=str(run_dir),
-            approve=options.approve,
-            overrides=options.overrides,
-            rollback_to=options.rollback_to,
-        )
-        cell_timeout = min(options.cell_timeout_s, remaining)
-
-        def on_step(
-            cell_index: int,
-            step: str,
-            _p: int = phase,
-            _i: int = index,
-            _n: str = notebook,
-            _t: int = total,
-        ) -> None:
+                emit(Progress("phase-skip", phase, index, total, notebook, message=action.reason))
+                continue
+            outcome = _execute(options, phase, index, total, state, env_path, nb_dir, emit, t0)
+            state.outcomes.append(outcome)
             emit(
                 Progress(
-                    "step",
-                    _p,
-                    _i,
-                    _t,
-                    _n,
-                    step=step,
+                    "phase-end",
+                    phase,
+                    index,
+                    total,
+                    notebook,
                     elapsed_s=time.monotonic() - t0,
-                    message=f"cell {cell_index}",
+                    status=outcome.status,
+                    message=outcome.reason or f"{outcome.duration_s:.1f} s",
                 )
             )
+        during = "finalization"
+        ev = seal()
+    except KeyboardInterrupt as exc:
+        _seal_interrupted(exc, state, during, plan, seal, t0)
+        raise
+    if state.deadline_hit or any(o.status == "error" for o in state.outcomes):
+        code = EXIT_NOTEBOOK_ERROR
+    elif ev.verdict != "pass":
+        code = EXIT_CHECK_FAILED
+    else:
+        code = EXIT_OK
+    return RunOutcome(
+        run_dir,
+        code,
+        ev.verdict,
+        ev.recommendation,
+        tuple(state.outcomes),
+        ev.safe_to_share,
+        time.monotonic() - t0,
+    )
 
+
+def _execute(
+    options: RunOptions,
+    phase: int,
+    index: int,
+    total: int,
+    state: _RunState,
+    env_path: Path,
+    nb_dir: Path,
+    emit: ProgressFn,
+    t0: float,
+) -> PhaseOutcome:
+    """Run one phase's notebook, export it, read its record, and judge the outcome."""
+    notebook = PHASES[phase].notebook
+    run_dir = state.run_dir
+    remaining = options.deadline_s - (time.monotonic() - t0)
+    emit(Progress("phase-start", phase, index, total, notebook, elapsed_s=time.monotonic() - t0))
+    params = notebook_parameters(
+        phase,
+        environment=str(env_path),
+        run_dir=str(run_dir),
+        approve=options.approve,
+        overrides=options.overrides,
+        rollback_to=options.rollback_to,
+    )
+    cell_timeout = min(options.cell_timeout_s, remaining)
+
+    def on_step(cell_index: int, step: str) -> None:
+        emit(
+            Progress(
+                "step",
+                phase,
+                index,
+                total,
+                notebook,
+                step=step,
+                elapsed_s=time.monotonic() - t0,
+                message=f"cell {cell_index}",
+            )
+        )
+
+    try:
         outcome = execute_phase(
             phase,
             notebook_in=nb_dir / notebook,
@@ -578,85 +749,95 @@ def _run(
             on_step=on_step,
             kernel_log=run_dir / "logs" / f"kernel-{phase:02d}.log",
         )
-        if (
-            outcome.status == "error"
-            and cell_timeout < options.cell_timeout_s
-            and "timed out" in outcome.reason
-        ):
-            deadline_hit = True
-            outcome = PhaseOutcome(
-                phase,
-                notebook,
-                "error",
-                outcome.duration_s,
-                f"run deadline of {options.deadline_s:g} s reached: {outcome.reason}",
-                outcome.cell_index,
-            )
-        if (run_dir / notebook).is_file():
-            try:
-                evidence.export_html(run_dir / notebook)
-            except Exception as exc:  # the .ipynb is the record; HTML is a convenience
-                log.warning("HTML export of %s failed: %s", notebook, exc)
-        record = evidence.load_phase_records(run_dir).get(phase)
-        if outcome.status == "pass" and record is not None:
-            # A check that errored (target unreachable, API 500) is a failed gate, not a
-            # notebook error: the outcome's "error" means the notebook did not complete
-            # (exit 3 and a runner.phase_NN check); results.json still shows the phase as error.
-            checks_worst = evidence.worst(evidence.phase_checks(record))
-            status = "pass" if checks_worst == "pass" else "fail"
-            outcome = PhaseOutcome(phase, notebook, status, outcome.duration_s)
-        outcomes.append(outcome)
-        emit(
-            Progress(
-                "phase-end",
-                phase,
-                index,
-                total,
-                notebook,
-                elapsed_s=time.monotonic() - t0,
-                status=outcome.status,
-                message=outcome.reason or f"{outcome.duration_s:.1f} s",
+    finally:
+        # Whatever happened, the phase's record (mutations included) is what it persisted.
+        record = evidence.read_phase_record(run_dir, phase)
+        if record is not None:
+            state.records[phase] = record
+    if (
+        outcome.status == "error"
+        and cell_timeout < options.cell_timeout_s
+        and "timed out" in outcome.reason
+    ):
+        state.deadline_hit = True
+        outcome = PhaseOutcome(
+            phase,
+            notebook,
+            "error",
+            outcome.duration_s,
+            f"run deadline of {options.deadline_s:g} s reached: {outcome.reason}",
+            outcome.cell_index,
+        )
+    if (run_dir / notebook).is_file():
+        try:
+            evidence.export_html(run_dir / notebook)
+        except Exception as exc:  # the .ipynb is the record; HTML is a convenience
+            log.warning("HTML export of %s failed: %s", notebook, exc)
+    return settle(outcome, record)
+
+
+def _seal_interrupted(
+    exc: BaseException,
+    state: _RunState,
+    during: str,
+    plan: RunPlan,
+    seal: Callable[[Mapping[str, Any] | None], evidence.RunEvidence],
+    t0: float,
+) -> None:
+    """Seal the folder of an interrupted run and attach the outcome to the exception.
+
+    The phase in flight is ``interrupted``; phases not reached are recorded as not
+    executed. A second interrupt while sealing gets one more attempt (the first may
+    have left a half-written report); a third gives up, the folder unsealed.
+    """
+    signum = _signum(exc)
+    in_flight = getattr(exc, "phase_outcome", None)
+    phase_now = int(during.split()[1]) if during.startswith("phase ") else None
+    if isinstance(in_flight, PhaseOutcome):
+        state.outcomes.append(in_flight)
+    elif phase_now is not None and phase_now not in {o.phase for o in state.outcomes}:
+        # Stopped between the runner's own steps for this phase (before or after its kernel).
+        state.outcomes.append(
+            PhaseOutcome(
+                phase_now,
+                PHASES[phase_now].notebook,
+                "interrupted",
+                0.0,
+                f"interrupted by signal {signum}",
             )
         )
-        if phase == DEPLOY_PHASE and evidence.deploy_failed(record, outcome):
-            deploy_bad = True
-
-    parameters = {
-        "environment": str(env_path),
-        "environment_name": settings.name,
-        "phases": [o.phase for o in outcomes],
-        "requested_phases": list(requested),
-        "approve": options.approve,
-        "auto_approve": settings.auto_approve,
-        "overrides": dict(options.overrides),
-        "rollback_to": options.rollback_to,
-        "cell_timeout_s": options.cell_timeout_s,
-        "deadline_s": options.deadline_s,
-        "kernel_name": options.kernel_name,
-        "settings": settings.redacted_dict(),
-    }
-    env_secret_values = [v for v in (settings.auth.token, settings.auth.jwt_secret) if v]
-    ev = evidence.finalize_run(
-        run_dir,
-        run_id=run_id,
-        environment=settings.name,
-        started_at=started_at,
-        outcomes=outcomes,
-        parameters=parameters,
-        secrets=[*env_secret_values, *extra_secrets],
-    )
-    if deadline_hit or any(o.status == "error" for o in outcomes):
-        code = EXIT_NOTEBOOK_ERROR
-    elif ev.verdict != "pass":
-        code = EXIT_CHECK_FAILED
-    else:
-        code = EXIT_OK
-    return RunOutcome(
-        run_dir,
-        code,
-        ev.verdict,
-        ev.recommendation,
-        tuple(outcomes),
-        ev.safe_to_share,
+    done = {o.phase for o in state.outcomes}
+    for phase in plan.order:
+        if phase not in done and not (phase == ROLLBACK_PHASE and plan.conditional_rollback):
+            done.add(phase)
+            state.outcomes.append(
+                PhaseOutcome(
+                    phase,
+                    PHASES[phase].notebook,
+                    "skipped",
+                    0.0,
+                    f"not executed: the run was interrupted by signal {signum}",
+                )
+            )
+    info = {"signal": signum, "during": during}
+    ev = None
+    for attempt in (1, 2):
+        try:
+            ev = seal(info)
+            break
+        except KeyboardInterrupt:
+            log.warning("interrupted again while sealing (attempt %d)", attempt)
+    outcome = RunOutcome(
+        state.run_dir,
+        EXIT_INTERRUPTED,
+        ev.verdict if ev is not None else "interrupted",
+        ev.recommendation
+        if ev is not None
+        else Recommendation("hold", "the run was interrupted and its folder is not sealed"),
+        tuple(state.outcomes),
+        ev.safe_to_share if ev is not None else False,
         time.monotonic() - t0,
     )
+    exc.run_dir = state.run_dir  # type: ignore[attr-defined]
+    exc.outcome = outcome  # type: ignore[attr-defined]
+    exc.sealed = ev is not None  # type: ignore[attr-defined]

@@ -118,9 +118,10 @@ def test_run_passes_options_and_returns_the_runner_exit_code(
     assert "verdict: FAIL" in out and "rollback to rev-1" in out
 
 
-def test_progress_is_quiet_when_not_a_terminal() -> None:
-    """Not a TTY: one line per phase; a TTY also sees each step."""
+def test_progress_is_quiet_when_not_a_terminal_but_keeps_notes() -> None:
+    """Not a TTY: one line per phase and every note; a TTY also sees each step."""
     events = [
+        Progress("note", message="sandbox already running: using it"),
         Progress("phase-start", 2, 1, 3, "02_deploy.ipynb"),
         Progress("step", 2, 1, 3, "02_deploy.ipynb", step="deploy", elapsed_s=4.0),
         Progress("phase-end", 2, 1, 3, "02_deploy.ipynb", status="pass", message="9.0 s"),
@@ -133,14 +134,22 @@ def test_progress_is_quiet_when_not_a_terminal() -> None:
         tty(e)
     q.close()
     tty.close()
-    assert quiet.getvalue().count("\n") == 2
+    assert quiet.getvalue().count("\n") == 3
+    assert quiet.getvalue().startswith("- sandbox already running: using it\n")
     assert "[1/3] 02_deploy.ipynb: PASS" in quiet.getvalue()
     assert "SKIPPED (deploy failed)" in quiet.getvalue()
     lines = loud.getvalue().splitlines()
-    assert lines[0].startswith("[1/3] 02_deploy.ipynb starting")
-    assert lines[1].startswith("    > deploy") and lines[2].startswith(
+    assert lines[0] == "- sandbox already running: using it"
+    assert lines[1].startswith("[1/3] 02_deploy.ipynb starting")
+    assert lines[2].startswith("    > deploy") and lines[3].startswith(
         "[1/3] 02_deploy.ipynb: PASS"
     )
+
+
+def test_progress_goes_to_stderr_by_default(capsys) -> None:
+    cli.ConsoleProgress(tty=False)(Progress("note", message="configuration: unknown key x"))
+    captured = capsys.readouterr()
+    assert captured.out == "" and "- configuration: unknown key x" in captured.err
 
 
 def test_progress_ticks_the_elapsed_time_of_a_long_step() -> None:
@@ -173,3 +182,74 @@ def test_module_entry_point_runs() -> None:
         [sys.executable, "-m", "runbook_lib", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "verify" in proc.stdout
+
+
+def test_verify_of_an_unsealed_folder_says_so_without_traceback(tmp_path: Path, capsys) -> None:
+    run = evidence.create_run_dir(tmp_path, "killed")
+    (run / "phases").mkdir()
+    (run / "phases" / "01.json").write_text("{}")
+    ctx = PhaseContext(
+        phase=2, settings=settings_from_dict({"name": "cli"}), run_dir=run, approve=True
+    )
+    ctx.claim_mutation("deploy")  # then the process was SIGKILLed mid-deploy
+    assert cli.main(["verify", str(run)]) == 1
+    captured = capsys.readouterr()
+    assert "never sealed" in captured.out and run.name in captured.out
+    assert "phases persisted: 1, 2" in captured.out
+    assert "mutation claimed in phase 2: deploy (started" in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_compare_json_and_fail_on_regression(tmp_path: Path, capsys) -> None:
+    import json
+
+    a = _run_folder(tmp_path, "pass")
+    b = _run_folder(tmp_path, "fail")
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    assert "REGRESSION" in capsys.readouterr().out
+    assert cli.main(["compare", str(a), str(b), "--fail-on-regression"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert cli.main(["compare", str(a), str(b), "--json", "--fail-on-regression"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressions"] == ["ws.upgrade"]
+    assert cli.main(["compare", str(b), str(a), "--fail-on-regression"]) == 0
+
+
+def test_interrupt_is_exit_3_with_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
+    from runbook_lib.exceptions import RunInterrupted
+
+    def interrupted_run(options, progress=None, sandbox=None):
+        exc = RunInterrupted(15)
+        exc.run_dir = tmp_path  # type: ignore[attr-defined]
+        exc.sealed = True  # type: ignore[attr-defined]
+        raise exc
+
+    monkeypatch.setattr(runner, "run", interrupted_run)
+    assert cli.main(["run", "--env", "staging"]) == 3
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"runbook: interrupted by signal 15; run folder sealed as interrupted: {tmp_path} (exit 3)"
+    )
+    assert "Traceback" not in err
+
+
+def test_exit_code_mapping() -> None:
+    from runbook_lib.exceptions import (
+        CloudRunError,
+        ConfigError,
+        NotebookError,
+        RunInterrupted,
+        SandboxError,
+    )
+
+    assert cli.exit_code_for(KeyboardInterrupt()) == 3
+    assert cli.exit_code_for(RunInterrupted(2)) == 3
+    assert cli.exit_code_for(NotebookError("x")) == 3
+    for exc in (ConfigError("x"), SandboxError("x"), CloudRunError("x"), OSError("x")):
+        assert cli.exit_code_for(exc) == 2
+
+
+def test_run_help_documents_the_exit_codes(capsys) -> None:
+    assert cli.main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit codes" in out and "interrupted" in out and "3  a notebook" in out

@@ -389,3 +389,156 @@ def test_compare_reports_status_changes_and_numeric_deltas(tmp_path: Path) -> No
     latency = next(d for d in cmp.numeric if d.id == "http.latency")
     assert latency.delta == pytest.approx(0.0)
     assert cmp.phase_durations == ((3, 1.0, 1.0),)
+
+
+def _observed(run_dir: Path, phase: int, checks: list[tuple[str, str, float, str]]) -> None:
+    settings = settings_from_dict({"name": "test"})
+    ctx = PhaseContext(phase=phase, settings=settings, run_dir=run_dir, approve=False)
+    ctx.record(
+        StepReport(
+            "s",
+            [
+                CheckResult(cid, phase, st, observed=obs, threshold=thr)
+                for cid, st, obs, thr in checks
+            ],
+        )
+    )
+
+
+def test_compare_puts_regressions_first_sorts_deltas_and_ignores_superseded(
+    tmp_path: Path,
+) -> None:
+    a = evidence.create_run_dir(tmp_path, "x")
+    _phase(a, 1, [("ws.routes_probe", "fail")])
+    _deploy_ok(a)
+    _observed(
+        a,
+        3,
+        [
+            ("ws.upgrade", "fail", 1.0, ""),
+            ("http.latency", "pass", 0.1, "< 1.0 s"),
+            ("ws.roundtrip", "pass", 1.0, "< 2 s"),
+            ("load.success_rate", "pass", 99.0, ">= 95 %"),
+        ],
+    )
+    _finalize(a, _outcomes(1, 2, 3))
+    b = evidence.create_run_dir(tmp_path, "x")
+    _phase(b, 1, [("ws.routes_probe", "pass")])
+    _deploy_ok(b)
+    _observed(
+        b,
+        3,
+        [
+            ("ws.upgrade", "pass", 1.0, ""),
+            ("http.latency", "fail", 0.9, "< 1.0 s"),
+            ("ws.roundtrip", "pass", 1.1, "< 2 s"),
+            ("load.success_rate", "pass", 98.0, ">= 95 %"),
+        ],
+    )
+    _finalize(b, _outcomes(1, 2, 3))
+    cmp = evidence.compare_runs(a, b)
+    assert [d.id for d in cmp.status_changes] == ["http.latency", "ws.upgrade"]
+    assert [d.id for d in cmp.regressions] == ["http.latency"]
+    # The phase-1 "before" finding changed too, but a deploy superseded it in both runs.
+    assert [d.id for d in cmp.superseded_changes] == ["ws.routes_probe"]
+    # Largest relative change first, with units.
+    assert [d.id for d in cmp.numeric][:3] == ["http.latency", "ws.roundtrip", "load.success_rate"]
+    units = {d.id: d.unit for d in cmp.numeric}
+    assert units["http.latency"] == "s" and units["load.success_rate"] == "%"
+    doc = cmp.to_record()
+    assert doc["regressions"] == ["http.latency"] and json.dumps(doc)
+
+
+def test_compare_of_a_partial_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from runbook_lib.exceptions import ConfigError
+
+    a = evidence.create_run_dir(tmp_path, "x")
+    _phase(a, 3, [("ws.upgrade", "pass")])  # killed before results.json was written
+    b = evidence.create_run_dir(tmp_path, "x")
+    _phase(b, 3, [("ws.upgrade", "pass")])
+    _finalize(b, _outcomes(3))
+    with pytest.raises(ConfigError, match=r"no results\.json"):
+        evidence.compare_runs(a, b)
+    (a / "results.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        evidence.compare_runs(a, b)
+
+
+def test_reports_show_configuration_notes_and_pending_rollback(tmp_path: Path) -> None:
+    run = evidence.create_run_dir(tmp_path, "test")
+    _deploy_ok(run)
+    _phase(run, 3, [("ws.upgrade", "fail"), ("ws.test_endpoint", "skip")])
+    ctx = evidence.RunContext(
+        environment_ref="/envs/staging.toml",
+        warnings=("unknown key target.bogus (ignored)",),
+        not_applicable={"ws.test_endpoint": "the service has no test endpoint"},
+        notes=("sandbox already running: using it",),
+    )
+    ev = _finalize(run, _outcomes(2, 3), context=ctx)
+    results = ev.results
+    assert set(results["recommendation"]) == {"action", "reason", "target_revision"}
+    command = "runbook run --env /envs/staging.toml --approve --phases 6 --param rollback_to=backend-00001"
+    assert results["rollback_pending"] == {"target_revision": "backend-00001", "command": command}
+    assert results["configuration"]["skipped_not_applicable"] == ["ws.test_endpoint"]
+    assert results["notes"] == ["sandbox already running: using it"]
+    summary = (run / "summary.md").read_text()
+    index = (run / "index.html").read_text()
+    for text in (summary, index):
+        assert "ROLLBACK PENDING" in text.upper() and command in text
+        assert "Configuration" in text
+        assert "unknown key target.bogus (ignored)" in text
+        assert "ws.test_endpoint: the service has no test endpoint (reported as skip)" in text
+        assert "sandbox already running: using it" in text
+
+
+def test_performed_rollback_is_not_pending(tmp_path: Path) -> None:
+    run = evidence.create_run_dir(tmp_path, "test")
+    _deploy_ok(run)
+    _phase(run, 3, [("ws.upgrade", "fail")])
+    _phase(run, 6, [("rollback.traffic_moved", "pass")])
+    ev = _finalize(run, _outcomes(2, 3, 6))
+    assert ev.recommendation.action == "rollback"
+    assert ev.results["rollback_pending"] is None
+    assert "PENDING" not in (run / "summary.md").read_text().upper()
+
+
+def test_claimed_mutation_is_persisted_before_and_after_the_call(tmp_path: Path) -> None:
+    from runbook_lib.exceptions import ApprovalRequired
+
+    settings = settings_from_dict({"name": "test"})
+    ctx = PhaseContext(phase=2, settings=settings, run_dir=tmp_path, approve=True)
+    handle = ctx.claim_mutation("deploy")
+    on_disk = json.loads((tmp_path / "phases" / "02.json").read_text())
+    (entry,) = on_disk["artifacts"]["mutations"]
+    assert entry["key"] == "deploy" and entry["state"] == "started"
+    handle.done(operation="operations/op-1", revision="backend-00002")
+    on_disk = json.loads((tmp_path / "phases" / "02.json").read_text())
+    (entry,) = on_disk["artifacts"]["mutations"]
+    assert entry["state"] == "done" and entry["operation"] == "operations/op-1"
+    assert entry["revision"] == "backend-00002" and entry["finished_at"]
+    with pytest.raises(ApprovalRequired):
+        ctx.claim_mutation("deploy")
+
+
+def test_verify_names_the_previous_run_whose_manifest_changed(tmp_path: Path) -> None:
+    first = evidence.create_run_dir(tmp_path, "a")
+    _finalize(first, [])
+    second = evidence.create_run_dir(tmp_path, "b")
+    _finalize(second, [])
+    report = evidence.verify_run(second)
+    assert report.chain == "ok" and report.previous_run_id == first.name
+    assert report.run_id == second.name and report.verdict == "pass"
+    (first / "manifest.json").write_text("{}")
+    report = evidence.verify_run(second)
+    assert report.chain == "broken" and report.previous_run_id == first.name
+
+
+def test_a_second_seal_of_one_run_does_not_link_to_itself(tmp_path: Path) -> None:
+    first = evidence.create_run_dir(tmp_path, "a")
+    _finalize(first, [])
+    run = evidence.create_run_dir(tmp_path, "b")
+    _finalize(run, [])
+    _finalize(run, [])  # e.g. re-sealed after an interrupt hit the first seal
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["previous_manifest"]["run_id"] == first.name
+    assert evidence.verify_run(run).ok

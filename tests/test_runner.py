@@ -296,6 +296,10 @@ def test_sandbox_is_started_and_stopped_when_no_env_given(tmp_path: Path, env_fi
     assert out.exit_code == 0
     assert [c[0] for c in calls] == ["status", "up", "down"]
     assert calls[1][1] == {"serving": "healthy", "deploy_image": "sandbox/backend:cross-user-leak"}
+    # What the operator was told about the sandbox is in the record too.
+    results = json.loads((out.run_dir / "results.json").read_text())
+    assert "starting the sandbox" in results["notes"]
+    assert "starting the sandbox" in (out.run_dir / "summary.md").read_text()
 
 
 def test_run_deadline_stops_the_run_with_exit_3(tmp_path: Path, env_file: Path) -> None:
@@ -308,3 +312,48 @@ def test_run_deadline_stops_the_run_with_exit_3(tmp_path: Path, env_file: Path) 
     assert four.status == "error" and "not executed" in four.reason
     assert out.elapsed_s < 60
     assert json.loads((out.run_dir / "results.json").read_text())["verdict"] == "error"
+
+
+def test_late_failure_rolls_back_at_the_end_and_the_counter_announces_it(
+    tmp_path: Path, env_file: Path
+) -> None:
+    """Phase 7 finds the failure after phase 6's slot: 6 runs last, announced first."""
+    nbs = _write(
+        tmp_path / "nbs",
+        {
+            2: DEPLOY_OK,
+            6: [_record(6, ("rollback.traffic_moved", "pass"))],
+            7: [_record(7, ("monitor.hold", "fail"))],
+        },
+    )
+    events: list[runner.Progress] = []
+    out = runner.run(_options(tmp_path, env_file, nbs, approve=True), progress=events.append)
+    assert out.exit_code == 1
+    assert [o.phase for o in out.phases] == [1, 2, 3, 4, 5, 7, 6]
+    assert out.phases[-1].status == "pass"
+    ends = [(e.phase, e.index, e.total) for e in events if e.event == "phase-end"]
+    assert ends[-2:] == [(7, 6, 6), (6, 7, 7)]
+    note = next(i for i, e in enumerate(events) if e.event == "note" and "rollback" in e.message)
+    start6 = next(i for i, e in enumerate(events) if e.event == "phase-start" and e.phase == 6)
+    assert note < start6 and "7 phases" in events[note].message
+    results = json.loads((out.run_dir / "results.json").read_text())
+    assert results["rollback_pending"] is None
+    assert any("phase 6" in n for n in results["notes"])
+
+
+def test_late_failure_without_approval_reports_the_rollback_pending(
+    tmp_path: Path, env_file: Path
+) -> None:
+    nbs = _write(tmp_path / "nbs", {2: DEPLOY_OK, 7: [_record(7, ("monitor.hold", "fail"))]})
+    out = runner.run(_options(tmp_path, env_file, nbs))
+    assert out.exit_code == 1
+    six = next(o for o in out.phases if o.phase == 6)
+    assert six.status == "skipped" and "not approved" in six.reason
+    results = json.loads((out.run_dir / "results.json").read_text())
+    pending = results["rollback_pending"]
+    assert pending["target_revision"] == "rev-1"
+    assert pending["command"] == (
+        f"runbook run --env {env_file} --approve --phases 6 --param rollback_to=rev-1"
+    )
+    assert pending["command"] in (out.run_dir / "summary.md").read_text()
+    assert pending["command"] in (out.run_dir / "index.html").read_text()
