@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"runbook: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # RunInterrupted: everything the run started is stopped
+        print(f"runbook: {exc or 'interrupted'}: stopped", file=sys.stderr)
+        return runner.EXIT_NOTEBOOK_ERROR
     finally:
         log.debug("%s took %.1f s", args.command, time.monotonic() - started)
     return EXIT_USAGE

@@ -1,0 +1,231 @@
+"""Stop a run cleanly on SIGINT, SIGTERM, a hang-up or a dead parent; a second signal forces it.
+
+:class:`InterruptGuard` (``with guard(): ...``, or the :func:`guarded` decorator on
+``runner.run``) turns the first SIGINT, SIGTERM or SIGHUP into
+:class:`~runbook_lib.exceptions.RunInterrupted` raised in the main thread, so every
+``finally`` and ``__exit__`` runs: the sandbox is stopped, the run folder sealed. A
+parent that dies (the process is re-parented) counts as a hang-up and raises
+``RunInterrupted(0)``.
+
+When the guarded block ends, however it ends, every process started during it that is
+still running (papermill kernels, the commands they ran, a sandbox daemon that was not
+stopped) is terminated, then killed after a grace period. A second signal, or a
+signal during that final clean-up, does not wait: it kills every such process and
+its process group at once and exits with code 3 (the run folder is not sealed).
+
+Signals whose disposition was "ignore" when the guard was entered stay ignored: a job
+started in the background by a non-interactive shell (SIGINT ignored) or under
+``nohup`` (SIGHUP ignored, and then a dead parent is ignored too) behaves as asked.
+The guard only acts in the main thread; elsewhere (and when nested) it does nothing.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import functools
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, ParamSpec, TypeVar
+
+import psutil
+
+from .exceptions import RunInterrupted
+
+__all__ = ["EXIT_FORCED", "InterruptGuard", "guard", "guarded", "stop_processes"]
+
+EXIT_FORCED = 3
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_ACTIVE: list[InterruptGuard] = []
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _key(proc: psutil.Process) -> tuple[int, float]:
+    try:
+        return proc.pid, proc.create_time()
+    except psutil.Error:
+        return proc.pid, 0.0
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _own_groups(procs: list[psutil.Process]) -> set[int]:
+    """Process groups led by one of ``procs`` (never this process's own group)."""
+    pids = {p.pid for p in procs}
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            pgid = os.getpgid(pid)
+            if pgid in pids and pgid != os.getpgid(0):
+                groups.add(pgid)
+    return groups
+
+
+def _signal_all(procs: list[psutil.Process], groups: set[int], sig: int) -> None:
+    for pgid in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            proc.send_signal(sig)
+
+
+def stop_processes(procs: list[psutil.Process], grace_s: float = 5.0) -> int:
+    """SIGTERM ``procs`` (and the process groups they lead), SIGKILL what is left after
+    ``grace_s``; return how many were still running when asked to stop."""
+    live = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if not live:
+        return 0
+    groups = _own_groups(live)
+    _signal_all(live, groups, signal.SIGTERM)
+    _, alive = psutil.wait_procs(live, timeout=grace_s)
+    if alive:
+        _signal_all(alive, groups, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5.0)
+    else:
+        # Members of a group whose leader exited (a daemon's revisions) may remain.
+        for pgid in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+    return len(live)
+
+
+class InterruptGuard:
+    """Signals become :class:`RunInterrupted`; what the block started is stopped at the end.
+
+    Args:
+        reap: at exit, stop every process started inside the block that still runs.
+            ``False`` for a block whose purpose is to leave a process running
+            (``runbook sandbox up``).
+        grace_s: how long stopped processes get between SIGTERM and SIGKILL.
+        watch_parent: treat the death of the parent process as a hang-up.
+        poll_s: how often the parent is checked.
+    """
+
+    def __init__(
+        self,
+        *,
+        reap: bool = True,
+        grace_s: float = 5.0,
+        watch_parent: bool = True,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.reap = reap
+        self.grace_s = grace_s
+        self.watch_parent = watch_parent
+        self.poll_s = poll_s
+        self.signum: int | None = None  # the signal that interrupted the block, if any
+        self._active = False
+        self._closing = False
+        self._parent_died = False
+        self._before: set[tuple[int, float]] = set()
+        self._previous: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._ppid = 0
+
+    # ------------------------------------------------------------ context manager
+
+    def __enter__(self) -> InterruptGuard:
+        if _ACTIVE or threading.current_thread() is not threading.main_thread():
+            return self
+        self._active = True
+        _ACTIVE.append(self)
+        self._before = {_key(p) for p in _descendants()}
+        for sig in _SIGNALS:
+            current = signal.getsignal(sig)
+            if current == signal.SIG_IGN:
+                continue
+            self._previous[sig] = current
+            signal.signal(sig, self._handle)
+        self._ppid = os.getppid()
+        if self.watch_parent and signal.SIGHUP in self._previous and self._ppid > 1:
+            self._watcher = threading.Thread(
+                target=self._watch_parent, name="parent-watch", daemon=True
+            )
+            self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._active:
+            return
+        try:
+            self._closing = True  # from here on, a signal forces
+            self._stop.set()
+            if self.reap:
+                self.stop_started(self.grace_s)
+        finally:
+            for sig, handler in self._previous.items():
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(sig, handler)
+            self._active = False
+            _ACTIVE.remove(self)
+
+    # ------------------------------------------------------------ processes
+
+    def started(self) -> list[psutil.Process]:
+        """Processes started inside the block that are still running (descendants only)."""
+        return [p for p in _descendants() if _key(p) not in self._before]
+
+    def stop_started(self, grace_s: float | None = None) -> int:
+        """Stop every process started inside the block; return how many were running.
+
+        Callable early (before sealing an interrupted run, so no kernel keeps writing).
+        """
+        return stop_processes(self.started(), self.grace_s if grace_s is None else grace_s)
+
+    # ------------------------------------------------------------ signals
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None or self._closing:
+            self._force(signum)
+        self.signum = signum
+        raise RunInterrupted(0 if self._parent_died else signum)
+
+    def _force(self, signum: int) -> None:
+        procs = self.started()
+        _signal_all(procs, _own_groups(procs), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            name = signal.Signals(signum).name
+            msg = (
+                f"runbook: {name} again: killed {len(procs)} process(es) the run started; "
+                f"exiting now without sealing the run folder\n"
+            )
+            os.write(sys.stderr.fileno(), msg.encode())
+        os._exit(EXIT_FORCED)
+
+    def _watch_parent(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if os.getppid() != self._ppid:
+                self._parent_died = True
+                _thread.interrupt_main(signal.SIGHUP)
+                return
+
+
+@contextlib.contextmanager
+def guard(**kw: Any) -> Iterator[InterruptGuard]:
+    """``with guard(): ...``: an :class:`InterruptGuard` (same arguments)."""
+    with InterruptGuard(**kw) as g:
+        yield g
+
+
+def guarded(func: Callable[P, R]) -> Callable[P, R]:
+    """Run ``func`` inside an :class:`InterruptGuard` (``runner.run`` is decorated)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with InterruptGuard():
+            return func(*args, **kwargs)
+
+    return wrapper
