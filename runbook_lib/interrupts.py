@@ -21,7 +21,6 @@ The guard only acts in the main thread; elsewhere (and when nested) it does noth
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import functools
 import os
@@ -209,7 +208,8 @@ class InterruptGuard:
         while not self._stop.wait(self.poll_s):
             if os.getppid() != self._ppid:
                 self._parent_died = True
-                _thread.interrupt_main(signal.SIGHUP)
+                # A real signal to the main thread: it also wakes a blocking call there.
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGHUP)
                 return
 
 

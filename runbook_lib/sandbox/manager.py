@@ -161,8 +161,13 @@ def _default_env_file() -> Path:
 
 
 def _sdir(state_dir: str | os.PathLike[str] | None) -> Path:
-    # Absolute, so the daemon's command line names it wherever it was started from.
-    return Path(os.path.abspath(state_dir if state_dir is not None else DEFAULT_STATE_DIR))
+    """The state folder: ``state_dir``, else ``$RUNBOOK_SANDBOX_DIR``, else the checkout's.
+
+    Absolute, so the daemon's command line names it wherever it was started from.
+    """
+    if state_dir is None:
+        state_dir = os.environ.get("RUNBOOK_SANDBOX_DIR") or DEFAULT_STATE_DIR
+    return Path(os.path.abspath(state_dir))
 
 
 def _state_path(state_dir: str | os.PathLike[str] | None) -> Path:
@@ -963,7 +968,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir",
         default=None,
-        help=f"state folder (default {DEFAULT_STATE_DIR}, whatever the current directory)",
+        help=f"state folder (default $RUNBOOK_SANDBOX_DIR, else {DEFAULT_STATE_DIR}, "
+        "whatever the current directory)",
     )
     p.add_argument(
         "--env-file",
