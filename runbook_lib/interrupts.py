@@ -35,7 +35,14 @@ import psutil
 
 from .exceptions import RunInterrupted
 
-__all__ = ["EXIT_FORCED", "InterruptGuard", "guard", "guarded", "stop_processes"]
+__all__ = [
+    "EXIT_FORCED",
+    "InterruptGuard",
+    "guard",
+    "guarded",
+    "stop_processes",
+    "stop_started",
+]
 
 EXIT_FORCED = 3
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -57,6 +64,13 @@ def _descendants() -> list[psutil.Process]:
         return psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
 
 
 def _own_groups(procs: list[psutil.Process]) -> set[int]:
@@ -177,12 +191,15 @@ class InterruptGuard:
         """Processes started inside the block that are still running (descendants only)."""
         return [p for p in _descendants() if _key(p) not in self._before]
 
-    def stop_started(self, grace_s: float | None = None) -> int:
+    def stop_started(self, grace_s: float | None = None, keep: tuple[int, ...] = ()) -> int:
         """Stop every process started inside the block; return how many were running.
 
         Callable early (before sealing an interrupted run, so no kernel keeps writing).
+        ``keep``: pids whose process groups are spared (the sandbox daemon, to be
+        asked what happened and stopped by its own ``down``).
         """
-        return stop_processes(self.started(), self.grace_s if grace_s is None else grace_s)
+        procs = [p for p in self.started() if p.pid not in keep and _pgid(p.pid) not in keep]
+        return stop_processes(procs, self.grace_s if grace_s is None else grace_s)
 
     # ------------------------------------------------------------ signals
 
@@ -211,6 +228,15 @@ class InterruptGuard:
                 # A real signal to the main thread: it also wakes a blocking call there.
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGHUP)
                 return
+
+
+def stop_started(grace_s: float = 5.0, keep: tuple[int, ...] = ()) -> int:
+    """Stop what the active guard's block started (kernels, commands), sparing ``keep``.
+
+    For the code that seals an interrupted run: call it first, so that no kernel still
+    writes into the run folder. Returns how many processes were running (0 without a guard).
+    """
+    return _ACTIVE[-1].stop_started(grace_s, keep) if _ACTIVE else 0
 
 
 @contextlib.contextmanager

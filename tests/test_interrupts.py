@@ -207,3 +207,24 @@ def test_stop_processes_terminates_then_kills(tmp_path):
         assert time.monotonic() - t0 < 5
     finally:
         proc.kill()
+
+
+def test_stop_started_spares_kept_groups_and_exit_reaps_the_rest():
+    """stop_started() stops what the block started except `keep`; leaving the block stops all."""
+    from runbook_lib import interrupts
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    outside = subprocess.Popen(sleeper, start_new_session=True)
+    try:
+        with InterruptGuard(watch_parent=False):
+            kept = subprocess.Popen(sleeper, start_new_session=True)
+            kernel = subprocess.Popen(sleeper, start_new_session=True)
+            assert interrupts.stop_started(grace_s=2, keep=(kept.pid,)) == 1
+            assert _gone(kernel.pid, 1) and not _gone(kept.pid, 0.2)
+        assert _gone(kept.pid, 1)
+        kept.wait(5), kernel.wait(5)  # already reaped: only clears Popen's bookkeeping
+        assert not _gone(outside.pid, 0.2)  # started before the block: not ours to stop
+    finally:
+        outside.kill()
+        outside.wait(5)
+    assert interrupts.stop_started() == 0  # no guard active

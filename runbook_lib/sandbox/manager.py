@@ -1056,11 +1056,11 @@ def sandbox_main(argv: list[str]) -> int:
             stopped = down(args.state_dir)
             print("sandbox stopped" if stopped else "sandbox was not running")
             return 0
-        info = status(args.state_dir)
-        if info is None:
+        shown = status(args.state_dir)
+        if shown is None:
             print(f"sandbox not running (state dir {_sdir(args.state_dir)})")
             return 1
-        _print_info(info)
+        _print_info(shown)
         return 0
     except SandboxBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
