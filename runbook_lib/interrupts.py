@@ -13,6 +13,12 @@ stopped) is terminated, then killed after a grace period. A second signal, or a
 signal during that final clean-up, does not wait: it kills every such process and
 its process group at once and exits with code 3 (the run folder is not sealed).
 
+While the guard is active it keeps these signals: another ``signal.signal`` (or
+``siginterrupt``) call for them from the main thread is recorded but not applied.
+nbclient installs asyncio handlers for SIGINT and SIGTERM around every notebook (they
+shut the kernel down, so the run would carry on with the next phase) and removes them
+by restoring SIG_DFL (a later SIGTERM would kill the run without any clean-up).
+
 Signals whose disposition was "ignore" when the guard was entered stay ignored: a job
 started in the background by a non-interactive shell (SIGINT ignored) or under
 ``nohup`` (SIGHUP ignored, and then a dead parent is ignored too) behaves as asked.
@@ -21,12 +27,15 @@ The guard only acts in the main thread; elsewhere (and when nested) it does noth
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, ParamSpec, TypeVar
@@ -44,9 +53,36 @@ __all__ = [
     "stop_started",
 ]
 
+log = logging.getLogger(__name__)
+
 EXIT_FORCED = 3
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _ACTIVE: list[InterruptGuard] = []
+_REAL_SIGNAL = signal.signal
+_REAL_SIGINTERRUPT = signal.siginterrupt
+
+
+def _kept(sig: int) -> InterruptGuard | None:
+    guard = _ACTIVE[-1] if _ACTIVE else None
+    if guard is not None and sig in guard._previous:
+        return guard
+    return None
+
+
+def _signal(sig: int, handler: Any) -> Any:
+    guard = _kept(sig)
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        return _REAL_SIGNAL(sig, handler)
+    previous = guard._shadow.get(sig, guard._handle)
+    guard._shadow[sig] = handler
+    return previous
+
+
+def _siginterrupt(sig: int, flag: bool) -> None:
+    # asyncio asks for SA_RESTART; the guard's handler must interrupt blocking calls.
+    if _kept(sig) is None:
+        _REAL_SIGINTERRUPT(sig, flag)
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,6 +150,43 @@ def stop_processes(procs: list[psutil.Process], grace_s: float = 5.0) -> int:
     return len(live)
 
 
+def _settle_abandoned_loop(timeout_s: float) -> int:
+    """Wind down the tasks an interrupt left in this thread's notebook event loop.
+
+    The interrupt leaves papermill's loop (jupyter_core's, for this thread) with the
+    cell's tasks pending and nbclient's signal callbacks registered (a signal byte may
+    wait in the loop's self-pipe: run again, the loop would call them). The callbacks are
+    removed, the tasks cancelled and awaited (they shut their kernel down the normal
+    way), and the loop's late error reports ("Task exception was never retrieved") go to
+    the debug log: they are consequences of the interrupt. Returns how many tasks were
+    pending.
+    """
+    utils = sys.modules.get("jupyter_core.utils")
+    if utils is None:
+        return 0
+    try:
+        loop = utils.ensure_event_loop()
+    except Exception:
+        return 0
+    if loop.is_running() or loop.is_closed():
+        return 0
+    loop.set_exception_handler(lambda _loop, ctx: log.debug("after interrupt: %s", ctx))
+    for sig in _SIGNALS:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while (pending := [t for t in asyncio.all_tasks(loop) if not t.done()]) and (
+        remaining := deadline - time.monotonic()
+    ) > 0:
+        count += len(pending)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait(pending, timeout=remaining))
+    return count
+
+
 class InterruptGuard:
     """Signals become :class:`RunInterrupted`; what the block started is stopped at the end.
 
@@ -144,6 +217,7 @@ class InterruptGuard:
         self._parent_died = False
         self._before: set[tuple[int, float]] = set()
         self._previous: dict[int, Any] = {}
+        self._shadow: dict[int, Any] = {}  # what others installed while the guard kept it
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._ppid = 0
@@ -161,7 +235,8 @@ class InterruptGuard:
             if current == signal.SIG_IGN:
                 continue
             self._previous[sig] = current
-            signal.signal(sig, self._handle)
+            _REAL_SIGNAL(sig, self._handle)
+        signal.signal, signal.siginterrupt = _signal, _siginterrupt  # type: ignore[assignment]
         self._ppid = os.getppid()
         if self.watch_parent and signal.SIGHUP in self._previous and self._ppid > 1:
             self._watcher = threading.Thread(
@@ -176,12 +251,15 @@ class InterruptGuard:
         try:
             self._closing = True  # from here on, a signal forces
             self._stop.set()
+            if self.signum is not None:
+                _settle_abandoned_loop(self.grace_s)
             if self.reap:
                 self.stop_started(self.grace_s)
         finally:
+            signal.signal, signal.siginterrupt = _REAL_SIGNAL, _REAL_SIGINTERRUPT
             for sig, handler in self._previous.items():
                 with contextlib.suppress(ValueError, TypeError):
-                    signal.signal(sig, handler)
+                    _REAL_SIGNAL(sig, handler)
             self._active = False
             _ACTIVE.remove(self)
 

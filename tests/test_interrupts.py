@@ -228,3 +228,25 @@ def test_stop_started_spares_kept_groups_and_exit_reaps_the_rest():
         outside.kill()
         outside.wait(5)
     assert interrupts.stop_started() == 0  # no guard active
+
+
+def test_asyncio_signal_handlers_cannot_take_the_signals_away():
+    """nbclient's pattern (loop.add_signal_handler, then remove -> SIG_DFL) leaves the guard in charge."""
+    import asyncio
+
+    called: list[int] = []
+    with pytest.raises(RunInterrupted) as info, InterruptGuard(watch_parent=False) as g:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, called.append, 1)
+            loop.add_signal_handler(signal.SIGINT, called.append, 2)
+            assert signal.getsignal(signal.SIGTERM) == g._handle
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+        finally:
+            loop.close()
+        assert signal.getsignal(signal.SIGTERM) == g._handle
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert info.value.signum == signal.SIGTERM and called == []
+    assert signal.signal is not None and signal.getsignal(signal.SIGTERM) != g._handle

@@ -207,6 +207,7 @@ def test_signal_during_sandbox_start_up_leaves_nothing(lab: Lab, sig: int) -> No
     assert "interrupted by signal" in err
     lab.assert_clean()
     assert lab.state_file() is None
+    assert not (lab.envs / "local.toml").exists()  # never left pointing at dead ports
 
 
 def test_sandbox_up_interrupted_leaves_nothing(lab: Lab) -> None:
@@ -233,6 +234,20 @@ def test_signal_during_a_phase_leaves_nothing(lab: Lab, sig: int) -> None:
 
 
 @pytest.mark.e2e
+def test_sigterm_while_a_kernel_runs_a_command_stops_the_command_too(lab: Lab) -> None:
+    """SIGTERM during phase 2's pre-deploy suite (a grandchild in its own session): all gone."""
+
+    def suite() -> list[psutil.Process]:
+        return [p for p in lab.ours() if "runbook_lib.sandbox.suite" in " ".join(p.cmdline())]
+
+    proc = lab.start("run", "--approve", "--phases", "2", "--out", str(lab.tmp / "outputs"))
+    lab.wait_for(suite, timeout=60, poll=0.02)
+    proc.send_signal(signal.SIGTERM)
+    _assert_interrupted(proc)
+    lab.assert_clean()
+
+
+@pytest.mark.e2e
 def test_sigkilled_run_is_cleaned_up_then_the_next_run_is_correct(lab: Lab) -> None:
     """SIGKILL of a run: its sandbox stops with it (owner gone); `down` and the next run are clean."""
     proc = lab.start("run", "--phases", "1", "--serving", "healthy")
@@ -241,6 +256,7 @@ def test_sigkilled_run_is_cleaned_up_then_the_next_run_is_correct(lab: Lab) -> N
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
     lab.assert_clean(timeout=30)  # the daemon saw its owner die; the kernel its parent
+    assert not (lab.envs / "local.toml").exists()  # the daemon retired its env file
     code, out, _ = lab.runbook("sandbox", "down")
     assert code == 0
     code, out, err = lab.runbook("run", "--phases", "1", "--serving", "healthy")
@@ -317,6 +333,7 @@ def test_reuse_only_when_it_matches(lab: Lab) -> None:
         assert code == 0 and "already running" in out
     finally:
         manager.down(lab.state)
+    assert not envf.exists()
     lab.assert_clean()
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "backend_command",
     "daemon_main",
     "owner_alive",
+    "retire_env_file",
     "run_daemon",
     "write_state",
 ]
@@ -99,6 +100,26 @@ def owner_alive(pid: int, started: float = 0.0) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def retire_env_file(state: dict[str, Any]) -> bool:
+    """Remove the environment file written for this sandbox, if it still points at it.
+
+    A stopped sandbox's ports may be reused by anything; an environment file naming them
+    would send a later ``--env local`` run there. Only a file that still names this
+    sandbox's service URL is removed (never one rewritten for another sandbox).
+    """
+    env_file, url = state.get("env_file"), state.get("service_url")
+    if not env_file or not url:
+        return False
+    path = Path(str(env_file))
+    try:
+        if f'base_url = "{url}"' not in path.read_text(encoding="utf-8"):
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    return True
 
 
 async def _watch_owner(config: DaemonConfig, stop: asyncio.Event) -> None:
@@ -429,6 +450,7 @@ async def run_daemon(config: DaemonConfig) -> int:
                 current = json.loads(config.state_file.read_text(encoding="utf-8"))
                 if current.get("pid") == os.getpid():
                     config.state_file.unlink()
+                    retire_env_file(current)
 
 
 def daemon_main(config: DaemonConfig) -> int:

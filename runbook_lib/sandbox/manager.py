@@ -586,6 +586,10 @@ def _stop_stale(sdir: Path, state: dict[str, Any] | None) -> None:
         _kill_group(proc.pid, proc.pid)
     with contextlib.suppress(FileNotFoundError):
         (sdir / STATE_NAME).unlink()
+    if state:
+        from .daemon import retire_env_file
+
+        retire_env_file(state)
 
 
 def _reuse(
@@ -777,6 +781,10 @@ def _up_locked(
             current = _read_state(sdir)
             if current is None or current.get("pid") == proc.pid:
                 state_file.unlink()
+        if state:
+            from .daemon import retire_env_file
+
+            retire_env_file({**state, "env_file": str(envf)})
         raise
 
 
