@@ -49,6 +49,7 @@ __all__ = [
     "InterruptGuard",
     "guard",
     "guarded",
+    "on_force",
     "stop_processes",
     "stop_started",
 ]
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 EXIT_FORCED = 3
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _ACTIVE: list[InterruptGuard] = []
+_FORCE_HOOKS: list[Callable[[], object]] = []
 _REAL_SIGNAL = signal.signal
 _REAL_SIGINTERRUPT = signal.siginterrupt
 
@@ -290,6 +292,9 @@ class InterruptGuard:
     def _force(self, signum: int) -> None:
         procs = self.started()
         _signal_all(procs, _own_groups(procs), signal.SIGKILL)
+        for hook in reversed(_FORCE_HOOKS):
+            with contextlib.suppress(Exception):
+                hook()
         with contextlib.suppress(OSError):
             name = signal.Signals(signum).name
             msg = (
@@ -306,6 +311,20 @@ class InterruptGuard:
                 # A real signal to the main thread: it also wakes a blocking call there.
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGHUP)
                 return
+
+
+@contextlib.contextmanager
+def on_force(hook: Callable[[], object]) -> Iterator[None]:
+    """Within the block, a forced stop calls ``hook`` (quick, best effort) before exiting.
+
+    For state that must not outlive a killed run (the sandbox's environment file).
+    """
+    _FORCE_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _FORCE_HOOKS.remove(hook)
 
 
 def stop_started(grace_s: float = 5.0, keep: tuple[int, ...] = ()) -> int:

@@ -234,6 +234,22 @@ def test_signal_during_a_phase_leaves_nothing(lab: Lab, sig: int) -> None:
 
 
 @pytest.mark.e2e
+def test_a_second_signal_forces_the_stop(lab: Lab) -> None:
+    """Two SIGINTs 0.1 s apart during a phase: exit 3 at once, nothing left running."""
+    proc = lab.start("run", "--phases", "1", "--serving", "healthy")
+    lab.wait_for(lambda: _kernels(lab, proc.pid), timeout=60)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, (out[-2000:], err[-2000:])
+    assert "SIGINT again: killed" in err and "Traceback" not in err, err[-2000:]
+    lab.assert_clean()
+    assert not (lab.envs / "local.toml").exists()  # never left naming dead ports
+
+
+@pytest.mark.e2e
 def test_sigterm_while_a_kernel_runs_a_command_stops_the_command_too(lab: Lab) -> None:
     """SIGTERM during phase 2's pre-deploy suite (a grandchild in its own session): all gone."""
 

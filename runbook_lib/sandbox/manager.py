@@ -174,6 +174,15 @@ def _state_path(state_dir: str | os.PathLike[str] | None) -> Path:
     return _sdir(state_dir) / STATE_NAME
 
 
+def _on_force(hook: Callable[[], object]) -> Any:
+    """``interrupts.on_force(hook)``; a no-op outside the runbook (the sandbox stands alone)."""
+    try:
+        from ..interrupts import on_force
+    except ImportError:  # pragma: no cover - the sandbox package used on its own
+        return contextlib.nullcontext()
+    return on_force(hook)
+
+
 def _note(note: Note | None, message: str) -> None:
     if note is not None:
         note(message)
@@ -891,6 +900,7 @@ class Sandbox:
         self.info: SandboxInfo | None = None
         self.started = False
         self._run_lock = _FileLock(self.state_dir / RUN_LOCK_NAME)
+        self._forget: Any = None
 
     @property
     def _started(self) -> bool:  # the old private name
@@ -937,7 +947,20 @@ class Sandbox:
             finally:
                 self._run_lock.release()
             raise
+        if self.started:
+            self._forget = _on_force(self._forced)
+            self._forget.__enter__()
         return self.info
+
+    def _forced(self) -> None:
+        # The run is being killed (second signal): its daemon is SIGKILLed with it, so
+        # leave no state or environment file naming its ports.
+        state = _read_state(self.state_dir)
+        if state and self.info is not None and state.get("pid") == self.info.pid:
+            from .daemon import retire_env_file
+
+            (self.state_dir / STATE_NAME).unlink()
+            retire_env_file(state)
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -945,6 +968,9 @@ class Sandbox:
                 _note(self.note, "stopping the sandbox")
                 down(self.state_dir)
         finally:
+            if self._forget is not None:
+                self._forget.__exit__(None, None, None)
+                self._forget = None
             self._run_lock.release()
 
 
