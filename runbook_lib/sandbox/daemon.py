@@ -37,18 +37,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import uvicorn
 
 from .emulator import CloudRunEmulator, RevisionStartError, RevisionState, create_emulator_app
+from .manager import owner_alive, retire_env_file
 
 __all__ = [
     "DaemonConfig",
     "Supervisor",
     "backend_command",
     "daemon_main",
-    "owner_alive",
-    "retire_env_file",
     "run_daemon",
     "write_state",
 ]
@@ -84,42 +82,6 @@ class DaemonConfig:
     owner_pid: int = 0
     owner_started: float = 0.0
     owner_poll_s: float = 0.25
-
-
-def owner_alive(pid: int, started: float = 0.0) -> bool:
-    """True while process ``pid`` runs (and, given ``started``, is the one started then).
-
-    A zombie counts as gone: a SIGKILLed run whose parent has not reaped it yet.
-    """
-    if pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if started and abs(proc.create_time() - started) > 0.05:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def retire_env_file(state: dict[str, Any]) -> bool:
-    """Remove the environment file written for this sandbox, if it still points at it.
-
-    A stopped sandbox's ports may be reused by anything; an environment file naming them
-    would send a later ``--env local`` run there. Only a file that still names this
-    sandbox's service URL is removed (never one rewritten for another sandbox).
-    """
-    env_file, url = state.get("env_file"), state.get("service_url")
-    if not env_file or not url:
-        return False
-    path = Path(str(env_file))
-    try:
-        if f'base_url = "{url}"' not in path.read_text(encoding="utf-8"):
-            return False
-        path.unlink()
-    except OSError:
-        return False
-    return True
 
 
 async def _watch_owner(config: DaemonConfig, stop: asyncio.Event) -> None:

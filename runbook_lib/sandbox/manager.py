@@ -64,6 +64,8 @@ __all__ = [
     "down",
     "environment_toml",
     "is_running",
+    "owner_alive",
+    "retire_env_file",
     "run_holder",
     "sandbox_main",
     "status",
@@ -181,6 +183,42 @@ def _on_force(hook: Callable[[], object]) -> Any:
     except ImportError:  # pragma: no cover - the sandbox package used on its own
         return contextlib.nullcontext()
     return on_force(hook)
+
+
+def owner_alive(pid: int, started: float = 0.0) -> bool:
+    """True while process ``pid`` runs (and, given ``started``, is the one started then).
+
+    A zombie counts as gone: a SIGKILLed run whose parent has not reaped it yet.
+    """
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if started and abs(proc.create_time() - started) > 0.05:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def retire_env_file(state: dict[str, Any]) -> bool:
+    """Remove the environment file written for this sandbox, if it still points at it.
+
+    A stopped sandbox's ports may be reused by anything; an environment file naming them
+    would send a later ``--env local`` run there. Only a file that still names this
+    sandbox's service URL is removed (never one rewritten for another sandbox).
+    """
+    env_file, url = state.get("env_file"), state.get("service_url")
+    if not env_file or not url:
+        return False
+    path = Path(str(env_file))
+    try:
+        if f'base_url = "{url}"' not in path.read_text(encoding="utf-8"):
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def _note(note: Note | None, message: str) -> None:
@@ -317,8 +355,6 @@ def _is_daemon(pid: int) -> bool:
 
 def _stale_reason(state: dict[str, Any]) -> str | None:
     """Why a state file does not describe a usable sandbox; ``None`` when it does."""
-    from .daemon import owner_alive
-
     pid = int(state.get("pid", 0) or 0)
     if not pid or not _alive(pid):
         return f"a stopped sandbox (daemon pid {pid or '?'} is gone)"
@@ -596,8 +632,6 @@ def _stop_stale(sdir: Path, state: dict[str, Any] | None) -> None:
     with contextlib.suppress(FileNotFoundError):
         (sdir / STATE_NAME).unlink()
     if state:
-        from .daemon import retire_env_file
-
         retire_env_file(state)
 
 
@@ -791,8 +825,6 @@ def _up_locked(
             if current is None or current.get("pid") == proc.pid:
                 state_file.unlink()
         if state:
-            from .daemon import retire_env_file
-
             retire_env_file({**state, "env_file": str(envf)})
         raise
 
@@ -957,8 +989,6 @@ class Sandbox:
         # leave no state or environment file naming its ports.
         state = _read_state(self.state_dir)
         if state and self.info is not None and state.get("pid") == self.info.pid:
-            from .daemon import retire_env_file
-
             (self.state_dir / STATE_NAME).unlink()
             retire_env_file(state)
 
