@@ -142,6 +142,28 @@ class Lab:
         while (left := self.ours()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert left == [], [(p.pid, " ".join(p.cmdline())[:160]) for p in left]
+        # A killed multi-threaded process shows as a zombie while its other threads
+        # still hold its sockets for a moment: poll the ports within the same deadline.
+        while (busy := self._bound()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        holders = []
+        if busy:
+            for c in psutil.net_connections(kind="tcp"):
+                if c.laddr and c.laddr.port in busy:
+                    with contextlib.suppress(psutil.Error):
+                        who = psutil.Process(c.pid) if c.pid else None
+                        holders.append(
+                            (
+                                c.laddr.port,
+                                c.status,
+                                c.pid,
+                                who.status() if who else None,
+                                " ".join(who.cmdline())[:120] if who else None,
+                            )
+                        )
+        assert busy == [], f"ports still bound: {busy}: {holders}"
+
+    def _bound(self) -> list[int]:
         busy = []
         for port in self.ports:
             with socket.socket() as s:
@@ -150,7 +172,7 @@ class Lab:
                     s.bind(("127.0.0.1", port))
                 except OSError:
                     busy.append(port)
-        assert busy == [], f"ports still bound: {busy}"
+        return busy
 
     def close(self) -> None:
         for proc in self.procs:
