@@ -33,6 +33,7 @@ from typing import Any
 from . import evidence
 from .evidence import PhaseOutcome, RunContext
 from .exceptions import ConfigError, NotebookError
+from .interrupts import guarded
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE, VALIDATION_PHASES
 from .phases import DEPLOY_PHASE as DEPLOY_PHASE  # kept importable from here
 from .redaction import redact, register_secret
@@ -441,7 +442,15 @@ def _field(info: Any, key: str) -> Any:
 
 
 class _Sandbox:
-    """Start the embedded sandbox when it is not running; stop it after if we started it."""
+    """The embedded sandbox for one run: reused only when provably the same, else started.
+
+    With the real manager (``manager.Sandbox``): the run lock of the checkout's sandbox
+    is held for the whole run (a concurrent run is refused, exit 2); a running sandbox
+    is reused only when it answers and matches ``--serving``/``--deploy-image``; one left
+    by a dead run is cleaned up; a started one belongs to this process (it stops if the
+    run dies) and is stopped on exit. Every note goes through ``progress``. A manager
+    without ``Sandbox`` (a test double) is driven through ``status``/``up``/``down``.
+    """
 
     def __init__(self, manager: Any, options: RunOptions, progress: ProgressFn) -> None:
         self.manager = manager
@@ -450,12 +459,16 @@ class _Sandbox:
         self.started = False
         self.env_file: str = ""
         self.secrets: list[str] = []
+        self._claim: Any = None
 
     def _kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
         if self.options.sandbox_state_dir is not None:
             kw["state_dir"] = self.options.sandbox_state_dir
         return kw
+
+    def _note(self, message: str) -> None:
+        self.progress(Progress("note", message=message))
 
     def _remember(self, info: Any) -> None:
         env_file = _field(info, "env_file")
@@ -474,46 +487,62 @@ class _Sandbox:
                 if ("SECRET" in str(k) or "TOKEN" in str(k)) and register_secret(str(v)):
                     self.secrets.append(str(v))
 
+    def _up_kwargs(self) -> dict[str, Any]:
+        kw = self._kwargs()
+        if self.options.serving:
+            kw["serving"] = self.options.serving
+        if self.options.deploy_image:
+            kw["deploy_image"] = self.options.deploy_image
+        if self.options.sandbox_state_dir is not None:
+            # An isolated sandbox (tests, parallel rehearsals) keeps its env file too.
+            kw["env_file"] = Path(self.options.sandbox_state_dir) / "local.toml"
+        return kw
+
     def __enter__(self) -> _Sandbox:
-        info = None
-        try:
-            info = self.manager.status(**self._kwargs())
-        except Exception as exc:  # not running / no state yet
-            log.info("sandbox status: %s", exc)
-        running = bool(info) and _field(info, "running") is not False
-        if running:
-            ignored = (
-                " (--serving/--deploy-image ignored: `runbook sandbox down` first)"
-                if self.options.serving or self.options.deploy_image
-                else ""
-            )
-            self.progress(Progress("note", message=f"sandbox already running: using it{ignored}"))
+        claim_class = getattr(self.manager, "Sandbox", None)
+        if claim_class is not None:
+            self._claim = claim_class(note=self._note, **self._up_kwargs())
+            info = self._claim.__enter__()
+            self.started = bool(self._claim.started)
         else:
-            self.progress(Progress("note", message="starting the sandbox"))
-            kw = self._kwargs()
-            if self.options.serving:
-                kw["serving"] = self.options.serving
-            if self.options.deploy_image:
-                kw["deploy_image"] = self.options.deploy_image
-            if self.options.sandbox_state_dir is not None:
-                # An isolated sandbox (tests, parallel rehearsals) keeps its env file too.
-                kw["env_file"] = Path(self.options.sandbox_state_dir) / "local.toml"
-            info = self.manager.up(**kw)
-            self.started = True
+            info = self._enter_plain()
         self._remember(info)
         if not self.env_file:
             self.env_file = str(repo_root() / "environments" / "local.toml")
         return self
 
+    def _enter_plain(self) -> Any:
+        info = None
+        try:
+            info = self.manager.status(**self._kwargs())
+        except Exception as exc:  # not running / no state yet
+            log.info("sandbox status: %s", exc)
+        if bool(info) and _field(info, "running") is not False:
+            if self.options.serving or self.options.deploy_image:
+                raise ConfigError(
+                    "a sandbox is already running and this manager cannot check that it "
+                    "matches --serving/--deploy-image: `runbook sandbox down` first"
+                )
+            self._note("sandbox already running: using it")
+            return info
+        self._note("starting the sandbox")
+        info = self.manager.up(**self._up_kwargs())
+        self.started = True
+        return info
+
     def __exit__(self, *exc: Any) -> None:
+        if self._claim is not None:
+            self._claim.__exit__(*exc)
+            return
         if self.started:
-            self.progress(Progress("note", message="stopping the sandbox"))
+            self._note("stopping the sandbox")
             try:
                 self.manager.down(**self._kwargs())
             except Exception as err:
                 log.warning("sandbox down failed: %s", err)
 
 
+@guarded
 def run(
     options: RunOptions, *, progress: ProgressFn | None = None, sandbox: Any = None
 ) -> RunOutcome:

@@ -76,6 +76,7 @@ def test_cli_up_status_down_leaves_nothing_behind(
         assert manager.sandbox_main(["down", *common]) == 0
     assert _wait_gone(procs, timeout=1) == []
     assert not state_file.exists()
+    assert not env_file.exists()  # a stopped sandbox's env file would name dead ports
     assert not manager.is_running(state_dir)
     assert manager.sandbox_main(["status", *common]) == 1
     assert manager.sandbox_main(["down", *common]) == 0

@@ -9,9 +9,13 @@
 4. one backend child process per revision, supervised by :class:`Supervisor`.
 
 When everything answers it writes the state file (mode 0600: it holds the JWT
-secret) and serves until SIGTERM/SIGINT. Children live in the daemon's process
-group and get ``PR_SET_PDEATHSIG`` so that even a daemon killed with SIGKILL
-leaves no orphan behind.
+secret) and serves until SIGTERM/SIGINT/SIGHUP, or until its *owner* is gone: a
+daemon started for a ``runbook run`` watches that process (pid and start time)
+and stops with it, however it died (SIGKILL included); one started by
+``runbook sandbox up`` has no owner. A stop request during start-up aborts the
+start-up at once. Children live in the daemon's process group and get
+``PR_SET_PDEATHSIG`` so that even a daemon killed with SIGKILL leaves no orphan
+behind.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 import uvicorn
 
 from .emulator import CloudRunEmulator, RevisionStartError, RevisionState, create_emulator_app
+from .manager import owner_alive, retire_env_file
 
 __all__ = [
     "DaemonConfig",
@@ -61,6 +66,10 @@ class DaemonConfig:
         deploy_image: image the runbook will deploy (recorded in the state only).
         project, region, service: the emulated service's coordinates.
         start_timeout_s: how long a revision may take to listen before its deploy fails.
+        owner_pid: the process the sandbox belongs to (0: none, it runs until stopped).
+        owner_started: that process's start time (``psutil`` ``create_time``), so that a
+            recycled pid is never mistaken for the owner.
+        owner_poll_s: how often the owner is checked.
     """
 
     state_file: Path
@@ -70,6 +79,18 @@ class DaemonConfig:
     region: str = "local"
     service: str = "backend"
     start_timeout_s: float = 30.0
+    owner_pid: int = 0
+    owner_started: float = 0.0
+    owner_poll_s: float = 0.25
+
+
+async def _watch_owner(config: DaemonConfig, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if not owner_alive(config.owner_pid, config.owner_started):
+            log.warning("owner process %s is gone: stopping the sandbox", config.owner_pid)
+            stop.set()
+            return
+        await asyncio.sleep(config.owner_poll_s)
 
 
 def _load_prctl() -> Any:
@@ -266,7 +287,7 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
 
 
 async def run_daemon(config: DaemonConfig) -> int:
-    """Run the sandbox until SIGTERM/SIGINT. Returns the process exit code."""
+    """Run the sandbox until SIGTERM/SIGINT/SIGHUP or its owner is gone; return the exit code."""
     from .auth_service import create_auth_app
     from .profiles import ROUTER_STRIPS_UPGRADE, image_for_profile
     from .router import Router, Upstream
@@ -293,27 +314,36 @@ async def run_daemon(config: DaemonConfig) -> int:
     servers: list[tuple[_Server, asyncio.Task[None]]] = []
     started = False
     state: dict[str, Any] = {}
-    try:
+    watcher = None
+    if config.owner_pid:
+        watcher = loop.create_task(_watch_owner(config, stop))
+
+    async def start_up() -> None:
         router_port = await router.start(HOST, 0)
         svc.uri = f"http://{HOST}:{router_port}"
         emu_sock, auth_sock = _bind(), _bind()
         emulator_url = f"http://{HOST}:{emu_sock.getsockname()[1]}"
         auth_url = f"http://{HOST}:{auth_sock.getsockname()[1]}"
-        state = {
-            "pid": os.getpid(),
-            "pgid": os.getpgid(0),
-            "started_at": datetime.now(UTC).isoformat(),
-            "project": config.project,
-            "region": config.region,
-            "service": config.service,
-            "serving": config.serving,
-            "deploy_image": config.deploy_image,
-            "emulator_url": emulator_url,
-            "service_url": svc.uri,
-            "auth_url": auth_url,
-            "jwt_secret": secret,
-            "ready": False,
-        }
+        state.update(
+            {
+                "pid": os.getpid(),
+                "pgid": os.getpgid(0),
+                "started_at": datetime.now(UTC).isoformat(),
+                "project": config.project,
+                "region": config.region,
+                "service": config.service,
+                "serving": config.serving,
+                "deploy_image": config.deploy_image,
+                "owner_pid": config.owner_pid,
+                "owner_started": config.owner_started,
+                "state_dir": str(config.state_file.parent),
+                "emulator_url": emulator_url,
+                "service_url": svc.uri,
+                "auth_url": auth_url,
+                "jwt_secret": secret,
+                "ready": False,
+            }
+        )
 
         def extra() -> dict[str, Any]:
             return {
@@ -334,10 +364,29 @@ async def run_daemon(config: DaemonConfig) -> int:
         second = await emulator.deploy(svc, image_for_profile(config.serving), force=True)
         if second.error:
             log.warning("serving revision failed to start: %s", second.error["message"])
+
+    # A stop (signal, owner gone) during start-up wins: the start-up is cancelled
+    # and the finally below stops whatever it had started.
+    starting = loop.create_task(start_up())
+    stopping = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.warning("stopped during start-up")
+            return 1
+        starting.result()
         state["ready"] = True
         write_state(config.state_file, state)
         started = True
-        log.info("sandbox ready: service %s, emulator %s, auth %s", svc.uri, emulator_url, auth_url)
+        log.info(
+            "sandbox ready: service %s, emulator %s, auth %s (owner %s)",
+            state["service_url"],
+            state["emulator_url"],
+            state["auth_url"],
+            config.owner_pid or "none",
+        )
         await stop.wait()
         return 0
     except Exception as exc:
@@ -345,6 +394,9 @@ async def run_daemon(config: DaemonConfig) -> int:
         state["error"] = str(exc)
         return 1
     finally:
+        stopping.cancel()
+        if watcher is not None:
+            watcher.cancel()
         for server, _ in servers:
             server.should_exit = True
         with contextlib.suppress(Exception):
@@ -356,10 +408,11 @@ async def run_daemon(config: DaemonConfig) -> int:
                 asyncio.gather(*(t for _, t in servers), return_exceptions=True), 5
             )
         if started:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 current = json.loads(config.state_file.read_text(encoding="utf-8"))
                 if current.get("pid") == os.getpid():
                     config.state_file.unlink()
+                    retire_env_file(current)
 
 
 def daemon_main(config: DaemonConfig) -> int:

@@ -1,26 +1,46 @@
 """Start, inspect and stop the sandbox daemon; write the sandbox environment file.
 
-``up`` spawns ``python -m runbook_lib.sandbox daemon`` in its own session,
-waits (bounded) until the emulator, the auth service and the router all answer,
-and writes ``environments/local.toml`` (no secret in it: tokens come from the
-auth service's dev-token endpoint). ``down`` works from any process: it signals
-the daemon, then its whole process group, and waits until every process is
-gone. The state file (pids, urls, the JWT secret; mode 0600) lives in the
-state dir, ``outputs/.sandbox/`` by default.
+One sandbox per checkout. Its state folder is anchored at the checkout
+(``<checkout>/outputs/.sandbox/``, see :func:`checkout_root`), not at the current
+directory, so ``status`` and ``down`` find it from anywhere. The state file (pids,
+urls, owner, serving profile, deploy image, the JWT secret; mode 0600) lives there,
+next to two lock files (``fcntl.flock``): ``sandbox.lock`` serialises start and stop
+(two concurrent ``up`` give one daemon), ``run.lock`` is held by the run using the
+sandbox (a second concurrent run is refused, exit 2).
+
+``up`` spawns ``python -m runbook_lib.sandbox daemon`` in its own session, waits
+(bounded) until the emulator, the auth service and the router all answer, and
+writes ``environments/local.toml`` (no secret in it: tokens come from the auth
+service's dev-token endpoint). An interrupted ``up`` stops what it started. A
+sandbox started for a run has an *owner* (the run's process) and stops when the
+owner is gone, however it died; ``runbook sandbox up`` starts one without owner.
+
+Reuse rule: a running sandbox is reused only when its daemon answers and it
+matches what was asked (``--serving``: the profile serving now; ``--deploy-image``:
+the image recorded at start); otherwise :class:`SandboxBusy` says why (exit 2).
+A sandbox whose owner is gone, or whose daemon died, is cleaned up and started
+afresh. ``down`` works from any process: it signals the daemon, then its whole
+process group, plus any daemon of the same state folder, and waits until every
+process is gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +49,8 @@ import psutil
 
 from ..exceptions import SandboxError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_DEPLOY_IMAGE",
     "DEFAULT_ENV_FILE",
@@ -36,21 +58,57 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "RevisionRow",
     "Sandbox",
+    "SandboxBusy",
     "SandboxInfo",
+    "checkout_root",
     "down",
     "environment_toml",
     "is_running",
+    "owner_alive",
+    "retire_env_file",
+    "run_holder",
     "sandbox_main",
     "status",
     "up",
 ]
 
+
+def checkout_root() -> Path:
+    """The checkout the sandbox belongs to.
+
+    The folder holding ``runbook_lib/`` and ``pyproject.toml`` (a source checkout or
+    an editable install); else the nearest folder with ``environments/`` from the
+    current directory up; else the current directory.
+    """
+    here = Path(__file__).resolve().parents[2]
+    if (here / "pyproject.toml").is_file() and (here / "runbook_lib").is_dir():
+        return here
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "environments").is_dir():
+            return folder
+    return cwd
+
+
 DEFAULT_SERVING = "ws-routes-missing"
 DEFAULT_DEPLOY_IMAGE = "sandbox/backend:healthy"
-DEFAULT_STATE_DIR = Path("outputs/.sandbox")
-DEFAULT_ENV_FILE = Path("environments/local.toml")  # under environments_dir() in fact
+DEFAULT_STATE_DIR = checkout_root() / "outputs" / ".sandbox"
+DEFAULT_ENV_FILE = Path("environments/local.toml")  # under the checkout in fact
 STATE_NAME = "sandbox.json"
 LOG_NAME = "daemon.log"
+LOCK_NAME = "sandbox.lock"
+RUN_LOCK_NAME = "run.lock"
+# How long `up`/`down` wait for a concurrent start or stop (a start is bounded by 60 s).
+START_LOCK_WAIT_S = 90.0
+# How long a run waits for another run on the same sandbox before refusing.
+RUN_LOCK_WAIT_S = 5.0
+
+Note = Callable[[str], None]
+
+
+class SandboxBusy(SandboxError):
+    """The sandbox is in use or does not match what was asked: refused (exit 2)."""
+
 
 # Daemons this process spawned: reaped here so they never linger as zombies
 # (a zombie still "exists" for kill(pid, 0) and would look like a live sandbox).
@@ -89,6 +147,7 @@ class SandboxInfo:
     revisions: tuple[RevisionRow, ...] = ()
     traffic: tuple[str, ...] = ()
     jwt_secret: str = field(default="", repr=False)
+    owner_pid: int = 0  # 0: started by `runbook sandbox up`, runs until `down`
 
     @property
     def router_url(self) -> str:
@@ -97,14 +156,152 @@ class SandboxInfo:
 
 
 def _default_env_file() -> Path:
-    # Where load_settings("local") looks: RUNBOOK_ENV_DIR or ./environments.
-    from ..settings import environments_dir
+    # RUNBOOK_ENV_DIR when set (as load_settings), else the checkout's environments/.
+    if os.environ.get("RUNBOOK_ENV_DIR"):
+        return Path(os.environ["RUNBOOK_ENV_DIR"]) / "local.toml"
+    return checkout_root() / "environments" / "local.toml"
 
-    return environments_dir() / "local.toml"
+
+def _sdir(state_dir: str | os.PathLike[str] | None) -> Path:
+    """The state folder: ``state_dir``, else ``$RUNBOOK_SANDBOX_DIR``, else the checkout's.
+
+    Absolute, so the daemon's command line names it wherever it was started from.
+    """
+    if state_dir is None:
+        state_dir = os.environ.get("RUNBOOK_SANDBOX_DIR") or DEFAULT_STATE_DIR
+    return Path(os.path.abspath(state_dir))
 
 
 def _state_path(state_dir: str | os.PathLike[str] | None) -> Path:
-    return Path(state_dir if state_dir is not None else DEFAULT_STATE_DIR) / STATE_NAME
+    return _sdir(state_dir) / STATE_NAME
+
+
+def _on_force(hook: Callable[[], object]) -> Any:
+    """``interrupts.on_force(hook)``; a no-op outside the runbook (the sandbox stands alone)."""
+    try:
+        from ..interrupts import on_force
+    except ImportError:  # pragma: no cover - the sandbox package used on its own
+        return contextlib.nullcontext()
+    return on_force(hook)
+
+
+def owner_alive(pid: int, started: float = 0.0) -> bool:
+    """True while process ``pid`` runs (and, given ``started``, is the one started then).
+
+    A zombie counts as gone: a SIGKILLed run whose parent has not reaped it yet.
+    """
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if started and abs(proc.create_time() - started) > 0.05:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def retire_env_file(state: dict[str, Any]) -> bool:
+    """Remove the environment file written for this sandbox, if it still points at it.
+
+    A stopped sandbox's ports may be reused by anything; an environment file naming them
+    would send a later ``--env local`` run there. Only a file that still names this
+    sandbox's service URL is removed (never one rewritten for another sandbox).
+    """
+    env_file, url = state.get("env_file"), state.get("service_url")
+    if not env_file or not url:
+        return False
+    path = Path(str(env_file))
+    try:
+        if f'base_url = "{url}"' not in path.read_text(encoding="utf-8"):
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _note(note: Note | None, message: str) -> None:
+    if note is not None:
+        note(message)
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``path``, taken with a bounded wait; names its holder.
+
+    The file stays (deleting a lock file races with its next user); its text says who
+    holds it, for the messages of those who wait.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def try_acquire(self, what: str) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        info = {
+            "pid": os.getpid(),
+            "what": what,
+            "command": " ".join(sys.argv[:6]),
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return True
+
+    def acquire(self, wait_s: float, what: str, busy: Callable[[dict[str, Any]], str]) -> None:
+        deadline = time.monotonic() + wait_s
+        while not self.try_acquire(what):
+            if time.monotonic() >= deadline:
+                raise SandboxBusy(busy(self.holder()))
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing drops the flock
+
+    @contextlib.contextmanager
+    def held(self, wait_s: float, what: str) -> Any:
+        def busy(h: dict[str, Any]) -> str:
+            return (
+                f"the sandbox of {self.path.parent} is being started or stopped by process "
+                f"{h.get('pid', '?')} ({h.get('command', '?')}) for more than {wait_s:g}s; "
+                f"try again, or `runbook sandbox down`"
+            )
+
+        self.acquire(wait_s, what, busy)
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+def run_holder(state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """Who holds the run lock of this sandbox (pid, command, since), or ``None``."""
+    lock = _FileLock(_sdir(state_dir) / RUN_LOCK_NAME)
+    if not lock.path.exists():
+        return None
+    if lock.try_acquire("probe"):
+        lock.release()
+        return None
+    return lock.holder() or {"pid": "?"}
 
 
 def _read_state(state_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
@@ -156,6 +353,36 @@ def _is_daemon(pid: int) -> bool:
         return False
 
 
+def _stale_reason(state: dict[str, Any]) -> str | None:
+    """Why a state file does not describe a usable sandbox; ``None`` when it does."""
+    pid = int(state.get("pid", 0) or 0)
+    if not pid or not _alive(pid):
+        return f"a stopped sandbox (daemon pid {pid or '?'} is gone)"
+    if not state.get("ready"):
+        return f"a sandbox that never became ready (daemon pid {pid})"
+    owner = int(state.get("owner_pid", 0) or 0)
+    if owner and not owner_alive(owner, float(state.get("owner_started", 0) or 0)):
+        return f"the sandbox of a run that is gone (run pid {owner}, daemon pid {pid})"
+    return None
+
+
+def _daemons_for(sdir: Path) -> list[psutil.Process]:
+    """Every live daemon process started for state folder ``sdir`` (tracked or not)."""
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, ValueError, IndexError):
+            cmd = proc.info["cmdline"] or []
+            if (
+                "runbook_lib.sandbox" in cmd
+                and "daemon" in cmd
+                and cmd[cmd.index("--state-dir") + 1] == str(sdir)
+                and proc.pid != os.getpid()
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                out.append(proc)
+    return out
+
+
 def _info(
     state: dict[str, Any],
     state_dir: Path,
@@ -180,21 +407,26 @@ def _info(
         revisions=revisions,
         traffic=traffic,
         jwt_secret=str(state.get("jwt_secret", "")),
+        owner_pid=int(state.get("owner_pid", 0) or 0),
     )
 
 
 def is_running(state_dir: str | os.PathLike[str] | None = None) -> bool:
-    """True when the state file names a live daemon."""
+    """True when the state file names a live, ready daemon whose owner (if any) lives."""
     state = _read_state(state_dir)
-    return bool(state and state.get("ready") and _alive(int(state.get("pid", 0))))
+    return bool(state and _stale_reason(state) is None)
 
 
 def status(
     state_dir: str | os.PathLike[str] | None = None, timeout_s: float = 5.0
 ) -> SandboxInfo | None:
-    """The running sandbox with its revisions, or ``None`` when none is running."""
+    """The running sandbox with its revisions, or ``None`` when none is running.
+
+    Raises:
+        SandboxError: the daemon runs but its API does not answer.
+    """
     state = _read_state(state_dir)
-    if not state or not state.get("ready") or not _alive(int(state.get("pid", 0))):
+    if not state or _stale_reason(state) is not None:
         return None
     rows: list[RevisionRow] = []
     traffic: list[str] = []
@@ -222,9 +454,7 @@ def status(
         raise SandboxError(
             f"the sandbox daemon (pid {state['pid']}) does not answer: {exc}"
         ) from exc
-    return _info(
-        state, Path(state_dir or DEFAULT_STATE_DIR), revisions=tuple(rows), traffic=tuple(traffic)
-    )
+    return _info(state, _sdir(state_dir), revisions=tuple(rows), traffic=tuple(traffic))
 
 
 def _repo_root() -> str:
@@ -354,44 +584,181 @@ def _wait_ready(info: SandboxInfo, deadline: float) -> None:
                 time.sleep(0.1)
 
 
+def _describe(info: SandboxInfo) -> str:
+    serving = (
+        ", ".join(f"{r.profile} {r.percent}%" for r in info.revisions if r.percent > 0) or "nothing"
+    )
+    who = (
+        f"belongs to process {info.owner_pid}"
+        if info.owner_pid
+        else "started by `runbook sandbox up`"
+    )
+    return (
+        f"daemon pid {info.pid}, {who}, since {info.started_at}; serving {serving}; "
+        f"deploy image {info.deploy_image}"
+    )
+
+
+def _mismatch(info: SandboxInfo, serving: str | None, deploy_image: str | None) -> str:
+    """What differs between the running sandbox and what was asked ('' = it matches)."""
+    problems = []
+    if serving is not None:
+        now = sorted({r.profile for r in info.revisions if r.percent > 0})
+        if now != [serving]:
+            problems.append(f"--serving {serving} asked, it serves {', '.join(now) or 'nothing'}")
+    if deploy_image is not None and deploy_image != info.deploy_image:
+        problems.append(f"--deploy-image {deploy_image} asked, it deploys {info.deploy_image}")
+    return "; ".join(problems)
+
+
+def _probe(info: SandboxInfo, timeout_s: float = 3.0) -> str:
+    """'' when the auth service and the router answer, else what failed."""
+    for part, url in (("auth service", info.auth_url), ("router", info.service_url)):
+        try:
+            httpx.get(f"{url}/health", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            return f"the {part} at {url} does not answer: {exc!r}"
+    return ""
+
+
+def _stop_stale(sdir: Path, state: dict[str, Any] | None) -> None:
+    if state and "pid" in state:
+        pid = int(state["pid"])
+        pgid = int(state.get("pgid", pid))
+        if pgid != os.getpgid(0):  # never our own group (a corrupted state file)
+            _kill_group(pid, pgid)
+    for proc in _daemons_for(sdir):
+        _kill_group(proc.pid, proc.pid)
+    with contextlib.suppress(FileNotFoundError):
+        (sdir / STATE_NAME).unlink()
+    if state:
+        retire_env_file(state)
+
+
+def _reuse(
+    sdir: Path,
+    envf: Path,
+    serving: str | None,
+    deploy_image: str | None,
+    note: Note | None,
+) -> SandboxInfo:
+    """The running sandbox, checked: it answers, matches, and the env file points at it."""
+    try:
+        info = status(sdir)
+    except SandboxError as exc:
+        raise SandboxBusy(
+            f"{exc}. It was not started by this run, so it is left alone: stop it with "
+            f"`runbook sandbox down` and try again"
+        ) from exc
+    if info is None:  # stopped while we looked
+        raise SandboxError(f"the sandbox of {sdir} stopped while being inspected; try again")
+    problem = _probe(info)
+    if problem:
+        raise SandboxBusy(
+            f"a sandbox is running ({_describe(info)}) but {problem}; stop it with "
+            f"`runbook sandbox down` and try again"
+        )
+    differs = _mismatch(info, serving, deploy_image)
+    if differs:
+        raise SandboxBusy(
+            f"a sandbox is already running ({_describe(info)}) and does not match: {differs}. "
+            f"Stop it with `runbook sandbox down` to start one as asked, or leave out "
+            f"--serving/--deploy-image to use it as it is"
+        )
+    _note(note, f"sandbox already running: using it ({_describe(info)})")
+    text = environment_toml(dataclass_replace(info, env_file=str(envf)))
+    try:
+        current = envf.read_text(encoding="utf-8")
+    except OSError:
+        current = ""
+    if current != text:
+        _write_env_file(envf, text)
+        _note(note, f"rewrote {envf}: it did not point at the running sandbox")
+    return dataclass_replace(info, env_file=str(envf))
+
+
 def up(
-    serving: str = DEFAULT_SERVING,
-    deploy_image: str = DEFAULT_DEPLOY_IMAGE,
+    serving: str | None = None,
+    deploy_image: str | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     env_file: str | os.PathLike[str] | None = None,
     *,
     timeout_s: float = 60.0,
     env: dict[str, str] | None = None,
+    owner_pid: int | None = None,
+    note: Note | None = None,
+    lock_wait_s: float = START_LOCK_WAIT_S,
 ) -> SandboxInfo:
-    """Start the sandbox (or return the running one) and write its environment file.
+    """Start the sandbox (or return the running one, checked) and write its environment file.
 
     Args:
-        serving: profile of the revision serving at start.
-        deploy_image: the image the runbook's deploy phase will roll out.
-        state_dir: where the state file and daemon log live.
+        serving: profile of the revision serving at start (default ``ws-routes-missing``).
+            Given explicitly, a running sandbox must serve exactly this profile.
+        deploy_image: the image the runbook's deploy phase will roll out (default
+            ``sandbox/backend:healthy``). Given explicitly, a running sandbox must match.
+        state_dir: where the state file, locks and daemon log live (default: the
+            checkout's ``outputs/.sandbox``).
         env_file: where the environment TOML is written.
         timeout_s: bound on the whole start-up (the machine may be busy).
         env: extra environment for the daemon and its revisions (e.g. ``SANDBOX_WARMUP_S``).
+        owner_pid: the process the sandbox belongs to: it stops when that process is
+            gone. ``None``: no owner (``runbook sandbox up``), it runs until ``down``.
+        note: receives one-line notes (reuse, clean-up of a stale sandbox, start).
+        lock_wait_s: bound on waiting for a concurrent start or stop.
 
     Raises:
+        SandboxBusy: a running sandbox does not match or does not answer (exit 2).
         SandboxError: unknown profile, or the daemon died / did not answer in time.
     """
+    sdir = _sdir(state_dir)
+    envf = Path(env_file) if env_file is not None else _default_env_file()
+    _check_profiles(serving, deploy_image)
+    with _FileLock(sdir / LOCK_NAME).held(lock_wait_s, "up"):
+        info, _ = _up_locked(serving, deploy_image, sdir, envf, timeout_s, env, owner_pid, note)
+    return info
+
+
+def _check_profiles(serving: str | None, deploy_image: str | None) -> None:
     from .profiles import profile_from_image
 
-    sdir = Path(state_dir if state_dir is not None else DEFAULT_STATE_DIR)
-    envf = Path(env_file) if env_file is not None else _default_env_file()
     try:
-        profile_from_image(f"sandbox/backend:{serving}")
-        profile_from_image(deploy_image)
+        profile_from_image(f"sandbox/backend:{serving or DEFAULT_SERVING}")
+        profile_from_image(deploy_image or DEFAULT_DEPLOY_IMAGE)
     except ValueError as exc:
         raise SandboxError(str(exc)) from exc
-    current = status(sdir) if is_running(sdir) else None
-    if current is not None:
-        return current
+
+
+def _up_locked(
+    serving: str | None,
+    deploy_image: str | None,
+    sdir: Path,
+    envf: Path,
+    timeout_s: float,
+    env: dict[str, str] | None,
+    owner_pid: int | None,
+    note: Note | None,
+) -> tuple[SandboxInfo, bool]:
+    """``up`` under the start lock; returns the sandbox and whether this call started it."""
+    state = _read_state(sdir)
+    if state:
+        stale = _stale_reason(state)
+        if stale is None:
+            return _reuse(sdir, envf, serving, deploy_image, note), False
+        _note(note, f"cleaning up {stale}")
+    orphans = _daemons_for(sdir)
+    if state or orphans:
+        if orphans and not state:
+            _note(note, f"cleaning up {len(orphans)} untracked sandbox daemon(s) of {sdir}")
+        _stop_stale(sdir, state)
+    serving = serving or DEFAULT_SERVING
+    deploy_image = deploy_image or DEFAULT_DEPLOY_IMAGE
+    _note(
+        note,
+        f"starting the sandbox (serving {serving}, deploy image {deploy_image}"
+        + (f", stops with process {owner_pid})" if owner_pid else ", no owner)"),
+    )
     sdir.mkdir(parents=True, exist_ok=True)
     state_file = sdir / STATE_NAME
-    with contextlib.suppress(FileNotFoundError):
-        state_file.unlink()
     root = str(Path(__file__).resolve().parents[2])
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(
@@ -409,6 +776,13 @@ def up(
         "--deploy-image",
         deploy_image,
     ]
+    if owner_pid:
+        cmd += [
+            "--owner-pid",
+            str(owner_pid),
+            "--owner-started",
+            repr(psutil.Process(owner_pid).create_time()),
+        ]
     with open(sdir / LOG_NAME, "ab") as logf:
         proc = subprocess.Popen(
             cmd,
@@ -419,34 +793,40 @@ def up(
             start_new_session=True,
         )
     _CHILDREN[proc.pid] = proc
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = _read_state(sdir)
-        if state and state.get("ready") and state.get("pid") == proc.pid:
-            break
-        if proc.poll() is not None:
-            _CHILDREN.pop(proc.pid, None)
-            raise SandboxError(
-                f"the sandbox daemon exited with code {proc.returncode}: {_log_tail(sdir)}"
-            )
-        if time.monotonic() > deadline:
-            _kill_group(proc.pid, proc.pid)
-            raise SandboxError(
-                f"the sandbox did not start within {timeout_s:g}s: {_log_tail(sdir)}"
-            )
-        time.sleep(0.1)
-    info = _info(state, sdir, env_file=str(envf))
     try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = _read_state(sdir)
+            if state and state.get("ready") and state.get("pid") == proc.pid:
+                break
+            if proc.poll() is not None:
+                _CHILDREN.pop(proc.pid, None)
+                raise SandboxError(
+                    f"the sandbox daemon exited with code {proc.returncode}: {_log_tail(sdir)}"
+                )
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"the sandbox did not start within {timeout_s:g}s: {_log_tail(sdir)}"
+                )
+            time.sleep(0.1)
+        info = _info(state, sdir, env_file=str(envf))
         _wait_ready(info, deadline)
-    except SandboxError:
-        _kill_group(proc.pid, proc.pid)
-        raise
-    _write_env_file(envf, environment_toml(info))
-    state["env_file"] = str(envf)
-    from .daemon import write_state
+        _write_env_file(envf, environment_toml(info))
+        state["env_file"] = str(envf)
+        from .daemon import write_state
 
-    write_state(state_file, state)
-    return status(sdir) or info
+        write_state(state_file, state)
+        return status(sdir) or info, True
+    except BaseException:
+        # Interrupted (RunInterrupted, KeyboardInterrupt) or failed: stop what we started.
+        _kill_group(proc.pid, proc.pid)
+        with contextlib.suppress(FileNotFoundError):
+            current = _read_state(sdir)
+            if current is None or current.get("pid") == proc.pid:
+                state_file.unlink()
+        if state:
+            retire_env_file({**state, "env_file": str(envf)})
+        raise
 
 
 def _log_tail(sdir: Path, lines: int = 8) -> str:
@@ -480,56 +860,148 @@ def _kill_group(pid: int, pgid: int, grace_s: float = 10.0) -> None:
             child.wait(timeout=1)
 
 
-def down(state_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Stop the sandbox and every process it started; idempotent.
+def down(
+    state_dir: str | os.PathLike[str] | None = None,
+    *,
+    lock_wait_s: float = START_LOCK_WAIT_S,
+) -> bool:
+    """Stop the sandbox and every process it started (any daemon of this state folder).
+
+    Idempotent. Waits (bounded) for a concurrent start to finish, then stops it.
 
     Returns:
-        True when a sandbox was stopped, False when none was running.
+        True when a sandbox process was stopped, False when none was running.
     """
-    state = _read_state(state_dir)
-    if not state or "pid" not in state:
-        return False
-    pid = int(state["pid"])
-    pgid = int(state.get("pgid", pid))
-    was_alive = _alive(pid) or _group_alive(pgid)
-    # Our own process group must never be the target (a corrupted state file).
-    if pgid != os.getpgid(0):
-        _kill_group(pid, pgid)
-    with contextlib.suppress(FileNotFoundError):
-        _state_path(state_dir).unlink()
-    return was_alive
+    sdir = _sdir(state_dir)
+    lock = _FileLock(sdir / LOCK_NAME)
+    try:
+        lock.acquire(lock_wait_s, "down", lambda _h: "")
+    except SandboxBusy:
+        log.warning("stopping the sandbox without its start lock (held too long)")
+    try:
+        return _down_locked(sdir)
+    finally:
+        lock.release()
+
+
+def _down_locked(sdir: Path) -> bool:
+    state = _read_state(sdir)
+    was_alive = False
+    if state and "pid" in state:
+        pid = int(state["pid"])
+        pgid = int(state.get("pgid", pid))
+        was_alive = _alive(pid) or _group_alive(pgid)
+    orphans = _daemons_for(sdir)
+    _stop_stale(sdir, state)
+    return was_alive or bool(orphans)
 
 
 class Sandbox:
-    """The sandbox as a context manager: ``with Sandbox(state_dir=...) as info: ...``.
+    """A run's use of the checkout's sandbox: ``with Sandbox(...) as info: ...``.
 
-    Stops the sandbox on exit only when this object started it.
+    Holds the run lock for the whole block (a concurrent run is refused after
+    ``run_lock_wait_s``), reuses a running sandbox only when it answers and matches
+    (see :func:`up`) and is not owned by another live process, else starts one owned
+    by this process. Stops the sandbox on exit only when this object started it.
+
+    Attributes:
+        info: the sandbox in use (after ``__enter__``).
+        started: whether this object started it.
     """
 
     def __init__(
         self,
-        serving: str = DEFAULT_SERVING,
-        deploy_image: str = DEFAULT_DEPLOY_IMAGE,
+        serving: str | None = None,
+        deploy_image: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         env_file: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
+        *,
+        note: Note | None = None,
+        run_lock_wait_s: float = RUN_LOCK_WAIT_S,
+        timeout_s: float = 60.0,
     ) -> None:
         self.serving = serving
         self.deploy_image = deploy_image
-        self.state_dir = Path(state_dir if state_dir is not None else DEFAULT_STATE_DIR)
-        self.env_file = env_file
+        self.state_dir = _sdir(state_dir)
+        self.env_file = Path(env_file) if env_file is not None else _default_env_file()
         self.env = env
+        self.note = note
+        self.run_lock_wait_s = run_lock_wait_s
+        self.timeout_s = timeout_s
         self.info: SandboxInfo | None = None
-        self._started = False
+        self.started = False
+        self._run_lock = _FileLock(self.state_dir / RUN_LOCK_NAME)
+        self._forget: Any = None
+
+    @property
+    def _started(self) -> bool:  # the old private name
+        return self.started
 
     def __enter__(self) -> SandboxInfo:
-        self._started = not is_running(self.state_dir)
-        self.info = up(self.serving, self.deploy_image, self.state_dir, self.env_file, env=self.env)
+        sdir = self.state_dir
+
+        def busy(h: dict[str, Any]) -> str:
+            return (
+                f"another run is using the sandbox of this checkout ({sdir}): process "
+                f"{h.get('pid', '?')} ({h.get('command', '?')}) since {h.get('since', '?')}. "
+                f"Two runs would deploy into the same service. Wait for it to finish, "
+                f"stop it (kill -INT {h.get('pid', '<pid>')}), or run against another "
+                f"environment with --env"
+            )
+
+        self._run_lock.acquire(self.run_lock_wait_s, "run", busy)
+        try:
+            with _FileLock(sdir / LOCK_NAME).held(START_LOCK_WAIT_S, "run"):
+                state = _read_state(sdir)
+                owner = int((state or {}).get("owner_pid", 0) or 0)
+                if state and _stale_reason(state) is None and owner and owner != os.getpid():
+                    raise SandboxBusy(
+                        f"the running sandbox (daemon pid {state.get('pid')}) belongs to "
+                        f"process {owner} and stops when that process ends; wait for it, or "
+                        f"stop the sandbox with `runbook sandbox down`"
+                    )
+                _check_profiles(self.serving, self.deploy_image)
+                self.info, self.started = _up_locked(
+                    self.serving,
+                    self.deploy_image,
+                    sdir,
+                    self.env_file,
+                    self.timeout_s,
+                    self.env,
+                    os.getpid(),
+                    self.note,
+                )
+        except BaseException:
+            try:
+                if self.started:
+                    down(sdir)
+            finally:
+                self._run_lock.release()
+            raise
+        if self.started:
+            self._forget = _on_force(self._forced)
+            self._forget.__enter__()
         return self.info
 
+    def _forced(self) -> None:
+        # The run is being killed (second signal): its daemon is SIGKILLed with it, so
+        # leave no state or environment file naming its ports.
+        state = _read_state(self.state_dir)
+        if state and self.info is not None and state.get("pid") == self.info.pid:
+            (self.state_dir / STATE_NAME).unlink()
+            retire_env_file(state)
+
     def __exit__(self, *exc: object) -> None:
-        if self._started:
-            down(self.state_dir)
+        try:
+            if self.started:
+                _note(self.note, "stopping the sandbox")
+                down(self.state_dir)
+        finally:
+            if self._forget is not None:
+                self._forget.__exit__(None, None, None)
+                self._forget = None
+            self._run_lock.release()
 
 
 # ------------------------------------------------------------------ CLI
@@ -547,25 +1019,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--serving",
-        default=DEFAULT_SERVING,
-        help=f"profile of the revision serving at start (default {DEFAULT_SERVING})",
+        default=None,
+        help=f"profile of the revision serving at start (default {DEFAULT_SERVING}); "
+        "a running sandbox serving another profile is refused",
     )
     p.add_argument(
         "--deploy-image",
-        default=DEFAULT_DEPLOY_IMAGE,
-        help=f"image the deploy phase rolls out (default {DEFAULT_DEPLOY_IMAGE})",
+        default=None,
+        help=f"image the deploy phase rolls out (default {DEFAULT_DEPLOY_IMAGE}); "
+        "a running sandbox with another one is refused",
     )
-    p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help=f"state folder (default $RUNBOOK_SANDBOX_DIR, else {DEFAULT_STATE_DIR}, "
+        "whatever the current directory)",
+    )
     p.add_argument(
         "--env-file",
         default=None,
-        help="environment file to write (default environments/local.toml)",
+        help="environment file to write (default: the checkout's environments/local.toml)",
     )
+    p.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--owner-started", type=float, default=0.0, help=argparse.SUPPRESS)
     return p
 
 
 def _print_info(info: SandboxInfo) -> None:
     print(f"sandbox running (daemon pid {info.pid}, since {info.started_at})")
+    owner = (
+        f"process {info.owner_pid} (the sandbox stops when it ends)"
+        if info.owner_pid
+        else "none (started by `runbook sandbox up`; stop it with `runbook sandbox down`)"
+    )
+    print(f"  owner       : {owner}")
+    print(f"  state dir   : {info.state_dir}")
     print(f"  service url : {info.service_url}")
     print(f"  auth url    : {info.auth_url}")
     print(
@@ -582,8 +1070,16 @@ def _print_info(info: SandboxInfo) -> None:
         print(f"    {r.name:24} {r.profile:22} {ready:9} {r.percent:3d}%{extra}")
 
 
+def _say(message: str) -> None:
+    print(f"- {message}", flush=True)
+
+
 def sandbox_main(argv: list[str]) -> int:
-    """``runbook sandbox up|down|status``; exit 0 ok, 1 not running (status), 2 usage error."""
+    """``runbook sandbox up|down|status``.
+
+    Exit codes: 0 ok; 1 not running (status) or the sandbox failed; 2 usage error, or a
+    running sandbox that does not match or answer (refused); 3 interrupted.
+    """
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
@@ -594,32 +1090,51 @@ def sandbox_main(argv: list[str]) -> int:
         return daemon_main(
             DaemonConfig(
                 start_timeout_s=float(os.environ.get("SANDBOX_START_TIMEOUT_S") or 30.0),
-                state_file=Path(args.state_dir) / STATE_NAME,
-                serving=args.serving,
-                deploy_image=args.deploy_image,
+                state_file=_sdir(args.state_dir) / STATE_NAME,
+                serving=args.serving or DEFAULT_SERVING,
+                deploy_image=args.deploy_image or DEFAULT_DEPLOY_IMAGE,
+                owner_pid=args.owner_pid,
+                owner_started=args.owner_started,
             )
         )
+    from ..interrupts import guard
+
     try:
         if args.command == "up":
-            if is_running(args.state_dir):
-                info = status(args.state_dir)
+            # No reaping: the daemon is meant to outlive this command.
+            with guard(reap=False):
+                before = _read_state(args.state_dir)
+                info = up(args.serving, args.deploy_image, args.state_dir, args.env_file, note=_say)
+            if before and before.get("pid") == info.pid:
                 print("sandbox already running; not starting a second one")
-                if info:
-                    _print_info(info)
-                return 0
-            info = up(args.serving, args.deploy_image, args.state_dir, args.env_file)
             _print_info(info)
             return 0
         if args.command == "down":
+            holder = run_holder(args.state_dir)
+            if holder:
+                print(
+                    f"note: a run (process {holder.get('pid', '?')}: "
+                    f"{holder.get('command', '?')}) is using this sandbox; it will end "
+                    f"with errors"
+                )
             stopped = down(args.state_dir)
             print("sandbox stopped" if stopped else "sandbox was not running")
             return 0
-        info = status(args.state_dir)
-        if info is None:
-            print("sandbox not running")
+        shown = status(args.state_dir)
+        if shown is None:
+            print(f"sandbox not running (state dir {_sdir(args.state_dir)})")
             return 1
-        _print_info(info)
+        _print_info(shown)
         return 0
+    except SandboxBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if "unknown sandbox profile" in str(exc) or "not a sandbox" in str(exc) else 1
+    except KeyboardInterrupt as exc:
+        print(
+            f"interrupted ({exc or 'SIGINT'}): every process this command started is stopped",
+            file=sys.stderr,
+        )
+        return 3
