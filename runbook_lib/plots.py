@@ -384,7 +384,10 @@ def plot_monitor(
             lat_ax.axvline(x, color=FAIL_COLOR, alpha=0.25, linewidth=2)
         # Latency from zero, with headroom so the legend never hides a point.
         top = float(np.nanmax(np.concatenate([http_lat, ws_lat, [0.001]])))
-        if avg_response_s is not None:
+        if avg_response_s is not None and avg_response_s > 5 * top:
+            # Drawing a 2 s line over 10 ms samples would flatten them: name it instead.
+            lat_ax.plot([], [], " ", label=f"average limit {avg_response_s:g} s (off scale)")
+        elif avg_response_s is not None:
             lat_ax.axhline(
                 avg_response_s,
                 color=WARN_COLOR,

@@ -171,14 +171,18 @@ def test_monitor_draws_the_limit_and_no_round_trip_for_failed_handshakes() -> No
         }
         for i in range(5)
     ]
-    fig = plots.plot_monitor(samples, avg_response_s=2.0)
+    fig = plots.plot_monitor(samples, avg_response_s=0.3)
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "average limit 2 s" in legend
+    assert "average limit 0.3 s" in legend
     ws_line = next(line for line in ax.lines if line.get_label() == "WebSocket round trip")
     ys = np.asarray(ws_line.get_ydata(), dtype=float)
     assert np.isnan(ys[2]) and not np.isnan(ys[[0, 1, 3, 4]]).any()
-    assert ax.get_ylim()[1] >= 2.0
+    assert ax.get_ylim()[1] >= 0.3
+    # A limit far above every sample is named, not drawn: the samples stay readable.
+    far = plots.plot_monitor(samples, avg_response_s=2.0).axes[0]
+    assert "average limit 2 s (off scale)" in [t.get_text() for t in far.get_legend().get_texts()]
+    assert far.get_ylim()[1] < 1.0
 
 
 @pytest.mark.parametrize("users", [1, 2, 5])
