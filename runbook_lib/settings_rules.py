@@ -108,6 +108,13 @@ RANGES: dict[str, Range] = {
     "thresholds.monitor_avg_response_s": _dur(60.0),
     "thresholds.hold_s": _dur(CELL_TIMEOUT_S),
     "thresholds.poll_interval_s": _dur(60.0),
+    # Cloud Run Jobs: at most 10,000 tasks per execution; a task's timeout at most 24 h,
+    # but the wait happens inside one notebook cell.
+    "load.tasks": _count(1, 10_000),
+    "load.sessions_per_task": _count(0, 100_000),
+    "load.parallelism": _count(0, 10_000),
+    "load.max_retries": _count(0, 10),
+    "load.timeout_s": _dur(CELL_TIMEOUT_S - 60.0),
     "timeouts.connect_s": _dur(300.0),
     "timeouts.read_s": _dur(300.0),
     "timeouts.cloudrun_s": _dur(CELL_TIMEOUT_S),
