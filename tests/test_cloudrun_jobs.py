@@ -167,6 +167,22 @@ def _emulator_url(ctx) -> str:
     return ctx.settings.cloudrun.api_endpoint.rstrip("/")
 
 
+def _task_pids(daemon_pid: int) -> list[int]:
+    """Load task processes started by this sandbox's daemon (not other tests')."""
+    try:
+        kids = psutil.Process(daemon_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in kids:
+        try:
+            if "runbook_lib.load_task" in " ".join(p.cmdline()):
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
 async def _api(method: str, url: str, **kw) -> httpx.Response:
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.request(method, url, **kw)
@@ -253,11 +269,7 @@ async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(sandbox
         await _api("GET", f"{_emulator_url(ctx)}/v2/{ctx.artifacts['load']['execution']}/tasks")
     ).json()["tasks"]
     assert all(t["lastAttemptResult"]["status"]["code"] != 0 for t in tasks)
-    here = {
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if "runbook_lib.load_task" in " ".join(p.info["cmdline"] or [])
-    }
+    here = _task_pids(sandbox.pid)
     assert not here, "task processes outlived their timeout"
 
 
@@ -272,3 +284,75 @@ def test_task_figure_draws_tasks_merged_and_names_the_missing():
     assert len(ax.get_lines()) >= 3
     empty = plot_load_tasks({}, LatencyHistogram().to_dict(), missing=[0, 1])
     assert "no successful round trip" in empty.axes[0].texts[0].get_text()
+
+
+# ---------------------------------------------------------------- emulator edges
+
+
+@pytest.mark.e2e
+async def test_emulator_refuses_bad_job_requests_like_the_api(sandbox):
+    ctx = open_phase(4, environment=str(sandbox.env_file), run_dir=None, approve=True)
+    base = f"{_emulator_url(ctx)}/v2/projects/{ctx.settings.cloudrun.project}/locations/x"
+    good = {"template": {"taskCount": 1, "template": {"containers": [{"image": "i"}]}}}
+    assert (await _api("GET", f"{base}/jobs/nope")).status_code == 404
+    r = await _api("POST", f"{base}/jobs?jobId=edge", json={"template": {}})
+    assert r.status_code == 400 and "containers" in r.json()["error"]["message"]
+    r = await _api("POST", f"{base}/jobs?jobId=Bad_Id", json=good)
+    assert r.status_code == 400
+    assert (await _api("POST", f"{base}/jobs?jobId=edge", json=good)).json()["done"] is True
+    assert (await _api("POST", f"{base}/jobs?jobId=edge", json=good)).status_code == 409
+    assert (await _api("POST", f"{base}/jobs/nope:run", json={})).status_code == 404
+    assert (
+        await _api("POST", f"{_emulator_url(ctx)}/sandbox/jobs:killTask", json={})
+    ).status_code == 400
+
+
+@pytest.mark.e2e
+def test_stopping_the_sandbox_kills_running_tasks(tmp_path):
+    """No orphan: tasks still running when the sandbox goes down die with it."""
+    from runbook_lib.cloudrun_jobs import _Jobs
+
+    state = tmp_path / "sb"
+    state.mkdir()
+    info = manager.up(serving="healthy", state_dir=state, env_file=state / "local.toml", env=KNOBS)
+    try:
+        ctx = open_phase(
+            4,
+            environment=str(state / "local.toml"),
+            run_dir=None,
+            approve=True,
+            overrides=_job_overrides(**{"thresholds.load_ramp_s": 60}),
+        )
+        plan = LoadPlan(url=ctx.settings.target.ws(), sessions=8, ramp_s=60)
+        api = _Jobs(ctx.settings)
+        name = job_path(ctx.settings)
+        parent, _, job_id = name.rpartition("/jobs/")
+        body = job_body(ctx.settings, plan, "orphan-test")
+        from google.cloud import run_v2
+
+        job = run_v2.Job.from_json(json.dumps(body))
+        api.jobs.create_job(parent=parent, job=job, job_id=job_id).result(timeout=30)
+        op = api.jobs.run_job(name=name)
+        execution = op.metadata.name
+        import time
+
+        until = time.monotonic() + 20
+        while time.monotonic() < until:
+            ex = api.executions.get_execution(name=execution)
+            if ex.running_count == 4:
+                break
+            time.sleep(0.2)
+        assert ex.running_count == 4
+        pids = _task_pids(info.pid)
+        assert len(pids) >= 4
+    finally:
+        manager.down(state)
+        clear_secrets()
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, 10)
+    assert not alive, f"task processes outlived the sandbox: {[p.pid for p in alive]}"
