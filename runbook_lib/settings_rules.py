@@ -207,6 +207,15 @@ def check_cell_budget(settings: Any, source: str, cell_timeout_s: float = CELL_T
             "the mission-critical suites, run one after another (phase 4)",
         ),
     ]
+    load = getattr(settings, "load", None)
+    if load is not None and load.engine == "cloudrun-job":
+        cells.append(
+            (
+                "load.timeout_s",
+                load.timeout_s * (1 + load.max_retries) + 4 * to.cloudrun_s,
+                "the load job: every task attempt plus the API calls (phase 4)",
+            )
+        )
     for key, need, what in cells:
         if need > cell_timeout_s:
             raise ConfigError(

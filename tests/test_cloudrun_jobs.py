@@ -356,3 +356,69 @@ def test_stopping_the_sandbox_kills_running_tasks(tmp_path):
             continue
     _, alive = psutil.wait_procs(procs, 10)
     assert not alive, f"task processes outlived the sandbox: {[p.pid for p in alive]}"
+
+
+def test_a_job_that_cannot_finish_within_a_cell_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"load\.timeout_s"):
+        _settings(engine="cloudrun-job", image="i", timeout_s=300, max_retries=1)
+
+
+# ---------------------------------------------------------------- JobRunner (no sandbox)
+
+_PROBE = (
+    "import json, os, sys, time; t0 = time.time(); time.sleep(0.4); "
+    "k = sorted(n for n in os.environ if n.startswith(('CLOUD_RUN_', 'EXTRA'))); "
+    "print(json.dumps({'env': {n: os.environ[n] for n in k}, 't0': t0, 't1': time.time()})); "
+    "print('plain text line'); "
+    "sys.exit(3 if os.environ.get('CLOUD_RUN_TASK_INDEX') == '2' "
+    "and os.environ.get('CLOUD_RUN_TASK_ATTEMPT') == '0' else 0)"
+)
+
+
+async def test_runner_sets_cloud_run_env_honours_parallelism_and_retries_and_logs_lines():
+    import asyncio
+    import sys
+
+    from runbook_lib.sandbox.jobs import JobRunner
+    from runbook_lib.sandbox.log_store import LogStore
+
+    logs = LogStore()
+    runner = JobRunner(project="p", region="r", logs=logs, command=[sys.executable, "-c", _PROBE])
+    tmpl = {
+        "taskCount": 4,
+        "parallelism": 2,
+        "template": {
+            "containers": [{"image": "i", "env": [{"name": "EXTRA", "value": "x"}]}],
+            "maxRetries": 1,
+            "timeout": "30s",
+        },
+    }
+    op = runner.create_job("projects/p/locations/r", "probe", {"template": tmpl})
+    op = runner.run_job(op.target)
+    ex = op.target
+    try:
+        for _ in range(600):  # bounded: 60 s
+            if ex.done:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await runner.aclose()
+    assert [t.state for t in ex.tasks] == ["SUCCEEDED"] * 4
+    assert ex.tasks[2].retried == 1  # exit 3 on attempt 0, retried once
+    lines = [
+        e
+        for e in logs.query(filter_text='resource.type="cloud_run_job"', page_size=1000)["entries"]
+        if "jsonPayload" in e
+    ]
+    assert len(lines) == 5  # 4 tasks + the failed attempt
+    for e in lines:
+        env = e["jsonPayload"]["env"]
+        assert env["CLOUD_RUN_JOB"] == "probe" and env["CLOUD_RUN_TASK_COUNT"] == "4"
+        assert env["CLOUD_RUN_EXECUTION"] == ex.name and env["EXTRA"] == "x"
+        assert e["resource"]["labels"]["task_index"] == env["CLOUD_RUN_TASK_INDEX"]
+        assert e["labels"]["run.googleapis.com/execution_name"] == ex.name
+    spans = sorted((e["jsonPayload"]["t0"], e["jsonPayload"]["t1"]) for e in lines)
+    most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert most == 2, f"parallelism 2 was not honoured: {most} tasks overlapped"
+    texts = logs.query(filter_text='textPayload:"plain text line"', page_size=100)["entries"]
+    assert len(texts) == 5
