@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JobLoadRun",
+    "execution_budget_s",
     "job_body",
     "job_path",
     "parse_result_line",
@@ -113,6 +114,14 @@ def total_sessions(settings: Settings) -> int:
     if ld.sessions_per_task:
         return ld.tasks * ld.sessions_per_task
     return settings.thresholds.load_connections
+
+
+def execution_budget_s(settings: Settings) -> float:
+    """The longest the runbook waits for one load execution, API calls included: every
+    wave of ``parallelism`` tasks may use each attempt's whole timeout."""
+    ld = settings.load
+    waves = -(-ld.tasks // (ld.parallelism or ld.tasks))
+    return ld.timeout_s * (1 + ld.max_retries) * waves + 4 * settings.timeouts.cloudrun_s
 
 
 def _plan_json(plan: LoadPlan, token: str) -> str:
@@ -319,7 +328,7 @@ async def run_load_job(
     if not execution:
         raise CloudRunError(f"Cloud Run Jobs run at {where} returned no execution name")
 
-    deadline = time.monotonic() + settings.load.timeout_s * (1 + settings.load.max_retries) + call_s
+    deadline = time.monotonic() + execution_budget_s(settings) - 3 * call_s
     ex = None
     while True:
         ex = await _call(
@@ -334,6 +343,14 @@ async def run_load_job(
             break
         await asyncio.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))
     finished = bool(ex.completion_time)
+    if not finished:
+        # Never leave load running against the service after the runbook gave up on it.
+        await _call(
+            "cancel execution",
+            where,
+            lambda: api.executions.cancel_execution(name=execution, timeout=call_s),
+            call_s,
+        )
     tasks = await _call(
         "list tasks",
         where,

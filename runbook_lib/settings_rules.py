@@ -212,8 +212,11 @@ def check_cell_budget(settings: Any, source: str, cell_timeout_s: float = CELL_T
         cells.append(
             (
                 "load.timeout_s",
-                load.timeout_s * (1 + load.max_retries) + 4 * to.cloudrun_s,
-                "the load job: every task attempt plus the API calls (phase 4)",
+                load.timeout_s
+                * (1 + load.max_retries)
+                * -(-load.tasks // (load.parallelism or load.tasks))
+                + 4 * to.cloudrun_s,
+                "the load job: every wave of task attempts plus the API calls (phase 4)",
             )
         )
     for key, need, what in cells:

@@ -422,3 +422,51 @@ async def test_runner_sets_cloud_run_env_honours_parallelism_and_retries_and_log
     assert most == 2, f"parallelism 2 was not honoured: {most} tasks overlapped"
     texts = logs.query(filter_text='textPayload:"plain text line"', page_size=100)["entries"]
     assert len(texts) == 5
+
+
+@pytest.mark.e2e
+def test_cancelling_an_execution_kills_its_tasks(sandbox):
+    """What the runbook does when it stops waiting: executions.cancel ends the load."""
+    import time
+
+    from google.cloud import run_v2
+
+    from runbook_lib.cloudrun_jobs import _Jobs
+
+    ctx = open_phase(
+        4,
+        environment=str(sandbox.env_file),
+        run_dir=None,
+        approve=True,
+        overrides=_job_overrides(),
+    )
+    api = _Jobs(ctx.settings)
+    name = job_path(ctx.settings).replace("-runbook-load", "-cancel-probe")
+    parent, _, job_id = name.rpartition("/jobs/")
+    plan = LoadPlan(url=ctx.settings.target.ws(), sessions=8, ramp_s=60)
+    job = run_v2.Job.from_json(json.dumps(job_body(ctx.settings, plan, "cancel-probe")))
+    api.jobs.create_job(parent=parent, job=job, job_id=job_id).result(timeout=30)
+    execution = api.jobs.run_job(name=name).metadata.name
+    until = time.monotonic() + 20
+    while api.executions.get_execution(name=execution).running_count < 4:
+        assert time.monotonic() < until, "tasks never started"
+        time.sleep(0.2)
+    assert len(_task_pids(sandbox.pid)) >= 4
+    api.executions.cancel_execution(name=execution)
+    until = time.monotonic() + 20
+    while not (ex := api.executions.get_execution(name=execution)).completion_time:
+        assert time.monotonic() < until, "the cancelled execution never completed"
+        time.sleep(0.2)
+    assert ex.cancelled_count == 4 and ex.succeeded_count == 0
+    assert _task_pids(sandbox.pid) == []
+
+
+def test_a_misconfigured_task_names_itself_so_the_merge_reports_its_error(capsys):
+    from runbook_lib.load_task import main
+
+    code = main({"CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_TASK_COUNT": "4"})
+    assert code == 2
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["task_index"] == 3 and "RUNBOOK_LOAD_PLAN" in line["error"]
+    merged = merge_results([line], 4)
+    assert 3 in merged.task_errors and not merged.complete

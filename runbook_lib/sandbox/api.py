@@ -16,6 +16,7 @@ Cloud Run Jobs (issue 13; state in :mod:`.jobs`):
 - ``POST /v2/projects/*/locations/*/jobs/*:run``             run (operation; metadata = Execution)
 - ``GET /v2/projects/*/locations/*/jobs/*/executions/*``     get execution
 - ``GET /v2/projects/*/locations/*/jobs/*/executions/*/tasks``  list tasks
+- ``POST /v2/projects/*/locations/*/jobs/*/executions/*:cancel``  cancel (kill its tasks)
 - ``POST /sandbox/jobs:killTask``                            test hook: kill the next run's task
 """
 
@@ -293,6 +294,12 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
                 op = jobs.run_job(job, overrides)
             except ValueError as exc:
                 return _error(400, "INVALID_ARGUMENT", str(exc))
+            return wire.job_operation_json(op.name, op.target)
+        if m := re.fullmatch(rf"({_JOB_RE}/executions/[^/]+):cancel", path):
+            ex = jobs.execution(m.group(1))
+            if ex is None:
+                return not_found(m.group(1))
+            op = jobs.cancel(ex)
             return wire.job_operation_json(op.name, op.target)
         return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
 

@@ -117,6 +117,8 @@ class ExecutionState:
     completion_time: datetime | None = None
     tasks: list[TaskState] = field(default_factory=list)
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    cancelled: bool = False
+    pids: set[int] = field(default_factory=set)
 
     @property
     def full_name(self) -> str:
@@ -300,6 +302,9 @@ class JobRunner:
         async def one(t: TaskState) -> None:
             async with gate:
                 for attempt in range(ex.max_retries + 1):
+                    if ex.cancelled:
+                        t.state, t.message = "CANCELLED", "the execution was cancelled"
+                        break
                     t.attempt, t.retried = attempt, attempt
                     code, why = await self._attempt(ex, t, kills.pop(t.index, None))
                     t.exit_code = code
@@ -307,7 +312,8 @@ class JobRunner:
                         t.state, t.message = "SUCCEEDED", ""
                         break
                     t.state, t.message = "FAILED", why
-                    if self._closing:
+                    if self._closing or ex.cancelled:
+                        t.state = "CANCELLED" if ex.cancelled else t.state
                         break
                 t.completion_time = datetime.now(UTC)
 
@@ -351,6 +357,7 @@ class JobRunner:
             return None, f"the container could not start: {exc}"
         t.pid = proc.pid
         self._procs[proc.pid] = proc
+        ex.pids.add(proc.pid)
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
             asyncio.create_task(self._pump(proc.stdout, ex, t, "stdout")),
@@ -376,6 +383,7 @@ class JobRunner:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
             self._procs.pop(proc.pid, None)
+            ex.pids.discard(proc.pid)
             await asyncio.gather(*pumps, return_exceptions=True)
         code = proc.returncode
         if not why and code:
@@ -387,6 +395,13 @@ class JobRunner:
         if why:
             self._log(ex, t, "ERROR", f"Task {t.index} attempt {t.attempt}: {why}")
         return (None if why.startswith("Task exceeded") else code), why
+
+    def cancel(self, ex: ExecutionState) -> _Operation:
+        """``executions.cancel``: kill the running tasks, start no more."""
+        ex.cancelled = True
+        for pid in list(ex.pids):
+            _kill_tree(pid)
+        return self._operation("execution", ex)
 
     async def _kill_later(self, proc: asyncio.subprocess.Process, after_s: float) -> None:
         await asyncio.sleep(after_s)
