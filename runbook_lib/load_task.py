@@ -48,6 +48,9 @@ RESULT_MARKER = "runbook_load_result"
 PLAN_ENV = "RUNBOOK_LOAD_PLAN"
 TOKEN_ENV = "RUNBOOK_LOAD_TOKEN"
 RUN_ID_ENV = "RUNBOOK_LOAD_RUN_ID"
+# Debug knob: also print the raw round-trip samples (tests compare them with the merged
+# histogram). Off by default: a 100k-session task would print megabytes.
+RAW_ENV = "RUNBOOK_LOAD_RAW_SAMPLES"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,8 @@ def _plan_from_env(environ: Mapping[str, str]) -> tuple[Any, TaskShard, str]:
         (str(k), str(v).replace("{token}", token)) for k, v in raw.pop("headers", []) or []
     )
     subprotocols = tuple(str(s).replace("{token}", token) for s in raw.pop("subprotocols", []))
+    if isinstance(raw.get("url"), str):
+        raw["url"] = raw["url"].replace("{token}", token)  # query-mode auth
     for key in ("reply_types", "type_paths", "ignore_types"):
         if key in raw:
             raw[key] = tuple(raw[key])
@@ -134,9 +139,13 @@ async def _run(environ: Mapping[str, str]) -> dict[str, Any]:
         "server_errors": rec["server_errors"],
         "duration_s": rec["duration_s"],
         "saturated": report.saturated,
+        "saturation_reason": report.saturation_reason,
         "behind_schedule": report.behind_schedule,
+        "schedule_reason": report.schedule_reason,
+        "peak_open": report.peak_open,
         "rtt_histogram": _histogram(report.rtt_s.tolist()),
         "connect_histogram": _histogram(report.connect_s.tolist()),
+        **({"rtt_raw": report.rtt_s.tolist()} if environ.get(RAW_ENV) == "1" else {}),
     }
 
 
@@ -147,7 +156,13 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     try:
         result = asyncio.run(_run(env))
     except ValueError as exc:
-        print(json.dumps({RESULT_MARKER: 1, "error": str(exc)}), flush=True)
+        line: dict[str, Any] = {RESULT_MARKER: 1, "error": str(exc)}
+        try:  # name the task, so the merge reports its error rather than "missing"
+            line["task_index"] = int(env.get("CLOUD_RUN_TASK_INDEX", "0"))
+            line["attempt"] = int(env.get("CLOUD_RUN_TASK_ATTEMPT", "0") or 0)
+        except ValueError:
+            pass
+        print(json.dumps(line), flush=True)
         return 2
     print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0
@@ -198,6 +213,73 @@ class MergedLoad:
     rtt: LatencyHistogram
     connect: LatencyHistogram
     per_task: dict[int, dict[str, Any]] = field(default_factory=dict)
+    saturation_reason: str = ""
+    schedule_reason: str = ""
+
+    # The LoadReportView the load.* judges read (observations.py), from the merged data.
+
+    @property
+    def p50_s(self) -> float | None:
+        """Round-trip p50 of the pooled samples (within the histogram's bound)."""
+        return self.rtt.quantile(0.50)
+
+    @property
+    def p95_s(self) -> float | None:
+        """Round-trip p95 of the pooled samples (within the histogram's bound)."""
+        return self.rtt.quantile(0.95)
+
+    @property
+    def p99_s(self) -> float | None:
+        """Round-trip p99 of the pooled samples (within the histogram's bound)."""
+        return self.rtt.quantile(0.99)
+
+    @property
+    def trusted(self) -> bool:
+        """True when no task's generator was saturated or behind its schedule."""
+        return not (self.saturated or self.behind_schedule)
+
+    def server_error_count(self) -> int:
+        """Sessions the server failed: 5xx upgrade answers and 1011-1014 closes."""
+        return sum(
+            n
+            for kind, n in self.errors_by_kind.items()
+            if kind.startswith("handshake_5")
+            or kind in ("closed_1011", "closed_1012", "closed_1013", "closed_1014")
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary (no per-task raw data)."""
+
+        def q(h: LatencyHistogram, p: float) -> float | None:
+            v = h.quantile(p)
+            return None if v is None else round(v, 9)
+
+        return {
+            "engine": "cloudrun-job",
+            "task_count": self.task_count,
+            "reported": list(self.reported),
+            "missing": list(self.missing),
+            "task_errors": {str(k): v for k, v in self.task_errors.items()},
+            "planned": self.planned,
+            "attempted": self.attempted,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "server_errors": self.server_error_count(),
+            "success_rate": round(self.success_rate(), 6),
+            "errors_by_kind": dict(self.errors_by_kind),
+            "handshake_statuses": dict(self.handshake_statuses),
+            "p50_s": q(self.rtt, 0.5),
+            "p95_s": q(self.rtt, 0.95),
+            "p99_s": q(self.rtt, 0.99),
+            "connect_p95_s": q(self.connect, 0.95),
+            "rtt_samples": self.rtt.count,
+            "relative_error": self.rtt.relative_error,
+            "saturated": self.saturated,
+            "saturation_reason": self.saturation_reason,
+            "behind_schedule": self.behind_schedule,
+            "schedule_reason": self.schedule_reason,
+            "trusted": self.trusted,
+        }
 
     @property
     def complete(self) -> bool:
@@ -248,6 +330,16 @@ def merge_results(records: Iterable[Mapping[str, Any]], task_count: int) -> Merg
         rtt=LatencyHistogram.merged(rtt_parts),
         connect=LatencyHistogram.merged(connect_parts),
         per_task=good,
+        saturation_reason="; ".join(
+            f"task {i}: {r['saturation_reason']}"
+            for i, r in sorted(good.items())
+            if r.get("saturated") and r.get("saturation_reason")
+        ),
+        schedule_reason="; ".join(
+            f"task {i}: {r['schedule_reason']}"
+            for i, r in sorted(good.items())
+            if r.get("behind_schedule") and r.get("schedule_reason")
+        ),
     )
 
 

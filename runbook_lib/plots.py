@@ -20,6 +20,7 @@ __all__ = [
     "plot_event_timeline",
     "plot_handshakes",
     "plot_load_latency",
+    "plot_load_tasks",
     "plot_monitor",
     "plot_warmup",
 ]
@@ -254,6 +255,82 @@ def plot_load_latency(
     cdf_ax.set_title("Cumulative distribution")
     if any(v is not None for _, v, _ in marks) or limit_ms is not None:
         cdf_ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _cdf_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(ms, cumulative %) of a histogram record (``LatencyHistogram.to_dict``)."""
+    from .histogram import LatencyHistogram
+
+    h = LatencyHistogram.from_dict(hist)
+    if not h.count:
+        return np.zeros(0), np.zeros(0)
+    pct = np.linspace(0.0, 1.0, 201)
+    ms = np.array([(h.quantile(float(q)) or 0.0) * 1000.0 for q in pct])
+    return ms, pct * 100.0
+
+
+def plot_load_tasks(
+    per_task: Mapping[int, Mapping[str, Any]],
+    merged: Mapping[str, Any],
+    *,
+    threshold_s: float | None = None,
+    missing: Sequence[int] = (),
+    ax: Axes | None = None,
+) -> Figure:
+    """Per-task and merged round-trip distributions of a load fanned out as a job.
+
+    Args:
+        per_task: task index -> its round-trip histogram record.
+        merged: the merged histogram record (its p50/p95/p99 are marked).
+        threshold_s: the p95 limit, drawn dashed when set.
+        missing: tasks that failed or never reported (named in red in the title).
+    """
+    from .histogram import LatencyHistogram
+
+    fig, a = _new_figure(ax, 10.0, 4.5)
+    for i, hist in sorted(per_task.items()):
+        ms, pct = _cdf_points(hist)
+        if ms.size:
+            a.plot(ms, pct, linewidth=0.9, alpha=0.6, label=f"task {i} ({hist['count']:,})")
+    ms, pct = _cdf_points(merged)
+    h = LatencyHistogram.from_dict(merged)
+    if ms.size:
+        a.plot(ms, pct, color="black", linewidth=2.0, label=f"merged ({h.count:,})")
+        for name, q, color in (
+            ("p50", 0.50, "#455a64"),
+            ("p95", 0.95, WARN_COLOR),
+            ("p99", 0.99, FAIL_COLOR),
+        ):
+            v = (h.quantile(q) or 0.0) * 1000.0
+            a.axvline(v, color=color, linewidth=1.0, label=f"{name} = {v:.1f} ms")
+    else:
+        a.text(
+            0.5,
+            0.5,
+            "no successful round trip",
+            ha="center",
+            va="center",
+            transform=a.transAxes,
+            color=FAIL_COLOR,
+        )
+    if threshold_s is not None and ms.size and threshold_s * 1000.0 <= float(ms.max()) * 3:
+        a.axvline(
+            threshold_s * 1000.0,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"limit = {threshold_s * 1000.0:g} ms",
+        )
+    title = f"Load job: {len(per_task)} task(s) reported"
+    if missing:
+        title += f"; MISSING/FAILED: {', '.join(str(i) for i in missing)}"
+    a.set_title(title, color=FAIL_COLOR if missing else "black")
+    a.set_xlabel(f"round-trip time (ms; histogram, ±{h.relative_error:.0%} relative)")
+    a.set_ylabel("share of round trips at or below (%)")
+    a.set_ylim(0, 101)
+    if a.get_legend_handles_labels()[0]:
+        a.legend(loc="lower right", fontsize=7, ncol=2)
     return fig
 
 

@@ -46,9 +46,11 @@ from .settings_rules import (
 __all__ = [
     "ABSENT_ABLE",
     "CELL_TIMEOUT_S",
+    "LOAD_ENGINES",
     "AuthSettings",
     "CloudRunSettings",
     "CommandSpec",
+    "LoadSettings",
     "LoggingSettings",
     "ProtocolSettings",
     "Settings",
@@ -284,6 +286,29 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSettings:
+    """``[load]``: where phase 4's load runs (this machine, or a Cloud Run Job; issue 13)."""
+
+    engine: str = "local"
+    tasks: int = 4
+    sessions_per_task: int = 0
+    parallelism: int = 0
+    max_retries: int = 0
+    image: str = ""
+    region: str = ""
+    job: str = ""
+    service_account: str = ""
+    timeout_s: float = 300.0
+
+    def job_name(self, service: str) -> str:
+        """The job's name: ``job``, else ``<service>-runbook-load``."""
+        return self.job or f"{service or 'runbook'}-runbook-load"
+
+
+LOAD_ENGINES = ("local", "cloudrun-job")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """A validated environment file."""
 
@@ -308,6 +333,7 @@ class Settings:
     flows: Mapping[str, Flow] = field(default_factory=dict)
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     declared_absent: frozenset[str] = frozenset()
+    load: LoadSettings = field(default_factory=LoadSettings)
 
     def has(self, section: str) -> bool:
         """True when ``[section]`` was present in the file."""
@@ -325,6 +351,7 @@ class Settings:
             "source",
             "thresholds",
             "timeouts",
+            "load",
         ):
             obj = getattr(self, part)
             out[part] = {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
@@ -420,6 +447,7 @@ _SECTIONS: dict[str, type] = {
     "source": SourceSettings,
     "thresholds": Thresholds,
     "timeouts": Timeouts,
+    "load": LoadSettings,
 }
 # Tables of the file besides the dataclass sections.
 _TABLES = ("commands", "checks", "flows")
@@ -444,6 +472,7 @@ _NON_EMPTY = {
     "auth": ("token_env", "jwt_secret_env", "token_endpoint", "subprotocol", "query_param"),
     "source": ("repo_dir", "app", "python", "import_root"),
     "protocol": ("pong_pattern", "error_pattern"),
+    "load": ("image", "region", "job", "service_account"),
 }
 
 
@@ -558,6 +587,7 @@ def settings_from_dict(
     protocol = validate_protocol(parts["protocol"], raw.get("protocol", {}), source, warnings)
     parts["source"] = resolve_source(parts["source"], source)
     validate_thresholds(parts["thresholds"], protocol, source, warnings)
+    _validate_load(parts["load"], parts["cloudrun"], source)
 
     commands = raw.get("commands", {})
     if not isinstance(commands, Mapping):
@@ -611,6 +641,7 @@ def settings_from_dict(
         flows=flows,
         not_applicable=not_applicable,
         declared_absent=frozenset(absent),
+        load=parts["load"],
     )
     check_cell_budget(settings, source)
     # The catalog is pure and imports nothing of ours at module level: no cycle.
@@ -652,6 +683,34 @@ def _env_value(key: str, var: str, env: Mapping[str, str], source: str) -> str:
             source,
         )
     return env[var]
+
+
+def _validate_load(load: LoadSettings, cloudrun: CloudRunSettings, source: str) -> None:
+    if load.engine not in LOAD_ENGINES:
+        raise ConfigError(
+            f"load.engine = {load.engine!r}: expected one of {LOAD_ENGINES}"
+            f"{closest(load.engine, LOAD_ENGINES)}",
+            source,
+        )
+    if load.engine != "cloudrun-job":
+        return
+    if not (cloudrun.project and (load.region or cloudrun.region)):
+        raise ConfigError(
+            'load.engine = "cloudrun-job" needs cloudrun.project and a region '
+            "(load.region or cloudrun.region) to create the job in",
+            source,
+        )
+    if not load.image.strip():
+        raise ConfigError(
+            'load.engine = "cloudrun-job" needs load.image: the load worker\'s container '
+            "image (see docs/load.md)",
+            source,
+        )
+    if load.parallelism > load.tasks:
+        raise ConfigError(
+            f"load.parallelism = {load.parallelism} is more than load.tasks = {load.tasks}",
+            source,
+        )
 
 
 def _build(cls: type, section: str, table: Mapping[str, Any], source: str, absent: set[str]) -> Any:

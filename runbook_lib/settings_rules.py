@@ -108,6 +108,13 @@ RANGES: dict[str, Range] = {
     "thresholds.monitor_avg_response_s": _dur(60.0),
     "thresholds.hold_s": _dur(CELL_TIMEOUT_S),
     "thresholds.poll_interval_s": _dur(60.0),
+    # Cloud Run Jobs: at most 10,000 tasks per execution; a task's timeout at most 24 h,
+    # but the wait happens inside one notebook cell.
+    "load.tasks": _count(1, 10_000),
+    "load.sessions_per_task": _count(0, 100_000),
+    "load.parallelism": _count(0, 10_000),
+    "load.max_retries": _count(0, 10),
+    "load.timeout_s": _dur(CELL_TIMEOUT_S - 60.0),
     "timeouts.connect_s": _dur(300.0),
     "timeouts.read_s": _dur(300.0),
     "timeouts.cloudrun_s": _dur(CELL_TIMEOUT_S),
@@ -200,6 +207,18 @@ def check_cell_budget(settings: Any, source: str, cell_timeout_s: float = CELL_T
             "the mission-critical suites, run one after another (phase 4)",
         ),
     ]
+    load = getattr(settings, "load", None)
+    if load is not None and load.engine == "cloudrun-job":
+        cells.append(
+            (
+                "load.timeout_s",
+                load.timeout_s
+                * (1 + load.max_retries)
+                * -(-load.tasks // (load.parallelism or load.tasks))
+                + 4 * to.cloudrun_s,
+                "the load job: every wave of task attempts plus the API calls (phase 4)",
+            )
+        )
     for key, need, what in cells:
         if need > cell_timeout_s:
             raise ConfigError(

@@ -8,6 +8,16 @@
 - ``GET /v2/projects/*/locations/*/operations/*``            long-running operation
 - ``POST /v2/entries:list``                                  Cloud Logging read
 - ``GET /sandbox/state``                                     the sandbox's own view
+
+Cloud Run Jobs (issue 13; state in :mod:`.jobs`):
+
+- ``POST /v2/projects/*/locations/*/jobs?jobId=``            create job (operation)
+- ``GET|PATCH /v2/projects/*/locations/*/jobs/*``            get / update job
+- ``POST /v2/projects/*/locations/*/jobs/*:run``             run (operation; metadata = Execution)
+- ``GET /v2/projects/*/locations/*/jobs/*/executions/*``     get execution
+- ``GET /v2/projects/*/locations/*/jobs/*/executions/*/tasks``  list tasks
+- ``POST /v2/projects/*/locations/*/jobs/*/executions/*:cancel``  cancel (kill its tasks)
+- ``POST /sandbox/jobs:killTask``                            test hook: kill the next run's task
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from . import wire
 from .log_store import FilterError
 
 if TYPE_CHECKING:
@@ -58,6 +69,8 @@ def create_emulator_app(
 
     @app.get("/v2/{path:path}", response_model=None)
     async def get_any(path: str, request: Request) -> Any:
+        if (answer := jobs_get(path, request)) is not None:
+            return answer
         if m := re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/services", path):
             return list_services(m.group(1), request)
         if re.fullmatch(svc_re, path):
@@ -115,6 +128,8 @@ def create_emulator_app(
 
     @app.patch("/v2/{path:path}", response_model=None)
     async def patch_service(path: str, request: Request) -> Any:
+        if (answer := await jobs_patch(path, request)) is not None:
+            return answer
         if not re.fullmatch(svc_re, path):
             return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
         svc = find(path)
@@ -190,4 +205,113 @@ def create_emulator_app(
             )
         return {"services": services, **(extra_state() if extra_state else {})}
 
+    # Registered last: the Jobs POST catch-all must not shadow ``entries:list``; the GET and
+    # PATCH catch-alls above consult these handlers first (looked up when a request comes).
+    jobs_get, jobs_patch = _jobs_routes(app, emulator)
     return app
+
+
+_JOB_RE = r"projects/[^/]+/locations/[^/]+/jobs/[^/:]+"
+
+
+async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "INVALID_ARGUMENT", "request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "INVALID_ARGUMENT", "request body must be a JSON object")
+    return body
+
+
+def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
+    """Add the Jobs POST routes; return the GET and PATCH handlers the catch-alls consult
+    first (each answers None for a path that is not a job's)."""
+    jobs = emulator.jobs
+
+    def not_found(path: str) -> JSONResponse:
+        return _error(404, "NOT_FOUND", f"Resource '{path}' was not found")
+
+    def jobs_get(path: str, request: Request) -> Any:
+        if re.fullmatch(r"projects/[^/]+/locations/[^/]+/operations/[^/]+", path):
+            op = jobs.operations.get(path)
+            return None if op is None else wire.job_operation_json(op.name, op.target)
+        if re.fullmatch(_JOB_RE, path):
+            job = jobs.job(path)
+            return not_found(path) if job is None else wire.job_json(job)
+        if re.fullmatch(rf"{_JOB_RE}/executions/[^/]+", path):
+            ex = jobs.execution(path)
+            return not_found(path) if ex is None else wire.execution_json(ex)
+        if m := re.fullmatch(rf"({_JOB_RE}/executions/[^/]+)/tasks", path):
+            ex = jobs.execution(m.group(1))
+            if ex is None:
+                return not_found(m.group(1))
+            return {"tasks": [wire.task_json(ex, t) for t in ex.tasks]}
+        return None
+
+    async def jobs_patch(path: str, request: Request) -> Any:
+        if not re.fullmatch(_JOB_RE, path):
+            return None
+        job = jobs.job(path)
+        if job is None:
+            if request.query_params.get("allowMissing") not in ("true", "True", "1"):
+                return not_found(path)
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            if job is None:
+                parent, _, job_id = path.rpartition("/jobs/")
+                op = jobs.create_job(parent, job_id, body)
+            else:
+                op = jobs.update_job(job, body)
+        except ValueError as exc:
+            return _error(400, "INVALID_ARGUMENT", str(exc))
+        return wire.job_operation_json(op.name, op.target)
+
+    @app.post("/v2/{path:path}", response_model=None)
+    async def jobs_post(path: str, request: Request) -> Any:
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if m := re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/jobs", path):
+            try:
+                op = jobs.create_job(m.group(1), request.query_params.get("jobId", ""), body)
+            except KeyError:
+                return _error(409, "ALREADY_EXISTS", f"Resource '{path}' already exists")
+            except ValueError as exc:
+                return _error(400, "INVALID_ARGUMENT", str(exc))
+            return wire.job_operation_json(op.name, op.target)
+        if m := re.fullmatch(rf"({_JOB_RE}):run", path):
+            job = jobs.job(m.group(1))
+            if job is None:
+                return not_found(m.group(1))
+            overrides = body.get("overrides") if isinstance(body.get("overrides"), dict) else None
+            try:
+                op = jobs.run_job(job, overrides)
+            except ValueError as exc:
+                return _error(400, "INVALID_ARGUMENT", str(exc))
+            return wire.job_operation_json(op.name, op.target)
+        if m := re.fullmatch(rf"({_JOB_RE}/executions/[^/]+):cancel", path):
+            ex = jobs.execution(m.group(1))
+            if ex is None:
+                return not_found(m.group(1))
+            op = jobs.cancel(ex)
+            return wire.job_operation_json(op.name, op.target)
+        return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
+
+    @app.post("/sandbox/jobs:killTask", response_model=None)
+    async def kill_task(request: Request) -> Any:
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            jobs.kill_next(int(body["task_index"]), float(body.get("after_s", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            return _error(400, "INVALID_ARGUMENT", "give task_index (int) and after_s (seconds)")
+        return {"armed": body}
+
+    return jobs_get, jobs_patch

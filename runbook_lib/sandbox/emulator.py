@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import wire
+from .jobs import JobRunner
 from .log_store import SEVERITIES, FilterError, LogStore, compile_filter
 from .router import TagListeners, Upstream
 from .wire import SERVICE_TYPE, format_time, parse_time
@@ -227,6 +228,8 @@ class CloudRunEmulator:
         self.services: dict[str, ServiceState] = {}
         self.operations: dict[str, OperationState] = {}
         self.logs = LogStore()
+        # Cloud Run Jobs (issue 13): task processes started and stopped with the emulator.
+        self.jobs = JobRunner(project=project, region=region, logs=self.logs)
         self.tags = tag_listeners if tag_listeners is not None else TagListeners()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
@@ -541,6 +544,7 @@ class CloudRunEmulator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.jobs.aclose()
         await self.tags.aclose()
 
     # ---------------------------------------------------------------- tags

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .emulator import OperationState, RevisionState, ServiceState
+    from .jobs import ExecutionState, JobState, TaskState
 
 __all__ = [
     "SERVICE_TYPE",
@@ -24,6 +25,7 @@ __all__ = [
     "parse_time",
     "revision_json",
     "service_json",
+    "task_json",
 ]
 
 SERVICE_TYPE = "type.googleapis.com/google.cloud.run.v2.Service"
@@ -221,4 +223,151 @@ def operation_json(op: OperationState) -> dict[str, Any]:
         out["error"] = op.error
     elif op.response is not None:
         out["response"] = {"@type": SERVICE_TYPE, **op.response}
+    return out
+
+
+# ---------------------------------------------------------------- Cloud Run Jobs (issue 13)
+
+JOB_TYPE = "type.googleapis.com/google.cloud.run.v2.Job"
+EXECUTION_TYPE = "type.googleapis.com/google.cloud.run.v2.Execution"
+
+
+def _latest(job: JobState) -> dict[str, Any] | None:
+    if not job.executions:
+        return None
+    ex = job.executions[-1]
+    status = "EXECUTION_RUNNING"
+    if ex.done:
+        status = (
+            "EXECUTION_SUCCEEDED"
+            if ex.count("SUCCEEDED") == ex.task_count
+            else "EXECUTION_CANCELLED"
+            if ex.count("CANCELLED")
+            else "EXECUTION_FAILED"
+        )
+    out = {"name": ex.name, "createTime": format_time(ex.create_time), "completionStatus": status}
+    if ex.completion_time:
+        out["completionTime"] = format_time(ex.completion_time)
+    return out
+
+
+def job_json(job: JobState) -> dict[str, Any]:
+    """The Job resource as the Admin API v2 returns it."""
+    out: dict[str, Any] = {
+        "name": job.full_name,
+        "uid": job.uid,
+        "generation": str(job.generation),
+        "labels": job.labels,
+        "createTime": format_time(job.create_time),
+        "updateTime": format_time(job.update_time),
+        "creator": "sandbox@local",
+        "lastModifier": "sandbox@local",
+        "launchStage": "GA",
+        "template": job.template,
+        "observedGeneration": str(job.generation),
+        "terminalCondition": condition("Ready", True, job.update_time),
+        "executionCount": len(job.executions),
+        "reconciling": False,
+        "etag": f'"{job.generation}-{job.uid[:8]}"',
+    }
+    latest = _latest(job)
+    if latest:
+        out["latestCreatedExecution"] = latest
+    return out
+
+
+def execution_json(ex: ExecutionState) -> dict[str, Any]:
+    """The Execution resource (counts of tasks per state, Completed condition)."""
+    succeeded, failed = ex.count("SUCCEEDED"), ex.count("FAILED")
+    cancelled, running = ex.count("CANCELLED"), ex.count("RUNNING")
+    completed: bool | None = None
+    message = f"{running} task(s) running"
+    if ex.done:
+        completed = succeeded == ex.task_count
+        message = (
+            f"Execution completed successfully: {succeeded} task(s)."
+            if completed
+            else f"Task(s) failed: {failed} failed, {cancelled} cancelled of {ex.task_count}."
+        )
+    when = ex.completion_time or ex.start_time or ex.create_time
+    out: dict[str, Any] = {
+        "name": ex.full_name,
+        "uid": ex.uid,
+        "creator": "sandbox@local",
+        "generation": "1",
+        "labels": {"run.googleapis.com/jobUid": ex.job.uid},
+        "createTime": format_time(ex.create_time),
+        "updateTime": format_time(when),
+        "launchStage": "GA",
+        "job": ex.job.name,
+        "parallelism": ex.parallelism,
+        "taskCount": ex.task_count,
+        "template": ex.template,
+        "reconciling": not ex.done,
+        "conditions": [
+            condition("ResourcesAvailable", True, ex.create_time),
+            condition("Started", True if ex.start_time else None, ex.start_time),
+            condition("Completed", completed, when, message),
+        ],
+        "observedGeneration": "1",
+        "runningCount": running,
+        "succeededCount": succeeded,
+        "failedCount": failed,
+        "cancelledCount": cancelled,
+        "retriedCount": sum(t.retried for t in ex.tasks),
+        "logUri": f"http://sandbox.local/logs?execution={ex.name}",
+        "etag": f'"{ex.uid[:8]}"',
+    }
+    if ex.start_time:
+        out["startTime"] = format_time(ex.start_time)
+    if ex.completion_time:
+        out["completionTime"] = format_time(ex.completion_time)
+    return out
+
+
+def task_json(ex: ExecutionState, t: TaskState) -> dict[str, Any]:
+    """One Task resource of an execution."""
+    ready = {"SUCCEEDED": True, "FAILED": False, "CANCELLED": False}.get(t.state)
+    out: dict[str, Any] = {
+        "name": f"{ex.full_name}/tasks/{ex.name}-task{t.index}",
+        "uid": t.uid,
+        "generation": "1",
+        "createTime": format_time(ex.create_time),
+        "job": ex.job.name,
+        "execution": ex.name,
+        "containers": ex.template.get("containers", []),
+        "maxRetries": ex.max_retries,
+        "timeout": duration(ex.timeout_s),
+        "reconciling": ready is None,
+        "conditions": [condition("Completed", ready, t.completion_time or t.start_time, t.message)],
+        "observedGeneration": "1",
+        "index": t.index,
+        "retried": t.retried,
+        "etag": f'"{t.uid[:8]}"',
+    }
+    if t.start_time:
+        out["startTime"] = format_time(t.start_time)
+    if t.completion_time:
+        out["completionTime"] = format_time(t.completion_time)
+    if t.state in ("SUCCEEDED", "FAILED"):
+        result: dict[str, Any] = {"status": {"code": 0 if t.state == "SUCCEEDED" else 2}}
+        if t.message:
+            result["status"]["message"] = t.message
+        if t.exit_code is not None:
+            result["exitCode"] = t.exit_code
+        out["lastAttemptResult"] = result
+    return out
+
+
+def job_operation_json(name: str, target: JobState | ExecutionState) -> dict[str, Any]:
+    """The google.longrunning.Operation of a job create/update (done) or run (done when
+    the execution completes; its metadata is the Execution from the start)."""
+    if hasattr(target, "executions"):
+        body, kind, done = job_json(target), JOB_TYPE, True  # type: ignore[arg-type]
+    else:
+        body, kind = execution_json(target), EXECUTION_TYPE  # type: ignore[arg-type]
+        done = target.done  # type: ignore[union-attr]
+    out: dict[str, Any] = {"name": name, "metadata": {"@type": kind, **body}, "done": done}
+    if done:
+        out["response"] = {"@type": kind, **body}
     return out

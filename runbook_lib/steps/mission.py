@@ -86,6 +86,10 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         message_timeout_s=to.read_s,
         deadline_s=max(60.0, to.operation_s),
     )
+    if ctx.settings.load.engine == "cloudrun-job":  # issue 13: fan out as a Cloud Run Job
+        from .load_job import load_on_job
+
+        return await load_on_job(ctx, plan)
     load = await run_load(plan)
     results = judge_load(load, success_rate=th.load_success_rate, p95_s=th.load_p95_s)
     rec = load.to_record()
