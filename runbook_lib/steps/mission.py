@@ -5,11 +5,10 @@ from __future__ import annotations
 from ..checks import judge_agent_response, judge_load, judge_tests, judge_tests_duration, step_ids
 from ..context import PhaseContext, StepReport
 from ..results import CheckResult
+from .business import flow_frame_rows
 from .common import (
-    agent_run,
     applies,
     connect_auth,
-    frame_rows,
     report,
     step,
     table,
@@ -51,11 +50,14 @@ async def test_suites(ctx: PhaseContext) -> StepReport:
 
 @step
 async def agent_response(ctx: PhaseContext) -> StepReport:
-    """The golden path: send an agent request and wait for the agent's final event."""
-    run = await agent_run(ctx, ctx.settings.auth.default_user, "agent_request", "test golden path")
+    """The golden path: run the agent flow; every step must complete within event_timeout_s."""
+    from ..ws_checks import observe_flow
+
+    obs = await observe_flow(ctx.settings, "agent", values={"text": "test golden path"})
     th = ctx.settings.thresholds
     return report(
-        [judge_agent_response(run, timeout_s=th.event_timeout_s)], table=table(frame_rows(run))
+        [judge_agent_response(obs, timeout_s=th.event_timeout_s)],
+        table=table(flow_frame_rows(obs)),
     )
 
 
