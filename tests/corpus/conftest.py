@@ -6,25 +6,20 @@ import contextlib
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
-from runbook_lib.flows import Flow, FlowStep
-from runbook_lib.settings import ProtocolSettings
+from runbook_lib.flows import Flow
+from runbook_lib.settings import ProtocolSettings, Settings, settings_from_dict
 
+from . import agent_stream, text_chat
 from .serve import Running, serve_corpus
 
-_TUPLES = (
-    "event_type",
-    "user_id",
-    "run_id",
-    "ignore",
-    "error_types",
-    "pong_types",
-    "subprotocols",
-    "critical_events",
-)
+# The environment variables the sketches name (token_env): the values the services accept.
+SKETCH_ENVIRON = {
+    "CORPUS_CHAT_TOKEN": text_chat.DEFAULT_TOKEN,
+    "CORPUS_AGENT_TOKEN": next(iter(agent_stream.TOKENS)),
+}
 
 
 @pytest.fixture
@@ -38,24 +33,20 @@ async def corpus() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
         yield start
 
 
+def settings_from_env(env: str, base_url: str = "http://127.0.0.1:1") -> Settings:
+    """An environment sketch loaded by the real settings loader (strict, as ``runbook run``)."""
+    raw = tomllib.loads(env.replace("{base_url}", base_url))
+    return settings_from_dict(raw, source="<corpus sketch>", environ=SKETCH_ENVIRON)
+
+
 def protocol_from_env(env: str) -> ProtocolSettings:
     """The ``[protocol]`` table of an environment sketch as settings (as the loader does)."""
-    table: dict[str, Any] = dict(tomllib.loads(env).get("protocol", {}))
-    for key in _TUPLES:
-        if key in table:
-            table[key] = tuple(table[key])
-    if "required_fields" in table:
-        table["required_fields"] = {k: tuple(v) for k, v in table["required_fields"].items()}
-    return ProtocolSettings(**table)
+    return settings_from_env(env).protocol
 
 
 def flows_from_env(env: str) -> dict[str, Flow]:
-    """The ``[flows.NAME]`` tables of an environment sketch, as a user wrote them."""
-    raw = tomllib.loads(env).get("flows", {})
-    return {
-        name: Flow(name, tuple(FlowStep(**step) for step in body["steps"]))
-        for name, body in raw.items()
-    }
+    """The ``[flows.NAME]`` tables of an environment sketch, as the loader parses them."""
+    return dict(settings_from_env(env).flows)
 
 
 def quick(flow: Flow, timeout_s: float = 1.0) -> Flow:
