@@ -112,6 +112,8 @@ async def test_healthy_service_no_false_alarm_and_no_pass_without_evidence(
     # The flows really ran: each service has its agent or chat conversation judged.
     assert {"isolation.sessions", "isolation.no_cross_user"} <= set(passed)
     assert "e2e.agent_response" in passed or "chat.flow" in passed
+    if name == "text_chat":  # a text protocol: a 101 and text answers per the load flow
+        assert passed["auth.ws_authenticated"].observed == "accepted"
 
 
 @pytest.mark.parametrize(
