@@ -376,8 +376,9 @@ def load_round_trip(flow: Flow, values: Mapping[str, str]) -> LoadRoundTrip:
     fields = tuple(
         (str(path), _render_value(value, values)) for path, value in (expect.expect or {}).items()
     )
-    pattern = render_pattern(expect.expect_pattern, values) if expect.expect_pattern else ""
-    if pattern and compile_pattern(expect.expect_pattern, values) is None:
+    raw = expect.expect_pattern or ""
+    pattern = render_pattern(raw, values) if raw else ""
+    if pattern and compile_pattern(raw, values) is None:
         raise ValueError(
             f"the {flow.name!r} flow's expect_pattern is not a valid regular expression"
         )
