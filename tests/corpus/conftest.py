@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 
 import pytest
@@ -33,20 +33,39 @@ async def corpus() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
         yield start
 
 
-def settings_from_env(env: str, base_url: str = "http://127.0.0.1:1") -> Settings:
-    """An environment sketch loaded by the real settings loader (strict, as ``runbook run``)."""
+class _AnyVariable(Mapping[str, str]):
+    """An environment where every variable a file names is set (parsing, not connecting)."""
+
+    def __getitem__(self, key: str) -> str:
+        return SKETCH_ENVIRON.get(key, "set-for-parsing-only")
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SKETCH_ENVIRON)
+
+    def __len__(self) -> int:
+        return len(SKETCH_ENVIRON)
+
+
+def settings_from_env(
+    env: str, base_url: str = "http://127.0.0.1:1", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """An environment file loaded by the real settings loader (strict, as ``runbook run``);
+    the variables it names come from ``environ`` (default: the sketches' tokens)."""
     raw = tomllib.loads(env.replace("{base_url}", base_url))
-    return settings_from_dict(raw, source="<corpus sketch>", environ=SKETCH_ENVIRON)
+    return settings_from_dict(raw, source="<corpus sketch>", environ=environ or SKETCH_ENVIRON)
 
 
 def protocol_from_env(env: str) -> ProtocolSettings:
-    """The ``[protocol]`` table of an environment sketch as settings (as the loader does)."""
-    return settings_from_env(env).protocol
+    """The ``[protocol]`` table of an environment file as the loader builds it."""
+    return settings_from_env(env, environ=_AnyVariable()).protocol
 
 
 def flows_from_env(env: str) -> dict[str, Flow]:
-    """The ``[flows.NAME]`` tables of an environment sketch, as the loader parses them."""
-    return dict(settings_from_env(env).flows)
+    """The ``[flows.NAME]`` tables of an environment file, as the loader parses them."""
+    return dict(settings_from_env(env, environ=_AnyVariable()).flows)
 
 
 def quick(flow: Flow, timeout_s: float = 1.0) -> Flow:
