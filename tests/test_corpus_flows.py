@@ -183,12 +183,21 @@ async def test_graphql_drop_next_fails_the_agent_flow(service, tmp_path) -> None
     assert results["events.critical_delivered"].status == "fail"
 
 
-async def test_ws_library_missing_every_conversation_fails_with_the_404(service, tmp_path) -> None:
-    svc = await service("no_health", "ws_missing")
+@pytest.mark.parametrize("name", SERVICES)
+async def test_ws_library_missing_every_conversation_fails_with_the_404(
+    service, tmp_path, name: str
+) -> None:
+    svc = await service(name, "ws_missing")
     results = await _run(tmp_path, svc, FAST)
-    for i in ("e2e.agent_response", "isolation.sessions", "load.success_rate"):
+    for i in ("isolation.sessions", "isolation.no_cross_user", "load.success_rate"):
         assert results[i].status == "fail", (i, results[i].detail)
-    assert "HTTP 404" in results["e2e.agent_response"].detail
+    assert "HTTP 404" in results["isolation.sessions"].detail
+    talk = "chat.flow" if name == "text_chat" else "e2e.agent_response"
+    assert results[talk].status == "fail" and "HTTP 404" in results[talk].detail
+    # load.no_server_errors (checks/monitor.py) still passes when every upgrade was a 404:
+    # no 5xx was seen, but no session ran either. Reported; not judged here.
+    passed = {r.id for r in results.values() if r.status == "pass"}
+    assert passed <= {"load.no_server_errors"}, passed
 
 
 async def test_graphql_two_round_trip_load_flow_is_an_error_naming_the_flow(
