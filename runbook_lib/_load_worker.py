@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from array import array
 from collections import Counter
@@ -88,6 +89,8 @@ class WorkerSpec:
     connect_timeout_s: float
     message_timeout_s: float
     deadline_s: float
+    reply_fields: tuple[tuple[str, Any], ...] = ()
+    reply_pattern: str = ""
 
 
 def arrival_offset(i: int, total: int, rate: float | None, ramp_s: float) -> float:
@@ -105,6 +108,29 @@ def arrival_offset(i: int, total: int, rate: float | None, ramp_s: float) -> flo
     if i < during_ramp:
         return math.sqrt(2.0 * ramp_s * i / rate)
     return ramp_s + (i - during_ramp) / rate
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    cur = obj
+    for part in path:
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+    return cur
+
+
+def _same(actual: Any, wanted: Any) -> bool:
+    # As runbook_lib.flows matches an expect step: strings compare as text ("1" == 1).
+    if isinstance(wanted, str):
+        if actual is None or isinstance(actual, (dict, list)):
+            return False
+        if isinstance(actual, bool):
+            return wanted.lower() == str(actual).lower()
+        return str(actual) == wanted
+    return bool(actual == wanted)
 
 
 def _frame_type(obj: Any, paths: tuple[tuple[str, ...], ...]) -> str | None:
@@ -133,6 +159,8 @@ class _Generator:
         self.reply_types = frozenset(spec.reply_types)
         self.ignore_types = frozenset(spec.ignore_types)
         self.paths = tuple(tuple(p.split(".")) for p in spec.type_paths)
+        self.fields = tuple((tuple(p.split(".")), v) for p, v in spec.reply_fields)
+        self.pattern = re.compile(spec.reply_pattern) if spec.reply_pattern else None
         # Echo-style targets send the same few payloads over and over: remember
         # their verdict instead of parsing JSON for every reply.
         self.verdicts: dict[bytes, bool] = {}
@@ -164,10 +192,15 @@ class _Generator:
             except ValueError:
                 obj = None
             kind = _frame_type(obj, self.paths)
-            if kind in self.ignore_types:
+            if kind is not None and kind in self.ignore_types:
                 verdict = False
             else:
                 verdict = not self.reply_types or kind in self.reply_types
+            if verdict and self.fields:
+                verdict = all(_same(_at(obj, path), want) for path, want in self.fields)
+            if verdict and self.pattern is not None:
+                text = payload.decode("utf-8", "replace")
+                verdict = self.pattern.search(text) is not None
             if len(payload) <= 512 and len(self.verdicts) < 4096:
                 self.verdicts[payload] = verdict
         return verdict

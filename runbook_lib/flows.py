@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from .protocol import Frame, FrameKind, compile_pattern, get_path, render_values
+from .protocol import Frame, FrameKind, compile_pattern, get_path, render_pattern, render_values
 
 if TYPE_CHECKING:
     from .settings import ProtocolSettings, Settings
@@ -51,11 +51,13 @@ __all__ = [
     "FlowFrame",
     "FlowObservation",
     "FlowStep",
+    "LoadRoundTrip",
     "StepOutcome",
     "default_flows",
     "describe_step",
     "flow_values",
     "is_foreign",
+    "load_round_trip",
     "match_step",
     "new_marker",
     "render_step",
@@ -323,6 +325,67 @@ def resolve_flow(settings: Settings, name: str) -> Flow:
         if other in settings.flows:
             return Flow(name, settings.flows[other].steps)
     return default_flows(settings)[name]
+
+
+# ---------------------------------------------------------------- the load engine's view
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRoundTrip:
+    """A flow as the load engine runs it: one message, and what counts as its reply.
+
+    Attributes:
+        message: the rendered frame sent for each round trip.
+        reply_types: event types that answer it (empty = any frame that passes the
+            other rules and is not of an ignored type).
+        reply_fields: (dotted path, value) pairs a JSON reply must hold.
+        reply_pattern: a regex the reply's text must contain ('' = none).
+    """
+
+    message: str
+    reply_types: tuple[str, ...] = ()
+    reply_fields: tuple[tuple[str, Any], ...] = ()
+    reply_pattern: str = ""
+
+
+def load_round_trip(flow: Flow, values: Mapping[str, str]) -> LoadRoundTrip:
+    """Map ``flow`` onto the load engine: exactly one send step, then one expect step.
+
+    Placeholders are rendered once with ``values`` (every session sends the same
+    message: one marker per load run, not per session).
+
+    Raises:
+        ValueError: the flow is not one round trip (the message says why, naming it).
+    """
+    kinds = [s.kind for s in flow.steps]
+    if kinds != ["send", "expect"]:
+        trips = kinds.count("send")
+        raise ValueError(
+            f"the {flow.name!r} flow has {len(kinds)} step(s) ({', '.join(kinds) or 'none'}; "
+            f"{trips} send(s)) but the load engine runs one send and one reply per message: "
+            f"define [flows.{flow.name}] as one send step followed by one expect step, or "
+            f"declare the load.* checks in [checks.not_applicable] with a reason"
+        )
+    send, expect = flow.steps
+    if expect.capture:
+        raise ValueError(
+            f"the {flow.name!r} flow captures values, which the load engine cannot use: "
+            f"remove the capture from [flows.{flow.name}]"
+        )
+    message = render_step(send, values)
+    fields = tuple(
+        (str(path), _render_value(value, values)) for path, value in (expect.expect or {}).items()
+    )
+    raw = expect.expect_pattern or ""
+    pattern = render_pattern(raw, values) if raw else ""
+    if pattern and compile_pattern(raw, values) is None:
+        raise ValueError(
+            f"the {flow.name!r} flow's expect_pattern is not a valid regular expression"
+        )
+    types: tuple[str, ...] = ()
+    if expect.expect_event and render_values(expect.expect_event, values) != "*":
+        types = (render_values(expect.expect_event, values),)
+    return LoadRoundTrip(message, types, fields, pattern)
 
 
 # ---------------------------------------------------------------- the record of a run

@@ -73,6 +73,10 @@ class LoadPlan:
         message: the frame sent for each round trip (text).
         reply_types: a frame whose type is one of these answers a message (empty =
             any frame that is not ignored).
+        reply_fields: (dotted path, value) pairs a JSON reply must also hold (a flow's
+            ``expect`` step; strings compare as text).
+        reply_pattern: a regex the reply's text must also contain (a flow's
+            ``expect_pattern``; how text protocols are answered).
         type_paths: where the type is looked up in a JSON frame, first match wins.
         ignore_types: frame types that never count as an answer (welcome, heartbeat).
         headers: extra handshake headers (e.g. ``Authorization``).
@@ -95,6 +99,8 @@ class LoadPlan:
     reply_types: tuple[str, ...] = ("pong",)
     type_paths: tuple[str, ...] = ("type", "data.type", "payload.type")
     ignore_types: tuple[str, ...] = ("connected", "welcome", "heartbeat", "ack")
+    reply_fields: tuple[tuple[str, Any], ...] = ()
+    reply_pattern: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     subprotocols: tuple[str, ...] = ()
     connect_timeout_s: float = 5.0
@@ -319,6 +325,8 @@ def _specs(plan: LoadPlan, workers: int) -> list[WorkerSpec]:
                 type_paths=plan.type_paths,
                 ignore_types=plan.ignore_types,
                 headers=tuple(headers),
+                reply_fields=plan.reply_fields,
+                reply_pattern=plan.reply_pattern,
                 connect_timeout_s=plan.connect_timeout_s,
                 message_timeout_s=plan.message_timeout_s,
                 deadline_s=plan.deadline_s,

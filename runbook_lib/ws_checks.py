@@ -16,8 +16,8 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -53,10 +53,16 @@ from .redaction import redact, redact_excerpt
 from .settings import AuthSettings, ProtocolSettings
 from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
 
+if TYPE_CHECKING:
+    from .flows import Flow, FlowObservation
+    from .settings import Settings
+
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "observe_agent_run",
     "observe_auth",
+    "observe_flow",
+    "observe_flow_users",
     "observe_hold",
     "observe_isolation",
     "observe_roundtrip",
@@ -306,81 +312,95 @@ async def _attempt(
     open_timeout_s: float,
     probe_timeout_s: float,
     reason: str = "",
+    flow: Flow | None = None,
 ) -> AuthAttempt:
-    start = time.perf_counter()
+    """Connect with ``creds`` and run the probe ``flow`` (the load flow: ping -> pong by
+    default). Accepted = the flow completed (text or JSON, as the flow says); refused =
+    an HTTP status on the upgrade, a close, or an error frame; undecided otherwise."""
+    from .flow_runner import run_flow
+    from .flows import default_flows
+
+    probe = flow or default_flows(protocol)["load"]
     offered = bool(creds.subprotocols)
-    ws, outcome = await _open(url, creds, open_timeout_s, DEFAULT_MAX_SIZE)
     base: dict[str, Any] = {"case": case, "reason": reason, "offered_subprotocol": offered}
-    if ws is None:
-        if outcome.status is not None:
+    obs = await run_flow(
+        url,
+        probe,
+        None,
+        protocol,
+        auth=creds,
+        open_timeout_s=open_timeout_s,
+        step_timeout_s=probe_timeout_s,
+        send_timeout_s=probe_timeout_s,
+        linger_s=0.0,
+    )
+    took = obs.duration_s
+    if not obs.connected:
+        if obs.status is not None:
             return AuthAttempt(
                 accepted=False,
-                how=f"HTTP {outcome.status}",
-                status=outcome.status,
-                excerpt=outcome.body_excerpt,
-                latency_s=time.perf_counter() - start,
+                how=f"HTTP {obs.status}",
+                status=obs.status,
+                excerpt=obs.body_excerpt,
+                latency_s=took,
                 **base,
             )
         return AuthAttempt(
             accepted=None,
-            how=f"connect failed: {outcome.error}",
-            excerpt=outcome.error_detail,
-            latency_s=time.perf_counter() - start,
+            how=f"connect failed: {obs.connect_error}",
+            excerpt=obs.connect_detail,
+            latency_s=took,
             **base,
         )
-    sub = outcome.subprotocol
-    try:
-        try:
-            await asyncio.wait_for(ws.send(render_message(protocol, "ping")), probe_timeout_s)
-        except TimeoutError:
-            pass
-        except ConnectionClosed:
-            pass  # the recv below reports how it closed
-        deadline = time.perf_counter() + probe_timeout_s
-        try:
-            async with contextlib.aclosing(
-                _frames(ws, protocol, start, lambda: deadline)
-            ) as stream:
-                async for frame in stream:
-                    if frame.is_error:
-                        return AuthAttempt(
-                            accepted=False,
-                            how="error frame",
-                            subprotocol=sub,
-                            excerpt=frame.excerpt,
-                            latency_s=time.perf_counter() - start,
-                            **base,
-                        )
-                    if frame.event_type in protocol.pong_types or frame.is_event:
-                        return AuthAttempt(
-                            accepted=True,
-                            how=f"answered with {frame.event_type!r}",
-                            subprotocol=sub,
-                            latency_s=time.perf_counter() - start,
-                            **base,
-                        )
-        except ConnectionClosed as exc:
-            ended, code, why = _ending(exc)
-            how = f"close {code}" + (f" ({why})" if why else "")
-            if ended == "abrupt":
-                how = "connection dropped without a close frame (1006)"
-            return AuthAttempt(
-                accepted=False,
-                how=how,
-                close_code=code,
-                subprotocol=sub,
-                latency_s=time.perf_counter() - start,
-                **base,
-            )
+    sub = obs.subprotocol
+    if obs.completed:
         return AuthAttempt(
-            accepted=None,
+            accepted=True,
+            how=f"answered per the {probe.name} flow ({len(obs.frames)} frame(s))",
             subprotocol=sub,
-            how=f"socket stayed open with no reply in {probe_timeout_s:g}s",
-            latency_s=time.perf_counter() - start,
+            latency_s=took,
             **base,
         )
-    finally:
-        await _close(ws)
+    errors = [f for f in obs.frames if f.frame.is_error]
+    if errors or obs.stop_reason == "error_frame":
+        return AuthAttempt(
+            accepted=False,
+            how="error frame",
+            subprotocol=sub,
+            excerpt=errors[0].frame.excerpt if errors else "",
+            close_code=obs.close_code,
+            latency_s=took,
+            **base,
+        )
+    if obs.close_code is not None:
+        how = f"close {obs.close_code}" + (f" ({obs.close_reason})" if obs.close_reason else "")
+        if obs.close_code == 1006:
+            how = "connection dropped without a close frame (1006)"
+        return AuthAttempt(
+            accepted=False,
+            how=how,
+            close_code=obs.close_code,
+            subprotocol=sub,
+            latency_s=took,
+            **base,
+        )
+    if any(f.frame.is_event for f in obs.frames):
+        # The service talked to us (an event, not an error) even if the probe's step did
+        # not match: a working socket.
+        return AuthAttempt(
+            accepted=True,
+            how=f"answered with {obs.frames[0].frame.event_type or obs.frames[0].kind!s}",
+            subprotocol=sub,
+            latency_s=took,
+            **base,
+        )
+    return AuthAttempt(
+        accepted=None,
+        subprotocol=sub,
+        how=f"socket stayed open but the {probe.name} flow did not complete: {obs.stop_detail}",
+        latency_s=took,
+        **base,
+    )
 
 
 async def observe_auth(
@@ -392,12 +412,15 @@ async def observe_auth(
     client: httpx.AsyncClient | None = None,
     open_timeout_s: float = 5.0,
     probe_timeout_s: float = 5.0,
+    flow: Flow | None = None,
 ) -> AuthObservation:
     """Connect with a valid token, then with each invalid credential, and record the answers.
 
-    A connect counts as accepted when the server answers the ping (or sends an event);
-    refused when the upgrade gets an HTTP error, the server closes (1008 expected) or
-    sends an error frame. Cases the configuration cannot produce are listed as such.
+    Each connect runs the probe ``flow`` (default: the seed's load flow, ping -> pong,
+    JSON or text per ``[protocol] format``). A connect counts as accepted when the flow
+    completes (or the server sends an event); refused when the upgrade gets an HTTP
+    error, the server closes (1008 expected) or sends an error frame. Cases the
+    configuration cannot produce are listed as such.
     """
     user = user_id or auth.default_user
     token = await obtain_token(auth, user, client=client, timeout_s=open_timeout_s)
@@ -411,6 +434,7 @@ async def observe_auth(
             open_timeout_s=open_timeout_s,
             probe_timeout_s=probe_timeout_s,
             reason=f"token from {token.source}",
+            flow=flow,
         )
     cases = await negative_cases(auth, user_id=user, client=client, timeout_s=open_timeout_s)
     negatives = []
@@ -427,6 +451,7 @@ async def observe_auth(
                 open_timeout_s=open_timeout_s,
                 probe_timeout_s=probe_timeout_s,
                 reason=case.reason,
+                flow=flow,
             )
         )
     return AuthObservation(
@@ -486,6 +511,100 @@ async def observe_isolation(
 
     runs = await asyncio.gather(*(one(i) for i in range(max(1, users))))
     return IsolationObservation(runs=tuple(runs))
+
+
+# ---------------------------------------------------------------- flows
+
+
+def _token_failure(url: str, flow: Flow, user: str, error: str) -> FlowObservation:
+    from .flows import FlowObservation, StepOutcome, describe_step
+
+    steps = tuple(
+        StepOutcome(i, s.kind, "not_reached", describe_step(s)) for i, s in enumerate(flow.steps)
+    )
+    return FlowObservation(
+        url=url,
+        flow=flow.name,
+        user_id=user,
+        marker="",
+        connect_error="token",
+        connect_detail=error,
+        steps=steps,
+        stopped_at=0 if steps else None,
+        stop_reason="connect_failed",
+    )
+
+
+async def _auth_for(
+    settings: Settings, user: str, client: httpx.AsyncClient | None
+) -> tuple[ConnectAuth, str]:
+    auth = settings.auth
+    if not auth.enabled:
+        return ConnectAuth(), ""
+    token = await obtain_token(auth, user, client=client, timeout_s=settings.timeouts.connect_s)
+    if not token.ok:
+        return ConnectAuth(), token.error or "no token"
+    return connect_auth(auth, token.token), ""
+
+
+async def observe_flow(
+    settings: Settings,
+    name: str,
+    *,
+    user_id: str | None = None,
+    url: str | None = None,
+    values: Mapping[str, str] | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> FlowObservation:
+    """Run the flow ``name`` (``[flows.NAME]`` or the seed's default) as ``user_id``,
+    with a token for that user when ``[auth]`` is on; never raises for the service.
+
+    A token that cannot be had gives an observation with ``connect_error = "token"``.
+    """
+    from .flow_runner import run_flow
+    from .flows import resolve_flow
+
+    flow = resolve_flow(settings, name)
+    user = user_id or settings.auth.default_user
+    target = url or settings.target.ws()
+    creds, err = await _auth_for(settings, user, client)
+    if err:
+        return _token_failure(target, flow, user, err)
+    return await run_flow(target, flow, {**(values or {}), "user_id": user}, settings, auth=creds)
+
+
+async def observe_flow_users(
+    settings: Settings,
+    name: str,
+    *,
+    users: int,
+    user_prefix: str = "runbook-iso",
+    url: str | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> list[FlowObservation]:
+    """Run the flow ``name`` for ``users`` simulated users at once, each with its own
+    token and a unique ``{marker}``; every frame is checked against the other users'
+    markers (``FlowFrame.foreign``)."""
+    from .flow_runner import run_users
+    from .flows import resolve_flow
+
+    flow = resolve_flow(settings, name)
+    target = url or settings.target.ws()
+    suffix = uuid.uuid4().hex[:6]
+    names = [f"{user_prefix}-{suffix}-{i}" for i in range(max(1, users))]
+    auths: dict[str, ConnectAuth | None] = {}
+    failed: dict[str, str] = {}
+    for user in names:
+        creds, err = await _auth_for(settings, user, client)
+        if err:
+            failed[user] = err
+        auths[user] = creds
+    ok_users = [u for u in names if u not in failed]
+    runs = await run_users(target, flow, settings, ok_users, auths=auths) if ok_users else []
+    by_user = {r.user_id: r for r in runs}
+    return [
+        by_user[u] if u in by_user else _token_failure(target, flow, u, failed[u]) for u in names
+    ]
 
 
 # ---------------------------------------------------------------- hold

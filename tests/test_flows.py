@@ -190,3 +190,47 @@ def test_describe_step_and_observation_summary() -> None:
     )
     assert not stopped.completed and stopped.response_s is None
     assert "step 2 (expect event x): no frame within 1s" in stopped.stop_detail
+
+
+# ---------------------------------------------------------------- the load engine's view
+
+
+def test_load_round_trip_maps_one_send_and_one_expect() -> None:
+    from runbook_lib.flows import load_round_trip
+
+    values = {"marker": "mk1234", "user_id": "u"}
+    seed = default_flows(ProtocolSettings())["load"]
+    trip = load_round_trip(seed, values)
+    assert json.loads(trip.message) == {"type": "ping"} and trip.reply_types == ("pong",)
+    text = ProtocolSettings(format="text", ping="PING {marker}", pong_pattern="^PONG {marker}$")
+    trip = load_round_trip(default_flows(text)["load"], values)
+    assert trip.message == "PING mk1234" and trip.reply_pattern == "^PONG mk1234$"
+    assert trip.reply_types == ()
+    rpc = Flow(
+        "load",
+        (
+            FlowStep(send={"id": "{marker}", "method": "ping"}),
+            FlowStep(expect={"id": "{marker}", "result": "pong"}),
+        ),
+    )
+    trip = load_round_trip(rpc, values)
+    assert json.loads(trip.message)["id"] == "mk1234"
+    assert trip.reply_fields == (("id", "mk1234"), ("result", "pong"))
+
+
+def test_load_round_trip_refuses_more_than_one_round_trip_naming_the_flow() -> None:
+    from runbook_lib.flows import load_round_trip
+
+    two = Flow(
+        "load",
+        (
+            FlowStep(send={"type": "connection_init"}),
+            FlowStep(expect={"type": "connection_ack"}),
+            FlowStep(send={"type": "ping"}),
+            FlowStep(expect_event="pong"),
+        ),
+    )
+    with pytest.raises(ValueError, match=r"'load' flow has 4 step\(s\).*\[flows\.load\]"):
+        load_round_trip(two, {})
+    with pytest.raises(ValueError, match="one send"):
+        load_round_trip(Flow("load", (FlowStep(send="x"),)), {})

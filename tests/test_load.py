@@ -252,3 +252,41 @@ def test_plan_rejects_nonsense() -> None:
         LoadPlan(url="ws://x", sessions=1, rate=0)
     with pytest.raises(ValueError):
         LoadPlan(url="ws://x", sessions=1, concurrency=0)
+
+
+def test_reply_matching_by_fields_and_pattern() -> None:
+    """A flow's expect step as the engine's reply matcher (JSON fields; text by regex)."""
+    from runbook_lib._load_worker import WorkerSpec, _Generator
+
+    def gen(**kw):
+        base = dict(
+            url="ws://x/",
+            sessions_total=1,
+            offset=0,
+            stride=1,
+            concurrency=None,
+            rate=None,
+            ramp_s=0.0,
+            messages=1,
+            hold_s=0.0,
+            message=b"x",
+            binary=False,
+            reply_types=(),
+            type_paths=("type",),
+            ignore_types=("welcome",),
+            headers=(),
+            connect_timeout_s=1.0,
+            message_timeout_s=1.0,
+            deadline_s=1.0,
+        )
+        return _Generator(WorkerSpec(**{**base, **kw}))
+
+    rpc = gen(reply_fields=(("id", "mk1"), ("result", "pong")))
+    assert rpc.is_reply(b'{"jsonrpc": "2.0", "id": "mk1", "result": "pong"}')
+    assert not rpc.is_reply(b'{"jsonrpc": "2.0", "id": "mk2", "result": "pong"}')
+    assert not rpc.is_reply(b"PONG mk1")
+    text = gen(reply_pattern="^PONG mk1$")
+    assert text.is_reply(b"PONG mk1")
+    assert not text.is_reply(b"PONG mk2") and not text.is_reply(b"NICK a")
+    typed = gen(reply_types=("pong",))
+    assert typed.is_reply(b'{"type": "pong"}') and not typed.is_reply(b'{"type": "welcome"}')

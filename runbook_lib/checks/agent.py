@@ -1,17 +1,46 @@
-"""Agent-run checks: ``e2e.agent_response``, ``chat.flow``, ``events.*``, ``isolation.*``."""
+"""Agent-run checks: ``e2e.agent_response``, ``chat.flow``, ``events.*``, ``isolation.*``.
+
+The steps run flows (SPEC section 8) and hand the judges a
+:class:`~runbook_lib.flows.FlowObservation`; the judges also accept the older
+:class:`~runbook_lib.observations.AgentRunObservation` (one request, every frame until
+the final critical event). :func:`as_agent_run` turns the first into the second for
+the event judges, leaving out frames that belong to another user.
+
+No evidence, no pass:
+
+* ``e2e.agent_response`` / ``chat.flow`` pass only when every step of the flow
+  completed (within ``event_timeout_s`` for the agent);
+* ``events.critical_delivered`` needs at least one configured critical event type and
+  judges ``min(critical_events_min, len(critical_events))`` of them;
+* ``events.order`` needs at least two configured critical event types (else ``error``
+  saying what to configure, unless the check is declared not applicable);
+* ``events.structure`` needs ``[protocol] required_fields`` for an event that arrived;
+* ``isolation.no_cross_user`` fails on any frame carrying another user's id, run id or
+  marker, and is ``error`` when a session received frames none of which could be
+  attributed (no user id, run id or marker): there is nothing to show isolation with.
+  Frames that cannot be attributed next to attributed ones (acks, results of the
+  user's own requests) are counted in the detail, not judged. A service whose users
+  share a room declares ``[protocol] shared_room = true``: the check is then ``skip``
+  with that reason (catalog applicability), since other users' frames are expected.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..observations import AgentRunObservation, IsolationObservation
+from ..flows import FlowObservation
+from ..observations import AgentRunObservation, ConnectOutcome, IsolationObservation
 from ..protocol import has_path
 from ..results import CheckResult
-from .causes import UNREADABLE, Verdict, ended_words, run_failure
+from .causes import UNREADABLE, Verdict, connect_failure_words, ended_words, run_failure
 
 __all__ = [
+    "as_agent_run",
     "cross_user_frames",
+    "flow_failure",
+    "flow_leaks",
     "judge_agent_response",
     "judge_chat_flow",
     "judge_critical_delivered",
@@ -24,19 +53,150 @@ __all__ = [
 ]
 
 
+AgentEvidence = AgentRunObservation | FlowObservation
+
+# How a flow stopped -> how the older observation said a run ended.
+_STOP_ENDED = {
+    "timeout": "timeout",
+    "error_frame": "error_frame",
+    "connect_failed": "connect_failed",
+}
+
+
+def _connect_outcome(obs: FlowObservation) -> ConnectOutcome:
+    return ConnectOutcome(
+        obs.connected,
+        status=obs.status,
+        latency_s=obs.connect_s,
+        subprotocol=obs.subprotocol,
+        error=obs.connect_error,
+        error_detail=obs.connect_detail,
+        body_excerpt=obs.body_excerpt,
+    )
+
+
+def _ended(obs: FlowObservation) -> str:
+    if not obs.connected:
+        return "token_failed" if obs.connect_error == "token" else "connect_failed"
+    if obs.completed:
+        return "completed"
+    if obs.stop_reason in _STOP_ENDED:
+        return _STOP_ENDED[obs.stop_reason]
+    if obs.close_code == 1009:
+        return "too_big"
+    if obs.close_code == 1006:
+        return "abrupt"
+    if obs.close_code is not None:
+        return "server_closed"
+    return obs.stop_reason or "timeout"
+
+
+def as_agent_run(obs: FlowObservation, *, final_event: str = "") -> AgentRunObservation:
+    """The older agent-run view of a flow run: own frames only, ``t`` since the first send.
+
+    Frames carrying another user's id or marker (``FlowFrame.foreign``) are left out:
+    they are the isolation judge's evidence, not this user's events.
+    """
+    base = obs.first_send_s or 0.0
+    frames = tuple(
+        dataclasses.replace(f.frame, t=max(f.frame.t - base, 0.0))
+        for f in obs.frames
+        if not f.foreign
+    )
+    sent = any(s.kind == "send" and s.outcome == "sent" for s in obs.steps)
+    return AgentRunObservation(
+        url=obs.url,
+        user_id=obs.user_id,
+        run_id=obs.run_id,
+        thread_id=obs.values.get("thread_id", ""),
+        template=f"flow {obs.flow}",
+        connect=_connect_outcome(obs),
+        sent=sent,
+        frames=frames,
+        ended=_ended(obs),
+        close_code=obs.close_code,
+        close_reason=obs.close_reason,
+        duration_s=max(obs.duration_s - obs.connect_s - base, 0.0),
+        timeout_s=max((s.timeout_s or 0.0 for s in obs.steps), default=0.0),
+        error=obs.connect_detail if obs.connect_error == "token" else "",
+        final_event=final_event,
+    )
+
+
+def _run(run: AgentEvidence, final_event: str = "") -> AgentRunObservation:
+    return as_agent_run(run, final_event=final_event) if isinstance(run, FlowObservation) else run
+
+
+def flow_failure(obs: FlowObservation) -> str | None:
+    """Why a flow did not complete, in words a person can act on (None when it did)."""
+    if obs.completed:
+        return None
+    if obs.connect_error == "token":
+        return f"no token for {obs.user_id}: {obs.connect_detail}"
+    if not obs.connected:
+        return f"{obs.flow} flow: " + connect_failure_words(_connect_outcome(obs))
+    why = obs.stop_detail or f"{obs.flow} flow did not complete"
+    if obs.stop_reason == "timeout":
+        bad = [f.frame for f in obs.frames if str(f.kind) in UNREADABLE]
+        if bad:
+            why += ". " + ended_words("timeout", None, bad)
+    elif obs.close_code is not None and obs.stop_reason in ("closed", "send_failed"):
+        why += f" ({ended_words('server_closed', obs.close_code)})"
+    return why
+
+
+def _flow_data(obs: FlowObservation) -> dict[str, Any]:
+    return {
+        "flow": obs.flow,
+        "steps": [s.to_record() for s in obs.steps],
+        "event_types": list(obs.event_types),
+        "frames": len(obs.frames),
+    }
+
+
+def _judge_flow_completed(
+    obs: FlowObservation, v: Verdict, timeout_s: float | None, what: str
+) -> CheckResult:
+    data = _flow_data(obs)
+    why = flow_failure(obs)
+    if why is not None:
+        events = obs.event_types
+        if events and obs.connected:
+            why += f" (events before the stop: {', '.join(events)})"
+        return v.fail(why, observed=None, data=data)
+    took = obs.response_s or 0.0
+    steps = len(obs.steps)
+    if timeout_s is not None and took > timeout_s:
+        return v.fail(
+            f"the {obs.flow} flow completed only after {took:.2f}s (limit {timeout_s:g}s)",
+            observed=round(took, 3),
+            data=data,
+        )
+    return v.ok(
+        f"{what}: the {obs.flow} flow completed all {steps} step(s) in {took:.2f}s "
+        f"({len(obs.frames)} frame(s) received)",
+        observed=round(took, 3),
+        data=data,
+    )
+
+
 def judge_agent_response(
-    run: AgentRunObservation,
+    run: AgentEvidence,
     *,
     timeout_s: float,
     final_event: str | None = None,
     check_id: str = "e2e.agent_response",
 ) -> CheckResult:
-    """``e2e.agent_response``: the run's final event arrives within ``timeout_s``.
+    """``e2e.agent_response``: the agent flow completes within ``timeout_s``.
 
-    The final event is ``final_event`` when given, else the one the run recorded
-    (``protocol.critical_events[-1]``), else ``agent_completed``.
+    A :class:`FlowObservation` passes when every step of the flow completed and the
+    time from the first send to the last step is within ``timeout_s``. The older
+    observation passes when its final event (``final_event`` when given, else the one
+    the run recorded, else ``agent_completed``) arrived within ``timeout_s``.
     """
     v = Verdict(check_id, threshold=timeout_s)
+    if isinstance(run, FlowObservation):
+        return _judge_flow_completed(run, v, timeout_s, "the agent answered")
     final_event = final_event or run.final_event or "agent_completed"
     why = run_failure(run)
     if why:
@@ -70,9 +230,11 @@ def judge_agent_response(
     )
 
 
-def judge_chat_flow(run: AgentRunObservation, *, check_id: str = "chat.flow") -> CheckResult:
-    """``chat.flow``: a chat message over an authenticated socket gets agent events back."""
+def judge_chat_flow(run: AgentEvidence, *, check_id: str = "chat.flow") -> CheckResult:
+    """``chat.flow``: the chat flow completes (older observation: agent events came back)."""
     v = Verdict(check_id)
+    if isinstance(run, FlowObservation):
+        return _judge_flow_completed(run, v, None, "the chat conversation worked")
     why = run_failure(run)
     if why:
         return v.fail(why)
@@ -94,20 +256,34 @@ def judge_chat_flow(run: AgentRunObservation, *, check_id: str = "chat.flow") ->
 
 
 def judge_critical_delivered(
-    run: AgentRunObservation,
+    run: AgentEvidence,
     *,
     critical: Sequence[str],
     minimum: int,
     check_id: str = "events.critical_delivered",
 ) -> CheckResult:
-    """``events.critical_delivered``: at least ``minimum`` of the critical event types arrived."""
-    v = Verdict(check_id, threshold=minimum)
+    """``events.critical_delivered``: at least ``minimum`` of the critical event types arrived.
+
+    Judged on evidence: with no critical event type configured the check is ``error``
+    (nothing to look for); ``minimum`` is capped at the number of configured types and
+    is at least 1, so a pass always means some configured event arrived.
+    """
+    run = _run(run)
+    if not critical:
+        return Verdict(check_id, threshold=minimum).error(
+            "no critical event type is configured, so delivery cannot be judged: list the "
+            "events the service must send in [protocol] critical_events (or declare "
+            "events.critical_delivered in [checks.not_applicable] with a reason)",
+            observed=None,
+        )
+    needed = max(1, min(minimum, len(critical)))
+    v = Verdict(check_id, threshold=needed)
     why = run_failure(run)
     if why:
         return v.fail(why, observed=0)
     got = [c for c in critical if c in run.event_types]
     missing = [c for c in critical if c not in run.event_types]
-    if len(got) >= minimum:
+    if len(got) >= needed:
         return v.ok(
             f"{len(got)}/{len(critical)} critical events delivered",
             observed=len(got),
@@ -130,8 +306,10 @@ def order_violation(types: Sequence[str], critical: Sequence[str]) -> str | None
     (started, thinking, executing, tool completed, agent completed). Returns None when the
     order is right, else a sentence naming the first offending event.
     """
+    if len(critical) < 2:
+        raise ValueError("an order needs at least two critical event types")
     if len(critical) < 5:
-        return None
+        return _linear_violation(types, critical)
     started, thinking, executing, tool_done, completed = critical[:5]
     seq = [t for t in types if t in critical[:5]]
     expected_first = [started, thinking]
@@ -155,14 +333,52 @@ def order_violation(types: Sequence[str], critical: Sequence[str]) -> str | None
     return None
 
 
+def _linear_violation(types: Sequence[str], critical: Sequence[str]) -> str | None:
+    """Where ``types`` leaves the configured order (each type may repeat, none goes back)."""
+    rank = {t: i for i, t in enumerate(critical)}
+    seq = [t for t in types if t in rank]
+    if not seq:
+        return f"the stream ended before {critical[0]}"
+    if seq[0] != critical[0]:
+        return f"event 1 is {seq[0]}, expected {critical[0]}"
+    for i in range(1, len(seq)):
+        if rank[seq[i]] < rank[seq[i - 1]]:
+            return f"{seq[i]} (event {i + 1}) arrived after {seq[i - 1]}"
+    if seq[-1] != critical[-1]:
+        return f"the stream ended without {critical[-1]}"
+    return None
+
+
+def _order_words(critical: Sequence[str]) -> str:
+    if len(critical) >= 5:
+        s, t, e, d, c = critical[:5]
+        return f"{s}, {t}, ({e}, {d})*, {c}"
+    return ", ".join(f"{t}+" if 0 < i < len(critical) - 1 else t for i, t in enumerate(critical))
+
+
 def judge_events_order(
-    run: AgentRunObservation,
+    run: AgentEvidence,
     *,
     critical: Sequence[str],
     check_id: str = "events.order",
 ) -> CheckResult:
-    """``events.order``: started, thinking, (executing, completed)*, completed."""
+    """``events.order``: the critical events arrive in the configured order.
+
+    Five or more types: the seed's grammar (started, thinking, (executing,
+    completed)*, completed) over the first five; two to four: the configured order,
+    each type possibly repeated, ending with the last. Fewer than two configured types:
+    ``error`` (nothing to order) saying what to configure.
+    """
+    run = _run(run)
     v = Verdict(check_id)
+    if len(critical) < 2:
+        return v.error(
+            f"events.order needs at least two event types in [protocol] critical_events "
+            f"({len(critical)} configured), so no order can be confirmed: list them in the "
+            "order the service must send them, or declare events.order in "
+            "[checks.not_applicable] with a reason (e.g. one event per request)",
+            observed=None,
+        )
     why = run_failure(run)
     if why:
         return v.fail(why)
@@ -174,7 +390,7 @@ def judge_events_order(
             observed=[],
         )
     bad = order_violation(types, critical)
-    threshold = "started, thinking, (executing, completed)*, completed"
+    threshold = _order_words(critical)
     if bad is None:
         return v.ok(
             "events arrived in the expected order",
@@ -190,21 +406,29 @@ def judge_events_order(
 
 
 def judge_events_structure(
-    run: AgentRunObservation,
+    run: AgentEvidence,
     *,
     required_fields: Mapping[str, Sequence[str]],
     check_id: str = "events.structure",
 ) -> CheckResult:
     """``events.structure``: every event carries the required fields for its type."""
+    run = _run(run)
     v = Verdict(check_id)
+    if not any(required_fields.values()):
+        return v.error(
+            "no required fields are configured, so the structure cannot be confirmed: set "
+            "[protocol.required_fields] (event type -> field paths), or declare "
+            "events.structure in [checks.not_applicable] with a reason",
+        )
     why = run_failure(run)
     if why:
         return v.fail(why)
     checked = [f for f in run.events if f.event_type in required_fields]
     if not checked:
         return v.fail(
-            "no event with configured required fields arrived, "
-            "so the structure cannot be confirmed",
+            "no event with configured required fields arrived, so the structure cannot "
+            f"be confirmed (fields are configured for {', '.join(sorted(required_fields))}; "
+            f"arrived: {', '.join(run.event_types) or 'no event'})",
             observed=0,
         )
     problems = []
@@ -232,9 +456,10 @@ def _has_field(data: Any, path: str) -> bool:
 
 
 def judge_events_latency(
-    run: AgentRunObservation, *, timeout_s: float, check_id: str = "events.latency"
+    run: AgentEvidence, *, timeout_s: float, check_id: str = "events.latency"
 ) -> CheckResult:
     """``events.latency``: every event arrived within ``timeout_s`` of the request."""
+    run = _run(run)
     v = Verdict(check_id, threshold=timeout_s)
     why = run_failure(run)
     if why:
@@ -291,27 +516,51 @@ def _own_run_ids(run: AgentRunObservation) -> set[str]:
     return ids
 
 
+IsolationEvidence = IsolationObservation | Sequence[FlowObservation]
+
+
+def _flow_runs(iso: IsolationEvidence) -> tuple[FlowObservation, ...] | None:
+    if isinstance(iso, IsolationObservation):
+        return None
+    return tuple(iso)
+
+
 def judge_isolation_sessions(
-    iso: IsolationObservation,
+    iso: IsolationEvidence,
     *,
     success_rate: float,
     response_s: float,
     check_id: str = "isolation.sessions",
 ) -> CheckResult:
     """``isolation.sessions``: >= ``success_rate`` of users get their response within
-    ``response_s`` (response = first own event)."""
+    ``response_s`` (flows: the isolation flow completed, first send -> last step; the
+    older observation: first own event)."""
     v = Verdict(check_id)
-    runs = iso.runs
+    flows = _flow_runs(iso)
+    runs = flows if flows is not None else iso.runs  # type: ignore[union-attr]
     if not runs:
         return v.error("no session was started", threshold=success_rate)
     rows: list[dict[str, Any]] = []
     ok = 0
     for r in runs:
-        first = r.first_event_s
-        good = run_failure(r) is None and first is not None and first < response_s and not r.errors
-        ok += good
-        rows.append(
-            {
+        if isinstance(r, FlowObservation):
+            took = r.response_s
+            why = flow_failure(r)
+            good = why is None and took is not None and took < response_s
+            row = {
+                "user": r.user_id,
+                "success": good,
+                "response_s": None if took is None else round(took, 3),
+                "ended": "completed" if r.completed else r.stop_reason,
+                "events": len(r.events),
+                "why": why or ("" if good else f"response {took:.2f}s"),
+            }
+        else:
+            first = r.first_event_s
+            good = (
+                run_failure(r) is None and first is not None and first < response_s and not r.errors
+            )
+            row = {
                 "user": r.user_id,
                 "success": good,
                 "response_s": first,
@@ -320,7 +569,8 @@ def judge_isolation_sessions(
                 "why": run_failure(r)
                 or ("" if good else ended_words(r.ended, r.close_code, r.frames)),
             }
-        )
+        ok += good
+        rows.append(row)
     rate = ok / len(runs)
     threshold = f">= {success_rate:.0%} of users, each < {response_s:g}s"
     if rate >= success_rate:
@@ -341,12 +591,112 @@ def judge_isolation_sessions(
     )
 
 
+def flow_leaks(runs: Sequence[FlowObservation]) -> dict[str, list[dict[str, Any]]]:
+    """Per user, every frame carrying another simulated user's id, run id or marker."""
+    own_runs = {
+        r.user_id: ({r.run_id} if r.run_id else set())
+        | {f.frame.run_id for f in r.frames if f.frame.run_id and f.frame.user_id == r.user_id}
+        for r in runs
+    }
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        others = [o for o in runs if o is not r and o.user_id != r.user_id]
+        other_users = {o.user_id for o in others}
+        other_markers = {o.marker for o in others if o.marker}
+        other_runs = set().union(*(own_runs[o.user_id] for o in others)) - own_runs[r.user_id]
+        leaks = []
+        for f in r.frames:
+            fr = f.frame
+            why = (
+                "user id"
+                if fr.user_id is not None and fr.user_id in other_users
+                else "run id"
+                if fr.run_id is not None and fr.run_id in other_runs
+                else "marker"
+                if (fr.marker is not None and fr.marker in other_markers)
+                or any(m in f.text for m in other_markers)
+                else "foreign"
+                if f.foreign
+                else ""
+            )
+            if why:
+                leaks.append({**f.to_record(), "carries": why})
+        if leaks:
+            out[r.user_id] = leaks
+    return out
+
+
+_ATTRIBUTE_HOW = (
+    "put {marker} in the isolation flow's send template (each simulated user's messages "
+    "then carry a unique marker the service echoes), or set [protocol] user_id / run_id "
+    "to the paths where the service puts them"
+)
+
+
+def _judge_flow_isolation(runs: Sequence[FlowObservation], v: Verdict) -> CheckResult:
+    readable = [
+        r
+        for r in runs
+        if any(str(f.kind) not in UNREADABLE and not f.frame.ignorable for f in r.frames)
+    ]
+    if len(readable) < 2:
+        return v.fail(
+            f"only {len(readable)} session(s) received any readable frame: isolation cannot "
+            "be shown without at least two active sessions"
+            + "".join(f"; {w}" for r in runs if (w := flow_failure(r)))[:400],
+            observed=len(readable),
+        )
+    leaks = flow_leaks(runs)
+    total = sum(len(r.frames) for r in runs)
+    unattributed = {r.user_id: len(r.unattributed_frames) for r in runs}
+    data: dict[str, Any] = {"unattributed": unattributed}
+    if leaks:
+        n = sum(len(x) for x in leaks.values())
+        user, frames = next(iter(leaks.items()))
+        f = frames[0]
+        return v.fail(
+            f"{n} foreign frame(s) in {len(leaks)} session(s): e.g. {user} received a frame "
+            f"carrying another user's {f['carries']} ({f['excerpt'][:120]!r}). Messages are "
+            "broadcast instead of routed per user (or per room): a data leak; roll back.",
+            observed=n,
+            data={**data, "leaks": leaks},
+        )
+    blind = [
+        r.user_id
+        for r in readable
+        if not any(f.attributed for f in r.frames if not f.frame.ignorable)
+    ]
+    if blind:
+        return v.error(
+            f"{len(blind)} of {len(readable)} session(s) received frames none of which carried "
+            "a user id, a run id or a marker, so whose they are cannot be told and no leak "
+            f"could be seen: {_ATTRIBUTE_HOW}",
+            observed=None,
+            data=data,
+        )
+    n_un = sum(unattributed.values())
+    extra = f"; {n_un} frame(s) carried no id or marker and were not judged" if n_un else ""
+    return v.ok(
+        f"{total} frame(s) across {len(runs)} sessions, none carrying another user's id, "
+        f"run id or marker{extra}",
+        observed=0,
+        data=data,
+    )
+
+
 def judge_isolation_no_cross_user(
-    iso: IsolationObservation, *, check_id: str = "isolation.no_cross_user"
+    iso: IsolationEvidence, *, check_id: str = "isolation.no_cross_user"
 ) -> CheckResult:
-    """``isolation.no_cross_user``: no session receives another user's or run's events."""
+    """``isolation.no_cross_user``: no session receives another user's or run's frames.
+
+    Flows: a frame carrying another simulated user's id, run id or marker is a leak;
+    a session whose frames carry none of them is ``error`` (see the module docstring).
+    """
     v = Verdict(check_id, threshold="0 foreign frames")
-    runs = iso.runs
+    flows = _flow_runs(iso)
+    if flows is not None:
+        return _judge_flow_isolation(flows, v)
+    runs = iso.runs  # type: ignore[union-attr]
     # Binary / non-JSON frames carry no readable user or run id: they prove nothing.
     with_events = [r for r in runs if any(str(f.kind) not in UNREADABLE for f in r.frames)]
     if len(with_events) < 2:
@@ -357,6 +707,13 @@ def judge_isolation_no_cross_user(
         )
     leaks = cross_user_frames(runs)
     if not leaks:
+        carried = sum(1 for r in runs for f in r.frames if f.user_id or f.run_id)
+        if not carried:
+            return v.error(
+                "no frame carried a user id or a run id, so whose they are cannot be told "
+                f"and no leak could be seen: {_ATTRIBUTE_HOW}",
+                observed=None,
+            )
         total = sum(len(r.frames) for r in runs)
         return v.ok(
             f"{total} frame(s) across {len(runs)} sessions, none foreign",

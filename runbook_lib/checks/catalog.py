@@ -262,6 +262,10 @@ def applicability(check_id: str, settings: Settings) -> str | None:
     reason = settings.not_applicable.get(check_id)
     if reason is not None:
         return reason
+    if check_id == "isolation.no_cross_user" and settings.protocol.shared_room:
+        return (
+            "[protocol] shared_room = true: users share a room, another user's frames are expected"
+        )
     check = CATALOG.get(check_id)
     for key in check.needs if check else ():
         if _declared_absent(key, settings):

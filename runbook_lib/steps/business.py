@@ -1,6 +1,16 @@
-"""Phase 5 steps: authentication, chat flow, multi-user isolation, critical events."""
+"""Phase 5 steps: authentication, chat flow, multi-user isolation, critical events.
+
+Every conversation with the service is a flow (SPEC section 8): the auth probe runs
+the ``load`` flow, the chat check the ``chat`` flow, the isolation test the
+``isolation`` flow once per simulated user (each with a unique ``{marker}``), and the
+event checks judge the frames the ``agent`` flow recorded. Undefined flows are the
+seed's defaults, so the sandbox behaves as before.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..checks import (
     judge_auth_config,
@@ -17,14 +27,61 @@ from ..checks import (
 )
 from ..context import PhaseContext, StepReport
 from ..results import CheckResult
-from .common import agent_run, applies, frame_rows, report, step, table, timeline
+from .common import applies, report, step, table
 
-__all__ = ["auth_checks", "chat_flow", "event_delivery", "isolation"]
+if TYPE_CHECKING:
+    from ..flows import FlowObservation
+
+__all__ = ["auth_checks", "chat_flow", "event_delivery", "flow_frame_rows", "isolation"]
+
+
+def flow_frame_rows(obs: FlowObservation) -> list[dict[str, Any]]:
+    """One table row per step of a flow run, then one per frame received."""
+    rows: list[dict[str, Any]] = [
+        {
+            "t_ms": round(s.started_s * 1000, 1),
+            "step": s.index + 1,
+            "kind": s.kind,
+            "what": s.description[:80],
+            "outcome": s.outcome,
+            "detail": s.detail[:120],
+        }
+        for s in obs.steps
+    ]
+    if not obs.connected:
+        rows.append({"kind": "connect", "outcome": "failed", "detail": obs.stop_detail[:160]})
+    rows += [
+        {
+            "t_ms": round(f.t * 1000, 1),
+            "step": None if f.step is None else f.step + 1,
+            "kind": str(f.kind),
+            "what": f.frame.event_type or f.frame.excerpt[:60],
+            "outcome": "foreign" if f.foreign else "matched" if f.step is not None else "",
+            "detail": f"user={f.frame.user_id} run={f.frame.run_id}"
+            if f.frame.user_id or f.frame.run_id
+            else "",
+        }
+        for f in obs.frames
+    ]
+    return rows
+
+
+def flow_timeline(runs: Sequence[FlowObservation]) -> dict[str, list[dict[str, Any]]]:
+    """Per user, the events and foreign frames over time (for the delivery plot)."""
+    return {
+        r.user_id: [
+            {"t_s": f.t, "type": f.frame.event_type or str(f.kind), "foreign": f.foreign}
+            for f in r.frames
+            if f.frame.event_type or f.foreign
+        ]
+        for r in runs
+    }
 
 
 @step
 async def auth_checks(ctx: PhaseContext) -> StepReport:
     """Auth service config and health; an authenticated socket works; invalid tokens are refused."""
+    from ..flows import resolve_flow
     from ..http_checks import observe_get
     from ..ws_checks import observe_auth
 
@@ -44,6 +101,7 @@ async def auth_checks(ctx: PhaseContext) -> StepReport:
         ctx.settings.auth,
         open_timeout_s=to.connect_s,
         probe_timeout_s=to.read_s,
+        flow=resolve_flow(ctx.settings, "load"),
     )
     results.append(judge_auth_ws_authenticated(obs))
     results.append(judge_auth_rejects_invalid(obs))
@@ -63,61 +121,57 @@ async def auth_checks(ctx: PhaseContext) -> StepReport:
 
 @step
 async def chat_flow(ctx: PhaseContext) -> StepReport:
-    """Send a chat message as an authenticated user and expect the agent's answer."""
-    run = await agent_run(
-        ctx, ctx.settings.auth.default_user, "chat_message", "Hello, test the Golden Path"
-    )
-    return report([judge_chat_flow(run)], table=table(frame_rows(run)))
+    """Run the chat flow as an authenticated user: every step must complete."""
+    from ..ws_checks import observe_flow
+
+    obs = await observe_flow(ctx.settings, "chat", values={"text": "Hello, test the Golden Path"})
+    return report([judge_chat_flow(obs)], table=table(flow_frame_rows(obs)))
 
 
 @step
 async def isolation(ctx: PhaseContext) -> StepReport:
-    """K users at once, each with its own token: all succeed, none sees another's events."""
+    """K users at once, each with its own token and marker: all succeed, none sees another's."""
     from ..plots import plot_event_timeline
-    from ..ws_checks import observe_isolation
+    from ..ws_checks import observe_flow_users
 
     th = ctx.settings.thresholds
-    iso = await observe_isolation(
-        ctx.settings.target.ws(),
-        ctx.settings.protocol,
-        ctx.settings.auth,
-        users=th.isolation_users,
-        event_timeout_s=th.event_timeout_s,
-        open_timeout_s=ctx.settings.timeouts.connect_s,
-    )
+    runs = await observe_flow_users(ctx.settings, "isolation", users=th.isolation_users)
     results = [
         judge_isolation_sessions(
-            iso, success_rate=th.isolation_success_rate, response_s=th.isolation_response_s
+            runs, success_rate=th.isolation_success_rate, response_s=th.isolation_response_s
         ),
-        judge_isolation_no_cross_user(iso),
+        judge_isolation_no_cross_user(runs),
     ]
     rows = [
         {
             "user": r.user_id,
-            "ended": r.ended,
+            "completed": r.completed,
+            "stopped": r.stop_detail[:120],
             "events": len(r.events),
-            "foreign_frames": sum(1 for f in r.frames if not r.is_own(f)),
-            "first_event_ms": round((r.first_event_s or 0) * 1000, 1),
+            "foreign_frames": len(r.foreign_frames),
+            "unattributed_frames": len(r.unattributed_frames),
+            "response_ms": None if r.response_s is None else round(r.response_s * 1000, 1),
             "duration_ms": round(r.duration_s * 1000, 1),
         }
-        for r in iso.runs
+        for r in runs
     ]
-    fig = plot_event_timeline(timeline(iso.runs), ctx.settings.protocol.critical_events)
+    fig = plot_event_timeline(flow_timeline(runs), ctx.settings.protocol.critical_events)
     return report(results, table=table(rows), figure=fig)
 
 
 @step
 async def event_delivery(ctx: PhaseContext) -> StepReport:
-    """One agent run: all five critical events, in order, with their fields, in time."""
+    """One agent flow: the critical events, in order, with their fields, in time."""
     from ..plots import plot_event_timeline
+    from ..ws_checks import observe_flow
 
     p, th = ctx.settings.protocol, ctx.settings.thresholds
-    run = await agent_run(ctx, ctx.settings.auth.default_user, "agent_request", "Test all events")
+    obs = await observe_flow(ctx.settings, "agent", values={"text": "Test all events"})
     results = [
-        judge_critical_delivered(run, critical=p.critical_events, minimum=th.critical_events_min),
-        judge_events_order(run, critical=p.critical_events),
-        judge_events_structure(run, required_fields=p.required_fields),
-        judge_events_latency(run, timeout_s=th.event_timeout_s),
+        judge_critical_delivered(obs, critical=p.critical_events, minimum=th.critical_events_min),
+        judge_events_order(obs, critical=p.critical_events),
+        judge_events_structure(obs, required_fields=p.required_fields),
+        judge_events_latency(obs, timeout_s=th.event_timeout_s),
     ]
-    fig = plot_event_timeline(timeline([run]), p.critical_events)
-    return report(results, table=table(frame_rows(run)), figure=fig)
+    fig = plot_event_timeline(flow_timeline([obs]), p.critical_events)
+    return report(results, table=table(flow_frame_rows(obs)), figure=fig)

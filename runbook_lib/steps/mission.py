@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from ..checks import judge_agent_response, judge_load, judge_tests, judge_tests_duration, step_ids
+from ..checks import (
+    Verdict,
+    judge_agent_response,
+    judge_load,
+    judge_tests,
+    judge_tests_duration,
+    step_ids,
+)
 from ..context import PhaseContext, StepReport
 from ..results import CheckResult
+from .business import flow_frame_rows
 from .common import (
-    agent_run,
     applies,
     connect_auth,
-    frame_rows,
     report,
     step,
     table,
@@ -51,22 +57,39 @@ async def test_suites(ctx: PhaseContext) -> StepReport:
 
 @step
 async def agent_response(ctx: PhaseContext) -> StepReport:
-    """The golden path: send an agent request and wait for the agent's final event."""
-    run = await agent_run(ctx, ctx.settings.auth.default_user, "agent_request", "test golden path")
+    """The golden path: run the agent flow; every step must complete within event_timeout_s."""
+    from ..ws_checks import observe_flow
+
+    obs = await observe_flow(ctx.settings, "agent", values={"text": "test golden path"})
     th = ctx.settings.thresholds
     return report(
-        [judge_agent_response(run, timeout_s=th.event_timeout_s)], table=table(frame_rows(run))
+        [judge_agent_response(obs, timeout_s=th.event_timeout_s)],
+        table=table(flow_frame_rows(obs)),
     )
 
 
 @step
 async def load_test(ctx: PhaseContext) -> StepReport:
-    """Open N concurrent sessions (connect, ping round trips, close) and judge success and p95."""
+    """Open N concurrent sessions (connect, the load flow's round trips, close); judge
+    success and p95. The load flow (``[flows.load]``, default ping -> pong) must be one
+    send and one expect step: anything else is ``error`` naming the flow."""
+    from ..flows import flow_values, load_round_trip, resolve_flow
     from ..load import LoadPlan, run_load
     from ..plots import plot_load_latency
-    from ..protocol import render_message
 
     th, p, to = ctx.settings.thresholds, ctx.settings.protocol, ctx.settings.timeouts
+    try:
+        trip = load_round_trip(
+            resolve_flow(ctx.settings, "load"),
+            flow_values(user_id=ctx.settings.auth.default_user, text="runbook load"),
+        )
+    except ValueError as exc:
+        return report(
+            [
+                Verdict(i, phase=ctx.phase).error(f"the load sessions cannot run: {exc}")
+                for i in step_ids("load_test")
+            ]
+        )
     auth, err = await connect_auth(ctx)
     if err:
         return report(token_errors(ctx, step_ids("load_test"), err))
@@ -76,12 +99,14 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         sessions=th.load_connections,
         messages=th.load_messages,
         ramp_s=th.load_ramp_s,
-        message=render_message(p, "ping"),
-        reply_types=p.pong_types,
+        message=trip.message,
+        reply_types=trip.reply_types,
+        reply_fields=trip.reply_fields,
+        reply_pattern=trip.reply_pattern,
         type_paths=p.event_type,
         ignore_types=tuple(t for t in p.ignore if t not in p.pong_types),
         headers=auth.headers,
-        subprotocols=auth.subprotocols,
+        subprotocols=tuple(dict.fromkeys((*p.subprotocols, *auth.subprotocols))),
         connect_timeout_s=to.connect_s,
         message_timeout_s=to.read_s,
         deadline_s=max(60.0, to.operation_s),

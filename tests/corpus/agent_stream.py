@@ -53,6 +53,8 @@ chat_message = { action = "run", input = "{text} {marker}", run = "{run_id}" }
 [protocol.required_fields]
 run_started = ["payload.type", "payload.user", "payload.run"]
 run_finished = ["payload.type", "payload.user", "payload.run", "payload.output"]
+[thresholds]
+critical_events_min = 3
 """
 
 

@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
-from runbook_lib.flows import Flow, FlowStep
-from runbook_lib.settings import ProtocolSettings
+from runbook_lib.flows import Flow
+from runbook_lib.settings import ProtocolSettings, Settings, settings_from_dict
 
+from . import agent_stream, text_chat
 from .serve import Running, serve_corpus
 
-_TUPLES = (
-    "event_type",
-    "user_id",
-    "run_id",
-    "ignore",
-    "error_types",
-    "pong_types",
-    "subprotocols",
-    "critical_events",
-)
+# The environment variables the sketches name (token_env): the values the services accept.
+SKETCH_ENVIRON = {
+    "CORPUS_CHAT_TOKEN": text_chat.DEFAULT_TOKEN,
+    "CORPUS_AGENT_TOKEN": next(iter(agent_stream.TOKENS)),
+}
 
 
 @pytest.fixture
@@ -38,24 +33,39 @@ async def corpus() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
         yield start
 
 
+class _AnyVariable(Mapping[str, str]):
+    """An environment where every variable a file names is set (parsing, not connecting)."""
+
+    def __getitem__(self, key: str) -> str:
+        return SKETCH_ENVIRON.get(key, "set-for-parsing-only")
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SKETCH_ENVIRON)
+
+    def __len__(self) -> int:
+        return len(SKETCH_ENVIRON)
+
+
+def settings_from_env(
+    env: str, base_url: str = "http://127.0.0.1:1", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """An environment file loaded by the real settings loader (strict, as ``runbook run``);
+    the variables it names come from ``environ`` (default: the sketches' tokens)."""
+    raw = tomllib.loads(env.replace("{base_url}", base_url))
+    return settings_from_dict(raw, source="<corpus sketch>", environ=environ or SKETCH_ENVIRON)
+
+
 def protocol_from_env(env: str) -> ProtocolSettings:
-    """The ``[protocol]`` table of an environment sketch as settings (as the loader does)."""
-    table: dict[str, Any] = dict(tomllib.loads(env).get("protocol", {}))
-    for key in _TUPLES:
-        if key in table:
-            table[key] = tuple(table[key])
-    if "required_fields" in table:
-        table["required_fields"] = {k: tuple(v) for k, v in table["required_fields"].items()}
-    return ProtocolSettings(**table)
+    """The ``[protocol]`` table of an environment file as the loader builds it."""
+    return settings_from_env(env, environ=_AnyVariable()).protocol
 
 
 def flows_from_env(env: str) -> dict[str, Flow]:
-    """The ``[flows.NAME]`` tables of an environment sketch, as a user wrote them."""
-    raw = tomllib.loads(env).get("flows", {})
-    return {
-        name: Flow(name, tuple(FlowStep(**step) for step in body["steps"]))
-        for name, body in raw.items()
-    }
+    """The ``[flows.NAME]`` tables of an environment file, as the loader parses them."""
+    return dict(settings_from_env(env, environ=_AnyVariable()).flows)
 
 
 def quick(flow: Flow, timeout_s: float = 1.0) -> Flow:

@@ -38,6 +38,8 @@ ping = { jsonrpc = "2.0", id = "{marker}", method = "ping" }
 critical_events = ["message"]
 [protocol.required_fields]
 message = ["jsonrpc", "method", "params.subscription", "params.data"]
+[thresholds]
+critical_events_min = 1
 [checks.not_applicable]
 "events.order" = "one notification per publish: nothing to order"
 "chat.flow" = "pub/sub: no chat conversation"
@@ -59,8 +61,7 @@ timeout_s = 5
 [[flows.agent.steps]]
 send = { jsonrpc = "2.0", id = 2, method = "publish", params = { topic = "t-{marker}", data = "{marker}" } }
 [[flows.agent.steps]]
-expect = { method = "message", "params.subscription" = "{sub}" }
-expect_pattern = "{marker}"
+expect = { method = "message", "params.subscription" = "{sub}", "params.data" = "{marker}" }
 timeout_s = 5
 """
 

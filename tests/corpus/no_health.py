@@ -32,6 +32,10 @@ ws_test_path = false
 critical_events = ["echoed"]
 chat_message = { type = "echo", text = "{text} {marker}" }
 agent_request = { type = "echo", text = "{text} {marker}" }
+[protocol.required_fields]
+echoed = ["type", "text"]
+[thresholds]
+critical_events_min = 1
 [checks.not_applicable]
 "events.order" = "one echo per request: nothing to order"
 "auth.config" = "the service has no authentication"

@@ -42,7 +42,9 @@ def test_every_service_has_faults_and_a_valid_env_sketch(name: str) -> None:
     for section, cls in (("target", TargetSettings), ("auth", AuthSettings)):
         known = {f.name for f in dataclasses.fields(cls)}
         assert set(env.get(section, {})) <= known, section
-    assert set(env) <= {"name", "target", "auth", "protocol", "checks", "flows", "source"}
+    assert set(env) <= {
+        "name", "target", "auth", "protocol", "thresholds", "checks", "flows", "source"
+    }  # fmt: skip
     flows_from_env(module.ENV)  # every step key is a FlowStep field
 
 

@@ -46,6 +46,8 @@ pong_pattern = "^PONG {marker}$"
 error_pattern = "^ERR "
 event_patterns = { said = '^\\[(?P<room>[^\\]]+)\\] (?P<user_id>\\S+): ', joined = "^JOINED " }
 critical_events = ["joined", "said"]
+[thresholds]
+critical_events_min = 2
 [checks.not_applicable]
 "e2e.agent_response" = "a chat room: no agent"
 "events.critical_delivered" = "a chat room: no agent events"
