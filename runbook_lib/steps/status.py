@@ -72,7 +72,7 @@ async def ws_preflight(ctx: PhaseContext) -> StepReport:
 @step
 def source_status(ctx: PhaseContext) -> StepReport:
     """Compare the local checkout with what should be deployed: branch, cleanliness, WS routes."""
-    from ..source import list_app_routes, observe_git
+    from ..source import list_source_routes, observe_git
 
     src = ctx.settings.source
     git = observe_git(src.repo_dir, timeout_s=ctx.settings.timeouts.read_s)
@@ -84,9 +84,7 @@ def source_status(ctx: PhaseContext) -> StepReport:
         results.append(Verdict("source.git_branch").skip(branch_skip, observed=git.branch))
     rows: list[dict[str, Any]] = []
     if applies(ctx, "source.ws_routes_present"):
-        routes = list_app_routes(
-            src.app, cwd=src.repo_dir, timeout_s=ctx.settings.timeouts.command_s
-        )
+        routes = list_source_routes(src, timeout_s=ctx.settings.timeouts.command_s)
         results.append(judge_ws_routes_present(routes, src.expected_ws_routes))
         rows = [
             {"kind": r.kind, "path": r.path, "methods": ",".join(r.methods)} for r in routes.routes
