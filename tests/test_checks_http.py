@@ -94,7 +94,7 @@ def test_auth_http_endpoints() -> None:
     ("obs", "status", "words"),
     [
         (http(200, url="http://x/ws/test"), Status.PASS, "answered 200"),
-        (http(404, url="http://x/ws/test"), Status.FAIL, "not registered"),
+        (http(404, url="http://x/ws/test"), Status.FAIL, "path not found"),
         (http(None, error="refused", url="http://x/ws/test"), Status.FAIL, "refused"),
     ],
 )

@@ -123,3 +123,18 @@ def test_judge_log_entries() -> None:
         bad, check_id="monitor.log_errors", what="errors", ws_paths=["/websocket"]
     )
     assert r.status is Status.FAIL and r.observed == 2 and "not registered" in r.detail
+
+
+def test_log_entries_naming_a_missing_websocket_library_give_that_cause() -> None:
+    """uvicorn's 'No supported WebSocket library' warning next to WS 404s names the cause."""
+    from observation_builders import entry
+
+    from runbook_lib.checks import judge_log_entries
+
+    rows = [
+        entry("WARNING", text="No supported WebSocket library detected."),
+        entry("INFO", 404, "/ws", "GET /ws 404"),
+    ]
+    r = judge_log_entries(rows, check_id="logs.no_routing_errors", what="x", ws_paths=["/ws"])
+    assert r.status is Status.FAIL and "install websockets" in r.detail
+    assert "not registered" not in r.detail

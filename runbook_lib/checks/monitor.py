@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from ..observations import HoldObservation, LoadReportView, LogEntryView, MonitorObservation
 from ..results import CheckResult, Status
 from .causes import (
+    NO_WS_IMPLEMENTATION,
+    NO_WS_LOG_MARKERS,
     STATUS_CAUSES,
     Verdict,
     connect_failure_words,
@@ -323,7 +325,11 @@ def judge_log_entries(
         f"{len(bad)} matching entr{'y' if len(bad) == 1 else 'ies'} ({what}); first: "
         f"[{first['severity']}] {first['text'][:120]}"
     )
-    if ws404:
+    no_ws = [e for e in entries if any(m in str(e.text) for m in NO_WS_LOG_MARKERS)]
+    if no_ws:
+        detail += f". The logs say the server cannot upgrade ({str(no_ws[0].text)[:80]!r}): "
+        detail += NO_WS_IMPLEMENTATION
+    elif ws404:
         detail += f". {len(ws404)} WebSocket upgrade(s) answered 404: {STATUS_CAUSES[404]}"
     return v.fail(
         detail,

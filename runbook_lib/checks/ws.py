@@ -14,8 +14,11 @@ from ..observations import (
 from ..results import CheckResult
 from .causes import (
     INCIDENT_SIGNATURE,
+    NO_WS_IMPLEMENTATION,
     Verdict,
+    WsEvidence,
     connect_failure_words,
+    diagnose_refusal,
     ended_words,
     explain_close,
     explain_status,
@@ -35,18 +38,27 @@ def judge_ws_routes_probe(
     health: HttpObservation | None,
     probes: Sequence[HandshakeObservation],
     *,
+    evidence: WsEvidence | None = None,
     check_id: str = "ws.routes_probe",
 ) -> CheckResult:
     """``ws.routes_probe``: every WebSocket path upgrades; names the incident signature.
+
+    The remedy comes from all the evidence (:func:`~.causes.diagnose_refusal`): a 404 while
+    the source registers the route and nothing configured would deploy other code is a
+    server without a WebSocket implementation, not a revision to redeploy.
 
     Args:
         health: the health GET (None when the service declares no health endpoint:
             then the incident signature cannot be named).
         probes: one upgrade attempt per WebSocket path.
+        evidence: what the source, logs and deploy configuration say (None: nothing).
     """
     v = Verdict(check_id, threshold=101)
     observed = {p.path: (p.status if p.status is not None else p.error) for p in probes}
-    data = {"probes": [p.to_record() for p in probes], "health_status": health and health.status}
+    data: dict[str, object] = {
+        "probes": [p.to_record() for p in probes],
+        "health_status": health and health.status,
+    }
     if not probes:
         return v.error("no WebSocket path was probed: set target.ws_paths", threshold=None)
     bad = [p for p in probes if not p.upgraded]
@@ -56,34 +68,56 @@ def judge_ws_routes_probe(
             observed=observed,
             data=data,
         )
+    causes = {
+        p.path: diagnose_refusal(p.status, p.path, evidence, server=p.headers.get("server", ""))
+        for p in bad
+        if p.status is not None and p.status != 101
+    }
+    keys = sorted({key for key, _ in causes.values()})
+    data["causes"] = {path: key for path, (key, _) in causes.items()}
+    if len(keys) == 1:
+        data["cause"] = keys[0]
     four04 = [p.path for p in bad if p.status == 404]
     if health is not None and health.status == 200 and four04:
+        key, words = causes[four04[0]]
+        if key == "route_unknown":
+            # No source to compare with: the seed's reading, with the other explanation.
+            words = (
+                "the serving revision does not have the WebSocket routes (built from code "
+                "without them, router not included): deploy the revision built from the "
+                f"fixed source (phase 2); or {NO_WS_IMPLEMENTATION}. Configure [source] app "
+                "to tell them apart"
+            )
         detail = (
             f"Incident signature: {INCIDENT_SIGNATURE} ({', '.join(four04)} -> 404, "
-            f"{health.url} -> 200). The serving revision does not have the WebSocket "
-            "routes: it was built from code without them or the router is not included. "
-            "Deploy the revision built from the fixed source (phase 2)."
+            f"{health.url} -> 200). Cause: {words}"
         )
+        others = [upgrade_words(p, evidence) for p in bad if p.path not in four04]
+        if others:
+            detail += "; also " + "; ".join(others)
         return v.fail(
             detail,
             observed=observed,
             data={**data, "incident_signature": True},
         )
     return v.fail(
-        "; ".join(upgrade_words(p) for p in bad),
+        "; ".join(upgrade_words(p, evidence) for p in bad),
         observed=observed,
         data=data,
     )
 
 
 def judge_ws_upgrade(
-    probes: Sequence[HandshakeObservation], *, check_id: str = "ws.upgrade"
+    probes: Sequence[HandshakeObservation],
+    *,
+    evidence: WsEvidence | None = None,
+    check_id: str = "ws.upgrade",
 ) -> CheckResult:
     """``ws.upgrade``: every WebSocket path answers 101 with a valid ``Sec-WebSocket-Accept``.
 
     The probe of phase 1 without the health answer: each failed path gets its cause.
     """
-    return judge_ws_routes_probe(None, probes, check_id=check_id)
+    return judge_ws_routes_probe(None, probes, evidence=evidence, check_id=check_id)
 
 
 def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:

@@ -17,11 +17,44 @@ from ..checks import (
     skip_reason,
     step_ids,
 )
+from ..checks.causes import WsEvidence
 from ..context import PhaseContext, StepReport
 from ..exceptions import CloudRunError
-from .common import applies, cloudrun, connect_auth, handshake_rows, report, step, table, ws_urls
+from ..observations import HttpObservation
+from .common import (
+    applies,
+    cloudrun,
+    connect_auth,
+    handshake_rows,
+    previous_phase_artifact,
+    report,
+    step,
+    table,
+    ws_urls,
+)
 
-__all__ = ["health_and_routes", "service_status", "source_status", "ws_preflight"]
+__all__ = ["health_and_routes", "service_status", "source_status", "ws_evidence", "ws_preflight"]
+
+
+def ws_evidence(ctx: PhaseContext, health: HttpObservation | None = None) -> WsEvidence:
+    """What phase 1 knows besides the handshakes: the source's routes (this phase's
+    ``source_status`` or phase 1 of the run), the walker's library check, the health
+    answer's ``Server`` header and whether a configured deploy would change the code."""
+
+    def seen(key: str) -> Any:
+        value = ctx.artifacts.get(key)
+        return value if value is not None else previous_phase_artifact(ctx, 1, key)
+
+    routes = seen("source_ws_routes")
+    cr = ctx.settings.cloudrun
+    serving = seen("serving_images") or []
+    changes = bool(cr.deploy_command) or bool(cr.deploy_image and cr.deploy_image not in serving)
+    return WsEvidence(
+        source_routes=None if routes is None else tuple(routes),
+        ws_library_missing=bool(seen("ws_library_missing")),
+        health_server=(health.headers.get("server", "") if health is not None else ""),
+        deploy_changes_code=changes,
+    )
 
 
 @step
@@ -40,6 +73,7 @@ async def service_status(ctx: PhaseContext) -> StepReport:
         serving_revisions=serving,
         latest_ready_revision=svc.latest_ready_revision,
         service_uri=svc.uri,
+        serving_images=sorted({r.image for r in revisions if r.name in serving and r.image}),
     )
     rows = [
         {
@@ -86,6 +120,9 @@ def source_status(ctx: PhaseContext) -> StepReport:
     if applies(ctx, "source.ws_routes_present"):
         routes = list_source_routes(src, timeout_s=ctx.settings.timeouts.command_s)
         results.append(judge_ws_routes_present(routes, src.expected_ws_routes))
+        if not routes.error:
+            ctx.artifacts["source_ws_routes"] = list(routes.ws_paths)
+        ctx.artifacts["ws_library_missing"] = routes.ws_library_missing
         rows = [
             {"kind": r.kind, "path": r.path, "methods": ",".join(r.methods)} for r in routes.routes
         ]
@@ -111,7 +148,7 @@ async def health_and_routes(ctx: PhaseContext) -> StepReport:
     )
     auth, _ = await connect_auth(ctx)
     probes = await observe_handshakes(ws_urls(ctx), timeout_s=to.connect_s, auth=auth)
-    results = [judge_ws_routes_probe(health, probes)]
+    results = [judge_ws_routes_probe(health, probes, evidence=ws_evidence(ctx, health))]
     if health is not None:
         results[:0] = [judge_url_reachable(health), judge_health_backend(health)]
     rows = handshake_rows(probes, t.ws_url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..checks import (
     judge_http_latency,
     judge_ws_health,
@@ -26,6 +28,7 @@ from .common import (
     token_errors,
     ws_urls,
 )
+from .status import ws_evidence
 
 __all__ = ["http_endpoints", "routing_logs", "ws_roundtrip", "ws_upgrade"]
 
@@ -42,7 +45,15 @@ async def ws_upgrade(ctx: PhaseContext) -> StepReport:
     )
     rows = handshake_rows(probes, ctx.settings.target.ws_url)
     ctx.artifacts["handshakes"] = rows
-    return report([judge_ws_upgrade(probes)], table=table(rows), figure=plot_handshakes(rows))
+    evidence = ws_evidence(ctx)
+    if previous_phase_artifact(ctx, 2, "deployed_revision"):
+        # The deploy already happened: a 404 that survives it is not fixed by another.
+        evidence = replace(evidence, deploy_changes_code=False)
+    return report(
+        [judge_ws_upgrade(probes, evidence=evidence)],
+        table=table(rows),
+        figure=plot_handshakes(rows),
+    )
 
 
 @step
