@@ -23,8 +23,12 @@ from .ws_checks import observe_roundtrip
 __all__ = ["observe_monitor"]
 
 
+async def _no_health() -> HttpObservation:
+    return HttpObservation(url="", status=None, latency_s=0.0, error="not configured")
+
+
 async def observe_monitor(
-    health_url: str,
+    health_url: str | None,
     ws_url: str,
     *,
     window_s: float,
@@ -40,7 +44,9 @@ async def observe_monitor(
     """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
 
     Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
-    ping round trip when ``ping`` and a ``protocol`` are given).
+    ping round trip when ``ping`` and a ``protocol`` are given). ``health_url`` None (the
+    service has no health route) samples the WebSocket side only: the tick's health
+    fields are None with the error ``not configured``.
     """
     own = client is None
     http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
@@ -53,7 +59,9 @@ async def observe_monitor(
             if t >= window_s and ticks:
                 break
             jobs: list[Awaitable[Any]] = [
-                observe_get(health_url, client=http, timeout_s=timeout_s),
+                observe_get(health_url, client=http, timeout_s=timeout_s)
+                if health_url is not None
+                else _no_health(),
                 observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
             ]
             if ping and protocol is not None:
@@ -89,7 +97,7 @@ async def observe_monitor(
         if own:
             await http.aclose()
     return MonitorObservation(
-        health_url=health_url,
+        health_url=health_url or "",
         ws_url=ws_url,
         window_s=window_s,
         interval_s=interval_s,

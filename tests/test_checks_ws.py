@@ -104,7 +104,7 @@ def test_auth_rejects_invalid() -> None:
 def test_routes_probe_404_with_routes_in_source_is_no_ws_implementation() -> None:
     """Issue 9: uvicorn without a WebSocket library answers 404 while the source has the
     routes; phase 1 names the signature but does not advise redeploying the same code."""
-    from runbook_lib.checks.causes import WsEvidence
+    from runbook_lib.checks import WsEvidence
 
     ev = WsEvidence(source_routes=("/websocket", "/ws/test"))
     r = judge_ws_routes_probe(http(200), [hs("/websocket", 404), hs("/ws/test", 404)], evidence=ev)
@@ -123,7 +123,7 @@ def test_routes_probe_404_with_routes_in_source_is_no_ws_implementation() -> Non
 
 def test_upgrade_403_on_a_path_the_source_lacks_is_an_unknown_route() -> None:
     """Starlette answers 403 (not 404) to an upgrade on a path without a WebSocket route."""
-    from runbook_lib.checks.causes import WsEvidence
+    from runbook_lib.checks import WsEvidence
 
     ev = WsEvidence(source_routes=("/rpc",))
     r = judge_ws_upgrade([hs("/rpc2", 403)], evidence=ev)

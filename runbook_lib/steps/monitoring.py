@@ -14,6 +14,7 @@ from ..checks import (
 )
 from ..context import PhaseContext, StepReport
 from .common import (
+    applies,
     connect_auth,
     log_step,
     previous_phase_artifact,
@@ -37,20 +38,23 @@ async def monitor(ctx: PhaseContext) -> StepReport:
     if err:
         return report(token_errors(ctx, step_ids("monitor"), err))
     mon = await observe_monitor(
-        t.http(t.health_path),
+        # health_path = false: no health GET; availability comes from the handshakes.
+        t.http(t.health_path) if t.health_path is not None else None,
         t.ws(),
         window_s=th.monitor_window_s,
         interval_s=th.monitor_interval_s,
         auth=auth,
         protocol=ctx.settings.protocol,
-        ping=True,
+        # A service without a ping (ws.roundtrip declared) is not failed for not answering one.
+        ping=applies(ctx, "ws.roundtrip"),
         timeout_s=ctx.settings.timeouts.connect_s,
     )
+    n = th.monitor_min_samples
     results = [
-        judge_monitor_uptime(mon, min_uptime=th.monitor_uptime),
-        judge_monitor_ws_failure_rate(mon, max_rate=th.monitor_ws_failure_rate),
-        judge_monitor_avg_response(mon, limit_s=th.monitor_avg_response_s),
-        judge_monitor_ws_404(mon),
+        judge_monitor_uptime(mon, min_uptime=th.monitor_uptime, min_samples=n),
+        judge_monitor_ws_failure_rate(mon, max_rate=th.monitor_ws_failure_rate, min_samples=n),
+        judge_monitor_avg_response(mon, limit_s=th.monitor_avg_response_s, min_samples=n),
+        judge_monitor_ws_404(mon, min_samples=n),
     ]
     samples = [
         {

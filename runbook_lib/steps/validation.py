@@ -66,11 +66,20 @@ async def http_endpoints(ctx: PhaseContext) -> StepReport:
     observed: list[HttpObservation] = []
     if applies(ctx, "ws.health"):
         ws_health = await observe_get(t.http(t.ws_health_path), timeout_s=to.read_s)
-        results.append(judge_ws_health(ws_health))
+        results.append(judge_ws_health(ws_health, field=t.ws_health_field))
         observed.append(ws_health)
     if applies(ctx, "ws.test_endpoint"):
         ws_test = await observe_get(t.http(t.ws_test_path), timeout_s=to.read_s)
-        results.append(judge_ws_test_endpoint(ws_test))
+        upgrade = None
+        if ws_test.status != 200:
+            # The test path may be a WebSocket route only: judge the upgrade there.
+            from ..handshake import observe_handshake
+
+            auth, _ = await connect_auth(ctx)
+            upgrade = await observe_handshake(
+                t.ws(t.ws_test_path), timeout_s=to.connect_s, auth=auth
+            )
+        results.append(judge_ws_test_endpoint(ws_test, upgrade=upgrade))
         observed.append(ws_test)
     if applies(ctx, "http.latency"):
         samples = await sample_latency(
