@@ -50,50 +50,53 @@ async def observe_monitor(
     """
     own = client is None
     http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
-    ticks: list[MonitorTick] = []
+
+    async def tick(t: float) -> MonitorTick:
+        jobs: list[Awaitable[Any]] = [
+            observe_get(health_url, client=http, timeout_s=timeout_s)
+            if health_url is not None
+            else _no_health(),
+            observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
+        ]
+        if ping and protocol is not None:
+            jobs.append(
+                observe_roundtrip(
+                    ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
+                )
+            )
+        got = await asyncio.gather(*jobs)
+        h: HttpObservation = got[0]
+        hs: HandshakeObservation = got[1]
+        return MonitorTick(
+            t=t,
+            health_status=h.status,
+            health_latency_s=h.latency_s,
+            health_error=h.error,
+            ws_status=hs.status,
+            ws_latency_s=hs.latency_s,
+            ws_error=hs.error,
+            ws_upgraded=hs.upgraded,
+            ping_ok=got[2].pong if len(got) > 2 else None,
+        )
+
+    # Samples start on schedule whatever each one takes (every sample is bounded by
+    # timeout_s): a slow service shows as slow samples, not as fewer of them.
+    tasks: list[asyncio.Task[MonitorTick]] = []
     t0 = clock()
     k = 0
     try:
         while True:
-            t = clock() - t0
-            if t >= window_s and ticks:
-                break
-            jobs: list[Awaitable[Any]] = [
-                observe_get(health_url, client=http, timeout_s=timeout_s)
-                if health_url is not None
-                else _no_health(),
-                observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
-            ]
-            if ping and protocol is not None:
-                jobs.append(
-                    observe_roundtrip(
-                        ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
-                    )
-                )
-            got = await asyncio.gather(*jobs)
-            h: HttpObservation = got[0]
-            hs: HandshakeObservation = got[1]
-            ping_ok = got[2].pong if len(got) > 2 else None
-            ticks.append(
-                MonitorTick(
-                    t=t,
-                    health_status=h.status,
-                    health_latency_s=h.latency_s,
-                    health_error=h.error,
-                    ws_status=hs.status,
-                    ws_latency_s=hs.latency_s,
-                    ws_error=hs.error,
-                    ws_upgraded=hs.upgraded,
-                    ping_ok=ping_ok,
-                )
-            )
+            tasks.append(asyncio.ensure_future(tick(clock() - t0)))
             k += 1
-            wait = k * interval_s - (clock() - t0)
             if k * interval_s >= window_s:
                 break
+            wait = k * interval_s - (clock() - t0)
             if wait > 0:
                 await sleep(wait)
+        ticks = list(await asyncio.gather(*tasks))
     finally:
+        for task in tasks:
+            task.cancel()
         if own:
             await http.aclose()
     return MonitorObservation(
