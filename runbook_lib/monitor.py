@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 
-from .handshake import observe_handshake
+from .flow_runner import run_flow
+from .flows import Flow
+from .handshake import observe_handshake, with_subprotocols
 from .http_checks import observe_get
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
 from .settings import ProtocolSettings
@@ -21,6 +23,11 @@ from .tokens import ConnectAuth
 from .ws_checks import observe_roundtrip
 
 __all__ = ["observe_monitor"]
+
+
+def _answered(obs: Any) -> bool:
+    """The ping was answered: a round trip's pong, or every step of the ping flow."""
+    return bool(obs.pong) if hasattr(obs, "pong") else bool(obs.completed)
 
 
 async def _no_health() -> HttpObservation:
@@ -36,6 +43,7 @@ async def observe_monitor(
     auth: ConnectAuth | None = None,
     protocol: ProtocolSettings | None = None,
     ping: bool = False,
+    ping_flow: Flow | None = None,
     client: httpx.AsyncClient | None = None,
     timeout_s: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
@@ -44,7 +52,8 @@ async def observe_monitor(
     """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
 
     Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
-    ping round trip when ``ping`` and a ``protocol`` are given). ``health_url`` None (the
+    ping round trip when ``ping`` and a ``protocol`` are given, or the ``ping_flow``
+    conversation: the ``load`` flow, as ``ws.roundtrip`` runs it). ``health_url`` None (the
     service has no health route) samples the WebSocket side only: the tick's health
     fields are None with the error ``not configured``.
     """
@@ -56,9 +65,27 @@ async def observe_monitor(
             observe_get(health_url, client=http, timeout_s=timeout_s)
             if health_url is not None
             else _no_health(),
-            observe_handshake(ws_url, timeout_s=timeout_s, auth=auth),
+            # [protocol] subprotocols are offered: a server may require one to upgrade.
+            observe_handshake(
+                ws_url,
+                timeout_s=timeout_s,
+                auth=with_subprotocols(auth, protocol.subprotocols if protocol else ()),
+            ),
         ]
-        if ping and protocol is not None:
+        if ping_flow is not None:
+            jobs.append(
+                run_flow(
+                    ws_url,
+                    ping_flow,
+                    None,
+                    protocol or ProtocolSettings(),
+                    auth=auth,
+                    open_timeout_s=timeout_s,
+                    step_timeout_s=timeout_s,
+                    linger_s=0.0,
+                )
+            )
+        elif ping and protocol is not None:
             jobs.append(
                 observe_roundtrip(
                     ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
@@ -76,7 +103,7 @@ async def observe_monitor(
             ws_latency_s=hs.latency_s,
             ws_error=hs.error,
             ws_upgraded=hs.upgraded,
-            ping_ok=got[2].pong if len(got) > 2 else None,
+            ping_ok=_answered(got[2]) if len(got) > 2 else None,
         )
 
     # Samples start on schedule whatever each one takes (every sample is bounded by

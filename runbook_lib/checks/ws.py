@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..observations import (
     AuthObservation,
@@ -12,6 +13,9 @@ from ..observations import (
     RoundTripObservation,
 )
 from ..results import CheckResult
+
+if TYPE_CHECKING:
+    from ..flows import FlowObservation
 from .causes import (
     INCIDENT_SIGNATURE,
     NO_WS_IMPLEMENTATION,
@@ -120,9 +124,18 @@ def judge_ws_upgrade(
     return judge_ws_routes_probe(None, probes, evidence=evidence, check_id=check_id)
 
 
-def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:
-    """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong."""
+def judge_ws_roundtrip(
+    obs: RoundTripObservation | FlowObservation, *, check_id: str = "ws.roundtrip"
+) -> CheckResult:
+    """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong.
+
+    Given a :class:`~runbook_lib.flows.FlowObservation` (the ``load`` flow: the service's
+    ping conversation, e.g. GraphQL ``connection_init`` -> ``ping`` -> ``pong``, or a text
+    ``PING``/``PONG`` line) every step must succeed.
+    """
     v = Verdict(check_id, threshold="pong")
+    if not isinstance(obs, RoundTripObservation):
+        return _flow_roundtrip(v, obs)
     if not obs.connect.connected:
         return v.fail(
             connect_failure_words(obs.connect),
@@ -138,6 +151,28 @@ def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtr
         observed=obs.ended,
         data={"frames": [f.to_record() for f in obs.frames]},
     )
+
+
+def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
+    data = {"flow": obs.to_record()}
+    if not obs.connected:
+        words = (
+            f"upgrade refused with HTTP {obs.status}: {explain_status(obs.status)}"
+            if obs.status is not None and obs.status != 101
+            else f"could not connect ({obs.connect_error}: {obs.connect_detail})"
+        )
+        return v.fail(words, observed=obs.status or obs.connect_error, data=data)
+    if obs.completed and obs.response_s is not None:
+        return v.ok(
+            f"the {obs.flow} flow's {len(obs.steps)} step(s) completed: answered after "
+            f"{obs.response_s * 1000:.0f} ms",
+            observed=round(obs.response_s, 4),
+            data=data,
+        )
+    detail = f"no pong: {obs.stop_detail}"
+    if obs.close_code is not None:
+        detail += f" (close {obs.close_code}: {explain_close(obs.close_code)})"
+    return v.fail(detail, observed=obs.stop_reason or "incomplete", data=data)
 
 
 def judge_auth_ws_authenticated(

@@ -30,6 +30,7 @@ __all__ = ["hold", "log_errors", "monitor"]
 @step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
+    from ..flows import resolve_flow
     from ..monitor import observe_monitor
     from ..plots import plot_monitor
 
@@ -45,8 +46,9 @@ async def monitor(ctx: PhaseContext) -> StepReport:
         interval_s=th.monitor_interval_s,
         auth=auth,
         protocol=ctx.settings.protocol,
-        # A service without a ping (ws.roundtrip declared) is not failed for not answering one.
-        ping=applies(ctx, "ws.roundtrip"),
+        # The ping conversation of ws.roundtrip (the load flow); a service without a ping
+        # (ws.roundtrip declared) is not failed for not answering one.
+        ping_flow=resolve_flow(ctx.settings, "load") if applies(ctx, "ws.roundtrip") else None,
         timeout_s=ctx.settings.timeouts.connect_s,
     )
     n = th.monitor_min_samples
@@ -74,6 +76,7 @@ async def monitor(ctx: PhaseContext) -> StepReport:
 @step
 async def hold(ctx: PhaseContext) -> StepReport:
     """Hold one socket open for hold_s: it must end cleanly (no 1006, no server close)."""
+    from ..handshake import with_subprotocols
     from ..ws_checks import observe_hold
 
     th = ctx.settings.thresholds
@@ -84,7 +87,7 @@ async def hold(ctx: PhaseContext) -> StepReport:
         ctx.settings.target.ws(),
         ctx.settings.protocol,
         hold_s=th.hold_s,
-        auth=auth,
+        auth=with_subprotocols(auth, ctx.settings.protocol.subprotocols),
         ping_every_s=max(th.hold_s / 4, 1.0),
         open_timeout_s=ctx.settings.timeouts.connect_s,
     )

@@ -136,9 +136,9 @@ def source_status(ctx: PhaseContext) -> StepReport:
 @step
 async def health_and_routes(ctx: PhaseContext) -> StepReport:
     """GET /health, then try the WebSocket handshake on every configured WS path."""
+    from ..handshake import observe_handshakes, with_subprotocols
     from ..http_checks import observe_get
     from ..plots import plot_handshakes
-    from ..ws_checks import observe_handshakes
 
     t, to = ctx.settings.target, ctx.settings.timeouts
     health = (
@@ -147,6 +147,7 @@ async def health_and_routes(ctx: PhaseContext) -> StepReport:
         else None
     )
     auth, _ = await connect_auth(ctx)
+    auth = with_subprotocols(auth, ctx.settings.protocol.subprotocols)
     probes = await observe_handshakes(ws_urls(ctx), timeout_s=to.connect_s, auth=auth)
     results = [judge_ws_routes_probe(health, probes, evidence=ws_evidence(ctx, health))]
     if health is not None:

@@ -36,10 +36,11 @@ __all__ = ["http_endpoints", "routing_logs", "ws_roundtrip", "ws_upgrade"]
 @step
 async def ws_upgrade(ctx: PhaseContext) -> StepReport:
     """Every WS path must answer 101 with a valid Sec-WebSocket-Accept."""
+    from ..handshake import observe_handshakes, with_subprotocols
     from ..plots import plot_handshakes
-    from ..ws_checks import observe_handshakes
 
     auth, _ = await connect_auth(ctx)
+    auth = with_subprotocols(auth, ctx.settings.protocol.subprotocols)
     probes = await observe_handshakes(
         ws_urls(ctx), timeout_s=ctx.settings.timeouts.connect_s, auth=auth
     )
@@ -73,11 +74,13 @@ async def http_endpoints(ctx: PhaseContext) -> StepReport:
         upgrade = None
         if ws_test.status != 200:
             # The test path may be a WebSocket route only: judge the upgrade there.
-            from ..handshake import observe_handshake
+            from ..handshake import observe_handshake, with_subprotocols
 
             auth, _ = await connect_auth(ctx)
             upgrade = await observe_handshake(
-                t.ws(t.ws_test_path), timeout_s=to.connect_s, auth=auth
+                t.ws(t.ws_test_path),
+                timeout_s=to.connect_s,
+                auth=with_subprotocols(auth, ctx.settings.protocol.subprotocols),
             )
         results.append(judge_ws_test_endpoint(ws_test, upgrade=upgrade))
         observed.append(ws_test)
@@ -101,25 +104,21 @@ async def http_endpoints(ctx: PhaseContext) -> StepReport:
 
 @step
 async def ws_roundtrip(ctx: PhaseContext) -> StepReport:
-    """Connect (with auth), send the ping template, expect a pong."""
-    from ..ws_checks import observe_roundtrip
+    """Connect (with auth) and run the ping conversation: the ``load`` flow (the user's
+    ``[flows.load]``, or the seed's ping -> pong built from ``[protocol]``)."""
+    from ..flow_runner import run_named_flow
 
     auth, err = await connect_auth(ctx)
     if err:
         return report(token_errors(ctx, step_ids("ws_roundtrip"), err))
-    obs = await observe_roundtrip(
-        ctx.settings.target.ws(),
-        ctx.settings.protocol,
-        auth=auth,
-        timeout_s=ctx.settings.timeouts.read_s,
-        open_timeout_s=ctx.settings.timeouts.connect_s,
-    )
+    obs = await run_named_flow(ctx.settings, "load", auth=auth)
     rows = [
         {
-            "t_ms": round(f.t * 1000, 1),
-            "kind": str(f.kind),
-            "type": f.event_type,
-            "excerpt": f.excerpt[:120],
+            "t_ms": round(f.frame.t * 1000, 1),
+            "step": f.step,
+            "kind": str(f.frame.kind),
+            "type": f.frame.event_type,
+            "excerpt": f.frame.excerpt[:120],
         }
         for f in obs.frames
     ]
