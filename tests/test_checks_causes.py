@@ -218,7 +218,26 @@ _SRC = ("/ws", "/chat")
             "answer 403 to an upgrade on an unknown path",
             "",
         ),
-        (403, "/ws", {"source_routes": _SRC}, "", "status", "refusal of the caller", ""),
+        (403, "/ws", {"source_routes": _SRC}, "", "caller_refused", "refusal of the caller", ""),
+        (
+            403,
+            "/ws",
+            {"source_routes": _SRC, "credentials": True},
+            "",
+            "caller_refused",
+            "credentials",
+            "",
+        ),
+        # no credentials at all: a 403 on a route the source has is a route the app does not serve
+        (
+            403,
+            "/ws",
+            {"source_routes": _SRC, "credentials": False},
+            "",
+            "route_not_served",
+            "does not have this route",
+            "token",
+        ),
         (403, "/ws", {}, "", "status", "IAM", ""),
         # no evidence: both readings, and how to tell them apart
         (404, "/ws", {}, "", "route_unknown", "not registered", ""),

@@ -229,6 +229,8 @@ class WsEvidence:
         deploy_changes_code: a configured deploy would serve other code than the serving
             revision (deploy image differs, or a deploy command builds from source); False
             when no deploy is configured or it would redeploy the serving image.
+        credentials: the upgrade carried credentials (``[auth]`` mode is not none); None
+            when unknown. Without any, a 403 is not a refused token.
     """
 
     source_routes: tuple[str, ...] | None = None
@@ -236,6 +238,7 @@ class WsEvidence:
     log_lines: tuple[str, ...] = ()
     health_server: str = ""
     deploy_changes_code: bool = False
+    credentials: bool | None = None
 
     @property
     def logs_say_no_ws(self) -> bool:
@@ -260,8 +263,8 @@ def diagnose_refusal(
 
     Returns:
         ``(cause, words)``: a short key (``no_ws_implementation``, ``hop_answers``,
-        ``route_not_in_source``, ``route_not_deployed``, ``route_unknown``, ``status``)
-        and the cause in words.
+        ``route_not_in_source``, ``route_not_deployed``, ``route_not_served``,
+        ``caller_refused``, ``route_unknown``, ``status``) and the cause in words.
     """
     ev = evidence or WsEvidence()
     if status not in (403, 404):
@@ -311,8 +314,16 @@ def diagnose_refusal(
             "FastAPI answer 403 to an upgrade on an unknown path: include the route (or fix "
             "target.ws_paths), then deploy"
         )
+    if in_source and ev.credentials is False:
+        return "route_not_served", (
+            f"the source registers {path} and the upgrade needs no credentials, yet it was "
+            "refused with 403, as Starlette and FastAPI refuse an upgrade on a path without a "
+            "WebSocket route: the serving app does not have this route (built from other code, "
+            "or the route moved); if the route is served, an Origin check or a required "
+            "subprotocol ([protocol] subprotocols) refuses the caller"
+        )
     if in_source:
-        return "status", (
+        return "caller_refused", (
             f"the source registers {path}, so the 403 is a refusal of the caller: IAM or "
             "ingress (`--ingress`, `--allow-unauthenticated`), missing or rejected "
             "credentials, an Origin check or a required subprotocol not offered; or the "

@@ -54,6 +54,7 @@ def ws_evidence(ctx: PhaseContext, health: HttpObservation | None = None) -> WsE
         ws_library_missing=bool(seen("ws_library_missing")),
         health_server=(health.headers.get("server", "") if health is not None else ""),
         deploy_changes_code=changes,
+        credentials=ctx.settings.auth.enabled,
     )
 
 
