@@ -261,7 +261,10 @@ def test_run_help_documents_the_exit_codes(capsys) -> None:
         # Issue 9: a typo made every check skip and the run green (exit 0).
         ('name = "x"\n[targets]\nbase_url = "http://127.0.0.1:9"\n', "did you mean [target]"),
         # Issue 9: health_path = "" silently probed "/".
-        ('name = "x"\n[target]\nbase_url = "http://127.0.0.1:9"\nhealth_path = ""\n', "health_path"),
+        (
+            'name = "x"\n[target]\nbase_url = "http://127.0.0.1:9"\nhealth_path = ""\n',
+            "health_path",
+        ),
         # Issue 9: an unset token_env was found late and reported as "no token source".
         (
             'name = "x"\n[target]\nbase_url = "http://127.0.0.1:9"\n'
