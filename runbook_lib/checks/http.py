@@ -179,31 +179,9 @@ def judge_ws_test_endpoint(
     """
     v = Verdict(check_id)
     if isinstance(obs, HandshakeObservation):
-        upgrade, obs = obs, None  # type: ignore[assignment]
-    if obs is None or isinstance(obs, HttpObservation):
-        if obs is not None and obs.status == 200:
-            return v.ok(
-                f"{obs.url} answered 200",
-                observed=200,
-                threshold=200,
-                data={"body": obs.json},
-            )
-        if upgrade is not None and upgrade.upgraded:
-            why = f" (GET answered {obs.status})" if obs is not None else ""
-            return v.ok(
-                f"{upgrade.url} is a WebSocket route: the upgrade answered 101{why}",
-                observed=101,
-                threshold="200 or 101",
-            )
-        if upgrade is not None:
-            words = http_failure(obs) + "; " if obs is not None else ""
-            return v.fail(
-                f"{words}upgrade {upgrade_words(upgrade)}",
-                observed=upgrade.status or upgrade.error,
-                threshold="200 or 101",
-            )
-        assert obs is not None
-        return _not_200(v, obs)
+        return _test_route(v, None, obs)
+    if isinstance(obs, HttpObservation):
+        return _test_route(v, obs, upgrade)
     if not obs.connect.connected:
         return v.fail(
             f"{obs.url}: {connect_failure_words(obs.connect)}",
@@ -223,6 +201,30 @@ def judge_ws_test_endpoint(
         observed=0,
         threshold="connect + reply",
     )
+
+
+def _test_route(
+    v: Verdict, get: HttpObservation | None, upgrade: HandshakeObservation | None
+) -> CheckResult:
+    """The test route answered GET 200, or (a WebSocket route) the upgrade."""
+    if get is not None and get.status == 200:
+        return v.ok(f"{get.url} answered 200", observed=200, threshold=200, data={"body": get.json})
+    if upgrade is not None and upgrade.upgraded:
+        why = f" (GET answered {get.status})" if get is not None else ""
+        return v.ok(
+            f"{upgrade.url} is a WebSocket route: the upgrade answered 101{why}",
+            observed=101,
+            threshold="200 or 101",
+        )
+    if upgrade is not None:
+        words = http_failure(get) + "; " if get is not None else ""
+        return v.fail(
+            f"{words}upgrade {upgrade_words(upgrade)}",
+            observed=upgrade.status or upgrade.error,
+            threshold="200 or 101",
+        )
+    assert get is not None  # the caller passes one of the two
+    return _not_200(v, get)
 
 
 def judge_http_latency(
