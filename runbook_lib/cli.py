@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 when a check went from pass to fail or error",
     )
+
+    # Parsed by init.init_main (its own options, help and exit codes).
+    i = sub.add_parser(
+        "init",
+        help="probe a live service and write a commented environment file",
+        add_help=False,
+    )
+    i.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -404,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "sandbox":
             return _cmd_sandbox(argv[1:])
+        if command == "init":
+            from .init import init_main
+
+            return init_main(argv[1:])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ import ssl
 import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +38,7 @@ __all__ = [
     "observe_handshakes",
     "parse_upgrade_head",
     "upgrade_request",
+    "with_subprotocols",
 ]
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -174,6 +175,16 @@ def _close_frame(code: int = 1000) -> bytes:
 
 
 # ---------------------------------------------------------------- I/O
+
+
+def with_subprotocols(auth: ConnectAuth | None, subprotocols: Sequence[str]) -> ConnectAuth:
+    """``auth`` offering ``subprotocols`` (``[protocol] subprotocols``) before its own: a
+    server that requires one (``graphql-transport-ws``) refuses an upgrade without it."""
+    creds = auth or ConnectAuth()
+    extra = tuple(p for p in subprotocols if p not in creds.subprotocols)
+    if not extra:
+        return creds
+    return replace(creds, subprotocols=(*extra, *creds.subprotocols))
 
 
 async def observe_handshake(

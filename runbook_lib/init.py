@@ -322,6 +322,13 @@ async def _dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float
         return True
     # A service that answered JSON with plain text does not speak JSON-RPC either.
     texty = bool(seed.frames) and all(fr.frame.kind == "non_json" for fr in seed.frames)
+    # Other common JSON ping shapes, the pong found under type/data.type/payload.type.
+    for key in ("action", "op", "event") if not texty else ():
+        ping = {key: "ping"}
+        flow = Flow("load", (FlowStep(send=ping), FlowStep(expect_event="pong", timeout_s=5)))
+        if (await attempt(flow, ProtocolSettings())).completed:
+            f.set("protocol", "ping", ping, f"{json.dumps(ping)} is answered by a pong")
+            return True
     rpc = seed if texty else await attempt(_load_jsonrpc(), ProtocolSettings())
     if rpc.completed and not texty:
         f.set("protocol", "event_type", ["method"], "JSON-RPC: notifications carry a method")

@@ -86,6 +86,7 @@ class TargetSettings:
     health_path: str | None = "/health"
     ws_health_path: str | None = "/ws/health"
     ws_test_path: str | None = "/ws/test"
+    ws_health_field: str = ""
     auth_url: str = ""
     auth_config_path: str | None = "/auth/config"
     auth_health_path: str | None = "/health"
@@ -270,6 +271,7 @@ class Thresholds:
     monitor_uptime: float = 0.999
     monitor_ws_failure_rate: float = 0.01
     monitor_avg_response_s: float = 2.0
+    monitor_min_samples: int = 5
     hold_s: float = 30.0
     poll_interval_s: float = 1.0
 

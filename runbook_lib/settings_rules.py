@@ -106,6 +106,7 @@ RANGES: dict[str, Range] = {
     "thresholds.monitor_uptime": _RATE,
     "thresholds.monitor_ws_failure_rate": _RATE,
     "thresholds.monitor_avg_response_s": _dur(60.0),
+    "thresholds.monitor_min_samples": _count(1, 10_000),
     "thresholds.hold_s": _dur(CELL_TIMEOUT_S),
     "thresholds.poll_interval_s": _dur(60.0),
     # Cloud Run Jobs: at most 10,000 tasks per execution; a task's timeout at most 24 h,
@@ -441,10 +442,11 @@ def validate_thresholds(
             source,
         )
     samples = int(th.monitor_window_s / th.monitor_interval_s)
-    if samples < 5:
+    if samples < th.monitor_min_samples:
         warnings.append(
             f"thresholds.monitor_window_s / monitor_interval_s gives {samples} sample(s) per "
-            "window; monitoring needs at least 5 to judge uptime"
+            f"window; monitoring needs at least {th.monitor_min_samples} "
+            "(thresholds.monitor_min_samples) to judge"
         )
 
 

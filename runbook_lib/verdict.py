@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks.causes import NO_WS_IMPLEMENTATION
 from .phases import DEPLOY_PHASE, ROLLBACK_PHASE, VALIDATION_PHASES
 from .redaction import redact
 from .results import CheckResult, Recommendation, Status
@@ -339,10 +340,16 @@ def recommend(
             None,
             tuple(failed),
         )
+    # A diagnosis that redeploying cannot fix is named (phase 1's refused upgrades).
+    causes = {c.data.get("cause") for c in counted if c.status in _BAD}
+    fix = (
+        NO_WS_IMPLEMENTATION
+        if "no_ws_implementation" in causes
+        else "fix the cause before deploying"
+    )
     return Recommendation(
         "hold",
-        f"failed: {what}; no deploy ran in this run, so there is nothing to roll back: "
-        "fix the cause before deploying",
+        f"failed: {what}; no deploy ran in this run, so there is nothing to roll back: {fix}",
         None,
         tuple(failed),
     )

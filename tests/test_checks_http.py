@@ -63,15 +63,31 @@ def test_no_5xx_during_warmup() -> None:
 
 
 @pytest.mark.parametrize(
-    ("obs", "status"),
+    ("obs", "field", "status"),
     [
-        (http(200, {"connections": {"active": 0}}), Status.PASS),
-        (http(200, {"status": "ok"}), Status.FAIL),
-        (http(404), Status.FAIL),
+        (http(200, {"connections": {"active": 0}}), "connections.active", Status.PASS),
+        (http(200, {"status": "ok"}), "connections.active", Status.FAIL),
+        (http(404), "connections.active", Status.FAIL),
+        # Issue 9: any 200 passes unless a body field is configured.
+        (http(200, {"status": "ok"}), "", Status.PASS),
+        (http(200, None), "", Status.PASS),
+        (http(503), "", Status.FAIL),
     ],
 )
-def test_ws_health(obs, status) -> None:
-    assert judge_ws_health(obs).status is status
+def test_ws_health(obs, field, status) -> None:
+    assert judge_ws_health(obs, field=field).status is status
+
+
+def test_ws_test_endpoint_on_a_websocket_route_judges_the_upgrade() -> None:
+    """Issue 9: a test path that is a WebSocket route is not required to answer GET."""
+    from observation_builders import hs
+
+    get = http(404, url="http://x/ws/test")
+    r = judge_ws_test_endpoint(get, upgrade=hs("/ws/test"))
+    assert r.status is Status.PASS and "101" in r.detail
+    assert judge_ws_test_endpoint(hs("/ws/test")).status is Status.PASS
+    r = judge_ws_test_endpoint(get, upgrade=hs("/ws/test", 404))
+    assert r.status is Status.FAIL and "path not found" in r.detail
 
 
 def test_http_latency() -> None:
@@ -94,7 +110,7 @@ def test_auth_http_endpoints() -> None:
     ("obs", "status", "words"),
     [
         (http(200, url="http://x/ws/test"), Status.PASS, "answered 200"),
-        (http(404, url="http://x/ws/test"), Status.FAIL, "not registered"),
+        (http(404, url="http://x/ws/test"), Status.FAIL, "path not found"),
         (http(None, error="refused", url="http://x/ws/test"), Status.FAIL, "refused"),
     ],
 )

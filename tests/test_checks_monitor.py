@@ -23,6 +23,7 @@ from runbook_lib.checks import (
 from runbook_lib.observations import (
     ConnectOutcome,
     HoldObservation,
+    MonitorTick,
 )
 from runbook_lib.results import Status
 
@@ -39,9 +40,10 @@ def test_monitor_judges() -> None:
     assert r.status is Status.FAIL and r.observed == 0.02
     r = judge_monitor_ws_404(bad)
     assert r.status is Status.FAIL and r.observed == 2 and "not registered" in r.detail
-    assert judge_monitor_avg_response(mon([tick(lat=3)]), limit_s=2).status is Status.FAIL
+    assert judge_monitor_avg_response(mon([tick(lat=3)] * 5), limit_s=2).status is Status.FAIL
     assert (
-        judge_monitor_ws_failure_rate(mon([tick(ping=False)]), max_rate=0.01).status is Status.FAIL
+        judge_monitor_ws_failure_rate(mon([tick(ping=False)] * 5), max_rate=0.01).status
+        is Status.FAIL
     )
     empty = mon([])
     assert {
@@ -123,3 +125,50 @@ def test_judge_log_entries() -> None:
         bad, check_id="monitor.log_errors", what="errors", ws_paths=["/websocket"]
     )
     assert r.status is Status.FAIL and r.observed == 2 and "not registered" in r.detail
+
+
+def test_log_entries_naming_a_missing_websocket_library_give_that_cause() -> None:
+    """uvicorn's 'No supported WebSocket library' warning next to WS 404s names the cause."""
+    from observation_builders import entry
+
+    from runbook_lib.checks import judge_log_entries
+
+    rows = [
+        entry("WARNING", text="No supported WebSocket library detected."),
+        entry("INFO", 404, "/ws", "GET /ws 404"),
+    ]
+    r = judge_log_entries(rows, check_id="logs.no_routing_errors", what="x", ws_paths=["/ws"])
+    assert r.status is Status.FAIL and "install websockets" in r.detail
+    assert "not registered" not in r.detail
+
+
+def test_monitor_uptime_on_two_samples_is_an_error() -> None:
+    """Issue 9: uptime judged 99.9 % on 2 samples; a window needs monitor_min_samples."""
+    two = mon([tick(), tick()])
+    judges = (
+        judge_monitor_uptime(two, min_uptime=0.999),
+        judge_monitor_ws_failure_rate(two, max_rate=0.01),
+        judge_monitor_avg_response(two, limit_s=2),
+        judge_monitor_ws_404(two),
+    )
+    for r in judges:
+        assert r.status is Status.ERROR, r
+        assert "monitor_min_samples" in r.detail and "monitor_window_s" in r.detail
+    assert judge_monitor_uptime(two, min_uptime=0.999, min_samples=2).status is Status.PASS
+
+
+def test_a_window_of_refused_connections_fails_as_unreachable() -> None:
+    """Issue 9: monitor.ws_404 passed when every handshake was refused."""
+    refused = MonitorTick(
+        t=0, health_status=None, health_latency_s=0.0, health_error="refused",
+        ws_status=None, ws_latency_s=0.0, ws_error="refused", ws_upgraded=False,
+    )  # fmt: skip
+    down = mon([refused] * 10)
+    r = judge_monitor_ws_404(down)
+    assert r.status is Status.FAIL and "unreachable" in r.detail
+    r = judge_monitor_ws_failure_rate(down, max_rate=1.0)
+    assert r.status is Status.FAIL and "unreachable" in r.detail
+    # Mostly refused: too few answered handshakes to show there is no 404.
+    r = judge_monitor_ws_404(mon([refused] * 8 + [tick()] * 2))
+    assert r.status is Status.FAIL and "proves nothing" in r.detail
+    assert judge_monitor_ws_404(mon([refused] + [tick()] * 5)).status is Status.PASS

@@ -99,3 +99,33 @@ def test_auth_rejects_invalid() -> None:
     silent = (*NEG_OK[:3], att("expired", None, "socket stayed open"))
     assert judge_auth_rejects_invalid(AuthObservation("bearer", None, silent)).status is Status.FAIL
     assert judge_auth_rejects_invalid(AuthObservation("none", None)).status is Status.SKIP
+
+
+def test_routes_probe_404_with_routes_in_source_is_no_ws_implementation() -> None:
+    """Issue 9: uvicorn without a WebSocket library answers 404 while the source has the
+    routes; phase 1 names the signature but does not advise redeploying the same code."""
+    from runbook_lib.checks import WsEvidence
+
+    ev = WsEvidence(source_routes=("/websocket", "/ws/test"))
+    r = judge_ws_routes_probe(http(200), [hs("/websocket", 404), hs("/ws/test", 404)], evidence=ev)
+    assert r.status is Status.FAIL and INCIDENT_SIGNATURE in r.detail
+    assert r.data["cause"] == "no_ws_implementation"
+    assert "install websockets" in r.detail and "fixed source" not in r.detail
+    # The same 404 when a deploy would serve other code: the seed's remedy stays.
+    ev = WsEvidence(source_routes=("/websocket",), deploy_changes_code=True)
+    r = judge_ws_routes_probe(http(200), [hs("/websocket", 404)], evidence=ev)
+    assert r.data["cause"] == "route_not_deployed" and "deploy the revision" in r.detail
+    # Without any source evidence both readings are given.
+    r = judge_ws_routes_probe(http(200), [hs("/websocket", 404)])
+    assert r.data["cause"] == "route_unknown"
+    assert "fixed source" in r.detail and "no WebSocket implementation" in r.detail
+
+
+def test_upgrade_403_on_a_path_the_source_lacks_is_an_unknown_route() -> None:
+    """Starlette answers 403 (not 404) to an upgrade on a path without a WebSocket route."""
+    from runbook_lib.checks import WsEvidence
+
+    ev = WsEvidence(source_routes=("/rpc",))
+    r = judge_ws_upgrade([hs("/rpc2", 403)], evidence=ev)
+    assert r.status is Status.FAIL and r.data["cause"] == "route_not_in_source"
+    assert "unknown path" in r.detail

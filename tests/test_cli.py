@@ -253,3 +253,35 @@ def test_run_help_documents_the_exit_codes(capsys) -> None:
     assert cli.main(["run", "--help"]) == 0
     out = capsys.readouterr().out
     assert "exit codes" in out and "interrupted" in out and "3  a notebook" in out
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        # Issue 9: a typo made every check skip and the run green (exit 0).
+        ('name = "x"\n[targets]\nbase_url = "http://127.0.0.1:9"\n', "did you mean [target]"),
+        # Issue 9: health_path = "" silently probed "/".
+        (
+            'name = "x"\n[target]\nbase_url = "http://127.0.0.1:9"\nhealth_path = ""\n',
+            "health_path",
+        ),
+        # Issue 9: an unset token_env was found late and reported as "no token source".
+        (
+            'name = "x"\n[target]\nbase_url = "http://127.0.0.1:9"\n'
+            '[auth]\nmode = "bearer"\ntoken_env = "RB_ISSUE9_UNSET"\n',
+            "RB_ISSUE9_UNSET",
+        ),
+    ],
+)
+def test_issue9_configuration_bugs_exit_2_before_any_kernel(
+    tmp_path, monkeypatch, capsys, body, words
+) -> None:
+    from runbook_lib.cli import main
+
+    monkeypatch.delenv("RB_ISSUE9_UNSET", raising=False)
+    env = tmp_path / "env.toml"
+    env.write_text(body)
+    assert main(["run", "--env", str(env), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and str(env) in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

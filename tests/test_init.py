@@ -216,3 +216,16 @@ async def test_init_detects_a_ws_test_endpoint_and_the_seed_ping(ws_server) -> N
     env = _env(f)
     assert env["target"]["ws_test_path"] == "/ws/test"
     assert env["target"]["primary_ws_path"] == "/websocket" and "protocol" not in env
+
+
+def test_runbook_init_is_a_cli_subcommand(tmp_path: Path, capsys) -> None:
+    """`runbook init` runs init_main: usage errors are 2, a probe writes the file."""
+    from runbook_lib.cli import main
+
+    assert main(["init", "--url", "ftp://x"]) == 2
+    assert "--url" in capsys.readouterr().err
+    out = tmp_path / "nh.toml"
+    with threaded("no_health") as svc:
+        argv = ["init", "--url", svc.base_url, "--ws-path", "/ws", "--out", str(out)]
+        assert main([*argv, "--timeout", "1.5"]) == 0
+    assert tomllib.loads(out.read_text())["target"]["ws_paths"] == ["/ws"]

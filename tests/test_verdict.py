@@ -242,3 +242,16 @@ def test_a_started_claim_is_completed_from_the_phase_evidence() -> None:
         "operation": "operations/op-9",
         "revision": "backend-00003",
     }
+
+
+def test_phase1_no_websocket_implementation_is_not_a_redeploy() -> None:
+    """Issue 9: a 404 on every upgrade while the source has the routes holds with the
+    install-websockets remedy, not "deploy the fixed source"."""
+    probe = CheckResult("ws.routes_probe", 1, "fail", data={"cause": "no_ws_implementation"})
+    records = {1: PhaseRecord(1, (probe, CheckResult("source.ws_routes_present", 1, "pass")), {})}
+    j = judge(records, [_out(1, "fail")])
+    assert j.recommendation.action == "hold"
+    assert "install websockets" in j.recommendation.reason
+    assert "fixed source" not in j.recommendation.reason
+    plain = {1: _rec(1, ("ws.routes_probe", "fail"))}
+    assert "fix the cause" in judge(plain, [_out(1, "fail")]).recommendation.reason

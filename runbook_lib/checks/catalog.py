@@ -107,7 +107,7 @@ _CHECKS = (
     Check("deploy.logs_clean", 2, "the new revision logged no errors", "monitor", ("logging",), "judge_log_entries", "deploy_logs"),
     # phase 3: endpoint validation
     Check("ws.upgrade", 3, "every WebSocket path answers 101 with a valid accept", "ws", (*_T, "target.ws_paths"), "judge_ws_upgrade", "ws_upgrade"),
-    Check("ws.health", 3, "the WebSocket health endpoint answers 200 with connections.active", "http", (*_T, "target.ws_health_path"), "judge_ws_health", "http_endpoints"),
+    Check("ws.health", 3, "the WebSocket health endpoint answers 200 (with ws_health_field when set)", "http", (*_T, "target.ws_health_path"), "judge_ws_health", "http_endpoints"),
     Check("ws.test_endpoint", 3, "the WebSocket test route answers", "http", (*_T, "target.ws_test_path"), "judge_ws_test_endpoint", "http_endpoints"),
     Check("http.latency", 3, "HTTP answers faster than http_latency_s", "http", (*_T, "target.health_path"), "judge_http_latency", "http_endpoints"),
     Check("ws.roundtrip", 3, "a ping is answered with a pong", "ws", _T, "judge_ws_roundtrip", "ws_roundtrip"),

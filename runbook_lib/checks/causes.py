@@ -25,13 +25,19 @@ from .catalog import phase_of
 
 __all__ = [
     "CLOSE_CAUSES",
+    "HTTP_CAUSES",
     "INCIDENT_SIGNATURE",
+    "NO_WS_IMPLEMENTATION",
+    "NO_WS_LOG_MARKERS",
     "STATUS_CAUSES",
     "UNREADABLE",
     "Verdict",
+    "WsEvidence",
     "connect_failure_words",
+    "diagnose_refusal",
     "ended_words",
     "explain_close",
+    "explain_http_status",
     "explain_status",
     "http_failure",
     "kind_words",
@@ -165,6 +171,167 @@ def explain_status(code: int | None) -> str:
     return f"HTTP {code}: unexpected answer to a WebSocket upgrade"
 
 
+# A plain HTTP request (health, test route, auth config) is not a WebSocket upgrade: its
+# causes never speak of WebSocket routes.
+HTTP_CAUSES: dict[int, str] = {
+    400: "the server rejected the request as malformed",
+    401: "the endpoint requires credentials",
+    403: "IAM, ingress or the application refuses the caller: check `--ingress`, "
+    "`--allow-unauthenticated` and the endpoint's access rules",
+    404: "path not found: the service has no route at this path (check the configured path, "
+    "or declare the endpoint absent with `= false` if the service has none)",
+    405: "the path exists for another method only (GET is not allowed there)",
+    408: "the server timed out waiting for the request",
+    429: "the service hit its max instances or concurrency: raise `--max-instances` or "
+    "`--concurrency`, or reduce load",
+    500: "the handler raised an exception: read the revision's logs",
+    502: "a proxy got no valid answer from the container (crash mid-request, or HTTP/2 "
+    "end-to-end on a container that speaks HTTP/1.1)",
+    503: "no ready instance (cold start, crash loop, failed readiness) or a readiness guard "
+    "refusing traffic: check the revision's readiness and min instances",
+    504: "the request hit Cloud Run's request timeout before the container answered",
+}
+
+NO_WS_IMPLEMENTATION = (
+    "the server has no WebSocket implementation (uvicorn installed without `websockets`/"
+    "`wsproto`, or started with `--ws none`) or a hop in front of it answers for it: install "
+    "websockets in the image (`uvicorn[standard]` or `websockets`) and check that every hop "
+    "forwards the upgrade; redeploying the same code will not help"
+)
+
+# Lines a server without a WebSocket implementation logs for every upgrade (uvicorn).
+NO_WS_LOG_MARKERS = ("No supported WebSocket library", "Unsupported upgrade request")
+
+
+def explain_http_status(code: int | None) -> str:
+    """Likely cause of a plain HTTP request answered with ``code`` (no WebSocket wording)."""
+    if code is None:
+        return "no HTTP answer at all: the host refused, timed out or spoke something else"
+    if code in HTTP_CAUSES:
+        return HTTP_CAUSES[code]
+    if 300 <= code < 400:
+        return "a redirect: configure the final URL"
+    if 500 <= code < 600:
+        return HTTP_CAUSES[500]
+    return f"HTTP {code}"
+
+
+@dataclass(frozen=True, slots=True)
+class WsEvidence:
+    """What else the run knows when an upgrade is refused (SPEC 8, diagnosis from all the evidence).
+
+    Attributes:
+        source_routes: the WebSocket routes the app's source registers (None: not listed,
+            e.g. ``[source] app`` not configured or the import failed).
+        ws_library_missing: the app's interpreter has uvicorn but no WebSocket library.
+        log_lines: log texts of the service that may name a missing WebSocket library.
+        health_server: the ``Server`` header of the health answer ('' unknown).
+        deploy_changes_code: a configured deploy would serve other code than the serving
+            revision (deploy image differs, or a deploy command builds from source); False
+            when no deploy is configured or it would redeploy the serving image.
+        credentials: the upgrade carried credentials (``[auth]`` mode is not none); None
+            when unknown. Without any, a 403 is not a refused token.
+    """
+
+    source_routes: tuple[str, ...] | None = None
+    ws_library_missing: bool = False
+    log_lines: tuple[str, ...] = ()
+    health_server: str = ""
+    deploy_changes_code: bool = False
+    credentials: bool | None = None
+
+    @property
+    def logs_say_no_ws(self) -> bool:
+        """A log line says the server has no WebSocket library."""
+        return any(m in line for line in self.log_lines for m in NO_WS_LOG_MARKERS)
+
+
+def diagnose_refusal(
+    status: int | None,
+    path: str,
+    evidence: WsEvidence | None = None,
+    *,
+    server: str = "",
+) -> tuple[str, str]:
+    """The likely cause of an upgrade on ``path`` refused with ``status``, from all the evidence.
+
+    Args:
+        status: the refusing HTTP status.
+        path: the WebSocket path.
+        evidence: what the source, the logs and the deploy configuration say.
+        server: the ``Server`` header of the refusal.
+
+    Returns:
+        ``(cause, words)``: a short key (``no_ws_implementation``, ``hop_answers``,
+        ``route_not_in_source``, ``route_not_deployed``, ``route_not_served``,
+        ``caller_refused``, ``route_unknown``, ``status``) and the cause in words.
+    """
+    ev = evidence or WsEvidence()
+    if status not in (403, 404):
+        return "status", explain_status(status)
+    in_source = None if ev.source_routes is None else path in ev.source_routes
+    if status == 404:
+        if ev.ws_library_missing or ev.logs_say_no_ws:
+            why = (
+                "the app's interpreter has uvicorn but neither websockets nor wsproto"
+                if ev.ws_library_missing
+                else "the service's logs say 'No supported WebSocket library' / "
+                "'Unsupported upgrade request'"
+            )
+            return "no_ws_implementation", f"{why}: {NO_WS_IMPLEMENTATION}"
+        if server and ev.health_server and server.lower() != ev.health_server.lower():
+            return "hop_answers", (
+                f"the 404 comes from `{server}` while the health endpoint comes from "
+                f"`{ev.health_server}`: a hop in front of the service (load-balancer path "
+                "rule, proxy without WebSocket support) answers the upgrade; route the path "
+                "to the service and enable WebSocket forwarding on that hop"
+            )
+        if in_source is False:
+            return "route_not_in_source", (
+                f"the app's source does not register {path} as a WebSocket route "
+                f"(it registers: {', '.join(ev.source_routes or ()) or 'none'}): include the "
+                "router that defines it (or fix target.ws_paths), then deploy"
+            )
+        if in_source and ev.deploy_changes_code:
+            return "route_not_deployed", (
+                f"the source registers {path} but the serving revision answers 404: it was "
+                "built from code without the route; deploy the revision built from this "
+                f"source (phase 2). If the 404 persists after that deploy, {NO_WS_IMPLEMENTATION}"
+            )
+        if in_source:
+            return "no_ws_implementation", (
+                f"the source registers {path} and nothing configured would deploy other "
+                f"code: {NO_WS_IMPLEMENTATION}"
+            )
+        return "route_unknown", (
+            f"{STATUS_CAUSES[404]}; or {NO_WS_IMPLEMENTATION}. Configure [source] app to "
+            "tell them apart"
+        )
+    # 403: Starlette/FastAPI refuse an upgrade on a path without a WebSocket route with 403.
+    if in_source is False:
+        return "route_not_in_source", (
+            f"the app's source does not register {path} as a WebSocket route; Starlette and "
+            "FastAPI answer 403 to an upgrade on an unknown path: include the route (or fix "
+            "target.ws_paths), then deploy"
+        )
+    if in_source and ev.credentials is False:
+        return "route_not_served", (
+            f"the source registers {path} and the upgrade needs no credentials, yet it was "
+            "refused with 403, as Starlette and FastAPI refuse an upgrade on a path without a "
+            "WebSocket route: the serving app does not have this route (built from other code, "
+            "or the route moved); if the route is served, an Origin check or a required "
+            "subprotocol ([protocol] subprotocols) refuses the caller"
+        )
+    if in_source:
+        return "caller_refused", (
+            f"the source registers {path}, so the 403 is a refusal of the caller: IAM or "
+            "ingress (`--ingress`, `--allow-unauthenticated`), missing or rejected "
+            "credentials, an Origin check or a required subprotocol not offered; or the "
+            "serving revision lacks the route (Starlette answers 403 to an unknown path)"
+        )
+    return "status", STATUS_CAUSES[403]
+
+
 def explain_close(code: int | None) -> str:
     """Likely cause of a WebSocket closed with ``code``, in words."""
     if code is None:
@@ -180,16 +347,17 @@ def http_failure(obs: HttpObservation) -> str:
     """Why an HTTP request did not answer as hoped: no answer, or the status and its cause."""
     if obs.status is None:
         return f"no HTTP answer from {obs.url}: {obs.error} ({obs.error_detail})"
-    return f"{obs.url} answered HTTP {obs.status}: {explain_status(obs.status)}"
+    return f"{obs.url} answered HTTP {obs.status}: {explain_http_status(obs.status)}"
 
 
-def upgrade_words(p: HandshakeObservation) -> str:
-    """Why one upgrade failed, prefixed with its path."""
+def upgrade_words(p: HandshakeObservation, evidence: WsEvidence | None = None) -> str:
+    """Why one upgrade failed, prefixed with its path (the cause from all the evidence)."""
     if p.status is None:
         return f"{p.path}: no answer ({p.error}: {p.error_detail})"
     if p.status == 101:
         return f"{p.path}: 101 but Sec-WebSocket-Accept is wrong (a proxy rewrote the handshake)"
-    return f"{p.path}: HTTP {p.status} - {explain_status(p.status)}"
+    _, words = diagnose_refusal(p.status, p.path, evidence, server=p.headers.get("server", ""))
+    return f"{p.path}: HTTP {p.status} - {words}"
 
 
 def connect_failure_words(c: ConnectOutcome) -> str:

@@ -6,10 +6,21 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from ..observations import HttpObservation, ReadinessTimeline, RoundTripObservation
-from ..protocol import has_path
+from ..observations import (
+    HandshakeObservation,
+    HttpObservation,
+    ReadinessTimeline,
+    RoundTripObservation,
+)
+from ..protocol import get_path, has_path
 from ..results import CheckResult, Status
-from .causes import Verdict, connect_failure_words, explain_status, http_failure
+from .causes import (
+    Verdict,
+    connect_failure_words,
+    explain_http_status,
+    http_failure,
+    upgrade_words,
+)
 
 __all__ = [
     "judge_auth_config",
@@ -80,7 +91,7 @@ def judge_ready_within(
             "startup path"
         )
     else:
-        cause = explain_status(last.status) if last.status is not None else last.error
+        cause = explain_http_status(last.status) if last.status is not None else last.error
         detail = (
             f"{timeline.url} never answered 200 within {timeline.deadline_s:g}s "
             f"(answers seen: {', '.join(seen)}); last: {cause}"
@@ -111,7 +122,7 @@ def judge_no_5xx_during_warmup(
     codes = sorted({p.status for _, p in bad if p.status is not None})
     detail = (
         f"{len(bad)} of {len(points)} warm-up poll(s) answered "
-        f"{'/'.join(map(str, codes))}: {explain_status(codes[0])}. Traffic reached the "
+        f"{'/'.join(map(str, codes))}: {explain_http_status(codes[0])}. Traffic reached the "
         "revision before it was ready: add a startup probe or min instances."
     )
     return v.fail(
@@ -121,50 +132,56 @@ def judge_no_5xx_during_warmup(
     )
 
 
-def judge_ws_health(obs: HttpObservation, *, check_id: str = "ws.health") -> CheckResult:
-    """``ws.health``: the WebSocket health endpoint answers 200 with ``connections.active``."""
-    v = Verdict(check_id, threshold="200 with connections.active")
+def judge_ws_health(
+    obs: HttpObservation, *, field: str = "", check_id: str = "ws.health"
+) -> CheckResult:
+    """``ws.health``: the WebSocket health endpoint answers 200.
+
+    Any 200 passes; the body is judged only when ``field`` (``[target] ws_health_field``,
+    e.g. the seed's ``connections.active``) is configured: then the JSON body must carry it.
+    """
+    v = Verdict(check_id, threshold=f"200 with {field}" if field else 200)
     if obs.status != 200:
         return v.fail(
             http_failure(obs),
             observed=obs.status or obs.error,
         )
-    if not has_path(obs.json, "connections.active"):
+    if not field:
+        return v.ok(f"{obs.url} answered 200", observed=200, data={"body": obs.json})
+    if not has_path(obs.json, field):
         return v.fail(
-            f"{obs.url} answered 200 but its body has no "
-            "`connections.active`: the WebSocket manager is not wired into the health "
-            "endpoint (or this is not the WebSocket health route)",
+            f"{obs.url} answered 200 but its body has no `{field}` "
+            "([target] ws_health_field): the WebSocket manager is not wired into the health "
+            "endpoint, this is not the WebSocket health route, or the field is named otherwise",
             observed=200,
             data={"body": obs.json},
         )
-    active = obs.json["connections"]["active"]
+    value = get_path(obs.json, field)
     return v.ok(
-        f"{obs.url} answered 200, connections.active={active}",
-        observed=active,
+        f"{obs.url} answered 200, {field}={value}",
+        observed=value,
     )
 
 
 def judge_ws_test_endpoint(
-    obs: RoundTripObservation | HttpObservation,
+    obs: RoundTripObservation | HttpObservation | HandshakeObservation,
     *,
+    upgrade: HandshakeObservation | None = None,
     check_id: str = "ws.test_endpoint",
 ) -> CheckResult:
     """``ws.test_endpoint``: the test route answers.
 
     Given a :class:`RoundTripObservation` (a WebSocket session on ``ws_test_path``) the
     socket must open and the server must send something; given an
-    :class:`HttpObservation` (the seed's ``curl /ws/test``) it must answer 200.
+    :class:`HttpObservation` (the seed's ``curl /ws/test``) it must answer 200, or, when
+    the path is a WebSocket route (``upgrade``: the handshake there), upgrade; given a
+    :class:`HandshakeObservation` alone it must upgrade.
     """
     v = Verdict(check_id)
+    if isinstance(obs, HandshakeObservation):
+        return _test_route(v, None, obs)
     if isinstance(obs, HttpObservation):
-        if obs.status == 200:
-            return v.ok(
-                f"{obs.url} answered 200",
-                observed=200,
-                threshold=200,
-                data={"body": obs.json},
-            )
-        return _not_200(v, obs)
+        return _test_route(v, obs, upgrade)
     if not obs.connect.connected:
         return v.fail(
             f"{obs.url}: {connect_failure_words(obs.connect)}",
@@ -184,6 +201,30 @@ def judge_ws_test_endpoint(
         observed=0,
         threshold="connect + reply",
     )
+
+
+def _test_route(
+    v: Verdict, get: HttpObservation | None, upgrade: HandshakeObservation | None
+) -> CheckResult:
+    """The test route answered GET 200, or (a WebSocket route) the upgrade."""
+    if get is not None and get.status == 200:
+        return v.ok(f"{get.url} answered 200", observed=200, threshold=200, data={"body": get.json})
+    if upgrade is not None and upgrade.upgraded:
+        why = f" (GET answered {get.status})" if get is not None else ""
+        return v.ok(
+            f"{upgrade.url} is a WebSocket route: the upgrade answered 101{why}",
+            observed=101,
+            threshold="200 or 101",
+        )
+    if upgrade is not None:
+        words = http_failure(get) + "; " if get is not None else ""
+        return v.fail(
+            f"{words}upgrade {upgrade_words(upgrade)}",
+            observed=upgrade.status or upgrade.error,
+            threshold="200 or 101",
+        )
+    assert get is not None  # the caller passes one of the two
+    return _not_200(v, get)
 
 
 def judge_http_latency(

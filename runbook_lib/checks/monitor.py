@@ -6,9 +6,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from ..observations import HoldObservation, LoadReportView, LogEntryView, MonitorObservation
-from ..results import CheckResult, Status
+from ..observations import (
+    HoldObservation,
+    LoadReportView,
+    LogEntryView,
+    MonitorObservation,
+    MonitorTick,
+)
+from ..results import CheckResult
 from .causes import (
+    NO_WS_IMPLEMENTATION,
+    NO_WS_LOG_MARKERS,
     STATUS_CAUSES,
     Verdict,
     connect_failure_words,
@@ -32,13 +40,46 @@ __all__ = [
 ]
 
 
-def judge_monitor_uptime(
-    mon: MonitorObservation, *, min_uptime: float, check_id: str = "monitor.uptime"
-) -> CheckResult:
-    """``monitor.uptime``: share of ticks whose health GET answered 2xx."""
-    v = Verdict(check_id, threshold=min_uptime)
-    if not mon.ticks:
+def _too_few(v: Verdict, mon: MonitorObservation, min_samples: int) -> CheckResult | None:
+    """``error`` when the window holds fewer than ``min_samples`` samples (no evidence, no pass)."""
+    n = len(mon.ticks)
+    if n >= min_samples:
+        return None
+    if not n:
         return v.error("no monitoring sample was taken")
+    return v.error(
+        f"only {n} sample(s) in the window ({mon.window_s:g}s every {mon.interval_s:g}s); "
+        f"at least {min_samples} are needed to judge: lengthen thresholds.monitor_window_s, "
+        "shorten thresholds.monitor_interval_s, or lower thresholds.monitor_min_samples",
+        observed=n,
+    )
+
+
+def _unanswered(mon: MonitorObservation) -> list[MonitorTick]:
+    """Ticks whose handshake got no HTTP answer at all (refused, timeout, TLS, DNS...)."""
+    return [t for t in mon.ticks if t.ws_status is None]
+
+
+def _unreachable_words(mon: MonitorObservation, lost: Sequence[MonitorTick]) -> str:
+    errors = sorted({str(t.ws_error) for t in lost})
+    return (
+        f"{len(lost)}/{len(mon.ticks)} handshake(s) got no answer ({', '.join(errors)}): "
+        f"the service was unreachable at {mon.ws_url}"
+    )
+
+
+def judge_monitor_uptime(
+    mon: MonitorObservation,
+    *,
+    min_uptime: float,
+    min_samples: int = 5,
+    check_id: str = "monitor.uptime",
+) -> CheckResult:
+    """``monitor.uptime``: share of ticks whose health GET answered 2xx (at least
+    ``min_samples`` ticks, else ``error``)."""
+    v = Verdict(check_id, threshold=min_uptime)
+    if (few := _too_few(v, mon, min_samples)) is not None:
+        return few
     up = sum(1 for t in mon.ticks if t.health_status is not None and 200 <= t.health_status < 300)
     rate = up / len(mon.ticks)
     if rate >= min_uptime:
@@ -64,15 +105,20 @@ def judge_monitor_ws_failure_rate(
     mon: MonitorObservation,
     *,
     max_rate: float,
+    min_samples: int = 5,
     check_id: str = "monitor.ws_failure_rate",
 ) -> CheckResult:
-    """``monitor.ws_failure_rate``: share of ticks whose handshake (or ping) failed."""
+    """``monitor.ws_failure_rate``: share of ticks whose handshake (or ping) failed; a window
+    in which no handshake got an answer fails as unreachable, whatever ``max_rate``."""
     v = Verdict(check_id, threshold=max_rate)
-    if not mon.ticks:
-        return v.error("no monitoring sample was taken")
+    if (few := _too_few(v, mon, min_samples)) is not None:
+        return few
+    lost = _unanswered(mon)
+    if len(lost) == len(mon.ticks):
+        return v.fail(_unreachable_words(mon, lost), observed=1.0)
     failed = [t for t in mon.ticks if not t.ws_upgraded or t.ping_ok is False]
     rate = len(failed) / len(mon.ticks)
-    if rate < max_rate or (rate == 0 and max_rate == 0):
+    if not failed or rate < max_rate:
         return v.ok(
             f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed",
             observed=round(rate, 4),
@@ -94,20 +140,20 @@ def judge_monitor_avg_response(
     mon: MonitorObservation,
     *,
     limit_s: float,
+    min_samples: int = 5,
     check_id: str = "monitor.avg_response",
 ) -> CheckResult:
-    """``monitor.avg_response``: mean health latency of the successful samples."""
+    """``monitor.avg_response``: mean health latency of the answered samples."""
     v = Verdict(check_id, threshold=limit_s)
+    if (few := _too_few(v, mon, min_samples)) is not None:
+        return few
     lat = [t.health_latency_s for t in mon.ticks if t.health_status is not None]
     if not lat:
-        return v.result(
-            Status.FAIL if mon.ticks else Status.ERROR,
-            "no health sample got an answer: response time unknown",
-        )
+        return v.fail("no health sample got an answer: response time unknown")
     avg = statistics.fmean(lat)
     if avg < limit_s:
         return v.ok(
-            f"mean {avg:.3f}s, max {max(lat):.3f}s",
+            f"mean {avg:.3f}s, max {max(lat):.3f}s over {len(lat)} sample(s)",
             observed=round(avg, 4),
         )
     return v.fail(
@@ -118,23 +164,36 @@ def judge_monitor_avg_response(
 
 
 def judge_monitor_ws_404(
-    mon: MonitorObservation, *, check_id: str = "monitor.ws_404"
+    mon: MonitorObservation, *, min_samples: int = 5, check_id: str = "monitor.ws_404"
 ) -> CheckResult:
-    """``monitor.ws_404``: no WebSocket handshake answered 404 during the window."""
+    """``monitor.ws_404``: no WebSocket handshake answered 404 during the window.
+
+    Only answered handshakes are evidence: fewer than ``min_samples`` of them (refused
+    or failed connections) fails as unreachable, never passes.
+    """
     v = Verdict(check_id, threshold=0)
-    if not mon.ticks:
-        return v.error("no monitoring sample was taken")
+    if (few := _too_few(v, mon, min_samples)) is not None:
+        return few
     n = sum(1 for t in mon.ticks if t.ws_status == 404)
-    if n == 0:
-        return v.ok(
-            f"no 404 in {len(mon.ticks)} handshake(s)",
-            observed=0,
+    if n:
+        return v.fail(
+            f"{n}/{len(mon.ticks)} handshakes answered 404: "
+            f"{STATUS_CAUSES[404]}. The incident is back (or traffic is split with a revision "
+            "without the routes).",
+            observed=n,
         )
-    return v.fail(
-        f"{n}/{len(mon.ticks)} handshakes answered 404: "
-        f"{STATUS_CAUSES[404]}. The incident is back (or traffic is split with a revision "
-        "without the routes).",
-        observed=n,
+    lost = _unanswered(mon)
+    answered = len(mon.ticks) - len(lost)
+    if answered < min_samples:
+        return v.fail(
+            f"{_unreachable_words(mon, lost)}; only {answered} handshake(s) answered, so the "
+            "absence of 404s proves nothing",
+            observed=None,
+        )
+    return v.ok(
+        f"no 404 in {answered} answered handshake(s)"
+        + (f" ({len(lost)} got no answer)" if lost else ""),
+        observed=0,
     )
 
 
@@ -323,7 +382,11 @@ def judge_log_entries(
         f"{len(bad)} matching entr{'y' if len(bad) == 1 else 'ies'} ({what}); first: "
         f"[{first['severity']}] {first['text'][:120]}"
     )
-    if ws404:
+    no_ws = [e for e in entries if any(m in str(e.text) for m in NO_WS_LOG_MARKERS)]
+    if no_ws:
+        detail += f". The logs say the server cannot upgrade ({str(no_ws[0].text)[:80]!r}): "
+        detail += NO_WS_IMPLEMENTATION
+    elif ws404:
         detail += f". {len(ws404)} WebSocket upgrade(s) answered 404: {STATUS_CAUSES[404]}"
     return v.fail(
         detail,

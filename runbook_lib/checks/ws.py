@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..observations import (
     AuthObservation,
@@ -12,10 +13,16 @@ from ..observations import (
     RoundTripObservation,
 )
 from ..results import CheckResult
+
+if TYPE_CHECKING:
+    from ..flows import FlowObservation
 from .causes import (
     INCIDENT_SIGNATURE,
+    NO_WS_IMPLEMENTATION,
     Verdict,
+    WsEvidence,
     connect_failure_words,
+    diagnose_refusal,
     ended_words,
     explain_close,
     explain_status,
@@ -35,18 +42,27 @@ def judge_ws_routes_probe(
     health: HttpObservation | None,
     probes: Sequence[HandshakeObservation],
     *,
+    evidence: WsEvidence | None = None,
     check_id: str = "ws.routes_probe",
 ) -> CheckResult:
     """``ws.routes_probe``: every WebSocket path upgrades; names the incident signature.
+
+    The remedy comes from all the evidence (:func:`~.causes.diagnose_refusal`): a 404 while
+    the source registers the route and nothing configured would deploy other code is a
+    server without a WebSocket implementation, not a revision to redeploy.
 
     Args:
         health: the health GET (None when the service declares no health endpoint:
             then the incident signature cannot be named).
         probes: one upgrade attempt per WebSocket path.
+        evidence: what the source, logs and deploy configuration say (None: nothing).
     """
     v = Verdict(check_id, threshold=101)
     observed = {p.path: (p.status if p.status is not None else p.error) for p in probes}
-    data = {"probes": [p.to_record() for p in probes], "health_status": health and health.status}
+    data: dict[str, object] = {
+        "probes": [p.to_record() for p in probes],
+        "health_status": health and health.status,
+    }
     if not probes:
         return v.error("no WebSocket path was probed: set target.ws_paths", threshold=None)
     bad = [p for p in probes if not p.upgraded]
@@ -56,39 +72,70 @@ def judge_ws_routes_probe(
             observed=observed,
             data=data,
         )
+    causes = {
+        p.path: diagnose_refusal(p.status, p.path, evidence, server=p.headers.get("server", ""))
+        for p in bad
+        if p.status is not None and p.status != 101
+    }
+    keys = sorted({key for key, _ in causes.values()})
+    data["causes"] = {path: key for path, (key, _) in causes.items()}
+    if len(keys) == 1:
+        data["cause"] = keys[0]
     four04 = [p.path for p in bad if p.status == 404]
     if health is not None and health.status == 200 and four04:
+        key, words = causes[four04[0]]
+        if key == "route_unknown":
+            # No source to compare with: the seed's reading, with the other explanation.
+            words = (
+                "the serving revision does not have the WebSocket routes (built from code "
+                "without them, router not included): deploy the revision built from the "
+                f"fixed source (phase 2); or {NO_WS_IMPLEMENTATION}. Configure [source] app "
+                "to tell them apart"
+            )
         detail = (
             f"Incident signature: {INCIDENT_SIGNATURE} ({', '.join(four04)} -> 404, "
-            f"{health.url} -> 200). The serving revision does not have the WebSocket "
-            "routes: it was built from code without them or the router is not included. "
-            "Deploy the revision built from the fixed source (phase 2)."
+            f"{health.url} -> 200). Cause: {words}"
         )
+        others = [upgrade_words(p, evidence) for p in bad if p.path not in four04]
+        if others:
+            detail += "; also " + "; ".join(others)
         return v.fail(
             detail,
             observed=observed,
             data={**data, "incident_signature": True},
         )
     return v.fail(
-        "; ".join(upgrade_words(p) for p in bad),
+        "; ".join(upgrade_words(p, evidence) for p in bad),
         observed=observed,
         data=data,
     )
 
 
 def judge_ws_upgrade(
-    probes: Sequence[HandshakeObservation], *, check_id: str = "ws.upgrade"
+    probes: Sequence[HandshakeObservation],
+    *,
+    evidence: WsEvidence | None = None,
+    check_id: str = "ws.upgrade",
 ) -> CheckResult:
     """``ws.upgrade``: every WebSocket path answers 101 with a valid ``Sec-WebSocket-Accept``.
 
     The probe of phase 1 without the health answer: each failed path gets its cause.
     """
-    return judge_ws_routes_probe(None, probes, check_id=check_id)
+    return judge_ws_routes_probe(None, probes, evidence=evidence, check_id=check_id)
 
 
-def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:
-    """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong."""
+def judge_ws_roundtrip(
+    obs: RoundTripObservation | FlowObservation, *, check_id: str = "ws.roundtrip"
+) -> CheckResult:
+    """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong.
+
+    Given a :class:`~runbook_lib.flows.FlowObservation` (the ``load`` flow: the service's
+    ping conversation, e.g. GraphQL ``connection_init`` -> ``ping`` -> ``pong``, or a text
+    ``PING``/``PONG`` line) every step must succeed.
+    """
     v = Verdict(check_id, threshold="pong")
+    if not isinstance(obs, RoundTripObservation):
+        return _flow_roundtrip(v, obs)
     if not obs.connect.connected:
         return v.fail(
             connect_failure_words(obs.connect),
@@ -104,6 +151,28 @@ def judge_ws_roundtrip(obs: RoundTripObservation, *, check_id: str = "ws.roundtr
         observed=obs.ended,
         data={"frames": [f.to_record() for f in obs.frames]},
     )
+
+
+def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
+    data = {"flow": obs.to_record()}
+    if not obs.connected:
+        words = (
+            f"upgrade refused with HTTP {obs.status}: {explain_status(obs.status)}"
+            if obs.status is not None and obs.status != 101
+            else f"could not connect ({obs.connect_error}: {obs.connect_detail})"
+        )
+        return v.fail(words, observed=obs.status or obs.connect_error, data=data)
+    if obs.completed and obs.response_s is not None:
+        return v.ok(
+            f"the {obs.flow} flow's {len(obs.steps)} step(s) completed: answered after "
+            f"{obs.response_s * 1000:.0f} ms",
+            observed=round(obs.response_s, 4),
+            data=data,
+        )
+    detail = f"no pong: {obs.stop_detail}"
+    if obs.close_code is not None:
+        detail += f" (close {obs.close_code}: {explain_close(obs.close_code)})"
+    return v.fail(detail, observed=obs.stop_reason or "incomplete", data=data)
 
 
 def judge_auth_ws_authenticated(

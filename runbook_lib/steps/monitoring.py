@@ -14,6 +14,7 @@ from ..checks import (
 )
 from ..context import PhaseContext, StepReport
 from .common import (
+    applies,
     connect_auth,
     log_step,
     previous_phase_artifact,
@@ -29,6 +30,7 @@ __all__ = ["hold", "log_errors", "monitor"]
 @step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
+    from ..flows import resolve_flow
     from ..monitor import observe_monitor
     from ..plots import plot_monitor
 
@@ -37,20 +39,24 @@ async def monitor(ctx: PhaseContext) -> StepReport:
     if err:
         return report(token_errors(ctx, step_ids("monitor"), err))
     mon = await observe_monitor(
-        t.http(t.health_path),
+        # health_path = false: no health GET; availability comes from the handshakes.
+        t.http(t.health_path) if t.health_path is not None else None,
         t.ws(),
         window_s=th.monitor_window_s,
         interval_s=th.monitor_interval_s,
         auth=auth,
         protocol=ctx.settings.protocol,
-        ping=True,
+        # The ping conversation of ws.roundtrip (the load flow); a service without a ping
+        # (ws.roundtrip declared) is not failed for not answering one.
+        ping_flow=resolve_flow(ctx.settings, "load") if applies(ctx, "ws.roundtrip") else None,
         timeout_s=ctx.settings.timeouts.connect_s,
     )
+    n = th.monitor_min_samples
     results = [
-        judge_monitor_uptime(mon, min_uptime=th.monitor_uptime),
-        judge_monitor_ws_failure_rate(mon, max_rate=th.monitor_ws_failure_rate),
-        judge_monitor_avg_response(mon, limit_s=th.monitor_avg_response_s),
-        judge_monitor_ws_404(mon),
+        judge_monitor_uptime(mon, min_uptime=th.monitor_uptime, min_samples=n),
+        judge_monitor_ws_failure_rate(mon, max_rate=th.monitor_ws_failure_rate, min_samples=n),
+        judge_monitor_avg_response(mon, limit_s=th.monitor_avg_response_s, min_samples=n),
+        judge_monitor_ws_404(mon, min_samples=n),
     ]
     samples = [
         {
@@ -70,6 +76,7 @@ async def monitor(ctx: PhaseContext) -> StepReport:
 @step
 async def hold(ctx: PhaseContext) -> StepReport:
     """Hold one socket open for hold_s: it must end cleanly (no 1006, no server close)."""
+    from ..handshake import with_subprotocols
     from ..ws_checks import observe_hold
 
     th = ctx.settings.thresholds
@@ -80,7 +87,7 @@ async def hold(ctx: PhaseContext) -> StepReport:
         ctx.settings.target.ws(),
         ctx.settings.protocol,
         hold_s=th.hold_s,
-        auth=auth,
+        auth=with_subprotocols(auth, ctx.settings.protocol.subprotocols),
         ping_every_s=max(th.hold_s / 4, 1.0),
         open_timeout_s=ctx.settings.timeouts.connect_s,
     )

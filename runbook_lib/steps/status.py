@@ -17,11 +17,45 @@ from ..checks import (
     skip_reason,
     step_ids,
 )
+from ..checks.causes import WsEvidence
 from ..context import PhaseContext, StepReport
 from ..exceptions import CloudRunError
-from .common import applies, cloudrun, connect_auth, handshake_rows, report, step, table, ws_urls
+from ..observations import HttpObservation
+from .common import (
+    applies,
+    cloudrun,
+    connect_auth,
+    handshake_rows,
+    previous_phase_artifact,
+    report,
+    step,
+    table,
+    ws_urls,
+)
 
-__all__ = ["health_and_routes", "service_status", "source_status", "ws_preflight"]
+__all__ = ["health_and_routes", "service_status", "source_status", "ws_evidence", "ws_preflight"]
+
+
+def ws_evidence(ctx: PhaseContext, health: HttpObservation | None = None) -> WsEvidence:
+    """What phase 1 knows besides the handshakes: the source's routes (this phase's
+    ``source_status`` or phase 1 of the run), the walker's library check, the health
+    answer's ``Server`` header and whether a configured deploy would change the code."""
+
+    def seen(key: str) -> Any:
+        value = ctx.artifacts.get(key)
+        return value if value is not None else previous_phase_artifact(ctx, 1, key)
+
+    routes = seen("source_ws_routes")
+    cr = ctx.settings.cloudrun
+    serving = seen("serving_images") or []
+    changes = bool(cr.deploy_command) or bool(cr.deploy_image and cr.deploy_image not in serving)
+    return WsEvidence(
+        source_routes=None if routes is None else tuple(routes),
+        ws_library_missing=bool(seen("ws_library_missing")),
+        health_server=(health.headers.get("server", "") if health is not None else ""),
+        deploy_changes_code=changes,
+        credentials=ctx.settings.auth.enabled,
+    )
 
 
 @step
@@ -40,6 +74,7 @@ async def service_status(ctx: PhaseContext) -> StepReport:
         serving_revisions=serving,
         latest_ready_revision=svc.latest_ready_revision,
         service_uri=svc.uri,
+        serving_images=sorted({r.image for r in revisions if r.name in serving and r.image}),
     )
     rows = [
         {
@@ -72,7 +107,7 @@ async def ws_preflight(ctx: PhaseContext) -> StepReport:
 @step
 def source_status(ctx: PhaseContext) -> StepReport:
     """Compare the local checkout with what should be deployed: branch, cleanliness, WS routes."""
-    from ..source import list_app_routes, observe_git
+    from ..source import list_source_routes, observe_git
 
     src = ctx.settings.source
     git = observe_git(src.repo_dir, timeout_s=ctx.settings.timeouts.read_s)
@@ -84,10 +119,11 @@ def source_status(ctx: PhaseContext) -> StepReport:
         results.append(Verdict("source.git_branch").skip(branch_skip, observed=git.branch))
     rows: list[dict[str, Any]] = []
     if applies(ctx, "source.ws_routes_present"):
-        routes = list_app_routes(
-            src.app, cwd=src.repo_dir, timeout_s=ctx.settings.timeouts.command_s
-        )
+        routes = list_source_routes(src, timeout_s=ctx.settings.timeouts.command_s)
         results.append(judge_ws_routes_present(routes, src.expected_ws_routes))
+        if not routes.error:
+            ctx.artifacts["source_ws_routes"] = list(routes.ws_paths)
+        ctx.artifacts["ws_library_missing"] = routes.ws_library_missing
         rows = [
             {"kind": r.kind, "path": r.path, "methods": ",".join(r.methods)} for r in routes.routes
         ]
@@ -101,9 +137,9 @@ def source_status(ctx: PhaseContext) -> StepReport:
 @step
 async def health_and_routes(ctx: PhaseContext) -> StepReport:
     """GET /health, then try the WebSocket handshake on every configured WS path."""
+    from ..handshake import observe_handshakes, with_subprotocols
     from ..http_checks import observe_get
     from ..plots import plot_handshakes
-    from ..ws_checks import observe_handshakes
 
     t, to = ctx.settings.target, ctx.settings.timeouts
     health = (
@@ -112,8 +148,9 @@ async def health_and_routes(ctx: PhaseContext) -> StepReport:
         else None
     )
     auth, _ = await connect_auth(ctx)
+    auth = with_subprotocols(auth, ctx.settings.protocol.subprotocols)
     probes = await observe_handshakes(ws_urls(ctx), timeout_s=to.connect_s, auth=auth)
-    results = [judge_ws_routes_probe(health, probes)]
+    results = [judge_ws_routes_probe(health, probes, evidence=ws_evidence(ctx, health))]
     if health is not None:
         results[:0] = [judge_url_reachable(health), judge_health_backend(health)]
     rows = handshake_rows(probes, t.ws_url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..checks import (
     judge_http_latency,
     judge_ws_health,
@@ -26,6 +28,7 @@ from .common import (
     token_errors,
     ws_urls,
 )
+from .status import ws_evidence
 
 __all__ = ["http_endpoints", "routing_logs", "ws_roundtrip", "ws_upgrade"]
 
@@ -33,16 +36,25 @@ __all__ = ["http_endpoints", "routing_logs", "ws_roundtrip", "ws_upgrade"]
 @step
 async def ws_upgrade(ctx: PhaseContext) -> StepReport:
     """Every WS path must answer 101 with a valid Sec-WebSocket-Accept."""
+    from ..handshake import observe_handshakes, with_subprotocols
     from ..plots import plot_handshakes
-    from ..ws_checks import observe_handshakes
 
     auth, _ = await connect_auth(ctx)
+    auth = with_subprotocols(auth, ctx.settings.protocol.subprotocols)
     probes = await observe_handshakes(
         ws_urls(ctx), timeout_s=ctx.settings.timeouts.connect_s, auth=auth
     )
     rows = handshake_rows(probes, ctx.settings.target.ws_url)
     ctx.artifacts["handshakes"] = rows
-    return report([judge_ws_upgrade(probes)], table=table(rows), figure=plot_handshakes(rows))
+    evidence = ws_evidence(ctx)
+    if previous_phase_artifact(ctx, 2, "deployed_revision"):
+        # The deploy already happened: a 404 that survives it is not fixed by another.
+        evidence = replace(evidence, deploy_changes_code=False)
+    return report(
+        [judge_ws_upgrade(probes, evidence=evidence)],
+        table=table(rows),
+        figure=plot_handshakes(rows),
+    )
 
 
 @step
@@ -55,11 +67,22 @@ async def http_endpoints(ctx: PhaseContext) -> StepReport:
     observed: list[HttpObservation] = []
     if applies(ctx, "ws.health"):
         ws_health = await observe_get(t.http(t.ws_health_path), timeout_s=to.read_s)
-        results.append(judge_ws_health(ws_health))
+        results.append(judge_ws_health(ws_health, field=t.ws_health_field))
         observed.append(ws_health)
     if applies(ctx, "ws.test_endpoint"):
         ws_test = await observe_get(t.http(t.ws_test_path), timeout_s=to.read_s)
-        results.append(judge_ws_test_endpoint(ws_test))
+        upgrade = None
+        if ws_test.status != 200:
+            # The test path may be a WebSocket route only: judge the upgrade there.
+            from ..handshake import observe_handshake, with_subprotocols
+
+            auth, _ = await connect_auth(ctx)
+            upgrade = await observe_handshake(
+                t.ws(t.ws_test_path),
+                timeout_s=to.connect_s,
+                auth=with_subprotocols(auth, ctx.settings.protocol.subprotocols),
+            )
+        results.append(judge_ws_test_endpoint(ws_test, upgrade=upgrade))
         observed.append(ws_test)
     if applies(ctx, "http.latency"):
         samples = await sample_latency(
@@ -81,25 +104,21 @@ async def http_endpoints(ctx: PhaseContext) -> StepReport:
 
 @step
 async def ws_roundtrip(ctx: PhaseContext) -> StepReport:
-    """Connect (with auth), send the ping template, expect a pong."""
-    from ..ws_checks import observe_roundtrip
+    """Connect (with auth) and run the ping conversation: the ``load`` flow (the user's
+    ``[flows.load]``, or the seed's ping -> pong built from ``[protocol]``)."""
+    from ..flow_runner import run_named_flow
 
     auth, err = await connect_auth(ctx)
     if err:
         return report(token_errors(ctx, step_ids("ws_roundtrip"), err))
-    obs = await observe_roundtrip(
-        ctx.settings.target.ws(),
-        ctx.settings.protocol,
-        auth=auth,
-        timeout_s=ctx.settings.timeouts.read_s,
-        open_timeout_s=ctx.settings.timeouts.connect_s,
-    )
+    obs = await run_named_flow(ctx.settings, "load", auth=auth)
     rows = [
         {
-            "t_ms": round(f.t * 1000, 1),
-            "kind": str(f.kind),
-            "type": f.event_type,
-            "excerpt": f.excerpt[:120],
+            "t_ms": round(f.frame.t * 1000, 1),
+            "step": f.step,
+            "kind": str(f.frame.kind),
+            "type": f.frame.event_type,
+            "excerpt": f.frame.excerpt[:120],
         }
         for f in obs.frames
     ]
