@@ -185,8 +185,7 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
     ]
     results: list[CheckResult] = [verified]
     if not verified.ok:
-        await _untag(cr)
-        serving = (await cr.get_service()).serving_revisions
+        serving = await _untag(ctx, cr)
         mutation.done(succeeded=False, error=f"{target} failed verification; traffic not moved")
         why = f"{target} failed its verification on the tag URL (rollback.target_verified)"
         results.append(judge_traffic_moved(target, None, serving, gcloud, why_not=why))
@@ -194,14 +193,12 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
     try:
         outcome = await cr.set_traffic_split({target: 100})  # type: ignore[attr-defined]
     except CloudRunError as exc:
-        await _untag(cr)
-        serving = (await cr.get_service()).serving_revisions
+        serving = await _untag(ctx, cr)
         mutation.done(succeeded=False, error=str(exc))
         why = f"the traffic update failed ({exc}). Run: {gcloud}"
         results.append(judge_traffic_moved(target, None, serving, gcloud, why_not=why))
         return report(results, table=table(rows))
-    await _untag(cr)
-    serving = (await cr.get_service()).serving_revisions
+    serving = await _untag(ctx, cr)
     mutation.done(operation=outcome.name, revision=target, succeeded=outcome.succeeded)
     moved = judge_traffic_moved(target, outcome, serving, gcloud)
     if moved.ok:
@@ -239,12 +236,16 @@ async def _already_serving(ctx: PhaseContext, target: str) -> StepReport:
     return report([verified, moved], table=table(rows))
 
 
-async def _untag(cr: object) -> None:
-    """Remove the verification tag (a failure is logged: the tag serves 0 % anyway)."""
+async def _untag(ctx: PhaseContext, cr: object) -> dict[str, int]:
+    """Remove the verification tag (a failure is logged: the tag serves 0 % anyway); return
+    the split serving now. The tags left are recorded (``tags_after``)."""
     try:
         await cr.untag(VERIFY_TAG)  # type: ignore[attr-defined]
     except CloudRunError as exc:
         log.warning("could not remove the tag %s: %s", VERIFY_TAG, exc)
+    svc = await cr.get_service()  # type: ignore[attr-defined]
+    ctx.artifacts["tags_after"] = dict(svc.tag_urls)
+    return dict(svc.serving_revisions)
 
 
 @step
