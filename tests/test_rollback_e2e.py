@@ -117,3 +117,94 @@ def test_verify_then_shift_stops_a_leaking_revision_at_its_first_step(tmp_path: 
     assert checks["rollback.traffic_moved"]["status"] == "pass"
     assert results["rollback_pending"] is None
     assert outcome.exit_code == 1
+
+
+# ------------------------------------------------------------------ step by step, one sandbox
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    state = tmp_path_factory.mktemp("rollback-steps")
+    info = manager.up(state_dir=state, env_file=state / "local.toml")  # the incident serves
+    try:
+        yield info
+    finally:
+        manager.down(state)
+        clear_secrets()
+
+
+async def _serving(env: str) -> tuple[dict[str, int], dict[str, str]]:
+    from runbook_lib.cloudrun import cloudrun_client
+    from runbook_lib.settings import load_settings
+
+    svc = await cloudrun_client(load_settings(env)).get_service()
+    return dict(svc.serving_revisions), dict(svc.tag_urls)
+
+
+async def test_dry_runs_mutate_nothing_and_show_each_request_once(sandbox, tmp_path) -> None:
+    from runbook_lib import steps
+    from runbook_lib.context import open_phase
+
+    env = str(sandbox.env_file)
+    before = await _serving(env)
+    dry = {"auto_approve": False}
+    ctx2 = open_phase(2, environment=env, run_dir=str(tmp_path), overrides=dry)
+    deploy = await steps.deploy(ctx2)
+    rows = deploy.table.to_dict("records")
+    assert len(rows) == 1 and rows[0]["body (JSON)"].startswith("{\n")  # JSON, not a repr
+    assert (
+        rows[0]["curl"].startswith("curl -sS -X PATCH") and "gcloud run deploy" in rows[0]["gcloud"]
+    )
+    assert all("'method'" not in r.detail for r in deploy.results)  # no Python repr in details
+    warm = await steps.warmup(ctx2)  # nothing was deployed: no polling of the old revision
+    assert {r.status for r in warm.results} == {"skip"}
+    assert all(r.detail.startswith("dry-run: nothing was deployed") for r in warm.results)
+
+    ctx6 = open_phase(6, environment=env, run_dir=str(tmp_path / "six"), overrides=dry)
+    # The sandbox's first revision (healthy, 0 %) is the one other ready revision.
+    await steps.rollback_target(ctx6, "")
+    (healthy,) = ctx6.artifacts["rollback_alternatives"]
+    target = await steps.rollback_target(ctx6, healthy)
+    assert target.results[0].status == "pass" and "rule explicit" in target.results[0].detail
+    move = await steps.rollback_traffic(ctx6)
+    assert {r.id: r.status for r in move.results} == {
+        "rollback.target_verified": "skip",
+        "rollback.traffic_moved": "skip",
+    }
+    plans = move.table.to_dict("records")
+    assert [p["gcloud"].split()[5].split("=")[0] for p in plans] == [
+        "--update-tags",
+        "--to-revisions",
+        "--remove-tags",
+    ]
+    assert await _serving(env) == before  # nothing moved, no tag left
+
+
+async def test_the_serving_revision_is_never_proposed_and_a_no_op_deploy_is_not_a_dry_run(
+    sandbox, tmp_path
+) -> None:
+    """The walkthrough's "roll back from X to X" and "skip: dry-run" after an approved no-op."""
+    from runbook_lib import steps
+    from runbook_lib.context import open_phase
+
+    env = str(sandbox.env_file)
+    (serving, _), _ = (await _serving(env))[0].popitem(), None
+    ctx6 = open_phase(
+        6, environment=env, run_dir=str(tmp_path / "six"), overrides={"auto_approve": False}
+    )
+    rep = await steps.rollback_target(ctx6, serving)
+    assert (
+        rep.results[0].status == "fail"
+        and "it is the revision serving now" in rep.results[0].detail
+    )
+    assert f"from {serving} to {serving}" not in rep.results[0].detail
+
+    same = {"cloudrun.deploy_image": "sandbox/backend:ws-routes-missing"}
+    ctx2 = open_phase(
+        2, environment=env, run_dir=str(tmp_path / "two"), approve=True, overrides=same
+    )
+    await steps.deploy(ctx2)
+    assert ctx2.artifacts["deployed_revision"] == serving and ctx2.artifacts["no_new_revision"]
+    for name in ("warmup", "deploy_logs"):
+        rep = await getattr(steps, name)(ctx2)
+        assert {r.detail for r in rep.results} == {"no new revision: the image already serves"}
