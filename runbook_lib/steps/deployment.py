@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -140,7 +141,7 @@ async def _verify_then_shift(
     image = ctx.settings.cloudrun.deploy_image
     timeline = ShareTimeline()
     timeline.add(previous_split, "before the deploy")
-    outcome = await cr.deploy(  # type: ignore[call-arg]
+    outcome = await cr.deploy(
         image, no_traffic=True, tag=VERIFY_TAG, revision_name=_revision_of(plan)
     )
     mutation.done(
@@ -199,7 +200,7 @@ async def _verify_then_shift(
             assert action.split is not None and action.step is not None
             pct = shift.steps[action.step].percent
             try:
-                moved = await cr.set_traffic_split(action.split)  # type: ignore[attr-defined]
+                moved = await cr.set_traffic_split(action.split)
             except CloudRunError as exc:
                 error = str(exc)
                 restored = await _restore(cr, shift.restore, timeline)
@@ -261,7 +262,7 @@ def _revision_of(plan: Any) -> str:
     return str((body.get("template") or {}).get("revision") or "")
 
 
-async def _restore(cr: Any, split: dict[str, int], timeline: ShareTimeline) -> bool:
+async def _restore(cr: Any, split: Mapping[str, int], timeline: ShareTimeline) -> bool:
     """Return traffic to ``split``; False (and logged) when that fails too."""
     try:
         back = await cr.set_traffic_split(split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ..checks import (
     Verdict,
@@ -33,6 +34,9 @@ from .common import (
     token_errors,
 )
 from .verification import VERIFY_TAG, probe_revision
+
+if TYPE_CHECKING:
+    from ..cloudrun import CloudRun
 
 __all__ = ["rollback_target", "rollback_traffic", "rollback_verify"]
 
@@ -161,7 +165,7 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
         return rep
     mutation = ctx.claim_mutation("rollback")
     try:
-        tag_url = await cr.tag_revision(target, VERIFY_TAG)  # type: ignore[attr-defined]
+        tag_url = await cr.tag_revision(target, VERIFY_TAG)
     except CloudRunError as exc:
         mutation.done(succeeded=False, error=str(exc))
         return report(
@@ -191,7 +195,7 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
         results.append(judge_traffic_moved(target, None, serving, gcloud, why_not=why))
         return report(results, table=table(rows), note=f"equivalent: {plans[0].gcloud}")
     try:
-        outcome = await cr.set_traffic_split({target: 100})  # type: ignore[attr-defined]
+        outcome = await cr.set_traffic_split({target: 100})
     except CloudRunError as exc:
         serving = await _untag(ctx, cr)
         mutation.done(succeeded=False, error=str(exc))
@@ -236,14 +240,14 @@ async def _already_serving(ctx: PhaseContext, target: str) -> StepReport:
     return report([verified, moved], table=table(rows))
 
 
-async def _untag(ctx: PhaseContext, cr: object) -> dict[str, int]:
+async def _untag(ctx: PhaseContext, cr: CloudRun) -> dict[str, int]:
     """Remove the verification tag (a failure is logged: the tag serves 0 % anyway); return
     the split serving now. The tags left are recorded (``tags_after``)."""
     try:
-        await cr.untag(VERIFY_TAG)  # type: ignore[attr-defined]
+        await cr.untag(VERIFY_TAG)
     except CloudRunError as exc:
         log.warning("could not remove the tag %s: %s", VERIFY_TAG, exc)
-    svc = await cr.get_service()  # type: ignore[attr-defined]
+    svc = await cr.get_service()
     ctx.artifacts["tags_after"] = dict(svc.tag_urls)
     return dict(svc.serving_revisions)
 
