@@ -150,14 +150,15 @@ def evidence_from_records(records: Mapping[int, Mapping[str, Any]]) -> RunEviden
     arts2 = _artifacts(records.get(2))
     deployed = ""
     previous_split: dict[str, int] = {}
+    under_test = before_deploy  # no deploy ran: later phases judged what phase 1 found
     if arts2 and arts2.get("dry_run") is False:
-        deployed = str(arts2.get("deployed_revision") or "")
+        recorded = str(arts2.get("deployed_revision") or "")
         previous_split = _split(arts2.get("previous_split")) or _split(
             {str(arts2.get("previous_revision") or ""): 100}
         )
-        if deployed and deployed in previous_split:
-            deployed = ""  # the image already served: nothing new was judged
-    under_test = deployed or _only(previous_split) or before_deploy
+        # The image already served: the deploy made nothing new, the same revision was judged.
+        deployed = "" if recorded in previous_split else recorded
+        under_test = recorded  # '' when the deploy named no revision: nothing to condemn
     for phase in (2, 3, 4, 5):
         ids = _bad_ids(records.get(phase) or {}, lambda i: not i.startswith("predeploy."))
         _note(failed, under_test, phase, ids)
