@@ -134,9 +134,9 @@ def evidence_from_records(records: Mapping[int, Mapping[str, Any]]) -> RunEviden
 
     Phase 1 judges the revision it found serving (``status.revision_identified``
     observed); phases 2-5 judge the revision the deploy created (the one serving when
-    no deploy ran); phase 7 judges the rollback target when phase 6 moved traffic
-    before phase 7 opened, else the same as phases 2-5. Pre-deploy commands judge
-    the checkout, not a revision, and phase 6 judges the rollback itself.
+    no deploy ran); phase 6's ``rollback.target_verified`` judges its target; phase 7
+    judges the rollback target when phase 6 moved traffic before phase 7 opened, else
+    the same as phases 2-5. Pre-deploy commands judge the checkout, not a revision.
     """
     p1 = records.get(1) or {}
     p1_split: dict[str, int] = {}
@@ -169,6 +169,8 @@ def evidence_from_records(records: Mapping[int, Mapping[str, Any]]) -> RunEviden
         c.get("id") == "rollback.traffic_moved" and c.get("status") == "pass" for c in _checks(p6)
     )
     target = str(_artifacts(p6).get("rollback_target") or "")
+    # A target that failed its own verification (tag URL) is a revision seen failing.
+    _note(failed, target, 6, _bad_ids(p6, lambda i: i == "rollback.target_verified"))
     if p7 and moved and target:
         started7 = str(p7.get("started_at") or "")
         moved_at = str(_artifacts(p6).get("rolled_back_at") or p6.get("updated_at") or "")

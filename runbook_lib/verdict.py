@@ -353,12 +353,14 @@ def recommend(
 
 def _safe_target(records: Mapping[int, PhaseRecord], previous: str | None) -> str | None:
     """The rollback target by SPEC 9's evidence: phase 6's choice when it chose (None when
-    it refused), else ``previous`` unless this run saw that revision failing."""
+    it refused, or its target failed on its tag URL), else ``previous`` unless this run
+    saw that revision failing."""
     from .rollback_rule import evidence_from_records
 
     rec6 = records.get(ROLLBACK_PHASE)
     if rec6 is not None and rec6.artifacts.get("rollback_rule"):
-        return str(rec6.artifacts.get("rollback_target") or "") or None
+        refused = any(c.id == "rollback.target_verified" and c.status in _BAD for c in rec6.checks)
+        return None if refused else str(rec6.artifacts.get("rollback_target") or "") or None
     docs = {
         p: {"checks": [c.to_record() for c in r.checks], "artifacts": dict(r.artifacts)}
         for p, r in records.items()

@@ -88,8 +88,10 @@ def test_a_rollback_whose_only_candidate_is_broken_is_refused(tmp_path: Path) ->
     assert moved["status"] == "fail" and f"serving now {{'{leaking}': 100}}" in moved["detail"]
     assert {checks[i]["status"] for i in ("rollback.health", "rollback.smoke")} == {"skip"}
     assert _phase(outcome, 6)["artifacts"]["tags_after"] == {}
-    pending = results["rollback_pending"]
-    assert pending and pending["command"].startswith("runbook run")
+    # No rollback to a revision that just failed: hold, with the refusal in the reason.
+    rec = results["recommendation"]
+    assert rec["action"] == "hold" and rec["target_revision"] is None, rec
+    assert "the rollback itself failed" in rec["reason"] and results["rollback_pending"] is None
 
 
 def test_verify_then_shift_stops_a_leaking_revision_at_its_first_step(tmp_path: Path) -> None:

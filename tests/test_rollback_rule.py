@@ -255,6 +255,13 @@ def test_a_dry_run_deploys_nothing_and_phase_7_after_a_rollback_judges_the_targe
         }
     )
     assert late.failed == {"r3": "phase 7: monitor.hold"}
+    refused = evidence_from_records(
+        {
+            2: _rec({}, DEPLOYED),
+            6: _rec({"rollback.target_verified": "fail"}, {"rollback_target": "r2"}),
+        }
+    )
+    assert refused.failed == {"r2": "phase 6: rollback.target_verified"}
 
 
 def _run(out: Path, rid: str, verdict: str, records: dict[int, dict], env: str = "local") -> None:

@@ -268,3 +268,7 @@ def test_the_recommended_target_is_never_a_revision_the_run_saw_failing() -> Non
                   rollback_target="rev-0")  # fmt: skip
     j7 = judge({2: p2, 5: p5, 6: chosen}, [*outs[1:], _out(6)])
     assert (j7.recommendation.action, j7.recommendation.target_revision) == ("rollback", "rev-0")
+    broken = _rec(6, ("rollback.target_verified", "fail"), rollback_rule="explicit",
+                  rollback_target="rev-0")  # fmt: skip
+    j8 = judge({2: p2, 5: p5, 6: broken}, [*outs[1:], _out(6, "fail")])
+    assert j8.recommendation.target_revision is None and not j8.rollback_pending
