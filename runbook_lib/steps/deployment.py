@@ -154,7 +154,11 @@ async def _verify_then_shift(
     results = judge_deploy(outcome, after, previous)
     new = outcome.revision if outcome.succeeded else ""
     ctx.artifacts.update(deployed_revision=outcome.revision, no_new_revision=False)
-    timeline.add(after.serving_revisions, f"deploy: {new or 'failed'} at 0 %")
+    # The new revision is drawn from the deploy on, at 0 % until a step gives it traffic.
+    timeline.add(
+        {**after.serving_revisions, **({new: 0} if new else {})},
+        f"deploy: {new or 'failed'} at 0 %",
+    )
     before_words = ", ".join(f"{r} {p} %" for r, p in previous_split.items())
     refusal = (
         f"Refused: no traffic moved; {outcome.revision} keeps 0 % and {before_words} keeps "
