@@ -51,7 +51,7 @@ class StepReport:
         if self.results:
             parts.append(_style_results(self.frame()))
         if self.table is not None and hasattr(self.table, "to_html"):
-            parts.append(redact(self.table.to_html(index=False, escape=True)))
+            parts.append(_table_html(self.table))
         if self.figure is not None:
             parts.append(_figure_html(self.figure, self.title))
         return "\n".join(parts)
@@ -245,11 +245,37 @@ _COLORS = {
 }
 
 
+def _cell(value: Any) -> str:
+    """A table cell as a person reads it: no ``nan``/``None``, ``404`` not ``404.0``."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN: a missing value
+            return ""
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return ""
+    return str(value)
+
+
+def _table_html(frame: Any) -> str:
+    """A step's table as HTML: blank missing cells, whole numbers as integers, and line
+    breaks kept (a JSON body, an output tail) instead of run together or shown as ``\\n``."""
+    head = "".join(f"<th>{_esc(str(c))}</th>" for c in frame.columns)
+    td = '<td style="white-space: pre-wrap; vertical-align: top; text-align: left">'
+    rows = []
+    for rec in frame.itertuples(index=False, name=None):
+        cells = "".join(f"{td}{_esc(redact(_cell(v)))}</td>" for v in rec)
+        rows.append(f"<tr>{cells}</tr>")
+    return f'<table class="runbook-table"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
 def _style_results(frame: Any) -> str:
     rows = []
     for rec in frame.to_dict("records"):
         color = _COLORS.get(rec["status"], "#fff")
-        cells = "".join(f"<td>{_esc(redact(str(rec[c])))}</td>" for c in frame.columns)
+        cells = "".join(f"<td>{_esc(redact(_cell(rec[c])))}</td>" for c in frame.columns)
         rows.append(f'<tr style="background:{color}">{cells}</tr>')
     head = "".join(f"<th>{c}</th>" for c in frame.columns)
     return f'<table class="runbook-results"><tr>{head}</tr>{"".join(rows)}</table>'

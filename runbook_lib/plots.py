@@ -22,6 +22,7 @@ __all__ = [
     "plot_load_latency",
     "plot_load_tasks",
     "plot_monitor",
+    "plot_traffic_share",
     "plot_warmup",
 ]
 
@@ -495,4 +496,86 @@ def plot_monitor(
     fail_ax.set_ylim(-0.6, 1.6)
     fail_ax.set_xlabel("time since monitoring started (s)")
     fail_ax.set_ylabel("probe result")
+    return fig
+
+
+def plot_traffic_share(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    new_revision: str = "",
+    first_step: int | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Each revision's share of traffic over a rollout, as steps (``traffic_plan.share_rows``).
+
+    Args:
+        rows: ``{"t_s", "revision", "percent", "label"}`` per (sample, revision).
+        new_revision: the revision being rolled out (drawn thick, in blue).
+        first_step: the first traffic step's percent (drawn dashed, for reference).
+        ax: draw into this axes instead of a new figure.
+    """
+    fig, ax = _new_figure(ax, 9.0, 3.6)
+    revisions = list(dict.fromkeys(str(r.get("revision", "")) for r in rows))
+    palette = ["#6d4c41", "#546e7a", "#8e24aa", "#00897b", "#f9a825"]
+    others = iter(palette * 4)
+    times = sorted({float(r.get("t_s", 0.0)) for r in rows})
+    end = (max(times) if times else 1.0) * 1.08 + 0.5
+    for rev in revisions:
+        pts = sorted(
+            (float(r.get("t_s", 0.0)), int(r.get("percent", 0)))
+            for r in rows
+            if r["revision"] == rev
+        )
+        t = [x for x, _ in pts] + [end]
+        v = [y for _, y in pts] + [pts[-1][1] if pts else 0]
+        new = rev == new_revision
+        ax.step(
+            t,
+            v,
+            where="post",
+            linewidth=2.6 if new else 1.6,
+            color=NEUTRAL_COLOR if new else next(others),
+            label=f"{rev} (new)" if new else rev,
+        )
+    labels: dict[float, str] = {}
+    for r in rows:
+        labels.setdefault(float(r.get("t_s", 0.0)), str(r.get("label", "")))
+    for i, (t_s, label) in enumerate(sorted(labels.items())):
+        ax.axvline(t_s, color="#bdbdbd", linewidth=0.8, zorder=0)
+        bad = "restore" in label or "refused" in label or "failed" in label
+        ax.annotate(
+            label,
+            (t_s, 100),
+            xytext=(3, -12 - 11 * (i % 3)),
+            textcoords="offset points",
+            fontsize=8,
+            color=FAIL_COLOR if bad else "#424242",
+        )
+    if first_step is not None:
+        ax.axhline(first_step, color=WARN_COLOR, linestyle="--", linewidth=1)
+        ax.annotate(
+            f"first step {first_step} %",
+            (end, first_step),
+            xytext=(-80, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color=WARN_COLOR,
+        )
+    if not rows:
+        ax.text(
+            0.5,
+            0.5,
+            "no traffic change recorded",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color=FAIL_COLOR,
+        )
+    ax.set_xlim(-0.2, end)
+    ax.set_ylim(-3, 118)
+    ax.set_xlabel("time since the rollout began (s)")
+    ax.set_ylabel("share of traffic (%)")
+    ax.set_title("Traffic share per revision during the rollout")
+    if revisions:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="revision")
     return fig

@@ -1,233 +1,267 @@
-"""Which revision a rollback may move traffic to (SPEC 9), decided from evidence alone.
+"""The evidence the rollback-target rule reads (SPEC 9), and the rule's old import path.
 
-Pure: typed facts in, a :class:`Choice` out; no I/O. The rules, in order:
+The rule itself, :func:`choose_rollback_target`, lives with the other Cloud Run judges
+in :mod:`runbook_lib.checks.service` (re-exported here). This module turns run records
+into its inputs:
 
-1. ``served-before-deploy``: the revision that served before this run's deploy
-   (phase 2 records the split it found);
-2. ``passed-in-chain``: else the newest revision that an earlier run in the
-   manifest chain judged ``pass``;
-3. ``explicit``: else the revision the operator named (``--param rollback_to=REV``).
+- :func:`evidence_from_records`: what one run's phase records (``phases/NN.json``)
+  say: the split before its deploy, the revision it deployed, the revision each
+  phase judged and the revisions it saw failing (with the checks that failed);
+- :func:`chain_evidence`: the same for the earlier runs of the manifest chain
+  (``.manifest-chain`` in the outputs folder) of the same environment, plus the
+  revisions the runs that passed left serving;
+- :func:`gather_evidence`: both, for the run folder a phase-6 notebook writes into.
 
-Whatever the rule, a target is never a revision this run or a chained run saw
-failing, never the revision serving now, and always an existing, ready revision.
-When a rule finds several equally good revisions the choice is refused with the
-candidates listed: guessing is how a rollback re-creates the incident.
+Reading is bounded (the newest :data:`CHAIN_DEPTH` runs) and tolerant: an unreadable
+or half-written record is skipped, never a crash; it is simply no evidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checks.service import (
+    RULE_ALREADY_SERVING,
+    RULE_CHAIN_PASS,
+    RULE_EXPLICIT,
+    RULE_REFUSED,
+    RULE_SERVED_BEFORE,
+    Choice,
+    RevisionFacts,
+    choose_rollback_target,
+)
 
 __all__ = [
+    "CHAIN_DEPTH",
+    "RULE_ALREADY_SERVING",
     "RULE_CHAIN_PASS",
     "RULE_EXPLICIT",
     "RULE_REFUSED",
     "RULE_SERVED_BEFORE",
     "Choice",
     "RevisionFacts",
+    "RollbackEvidence",
+    "RunEvidence",
+    "chain_evidence",
     "choose_rollback_target",
+    "evidence_from_records",
+    "gather_evidence",
+    "read_records",
 ]
 
-RULE_SERVED_BEFORE = "served-before-deploy"
-RULE_CHAIN_PASS = "passed-in-chain"
-RULE_EXPLICIT = "explicit"
-RULE_REFUSED = "refused"
-
-
-class RevisionFacts(Protocol):
-    """What the rule needs of a revision (``cloudrun.RevisionInfo`` has it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def create_time(self) -> datetime | None: ...
-
-    @property
-    def ready(self) -> bool: ...
+# How many earlier runs of the chain are read (newest first).
+CHAIN_DEPTH = 50
+_CHAIN_FILE = ".manifest-chain"  # manifest.CHAIN_FILE, not imported: manifest pulls hashing
+_BAD = ("fail", "error")
+# Phase-1 checks that judge the revision serving (not the checkout or the split).
+_REVISION_CHECKS_P1 = ("status.url_reachable", "health.backend", "ws.routes_probe")
+_ROLLBACK_PHASE = 6
 
 
 @dataclass(frozen=True, slots=True)
-class Choice:
-    """The rollback target, or a refusal.
+class RunEvidence:
+    """What one run's records say about revisions.
 
     Attributes:
-        revision: the target, or ``None`` when refused.
-        rule: which rule chose it (``RULE_*``), ``"refused"`` otherwise.
-        candidates: with a refusal, the revisions a person could pick from; with a
-            choice, the revisions the rule considered (the chosen one first).
-        reason: one sentence a person can act on.
-        excluded: (revision, why) for every revision ruled out on the way.
+        previous_split: the split before the run's deploy (empty when no deploy ran).
+        deployed: the revision the deploy created ('' when none).
+        failed: revision -> the failed checks that condemn it (``"phase 3: ws.upgrade"``).
+        judged: the revision the run's last validation judged ('' when unknown).
     """
 
-    revision: str | None
-    rule: str
-    candidates: tuple[str, ...]
-    reason: str
-    excluded: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def refused(self) -> bool:
-        """True when no target was chosen."""
-        return self.revision is None
+    previous_split: dict[str, int] = field(default_factory=dict)
+    deployed: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
+    judged: str = ""
 
 
-def _serving_now(serving: Mapping[str, int] | str | None) -> set[str]:
-    if not serving:
-        return set()
-    if isinstance(serving, str):
-        return {serving}
-    return {rev for rev, pct in serving.items() if pct > 0}
+@dataclass(frozen=True, slots=True)
+class RollbackEvidence:
+    """The rule's inputs: this run's record and the chain's."""
+
+    previous_split: dict[str, int] = field(default_factory=dict)
+    deployed: str = ""
+    failed_seen: dict[str, str] = field(default_factory=dict)
+    passed_in_chain: dict[str, str] = field(default_factory=dict)
+    chain_runs_read: int = 0
 
 
-def choose_rollback_target(
-    serving: Mapping[str, int] | str | None,
-    revisions: Sequence[RevisionFacts],
-    previous_serving: Mapping[str, int] | str | None = None,
-    passed_in_chain: Collection[str] = (),
-    failed_seen: Collection[str] = (),
-    explicit: str | None = None,
-) -> Choice:
-    """Choose the revision to roll back to, by SPEC 9's rules (see the module docstring).
+def _checks(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    checks = doc.get("checks")
+    return [c for c in checks if isinstance(c, Mapping)] if isinstance(checks, list) else []
 
-    Args:
-        serving: the split now (revision -> percent), or the one serving revision.
-        revisions: every revision of the service (name, create_time, ready).
-        previous_serving: the split (or revision) before this run's deploy, if one ran.
-        passed_in_chain: revisions that chained earlier runs judged ``pass``.
-        failed_seen: revisions this run or a chained run saw failing.
-        explicit: the operator's ``rollback_to``, if given.
+
+def _artifacts(doc: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    arts = (doc or {}).get("artifacts")
+    return arts if isinstance(arts, Mapping) else {}
+
+
+def _split(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, int] = {}
+    for rev, pct in value.items():
+        if isinstance(rev, str) and rev and isinstance(pct, int | float) and pct > 0:
+            out[rev] = int(pct)
+    return out
+
+
+def _only(split: Mapping[str, int]) -> str:
+    """The revision serving everything ('' when traffic is split or nothing serves)."""
+    return next(iter(split)) if len(split) == 1 else ""
+
+
+def _bad_ids(doc: Mapping[str, Any], keep: Any = None) -> list[str]:
+    return [
+        str(c.get("id"))
+        for c in _checks(doc)
+        if c.get("status") in _BAD and (keep is None or keep(str(c.get("id", ""))))
+    ]
+
+
+def _note(failed: dict[str, str], rev: str, phase: int, ids: list[str]) -> None:
+    if rev and ids:
+        words = f"phase {phase}: {', '.join(sorted(ids)[:4])}"
+        failed[rev] = f"{failed[rev]}; {words}" if rev in failed else words
+
+
+def evidence_from_records(records: Mapping[int, Mapping[str, Any]]) -> RunEvidence:
+    """What one run's phase records (phase -> ``phases/NN.json`` document) say (pure).
+
+    Phase 1 judges the revision it found serving (``status.revision_identified``
+    observed); phases 2-5 judge the revision the deploy created (the one serving when
+    no deploy ran); phase 6's ``rollback.target_verified`` judges its target; phase 7
+    judges the rollback target when phase 6 moved traffic before phase 7 opened, else
+    the same as phases 2-5. Pre-deploy commands judge the checkout, not a revision.
+    """
+    p1 = records.get(1) or {}
+    p1_split: dict[str, int] = {}
+    for c in _checks(p1):
+        if c.get("id") == "status.revision_identified":
+            p1_split = _split(c.get("observed"))
+    before_deploy = _only(p1_split)
+    failed: dict[str, str] = {}
+    _note(failed, before_deploy, 1, _bad_ids(p1, lambda i: i in _REVISION_CHECKS_P1))
+
+    arts2 = _artifacts(records.get(2))
+    deployed = ""
+    previous_split: dict[str, int] = {}
+    under_test = before_deploy  # no deploy ran: later phases judged what phase 1 found
+    if arts2 and arts2.get("dry_run") is False:
+        recorded = str(arts2.get("deployed_revision") or "")
+        previous_split = _split(arts2.get("previous_split")) or _split(
+            {str(arts2.get("previous_revision") or ""): 100}
+        )
+        # The image already served: the deploy made nothing new, the same revision was judged.
+        deployed = "" if recorded in previous_split else recorded
+        under_test = recorded  # '' when the deploy named no revision: nothing to condemn
+    for phase in (2, 3, 4, 5):
+        ids = _bad_ids(records.get(phase) or {}, lambda i: not i.startswith("predeploy."))
+        _note(failed, under_test, phase, ids)
+
+    judged = under_test
+    p6, p7 = records.get(_ROLLBACK_PHASE) or {}, records.get(7) or {}
+    moved = any(
+        c.get("id") == "rollback.traffic_moved" and c.get("status") == "pass" for c in _checks(p6)
+    )
+    target = str(_artifacts(p6).get("rollback_target") or "")
+    # A target that failed its own verification (tag URL) is a revision seen failing.
+    _note(failed, target, 6, _bad_ids(p6, lambda i: i == "rollback.target_verified"))
+    if p7 and moved and target:
+        started7 = str(p7.get("started_at") or "")
+        moved_at = str(_artifacts(p6).get("rolled_back_at") or p6.get("updated_at") or "")
+        if moved_at and started7 and moved_at <= started7:
+            judged = target
+    if p7:
+        _note(failed, judged, 7, _bad_ids(p7))
+    return RunEvidence(previous_split, deployed, failed, judged)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_records(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The phase records of a run folder (phase -> document), unreadable ones left out."""
+    out: dict[int, dict[str, Any]] = {}
+    for phase in range(1, 8):
+        doc = _read_json(run_dir / "phases" / f"{phase:02d}.json")
+        if doc is not None:
+            out[phase] = doc
+    return out
+
+
+def chain_evidence(
+    out_dir: Path, environment: str, *, exclude: str = "", depth: int = CHAIN_DEPTH
+) -> tuple[dict[str, str], dict[str, str], int]:
+    """Revisions earlier chained runs of ``environment`` judged ``pass`` and saw failing.
 
     Returns:
-        The :class:`Choice`; ``revision is None`` when refused.
+        (revision -> the run that passed with it, revision -> why it failed, runs read).
     """
-    by_name = {r.name: r for r in revisions}
-    now = _serving_now(serving)
-    failed = set(failed_seen)
-    excluded: dict[str, str] = {}
+    chain = out_dir / _CHAIN_FILE
+    try:
+        lines = chain.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}, {}, 0
+    run_ids: list[str] = []
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        rid = entry.get("run_id") if isinstance(entry, dict) else None
+        if (
+            isinstance(rid, str)
+            and rid
+            and rid != exclude
+            and "/" not in rid
+            and rid not in run_ids
+        ):
+            run_ids.append(rid)
+        if len(run_ids) >= depth:
+            break
+    passed: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    read = 0
+    for rid in run_ids:
+        results = _read_json(out_dir / rid / "results.json")
+        if results is None or results.get("environment") != environment:
+            continue
+        read += 1
+        ev = evidence_from_records(read_records(out_dir / rid))
+        for rev, why in ev.failed.items():
+            failed.setdefault(rev, f"run {rid}: {why}")
+        if results.get("verdict") == "pass" and ev.judged and ev.judged not in ev.failed:
+            passed.setdefault(ev.judged, rid)
+    return passed, failed, read
 
-    def why_not(rev: str) -> str:
-        """Empty when ``rev`` may receive traffic, else the reason it may not."""
-        if rev in now:
-            return "it is the revision serving now"
-        if rev in failed:
-            return "it was seen failing"
-        info = by_name.get(rev)
-        if info is None:
-            return "no such revision"
-        if not info.ready:
-            return "it is not ready"
-        return ""
 
-    def usable(revs: Sequence[str]) -> list[str]:
-        out = []
-        for rev in revs:
-            if why := why_not(rev):
-                excluded.setdefault(rev, why)
-            else:
-                out.append(rev)
-        return out
+def gather_evidence(run_dir: Path | None, environment: str) -> RollbackEvidence:
+    """This run's records and its chain's, for the phase-6 notebook writing into ``run_dir``.
 
-    def done(revision: str | None, rule: str, candidates: Sequence[str], reason: str) -> Choice:
-        return Choice(revision, rule, tuple(candidates), reason, tuple(excluded.items()))
-
-    notes: list[str] = []
-
-    # 1. The revision that served before this run's deploy.
-    before = sorted(_serving_now(previous_serving))
-    if before:
-        ok = usable(before)
-        if len(ok) == 1:
-            extra = (
-                f"; rollback_to={explicit} not used: this rule comes first"
-                if explicit and explicit != ok[0]
-                else ""
-            )
-            return done(
-                ok[0],
-                RULE_SERVED_BEFORE,
-                ok,
-                f"{ok[0]} served before this run's deploy{extra}",
-            )
-        if len(ok) > 1:
-            return done(
-                None,
-                RULE_REFUSED,
-                ok,
-                f"several revisions served before this run's deploy ({', '.join(ok)}): "
-                "name one with --param rollback_to=REV",
-            )
-        notes.append(
-            "the revision(s) that served before the deploy cannot take traffic ("
-            + "; ".join(f"{r}: {excluded[r]}" for r in before)
-            + ")"
-        )
-
-    # 2. The newest revision a chained earlier run judged pass.
-    passed = usable(sorted(set(passed_in_chain)))
-    if passed:
-        times = {r: t for r in passed if (t := by_name[r].create_time) is not None}
-        if len(passed) == 1:
-            return done(
-                passed[0],
-                RULE_CHAIN_PASS,
-                passed,
-                f"{passed[0]} is the newest revision an earlier run in the chain judged pass",
-            )
-        if len(times) == len(passed):
-            ordered = sorted(passed, key=lambda r: times[r], reverse=True)
-            if times[ordered[0]] != times[ordered[1]]:
-                return done(
-                    ordered[0],
-                    RULE_CHAIN_PASS,
-                    ordered,
-                    f"{ordered[0]} is the newest revision an earlier run in the chain judged pass",
-                )
-        return done(
-            None,
-            RULE_REFUSED,
-            passed,
-            "earlier runs judged several revisions pass and their order is unknown "
-            f"({', '.join(passed)}): name one with --param rollback_to=REV",
-        )
-    if passed_in_chain:
-        notes.append("no revision an earlier run judged pass can take traffic")
-
-    # 3. The operator's explicit choice.
-    if explicit:
-        if why := why_not(explicit):
-            excluded.setdefault(explicit, why)
-            return done(
-                None,
-                RULE_REFUSED,
-                _fallback(revisions, why_not),
-                f"rollback_to={explicit} refused: {why}",
-            )
-        return done(explicit, RULE_EXPLICIT, [explicit], f"{explicit} was named by rollback_to")
-
-    candidates = _fallback(revisions, why_not)
-    context = f" ({'; '.join(notes)})" if notes else ""
-    if candidates:
-        hint = f"candidates: {', '.join(candidates)}; name one with --param rollback_to=REV"
-    else:
-        hint = "no other revision is ready and unblemished: fix forward instead"
-    return done(
-        None,
-        RULE_REFUSED,
-        candidates,
-        "no evidence names a rollback target: no revision served before a deploy in "
-        f"this run and no earlier run judged one pass{context}; {hint}",
+    Without a run folder (a notebook walked interactively) there is no evidence: the
+    rule then needs an explicit ``rollback_to``.
+    """
+    if run_dir is None:
+        return RollbackEvidence()
+    ev = evidence_from_records(read_records(run_dir))
+    passed, chain_failed, read = chain_evidence(run_dir.parent, environment, exclude=run_dir.name)
+    failed = dict(chain_failed)
+    for rev, why in ev.failed.items():
+        failed[rev] = f"this run: {why}"
+    return RollbackEvidence(
+        previous_split=ev.previous_split,
+        deployed=ev.deployed,
+        failed_seen=failed,
+        passed_in_chain={r: rid for r, rid in passed.items() if r not in failed},
+        chain_runs_read=read,
     )
-
-
-def _fallback(revisions: Sequence[RevisionFacts], why_not: Callable[[str], str]) -> list[str]:
-    """Ready revisions that may take traffic, newest first (for a person to pick from)."""
-    ordered = sorted(
-        revisions,
-        key=lambda r: r.create_time.timestamp() if r.create_time else 0.0,
-        reverse=True,
-    )
-    return [r.name for r in ordered if not why_not(r.name)]

@@ -14,6 +14,7 @@ environment variables that hold them, read here and registered for redaction at 
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import os
 import tomllib
@@ -205,6 +206,10 @@ class CloudRunSettings:
     api_endpoint: str = ""
     deploy_image: str = ""
     deploy_command: str = ""
+    # SPEC 9: "direct" (the deploy takes all traffic) or "verify-then-shift" (no traffic,
+    # verified on its tag URL, then shifted in these steps with a gate after each).
+    deploy_strategy: str = "direct"
+    shift_steps: tuple[int, ...] = (10, 50, 100)
 
     @property
     def configured(self) -> bool:
@@ -587,6 +592,13 @@ def settings_from_dict(
     parts["auth"] = replace(auth, token=token, jwt_secret=secret)
 
     protocol = validate_protocol(parts["protocol"], raw.get("protocol", {}), source, warnings)
+    cr: CloudRunSettings = parts["cloudrun"]
+    if cr.deploy_strategy == "verify-then-shift" and cr.deploy_command and not cr.deploy_image:
+        raise ConfigError(
+            'cloudrun.deploy_strategy = "verify-then-shift" needs cloudrun.deploy_image: a '
+            "deploy_command cannot deploy with no traffic and a tag",
+            source,
+        )
     parts["source"] = resolve_source(parts["source"], source)
     validate_thresholds(parts["thresholds"], protocol, source, warnings)
     _validate_load(parts["load"], parts["cloudrun"], source)
@@ -749,6 +761,8 @@ def _build(cls: type, section: str, table: Mapping[str, Any], source: str, absen
 
 def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> Any:
     where = f"{section}.{key}"
+    if section == "cloudrun" and key in _CLOUDRUN_RULES:
+        return _CLOUDRUN_RULES[key](value, source)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}", source)
@@ -782,6 +796,37 @@ def _coerce(section: str, key: str, value: Any, default: Any, source: str) -> An
             check_placeholders(f"{where}.{etype}", pattern, BUILTIN_PLACEHOLDERS, source)
         return {str(k): v for k, v in value.items()}
     return value
+
+
+def _deploy_strategy(value: Any, source: str) -> str:
+    strategies = ("direct", "verify-then-shift")
+    if value not in strategies:
+        raise ConfigError(
+            f"cloudrun.deploy_strategy = {value!r}: expected one of {strategies}"
+            f"{closest(str(value), strategies)}",
+            source,
+        )
+    return str(value)
+
+
+def _shift_steps(value: Any, source: str) -> tuple[int, ...]:
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(p, int) and not isinstance(p, bool) and 0 < p <= 100 for p in value)
+        and all(b > a for a, b in itertools.pairwise(value))
+        and value[-1] == 100
+    )
+    if not ok:
+        raise ConfigError(
+            f"cloudrun.shift_steps = {value!r}: give increasing whole percentages in 1..100 "
+            "ending at 100, e.g. [10, 50, 100]",
+            source,
+        )
+    return tuple(value)
+
+
+_CLOUDRUN_RULES = {"deploy_strategy": _deploy_strategy, "shift_steps": _shift_steps}
 
 
 def _validate_target(t: TargetSettings, source: str) -> TargetSettings:

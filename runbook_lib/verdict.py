@@ -321,6 +321,9 @@ def recommend(
     target = (rec2.artifacts.get("previous_revision") if rec2 else None) or None
     rollback_note = ""
     rec6 = typed.get(ROLLBACK_PHASE)
+    previous, target = target, _safe_target(typed, target)
+    if previous and not target and not (rec6 and rec6.artifacts.get("rollback_rule")):
+        rollback_note += f"; {previous} served before the deploy but this run saw it failing"
     if rec6 is not None:
         moved = [c for c in rec6.checks if c.id == "rollback.traffic_moved"]
         if moved:
@@ -336,7 +339,7 @@ def recommend(
         return Recommendation(
             "hold",
             f"failed after deploy: {what}; no previous revision is known to roll back "
-            "to: investigate before sending more traffic",
+            f"to: investigate before sending more traffic{rollback_note}",
             None,
             tuple(failed),
         )
@@ -353,6 +356,24 @@ def recommend(
         None,
         tuple(failed),
     )
+
+
+def _safe_target(records: Mapping[int, PhaseRecord], previous: str | None) -> str | None:
+    """The rollback target by SPEC 9's evidence: phase 6's choice when it chose (None when
+    it refused, or its target failed on its tag URL), else ``previous`` unless this run
+    saw that revision failing."""
+    from .rollback_rule import evidence_from_records
+
+    rec6 = records.get(ROLLBACK_PHASE)
+    if rec6 is not None and rec6.artifacts.get("rollback_rule"):
+        refused = any(c.id == "rollback.target_verified" and c.status in _BAD for c in rec6.checks)
+        return None if refused else str(rec6.artifacts.get("rollback_target") or "") or None
+    docs = {
+        p: {"checks": [c.to_record() for c in r.checks], "artifacts": dict(r.artifacts)}
+        for p, r in records.items()
+    }
+    seen = evidence_from_records(docs).failed
+    return None if previous and previous in seen else previous
 
 
 def rollback_performed(records: Mapping[int, AnyRecord]) -> bool:

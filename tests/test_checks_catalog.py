@@ -33,7 +33,6 @@ TESTS = Path(__file__).parent
 
 # SPEC section 3 ("Check catalog (public ids)"), copied here on purpose: CI runs on a clean
 # clone without the shared SPEC. Dynamic ids (predeploy.<name>, tests.<name>) are prefixes.
-# SPEC section 9's rollback.target_verified is not judged yet, so it is not in the catalog.
 SPEC_IDS = {
     # phase 1
     "status.revision_identified", "status.traffic_on_latest", "status.url_reachable",
@@ -43,6 +42,7 @@ SPEC_IDS = {
     "deploy.executed", "deploy.operation_succeeded", "deploy.latest_serving",
     "deploy.logs_clean", "health.ready_within", "ws.health_ready_within",
     "health.no_5xx_during_warmup",
+    "deploy.tag_verified",  # SPEC 9: verify-then-shift validates the new revision on its tag URL
     # phase 3
     "ws.upgrade", "ws.health", "ws.test_endpoint", "ws.roundtrip", "http.latency",
     "logs.no_routing_errors",
@@ -55,6 +55,7 @@ SPEC_IDS = {
     "events.order", "events.structure", "events.latency",
     # phase 6
     "rollback.target_identified", "rollback.traffic_moved", "rollback.health", "rollback.smoke",
+    "rollback.target_verified",  # SPEC 9: the target probed on its tag URL before traffic moves
     # phase 7
     "monitor.uptime", "monitor.ws_failure_rate", "monitor.avg_response", "monitor.ws_404",
     "monitor.hold", "monitor.log_errors",

@@ -213,3 +213,30 @@ def test_figures_are_not_attached_to_pyplot() -> None:
     plots.plot_monitor([])
     assert len(plt.get_fignums()) == before
     assert _labels(plots.plot_monitor([]))
+
+
+def test_traffic_share_steps_each_revision_and_marks_the_restore() -> None:
+    """The verify-then-shift figure: the new revision climbs to 10 % then drops to 0 on restore."""
+    from runbook_lib.traffic_plan import share_rows
+
+    rows = share_rows(
+        [
+            (0.0, {"old": 100}, "before the deploy"),
+            (0.7, {"old": 100}, "deploy: new at 0 %"),
+            (0.9, {"new": 10, "old": 90}, "step 10 %: gate failed"),
+            (1.6, {"old": 100}, "restore: previous split"),
+        ]
+    )
+    fig = plots.plot_traffic_share(rows, new_revision="new", first_step=10)
+    ax = fig.axes[0]
+    lines = {
+        ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_label()[0] != "_"
+    }
+    assert max(lines["new (new)"]) == 10 and lines["new (new)"][-1] == 0
+    assert lines["old"][-1] == 100
+    texts = [t.get_text() for t in ax.texts]
+    assert "restore: previous split" in texts and "first step 10 %" in texts
+    assert "(s)" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
+    _png(fig)
+    empty = plots.plot_traffic_share([])
+    assert any(t.get_text().startswith("no ") for t in empty.axes[0].texts)

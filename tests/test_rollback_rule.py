@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,10 @@ from runbook_lib.rollback_rule import (
     RULE_REFUSED,
     RULE_SERVED_BEFORE,
     Choice,
+    chain_evidence,
     choose_rollback_target,
+    evidence_from_records,
+    gather_evidence,
 )
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
@@ -180,3 +185,125 @@ def test_module_is_pure() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the evidence it reads
+
+
+def _rec(checks: dict[str, str], artifacts: dict | None = None, **extra: Any) -> dict:
+    observed = extra.pop("observed", None)
+    return {
+        "checks": [
+            {
+                "id": cid,
+                "status": st,
+                "observed": observed if cid == "status.revision_identified" else None,
+            }
+            for cid, st in checks.items()
+        ],
+        "artifacts": artifacts or {},
+        **extra,
+    }
+
+
+DEPLOYED = {"dry_run": False, "deployed_revision": "r3", "previous_split": {"r2": 100}}
+
+
+def test_a_runs_records_name_the_revisions_it_saw_failing() -> None:
+    """Phase 1 condemns what it found serving; later phases condemn the deployed revision."""
+    ev = evidence_from_records(
+        {
+            1: _rec(
+                {
+                    "status.revision_identified": "pass",
+                    "ws.routes_probe": "fail",
+                    "source.git_clean": "fail",
+                },
+                observed={"r2": 100},
+            ),
+            2: _rec({"predeploy.unit": "fail", "deploy.executed": "pass"}, DEPLOYED),
+            5: _rec({"isolation.no_cross_user": "fail", "events.order": "pass"}),
+        }
+    )
+    assert ev.previous_split == {"r2": 100} and ev.deployed == "r3" and ev.judged == "r3"
+    assert ev.failed == {"r2": "phase 1: ws.routes_probe", "r3": "phase 5: isolation.no_cross_user"}
+
+
+def test_a_dry_run_deploys_nothing_and_phase_7_after_a_rollback_judges_the_target() -> None:
+    dry = evidence_from_records({2: _rec({}, {"dry_run": True, "previous_revision": "r2"})})
+    assert (dry.deployed, dry.previous_split) == ("", {})
+    ev = evidence_from_records(
+        {
+            2: _rec({}, DEPLOYED),
+            6: _rec(
+                {"rollback.traffic_moved": "pass"},
+                {"rollback_target": "r2", "rolled_back_at": "2026-01-01T00:01:00+00:00"},
+            ),
+            7: _rec({"monitor.hold": "fail"}, started_at="2026-01-01T00:02:00+00:00"),
+        }
+    )
+    assert ev.judged == "r2" and ev.failed == {"r2": "phase 7: monitor.hold"}
+    # Phase 7 before the (late) rollback judged the deployed revision.
+    late = evidence_from_records(
+        {
+            2: _rec({}, DEPLOYED),
+            7: _rec({"monitor.hold": "fail"}, started_at="2026-01-01T00:00:30+00:00"),
+            6: _rec(
+                {"rollback.traffic_moved": "pass"},
+                {"rollback_target": "r2", "rolled_back_at": "2026-01-01T00:01:00+00:00"},
+            ),
+        }
+    )
+    assert late.failed == {"r3": "phase 7: monitor.hold"}
+    refused = evidence_from_records(
+        {
+            2: _rec({}, DEPLOYED),
+            6: _rec({"rollback.target_verified": "fail"}, {"rollback_target": "r2"}),
+        }
+    )
+    assert refused.failed == {"r2": "phase 6: rollback.target_verified"}
+
+
+def _run(out: Path, rid: str, verdict: str, records: dict[int, dict], env: str = "local") -> None:
+    (out / rid / "phases").mkdir(parents=True)
+    (out / rid / "results.json").write_text(json.dumps({"environment": env, "verdict": verdict}))
+    for phase, doc in records.items():
+        (out / rid / "phases" / f"{phase:02d}.json").write_text(json.dumps(doc))
+
+
+def test_the_chain_gives_the_revisions_earlier_runs_passed_and_failed(tmp_path: Path) -> None:
+    _run(tmp_path, "A", "pass", {2: _rec({}, {**DEPLOYED, "deployed_revision": "r1"})})
+    _run(tmp_path, "B", "pass", {2: _rec({}, DEPLOYED)}, env="staging")  # another environment
+    _run(
+        tmp_path,
+        "C",
+        "fail",
+        {2: _rec({}, {**DEPLOYED, "deployed_revision": "r4"}), 3: _rec({"ws.upgrade": "fail"})},
+    )
+    lines = [json.dumps({"run_id": r, "sha256": "x"}) for r in ("A", "B", "gone", "C")]
+    (tmp_path / ".manifest-chain").write_text("\n".join([*lines, "not json"]) + "\n")
+    passed, failed, read = chain_evidence(tmp_path, "local")
+    assert passed == {"r1": "A"} and read == 2
+    assert failed == {"r4": "run C: phase 3: ws.upgrade"}
+    run_dir = tmp_path / "NOW"
+    _run(
+        tmp_path,
+        "NOW",
+        "",
+        {2: _rec({}, {**DEPLOYED, "deployed_revision": "r5", "previous_split": {"r4": 100}})},
+    )
+    ev = gather_evidence(run_dir, "local")
+    assert ev.previous_split == {"r4": 100} and ev.deployed == "r5"
+    assert ev.passed_in_chain == {"r1": "A"} and "r4" in ev.failed_seen
+    # Fed to the rule: r4 served before but failed in run C, so the chain's pass wins.
+    revs = [Rev(n, T + timedelta(minutes=i)) for i, n in enumerate(("r1", "r4", "r5"))]
+    choice = choose_rollback_target(
+        {"r5": 100},
+        revs,
+        ev.previous_split,
+        passed_in_chain=ev.passed_in_chain,
+        failed_seen=ev.failed_seen,
+        deployed=ev.deployed,
+    )
+    assert (choice.revision, choice.rule) == ("r1", RULE_CHAIN_PASS)
+    assert gather_evidence(None, "local").passed_in_chain == {}  # interactive: no evidence

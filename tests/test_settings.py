@@ -28,6 +28,7 @@ from runbook_lib.settings import (
     load_settings,
     resolve_environment,
     schema_keys,
+    settings_from_dict,
     validate_check_ids,
 )
 from runbook_lib.settings_rules import RANGES
@@ -695,6 +696,39 @@ def test_schema_keys_cover_every_section():
     assert "target.health_path" in keys and "protocol.event_patterns" in keys
     assert "checks.not_applicable" in keys and "flows.<name>.steps[].expect_pattern" in keys
     assert "auth.token" not in keys and "auth.jwt_secret" not in keys
+    assert "cloudrun.deploy_strategy" in keys and "cloudrun.shift_steps" in keys
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"deploy_strategy": "canary"}, "cloudrun.deploy_strategy = 'canary': expected one of"),
+        ({"shift_steps": [50, 10, 100]}, "cloudrun.shift_steps = [50, 10, 100]: give increasing"),
+        ({"shift_steps": [10, 50]}, "ending at 100"),
+        ({"shift_steps": [0, 100]}, "1..100"),
+        ({"shift_steps": [True, 100]}, "whole percentages"),
+        (
+            {"deploy_strategy": "verify-then-shift", "deploy_command": "./deploy.sh"},
+            "needs cloudrun.deploy_image",
+        ),
+    ],
+)
+def test_deploy_strategy_and_shift_steps_are_validated(table, words):
+    """SPEC 9's [cloudrun] keys: a bad strategy or step list stops the run at load (exit 2)."""
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        settings_from_dict({"name": "x", "cloudrun": table})
+
+
+def test_deploy_strategy_defaults_to_direct():
+    s = settings_from_dict({"name": "x"})
+    assert (s.cloudrun.deploy_strategy, s.cloudrun.shift_steps) == ("direct", (10, 50, 100))
+    shifted = settings_from_dict(
+        {
+            "name": "x",
+            "cloudrun": {"deploy_strategy": "verify-then-shift", "shift_steps": [25, 100]},
+        }
+    )
+    assert shifted.cloudrun.shift_steps == (25, 100)
 
 
 # ------------------------------------------------------------------ docs/configuration.md

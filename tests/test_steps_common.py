@@ -130,3 +130,26 @@ def test_steps_table_follows_the_notebooks_cell_order() -> None:
             if m != "phase_summary"
         ]
         assert called == [s.name for s in STEPS.values() if s.phase == phase], notebook
+
+
+def test_a_dry_run_shows_each_request_once_as_json_beside_gcloud_and_curl(tmp_path) -> None:
+    """Not a Python repr in three rows: one table row per request, JSON body, gcloud, curl."""
+    import json
+
+    from runbook_lib.cloudrun import ServiceRef, TrafficTarget, plan_split, plan_tag
+    from runbook_lib.steps.common import dry_run
+
+    ctx = PhaseContext(
+        phase=6, settings=_settings(tmp_path, "http://x"), run_dir=None, approve=False
+    )
+    ref = ServiceRef("p", "r", "backend")
+    now = [TrafficTarget("REVISION", "b-2", 100)]
+    plans = [plan_tag(ref, now, "b-1", "runbook-verify"), plan_split(ref, now, {"b-1": 100})]
+    rep = dry_run(ctx, ["rollback.target_verified", "rollback.traffic_moved"], plans, "", "move")
+    rows = rep.table.to_dict("records")
+    assert [json.loads(r["body (JSON)"])["traffic"][-1]["revision"] for r in rows] == ["b-1", "b-1"]
+    assert all(r["curl"].startswith("curl -sS -X PATCH") for r in rows)
+    assert "--update-tags=runbook-verify=b-1" in rows[0]["gcloud"]
+    for r in rep.results:
+        assert r.status is Status.SKIP and r.detail.startswith("dry-run: not approved; would run")
+        assert "{" not in r.detail  # the body is in the table, once

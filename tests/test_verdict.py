@@ -255,3 +255,33 @@ def test_phase1_no_websocket_implementation_is_not_a_redeploy() -> None:
     assert "fixed source" not in j.recommendation.reason
     plain = {1: _rec(1, ("ws.routes_probe", "fail"))}
     assert "fix the cause" in judge(plain, [_out(1, "fail")]).recommendation.reason
+
+
+def test_the_recommended_target_is_never_a_revision_the_run_saw_failing() -> None:
+    """SPEC 9: phase 1 saw rev-1 (serving before the deploy) fail: no rollback to it; and
+    phase 6's own choice (or refusal) is what the recommendation names."""
+    p1 = PhaseRecord(
+        1,
+        (
+            CheckResult("status.revision_identified", 1, "pass", {"rev-1": 100}),
+            CheckResult("ws.routes_probe", 1, "fail"),
+        ),
+    )
+    p2 = _rec(2, ("deploy.executed", "pass"), dry_run=False, previous_revision="rev-1",
+              deployed_revision="rev-2")  # fmt: skip
+    p5 = _rec(5, ("isolation.no_cross_user", "fail"))
+    outs = [_out(1, "fail"), _out(2), _out(5, "fail")]
+    j = judge({1: p1, 2: p2, 5: p5}, outs)
+    assert j.recommendation.action == "hold" and j.recommendation.target_revision is None
+    assert "rev-1 served before the deploy but this run saw it failing" in j.recommendation.reason
+    refused = _rec(6, ("rollback.target_identified", "fail"), rollback_rule="refused")
+    j6 = judge({2: p2, 5: p5, 6: refused}, [*outs[1:], _out(6, "fail")])
+    assert j6.recommendation.target_revision is None
+    chosen = _rec(6, ("rollback.traffic_moved", "pass"), rollback_rule="passed-in-chain",
+                  rollback_target="rev-0")  # fmt: skip
+    j7 = judge({2: p2, 5: p5, 6: chosen}, [*outs[1:], _out(6)])
+    assert (j7.recommendation.action, j7.recommendation.target_revision) == ("rollback", "rev-0")
+    broken = _rec(6, ("rollback.target_verified", "fail"), rollback_rule="explicit",
+                  rollback_target="rev-0")  # fmt: skip
+    j8 = judge({2: p2, 5: p5, 6: broken}, [*outs[1:], _out(6, "fail")])
+    assert j8.recommendation.target_revision is None and not j8.rollback_pending

@@ -12,7 +12,8 @@ Family (module) -> id prefixes:
 - ``agent``: ``e2e.agent_response``, ``chat.flow``, ``events.*``, ``isolation.*``.
 - ``monitor``: ``monitor.*``, ``load.*``, ``deploy.logs_clean``, ``logs.no_routing_errors``.
 - ``service``: ``status.*`` (Cloud Run), ``cloudrun.ws_preflight``, ``deploy.*``,
-  ``rollback.target_identified``, ``rollback.traffic_moved``.
+  ``rollback.target_identified``, ``rollback.target_verified``, ``rollback.traffic_moved``
+  (and the rollback-target rule of SPEC 9).
 - ``source``: ``source.*``.
 - ``commands``: ``predeploy.<name>``, ``tests.<name>``, ``tests.duration``.
 
@@ -96,10 +97,15 @@ from .monitor import (
     judge_monitor_ws_failure_rate,
 )
 from .service import (
+    Choice,
+    ShiftRecord,
+    choose_rollback_target,
+    gate_outcome,
     judge_deploy,
     judge_latest_serving,
     judge_rollback_target,
     judge_service_status,
+    judge_target_verified,
     judge_traffic_moved,
     judge_ws_preflight,
 )
@@ -129,10 +135,13 @@ __all__ = [
     "STEPS",
     "UNREADABLE",
     "Check",
+    "Choice",
+    "ShiftRecord",
     "StepInfo",
     "Verdict",
     "WsEvidence",
     "applicability",
+    "choose_rollback_target",
     "connect_failure_words",
     "cross_user_frames",
     "diagnose_refusal",
@@ -140,6 +149,7 @@ __all__ = [
     "explain_close",
     "explain_http_status",
     "explain_status",
+    "gate_outcome",
     "http_failure",
     "is_known",
     "judge_agent_response",
@@ -173,6 +183,7 @@ __all__ = [
     "judge_ready_within",
     "judge_rollback_target",
     "judge_service_status",
+    "judge_target_verified",
     "judge_tests",
     "judge_tests_duration",
     "judge_traffic_moved",

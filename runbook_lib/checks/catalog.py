@@ -100,6 +100,7 @@ _CHECKS = (
     # phase 2: deploy
     Check("deploy.executed", 2, "the deploy request was accepted", "service", ("cloudrun", "cloudrun.deploy"), "judge_deploy", "deploy"),
     Check("deploy.operation_succeeded", 2, "the deploy operation succeeded and the revision is ready", "service", ("cloudrun", "cloudrun.deploy"), "judge_deploy", "deploy"),
+    Check("deploy.tag_verified", 2, "before any traffic, the new revision answers on its tag URL (verify-then-shift)", "service", ("cloudrun", "cloudrun.deploy", "cloudrun.verify_then_shift"), "judge_target_verified", "deploy"),
     Check("deploy.latest_serving", 2, "the deployed revision serves 100 %", "service", ("cloudrun", "cloudrun.deploy"), "judge_latest_serving", "deploy"),
     Check("health.ready_within", 2, "/health answers 200 within health_ready_s", "http", (*_T, "target.health_path"), "judge_ready_within", "warmup"),
     Check("ws.health_ready_within", 2, "the WebSocket health answers 200 within ws_health_ready_s", "http", (*_T, "target.ws_health_path"), "judge_ready_within", "warmup"),
@@ -131,7 +132,8 @@ _CHECKS = (
     Check("events.structure", 5, "every event carries its required fields", "agent", (*_T, "flows.agent"), "judge_events_structure", "event_delivery"),
     Check("events.latency", 5, "every event arrives within event_timeout_s", "agent", (*_T, "flows.agent"), "judge_events_latency", "event_delivery"),
     # phase 6: rollback
-    Check("rollback.target_identified", 6, "a ready revision to roll back to is chosen", "service", ("cloudrun",), "judge_rollback_target", "rollback_target"),
+    Check("rollback.target_identified", 6, "the rollback target is chosen by evidence (SPEC 9), or refused", "service", ("cloudrun",), "judge_rollback_target", "rollback_target"),
+    Check("rollback.target_verified", 6, "the target answers on its tag URL before traffic moves", "service", ("cloudrun",), "judge_target_verified", "rollback_traffic"),
     Check("rollback.traffic_moved", 6, "100 % of traffic moved to the target", "service", ("cloudrun",), "judge_traffic_moved", "rollback_traffic"),
     Check("rollback.health", 6, "/health answers 200 after the rollback", "http", (*_T, "target.health_path"), "judge_health_backend", "rollback_verify"),
     Check("rollback.smoke", 6, "a WebSocket round trip works after the rollback", "ws", _T, "judge_ws_roundtrip", "rollback_verify"),
@@ -169,7 +171,7 @@ _STEPS = (
     StepInfo("isolation", 5, "Multi-user isolation"),
     StepInfo("event_delivery", 5, "Critical event delivery"),
     StepInfo("rollback_target", 6, "Rollback target"),
-    StepInfo("rollback_traffic", 6, "Rollback: move traffic"),
+    StepInfo("rollback_traffic", 6, "Rollback: verify the target, then move traffic"),
     StepInfo("rollback_verify", 6, "Rollback verification"),
     StepInfo("monitor", 7, "Monitoring window"),
     StepInfo("hold", 7, "Long-lived socket"),
@@ -199,6 +201,10 @@ NEEDS: dict[str, tuple[Callable[[Settings], bool], str]] = {
     "cloudrun.deploy": (
         _flag(lambda s: s.cloudrun.deploy_image or s.cloudrun.deploy_command),
         "skip: no [cloudrun] deploy_image or deploy_command configured",
+    ),
+    "cloudrun.verify_then_shift": (
+        _flag(lambda s: getattr(s.cloudrun, "deploy_strategy", "direct") == "verify-then-shift"),
+        'skip: [cloudrun] deploy_strategy is "direct": the deploy takes all traffic at once',
     ),
     "logging": (
         _flag(lambda s: s.logging.enabled and s.cloudrun.configured),

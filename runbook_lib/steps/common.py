@@ -32,6 +32,7 @@ __all__ = [
     "cloudrun",
     "connect_auth",
     "dry_run",
+    "evidence_scope",
     "frame_rows",
     "handshake_rows",
     "log_step",
@@ -173,13 +174,44 @@ def skip_all(ctx: PhaseContext, ids: Sequence[str], reason: str) -> list[CheckRe
 
 
 def dry_run(
-    ctx: PhaseContext, ids: Sequence[str], request: Any, gcloud: str, what: str
+    ctx: PhaseContext, ids: Sequence[str], request: Any, gcloud: str = "", what: str = ""
 ) -> StepReport:
-    """The report of a mutating step that was not approved: what would be sent, and skips."""
-    detail = f"dry-run: not approved; would send {request} (equivalent: {gcloud})"
+    """The report of a mutating step that was not approved: what would be sent, and skips.
+
+    Args:
+        request: a ``cloudrun.RequestPlan`` or a sequence of them (shown once each: the
+            JSON body beside the equivalent gcloud and curl commands), or a deploy
+            command / legacy request mapping with its ``gcloud`` form.
+        what: the action, for the note ("deploy", "move traffic").
+    """
+    plans = list(request) if isinstance(request, list | tuple) else [request]
+    rows: list[dict[str, Any]] = []
+    commands: list[str] = []
+    for plan in plans:
+        if hasattr(plan, "body_json"):
+            rows.append(
+                {
+                    "step": plan.what,
+                    "REST request": f"{plan.method} {plan.url}",
+                    "body (JSON)": plan.body_json,
+                    "gcloud": plan.gcloud,
+                    "curl": plan.curl,
+                }
+            )
+            commands.append(plan.gcloud)
+        else:
+            body = (
+                json.dumps(plan, indent=2, default=str) if isinstance(plan, Mapping) else str(plan)
+            )
+            rows.append({"step": what, "REST request": "", "body (JSON)": body, "gcloud": gcloud})
+            commands.append(gcloud or str(plan))
+    detail = (
+        f"dry-run: not approved; would run {' then '.join(c for c in commands if c)} (the REST "
+        "request as JSON and with curl: in the step's table)"
+    )
     return report(
         skip_all(ctx, ids, detail),
-        table=table([{"request": str(request), "gcloud": gcloud}]),
+        table=table(rows),
         note=f"Dry run. Re-run with approve=True (CLI: --approve) to {what}.",
     )
 
@@ -281,33 +313,35 @@ async def log_step(
     ctx: PhaseContext,
     check_id: str,
     *,
-    since: datetime,
-    revision: str | None,
+    since: datetime | None = None,
+    revision: str | None = None,
     min_severity: str | None,
     contains: Sequence[str],
     what: str,
     status_404_paths: Sequence[str] = (),
+    scope: Any = None,
 ) -> StepReport:
-    """Read the service's logs with this filter and judge them as ``check_id``."""
+    """Read the service's logs with this filter and judge them as ``check_id``.
+
+    ``scope`` (a ``logs.LogScope``) names the revision under test and the start of
+    the evidence; without it, ``since`` and ``revision`` do.
+    """
     from ..logs import gcloud_logging_command, logging_filter, read_logs
 
-    flt = logging_filter(
-        ctx.settings, since=since, revision=revision, min_severity=min_severity, contains=contains
-    )
+    where = {"scope": scope} if scope is not None else {"since": since, "revision": revision}
+    flt = logging_filter(ctx.settings, min_severity=min_severity, contains=contains, **where)
     gcloud = gcloud_logging_command(ctx.settings, flt)
     try:
         entries = await read_logs(
-            ctx.settings,
-            since=since,
-            revision=revision,
-            min_severity=min_severity,
-            contains=contains,
+            ctx.settings, min_severity=min_severity, contains=contains, **where
         )
     except CloudRunError as exc:
         return report(
             [Verdict(check_id, phase=ctx.phase).error(f"could not read logs: {exc}")],
             note=f"equivalent: {gcloud}",
         )
+    if scope is not None:
+        what = f"{what} ({scope.describe()})"
     result = judge_log_entries(entries, check_id=check_id, what=what, ws_paths=status_404_paths)
     rows = [
         {
@@ -320,6 +354,40 @@ async def log_step(
         for e in entries[:30]
     ]
     return report([result], table=table(rows) if rows else None, note=f"equivalent: {gcloud}")
+
+
+async def evidence_scope(ctx: PhaseContext, check_id: str, *, after_rollback: bool = False) -> Any:
+    """The log entries that are evidence for ``check_id``: a ``logs.LogScope``, or an
+    ``error`` result when no revision under test can be named.
+
+    The revision this run deployed since its deploy began (phase 2's record); with
+    ``after_rollback``, the rollback target since traffic moved back when phase 6 did
+    so first; without a record (interactively, no ``run_dir``), the revision serving
+    all traffic since this phase opened. Phase 1's probes of the old revision and
+    older errors are never evidence against the revision under test.
+    """
+    from ..logs import LogScope, scope_for
+
+    if after_rollback and previous_phase_artifact(ctx, 6, "rollback_moved"):
+        target = previous_phase_artifact(ctx, 6, "rollback_target")
+        at = previous_phase_artifact(ctx, 6, "rolled_back_at")
+        if target and at:
+            return LogScope(
+                str(target), datetime.fromisoformat(at), f"since the rollback to {target}"
+            )
+    deployed = started = None
+    if previous_phase_artifact(ctx, 2, "dry_run") is False:
+        deployed = previous_phase_artifact(ctx, 2, "deployed_revision") or None
+        started = previous_phase_artifact(ctx, 2, "deploy_started_at") or None
+    try:
+        return await scope_for(
+            ctx.settings,
+            deployed_revision=deployed,
+            deploy_started_at=started if deployed else None,
+            phase_opened_at=ctx.started_at,
+        )
+    except CloudRunError as exc:
+        return Verdict(check_id, phase=ctx.phase).error(f"cannot name the logs to read: {exc}")
 
 
 def frame_rows(run: AgentRunObservation) -> list[dict[str, Any]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from ..checks import (
     judge_monitor_avg_response,
     judge_monitor_hold,
@@ -13,11 +11,12 @@ from ..checks import (
     step_ids,
 )
 from ..context import PhaseContext, StepReport
+from ..results import CheckResult
 from .common import (
     applies,
     connect_auth,
+    evidence_scope,
     log_step,
-    previous_phase_artifact,
     report,
     step,
     table,
@@ -103,14 +102,16 @@ async def hold(ctx: PhaseContext) -> StepReport:
 
 @step
 async def log_errors(ctx: PhaseContext) -> StepReport:
-    """Search the service's logs over the lookback window for errors and WebSocket 404s."""
-    window = max(ctx.settings.thresholds.monitor_window_s * 2, 120.0)
+    """Search the logs of the revision under test (the rollback target once traffic moved
+    back, else the deployed revision; interactively, the one serving) for errors."""
+    scope = await evidence_scope(ctx, "monitor.log_errors", after_rollback=True)
+    if isinstance(scope, CheckResult):
+        return report([scope])
     return await log_step(
         ctx,
         "monitor.log_errors",
-        since=datetime.now(UTC) - timedelta(seconds=window),
-        revision=previous_phase_artifact(ctx, 2, "deployed_revision"),
+        scope=scope,
         min_severity="ERROR",
         contains=(),
-        what=f"ERROR entries in the last {window:.0f}s",
+        what="ERROR entries",
     )

@@ -18,11 +18,11 @@ from ..results import CheckResult
 from .common import (
     applies,
     connect_auth,
+    evidence_scope,
     handshake_rows,
     log_step,
     previous_phase_artifact,
     report,
-    since,
     step,
     table,
     token_errors,
@@ -127,12 +127,15 @@ async def ws_roundtrip(ctx: PhaseContext) -> StepReport:
 
 @step
 async def routing_logs(ctx: PhaseContext) -> StepReport:
-    """Search the serving revision's logs for 404s on WebSocket paths and routing errors."""
+    """Search the logs of the revision under test since its deploy (interactively: since
+    this phase opened) for 404s on WebSocket paths and routing errors."""
+    scope = await evidence_scope(ctx, "logs.no_routing_errors")
+    if isinstance(scope, CheckResult):
+        return report([scope])
     return await log_step(
         ctx,
         "logs.no_routing_errors",
-        since=since(ctx, previous_phase_artifact(ctx, 2, "deploy_started_at")),
-        revision=previous_phase_artifact(ctx, 2, "deployed_revision"),
+        scope=scope,
         min_severity=None,
         contains=("404", "websocket", "routing"),
         what="404s on WebSocket paths and routing errors",

@@ -1,0 +1,149 @@
+"""Probing one revision on its own tag URL, and the gates of a verify-then-shift rollout.
+
+Shared by phase 2 (``deploy.tag_verified``, the gates between traffic steps) and
+phase 6 (``rollback.target_verified``). Observation only: the judges of
+:mod:`runbook_lib.checks` turn what is seen into results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..checks import (
+    Verdict,
+    judge_health_backend,
+    judge_isolation_no_cross_user,
+    judge_ws_roundtrip,
+    judge_ws_upgrade,
+)
+from ..context import PhaseContext
+from ..results import CheckResult
+from ..settings import TargetSettings
+from .common import applies, connect_auth
+
+__all__ = ["VERIFY_TAG", "ShareTimeline", "gate_probe", "probe_revision", "tag_target"]
+
+# The tag a revision gets while it is verified (removed afterwards; a left-over one from
+# an interrupted run is simply moved, Cloud Run allows one target per tag).
+VERIFY_TAG = "runbook-verify"
+
+
+def tag_target(target: TargetSettings, url: str) -> TargetSettings:
+    """``target`` with its HTTP and WebSocket bases moved to ``url`` (a tag's own URL).
+
+    The paths stay; the scheme follows the tag URL (``https`` -> ``wss``).
+    """
+    tag = urlsplit(url)
+    base = urlsplit(target.base_url)
+    ws = urlsplit(target.ws_url)
+    ws_scheme = "wss" if tag.scheme == "https" else "ws"
+    return replace(
+        target,
+        base_url=urlunsplit((tag.scheme, tag.netloc, base.path, "", "")),
+        ws_url=urlunsplit((ws_scheme, tag.netloc, ws.path, "", "")),
+    )
+
+
+async def _token_error(ctx: PhaseContext, check_id: str) -> tuple[Any, CheckResult | None]:
+    auth, err = await connect_auth(ctx)
+    if not err:
+        return auth, None
+    return auth, Verdict(check_id, phase=ctx.phase).error(
+        f"could not obtain a token to connect with: {err}"
+    )
+
+
+async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str, CheckResult]:
+    """Health, the WebSocket upgrade of every path and a round trip, on ``url``.
+
+    Returns:
+        label (``health``, ``upgrade``, ``round trip``) -> the part judged as ``check_id``;
+        ``health`` is left out when the service declares no health endpoint.
+    """
+    from ..http_checks import observe_get
+    from ..ws_checks import observe_handshakes, observe_roundtrip
+
+    t = tag_target(ctx.settings.target, url)
+    to = ctx.settings.timeouts
+    parts: dict[str, CheckResult] = {}
+    if t.health_path is not None:
+        health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
+        parts["health"] = judge_health_backend(health, check_id=check_id)
+    auth, err = await _token_error(ctx, check_id)
+    probes = await observe_handshakes(
+        [t.ws(p) for p in t.ws_paths], timeout_s=to.connect_s, auth=auth
+    )
+    parts["upgrade"] = judge_ws_upgrade(probes, check_id=check_id)
+    if err is not None:
+        parts["round trip"] = err
+    else:
+        rt = await observe_roundtrip(
+            t.ws(),
+            ctx.settings.protocol,
+            auth=auth,
+            timeout_s=to.read_s,
+            open_timeout_s=to.connect_s,
+        )
+        parts["round trip"] = judge_ws_roundtrip(rt, check_id=check_id)
+    return parts
+
+
+async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str, CheckResult]:
+    """The gate after one traffic step: what users get, and the new revision under sharing.
+
+    Through the service URL (the split in force): health and a WebSocket round trip.
+    On the new revision's tag URL: a few users at once, none of whom may receive
+    another's events (a fault that only shows once sockets share a revision).
+    """
+    from ..http_checks import observe_get
+    from ..ws_checks import observe_isolation, observe_roundtrip
+
+    t, th, to = ctx.settings.target, ctx.settings.thresholds, ctx.settings.timeouts
+    parts: dict[str, CheckResult] = {}
+    if t.health_path is not None:
+        health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
+        parts["health (service URL)"] = judge_health_backend(health, check_id=check_id)
+    auth, err = await _token_error(ctx, check_id)
+    if err is not None:
+        parts["round trip (service URL)"] = err
+        return parts
+    rt = await observe_roundtrip(
+        t.ws(), ctx.settings.protocol, auth=auth, timeout_s=to.read_s, open_timeout_s=to.connect_s
+    )
+    parts["round trip (service URL)"] = judge_ws_roundtrip(rt, check_id=check_id)
+    if applies(ctx, "isolation.no_cross_user"):
+        iso = await observe_isolation(
+            tag_target(t, tag_url).ws(),
+            ctx.settings.protocol,
+            ctx.settings.auth,
+            users=max(2, min(3, int(th.isolation_users))),
+            event_timeout_s=th.event_timeout_s,
+            open_timeout_s=to.connect_s,
+        )
+        parts["isolation (tag URL)"] = judge_isolation_no_cross_user(iso, check_id=check_id)
+    return parts
+
+
+class ShareTimeline:
+    """Traffic splits over time for the share figure: ``add(split, label)``, then ``samples``."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self.samples: list[tuple[float, dict[str, int], str]] = []
+
+    def add(self, split: Mapping[str, int], label: str) -> None:
+        """Record the split in force now, and what made it."""
+        self.samples.append((round(time.monotonic() - self._t0, 3), dict(split), label))
+
+    @property
+    def max_share(self) -> dict[str, int]:
+        """Revision -> the largest share it had."""
+        out: dict[str, int] = {}
+        for _, split, _ in self.samples:
+            for rev, pct in split.items():
+                out[rev] = max(out.get(rev, 0), pct)
+        return out
