@@ -151,6 +151,7 @@ class LoadReportStub:
     succeeded: int = 10
     failed: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    handshake_statuses: dict[int, int] = field(default_factory=lambda: {101: 10})
     p50_s: float | None = 0.1
     p95_s: float | None = 0.2
     saturated: bool = False

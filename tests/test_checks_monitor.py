@@ -107,6 +107,24 @@ def test_judge_load() -> None:
     assert none[0].status is Status.ERROR and none[1].status is Status.FAIL
 
 
+def test_no_server_errors_needs_an_upgraded_session() -> None:
+    """Every upgrade answered 404: 'no 5xx' is not evidence of a healthy server."""
+    refused = load_report(
+        succeeded=0,
+        failed=10,
+        errors_by_kind={"handshake_404": 10},
+        handshake_statuses={404: 10},
+        p95_s=None,
+    )
+    by = {r.id: r for r in judge_load(refused, success_rate=0.8, p95_s=3)}
+    assert by["load.no_server_errors"].status is Status.ERROR
+    assert "no session was upgraded" in by["load.no_server_errors"].detail
+    # Merged Cloud Run Job results carry the status as a string key.
+    merged = load_report(handshake_statuses={"101": 10})
+    by = {r.id: r for r in judge_load(merged, success_rate=0.8, p95_s=3)}
+    assert by["load.no_server_errors"].status is Status.PASS
+
+
 def test_judge_log_entries() -> None:
     clean = [entry(), entry(status=200, path="/health"), entry(status=404, path="/favicon.ico")]
     r = judge_log_entries(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from observation_builders import (
     NEG_OK,
     att,
@@ -83,8 +84,11 @@ def test_auth_ws_authenticated() -> None:
     )
 
 
+VALID = att("valid", True, "pong")
+
+
 def test_auth_rejects_invalid() -> None:
-    assert judge_auth_rejects_invalid(AuthObservation("query", None, NEG_OK)).status is Status.PASS
+    assert judge_auth_rejects_invalid(AuthObservation("query", VALID, NEG_OK)).status is Status.PASS
     bypass = (*NEG_OK[:2], att("wrong_signature", True), att("expired", True))
     r = judge_auth_rejects_invalid(AuthObservation("query", None, bypass))
     assert r.status is Status.FAIL and "wrong_signature, expired" in r.detail
@@ -94,11 +98,22 @@ def test_auth_rejects_invalid() -> None:
         att("expired", None, produced=False),
     )
     assert (
-        judge_auth_rejects_invalid(AuthObservation("bearer", None, partial)).status is Status.WARN
+        judge_auth_rejects_invalid(AuthObservation("bearer", VALID, partial)).status is Status.WARN
     )
     silent = (*NEG_OK[:3], att("expired", None, "socket stayed open"))
     assert judge_auth_rejects_invalid(AuthObservation("bearer", None, silent)).status is Status.FAIL
     assert judge_auth_rejects_invalid(AuthObservation("none", None)).status is Status.SKIP
+
+
+@pytest.mark.parametrize(
+    "valid",
+    [att("valid", False, "HTTP 404"), att("valid", None, "no answer"), None],
+)
+def test_refusing_everything_is_no_evidence_for_token_checks(valid) -> None:
+    """A 404 (or a dead server) also 'refuses' bad tokens: that proves nothing."""
+    r = judge_auth_rejects_invalid(AuthObservation("bearer", valid, NEG_OK))
+    assert r.status is Status.ERROR
+    assert "proves nothing" in r.detail and "auth.ws_authenticated" in r.detail
 
 
 def test_routes_probe_404_with_routes_in_source_is_no_ws_implementation() -> None:

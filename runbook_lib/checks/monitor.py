@@ -309,7 +309,20 @@ def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> 
             )
         )
     n = report.server_error_count()
-    if n == 0:
+    upgraded = sum(v for k, v in report.handshake_statuses.items() if str(k) == "101")
+    if n == 0 and not upgraded and report.planned:
+        # Every upgrade refused (404, 403, refused): no session reached the server, so
+        # "no server error" would be a pass without evidence.
+        out.append(
+            Verdict("load.no_server_errors").error(
+                "no session was upgraded, so nothing shows how the server behaves under "
+                "load" + (f": {top_words}" if top_words else "") + ". Fix ws.upgrade first.",
+                observed=0,
+                threshold=0,
+                data={"errors_by_kind": errors},
+            )
+        )
+    elif n == 0:
         out.append(
             Verdict("load.no_server_errors").ok(
                 "no 5xx upgrade answer and no server-side close",

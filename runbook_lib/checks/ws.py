@@ -252,6 +252,18 @@ def judge_auth_rejects_invalid(
             observed=rows,
             threshold=threshold,
         )
+    valid = obs.authenticated
+    if [n for n in obs.negatives if n.accepted is False] and (valid is None or not valid.accepted):
+        # A server that refuses everything (404, 403, down) also "refuses" bad tokens:
+        # that proves nothing about token checks. No evidence, no pass.
+        why = obs.token_error or (valid.how if valid else "") or "no valid connect was tried"
+        return v.error(
+            "the valid credential was not accepted either "
+            f"({why}): refusing the invalid ones proves nothing about token checks. "
+            "Make auth.ws_authenticated pass first (the upgrade, the token source).",
+            observed=rows,
+            threshold=threshold,
+        )
     if not [n for n in obs.negatives if n.produced]:
         return v.error(
             "no invalid credential could be produced",

@@ -161,7 +161,8 @@ _NO_SOCKET = frozenset(
         # Every check that needs an open WebSocket fails when the upgrade is refused:
         # missing evidence is a failure, never a skip.
         "ws.routes_probe", "ws.upgrade", "ws.roundtrip", "e2e.agent_response",
-        "load.success_rate", "load.latency_p95", "auth.ws_authenticated", "chat.flow",
+        "load.success_rate", "load.latency_p95", "load.no_server_errors",
+        "auth.ws_authenticated", "auth.rejects_invalid", "chat.flow",
         "isolation.sessions", "isolation.no_cross_user", "events.critical_delivered",
         "events.order", "events.structure", "events.latency", "monitor.ws_404",
         "monitor.ws_failure_rate", "monitor.hold", "logs.no_routing_errors",
