@@ -213,6 +213,10 @@ ABSENT = "target.ws_test_path = false: declared absent by the environment file"
         ("monitor.log_errors", {}, set(), None, "[logging] enabled is false"),
         ("source.git_branch", {}, set(), None, "[source] repo_dir is not configured"),
         ("tests.duration", {}, set(), None, "no [[commands.mission_critical]] configured"),
+        # Issue 9: no deploy configured, nothing to warm up (it used to poll for 60 s).
+        ("ws.health_ready_within", {}, set(), None, "no [cloudrun] deploy_image or deploy_command"),
+        ("health.ready_within", {}, set(), None, "no [cloudrun] deploy_image or deploy_command"),
+        ("health.no_5xx_during_warmup", {}, set(), None, "no [cloudrun] deploy_image"),
     ],
 )  # fmt: skip
 def test_applicability_and_skip_reason(

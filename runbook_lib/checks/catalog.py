@@ -102,9 +102,9 @@ _CHECKS = (
     Check("deploy.operation_succeeded", 2, "the deploy operation succeeded and the revision is ready", "service", ("cloudrun", "cloudrun.deploy"), "judge_deploy", "deploy"),
     Check("deploy.tag_verified", 2, "before any traffic, the new revision answers on its tag URL (verify-then-shift)", "service", ("cloudrun", "cloudrun.deploy", "cloudrun.verify_then_shift"), "judge_target_verified", "deploy"),
     Check("deploy.latest_serving", 2, "the deployed revision serves 100 %", "service", ("cloudrun", "cloudrun.deploy"), "judge_latest_serving", "deploy"),
-    Check("health.ready_within", 2, "/health answers 200 within health_ready_s", "http", (*_T, "target.health_path"), "judge_ready_within", "warmup"),
-    Check("ws.health_ready_within", 2, "the WebSocket health answers 200 within ws_health_ready_s", "http", (*_T, "target.ws_health_path"), "judge_ready_within", "warmup"),
-    Check("health.no_5xx_during_warmup", 2, "no 5xx while warming up", "http", _T, "judge_no_5xx_during_warmup", "warmup"),
+    Check("health.ready_within", 2, "/health answers 200 within health_ready_s", "http", (*_T, "cloudrun.deploy", "target.health_path"), "judge_ready_within", "warmup"),
+    Check("ws.health_ready_within", 2, "the WebSocket health answers 200 within ws_health_ready_s", "http", (*_T, "cloudrun.deploy", "target.ws_health_path"), "judge_ready_within", "warmup"),
+    Check("health.no_5xx_during_warmup", 2, "no 5xx while warming up", "http", (*_T, "cloudrun.deploy"), "judge_no_5xx_during_warmup", "warmup"),
     Check("deploy.logs_clean", 2, "the new revision logged no errors", "monitor", ("logging",), "judge_log_entries", "deploy_logs"),
     # phase 3: endpoint validation
     Check("ws.upgrade", 3, "every WebSocket path answers 101 with a valid accept", "ws", (*_T, "target.ws_paths"), "judge_ws_upgrade", "ws_upgrade"),

@@ -491,6 +491,7 @@ ws_paths = ["/websocket", "/ws/test"]
 primary_ws_path = "/websocket"
 health_path = "/health"
 ws_health_path = "/ws/health"
+ws_health_field = "connections.active"
 ws_test_path = "/ws/test"
 auth_url = "{info.auth_url}"
 auth_config_path = "/auth/config"
