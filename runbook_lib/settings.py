@@ -591,7 +591,10 @@ def settings_from_dict(
         _check_url("auth.token_endpoint", auth.token_endpoint, ("http", "https"), source)
     parts["auth"] = replace(auth, token=token, jwt_secret=secret)
 
-    protocol = validate_protocol(parts["protocol"], raw.get("protocol", {}), source, warnings)
+    not_applicable = checks_table(raw.get("checks", {}), source)
+    protocol = validate_protocol(
+        parts["protocol"], raw.get("protocol", {}), source, warnings, not_applicable
+    )
     cr: CloudRunSettings = parts["cloudrun"]
     if cr.deploy_strategy == "verify-then-shift" and cr.deploy_command and not cr.deploy_image:
         raise ConfigError(
@@ -616,7 +619,6 @@ def settings_from_dict(
     predeploy = _commands(commands.get("predeploy", []), "predeploy", source)
     mission = _commands(commands.get("mission_critical", []), "mission_critical", source)
 
-    not_applicable = checks_table(raw.get("checks", {}), source)
     flows = parse_flows(raw.get("flows", {}), fmt=protocol.format, source=source)
     for flow_name in flows:
         if flow_name not in FLOW_NAMES:

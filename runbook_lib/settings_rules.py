@@ -386,7 +386,11 @@ _SUBPROTOCOL = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def validate_protocol(
-    p: ProtocolSettings, table: Mapping[str, Any], source: str, warnings: list[str]
+    p: ProtocolSettings,
+    table: Mapping[str, Any],
+    source: str,
+    warnings: list[str],
+    not_applicable: Mapping[str, str] | None = None,
 ) -> ProtocolSettings:
     if p.format not in FORMATS:
         raise ConfigError(
@@ -415,7 +419,7 @@ def validate_protocol(
             "protocol.critical_events is empty: events.critical_delivered and events.order "
             "have nothing to check"
         )
-    elif len(p.critical_events) < 2:
+    elif len(p.critical_events) < 2 and "events.order" not in (not_applicable or {}):
         warnings.append(
             f"protocol.critical_events has {len(p.critical_events)} event type(s): events.order "
             "needs at least two (the check reports it; declare it in [checks] not_applicable)"

@@ -270,6 +270,17 @@ def test_checks_not_applicable(tmp_path):
     validate_check_ids(s, ["events.order"], prefixes=("ws.",))
 
 
+def test_events_order_warning_is_silent_once_declared_not_applicable(tmp_path):
+    """One event type: warn that events.order cannot judge, unless the user declared it."""
+    one = (
+        MINIMAL + '[protocol]\ncritical_events = ["done"]\n[thresholds]\ncritical_events_min = 1\n'
+    )
+    assert any("events.order" in w for w in load_settings(write(tmp_path, one)).warnings)
+    declared = one + '[checks.not_applicable]\n"events.order" = "one event per request"\n'
+    s = load_settings(write(tmp_path, declared, "d.toml"))
+    assert not any("events.order" in w for w in s.warnings)
+
+
 def test_not_applicable_ids_are_checked_against_the_catalog_at_load(tmp_path):
     """A typo'd check id is exit 2 naming the closest catalog id, not a silent no-op."""
     path = write(tmp_path, MINIMAL + '[checks.not_applicable]\n"events.ordr" = "x"\n')
