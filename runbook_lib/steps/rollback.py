@@ -255,8 +255,8 @@ async def _untag(ctx: PhaseContext, cr: CloudRun) -> dict[str, int]:
 @step
 async def rollback_verify(ctx: PhaseContext) -> StepReport:
     """After the rollback: /health is 200 and a WebSocket round trip works."""
+    from ..flow_runner import run_named_flow
     from ..http_checks import observe_get
-    from ..ws_checks import observe_roundtrip
 
     ids = step_ids("rollback_verify")
     if not ctx.approved:
@@ -276,8 +276,6 @@ async def rollback_verify(ctx: PhaseContext) -> StepReport:
     if applies(ctx, "rollback.health"):
         health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
         results.append(judge_health_backend(health, check_id="rollback.health"))
-    rt = await observe_roundtrip(
-        t.ws(), ctx.settings.protocol, auth=auth, timeout_s=to.read_s, open_timeout_s=to.connect_s
-    )
+    rt = await run_named_flow(ctx.settings, "load", auth=auth)  # the service's ping conversation
     results.append(judge_ws_roundtrip(rt, check_id="rollback.smoke"))
     return report(results)

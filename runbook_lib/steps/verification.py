@@ -64,8 +64,9 @@ async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str
         label (``health``, ``upgrade``, ``round trip``) -> the part judged as ``check_id``;
         ``health`` is left out when the service declares no health endpoint.
     """
+    from ..flow_runner import run_named_flow
+    from ..handshake import observe_handshakes, with_subprotocols
     from ..http_checks import observe_get
-    from ..ws_checks import observe_handshakes, observe_roundtrip
 
     t = tag_target(ctx.settings.target, url)
     to = ctx.settings.timeouts
@@ -75,19 +76,16 @@ async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str
         parts["health"] = judge_health_backend(health, check_id=check_id)
     auth, err = await _token_error(ctx, check_id)
     probes = await observe_handshakes(
-        [t.ws(p) for p in t.ws_paths], timeout_s=to.connect_s, auth=auth
+        [t.ws(p) for p in t.ws_paths],
+        timeout_s=to.connect_s,
+        auth=with_subprotocols(auth, ctx.settings.protocol.subprotocols),
     )
     parts["upgrade"] = judge_ws_upgrade(probes, check_id=check_id)
     if err is not None:
         parts["round trip"] = err
     else:
-        rt = await observe_roundtrip(
-            t.ws(),
-            ctx.settings.protocol,
-            auth=auth,
-            timeout_s=to.read_s,
-            open_timeout_s=to.connect_s,
-        )
+        # The service's own ping conversation (the load flow), as ws.roundtrip runs it.
+        rt = await run_named_flow(ctx.settings, "load", url=t.ws(), auth=auth)
         parts["round trip"] = judge_ws_roundtrip(rt, check_id=check_id)
     return parts
 
@@ -99,8 +97,9 @@ async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str
     On the new revision's tag URL: a few users at once, none of whom may receive
     another's events (a fault that only shows once sockets share a revision).
     """
+    from ..flow_runner import run_named_flow
     from ..http_checks import observe_get
-    from ..ws_checks import observe_isolation, observe_roundtrip
+    from ..ws_checks import observe_flow_users
 
     t, th, to = ctx.settings.target, ctx.settings.thresholds, ctx.settings.timeouts
     parts: dict[str, CheckResult] = {}
@@ -111,20 +110,17 @@ async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str
     if err is not None:
         parts["round trip (service URL)"] = err
         return parts
-    rt = await observe_roundtrip(
-        t.ws(), ctx.settings.protocol, auth=auth, timeout_s=to.read_s, open_timeout_s=to.connect_s
-    )
+    rt = await run_named_flow(ctx.settings, "load", auth=auth)
     parts["round trip (service URL)"] = judge_ws_roundtrip(rt, check_id=check_id)
     if applies(ctx, "isolation.no_cross_user"):
-        iso = await observe_isolation(
-            tag_target(t, tag_url).ws(),
-            ctx.settings.protocol,
-            ctx.settings.auth,
+        # The isolation flow, as phase 5 runs it (markers, the service's own protocol).
+        runs = await observe_flow_users(
+            ctx.settings,
+            "isolation",
             users=max(2, min(3, int(th.isolation_users))),
-            event_timeout_s=th.event_timeout_s,
-            open_timeout_s=to.connect_s,
+            url=tag_target(t, tag_url).ws(),
         )
-        parts["isolation (tag URL)"] = judge_isolation_no_cross_user(iso, check_id=check_id)
+        parts["isolation (tag URL)"] = judge_isolation_no_cross_user(runs, check_id=check_id)
     return parts
 
 
