@@ -357,3 +357,14 @@ def test_late_failure_without_approval_reports_the_rollback_pending(
     )
     assert pending["command"] in (out.run_dir / "summary.md").read_text()
     assert pending["command"] in (out.run_dir / "index.html").read_text()
+
+
+def test_kernel_and_sandbox_names_stay_importable_from_the_runner() -> None:
+    from runbook_lib import kernels, sandbox_session
+
+    assert runner.execute_phase is kernels.execute_phase
+    assert runner.notebook_error is kernels.notebook_error
+    assert runner.SandboxSession is sandbox_session.SandboxSession
+    assert runner._Sandbox is sandbox_session.SandboxSession
+    for name in runner.__all__:
+        assert hasattr(runner, name), name
