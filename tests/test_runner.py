@@ -12,19 +12,14 @@ from nbformat.v4 import new_code_cell, new_notebook
 from runbook_lib import evidence, runner
 from runbook_lib.context import PHASES
 from runbook_lib.exceptions import ConfigError
-from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import RunOptions
 
 TOKEN = "fixture-token-9f8e7d6c5b4a"
 
 
 @pytest.fixture(autouse=True)
-def _scrubbed(monkeypatch: pytest.MonkeyPatch):
-    for name in ("FIXTURE_TOKEN", "RUNBOOK_ENV_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    clear_secrets()
-    yield
-    clear_secrets()
+def _no_fixture_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FIXTURE_TOKEN", raising=False)
 
 
 def _record(phase: int, *checks: tuple[str, str]) -> str:
