@@ -4,7 +4,9 @@
 (configuration errors stop the run before any kernel starts), creates the run
 folder, executes the chosen phases in order (one fresh ``python3`` kernel per
 notebook, working directory = the repository root) and hands the folder to
-:mod:`runbook_lib.evidence` to be judged and sealed.
+:mod:`runbook_lib.evidence` to be judged and sealed. A kernel is driven by
+:mod:`runbook_lib.kernels`; the embedded sandbox of a run without an environment by
+:mod:`runbook_lib.sandbox_session`.
 
 The runner keeps each phase's outcome and record in memory and, before every
 phase, asks the pure :func:`runbook_lib.verdict.next_action` whether it runs (the
@@ -16,13 +18,10 @@ sealed with verdict ``interrupted`` before the interrupt propagates).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
-import os
 import re
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +31,15 @@ from typing import Any
 
 from . import evidence
 from .evidence import PhaseOutcome, RunContext
-from .exceptions import ConfigError, NotebookError
+from .exceptions import ConfigError
 from .interrupts import guarded
+from .kernels import execute_phase as execute_phase  # re-exported: tests and the CLI use it
+from .kernels import notebook_error as notebook_error
+from .kernels import signum_of
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE, VALIDATION_PHASES
 from .phases import DEPLOY_PHASE as DEPLOY_PHASE  # kept importable from here
-from .redaction import redact, register_secret
 from .results import Recommendation
+from .sandbox_session import SandboxSession as SandboxSession
 from .settings import CELL_TIMEOUT_S, load_settings, resolve_environment
 from .verdict import PhaseRecord, RunPlan, next_action, settle
 
@@ -53,6 +55,7 @@ __all__ = [
     "Progress",
     "RunOptions",
     "RunOutcome",
+    "SandboxSession",
     "execute_phase",
     "notebook_error",
     "notebook_parameters",
@@ -246,300 +249,8 @@ class RunOutcome:
 
 
 ProgressFn = Callable[[Progress], None]
-
-
-def _step_name(source: str) -> str:
-    """The step a cell runs (``rb.steps.<name>`` or ``open_phase``); '' for other cells."""
-    m = re.search(r"rb\.steps\.(\w+)", source)
-    if m:
-        return m.group(1)
-    return "open_phase" if "open_phase(" in source else ""
-
-
-def _kernel_manager_class(stderr_file: Any, started: list[Any] | None = None) -> type:
-    """A kernel manager that sends the kernel process's own stderr to ``stderr_file``.
-
-    The kernel's process-level chatter (transport warnings, crash messages) would
-    otherwise interleave with the progress lines; cell output is unaffected (it
-    travels over the kernel protocol). The log stays in the run folder for a
-    post-mortem of a dead kernel. Started managers are appended to ``started`` so an
-    interrupted run can stop its kernel before sealing the folder.
-    """
-    from jupyter_client.manager import AsyncKernelManager
-
-    class QuietKernelManager(AsyncKernelManager):
-        async def _async_start_kernel(self, **kw: Any) -> None:
-            if stderr_file is not None and "stderr" not in kw:
-                kw["stderr"] = stderr_file
-            if started is not None:
-                started.append(self)
-            await super()._async_start_kernel(**kw)
-
-        start_kernel = _async_start_kernel
-
-    return QuietKernelManager
-
-
-def _kill_kernels(managers: Sequence[Any], timeout_s: float = 5.0) -> None:
-    """Kill the kernels (and whatever they started) of an interrupted phase, bounded.
-
-    A kernel left running would keep writing ``phases/NN.json`` while the folder is
-    sealed (and could still be mutating the service); it runs in its own session.
-    """
-    import psutil
-
-    for km in managers:
-        provisioner = getattr(km, "provisioner", None)
-        pid = getattr(provisioner, "pid", None)
-        if not pid:
-            continue
-        try:
-            root = psutil.Process(int(pid))
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        pgid = getattr(provisioner, "pgid", None)
-        if pgid and pgid != os.getpgrp():
-            with contextlib.suppress(OSError):
-                os.killpg(int(pgid), signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=timeout_s)
-
-
-def _signum(exc: BaseException) -> int:
-    """The signal behind an interrupt (``RunInterrupted.signum``; SIGINT for Ctrl-C)."""
-    return int(getattr(exc, "signum", 0) or signal.SIGINT)
-
-
-def notebook_error(
-    exc: Exception, notebook: str, current_cell: int = -1, cell_timeout_s: float = 0.0
-) -> NotebookError:
-    """The one translation of papermill's and nbclient's failures into :class:`NotebookError`.
-
-    Args:
-        exc: what papermill raised.
-        notebook: the notebook's file name.
-        current_cell: the cell that was executing (-1 when none had started).
-        cell_timeout_s: the per-cell timeout in force (named in a timeout's reason).
-    """
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(exc, NotebookError):
-        return exc
-    cell = current_cell if current_cell >= 0 else None
-    if isinstance(exc, PapermillExecutionError):
-        return NotebookError(
-            f"cell {exc.cell_index} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}",
-            notebook,
-            exc.cell_index,
-        )
-    if isinstance(exc, CellTimeoutError):
-        return NotebookError(f"cell {cell} timed out after {int(cell_timeout_s)} s", notebook, cell)
-    if isinstance(exc, DeadKernelError):
-        return NotebookError(f"the kernel died while running cell {cell}: {exc}", notebook, cell)
-    # Kernel failed to start, notebook unreadable, ...
-    return NotebookError(f"{type(exc).__name__}: {exc}", notebook, cell)
-
-
-def execute_phase(
-    phase: int,
-    *,
-    notebook_in: Path,
-    notebook_out: Path,
-    parameters: Mapping[str, Any],
-    cwd: Path,
-    kernel_name: str = "python3",
-    cell_timeout_s: float = CELL_TIMEOUT_S,
-    start_timeout_s: float = 60.0,
-    on_step: Callable[[int, str], None] | None = None,
-    kernel_log: Path | None = None,
-) -> PhaseOutcome:
-    """Run one notebook with papermill into ``notebook_out``; never raises for notebook failures.
-
-    Returns:
-        ``PhaseOutcome`` with status ``pass`` (executed to the end; the checks decide the
-        rest) or ``error`` with the reason and the failing cell's index.
-    """
-    import papermill as pm
-
-    name = notebook_in.name
-    current = {"index": -1}
-
-    def hook(cell: Any = None, cell_index: int = -1, **_: Any) -> None:
-        current["index"] = cell_index
-        if on_step is not None and cell is not None and cell.get("cell_type") == "code":
-            step = _step_name(cell.get("source", ""))
-            if step:
-                on_step(cell_index, step)
-
-    start = time.monotonic()
-    status, reason, cell = "pass", "", None
-    kernels: list[Any] = []
-    log_file: Any = contextlib.nullcontext(None)
-    if kernel_log is not None:
-        kernel_log.parent.mkdir(parents=True, exist_ok=True)
-        log_file = kernel_log.open("ab")
-    try:
-        with log_file as stderr_file:
-            pm.execute_notebook(
-                str(notebook_in),
-                str(notebook_out),
-                parameters=dict(parameters),
-                kernel_name=kernel_name,
-                progress_bar=False,
-                log_output=False,
-                cwd=str(cwd),
-                start_timeout=int(max(start_timeout_s, 1)),
-                execution_timeout=max(int(cell_timeout_s), 1),
-                on_cell_start=hook,
-                kernel_manager_class=_kernel_manager_class(stderr_file, kernels),
-            )
-    except KeyboardInterrupt as exc:
-        # Stop the kernel first: nothing may write to the folder (or the service) while
-        # it is sealed. The partial notebook is still redacted below, then the interrupt
-        # carries this phase's outcome up to the run.
-        _kill_kernels(kernels)
-        cell = current["index"] if current["index"] >= 0 else None
-        where = f" at cell {cell}" if cell is not None else ""
-        outcome = PhaseOutcome(
-            phase,
-            name,
-            "interrupted",
-            time.monotonic() - start,
-            f"interrupted by signal {_signum(exc)}{where}",
-            cell,
-        )
-        _tidy(notebook_out, kernel_log)
-        exc.phase_outcome = outcome  # type: ignore[attr-defined]
-        raise
-    except Exception as exc:
-        err = notebook_error(exc, name, current["index"], cell_timeout_s)
-        status, reason, cell = "error", err.reason, err.cell_index
-    duration = time.monotonic() - start
-    _tidy(notebook_out, kernel_log)
-    return PhaseOutcome(phase, name, status, duration, redact(reason)[:2000], cell)
-
-
-def _tidy(notebook_out: Path, kernel_log: Path | None) -> None:
-    """Redact the executed notebook and the kernel's log in place."""
-    if notebook_out.is_file():
-        try:
-            evidence.redact_notebook(notebook_out)
-        except Exception as exc:  # unreadable partial notebook: the scan will still judge it
-            log.warning("could not redact %s: %s", notebook_out, exc)
-    if kernel_log is not None and kernel_log.is_file():
-        text = kernel_log.read_text(encoding="utf-8", errors="replace")
-        kernel_log.write_text(redact(text), encoding="utf-8")
-
-
-def _field(info: Any, key: str) -> Any:
-    if isinstance(info, Mapping):
-        return info.get(key)
-    return getattr(info, key, None)
-
-
-class _Sandbox:
-    """The embedded sandbox for one run: reused only when provably the same, else started.
-
-    With the real manager (``manager.Sandbox``): the run lock of the checkout's sandbox
-    is held for the whole run (a concurrent run is refused, exit 2); a running sandbox
-    is reused only when it answers and matches ``--serving``/``--deploy-image``; one left
-    by a dead run is cleaned up; a started one belongs to this process (it stops if the
-    run dies) and is stopped on exit. Every note goes through ``progress``. A manager
-    without ``Sandbox`` (a test double) is driven through ``status``/``up``/``down``.
-    """
-
-    def __init__(self, manager: Any, options: RunOptions, progress: ProgressFn) -> None:
-        self.manager = manager
-        self.options = options
-        self.progress = progress
-        self.started = False
-        self.env_file: str = ""
-        self.secrets: list[str] = []
-        self._claim: Any = None
-
-    def _kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {}
-        if self.options.sandbox_state_dir is not None:
-            kw["state_dir"] = self.options.sandbox_state_dir
-        return kw
-
-    def _note(self, message: str) -> None:
-        self.progress(Progress("note", message=message))
-
-    def _remember(self, info: Any) -> None:
-        env_file = _field(info, "env_file")
-        if env_file:
-            self.env_file = str(env_file)
-        # The sandbox's secrets (JWT secret, tokens) are read inside the kernels:
-        # register them here too so the final scan looks for them.
-        for key in ("jwt_secret", "token", "secret"):
-            value = _field(info, key)
-            if isinstance(value, str) and register_secret(value):
-                self.secrets.append(value)
-        environ = _field(info, "environ")
-        if isinstance(environ, Mapping):
-            for k, v in environ.items():
-                os.environ[str(k)] = str(v)
-                if ("SECRET" in str(k) or "TOKEN" in str(k)) and register_secret(str(v)):
-                    self.secrets.append(str(v))
-
-    def _up_kwargs(self) -> dict[str, Any]:
-        kw = self._kwargs()
-        if self.options.serving:
-            kw["serving"] = self.options.serving
-        if self.options.deploy_image:
-            kw["deploy_image"] = self.options.deploy_image
-        if self.options.sandbox_state_dir is not None:
-            # An isolated sandbox (tests, parallel rehearsals) keeps its env file too.
-            kw["env_file"] = Path(self.options.sandbox_state_dir) / "local.toml"
-        return kw
-
-    def __enter__(self) -> _Sandbox:
-        claim_class = getattr(self.manager, "Sandbox", None)
-        if claim_class is not None:
-            self._claim = claim_class(note=self._note, **self._up_kwargs())
-            info = self._claim.__enter__()
-            self.started = bool(self._claim.started)
-        else:
-            info = self._enter_plain()
-        self._remember(info)
-        if not self.env_file:
-            self.env_file = str(repo_root() / "environments" / "local.toml")
-        return self
-
-    def _enter_plain(self) -> Any:
-        info = None
-        try:
-            info = self.manager.status(**self._kwargs())
-        except Exception as exc:  # not running / no state yet
-            log.info("sandbox status: %s", exc)
-        if bool(info) and _field(info, "running") is not False:
-            if self.options.serving or self.options.deploy_image:
-                raise ConfigError(
-                    "a sandbox is already running and this manager cannot check that it "
-                    "matches --serving/--deploy-image: `runbook sandbox down` first"
-                )
-            self._note("sandbox already running: using it")
-            return info
-        self._note("starting the sandbox")
-        info = self.manager.up(**self._up_kwargs())
-        self.started = True
-        return info
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._claim is not None:
-            self._claim.__exit__(*exc)
-            return
-        if self.started:
-            self._note("stopping the sandbox")
-            try:
-                self.manager.down(**self._kwargs())
-            except Exception as err:
-                log.warning("sandbox down failed: %s", err)
+# The sandbox wrapper's former private name (now :mod:`runbook_lib.sandbox_session`).
+_Sandbox = SandboxSession
 
 
 @guarded
@@ -573,7 +284,7 @@ def run(
     if options.environment:
         return _run(options, options.environment, emit, (), notes)
     manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
-    with _Sandbox(manager, options, emit) as sb:
+    with SandboxSession(manager, options, lambda m: emit(Progress("note", message=m))) as sb:
         return _run(options, sb.env_file, emit, tuple(sb.secrets), notes)
 
 
@@ -819,7 +530,7 @@ def _seal_interrupted(
     executed. A second interrupt while sealing gets one more attempt (the first may
     have left a half-written report); a third gives up, the folder unsealed.
     """
-    signum = _signum(exc)
+    signum = signum_of(exc)
     in_flight = getattr(exc, "phase_outcome", None)
     phase_now = int(during.split()[1]) if during.startswith("phase ") else None
     if isinstance(in_flight, PhaseOutcome):

@@ -10,6 +10,11 @@ Fixture factories (async, run in the test's event loop):
   (welcome, ping/pong, five events) with optional faults and JWT auth.
 * ``uvicorn_app(app)`` -> ``http://127.0.0.1:port``: an ASGI app under uvicorn.
 * ``closed_port`` -> a port nothing listens on.
+
+Every test starts and ends with the process's global state reset (autouse
+``_clean_global_state``): no registered secret, no ``RUNBOOK_ENV_DIR`` and no
+``RUNBOOK_SANDBOX_DIR`` from the caller's shell. Wall-clock bounds in tests are
+scaled with :func:`tests.timing.T` (``RUNBOOK_TESTS_TIMEOUT_FACTOR``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,29 @@ import jwt
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from runbook_lib.redaction import clear_secrets
+
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+# ---------------------------------------------------------------- global state
+
+# Environment variables that point the library at folders outside the test's own.
+_LOCATION_VARS = ("RUNBOOK_ENV_DIR", "RUNBOOK_SANDBOX_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _clean_global_state(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test starts without registered secrets or location variables; none leak out.
+
+    Secrets registered by a module-scoped fixture are cleared too: a test that needs
+    them registered loads its settings (which registers them) itself.
+    """
+    for name in _LOCATION_VARS:
+        monkeypatch.delenv(name, raising=False)
+    clear_secrets()
+    yield
+    clear_secrets()
+
 
 # ---------------------------------------------------------------- engine fixtures (ws/http)
 

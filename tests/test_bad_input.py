@@ -23,7 +23,6 @@ from websockets.exceptions import ConnectionClosed
 from runbook_lib import cli
 from runbook_lib.context import PHASES
 from runbook_lib.evidence import verify_run
-from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import RunOptions, run
 
 # Short windows so each hostile run is a few seconds per phase; every wait is bounded by these.
@@ -47,14 +46,6 @@ command_s = 10
 """
 # Kernel starts dominate on a loaded 2-core machine: bound generously, but far below a hang.
 PHASE_BUDGET_S = 45.0
-
-
-@pytest.fixture(autouse=True)
-def _scrubbed(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("RUNBOOK_ENV_DIR", raising=False)
-    clear_secrets()
-    yield
-    clear_secrets()
 
 
 def _env(tmp_path: Path, name: str, body: str, short: bool = True) -> Path:

@@ -6,6 +6,7 @@ Healthy passes every judge; each faulty profile fails the judge that names its f
 from __future__ import annotations
 
 import pytest
+from timing import T
 
 from runbook_lib import checks as ev
 from runbook_lib.http_checks import observe_get, sample_latency
@@ -65,7 +66,7 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
         ev.judge_http_latency(await sample_latency(f"{base}/health", 3), limit_s=TH.http_latency_s),
     ]
     run = await observe_agent_run(
-        f"{ws}/websocket", P, auth=creds, user_id="runbook-user", event_timeout_s=10
+        f"{ws}/websocket", P, auth=creds, user_id="runbook-user", event_timeout_s=T(10)
     )
     chat = await observe_agent_run(
         f"{ws}/websocket",
@@ -73,7 +74,7 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
         auth=creds,
         user_id="runbook-user",
         template="chat_message",
-        event_timeout_s=10,
+        event_timeout_s=T(10),
     )
     results += [
         ev.judge_agent_response(run, timeout_s=TH.event_timeout_s),
@@ -85,9 +86,9 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
         ev.judge_events_structure(run, required_fields=P.required_fields),
         ev.judge_events_latency(run, timeout_s=TH.event_timeout_s),
     ]
-    a = await observe_auth(f"{ws}/websocket", P, auth, probe_timeout_s=3)
+    a = await observe_auth(f"{ws}/websocket", P, auth, probe_timeout_s=T(3))
     results += [ev.judge_auth_ws_authenticated(a), ev.judge_auth_rejects_invalid(a)]
-    iso = await observe_isolation(f"{ws}/websocket", P, auth, users=3, event_timeout_s=10)
+    iso = await observe_isolation(f"{ws}/websocket", P, auth, users=3, event_timeout_s=T(10))
     results += [
         ev.judge_isolation_sessions(
             iso, success_rate=TH.isolation_success_rate, response_s=TH.isolation_response_s
@@ -121,7 +122,7 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
 async def test_auth_modes_against_backend(backend, mode: str) -> None:
     _, ws = await backend("healthy")
     a = await observe_auth(
-        f"{ws}/websocket", P, AuthSettings(mode=mode, jwt_secret=SECRET), probe_timeout_s=3
+        f"{ws}/websocket", P, AuthSettings(mode=mode, jwt_secret=SECRET), probe_timeout_s=T(3)
     )
     assert ev.judge_auth_ws_authenticated(a).status is Status.PASS
     assert ev.judge_auth_rejects_invalid(a).status is Status.PASS
@@ -133,7 +134,7 @@ async def test_token_endpoint_of_sandbox_auth_service(backend, uvicorn_app) -> N
     assert ev.judge_auth_config(await observe_get(f"{auth_base}/auth/config")).ok
     assert ev.judge_auth_health(await observe_get(f"{auth_base}/health")).ok
     auth = AuthSettings(mode="query", token_endpoint=f"{auth_base}/auth/dev-token")
-    a = await observe_auth(f"{ws}/websocket", P, auth, probe_timeout_s=3)
+    a = await observe_auth(f"{ws}/websocket", P, auth, probe_timeout_s=T(3))
     r = ev.judge_auth_rejects_invalid(a)
     assert r.status is Status.PASS, r.detail  # all four produced via the endpoint
 
@@ -176,7 +177,7 @@ async def test_cross_user_leak_fails_isolation(backend) -> None:
         P,
         AuthSettings(mode="query", jwt_secret=SECRET),
         users=3,
-        event_timeout_s=5,
+        event_timeout_s=T(5),
     )
     r = ev.judge_isolation_no_cross_user(iso)
     assert r.status is Status.FAIL and r.observed > 0
@@ -185,7 +186,7 @@ async def test_cross_user_leak_fails_isolation(backend) -> None:
 async def test_auth_bypass_fails_rejects_invalid(backend) -> None:
     _, ws = await backend("auth-bypass")
     a = await observe_auth(
-        f"{ws}/websocket", P, AuthSettings(mode="bearer", jwt_secret=SECRET), probe_timeout_s=3
+        f"{ws}/websocket", P, AuthSettings(mode="bearer", jwt_secret=SECRET), probe_timeout_s=T(3)
     )
     r = ev.judge_auth_rejects_invalid(a)
     assert r.status is Status.FAIL and "ACCEPTED" in r.detail
@@ -194,15 +195,15 @@ async def test_auth_bypass_fails_rejects_invalid(backend) -> None:
 async def test_idle_close_fails_hold_with_1006(backend) -> None:
     _, ws = await backend("idle-close", SANDBOX_IDLE_CLOSE_S="0.3")
     creds = await _creds(AuthSettings(mode="bearer", jwt_secret=SECRET))
-    hold = await observe_hold(f"{ws}/websocket", P, hold_s=5, auth=creds)
+    hold = await observe_hold(f"{ws}/websocket", P, hold_s=T(5), auth=creds)
     r = ev.judge_monitor_hold(hold)
-    assert hold.close_code == 1006 and r.status is Status.FAIL and hold.ended_at_s < 4
+    assert hold.close_code == 1006 and r.status is Status.FAIL and hold.ended_at_s < T(4)
 
 
 async def test_slow_warmup_answers_503_then_200(backend) -> None:
     from runbook_lib.http_checks import poll_until_ready
 
     base, _ = await backend("slow-warmup", SANDBOX_WARMUP_S="0.5")
-    tl = await poll_until_ready(f"{base}/health", deadline_s=20, interval_s=0.1)
+    tl = await poll_until_ready(f"{base}/health", deadline_s=T(20), interval_s=0.1)
     assert ev.judge_ready_within(tl, limit_s=30).status is Status.PASS
     assert ev.judge_no_5xx_during_warmup([tl]).status is Status.FAIL

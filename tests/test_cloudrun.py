@@ -470,3 +470,22 @@ def test_staging_example_environment_loads(tmp_path: Path) -> None:
     assert settings.auth.token_env and not settings.auth.token
     cr = cloudrun_client(settings)
     assert "--region=us-central1 --project=my-staging-project" in cr.gcloud_deploy_command("img")
+
+
+def test_plans_module_is_pure_and_re_exported() -> None:
+    """The traffic arithmetic and request plans import no network or Google library."""
+    import subprocess
+    import sys
+
+    from runbook_lib import cloudrun, cloudrun_plans
+
+    code = (
+        "import sys, runbook_lib.cloudrun_plans; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'google', 'grpc', 'httpx', 'websockets', 'picows', 'numpy', 'requests'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    for name in cloudrun_plans.__all__:
+        if name in cloudrun.__all__:
+            assert getattr(cloudrun, name) is getattr(cloudrun_plans, name), name

@@ -15,18 +15,11 @@ import pytest
 from runbook_lib import evidence
 from runbook_lib.context import PhaseContext, StepReport
 from runbook_lib.evidence import PhaseOutcome
-from runbook_lib.redaction import clear_secrets, register_secret
+from runbook_lib.redaction import register_secret
 from runbook_lib.results import CheckResult, Status
 from runbook_lib.settings import settings_from_dict
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
-
-
-@pytest.fixture(autouse=True)
-def _no_secrets():
-    clear_secrets()
-    yield
-    clear_secrets()
 
 
 def _phase(

@@ -11,7 +11,6 @@ import pytest
 
 from runbook_lib import steps
 from runbook_lib.context import open_phase
-from runbook_lib.redaction import clear_secrets
 from runbook_lib.sandbox import manager
 from runbook_lib.sandbox.profiles import EXPECTED_FAILURES, PROFILES
 
@@ -47,7 +46,6 @@ def sandbox(tmp_path_factory):
         yield info
     finally:
         manager.down(state)
-        clear_secrets()
 
 
 async def _failing_checks(sandbox, tmp_path, profile: str) -> tuple[set[str], dict]:

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
+from timing import T
 
 from runbook_lib.http_checks import (
     capture_verbose,
@@ -54,7 +55,7 @@ async def base(uvicorn_app) -> str:
 
 
 async def test_get_200_json_with_selected_headers(base: str) -> None:
-    obs = await observe_get(f"{base}/health", timeout_s=5)
+    obs = await observe_get(f"{base}/health", timeout_s=T(5))
     assert obs.ok and obs.status == 200 and obs.json == {"status": "ok"}
     assert obs.headers["x-revision"] == "rev-1" and obs.error is None and obs.latency_s > 0
 
@@ -78,7 +79,7 @@ async def test_silent_server_times_out_within_bound(raw_server) -> None:
     port = await raw_server(silent)
     start = time.perf_counter()
     obs = await observe_get(f"http://127.0.0.1:{port}/", timeout_s=0.5)
-    assert obs.error == "timeout" and time.perf_counter() - start < 5
+    assert obs.error == "timeout" and time.perf_counter() - start < T(5)
 
 
 async def test_garbage_answer_is_protocol_error(raw_server) -> None:
@@ -88,7 +89,7 @@ async def test_garbage_answer_is_protocol_error(raw_server) -> None:
         await writer.drain()
 
     port = await raw_server(garbage)
-    obs = await observe_get(f"http://127.0.0.1:{port}/", timeout_s=2)
+    obs = await observe_get(f"http://127.0.0.1:{port}/", timeout_s=T(2))
     assert obs.status is None and obs.error in ("protocol", "closed")
 
 
@@ -98,19 +99,19 @@ async def test_https_to_plain_port_is_tls_error(raw_server) -> None:
         await writer.drain()
 
     port = await raw_server(plain)
-    obs = await observe_get(f"https://127.0.0.1:{port}/", timeout_s=2)
+    obs = await observe_get(f"https://127.0.0.1:{port}/", timeout_s=T(2))
     assert obs.error == "tls"
 
 
 async def test_latency_samples(base: str) -> None:
-    samples = await sample_latency(f"{base}/health", 3, timeout_s=5)
+    samples = await sample_latency(f"{base}/health", 3, timeout_s=T(5))
     assert len(samples) == 3 and all(s.ok for s in samples)
 
 
 async def test_poll_until_ready_records_timeline(base: str) -> None:
-    tl = await poll_until_ready(f"{base}/flaky", deadline_s=20, interval_s=0.05)
+    tl = await poll_until_ready(f"{base}/flaky", deadline_s=T(20), interval_s=0.05)
     assert tl.ready and [p.status for p in tl.points] == [503, 503, 200]
-    assert tl.ready_at is not None and tl.ready_at < 20
+    assert tl.ready_at is not None and tl.ready_at < T(20)
 
 
 async def test_poll_gives_up_at_deadline_with_fake_clock(closed_port: int) -> None:

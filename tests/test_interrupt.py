@@ -22,19 +22,9 @@ import psutil
 import pytest
 from test_runner import _record, _write
 
-from runbook_lib.redaction import clear_secrets
-
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = [sys.executable, "-m", "runbook_lib"]
 WAIT_S = 90.0
-
-
-@pytest.fixture(autouse=True)
-def _scrubbed(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("RUNBOOK_ENV_DIR", raising=False)
-    clear_secrets()
-    yield
-    clear_secrets()
 
 
 def _wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen) -> None:

@@ -16,12 +16,13 @@ from http import HTTPStatus
 
 import numpy as np
 import pytest
+from timing import T
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request
 
 from runbook_lib.load import LoadPlan, LoadReport, run_load
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(T(60))
 
 
 @dataclass
@@ -80,9 +81,9 @@ def _plan(url: str, **kw: object) -> LoadPlan:
         url=url,
         sessions=10,
         messages=2,
-        connect_timeout_s=2.0,
-        message_timeout_s=2.0,
-        deadline_s=20.0,
+        connect_timeout_s=T(2.0),
+        message_timeout_s=T(2.0),
+        deadline_s=T(20.0),
     )
     base.update(kw)
     return LoadPlan(**base)  # type: ignore[arg-type]
@@ -168,7 +169,7 @@ async def test_silent_tcp_listener_times_out_within_the_bounds() -> None:
         report = await run_load(
             _plan(f"ws://127.0.0.1:{port}/ws", sessions=4, connect_timeout_s=0.5, deadline_s=5.0)
         )
-        assert time.monotonic() - t0 < 5.0
+        assert time.monotonic() - t0 < T(5.0)
     finally:
         for w in accepted:
             w.close()
@@ -183,7 +184,7 @@ async def test_target_that_never_replies_gives_reply_timeouts(target) -> None:
     behaviour.reply = False
     t0 = time.monotonic()
     report = await run_load(_plan(url, sessions=3, message_timeout_s=0.5))
-    assert time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 < T(5.0)
     _consistent(report)
     assert report.errors_by_kind == {"timeout_reply": 3}
     assert report.handshake_statuses == {101: 3}
@@ -210,7 +211,7 @@ async def test_deadline_ends_held_sessions(target) -> None:
     url, _ = target
     t0 = time.monotonic()
     report = await run_load(_plan(url, sessions=3, messages=1, hold_s=30.0, deadline_s=1.0))
-    assert time.monotonic() - t0 < 6.0
+    assert time.monotonic() - t0 < T(6.0)
     _consistent(report)
     assert report.errors_by_kind == {"deadline": 3}
     assert report.rtt_s.size == 3  # what was measured before the deadline is kept

@@ -15,7 +15,6 @@ import pytest
 
 from runbook_lib.redaction import (
     REDACTED,
-    clear_secrets,
     count_secrets,
     find_secrets,
     redact,
@@ -26,13 +25,6 @@ from runbook_lib.redaction import (
 )
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLXZhbHVl"
-
-
-@pytest.fixture(autouse=True)
-def _fresh():
-    clear_secrets()
-    yield
-    clear_secrets()
 
 
 @pytest.mark.parametrize(

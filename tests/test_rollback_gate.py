@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import Progress, RunOptions, run
 from runbook_lib.sandbox import manager
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def _scrubbed(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("RUNBOOK_ENV_DIR", raising=False)
-    clear_secrets()
-    yield
-    clear_secrets()
 
 
 def _run(tmp_path: Path, approve: bool, events: list[Progress]) -> tuple:

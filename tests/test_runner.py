@@ -12,19 +12,14 @@ from nbformat.v4 import new_code_cell, new_notebook
 from runbook_lib import evidence, runner
 from runbook_lib.context import PHASES
 from runbook_lib.exceptions import ConfigError
-from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import RunOptions
 
 TOKEN = "fixture-token-9f8e7d6c5b4a"
 
 
 @pytest.fixture(autouse=True)
-def _scrubbed(monkeypatch: pytest.MonkeyPatch):
-    for name in ("FIXTURE_TOKEN", "RUNBOOK_ENV_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    clear_secrets()
-    yield
-    clear_secrets()
+def _no_fixture_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FIXTURE_TOKEN", raising=False)
 
 
 def _record(phase: int, *checks: tuple[str, str]) -> str:
@@ -357,3 +352,14 @@ def test_late_failure_without_approval_reports_the_rollback_pending(
     )
     assert pending["command"] in (out.run_dir / "summary.md").read_text()
     assert pending["command"] in (out.run_dir / "index.html").read_text()
+
+
+def test_kernel_and_sandbox_names_stay_importable_from_the_runner() -> None:
+    from runbook_lib import kernels, sandbox_session
+
+    assert runner.execute_phase is kernels.execute_phase
+    assert runner.notebook_error is kernels.notebook_error
+    assert runner.SandboxSession is sandbox_session.SandboxSession
+    assert runner._Sandbox is sandbox_session.SandboxSession
+    for name in runner.__all__:
+        assert hasattr(runner, name), name

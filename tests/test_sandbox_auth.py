@@ -11,6 +11,7 @@ import httpx
 import jwt
 import pytest
 from asgi_server import served
+from timing import T
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -18,7 +19,7 @@ from runbook_lib.sandbox.auth_service import create_auth_app, decode_token, mint
 from runbook_lib.sandbox.backend import create_app
 
 SECRET = "auth-test-secret-0123456789-abcdefghijklmnopq"
-TIMEOUT = 10.0
+TIMEOUT = T(10.0)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from timing import T
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
@@ -24,8 +25,8 @@ from runbook_lib.sandbox.backend import CRITICAL_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sandbox-test-secret-0123456789-abcdefghijklmnop"
-TIMEOUT = 10.0
-START_TIMEOUT = 30.0
+TIMEOUT = T(10.0)
+START_TIMEOUT = T(30.0)
 
 # Every token handed to a backend in this module: none may ever appear in its log.
 ISSUED_TOKENS: list[str] = []
@@ -105,6 +106,17 @@ class BackendProcess:
 
     def entries(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in list(self.lines)]
+
+    async def wait_logged(self, text: str, timeout_s: float = TIMEOUT) -> list[dict[str, Any]]:
+        """The log entries once one with ``textPayload == text`` was read (polled, bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entries = self.entries()
+            if any(e.get("textPayload") == text for e in entries):
+                return entries
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{self.profile}: {text!r} not logged within {timeout_s:g} s")
+            await asyncio.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -339,8 +351,7 @@ async def test_log_lines_are_cloud_run_entries_without_tokens(healthy: BackendPr
     async with httpx.AsyncClient(base_url=healthy.http, timeout=TIMEOUT) as client:
         assert (await client.get("/nope")).status_code == 404
     assert await handshake_status(f"{healthy.ws}/no-such-ws") == 404
-    await asyncio.sleep(0.3)  # let the reader thread catch up with the last lines
-    entries = healthy.entries()
+    entries = await healthy.wait_logged("GET /no-such-ws 404")  # the last request's line
     assert entries
     requests = []
     for entry in entries:
@@ -388,8 +399,7 @@ async def test_ws_routes_missing_404_on_ws_while_health_200(spawn: Callable[...,
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/ws/health")).status_code == 404
         assert (await client.get("/ws/test")).status_code == 404
-    await asyncio.sleep(0.3)
-    assert "GET /websocket 404" in [e["textPayload"] for e in backend.entries()]
+    await backend.wait_logged("GET /websocket 404")
 
 
 async def test_slow_warmup_503_then_200(spawn: Callable[..., Any]) -> None:
@@ -400,7 +410,7 @@ async def test_slow_warmup_503_then_200(spawn: Callable[..., Any]) -> None:
         assert first.status_code == 503
         assert first.json() == {"status": "starting"}
         assert await handshake_status(f"{backend.ws}/websocket") == 503
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + T(20)
         status = first.status_code
         while status != 200 and time.monotonic() < deadline:
             await asyncio.sleep(0.25)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from asgi_server import served
+from timing import T
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
@@ -21,7 +22,7 @@ from runbook_lib.sandbox.backend import CRITICAL_EVENTS, create_app
 from runbook_lib.sandbox.router import Router, Upstream, strip_upgrade_headers
 
 SECRET = "router-test-secret-0123456789-abcdefghijklmnop"
-TIMEOUT = 10.0
+TIMEOUT = T(10.0)
 
 
 @asynccontextmanager

@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from runbook_lib import cli, evidence, steps
 from runbook_lib.context import PHASES, open_phase
 from runbook_lib.exceptions import ApprovalRequired
-from runbook_lib.redaction import JWT_PATTERN, clear_secrets
+from runbook_lib.redaction import JWT_PATTERN
 from runbook_lib.runner import notebooks_dir
 
 TOKEN = "planted-opaque-token-7f3a9c2e1b"  # not JWT-shaped: only the registry can catch it
@@ -72,12 +72,8 @@ EXTRA = {
 
 @pytest.fixture(autouse=True)
 def _planted(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("RUNBOOK_ENV_DIR", raising=False)
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     monkeypatch.setenv(SECRET_ENV, JWT_SECRET)
-    clear_secrets()
-    yield
-    clear_secrets()
 
 
 class EchoServer:

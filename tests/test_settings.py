@@ -14,7 +14,7 @@ import pytest
 
 from runbook_lib.exceptions import ConfigError
 from runbook_lib.flows import Flow, FlowStep
-from runbook_lib.redaction import clear_secrets, redact, registered_secrets
+from runbook_lib.redaction import redact, registered_secrets
 from runbook_lib.settings import (
     CELL_TIMEOUT_S,
     AuthSettings,
@@ -95,7 +95,6 @@ def test_bad_files_raise_config_error_naming_the_key(tmp_path, body, fragment):
 
 
 def test_secrets_come_from_named_env_vars_and_are_registered(tmp_path):
-    clear_secrets()
     body = MINIMAL + '[auth]\nmode = "bearer"\ntoken_env = "MY_TOKEN"\njwt_secret_env = "MY_KEY"\n'
     s = load_settings(
         write(tmp_path, body), environ={"MY_TOKEN": "tok-abcdef-123", "MY_KEY": "key-zyxwvu-987"}
@@ -146,7 +145,6 @@ def test_relative_repo_dir_is_relative_to_the_environment_file(tmp_path):
 
 def test_environment_names_are_found_from_a_subfolder(tmp_path, monkeypatch):
     """A notebook kernel runs in notebooks/: `environment = "local"` must still resolve."""
-    monkeypatch.delenv("RUNBOOK_ENV_DIR", raising=False)
     (tmp_path / "environments").mkdir()
     write(tmp_path / "environments", MINIMAL, "local.toml")
     (tmp_path / "notebooks").mkdir()
