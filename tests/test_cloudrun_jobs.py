@@ -98,6 +98,7 @@ def _line(i: int, rtts: list[float], **kw):
         "attempted": len(rtts),
         "succeeded": len(rtts),
         "failed": 0,
+        "handshake_statuses": {"101": len(rtts)},  # as a task's result line carries them
         "rtt_histogram": h.to_dict(),
         "connect_histogram": LatencyHistogram().to_dict(),
         **kw,

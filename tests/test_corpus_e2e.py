@@ -1,5 +1,5 @@
 """The corpus end to end (issue 9, "Done when"): for each of the five corpus services,
-`runbook init --url ... --app ...` writes a file that gives `runbook run --phases 1,3,7`
+`runbook init --url ... --app ...` writes a file that gives `runbook run --phases 1,3,5,7`
 exit 0 with no false alarm and no pass without evidence; and two injected faults per
 service are caught by the right check with the right cause.
 
@@ -82,7 +82,7 @@ def _init(name: str, base_url: str, repo: Path, out: Path) -> int:
 def _run(env_file: Path, out_dir: Path) -> tuple[int, dict, str]:
     params = [a for k, v in SHORT.items() for a in ("--param", f"{k}={v}")]
     cmd = [sys.executable, "-m", "runbook_lib", "run", "--env", str(env_file)]
-    cmd += ["--phases", "1,3,7", "--out", str(out_dir), *params]
+    cmd += ["--phases", "1,3,5,7", "--out", str(out_dir), *params]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **TOKEN}
     )
@@ -117,6 +117,14 @@ def test_init_then_run_is_green_without_false_alarm(name, repo, tmp_path, tokens
             )
     else:
         assert checks["monitor.uptime"]["status"] == "pass"
+    # Phase 5 (SPEC 8: "--phases 1,3,5,7 no false alarm"): every check there is judged on
+    # evidence or skipped for a reason init declared in the file, never silently.
+    phase5 = {i: c for i, c in checks.items() if c["phase"] == 5}
+    assert phase5, "phase 5 did not run"
+    for cid, c in phase5.items():
+        assert c["status"] in ("pass", "skip"), (cid, c)
+        if c["status"] == "skip":
+            assert c["detail"], (cid, c)
 
 
 async def _judged(env_file: Path, run_dir: Path) -> dict:

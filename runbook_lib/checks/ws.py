@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 from .causes import (
     INCIDENT_SIGNATURE,
     NO_WS_IMPLEMENTATION,
+    UNREADABLE,
     Verdict,
     WsEvidence,
     connect_failure_words,
@@ -172,6 +173,10 @@ def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
     detail = f"no pong: {obs.stop_detail}"
     if obs.close_code is not None:
         detail += f" (close {obs.close_code}: {explain_close(obs.close_code)})"
+    bad = [f.frame for f in obs.frames if str(f.kind) in UNREADABLE]
+    if bad and obs.stop_reason == "timeout":
+        # The server did answer, with frames the flow cannot read: say what they were.
+        detail += ". " + ended_words("timeout", None, bad)
     return v.fail(detail, observed=obs.stop_reason or "incomplete", data=data)
 
 
