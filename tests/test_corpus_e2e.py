@@ -122,8 +122,10 @@ def test_init_then_run_is_green_without_false_alarm(name, repo, tmp_path, tokens
     phase5 = {i: c for i, c in checks.items() if c["phase"] == 5}
     assert phase5, "phase 5 did not run"
     for cid, c in phase5.items():
-        assert c["status"] in ("pass", "skip"), (cid, c)
-        if c["status"] == "skip":
+        # warn: a part the configuration cannot test (a static token cannot be re-signed
+        # or expired), said in the detail; never fail, error or a silent skip.
+        assert c["status"] in ("pass", "skip", "warn"), (cid, c)
+        if c["status"] != "pass":
             assert c["detail"], (cid, c)
 
 
