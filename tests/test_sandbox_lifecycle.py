@@ -452,8 +452,15 @@ def test_a_second_concurrent_run_is_refused_clearly(lab: Lab) -> None:
     """While a run uses the sandbox, a second run exits 2 at once, naming the first."""
     first = lab.start("run", "--phases", "1", "--serving", "healthy", "--out", "first")
     lab.wait_for(lab.ready, timeout=60)
-    t0 = time.monotonic()
-    code, out, err = lab.runbook("run", "--phases", "1", "--serving", "healthy", timeout=60)
+    # The first run holds the run lock from before its sandbox is ready until it ends.
+    # Freeze it while the second run tries, so the test does not depend on the first
+    # run being slower than the machine (phase 1 alone can end in under 4 s).
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        code, out, err = lab.runbook("run", "--phases", "1", "--serving", "healthy", timeout=60)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert code == 2, (out, err)
     assert "another run is using the sandbox" in err and str(first.pid) in err
     assert time.monotonic() - t0 < 30
