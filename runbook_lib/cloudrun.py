@@ -30,19 +30,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from .cloudrun_plans import _LATEST, check_split, check_tag, target_json
-from .cloudrun_plans import RequestPlan as RequestPlan  # re-exported: the pure half lives there
-from .cloudrun_plans import ServiceRef as ServiceRef
-from .cloudrun_plans import TrafficTarget as TrafficTarget
-from .cloudrun_plans import new_revision_name as new_revision_name
-from .cloudrun_plans import pinned as pinned
-from .cloudrun_plans import plan_deploy as plan_deploy
-from .cloudrun_plans import plan_split as plan_split
-from .cloudrun_plans import plan_tag as plan_tag
-from .cloudrun_plans import plan_untag as plan_untag
-from .cloudrun_plans import split_targets as split_targets
-from .cloudrun_plans import with_tag as with_tag
-from .cloudrun_plans import without_tag as without_tag
+from .cloudrun_plans import (
+    _LATEST,
+    RequestPlan,
+    ServiceRef,
+    TrafficTarget,
+    check_split,
+    check_tag,
+    new_revision_name,
+    plan_deploy,
+    plan_split,
+    plan_tag,
+    plan_untag,
+    target_json,
+)
 from .exceptions import CloudRunError
 from .redaction import redact_excerpt
 from .settings import Settings
@@ -51,21 +52,9 @@ __all__ = [
     "CloudRun",
     "GoogleCloudRun",
     "OperationOutcome",
-    "RequestPlan",
     "RevisionInfo",
     "ServiceInfo",
-    "ServiceRef",
-    "TrafficTarget",
     "cloudrun_client",
-    "new_revision_name",
-    "pinned",
-    "plan_deploy",
-    "plan_split",
-    "plan_tag",
-    "plan_untag",
-    "split_targets",
-    "with_tag",
-    "without_tag",
 ]
 
 log = logging.getLogger(__name__)

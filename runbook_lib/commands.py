@@ -156,9 +156,3 @@ async def run_command(
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-# The judges moved to runbook_lib.checks.commands; the old names keep working.
-from .checks.commands import judge_command as judge_command  # noqa: E402
-from .checks.commands import judge_predeploy as judge_predeploy  # noqa: E402
-from .checks.commands import judge_tests as judge_tests  # noqa: E402

@@ -20,12 +20,12 @@ from typing import Any
 
 from .checks.catalog import applicability
 from .exceptions import ApprovalRequired, ConfigError
-from .phases import PHASES, phase_file  # the phase table, re-exported for compatibility
+from .phases import PHASES, phase_file
 from .redaction import redact, redact_obj
 from .results import CheckResult, Status, results_frame
 from .settings import Settings, load_settings
 
-__all__ = ["PHASES", "Mutation", "PhaseContext", "StepReport", "open_phase", "phase_file"]
+__all__ = ["Mutation", "PhaseContext", "StepReport", "open_phase"]
 
 log = logging.getLogger(__name__)
 

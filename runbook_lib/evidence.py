@@ -14,8 +14,7 @@ This module does the folder's I/O: it creates the folder, reads the phase record
 exports notebooks, assembles ``results.json`` and seals the folder. The judging is
 pure and lives in :mod:`runbook_lib.verdict`; the report writers in
 :mod:`runbook_lib.reports`; the manifest chain and secret scan in
-:mod:`runbook_lib.manifest`; run comparison in :mod:`runbook_lib.compare`. Their
-public names stay importable from here.
+:mod:`runbook_lib.manifest`; run comparison in :mod:`runbook_lib.compare`.
 """
 
 from __future__ import annotations
@@ -30,69 +29,36 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .compare import CheckDelta, Comparison, compare_runs
 from .manifest import (
-    CHAIN_FILE,
-    MANIFEST,
     RESULTS,
+    SECRET_SCAN_ID,
     UNSAFE_MARKER,
     Leak,
-    VerifyReport,
     scan_secrets,
-    verify_run,
     write_manifest,
 )
-from .manifest import (
-    SECRET_SCAN_ID as SECRET_SCAN_ID,  # re-exported for compatibility
-)
-from .manifest import tool_versions as tool_versions
 from .phases import PHASES, phase_file
 from .redaction import redact, redact_obj
-from .reports import write_index as write_index  # re-exported for compatibility
-from .reports import write_junit as write_junit
 from .reports import write_reports
-from .reports import write_summary as write_summary
 from .results import RESULT_COLUMNS_PUBLIC, CheckResult, Recommendation, Status
 from .verdict import (
     PhaseOutcome,
     PhaseRecord,
-    deploy_applied,
-    deploy_failed,
     judge,
-    phase_checks,
-    recommend,
     rollback_command,
-    verdict_of,
-    worst,
 )
 
 __all__ = [
-    "CHAIN_FILE",
-    "MANIFEST",
-    "UNSAFE_MARKER",
-    "CheckDelta",
-    "Comparison",
-    "Leak",
-    "PhaseOutcome",
+    "RunContext",
     "RunEvidence",
-    "VerifyReport",
     "build_results",
-    "compare_runs",
     "create_run_dir",
-    "deploy_applied",
-    "deploy_failed",
     "export_html",
     "finalize_run",
     "load_phase_records",
-    "phase_checks",
     "read_phase_record",
-    "recommend",
+    "read_phase_records",
     "redact_notebook",
-    "scan_secrets",
-    "verdict_of",
-    "verify_run",
-    "worst",
-    "write_manifest",
 ]
 
 log = logging.getLogger(__name__)

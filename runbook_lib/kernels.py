@@ -1,7 +1,7 @@
 """Execute one phase notebook in a fresh Jupyter kernel (papermill + nbclient).
 
 The runner's only way into a kernel: :func:`execute_phase` runs a notebook into the
-run folder and returns a :class:`~runbook_lib.evidence.PhaseOutcome` (never raises for
+run folder and returns a :class:`~runbook_lib.verdict.PhaseOutcome` (never raises for
 a notebook failure), :func:`notebook_error` is the one translation of papermill's and
 nbclient's failures into :class:`~runbook_lib.exceptions.NotebookError`. The kernel's
 own stderr goes to a log in the run folder; an interrupted phase has its kernel (and
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from . import evidence
-from .evidence import PhaseOutcome
 from .exceptions import NotebookError
 from .redaction import redact
 from .settings import CELL_TIMEOUT_S
+from .verdict import PhaseOutcome
 
 __all__ = ["execute_phase", "notebook_error", "signum_of"]
 

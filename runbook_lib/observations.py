@@ -543,7 +543,7 @@ class CommandObservation:
 
 
 class TrafficView(Protocol):
-    """One traffic target (``cloudrun.TrafficTarget``)."""
+    """One traffic target (``cloudrun_plans.TrafficTarget``)."""
 
     @property
     def type(self) -> str: ...

@@ -3,7 +3,7 @@
 Every secret value the runbook reads (tokens, JWT secrets, minted JWTs) is
 registered here the moment it is read; everything written to a run folder,
 a log or a cell output passes through :func:`redact` first, and the final scan
-of a run folder (``evidence.scan_secrets``) counts what :func:`count_secrets`
+of a run folder (``manifest.scan_secrets``) counts what :func:`count_secrets`
 finds.
 
 A secret is found in every form a service or a command may echo it back in

@@ -1,8 +1,7 @@
-"""The evidence the rollback-target rule reads (SPEC 9), and the rule's old import path.
+"""The evidence the rollback-target rule reads.
 
-The rule itself, :func:`choose_rollback_target`, lives with the other Cloud Run judges
-in :mod:`runbook_lib.checks.service` (re-exported here). This module turns run records
-into its inputs:
+The rule itself, ``choose_rollback_target``, lives with the other Cloud Run judges
+in :mod:`runbook_lib.checks.service`. This module turns run records into its inputs:
 
 - :func:`evidence_from_records`: what one run's phase records (``phases/NN.json``)
   say: the split before its deploy, the revision it deployed, the revision each
@@ -24,30 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks.service import (
-    RULE_ALREADY_SERVING,
-    RULE_CHAIN_PASS,
-    RULE_EXPLICIT,
-    RULE_REFUSED,
-    RULE_SERVED_BEFORE,
-    Choice,
-    RevisionFacts,
-    choose_rollback_target,
-)
+from .manifest import CHAIN_FILE
+from .phases import ROLLBACK_PHASE
 
 __all__ = [
     "CHAIN_DEPTH",
-    "RULE_ALREADY_SERVING",
-    "RULE_CHAIN_PASS",
-    "RULE_EXPLICIT",
-    "RULE_REFUSED",
-    "RULE_SERVED_BEFORE",
-    "Choice",
-    "RevisionFacts",
     "RollbackEvidence",
     "RunEvidence",
     "chain_evidence",
-    "choose_rollback_target",
     "evidence_from_records",
     "gather_evidence",
     "read_records",
@@ -55,11 +38,9 @@ __all__ = [
 
 # How many earlier runs of the chain are read (newest first).
 CHAIN_DEPTH = 50
-_CHAIN_FILE = ".manifest-chain"  # manifest.CHAIN_FILE, not imported: manifest pulls hashing
 _BAD = ("fail", "error")
 # Phase-1 checks that judge the revision serving (not the checkout or the split).
 _REVISION_CHECKS_P1 = ("status.url_reachable", "health.backend", "ws.routes_probe")
-_ROLLBACK_PHASE = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +145,7 @@ def evidence_from_records(records: Mapping[int, Mapping[str, Any]]) -> RunEviden
         _note(failed, under_test, phase, ids)
 
     judged = under_test
-    p6, p7 = records.get(_ROLLBACK_PHASE) or {}, records.get(7) or {}
+    p6, p7 = records.get(ROLLBACK_PHASE) or {}, records.get(7) or {}
     moved = any(
         c.get("id") == "rollback.traffic_moved" and c.get("status") == "pass" for c in _checks(p6)
     )
@@ -207,7 +188,7 @@ def chain_evidence(
     Returns:
         (revision -> the run that passed with it, revision -> why it failed, runs read).
     """
-    chain = out_dir / _CHAIN_FILE
+    chain = out_dir / CHAIN_FILE
     try:
         lines = chain.read_text(encoding="utf-8").splitlines()
     except OSError:

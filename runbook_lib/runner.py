@@ -30,34 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from . import evidence
-from .evidence import PhaseOutcome, RunContext
+from .evidence import RunContext
 from .exceptions import ConfigError
 from .interrupts import guarded
-from .kernels import execute_phase as execute_phase  # re-exported: tests and the CLI use it
-from .kernels import notebook_error as notebook_error
-from .kernels import signum_of
-from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE, VALIDATION_PHASES
-from .phases import DEPLOY_PHASE as DEPLOY_PHASE  # kept importable from here
+from .kernels import execute_phase, signum_of
+from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE
 from .results import Recommendation
-from .sandbox_session import SandboxSession as SandboxSession
+from .sandbox_session import SandboxSession
 from .settings import CELL_TIMEOUT_S, load_settings, resolve_environment
-from .verdict import PhaseRecord, RunPlan, next_action, settle
+from .verdict import PhaseOutcome, PhaseRecord, RunPlan, next_action, settle
 
 __all__ = [
-    "DEFAULT_PHASES",
     "EXIT_CHECK_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_NOTEBOOK_ERROR",
     "EXIT_OK",
     "EXIT_USAGE",
     "NOTEBOOK_PARAMETERS",
-    "VALIDATION_PHASES",
     "Progress",
     "RunOptions",
     "RunOutcome",
-    "SandboxSession",
-    "execute_phase",
-    "notebook_error",
     "notebook_parameters",
     "notebooks_dir",
     "parse_params",
@@ -249,8 +241,6 @@ class RunOutcome:
 
 
 ProgressFn = Callable[[Progress], None]
-# The sandbox wrapper's former private name (now :mod:`runbook_lib.sandbox_session`).
-_Sandbox = SandboxSession
 
 
 @guarded

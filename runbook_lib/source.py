@@ -286,9 +286,3 @@ def list_source_routes(source: SourceSettings, *, timeout_s: float = 60.0) -> Ap
         python=source.python,
         import_root=source.import_root,
     )
-
-
-# The judges moved to runbook_lib.checks.source; the old names keep working.
-from .checks.source import judge_git_branch as judge_git_branch  # noqa: E402
-from .checks.source import judge_git_clean as judge_git_clean  # noqa: E402
-from .checks.source import judge_ws_routes_present as judge_ws_routes_present  # noqa: E402

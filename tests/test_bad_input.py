@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from runbook_lib import cli
 from runbook_lib.context import PHASES
-from runbook_lib.evidence import verify_run
+from runbook_lib.manifest import verify_run
 from runbook_lib.runner import RunOptions, run
 
 # Short windows so each hostile run is a few seconds per phase; every wait is bounded by these.

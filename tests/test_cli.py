@@ -13,10 +13,10 @@ import pytest
 
 from runbook_lib import cli, evidence, runner
 from runbook_lib.context import PhaseContext, StepReport
-from runbook_lib.evidence import PhaseOutcome
 from runbook_lib.results import CheckResult, Recommendation
 from runbook_lib.runner import Progress, RunOutcome
 from runbook_lib.settings import settings_from_dict
+from runbook_lib.verdict import PhaseOutcome
 
 
 def _run_folder(out: Path, status: str) -> Path:

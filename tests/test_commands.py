@@ -10,14 +10,9 @@ from pathlib import Path
 
 import psutil
 
-from runbook_lib.commands import (
-    CommandObservation,
-    JUnitSummary,
-    judge_predeploy,
-    judge_tests,
-    parse_junit,
-    run_command,
-)
+from runbook_lib.checks.commands import judge_predeploy, judge_tests
+from runbook_lib.commands import parse_junit, run_command
+from runbook_lib.observations import CommandObservation, JUnitSummary
 from runbook_lib.redaction import register_secret
 from runbook_lib.results import Status
 from runbook_lib.settings import CommandSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from runbook_lib.evidence import verify_run
+from runbook_lib.manifest import verify_run
 from runbook_lib.runner import RunOptions, run
 from runbook_lib.sandbox import manager
 

@@ -12,17 +12,15 @@ from typing import Any
 
 import pytest
 
-from runbook_lib.rollback_rule import (
+from runbook_lib.checks.service import (
     RULE_CHAIN_PASS,
     RULE_EXPLICIT,
     RULE_REFUSED,
     RULE_SERVED_BEFORE,
     Choice,
-    chain_evidence,
     choose_rollback_target,
-    evidence_from_records,
-    gather_evidence,
 )
+from runbook_lib.rollback_rule import chain_evidence, evidence_from_records, gather_evidence
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 

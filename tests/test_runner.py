@@ -9,9 +9,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from runbook_lib import evidence, runner
-from runbook_lib.context import PHASES
+from runbook_lib import manifest, runner
 from runbook_lib.exceptions import ConfigError
+from runbook_lib.phases import DEFAULT_PHASES, PHASES
 from runbook_lib.runner import RunOptions
 
 TOKEN = "fixture-token-9f8e7d6c5b4a"
@@ -98,7 +98,7 @@ def _options(tmp_path: Path, env_file: Path, nbs: Path, **kw) -> RunOptions:
 
 def test_parse_phases_and_params() -> None:
     assert runner.parse_phases("1,3-5") == (1, 3, 4, 5)
-    assert runner.parse_phases("") == runner.DEFAULT_PHASES
+    assert runner.parse_phases("") == DEFAULT_PHASES
     for bad in ("8", "0", "2-x", "5-3"):
         with pytest.raises(ConfigError):
             runner.parse_phases(bad)
@@ -176,7 +176,7 @@ def test_deploy_applied_run_passes_and_folder_is_complete(
     assert "[REDACTED]" in (run / "01_deployment_status.ipynb").read_text()
     params = json.loads((run / "02_deploy.ipynb").read_text())["metadata"]["papermill"]
     assert set(params["parameters"]) == set(runner.NOTEBOOK_PARAMETERS[2])
-    assert evidence.verify_run(run).ok
+    assert manifest.verify_run(run).ok
     kinds = {e.event for e in events}
     assert {"phase-start", "step", "phase-end"} <= kinds
     assert any(e.event == "step" and e.step == "open_phase" for e in events)
@@ -256,7 +256,7 @@ def test_secret_written_by_a_kernel_marks_folder_unsafe(
     out = runner.run(_options(tmp_path, env_file, nbs, phases=(3,)))
     assert not out.safe_to_share
     assert out.verdict == "error" and out.exit_code == 1
-    marker = (out.run_dir / evidence.UNSAFE_MARKER).read_text()
+    marker = (out.run_dir / manifest.UNSAFE_MARKER).read_text()
     assert "raw.txt" in marker and TOKEN not in marker
 
 
@@ -352,14 +352,3 @@ def test_late_failure_without_approval_reports_the_rollback_pending(
     )
     assert pending["command"] in (out.run_dir / "summary.md").read_text()
     assert pending["command"] in (out.run_dir / "index.html").read_text()
-
-
-def test_kernel_and_sandbox_names_stay_importable_from_the_runner() -> None:
-    from runbook_lib import kernels, sandbox_session
-
-    assert runner.execute_phase is kernels.execute_phase
-    assert runner.notebook_error is kernels.notebook_error
-    assert runner.SandboxSession is sandbox_session.SandboxSession
-    assert runner._Sandbox is sandbox_session.SandboxSession
-    for name in runner.__all__:
-        assert hasattr(runner, name), name

@@ -29,7 +29,7 @@ from nbformat.v4 import new_code_cell
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from runbook_lib import cli, evidence, steps
+from runbook_lib import cli, manifest, steps
 from runbook_lib.context import PHASES, open_phase
 from runbook_lib.exceptions import ApprovalRequired
 from runbook_lib.redaction import JWT_PATTERN
@@ -335,7 +335,7 @@ def _assert_nothing_secret(run_dir: Path, console: str, server: EchoServer) -> N
     for needle in needles:
         assert needle not in console
     assert not JWT_PATTERN.search(console)
-    assert not (run_dir / evidence.UNSAFE_MARKER).exists()
+    assert not (run_dir / manifest.UNSAFE_MARKER).exists()
 
 
 @pytest.mark.e2e
@@ -381,7 +381,7 @@ def test_echoed_secrets_never_reach_the_run_folder_and_checks_still_judge(
     )
     assert code == 0, [c for c in results["checks"] if c["status"] in ("fail", "error")]
     assert results["safe_to_share"] is True
-    assert evidence.verify_run(run_dir).ok
+    assert manifest.verify_run(run_dir).ok
 
 
 @pytest.mark.e2e
@@ -410,7 +410,7 @@ def test_refused_valid_token_fails_auth_without_leaking_it(
     assert "proves nothing" in checks["auth.rejects_invalid"]["detail"]
     assert code == 1 and results["verdict"] == "error"
     assert checks["evidence.secret_scan"]["status"] == "pass"
-    assert evidence.verify_run(run_dir).ok
+    assert manifest.verify_run(run_dir).ok
 
 
 @pytest.mark.e2e
@@ -478,9 +478,9 @@ def test_credential_echoed_in_every_encoding_never_reaches_the_folder(
     assert leaks == {}
     assert _encoded_hits(console.encode(), TOKEN) == []
     assert checks["evidence.secret_scan"]["status"] == "pass"
-    assert not (run_dir / evidence.UNSAFE_MARKER).exists()
+    assert not (run_dir / manifest.UNSAFE_MARKER).exists()
     assert code == 1  # the failing command, not a leak
-    assert evidence.verify_run(run_dir).ok
+    assert manifest.verify_run(run_dir).ok
 
 
 def test_the_scan_finds_every_encoded_form_written_around_the_redaction(tmp_path) -> None:
@@ -488,7 +488,7 @@ def test_the_scan_finds_every_encoded_form_written_around_the_redaction(tmp_path
     forms = echo_forms(TOKEN)
     for name, form in forms.items():
         (tmp_path / f"{name}.txt").write_text(f"leaked: {form}\n", encoding="utf-8")
-    leaks = evidence.scan_secrets(tmp_path, [TOKEN])
+    leaks = manifest.scan_secrets(tmp_path, [TOKEN])
     assert sorted(lk.file for lk in leaks) == sorted(f"{n}.txt" for n in forms)
     assert all(_encoded_hits((tmp_path / lk.file).read_bytes(), TOKEN) for lk in leaks)
 
@@ -535,7 +535,7 @@ def test_a_leak_around_the_redaction_marks_the_folder_unsafe_and_fails(tmp_path,
     )
     # The run fails with its own message, on the console and in the reports.
     assert code == 1
-    assert "NOT SAFE TO SHARE" in console and evidence.UNSAFE_MARKER in console
+    assert "NOT SAFE TO SHARE" in console and manifest.UNSAFE_MARKER in console
     assert "verdict: ERROR" in console
     assert results["verdict"] == "error" and results["safe_to_share"] is False
     scan = _checks(results)["evidence.secret_scan"]
@@ -543,7 +543,7 @@ def test_a_leak_around_the_redaction_marks_the_folder_unsafe_and_fails(tmp_path,
     assert scan["detail"] == (
         "secret material found in 1 file(s): logs/debug.txt; do not share this folder"
     )
-    marker = (run_dir / evidence.UNSAFE_MARKER).read_text()
+    marker = (run_dir / manifest.UNSAFE_MARKER).read_text()
     assert "logs/debug.txt: registered secret value x1" in marker
     assert "logs/debug.txt: JWT-shaped string x1" in marker
     assert "evidence.secret_scan" in (run_dir / "summary.md").read_text()
@@ -554,9 +554,9 @@ def test_a_leak_around_the_redaction_marks_the_folder_unsafe_and_fails(tmp_path,
     for needle in (TOKEN, JWT_SECRET):
         assert needle not in marker and needle not in console
     # The folder is sealed as it is (marker included) and says it is unsafe.
-    report = evidence.verify_run(run_dir)
+    report = manifest.verify_run(run_dir)
     assert report.ok and not report.safe_to_share
-    assert json.loads((run_dir / evidence.MANIFEST).read_text())["safe_to_share"] is False
+    assert json.loads((run_dir / manifest.MANIFEST).read_text())["safe_to_share"] is False
     assert cli.main(["verify", str(run_dir)]) == 0
     assert "NOT SAFE TO SHARE" in capsys.readouterr().out
 

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from runbook_lib.checks.source import judge_git_branch, judge_git_clean, judge_ws_routes_present
 from runbook_lib.results import Status
 from runbook_lib.settings import SourceSettings
-from runbook_lib.source import (
-    judge_git_branch,
-    judge_git_clean,
-    judge_ws_routes_present,
-    list_app_routes,
-    list_source_routes,
-    observe_git,
-)
+from runbook_lib.source import list_app_routes, list_source_routes, observe_git
 
 APP = """
 from fastapi import APIRouter, FastAPI, WebSocket

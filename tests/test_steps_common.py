@@ -136,7 +136,7 @@ def test_a_dry_run_shows_each_request_once_as_json_beside_gcloud_and_curl(tmp_pa
     """Not a Python repr in three rows: one table row per request, JSON body, gcloud, curl."""
     import json
 
-    from runbook_lib.cloudrun import ServiceRef, TrafficTarget, plan_split, plan_tag
+    from runbook_lib.cloudrun_plans import ServiceRef, TrafficTarget, plan_split, plan_tag
     from runbook_lib.steps.common import dry_run
 
     ctx = PhaseContext(

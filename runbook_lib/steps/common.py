@@ -179,7 +179,7 @@ def dry_run(
     """The report of a mutating step that was not approved: what would be sent, and skips.
 
     Args:
-        request: a ``cloudrun.RequestPlan`` or a sequence of them (shown once each: the
+        request: a ``cloudrun_plans.RequestPlan`` or a sequence of them (shown once each: the
             JSON body beside the equivalent gcloud and curl commands), or a deploy
             command / legacy request mapping with its ``gcloud`` form.
         what: the action, for the note ("deploy", "move traffic").

@@ -1,0 +1,103 @@
+"""Comparing two run folders: status changes first, then numeric deltas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from run_records import deploy_ok, finalize, pass_outcomes, persist_phase
+
+from runbook_lib import compare, evidence
+from runbook_lib.context import PhaseContext, StepReport
+from runbook_lib.results import CheckResult
+from runbook_lib.settings import settings_from_dict
+
+
+def test_compare_reports_status_changes_and_numeric_deltas(tmp_path: Path) -> None:
+    a = evidence.create_run_dir(tmp_path, "x")
+    persist_phase(a, 3, [("ws.upgrade", "fail"), ("http.latency", "pass")])
+    finalize(a, pass_outcomes(3))
+    b = evidence.create_run_dir(tmp_path, "x")
+    persist_phase(b, 3, [("ws.upgrade", "pass"), ("http.latency", "pass")])
+    finalize(b, pass_outcomes(3))
+    cmp = compare.compare_runs(a, b)
+    assert (cmp.verdict_a, cmp.verdict_b) == ("fail", "pass")
+    changed = {d.id: (d.status_a, d.status_b) for d in cmp.status_changes}
+    assert changed == {"ws.upgrade": ("fail", "pass")}
+    latency = next(d for d in cmp.numeric if d.id == "http.latency")
+    assert latency.delta == pytest.approx(0.0)
+    assert cmp.phase_durations == ((3, 1.0, 1.0),)
+
+
+def _observed(run_dir: Path, phase: int, checks: list[tuple[str, str, float, str]]) -> None:
+    settings = settings_from_dict({"name": "test"})
+    ctx = PhaseContext(phase=phase, settings=settings, run_dir=run_dir, approve=False)
+    ctx.record(
+        StepReport(
+            "s",
+            [
+                CheckResult(cid, phase, st, observed=obs, threshold=thr)
+                for cid, st, obs, thr in checks
+            ],
+        )
+    )
+
+
+def test_compare_puts_regressions_first_sorts_deltas_and_ignores_superseded(
+    tmp_path: Path,
+) -> None:
+    a = evidence.create_run_dir(tmp_path, "x")
+    persist_phase(a, 1, [("ws.routes_probe", "fail")])
+    deploy_ok(a)
+    _observed(
+        a,
+        3,
+        [
+            ("ws.upgrade", "fail", 1.0, ""),
+            ("http.latency", "pass", 0.1, "< 1.0 s"),
+            ("ws.roundtrip", "pass", 1.0, "< 2 s"),
+            ("load.success_rate", "pass", 99.0, ">= 95 %"),
+        ],
+    )
+    finalize(a, pass_outcomes(1, 2, 3))
+    b = evidence.create_run_dir(tmp_path, "x")
+    persist_phase(b, 1, [("ws.routes_probe", "pass")])
+    deploy_ok(b)
+    _observed(
+        b,
+        3,
+        [
+            ("ws.upgrade", "pass", 1.0, ""),
+            ("http.latency", "fail", 0.9, "< 1.0 s"),
+            ("ws.roundtrip", "pass", 1.1, "< 2 s"),
+            ("load.success_rate", "pass", 98.0, ">= 95 %"),
+        ],
+    )
+    finalize(b, pass_outcomes(1, 2, 3))
+    cmp = compare.compare_runs(a, b)
+    assert [d.id for d in cmp.status_changes] == ["http.latency", "ws.upgrade"]
+    assert [d.id for d in cmp.regressions] == ["http.latency"]
+    # The phase-1 "before" finding changed too, but a deploy superseded it in both runs.
+    assert [d.id for d in cmp.superseded_changes] == ["ws.routes_probe"]
+    # Largest relative change first, with units.
+    assert [d.id for d in cmp.numeric][:3] == ["http.latency", "ws.roundtrip", "load.success_rate"]
+    units = {d.id: d.unit for d in cmp.numeric}
+    assert units["http.latency"] == "s" and units["load.success_rate"] == "%"
+    doc = cmp.to_record()
+    assert doc["regressions"] == ["http.latency"] and json.dumps(doc)
+
+
+def test_compare_of_a_partial_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from runbook_lib.exceptions import ConfigError
+
+    a = evidence.create_run_dir(tmp_path, "x")
+    persist_phase(a, 3, [("ws.upgrade", "pass")])  # killed before results.json was written
+    b = evidence.create_run_dir(tmp_path, "x")
+    persist_phase(b, 3, [("ws.upgrade", "pass")])
+    finalize(b, pass_outcomes(3))
+    with pytest.raises(ConfigError, match=r"no results\.json"):
+        compare.compare_runs(a, b)
+    (a / "results.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        compare.compare_runs(a, b)
