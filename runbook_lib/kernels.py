@@ -24,7 +24,7 @@ from typing import Any
 from . import evidence
 from .exceptions import NotebookError
 from .redaction import redact
-from .settings import CELL_TIMEOUT_S
+from .settings_rules import CELL_TIMEOUT_S
 from .verdict import PhaseOutcome
 
 __all__ = ["execute_phase", "notebook_error", "signum_of"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -16,7 +14,6 @@ __all__ = [
     "Recommendation",
     "Status",
     "results_frame",
-    "timed",
 ]
 
 
@@ -135,17 +132,6 @@ def results_frame(results: Iterable[CheckResult]) -> Any:
     for col in ("observed", "threshold"):
         frame[col] = frame[col].map(_short)
     return frame
-
-
-@contextmanager
-def timed() -> Iterator[list[float]]:
-    """Measure a block: ``with timed() as t: ...`` then ``t[0]`` is seconds elapsed."""
-    box = [0.0]
-    start = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box[0] = time.perf_counter() - start
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -37,7 +37,8 @@ from .kernels import execute_phase, signum_of
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE
 from .results import Recommendation
 from .sandbox_session import SandboxSession
-from .settings import CELL_TIMEOUT_S, load_settings, resolve_environment
+from .settings import load_settings, resolve_environment
+from .settings_rules import CELL_TIMEOUT_S
 from .verdict import PhaseOutcome, PhaseRecord, RunPlan, next_action, settle
 
 __all__ = [
@@ -274,7 +275,14 @@ def run(
     if options.environment:
         return _run(options, options.environment, emit, (), notes)
     manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
-    with SandboxSession(manager, options, lambda m: emit(Progress("note", message=m))) as sb:
+    session = SandboxSession(
+        manager,
+        serving=options.serving,
+        deploy_image=options.deploy_image,
+        state_dir=options.sandbox_state_dir,
+        note=lambda m: emit(Progress("note", message=m)),
+    )
+    with session as sb:
         return _run(options, sb.env_file, emit, tuple(sb.secrets), notes)
 
 

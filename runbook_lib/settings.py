@@ -29,7 +29,6 @@ from .flows import FLOW_NAMES, Flow
 from .redaction import register_secret
 from .settings_rules import (
     BUILTIN_PLACEHOLDERS,
-    CELL_TIMEOUT_S,
     RANGES,
     check_cell_budget,
     check_number,
@@ -46,7 +45,6 @@ from .settings_rules import (
 
 __all__ = [
     "ABSENT_ABLE",
-    "CELL_TIMEOUT_S",
     "LOAD_ENGINES",
     "AuthSettings",
     "CloudRunSettings",

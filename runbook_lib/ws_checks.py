@@ -5,7 +5,7 @@ returns a frozen observation; a refused upgrade, a silent server, a garbage
 answer, a 10 MB frame or a dropped TCP connection are recorded, never raised.
 The session observers use ``websockets``' asyncio client; the raw upgrade probe
 lives in :mod:`runbook_lib.handshake` and the monitoring scheduler in
-:mod:`runbook_lib.monitor` (both names stay importable from here).
+:mod:`runbook_lib.monitor`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,6 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from .checks.causes import connect_failure_words
-
-# The raw upgrade probe moved to runbook_lib.handshake; its names stay importable here.
-from .handshake import WS_GUID as WS_GUID
-from .handshake import expected_accept as expected_accept
-from .handshake import observe_handshake as observe_handshake
-from .handshake import observe_handshakes as observe_handshakes
 from .http_checks import error_kind, exc_text
 from .observations import (
     AgentRunObservation,
@@ -681,12 +675,3 @@ async def observe_hold(
         )
     finally:
         await _close(ws)
-
-
-def __getattr__(name: str) -> Any:
-    # observe_monitor moved to runbook_lib.monitor (it schedules this module's observers).
-    if name == "observe_monitor":
-        from .monitor import observe_monitor
-
-        return observe_monitor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,9 @@ import pytest
 from timing import T
 
 from runbook_lib import checks as ev
+from runbook_lib.handshake import observe_handshake
 from runbook_lib.http_checks import observe_get, sample_latency
+from runbook_lib.monitor import observe_monitor
 from runbook_lib.results import Status
 from runbook_lib.sandbox.auth_service import create_auth_app
 from runbook_lib.sandbox.backend import create_app
@@ -18,10 +20,8 @@ from runbook_lib.tokens import connect_auth, obtain_token
 from runbook_lib.ws_checks import (
     observe_agent_run,
     observe_auth,
-    observe_handshake,
     observe_hold,
     observe_isolation,
-    observe_monitor,
     observe_roundtrip,
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -265,19 +266,20 @@ def test_sandbox_is_started_and_stopped_when_no_env_given(tmp_path: Path, env_fi
     calls: list[tuple[str, dict]] = []
 
     class FakeManager:  # the interface of runbook_lib.sandbox.manager the runner relies on
-        @staticmethod
-        def status(**kw):
-            calls.append(("status", kw))
-            return None
+        class Sandbox:
+            def __init__(self, note, **kw):
+                calls.append(("claim", kw))
+                self.note = note
+                self.started = False
 
-        @staticmethod
-        def up(**kw):
-            calls.append(("up", kw))
-            return {"env_file": str(env_file), "jwt_secret": "sandbox-secret-123456"}
+            def __enter__(self):
+                self.note("starting the sandbox")
+                self.started = True
+                calls.append(("enter", {}))
+                return SimpleNamespace(env_file=str(env_file), jwt_secret="sandbox-secret-123456")
 
-        @staticmethod
-        def down(**kw):
-            calls.append(("down", kw))
+            def __exit__(self, *exc):
+                calls.append(("exit", {}))
 
     nbs = _write(tmp_path / "nbs", {})
     options = RunOptions(
@@ -289,8 +291,8 @@ def test_sandbox_is_started_and_stopped_when_no_env_given(tmp_path: Path, env_fi
     )
     out = runner.run(options, sandbox=FakeManager)
     assert out.exit_code == 0
-    assert [c[0] for c in calls] == ["status", "up", "down"]
-    assert calls[1][1] == {"serving": "healthy", "deploy_image": "sandbox/backend:cross-user-leak"}
+    assert [c[0] for c in calls] == ["claim", "enter", "exit"]
+    assert calls[0][1] == {"serving": "healthy", "deploy_image": "sandbox/backend:cross-user-leak"}
     # What the operator was told about the sandbox is in the record too.
     results = json.loads((out.run_dir / "results.json").read_text())
     assert "starting the sandbox" in results["notes"]

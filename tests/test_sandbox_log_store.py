@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from runbook_lib.sandbox import emulator
 from runbook_lib.sandbox.log_store import FilterError, LogStore, compile_filter
 from runbook_lib.sandbox.wire import duration, format_time, parse_time
 
@@ -129,14 +128,3 @@ def test_format_time_round_trips_and_durations_are_seconds() -> None:
     assert format_time(ts) == "2026-01-01T12:30:05.250000Z"
     assert parse_time(format_time(ts)) == ts
     assert duration(300) == "300s" and duration(0.5) == "0.5s"
-
-
-def test_old_import_paths_still_work() -> None:
-    """The split kept ``runbook_lib.sandbox.emulator`` exporting what it exported before."""
-    from runbook_lib.sandbox.api import create_emulator_app
-
-    assert emulator.create_emulator_app is create_emulator_app
-    assert emulator.compile_filter is compile_filter and emulator.LogStore is LogStore
-    assert emulator.FilterError is FilterError and emulator.parse_time is parse_time
-    assert emulator.format_time is format_time
-    assert set(emulator.__all__) <= set(dir(emulator))

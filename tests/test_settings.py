@@ -16,7 +16,6 @@ from runbook_lib.exceptions import ConfigError
 from runbook_lib.flows import Flow, FlowStep
 from runbook_lib.redaction import redact, registered_secrets
 from runbook_lib.settings import (
-    CELL_TIMEOUT_S,
     AuthSettings,
     CloudRunSettings,
     LoggingSettings,
@@ -31,7 +30,7 @@ from runbook_lib.settings import (
     settings_from_dict,
     validate_check_ids,
 )
-from runbook_lib.settings_rules import RANGES
+from runbook_lib.settings_rules import CELL_TIMEOUT_S, RANGES
 
 MINIMAL = """
 name = "staging"

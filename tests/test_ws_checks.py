@@ -16,18 +16,16 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.server import ServerConnection
 
+from runbook_lib.handshake import expected_accept, observe_handshake, observe_handshakes
+from runbook_lib.monitor import observe_monitor
 from runbook_lib.protocol import FrameKind
 from runbook_lib.settings import AuthSettings, ProtocolSettings
 from runbook_lib.tokens import ConnectAuth, connect_auth, mint_jwt
 from runbook_lib.ws_checks import (
-    expected_accept,
     observe_agent_run,
     observe_auth,
-    observe_handshake,
-    observe_handshakes,
     observe_hold,
     observe_isolation,
-    observe_monitor,
     observe_roundtrip,
 )
 

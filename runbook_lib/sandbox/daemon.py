@@ -39,7 +39,8 @@ from typing import Any
 
 import uvicorn
 
-from .emulator import CloudRunEmulator, RevisionStartError, RevisionState, create_emulator_app
+from .api import create_emulator_app
+from .emulator import CloudRunEmulator, RevisionStartError, RevisionState
 from .manager import owner_alive, retire_env_file
 
 __all__ = [

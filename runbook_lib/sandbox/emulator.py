@@ -30,25 +30,17 @@ from typing import Any, Protocol
 
 from . import wire
 from .jobs import JobRunner
-from .log_store import SEVERITIES, FilterError, LogStore, compile_filter
+from .log_store import SEVERITIES, LogStore
 from .router import TagListeners, Upstream
-from .wire import SERVICE_TYPE, format_time, parse_time
+from .wire import format_time, parse_time
 
 __all__ = [
-    "SERVICE_TYPE",
-    "SEVERITIES",
     "CloudRunEmulator",
-    "FilterError",
-    "LogStore",
     "OperationState",
     "RevisionRuntime",
     "RevisionStartError",
     "RevisionState",
     "ServiceState",
-    "compile_filter",
-    "create_emulator_app",
-    "format_time",
-    "parse_time",
 ]
 
 log = logging.getLogger(__name__)
@@ -625,7 +617,3 @@ def _default_template(image: str) -> dict[str, Any]:
         "maxInstanceRequestConcurrency": 80,
         "sessionAffinity": True,
     }
-
-
-# Last: api.py needs the names above only for typing, so this import cannot cycle.
-from .api import create_emulator_app  # noqa: E402

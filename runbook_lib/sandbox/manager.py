@@ -149,11 +149,6 @@ class SandboxInfo:
     jwt_secret: str = field(default="", repr=False)
     owner_pid: int = 0  # 0: started by `runbook sandbox up`, runs until `down`
 
-    @property
-    def router_url(self) -> str:
-        """Alias of ``service_url`` (the router answers on the service URL)."""
-        return self.service_url
-
 
 def _default_env_file() -> Path:
     # RUNBOOK_ENV_DIR when set (as load_settings), else the checkout's environments/.
@@ -934,10 +929,6 @@ class Sandbox:
         self.started = False
         self._run_lock = _FileLock(self.state_dir / RUN_LOCK_NAME)
         self._forget: Any = None
-
-    @property
-    def _started(self) -> bool:  # the old private name
-        return self.started
 
     def __enter__(self) -> SandboxInfo:
         sdir = self.state_dir

@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlencode
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from ..tokens import ConnectAuth
 
 __all__ = [
-    "agent_run",
     "applies",
     "cloudrun",
     "connect_auth",
@@ -403,26 +401,6 @@ def frame_rows(run: AgentRunObservation) -> list[dict[str, Any]]:
         }
         for f in run.frames
     ]
-
-
-async def agent_run(ctx: PhaseContext, user: str, template: str, text: str) -> AgentRunObservation:
-    """One agent run as ``user`` on the primary WebSocket path."""
-    from ..ws_checks import observe_agent_run
-
-    auth, err = await connect_auth(ctx, user)
-    run = await observe_agent_run(
-        ctx.settings.target.ws(),
-        ctx.settings.protocol,
-        auth=auth,
-        user_id=user,
-        text=text,
-        template=template,
-        event_timeout_s=ctx.settings.thresholds.event_timeout_s,
-        open_timeout_s=ctx.settings.timeouts.connect_s,
-    )
-    if err and not run.error:
-        run = replace(run, error=f"token: {err}")
-    return run
 
 
 def with_query(url: str, query: Sequence[tuple[str, str]]) -> str:
