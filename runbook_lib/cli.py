@@ -368,9 +368,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_sandbox(argv: Sequence[str]) -> int:
     try:
-        from .sandbox.manager import sandbox_main
+        from .sandbox.cli import sandbox_main
     except ImportError as exc:
-        raise ConfigError(f"the sandbox manager is not available: {exc}") from exc
+        raise ConfigError(f"the sandbox is not available: {exc}") from exc
     return int(sandbox_main(list(argv)) or 0)
 
 

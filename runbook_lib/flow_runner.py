@@ -69,7 +69,7 @@ from .tokens import ConnectAuth
 if TYPE_CHECKING:
     from .settings import ProtocolSettings, Settings
 
-__all__ = ["FLOW_MAX_SIZE", "run_flow", "run_named_flow", "run_users"]
+__all__ = ["FLOW_MAX_SIZE", "open_connection", "run_flow", "run_named_flow", "run_users"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _protocol(settings: Settings | ProtocolSettings) -> ProtocolSettings:
     return cast("ProtocolSettings", getattr(settings, "protocol", settings))
 
 
-async def _connect(
+async def open_connection(
     url: str,
     auth: ConnectAuth,
     subprotocols: Sequence[str],
@@ -90,6 +90,9 @@ async def _connect(
     open_timeout_s: float,
     max_size: int,
 ) -> tuple[ClientConnection | None, dict[str, Any]]:
+    """Open one WebSocket (every wait bounded by ``open_timeout_s``): the socket, or None,
+    and what the connect gave (``connected``, ``status``, ``subprotocol``, ``connect_s``,
+    on failure ``connect_error``, ``connect_detail``, ``body_excerpt``)."""
     offered = list(dict.fromkeys([*subprotocols, *auth.subprotocols]))
     start = time.perf_counter()
     try:
@@ -219,7 +222,7 @@ async def run_flow(
     )
     vals = {**vals, **base}
     start = time.perf_counter()
-    ws, conn = await _connect(
+    ws, conn = await open_connection(
         url, auth or ConnectAuth(), subprotocols, headers, open_timeout_s, max_size
     )
     common: dict[str, Any] = {

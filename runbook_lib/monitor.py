@@ -1,7 +1,7 @@
 """The monitoring window: health and WebSocket availability sampled on a schedule.
 
-The scheduler combines three observers (a health GET, a raw upgrade, a ping round
-trip); its clock and sleep are injected so tests run it without waiting.
+The scheduler combines three observers (a health GET, a raw upgrade, the ping flow);
+its clock and sleep are injected so tests run it without waiting.
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from .http_checks import observe_get
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
 from .settings import ProtocolSettings
 from .tokens import ConnectAuth
-from .ws_checks import observe_roundtrip
 
 __all__ = ["observe_monitor"]
-
-
-def _answered(obs: Any) -> bool:
-    """The ping was answered: a round trip's pong, or every step of the ping flow."""
-    return bool(obs.pong) if hasattr(obs, "pong") else bool(obs.completed)
 
 
 async def _no_health() -> HttpObservation:
@@ -42,7 +36,6 @@ async def observe_monitor(
     interval_s: float = 2.0,
     auth: ConnectAuth | None = None,
     protocol: ProtocolSettings | None = None,
-    ping: bool = False,
     ping_flow: Flow | None = None,
     client: httpx.AsyncClient | None = None,
     timeout_s: float = 5.0,
@@ -51,9 +44,8 @@ async def observe_monitor(
 ) -> MonitorObservation:
     """Sample health and WebSocket availability every ``interval_s`` for ``window_s``.
 
-    Each tick runs a health GET and a raw WebSocket handshake concurrently (plus a
-    ping round trip when ``ping`` and a ``protocol`` are given, or the ``ping_flow``
-    conversation: the ``load`` flow, as ``ws.roundtrip`` runs it). ``health_url`` None (the
+    Each tick runs a health GET and a raw WebSocket handshake concurrently (plus the
+    ``ping_flow`` conversation when given: the ``load`` flow, as ``ws.roundtrip`` runs it). ``health_url`` None (the
     service has no health route) samples the WebSocket side only: the tick's health
     fields are None with the error ``not configured``.
     """
@@ -85,12 +77,6 @@ async def observe_monitor(
                     linger_s=0.0,
                 )
             )
-        elif ping and protocol is not None:
-            jobs.append(
-                observe_roundtrip(
-                    ws_url, protocol, auth=auth, timeout_s=timeout_s, open_timeout_s=timeout_s
-                )
-            )
         got = await asyncio.gather(*jobs)
         h: HttpObservation = got[0]
         hs: HandshakeObservation = got[1]
@@ -103,7 +89,7 @@ async def observe_monitor(
             ws_latency_s=hs.latency_s,
             ws_error=hs.error,
             ws_upgraded=hs.upgraded,
-            ping_ok=_answered(got[2]) if len(got) > 2 else None,
+            ping_ok=got[2].completed if len(got) > 2 else None,
         )
 
     # Samples start on schedule whatever each one takes (every sample is bounded by

@@ -39,7 +39,6 @@ __all__ = [
     "OperationView",
     "ReadinessTimeline",
     "RevisionView",
-    "RoundTripObservation",
     "ServiceView",
     "TimelinePoint",
     "TrafficView",
@@ -217,34 +216,6 @@ class ConnectOutcome:
     error: str | None = None
     error_detail: str = ""
     body_excerpt: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RoundTripObservation:
-    """Connect, send the ping template, wait for a pong.
-
-    Attributes:
-        url: the WebSocket URL.
-        connect: how the connect went.
-        sent: the ping was sent.
-        pong: a frame of a ``pong_types`` type arrived.
-        latency_s: send -> pong (None without a pong).
-        frames: every frame received (arrival in seconds since the send).
-        ended: ``pong``, ``timeout``, ``server_closed``, ``abrupt``, ``too_big``,
-            ``protocol_error``, ``connect_failed`` or ``send_failed``.
-        close_code: close code when the socket ended before the pong.
-        close_reason: close reason.
-    """
-
-    url: str
-    connect: ConnectOutcome
-    sent: bool = False
-    pong: bool = False
-    latency_s: float | None = None
-    frames: tuple[Frame, ...] = ()
-    ended: str = ""
-    close_code: int | None = None
-    close_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

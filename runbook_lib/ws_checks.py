@@ -1,9 +1,9 @@
-"""WebSocket session observers: round trip, agent run, auth, isolation, hold.
+"""WebSocket session observers: auth, flows (one user or several at once), hold.
 
-Each observer opens its own connection(s), bounds every wait by a timeout and
-returns a frozen observation; a refused upgrade, a silent server, a garbage
-answer, a 10 MB frame or a dropped TCP connection are recorded, never raised.
-The session observers use ``websockets``' asyncio client; the raw upgrade probe
+Each observer bounds every wait by a timeout and returns a frozen observation; a
+refused upgrade, a silent server, a garbage answer, a 10 MB frame or a dropped TCP
+connection are recorded, never raised. Every socket is opened by
+:mod:`runbook_lib.flow_runner` (the one connect primitive); the raw upgrade probe
 lives in :mod:`runbook_lib.handshake` and the monitoring scheduler in
 :mod:`runbook_lib.monitor`.
 """
@@ -13,37 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import (
     ConnectionClosed,
-    InvalidHandshake,
-    InvalidMessage,
-    InvalidStatus,
-    InvalidURI,
 )
-from websockets.typing import Subprotocol
 
-from .checks.causes import connect_failure_words
-from .http_checks import error_kind, exc_text
 from .observations import (
-    AgentRunObservation,
     AuthAttempt,
     AuthObservation,
     ConnectOutcome,
     HoldObservation,
-    IsolationObservation,
-    RoundTripObservation,
-    is_own_frame,
 )
-from .protocol import Frame, parse_frame, render_message
-from .redaction import redact, redact_excerpt
+from .protocol import parse_frame, render_message
+from .redaction import redact
 from .settings import AuthSettings, ProtocolSettings
 from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
 
@@ -53,13 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
-    "observe_agent_run",
     "observe_auth",
     "observe_flow",
     "observe_flow_users",
     "observe_hold",
-    "observe_isolation",
-    "observe_roundtrip",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,76 +56,6 @@ _BODY_EXCERPT = 500
 
 
 # ---------------------------------------------------------------- websockets sessions
-
-
-def _connect_failure(exc: BaseException, latency: float) -> ConnectOutcome:
-    detail = redact(exc_text(exc))
-    if isinstance(exc, InvalidStatus):
-        resp = exc.response
-        body = redact_excerpt((resp.body or b"").decode("utf-8", "replace"), _BODY_EXCERPT)
-        return ConnectOutcome(
-            False,
-            status=resp.status_code,
-            latency_s=latency,
-            error="http_status",
-            error_detail=detail,
-            body_excerpt=body,
-        )
-    if isinstance(exc, InvalidMessage):
-        cause = exc.__cause__
-        kind = "closed" if isinstance(cause, EOFError) else "protocol"
-        return ConnectOutcome(False, latency_s=latency, error=kind, error_detail=detail)
-    if isinstance(exc, (InvalidHandshake, InvalidURI)):
-        return ConnectOutcome(False, latency_s=latency, error="protocol", error_detail=detail)
-    return ConnectOutcome(False, latency_s=latency, error=error_kind(exc), error_detail=detail)
-
-
-async def _open(
-    url: str, auth: ConnectAuth | None, open_timeout_s: float, max_size: int
-) -> tuple[ClientConnection | None, ConnectOutcome]:
-    creds = auth or ConnectAuth()
-    start = time.perf_counter()
-    try:
-        ws = await asyncio.wait_for(
-            connect(
-                creds.url(url),
-                additional_headers=list(creds.headers) or None,
-                subprotocols=[Subprotocol(s) for s in creds.subprotocols] or None,
-                open_timeout=open_timeout_s,
-                ping_interval=None,
-                close_timeout=2.0,
-                max_size=max_size,
-                compression=None,
-                proxy=None,
-                user_agent_header="runbook-ws-probe",
-            ),
-            open_timeout_s + 1.0,
-        )
-    except (OSError, TimeoutError, ssl.SSLError, InvalidHandshake, InvalidURI, EOFError) as exc:
-        return None, _connect_failure(exc, time.perf_counter() - start)
-    sub = ws.subprotocol
-    return ws, ConnectOutcome(
-        True,
-        status=101,
-        latency_s=time.perf_counter() - start,
-        subprotocol=redact(sub) if sub else None,
-    )
-
-
-async def _frames(
-    ws: ClientConnection, protocol: ProtocolSettings, t0: float, deadline: Callable[[], float]
-) -> AsyncGenerator[Frame, None]:
-    """Parsed frames (``t`` relative to ``t0``) until ``deadline()`` passes.
-
-    A close by the server propagates as ``ConnectionClosed``; ``deadline`` is read before
-    every wait so a caller may shorten it (e.g. to linger after the final event).
-    """
-    while (left := deadline() - time.perf_counter()) > 0:
-        try:
-            msg = await asyncio.wait_for(ws.recv(), left)
-        except TimeoutError:
-            return
-        yield parse_frame(msg, protocol, t=time.perf_counter() - t0)
 
 
 def _ending(exc: ConnectionClosed) -> tuple[str, int | None, str]:
@@ -157,141 +72,6 @@ def _ending(exc: ConnectionClosed) -> tuple[str, int | None, str]:
 async def _close(ws: ClientConnection) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(), 3.0)
-
-
-async def observe_roundtrip(
-    url: str,
-    protocol: ProtocolSettings,
-    *,
-    auth: ConnectAuth | None = None,
-    timeout_s: float = 10.0,
-    open_timeout_s: float = 5.0,
-    max_size: int = DEFAULT_MAX_SIZE,
-) -> RoundTripObservation:
-    """Connect, send ``protocol.ping``, skip other frames, expect a pong within ``timeout_s``."""
-    ws, outcome = await _open(url, auth, open_timeout_s, max_size)
-    if ws is None:
-        return RoundTripObservation(url=url, connect=outcome, ended="connect_failed")
-    frames: list[Frame] = []
-    sent = True
-    ended, code, reason = "timeout", None, ""
-    t0 = time.perf_counter()
-    try:
-        try:
-            await asyncio.wait_for(ws.send(render_message(protocol, "ping")), timeout_s)
-        except (ConnectionClosed, TimeoutError):
-            sent = False  # still read what the server said before it closed, briefly
-        deadline = t0 + (timeout_s if sent else min(1.0, timeout_s))
-        try:
-            async with contextlib.aclosing(_frames(ws, protocol, t0, lambda: deadline)) as stream:
-                async for frame in stream:
-                    frames.append(frame)
-                    if frame.event_type in protocol.pong_types:
-                        ended = "pong"
-                        break
-        except ConnectionClosed as exc:
-            ended, code, reason = _ending(exc)
-    finally:
-        await _close(ws)
-    pong = ended == "pong"
-    return RoundTripObservation(
-        url=url,
-        connect=outcome,
-        sent=sent,
-        pong=pong,
-        latency_s=frames[-1].t if pong else None,
-        frames=tuple(frames),
-        ended="send_failed" if not sent and ended == "timeout" else ended,
-        close_code=code,
-        close_reason=reason,
-    )
-
-
-async def observe_agent_run(
-    url: str,
-    protocol: ProtocolSettings,
-    *,
-    auth: ConnectAuth | None = None,
-    user_id: str = "runbook-user",
-    text: str = "runbook end-to-end check",
-    template: str = "agent_request",
-    event_timeout_s: float = 30.0,
-    open_timeout_s: float = 5.0,
-    linger_s: float = 0.3,
-    run_id: str | None = None,
-    thread_id: str | None = None,
-    max_size: int = DEFAULT_MAX_SIZE,
-) -> AgentRunObservation:
-    """Send one agent request as ``user_id`` and record every frame until the run ends.
-
-    The run ends at the last critical event of this run (then ``linger_s`` more to catch
-    stragglers of a reordered stream), an error frame, the server closing, or
-    ``event_timeout_s`` after the send.
-    """
-    rid = run_id or f"run-{uuid.uuid4().hex[:12]}"
-    tid = thread_id or f"thread-{uuid.uuid4().hex[:12]}"
-    base: dict[str, Any] = {
-        "url": url,
-        "user_id": user_id,
-        "run_id": rid,
-        "thread_id": tid,
-        "template": template,
-        "timeout_s": event_timeout_s,
-        "final_event": protocol.critical_events[-1] if protocol.critical_events else "",
-    }
-    ws, outcome = await _open(url, auth, open_timeout_s, max_size)
-    if ws is None:
-        return AgentRunObservation(
-            connect=outcome, ended="connect_failed", error=connect_failure_words(outcome), **base
-        )
-    final = protocol.critical_events[-1] if protocol.critical_events else None
-    frames: list[Frame] = []
-    ended, code, reason = "timeout", None, ""
-    t0 = time.perf_counter()
-    try:
-        msg_out = render_message(
-            protocol, template, text=text, user_id=user_id, thread_id=tid, run_id=rid
-        )
-        sent = True
-        try:
-            await asyncio.wait_for(ws.send(msg_out), open_timeout_s)
-        except (ConnectionClosed, TimeoutError):
-            # Refused after accept (auth error frame + 1008 is typical): still read what
-            # the server said before closing, briefly.
-            sent = False
-        deadline = t0 + (event_timeout_s if sent else min(1.0, event_timeout_s))
-        try:
-            # The deadline shrinks to ``linger_s`` after the final event: read it each time.
-            async with contextlib.aclosing(_frames(ws, protocol, t0, lambda: deadline)) as stream:
-                async for frame in stream:
-                    frames.append(frame)
-                    done = frame.is_error or (
-                        frame.is_event
-                        and frame.event_type == final
-                        and is_own_frame(frame, frames, user_id, rid)
-                    )
-                    if done:
-                        ended = "error_frame" if frame.is_error else "completed"
-                        deadline = min(deadline, time.perf_counter() + linger_s)
-        except ConnectionClosed as exc:
-            how, code, reason = _ending(exc)
-            # A close after the final event (while lingering) does not undo the completion.
-            ended = ended if ended == "completed" else how
-    finally:
-        await _close(ws)
-    if not sent and ended == "timeout":
-        ended = "send_failed"
-    return AgentRunObservation(
-        connect=outcome,
-        sent=sent,
-        frames=tuple(frames),
-        ended=ended,
-        close_code=code,
-        close_reason=reason,
-        duration_s=time.perf_counter() - t0,
-        error="" if sent else "the socket closed before the request was sent",
-        **base,
-    )
 
 
 # ---------------------------------------------------------------- auth
@@ -456,57 +236,6 @@ async def observe_auth(
     )
 
 
-# ---------------------------------------------------------------- isolation
-
-
-async def observe_isolation(
-    url: str,
-    protocol: ProtocolSettings,
-    auth: AuthSettings,
-    *,
-    users: int = 5,
-    user_prefix: str = "runbook-iso",
-    template: str = "agent_request",
-    event_timeout_s: float = 30.0,
-    open_timeout_s: float = 5.0,
-    client: httpx.AsyncClient | None = None,
-) -> IsolationObservation:
-    """Run ``users`` agent sessions concurrently, each as its own user with its own token."""
-    suffix = uuid.uuid4().hex[:6]
-
-    async def one(i: int) -> AgentRunObservation:
-        user = f"{user_prefix}-{suffix}-{i}"
-        creds = ConnectAuth()
-        if auth.enabled:
-            token = await obtain_token(auth, user, client=client, timeout_s=open_timeout_s)
-            if not token.ok:
-                return AgentRunObservation(
-                    url=url,
-                    user_id=user,
-                    run_id="",
-                    thread_id="",
-                    template=template,
-                    ended="token_failed",
-                    connect=ConnectOutcome(False, error="token"),
-                    timeout_s=event_timeout_s,
-                    error=token.error,
-                )
-            creds = connect_auth(auth, token.token)
-        return await observe_agent_run(
-            url,
-            protocol,
-            auth=creds,
-            user_id=user,
-            text=f"isolation check for {user}",
-            template=template,
-            event_timeout_s=event_timeout_s,
-            open_timeout_s=open_timeout_s,
-        )
-
-    runs = await asyncio.gather(*(one(i) for i in range(max(1, users))))
-    return IsolationObservation(runs=tuple(runs))
-
-
 # ---------------------------------------------------------------- flows
 
 
@@ -615,7 +344,18 @@ async def observe_hold(
     max_size: int = DEFAULT_MAX_SIZE,
 ) -> HoldObservation:
     """Keep one socket open for ``hold_s`` (pinging every ``ping_every_s`` if set), then close."""
-    ws, outcome = await _open(url, auth, open_timeout_s, max_size)
+    from .flow_runner import open_connection
+
+    ws, info = await open_connection(url, auth or ConnectAuth(), (), (), open_timeout_s, max_size)
+    outcome = ConnectOutcome(
+        bool(info["connected"]),
+        status=info.get("status"),
+        latency_s=info.get("connect_s", 0.0),
+        subprotocol=info.get("subprotocol"),
+        error=info.get("connect_error"),
+        error_detail=info.get("connect_detail", ""),
+        body_excerpt=info.get("body_excerpt", ""),
+    )
     if ws is None:
         return HoldObservation(url=url, connect=outcome, hold_s=hold_s, outcome="connect_failed")
     t0 = time.perf_counter()

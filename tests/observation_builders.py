@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from runbook_lib.flows import FlowFrame, FlowObservation, StepOutcome
 from runbook_lib.observations import (
     AgentRunObservation,
     AuthAttempt,
@@ -18,7 +19,6 @@ from runbook_lib.observations import (
     MonitorObservation,
     MonitorTick,
     ReadinessTimeline,
-    RoundTripObservation,
     TimelinePoint,
 )
 from runbook_lib.protocol import Frame, FrameKind
@@ -103,16 +103,33 @@ def tl(statuses, ready_at=None, deadline=30.0) -> ReadinessTimeline:
     )
 
 
-def rt(pong=True, connected=True, ended="pong", frames=(), status=None):
-    c = OK if connected else ConnectOutcome(False, status=status, error="http_status")
-    return RoundTripObservation(
+def ping_flow(pong=True, connected=True, stop="", frames=(), status=None, close_code=None):
+    """The ``load`` flow (send ping, expect pong) as a FlowObservation."""
+    steps = (
+        StepOutcome(0, "send", "sent" if connected else "not_reached", "send ping", 0.0, 0.0),
+        StepOutcome(
+            1,
+            "expect",
+            "matched" if pong else ("timeout" if connected else "not_reached"),
+            "expect pong",
+            0.0,
+            0.01,
+            5,
+        ),
+    )
+    return FlowObservation(
         url="ws://x/ws/test",
-        connect=c,
-        sent=connected,
-        pong=pong,
-        latency_s=0.01 if pong else None,
-        frames=frames,
-        ended=ended,
+        flow="load",
+        user_id="u",
+        marker="m",
+        connected=connected,
+        status=101 if connected else status,
+        connect_error=None if connected else "http_status",
+        frames=tuple(FlowFrame(f, "") for f in frames),
+        steps=steps,
+        stopped_at=None if pong else 1,
+        stop_reason="" if pong else (stop or ("timeout" if connected else "connect_failed")),
+        close_code=close_code,
     )
 
 

@@ -9,6 +9,8 @@ import pytest
 from timing import T
 
 from runbook_lib import checks as ev
+from runbook_lib.flow_runner import run_flow, run_users
+from runbook_lib.flows import default_flows
 from runbook_lib.handshake import observe_handshake
 from runbook_lib.http_checks import observe_get, sample_latency
 from runbook_lib.monitor import observe_monitor
@@ -17,13 +19,7 @@ from runbook_lib.sandbox.auth_service import create_auth_app
 from runbook_lib.sandbox.backend import create_app
 from runbook_lib.settings import AuthSettings, ProtocolSettings, Thresholds
 from runbook_lib.tokens import connect_auth, obtain_token
-from runbook_lib.ws_checks import (
-    observe_agent_run,
-    observe_auth,
-    observe_hold,
-    observe_isolation,
-    observe_roundtrip,
-)
+from runbook_lib.ws_checks import observe_auth, observe_hold
 
 SECRET = "backend-test-secret-0123456789abcdef0123"
 P = ProtocolSettings()
@@ -49,6 +45,20 @@ async def _creds(auth: AuthSettings, user: str = "runbook-user"):
     return connect_auth(auth, tok.token)
 
 
+async def _flow(url: str, name: str, creds=None, timeout_s: float = 10.0, user="runbook-user"):
+    """One of the seed's flows (``load``: ping -> pong; ``agent``; ``chat``) as ``user``."""
+    flow = default_flows(P, event_timeout_s=timeout_s)[name]
+    return await run_flow(url, flow, {"user_id": user}, P, auth=creds)
+
+
+async def _isolation(url: str, auth: AuthSettings, users: int, timeout_s: float):
+    """The isolation flow for ``users`` users at once, each with a token of its own."""
+    names = [f"runbook-iso-{i}" for i in range(users)]
+    auths = {u: await _creds(auth, u) for u in names}
+    flow = default_flows(P, event_timeout_s=timeout_s)["isolation"]
+    return await run_users(url, flow, P, names, auths=auths)
+
+
 async def test_healthy_backend_passes_every_judge(backend) -> None:
     base, ws = await backend("healthy")
     auth = AuthSettings(mode="subprotocol", jwt_secret=SECRET)
@@ -61,21 +71,15 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
         ev.judge_ws_routes_probe(health, probes),
         ev.judge_ws_upgrade(probes),
         ev.judge_ws_health(await observe_get(f"{base}/ws/health")),
-        ev.judge_ws_test_endpoint(await observe_roundtrip(f"{ws}/ws/test", P, auth=creds)),
-        ev.judge_ws_roundtrip(await observe_roundtrip(f"{ws}/websocket", P, auth=creds)),
+        ev.judge_ws_test_endpoint(
+            await observe_get(f"{base}/ws/test"),
+            upgrade=await observe_handshake(f"{ws}/ws/test", auth=creds),
+        ),
+        ev.judge_ws_roundtrip(await _flow(f"{ws}/websocket", "load", creds)),
         ev.judge_http_latency(await sample_latency(f"{base}/health", 3), limit_s=TH.http_latency_s),
     ]
-    run = await observe_agent_run(
-        f"{ws}/websocket", P, auth=creds, user_id="runbook-user", event_timeout_s=T(10)
-    )
-    chat = await observe_agent_run(
-        f"{ws}/websocket",
-        P,
-        auth=creds,
-        user_id="runbook-user",
-        template="chat_message",
-        event_timeout_s=T(10),
-    )
+    run = await _flow(f"{ws}/websocket", "agent", creds, T(10))
+    chat = await _flow(f"{ws}/websocket", "chat", creds, T(10))
     results += [
         ev.judge_agent_response(run, timeout_s=TH.event_timeout_s),
         ev.judge_chat_flow(chat),
@@ -88,7 +92,7 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
     ]
     a = await observe_auth(f"{ws}/websocket", P, auth, probe_timeout_s=T(3))
     results += [ev.judge_auth_ws_authenticated(a), ev.judge_auth_rejects_invalid(a)]
-    iso = await observe_isolation(f"{ws}/websocket", P, auth, users=3, event_timeout_s=T(10))
+    iso = await _isolation(f"{ws}/websocket", auth, users=3, timeout_s=T(10))
     results += [
         ev.judge_isolation_sessions(
             iso, success_rate=TH.isolation_success_rate, response_s=TH.isolation_response_s
@@ -102,7 +106,7 @@ async def test_healthy_backend_passes_every_judge(backend) -> None:
         interval_s=0.2,
         auth=creds,
         protocol=P,
-        ping=True,
+        ping_flow=default_flows(P)["load"],
     )
     results += [
         # A short window (2 samples) keeps the test fast: judge it with that minimum.
@@ -147,7 +151,7 @@ async def test_ws_routes_missing_is_named_as_the_incident(backend) -> None:
     assert r.status is Status.FAIL and ev.INCIDENT_SIGNATURE in r.detail
     assert ev.judge_ws_upgrade(probes).status is Status.FAIL
     assert ev.judge_ws_health(await observe_get(f"{base}/ws/health")).status is Status.FAIL
-    run = await observe_agent_run(f"{ws}/websocket", P, event_timeout_s=3)
+    run = await _flow(f"{ws}/websocket", "agent", timeout_s=3)
     r = ev.judge_agent_response(run, timeout_s=3)
     assert r.status is Status.FAIL and "404" in r.detail
 
@@ -159,9 +163,7 @@ async def test_ws_routes_missing_is_named_as_the_incident(backend) -> None:
 async def test_event_faults_fail_the_right_judge(backend, profile: str, judge: str) -> None:
     _, ws = await backend(profile)
     auth = AuthSettings(mode="bearer", jwt_secret=SECRET)
-    run = await observe_agent_run(
-        f"{ws}/websocket", P, auth=await _creds(auth), user_id="runbook-user", event_timeout_s=3
-    )
+    run = await _flow(f"{ws}/websocket", "agent", await _creds(auth), timeout_s=3)
     order = ev.judge_events_order(run, critical=P.critical_events)
     crit = ev.judge_critical_delivered(run, critical=P.critical_events, minimum=5)
     failed = {"order": order.status, "critical": crit.status}
@@ -172,12 +174,8 @@ async def test_event_faults_fail_the_right_judge(backend, profile: str, judge: s
 
 async def test_cross_user_leak_fails_isolation(backend) -> None:
     _, ws = await backend("cross-user-leak")
-    iso = await observe_isolation(
-        f"{ws}/websocket",
-        P,
-        AuthSettings(mode="query", jwt_secret=SECRET),
-        users=3,
-        event_timeout_s=T(5),
+    iso = await _isolation(
+        f"{ws}/websocket", AuthSettings(mode="query", jwt_secret=SECRET), users=3, timeout_s=T(5)
     )
     r = ev.judge_isolation_no_cross_user(iso)
     assert r.status is Status.FAIL and r.observed > 0

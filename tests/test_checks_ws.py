@@ -8,7 +8,7 @@ from observation_builders import (
     att,
     hs,
     http,
-    rt,
+    ping_flow,
 )
 
 from runbook_lib.checks import (
@@ -56,13 +56,15 @@ def test_ws_upgrade() -> None:
 
 def test_ws_roundtrip_and_test_endpoint() -> None:
     pong = Frame(t=0.01, size=5, kind=FrameKind.IGNORED, event_type="pong")
-    assert judge_ws_roundtrip(rt(frames=(pong,))).status is Status.PASS
-    r = judge_ws_roundtrip(rt(pong=False, ended="timeout"))
-    assert r.status is Status.FAIL and "timeout" in r.detail
-    r = judge_ws_roundtrip(rt(connected=False, status=404))
+    assert judge_ws_roundtrip(ping_flow(frames=(pong,))).status is Status.PASS
+    r = judge_ws_roundtrip(ping_flow(pong=False))
+    assert r.status is Status.FAIL and "no pong" in r.detail
+    r = judge_ws_roundtrip(ping_flow(connected=False, pong=False, status=404))
     assert r.status is Status.FAIL and "not registered" in r.detail
-    assert judge_ws_test_endpoint(rt(frames=(pong,))).status is Status.PASS
-    assert judge_ws_test_endpoint(rt(pong=False, ended="timeout")).status is Status.FAIL
+    r = judge_ws_roundtrip(ping_flow(pong=False, stop="closed", close_code=1011))
+    assert r.status is Status.FAIL and "1011" in r.detail
+    assert judge_ws_test_endpoint(hs("/ws/test")).status is Status.PASS
+    assert judge_ws_test_endpoint(hs("/ws/test", 404)).status is Status.FAIL
     assert judge_ws_test_endpoint(http(200, {"status": "ok"})).status is Status.PASS
     assert judge_ws_test_endpoint(http(404)).status is Status.FAIL
 

@@ -165,14 +165,14 @@ def test_progress_ticks_the_elapsed_time_of_a_long_step() -> None:
     assert out.getvalue().endswith("\n")
 
 
-def test_sandbox_subcommand_delegates_to_the_manager(monkeypatch) -> None:
+def test_sandbox_subcommand_delegates_to_the_sandbox_cli(monkeypatch) -> None:
     got = []
-    fake = types.ModuleType("runbook_lib.sandbox.manager")
+    fake = types.ModuleType("runbook_lib.sandbox.cli")
     fake.sandbox_main = lambda argv: got.append(argv) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runbook_lib.sandbox.manager", fake)
+    monkeypatch.setitem(sys.modules, "runbook_lib.sandbox.cli", fake)
     import runbook_lib.sandbox as pkg
 
-    monkeypatch.setattr(pkg, "manager", fake, raising=False)
+    monkeypatch.setattr(pkg, "cli", fake, raising=False)
     assert cli.main(["sandbox", "up", "--serving", "healthy"]) == 0
     assert got == [["up", "--serving", "healthy"]]
 

@@ -33,11 +33,12 @@ from runbook_lib.cloudrun_plans import (
 )
 from runbook_lib.exceptions import CloudRunError
 from runbook_lib.sandbox import manager
+from runbook_lib.sandbox import state as sandbox_state
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.SandboxInfo]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox_state.SandboxInfo]:
     root = tmp_path_factory.mktemp("sandbox-cloudrun")
     info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
     try:
@@ -47,11 +48,11 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.Sandbo
 
 
 @pytest.fixture(scope="module")
-def settings(sandbox: manager.SandboxInfo) -> Settings:
+def settings(sandbox: sandbox_state.SandboxInfo) -> Settings:
     return load_settings(sandbox.env_file)
 
 
-def served_by(info: manager.SandboxInfo, n: int = 6) -> set[str]:
+def served_by(info: sandbox_state.SandboxInfo, n: int = 6) -> set[str]:
     """Revision names reported by /health over ``n`` fresh connections through the router."""
     seen = set()
     for _ in range(n):
@@ -63,7 +64,7 @@ def served_by(info: manager.SandboxInfo, n: int = 6) -> set[str]:
 
 
 async def test_get_service_describes_the_incident_state(
-    settings: Settings, sandbox: manager.SandboxInfo
+    settings: Settings, sandbox: sandbox_state.SandboxInfo
 ) -> None:
     """The service serves the ws-routes-missing revision at LATEST 100% on the router URL."""
     info = await cloudrun_client(settings).get_service()
@@ -112,7 +113,7 @@ def test_dry_run_requests_and_gcloud_commands(settings: Settings) -> None:
 
 
 async def test_deploy_pin_and_failed_deploy(
-    settings: Settings, sandbox: manager.SandboxInfo
+    settings: Settings, sandbox: sandbox_state.SandboxInfo
 ) -> None:
     """Deploy serves the new revision; a pin survives a deploy; a failing image keeps the old."""
     cr = cloudrun_client(settings)
@@ -174,7 +175,7 @@ def _served_by_url(url: str, n: int = 6) -> set[str]:
 
 
 async def test_tag_deploy_with_no_traffic_shift_in_steps_and_restore(
-    settings: Settings, sandbox: manager.SandboxInfo
+    settings: Settings, sandbox: sandbox_state.SandboxInfo
 ) -> None:
     """SPEC 9 through the real client: tag, verify on the tag URL, 10/50/100, back, untag."""
     cr = cloudrun_client(settings)

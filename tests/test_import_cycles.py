@@ -36,7 +36,6 @@ ALLOWED: dict[frozenset[str], str] = {
     ): "wire.py renders the emulator's and the jobs' state dataclasses, which live in "
     "emulator.py and jobs.py (being edited in parallel); they move to a state module "
     "wire.py can import",
-    frozenset({"runbook_lib.sandbox.daemon", "runbook_lib.sandbox.manager"}): "being split",
 }
 
 

@@ -26,6 +26,7 @@ from runbook_lib.logs import (
     scope_for,
 )
 from runbook_lib.sandbox import manager
+from runbook_lib.sandbox import state as sandbox_state
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
 WS_HEADERS = {
@@ -37,7 +38,7 @@ WS_HEADERS = {
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.SandboxInfo]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox_state.SandboxInfo]:
     root = tmp_path_factory.mktemp("sandbox-logs")
     info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
     try:
@@ -47,7 +48,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.Sandbo
 
 
 @pytest.fixture(scope="module")
-def settings(sandbox: manager.SandboxInfo) -> Settings:
+def settings(sandbox: sandbox_state.SandboxInfo) -> Settings:
     return load_settings(sandbox.env_file)
 
 
@@ -75,7 +76,7 @@ def test_filter_matches_the_seed_queries(settings: Settings) -> None:
 
 
 async def test_incident_404s_are_read_back_by_revision_and_substring(
-    settings: Settings, sandbox: manager.SandboxInfo
+    settings: Settings, sandbox: sandbox_state.SandboxInfo
 ) -> None:
     """WebSocket upgrades answered 404 by the serving revision show up in its logs."""
     since = datetime.now(UTC) - timedelta(seconds=1)
@@ -269,7 +270,7 @@ async def _wait_for(settings: Settings, n: int, **query: Any) -> list[LogEntry]:
 
 
 async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
-    settings: Settings, sandbox: manager.SandboxInfo
+    settings: Settings, sandbox: sandbox_state.SandboxInfo
 ) -> None:
     """Phase 1's 404 probes of the incident revision are not evidence against the fix."""
     from runbook_lib.checks import judge_log_entries

@@ -19,6 +19,7 @@ from google.cloud import logging as glogging
 from google.cloud import run_v2
 
 from runbook_lib.sandbox import manager
+from runbook_lib.sandbox import state as sandbox_state
 from runbook_lib.sandbox.emulator import CloudRunEmulator, RevisionState
 
 
@@ -130,7 +131,7 @@ def psutil_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.SandboxInfo]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox_state.SandboxInfo]:
     root = tmp_path_factory.mktemp("sandbox-emulator")
     info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
     try:
@@ -139,11 +140,11 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.Sandbo
         manager.down(root / "state")
 
 
-def _service_name(info: manager.SandboxInfo) -> str:
+def _service_name(info: sandbox_state.SandboxInfo) -> str:
     return f"projects/{info.project}/locations/{info.region}/services/{info.service}"
 
 
-def _clients(info: manager.SandboxInfo) -> tuple[Any, Any]:
+def _clients(info: sandbox_state.SandboxInfo) -> tuple[Any, Any]:
     opts = ClientOptions(api_endpoint=info.emulator_url)
     creds = AnonymousCredentials()
     return (
@@ -152,7 +153,7 @@ def _clients(info: manager.SandboxInfo) -> tuple[Any, Any]:
     )
 
 
-def test_service_json_is_shaped_like_google(sandbox: manager.SandboxInfo) -> None:
+def test_service_json_is_shaped_like_google(sandbox: sandbox_state.SandboxInfo) -> None:
     """camelCase fields, int64 as strings, durations as "300s", traffic statuses resolved."""
     body = httpx.get(f"{sandbox.emulator_url}/v2/{_service_name(sandbox)}", timeout=5).json()
     for key in (
@@ -184,7 +185,7 @@ def test_service_json_is_shaped_like_google(sandbox: manager.SandboxInfo) -> Non
     assert body["createTime"].endswith("Z")
 
 
-def test_unknown_resources_answer_404_like_google(sandbox: manager.SandboxInfo) -> None:
+def test_unknown_resources_answer_404_like_google(sandbox: sandbox_state.SandboxInfo) -> None:
     services, revisions = _clients(sandbox)
     with pytest.raises(gexc.NotFound):
         services.get_service(
@@ -198,7 +199,7 @@ def test_unknown_resources_answer_404_like_google(sandbox: manager.SandboxInfo) 
     assert resp.status_code == 404 and resp.json()["error"]["status"] == "NOT_FOUND"
 
 
-def test_real_client_pages_revisions_and_reads_one(sandbox: manager.SandboxInfo) -> None:
+def test_real_client_pages_revisions_and_reads_one(sandbox: sandbox_state.SandboxInfo) -> None:
     """The pager follows nextPageToken; get_revision returns the Ready condition and labels."""
     _, revisions = _clients(sandbox)
     pager = revisions.list_revisions(
@@ -215,7 +216,7 @@ def test_real_client_pages_revisions_and_reads_one(sandbox: manager.SandboxInfo)
     assert ready.state == run_v2.Condition.State.CONDITION_SUCCEEDED
 
 
-def test_real_client_update_polls_the_operation(sandbox: manager.SandboxInfo) -> None:
+def test_real_client_update_polls_the_operation(sandbox: sandbox_state.SandboxInfo) -> None:
     """PATCH returns an LRO; operation.result() polls GET operations/* until the rollout ends."""
     services, _ = _clients(sandbox)
     svc = services.get_service(name=_service_name(sandbox), timeout=5)
@@ -231,7 +232,7 @@ def test_real_client_update_polls_the_operation(sandbox: manager.SandboxInfo) ->
 
 
 async def test_websocket_through_router_reaches_latest_revision(
-    sandbox: manager.SandboxInfo,
+    sandbox: sandbox_state.SandboxInfo,
 ) -> None:
     """After the healthy deploy, a dev token from the auth service opens a socket via the router."""
     import json
@@ -250,7 +251,7 @@ async def test_websocket_through_router_reaches_latest_revision(
     assert hello["user_id"] == "u1" and hello["revision"] == latest
 
 
-async def test_router_strips_upgrade_for_that_profile(sandbox: manager.SandboxInfo) -> None:
+async def test_router_strips_upgrade_for_that_profile(sandbox: sandbox_state.SandboxInfo) -> None:
     """A proxy-strips-upgrade revision is fronted by a hop that drops Upgrade: no 101."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
@@ -292,7 +293,7 @@ def _revisions_served(url: str, n: int = 6) -> set[str]:
 
 
 async def test_revision_tags_have_their_own_urls_for_http_and_websocket(
-    sandbox: manager.SandboxInfo,
+    sandbox: sandbox_state.SandboxInfo,
 ) -> None:
     """A 0% tagged traffic entry gives the revision a URL (trafficStatuses.uri) reaching only it.
 
@@ -374,7 +375,7 @@ async def test_revision_tags_have_their_own_urls_for_http_and_websocket(
             await asyncio.sleep(0.1)
 
 
-def test_bad_tags_are_refused(sandbox: manager.SandboxInfo) -> None:
+def test_bad_tags_are_refused(sandbox: sandbox_state.SandboxInfo) -> None:
     """Tags must be DNS-label-like and unique, as they become part of a host name."""
     services, _ = _clients(sandbox)
     svc = services.get_service(name=_service_name(sandbox), timeout=5)
@@ -388,7 +389,7 @@ def test_bad_tags_are_refused(sandbox: manager.SandboxInfo) -> None:
             _update(services, svc, "traffic")
 
 
-def test_invalid_update_is_a_400(sandbox: manager.SandboxInfo) -> None:
+def test_invalid_update_is_a_400(sandbox: sandbox_state.SandboxInfo) -> None:
     services, _ = _clients(sandbox)
     svc = services.get_service(name=_service_name(sandbox), timeout=5)
     svc.template.containers[0].image = "nginx:latest"
@@ -397,7 +398,7 @@ def test_invalid_update_is_a_400(sandbox: manager.SandboxInfo) -> None:
 
 
 def test_logging_client_reads_entries_and_rejects_bad_filters(
-    sandbox: manager.SandboxInfo,
+    sandbox: sandbox_state.SandboxInfo,
 ) -> None:
     client = glogging.Client(
         project=sandbox.project,
@@ -424,7 +425,7 @@ def test_logging_client_reads_entries_and_rejects_bad_filters(
 
 
 def test_crashed_revision_is_not_ready_and_router_answers_503(
-    sandbox: manager.SandboxInfo,
+    sandbox: sandbox_state.SandboxInfo,
 ) -> None:
     """Killing the serving process marks it not ready; the router answers 503, never hangs."""
     state = httpx.get(f"{sandbox.emulator_url}/sandbox/state", timeout=5).json()

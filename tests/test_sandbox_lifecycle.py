@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from runbook_lib.sandbox import manager
+from runbook_lib.sandbox import state as sandbox_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOK = Path(sys.executable).with_name("runbook")
@@ -357,12 +358,13 @@ def test_reuse_only_when_it_matches(lab: Lab) -> None:
     lab.record_ports()
     try:
         with pytest.raises(
-            manager.SandboxBusy, match="--serving drop-events asked, it serves healthy"
+            sandbox_state.SandboxBusy, match="--serving drop-events asked, it serves healthy"
         ):
             with manager.Sandbox(serving="drop-events", state_dir=lab.state, env_file=envf):
                 pass
         with pytest.raises(
-            manager.SandboxBusy, match="cross-user-leak asked, it deploys sandbox/backend:healthy"
+            sandbox_state.SandboxBusy,
+            match="cross-user-leak asked, it deploys sandbox/backend:healthy",
         ):
             with manager.Sandbox(
                 deploy_image="sandbox/backend:cross-user-leak", state_dir=lab.state, env_file=envf
@@ -409,8 +411,8 @@ def test_a_sandbox_that_does_not_answer_is_refused(lab: Lab) -> None:
 
 def test_status_and_down_find_the_sandbox_from_another_directory(lab: Lab, tmp_path: Path) -> None:
     """The default state folder is the checkout's, whatever the current directory."""
-    assert manager.DEFAULT_STATE_DIR == ROOT / "outputs" / ".sandbox"
-    assert manager.checkout_root() == ROOT
+    assert sandbox_state.DEFAULT_STATE_DIR == ROOT / "outputs" / ".sandbox"
+    assert sandbox_state.checkout_root() == ROOT
     env = {k: v for k, v in lab.env.items() if k != "RUNBOOK_SANDBOX_DIR"}
     out = subprocess.run(
         [sys.executable, "-m", "runbook_lib", "sandbox", "status"],

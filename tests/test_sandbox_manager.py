@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from runbook_lib.sandbox import cli as sandbox_cli
 from runbook_lib.sandbox import manager
 from runbook_lib.settings import load_settings
 
@@ -32,9 +33,9 @@ def test_cli_up_status_down_leaves_nothing_behind(
     """up starts daemon + 2 revisions, writes a loadable secret-free env file; down kills all."""
     state_dir, env_file = tmp_path / "state", tmp_path / "env" / "local.toml"
     common = ["--state-dir", str(state_dir), "--env-file", str(env_file)]
-    assert manager.sandbox_main(["status", *common]) == 1
+    assert sandbox_cli.sandbox_main(["status", *common]) == 1
     try:
-        assert manager.sandbox_main(["up", *common]) == 0
+        assert sandbox_cli.sandbox_main(["up", *common]) == 0
         out = capsys.readouterr().out
         assert "ws-routes-missing" in out and "healthy" in out
 
@@ -60,11 +61,11 @@ def test_cli_up_status_down_leaves_nothing_behind(
         assert settings.thresholds.monitor_window_s == 8 and settings.thresholds.hold_s == 4
         assert settings.warnings == ()
 
-        assert manager.sandbox_main(["up", *common]) == 0
+        assert sandbox_cli.sandbox_main(["up", *common]) == 0
         assert "already running" in capsys.readouterr().out
         assert json.loads(state_file.read_text())["pid"] == state["pid"]
 
-        assert manager.sandbox_main(["status", *common]) == 0
+        assert sandbox_cli.sandbox_main(["status", *common]) == 0
         out = capsys.readouterr().out
         assert "100%" in out and state["service_url"] in out and "LATEST=100%" in out
         info = manager.status(state_dir)
@@ -73,13 +74,13 @@ def test_cli_up_status_down_leaves_nothing_behind(
         assert [r.profile for r in info.revisions] == ["ws-routes-missing", "healthy"]
         assert secret not in repr(info)
     finally:
-        assert manager.sandbox_main(["down", *common]) == 0
+        assert sandbox_cli.sandbox_main(["down", *common]) == 0
     assert _wait_gone(procs, timeout=1) == []
     assert not state_file.exists()
     assert not env_file.exists()  # a stopped sandbox's env file would name dead ports
     assert not manager.is_running(state_dir)
-    assert manager.sandbox_main(["status", *common]) == 1
-    assert manager.sandbox_main(["down", *common]) == 0
+    assert sandbox_cli.sandbox_main(["status", *common]) == 1
+    assert sandbox_cli.sandbox_main(["down", *common]) == 0
     assert "not running" in capsys.readouterr().out
 
 
@@ -99,9 +100,11 @@ def test_daemon_killed_hard_leaves_no_orphans(tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert manager.sandbox_main(["sideways"]) == 2
+    assert sandbox_cli.sandbox_main(["sideways"]) == 2
     assert (
-        manager.sandbox_main(["up", "--serving", "no-such-profile", "--state-dir", str(tmp_path)])
+        sandbox_cli.sandbox_main(
+            ["up", "--serving", "no-such-profile", "--state-dir", str(tmp_path)]
+        )
         == 2
     )
     assert "unknown sandbox profile" in capsys.readouterr().err

@@ -675,7 +675,8 @@ def test_committed_example_files_load():
 
 
 def test_generated_sandbox_environment_loads(tmp_path):
-    from runbook_lib.sandbox.manager import SandboxInfo, environment_toml
+    from runbook_lib.sandbox.env_file import environment_toml
+    from runbook_lib.sandbox.state import SandboxInfo
 
     info = SandboxInfo(
         state_dir=str(tmp_path),

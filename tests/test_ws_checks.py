@@ -16,18 +16,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.server import ServerConnection
 
-from runbook_lib.handshake import expected_accept, observe_handshake, observe_handshakes
+from runbook_lib.flow_runner import run_flow
+from runbook_lib.flows import default_flows
+from runbook_lib.handshake import expected_accept, observe_handshake
 from runbook_lib.monitor import observe_monitor
-from runbook_lib.protocol import FrameKind
-from runbook_lib.settings import AuthSettings, ProtocolSettings
+from runbook_lib.settings import AuthSettings, ProtocolSettings, Settings, settings_from_dict
 from runbook_lib.tokens import ConnectAuth, connect_auth, mint_jwt
-from runbook_lib.ws_checks import (
-    observe_agent_run,
-    observe_auth,
-    observe_hold,
-    observe_isolation,
-    observe_roundtrip,
-)
+from runbook_lib.ws_checks import observe_auth, observe_flow_users, observe_hold
 
 P = ProtocolSettings()
 SECRET = "ws-checks-test-secret-0123456789abcdef"
@@ -159,95 +154,62 @@ async def test_handshake_sends_credentials(raw_server) -> None:
     assert seen["sec-websocket-protocol"] == "jwt.abc"
 
 
-# ---------------------------------------------------------------- round trip / agent run
+# ---------------------------------------------------------------- the seed's flows
 
 
-async def test_roundtrip_pong_skips_welcome(agent_server) -> None:
+def _flow(name: str, event_timeout_s: float = 10.0):
+    return default_flows(P, event_timeout_s=event_timeout_s)[name]
+
+
+async def test_ping_flow_pong_skips_welcome(agent_server) -> None:
     srv = await agent_server()
-    obs = await observe_roundtrip(srv.url, P, timeout_s=5)
-    assert obs.pong and obs.latency_s is not None and obs.ended == "pong"
-    assert obs.frames[0].ignorable  # the welcome frame was recorded and skipped
+    obs = await run_flow(srv.url, _flow("load"), None, P, step_timeout_s=5)
+    assert obs.completed and obs.response_s is not None
+    assert obs.frames[0].frame.ignorable  # the welcome frame was recorded and skipped
 
 
-async def test_roundtrip_silent_server_times_out(agent_server) -> None:
-    srv = await agent_server(fault="silent")
-    start = time.perf_counter()
-    obs = await observe_roundtrip(srv.url, P, timeout_s=0.5)
-    assert not obs.pong and obs.ended == "timeout" and time.perf_counter() - start < 4
-
-
-async def test_roundtrip_refused_upgrade_keeps_status(raw_server) -> None:
+async def test_ping_flow_refused_upgrade_keeps_status(raw_server) -> None:
     async def h(reader, writer) -> None:
         await _read_head(reader)
         writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied")
         await writer.drain()
 
     port = await raw_server(h)
-    obs = await observe_roundtrip(f"ws://127.0.0.1:{port}/", P, timeout_s=2, open_timeout_s=2)
-    assert not obs.connect.connected and obs.connect.status == 403
-    assert obs.connect.body_excerpt == "denied" and obs.ended == "connect_failed"
+    obs = await run_flow(f"ws://127.0.0.1:{port}/", _flow("load"), None, P, open_timeout_s=2)
+    assert not obs.connected and obs.status == 403
+    assert obs.body_excerpt == "denied" and obs.stop_reason == "connect_failed"
 
 
-async def test_agent_run_records_all_events(agent_server) -> None:
+async def test_agent_flow_records_all_events(agent_server) -> None:
     srv = await agent_server()
-    run = await observe_agent_run(srv.url, P, user_id="anonymous", event_timeout_s=10)
-    assert run.ended == "completed" and run.event_types == P.critical_events
-    assert run.final_event == "agent_completed"
+    run = await run_flow(srv.url, _flow("agent"), {"user_id": "anonymous"}, P)
+    assert run.completed and run.event_types == P.critical_events
     ts = [f.t for f in run.events]
     assert ts == sorted(ts) and ts[-1] < 10
-    assert run.frames[0].ignorable and run.first_event_s is not None
+    assert run.frames[0].frame.ignorable
 
 
-async def test_agent_run_nested_envelope(agent_server) -> None:
+async def test_agent_flow_nested_envelope(agent_server) -> None:
     srv = await agent_server(fault="nested")
-    run = await observe_agent_run(srv.url, P, user_id="anonymous", event_timeout_s=10)
-    assert run.ended == "completed" and len(run.events) == 5
+    run = await run_flow(srv.url, _flow("agent"), {"user_id": "anonymous"}, P)
+    assert run.completed and len(run.events) == 5
     assert run.events[0].run_id == run.run_id
 
 
-async def test_agent_run_silent_server_times_out(agent_server) -> None:
-    srv = await agent_server(fault="silent")
-    run = await observe_agent_run(srv.url, P, event_timeout_s=0.5)
-    assert run.ended == "timeout" and run.events == () and run.sent
-
-
-async def test_agent_run_server_error_close(agent_server) -> None:
+async def test_agent_flow_server_error_close(agent_server) -> None:
     srv = await agent_server(fault="close1011")
-    run = await observe_agent_run(srv.url, P, event_timeout_s=5)
-    assert (run.ended, run.close_code) == ("server_closed", 1011)
+    run = await run_flow(srv.url, _flow("agent", 5), None, P)
+    assert not run.completed and run.close_code == 1011
 
 
-async def test_agent_run_survives_binary_nonjson_and_10mb_frame(ws_server) -> None:
-    async def h(ws: ServerConnection) -> None:
-        await ws.recv()
-        await ws.send(b"\x00\xff\x10binary")
-        await ws.send("this is not json")
-        await ws.send('{"type": "agent_started", "user_id": "u"}')
-        await ws.send("x" * (10 * 1024 * 1024))
-        await ws.wait_closed()
-
-    url = await ws_server(h)
-    start = time.perf_counter()
-    run = await observe_agent_run(url, P, user_id="u", event_timeout_s=10)
-    kinds = [f.kind for f in run.frames]
-    assert kinds[:3] == [FrameKind.BINARY, FrameKind.NON_JSON, FrameKind.EVENT]
-    assert run.ended == "too_big" and run.close_code == 1009
-    assert time.perf_counter() - start < 8
-
-
-async def test_agent_run_tcp_drop_is_abrupt_1006(ws_server) -> None:
+async def test_agent_flow_tcp_drop_is_abrupt_1006(ws_server) -> None:
     async def h(ws: ServerConnection) -> None:
         await ws.recv()
         ws.transport.abort()
 
     url = await ws_server(h)
-    run = await observe_agent_run(url, P, event_timeout_s=5)
-    assert (run.ended, run.close_code) == ("abrupt", 1006)
-
-
-async def test_agent_run_connect_refused_is_data(closed_port: int) -> None:
-    run = await observe_agent_run(f"ws://127.0.0.1:{closed_port}/", P, open_timeout_s=2)
-    assert run.ended == "connect_failed" and run.connect.error == "refused" and not run.sent
+    run = await run_flow(url, _flow("agent", 5), None, P)
+    assert not run.completed and run.close_code == 1006
 
 
 # ---------------------------------------------------------------- auth
@@ -301,31 +263,40 @@ async def test_auth_silent_socket_is_undecided(agent_server) -> None:
 # ---------------------------------------------------------------- isolation
 
 
-async def test_isolation_each_user_gets_only_own_events(agent_server) -> None:
+def _iso_settings(url: str, auth: dict) -> Settings:
+    base = url.replace("ws", "http", 1)
+    return settings_from_dict(
+        {"name": "iso", "target": {"base_url": base, "ws_url": url}, "auth": auth}
+    )
+
+
+async def test_isolation_each_user_gets_only_own_events(agent_server, monkeypatch) -> None:
     srv = await agent_server(secret=SECRET)
-    iso = await observe_isolation(
-        srv.url, P, AuthSettings(mode="query", jwt_secret=SECRET), users=3, event_timeout_s=10
-    )
-    assert len(iso.runs) == 3 and all(r.ended == "completed" for r in iso.runs)
-    for r in iso.runs:
+    monkeypatch.setenv("ISO_JWT_SECRET", SECRET)
+    settings = _iso_settings(srv.url, {"mode": "query", "jwt_secret_env": "ISO_JWT_SECRET"})
+    runs = await observe_flow_users(settings, "isolation", users=3, url=srv.url)
+    assert len(runs) == 3 and all(r.completed for r in runs)
+    for r in runs:
         assert {f.user_id for f in r.events} == {r.user_id}
+        assert not any(f.foreign for f in r.frames)
 
 
-async def test_isolation_leak_is_visible_in_frames(agent_server) -> None:
+async def test_isolation_leak_is_visible_in_frames(agent_server, monkeypatch) -> None:
     srv = await agent_server(secret=SECRET, fault="leak")
-    iso = await observe_isolation(
-        srv.url, P, AuthSettings(mode="query", jwt_secret=SECRET), users=3, event_timeout_s=5
-    )
-    foreign = [f for r in iso.runs for f in r.frames if f.user_id not in (None, r.user_id)]
-    assert foreign  # the judge (evaluate) turns these into a failure
+    monkeypatch.setenv("ISO_JWT_SECRET", SECRET)
+    settings = _iso_settings(srv.url, {"mode": "query", "jwt_secret_env": "ISO_JWT_SECRET"})
+    runs = await observe_flow_users(settings, "isolation", users=3, url=srv.url)
+    foreign = [f for r in runs for f in r.frames if f.frame.user_id not in (None, r.user_id)]
+    assert foreign  # the judge turns these into a failure
 
 
 async def test_isolation_token_failure_is_recorded(closed_port: int) -> None:
-    auth = AuthSettings(mode="query", token_endpoint=f"http://127.0.0.1:{closed_port}/t")
-    iso = await observe_isolation(
-        f"ws://127.0.0.1:{closed_port}/", P, auth, users=2, open_timeout_s=1
+    url = f"ws://127.0.0.1:{closed_port}/"
+    settings = _iso_settings(
+        url, {"mode": "query", "token_endpoint": f"http://127.0.0.1:{closed_port}/t"}
     )
-    assert [r.ended for r in iso.runs] == ["token_failed", "token_failed"]
+    runs = await observe_flow_users(settings, "isolation", users=2, url=url)
+    assert [r.connect_error for r in runs] == ["token", "token"]
 
 
 # ---------------------------------------------------------------- hold
@@ -383,7 +354,7 @@ async def test_monitor_samples_health_and_ws(uvicorn_app) -> None:
         window_s=0.6,
         interval_s=0.2,
         protocol=P,
-        ping=True,
+        ping_flow=_flow("load", 5),
         timeout_s=5,
     )
     assert 1 <= len(mon.ticks) <= 4  # fewer when a loaded machine makes ticks slow
@@ -397,11 +368,11 @@ async def test_monitor_samples_health_and_ws(uvicorn_app) -> None:
 async def test_connect_auth_with_minted_token_reaches_server(agent_server) -> None:
     srv = await agent_server(secret=SECRET)
     creds = connect_auth(AuthSettings(mode="bearer"), mint_jwt(SECRET, "bob"))
-    run = await observe_agent_run(srv.url, P, auth=creds, user_id="bob", event_timeout_s=10)
-    assert run.ended == "completed" and {f.user_id for f in run.events} == {"bob"}
+    run = await run_flow(srv.url, _flow("agent"), {"user_id": "bob"}, P, auth=creds)
+    assert run.completed and {f.user_id for f in run.events} == {"bob"}
 
 
-async def test_agent_run_close_after_final_event_stays_completed(ws_server) -> None:
+async def test_agent_flow_close_after_final_event_stays_completed(ws_server) -> None:
     async def h(ws: ServerConnection) -> None:
         await ws.recv()
         for etype in P.critical_events:
@@ -409,24 +380,16 @@ async def test_agent_run_close_after_final_event_stays_completed(ws_server) -> N
         await ws.close(1000, "bye")
 
     url = await ws_server(h)
-    run = await observe_agent_run(url, P, user_id="u", event_timeout_s=5, linger_s=1)
-    assert run.ended == "completed" and run.close_code == 1000 and len(run.events) == 5
+    run = await run_flow(url, _flow("agent", 5), {"user_id": "u"}, P, linger_s=1)
+    assert run.completed and len(run.events) == 5
 
 
-async def test_agent_run_without_credentials_sees_error_frame_and_1008(agent_server) -> None:
+async def test_agent_flow_without_credentials_sees_error_frame_and_1008(agent_server) -> None:
     srv = await agent_server(secret=SECRET)
-    run = await observe_agent_run(srv.url, P, event_timeout_s=5)
-    assert run.errors and run.events == ()
-    assert (run.ended, run.close_code) == ("server_closed", 1008)
-    from runbook_lib.checks import judge_chat_flow
+    run = await run_flow(srv.url, _flow("chat", 5), None, P)
+    assert not run.completed and run.events == ()
+    assert any(f.frame.is_error for f in run.frames) or run.close_code == 1008
+    from runbook_lib.checks.agent import judge_chat_flow
 
     r = judge_chat_flow(run)
     assert r.status == "fail" and ("1008" in r.detail or "error frame" in r.detail)
-
-
-async def test_handshakes_for_several_paths_keep_order(agent_server, closed_port: int) -> None:
-    srv = await agent_server()
-    got = await observe_handshakes(
-        [f"{srv.url}/a", f"ws://127.0.0.1:{closed_port}/b", f"{srv.url}/c"], timeout_s=5
-    )
-    assert [(o.path, o.upgraded) for o in got] == [("/a", True), ("/b", False), ("/c", True)]

@@ -10,13 +10,11 @@ from ..observations import (
     HandshakeObservation,
     HttpObservation,
     ReadinessTimeline,
-    RoundTripObservation,
 )
 from ..protocol import get_path, has_path
 from ..results import CheckResult, Status
 from .causes import (
     Verdict,
-    connect_failure_words,
     explain_http_status,
     http_failure,
     upgrade_words,
@@ -164,43 +162,21 @@ def judge_ws_health(
 
 
 def judge_ws_test_endpoint(
-    obs: RoundTripObservation | HttpObservation | HandshakeObservation,
+    obs: HttpObservation | HandshakeObservation,
     *,
     upgrade: HandshakeObservation | None = None,
     check_id: str = "ws.test_endpoint",
 ) -> CheckResult:
     """``ws.test_endpoint``: the test route answers.
 
-    Given a :class:`RoundTripObservation` (a WebSocket session on ``ws_test_path``) the
-    socket must open and the server must send something; given an
-    :class:`HttpObservation` (the seed's ``curl /ws/test``) it must answer 200, or, when
-    the path is a WebSocket route (``upgrade``: the handshake there), upgrade; given a
-    :class:`HandshakeObservation` alone it must upgrade.
+    Given an :class:`HttpObservation` (the seed's ``curl /ws/test``) it must answer 200,
+    or, when the path is a WebSocket route (``upgrade``: the handshake there), upgrade;
+    given a :class:`HandshakeObservation` alone it must upgrade.
     """
     v = Verdict(check_id)
     if isinstance(obs, HandshakeObservation):
         return _test_route(v, None, obs)
-    if isinstance(obs, HttpObservation):
-        return _test_route(v, obs, upgrade)
-    if not obs.connect.connected:
-        return v.fail(
-            f"{obs.url}: {connect_failure_words(obs.connect)}",
-            observed=obs.connect.status or obs.connect.error,
-            threshold="connect + reply",
-        )
-    if obs.frames:
-        first = obs.frames[0]
-        return v.ok(
-            f"{obs.url} accepted the socket and answered ({first.event_type or first.kind})",
-            observed=len(obs.frames),
-            threshold="connect + reply",
-        )
-    return v.fail(
-        f"{obs.url} accepted the socket but sent nothing "
-        f"(ended: {obs.ended}); the test route does not answer",
-        observed=0,
-        threshold="connect + reply",
-    )
+    return _test_route(v, obs, upgrade)
 
 
 def _test_route(

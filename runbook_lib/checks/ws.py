@@ -10,7 +10,6 @@ from ..observations import (
     AuthObservation,
     HandshakeObservation,
     HttpObservation,
-    RoundTripObservation,
 )
 from ..results import CheckResult
 
@@ -22,7 +21,6 @@ from .causes import (
     UNREADABLE,
     Verdict,
     WsEvidence,
-    connect_failure_words,
     diagnose_refusal,
     ended_words,
     explain_close,
@@ -125,33 +123,14 @@ def judge_ws_upgrade(
     return judge_ws_routes_probe(None, probes, evidence=evidence, check_id=check_id)
 
 
-def judge_ws_roundtrip(
-    obs: RoundTripObservation | FlowObservation, *, check_id: str = "ws.roundtrip"
-) -> CheckResult:
+def judge_ws_roundtrip(obs: FlowObservation, *, check_id: str = "ws.roundtrip") -> CheckResult:
     """``ws.roundtrip`` (and ``rollback.smoke``): a ping is answered with a pong.
 
-    Given a :class:`~runbook_lib.flows.FlowObservation` (the ``load`` flow: the service's
-    ping conversation, e.g. GraphQL ``connection_init`` -> ``ping`` -> ``pong``, or a text
-    ``PING``/``PONG`` line) every step must succeed.
+    ``obs`` is the ``load`` flow run: the service's ping conversation (e.g. GraphQL
+    ``connection_init`` -> ``ping`` -> ``pong``, or a text ``PING``/``PONG`` line); every
+    step must succeed.
     """
-    v = Verdict(check_id, threshold="pong")
-    if not isinstance(obs, RoundTripObservation):
-        return _flow_roundtrip(v, obs)
-    if not obs.connect.connected:
-        return v.fail(
-            connect_failure_words(obs.connect),
-            observed=obs.connect.status or obs.connect.error,
-        )
-    if obs.pong and obs.latency_s is not None:
-        return v.ok(
-            f"pong after {obs.latency_s * 1000:.0f} ms",
-            observed=round(obs.latency_s, 4),
-        )
-    return v.fail(
-        "no pong: " + ended_words(obs.ended, obs.close_code, obs.frames),
-        observed=obs.ended,
-        data={"frames": [f.to_record() for f in obs.frames]},
-    )
+    return _flow_roundtrip(Verdict(check_id, threshold="pong"), obs)
 
 
 def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:

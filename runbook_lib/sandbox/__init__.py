@@ -1,6 +1,7 @@
 """The embedded sandbox: a local Cloud Run staging the real Google clients can drive.
 
-Importable without the rest of ``runbook_lib``. Modules: ``manager`` (up/down/status),
+Importable without the rest of ``runbook_lib``. Modules: ``manager`` (up/down/status), ``state`` (state folder, locks),
+``env_file`` (environments/local.toml), ``cli`` (``runbook sandbox``),
 ``daemon`` (the emulator process), ``emulator`` (Cloud Run Admin API v2 + Cloud Logging),
 ``router`` (traffic split), ``backend`` (one process per revision), ``auth_service``,
 ``profiles`` (faults), ``suite`` (the sandbox's mission-critical suite). See docs/sandbox.md.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .manager import sandbox_main
+from .cli import sandbox_main
 
 __all__: list[str] = []
 

@@ -41,7 +41,7 @@ import uvicorn
 
 from .api import create_emulator_app
 from .emulator import CloudRunEmulator, RevisionStartError, RevisionState
-from .manager import owner_alive, retire_env_file
+from .state import owner_alive, retire_env_file, write_state
 
 __all__ = [
     "DaemonConfig",
@@ -49,7 +49,6 @@ __all__ = [
     "backend_command",
     "daemon_main",
     "run_daemon",
-    "write_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -274,17 +273,6 @@ async def _serve(app: Any, sock: socket.socket) -> tuple[_Server, asyncio.Task[N
             raise RuntimeError("an internal HTTP server did not start")
         await asyncio.sleep(0.02)
     return server, task
-
-
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write the state file with mode 0600 (it holds the JWT secret)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(state, fh, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 async def run_daemon(config: DaemonConfig) -> int:

@@ -1,23 +1,19 @@
-"""Start, inspect and stop the sandbox daemon; write the sandbox environment file.
+"""The sandbox's lifecycle: start, reuse, inspect and stop the sandbox daemon.
 
-One sandbox per checkout. Its state folder is anchored at the checkout
-(``<checkout>/outputs/.sandbox/``, see :func:`checkout_root`), not at the current
-directory, so ``status`` and ``down`` find it from anywhere. The state file (pids,
-urls, owner, serving profile, deploy image, the JWT secret; mode 0600) lives there,
-next to two lock files (``fcntl.flock``): ``sandbox.lock`` serialises start and stop
-(two concurrent ``up`` give one daemon), ``run.lock`` is held by the run using the
-sandbox (a second concurrent run is refused, exit 2).
+One sandbox per checkout; its state folder, state file and locks are
+:mod:`runbook_lib.sandbox.state`, its environment file
+:mod:`runbook_lib.sandbox.env_file`, its command line :mod:`runbook_lib.sandbox.cli`.
 
 ``up`` spawns ``python -m runbook_lib.sandbox daemon`` in its own session, waits
 (bounded) until the emulator, the auth service and the router all answer, and
-writes ``environments/local.toml`` (no secret in it: tokens come from the auth
-service's dev-token endpoint). An interrupted ``up`` stops what it started. A
+writes ``environments/local.toml``. An interrupted ``up`` stops what it started. A
 sandbox started for a run has an *owner* (the run's process) and stops when the
 owner is gone, however it died; ``runbook sandbox up`` starts one without owner.
+:class:`Sandbox` is a run's claim on it (the run lock held for the whole run).
 
 Reuse rule: a running sandbox is reused only when its daemon answers and it
 matches what was asked (``--serving``: the profile serving now; ``--deploy-image``:
-the image recorded at start); otherwise :class:`SandboxBusy` says why (exit 2).
+the image recorded at start); otherwise ``SandboxBusy`` says why (exit 2).
 A sandbox whose owner is gone, or whose daemon died, is cleaned up and started
 afresh. ``down`` works from any process: it signals the daemon, then its whole
 process group, plus any daemon of the same state folder, and waits until every
@@ -26,21 +22,15 @@ process is gone.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
-import json
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,127 +38,47 @@ import httpx
 import psutil
 
 from ..exceptions import SandboxError
+from .env_file import default_env_file, environment_toml, write_env_file
+from .state import (
+    LOCK_NAME,
+    LOG_NAME,
+    RUN_LOCK_NAME,
+    RUN_LOCK_WAIT_S,
+    START_LOCK_WAIT_S,
+    STATE_NAME,
+    FileLock,
+    RevisionRow,
+    SandboxBusy,
+    SandboxInfo,
+    owner_alive,
+    read_state,
+    resolve_state_dir,
+    retire_env_file,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DEPLOY_IMAGE",
-    "DEFAULT_ENV_FILE",
     "DEFAULT_SERVING",
-    "DEFAULT_STATE_DIR",
-    "RevisionRow",
     "Sandbox",
-    "SandboxBusy",
-    "SandboxInfo",
-    "checkout_root",
     "down",
-    "environment_toml",
     "is_running",
-    "owner_alive",
-    "retire_env_file",
-    "run_holder",
-    "sandbox_main",
     "status",
     "up",
 ]
 
 
-def checkout_root() -> Path:
-    """The checkout the sandbox belongs to.
-
-    The folder holding ``runbook_lib/`` and ``pyproject.toml`` (a source checkout or
-    an editable install); else the nearest folder with ``environments/`` from the
-    current directory up; else the current directory.
-    """
-    here = Path(__file__).resolve().parents[2]
-    if (here / "pyproject.toml").is_file() and (here / "runbook_lib").is_dir():
-        return here
-    cwd = Path.cwd()
-    for folder in (cwd, *cwd.parents):
-        if (folder / "environments").is_dir():
-            return folder
-    return cwd
-
-
 DEFAULT_SERVING = "ws-routes-missing"
 DEFAULT_DEPLOY_IMAGE = "sandbox/backend:healthy"
-DEFAULT_STATE_DIR = checkout_root() / "outputs" / ".sandbox"
-DEFAULT_ENV_FILE = Path("environments/local.toml")  # under the checkout in fact
-STATE_NAME = "sandbox.json"
-LOG_NAME = "daemon.log"
-LOCK_NAME = "sandbox.lock"
-RUN_LOCK_NAME = "run.lock"
-# How long `up`/`down` wait for a concurrent start or stop (a start is bounded by 60 s).
-START_LOCK_WAIT_S = 90.0
-# How long a run waits for another run on the same sandbox before refusing.
-RUN_LOCK_WAIT_S = 5.0
 
 Note = Callable[[str], None]
-
-
-class SandboxBusy(SandboxError):
-    """The sandbox is in use or does not match what was asked: refused (exit 2)."""
 
 
 # Daemons this process spawned: reaped here so they never linger as zombies
 # (a zombie still "exists" for kill(pid, 0) and would look like a live sandbox).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class RevisionRow:
-    """One revision as ``status`` shows it."""
-
-    name: str
-    profile: str
-    ready: bool | None
-    percent: int
-    pid: int
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SandboxInfo:
-    """A running sandbox: where each part answers and what it serves."""
-
-    state_dir: str
-    env_file: str
-    pid: int
-    pgid: int
-    service_url: str
-    emulator_url: str
-    auth_url: str
-    project: str
-    region: str
-    service: str
-    serving: str
-    deploy_image: str
-    started_at: str
-    revisions: tuple[RevisionRow, ...] = ()
-    traffic: tuple[str, ...] = ()
-    jwt_secret: str = field(default="", repr=False)
-    owner_pid: int = 0  # 0: started by `runbook sandbox up`, runs until `down`
-
-
-def _default_env_file() -> Path:
-    # RUNBOOK_ENV_DIR when set (as load_settings), else the checkout's environments/.
-    if os.environ.get("RUNBOOK_ENV_DIR"):
-        return Path(os.environ["RUNBOOK_ENV_DIR"]) / "local.toml"
-    return checkout_root() / "environments" / "local.toml"
-
-
-def _sdir(state_dir: str | os.PathLike[str] | None) -> Path:
-    """The state folder: ``state_dir``, else ``$RUNBOOK_SANDBOX_DIR``, else the checkout's.
-
-    Absolute, so the daemon's command line names it wherever it was started from.
-    """
-    if state_dir is None:
-        state_dir = os.environ.get("RUNBOOK_SANDBOX_DIR") or DEFAULT_STATE_DIR
-    return Path(os.path.abspath(state_dir))
-
-
-def _state_path(state_dir: str | os.PathLike[str] | None) -> Path:
-    return _sdir(state_dir) / STATE_NAME
 
 
 def _on_force(hook: Callable[[], object]) -> Any:
@@ -180,132 +90,9 @@ def _on_force(hook: Callable[[], object]) -> Any:
     return on_force(hook)
 
 
-def owner_alive(pid: int, started: float = 0.0) -> bool:
-    """True while process ``pid`` runs (and, given ``started``, is the one started then).
-
-    A zombie counts as gone: a SIGKILLed run whose parent has not reaped it yet.
-    """
-    if pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if started and abs(proc.create_time() - started) > 0.05:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def retire_env_file(state: dict[str, Any]) -> bool:
-    """Remove the environment file written for this sandbox, if it still points at it.
-
-    A stopped sandbox's ports may be reused by anything; an environment file naming them
-    would send a later ``--env local`` run there. Only a file that still names this
-    sandbox's service URL is removed (never one rewritten for another sandbox).
-    """
-    env_file, url = state.get("env_file"), state.get("service_url")
-    if not env_file or not url:
-        return False
-    path = Path(str(env_file))
-    try:
-        if f'base_url = "{url}"' not in path.read_text(encoding="utf-8"):
-            return False
-        path.unlink()
-    except OSError:
-        return False
-    return True
-
-
 def _note(note: Note | None, message: str) -> None:
     if note is not None:
         note(message)
-
-
-class _FileLock:
-    """An exclusive ``flock`` on ``path``, taken with a bounded wait; names its holder.
-
-    The file stays (deleting a lock file races with its next user); its text says who
-    holds it, for the messages of those who wait.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def holder(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def try_acquire(self, what: str) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        info = {
-            "pid": os.getpid(),
-            "what": what,
-            "command": " ".join(sys.argv[:6]),
-            "since": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        return True
-
-    def acquire(self, wait_s: float, what: str, busy: Callable[[dict[str, Any]], str]) -> None:
-        deadline = time.monotonic() + wait_s
-        while not self.try_acquire(what):
-            if time.monotonic() >= deadline:
-                raise SandboxBusy(busy(self.holder()))
-            time.sleep(0.1)
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)  # closing drops the flock
-
-    @contextlib.contextmanager
-    def held(self, wait_s: float, what: str) -> Any:
-        def busy(h: dict[str, Any]) -> str:
-            return (
-                f"the sandbox of {self.path.parent} is being started or stopped by process "
-                f"{h.get('pid', '?')} ({h.get('command', '?')}) for more than {wait_s:g}s; "
-                f"try again, or `runbook sandbox down`"
-            )
-
-        self.acquire(wait_s, what, busy)
-        try:
-            yield self
-        finally:
-            self.release()
-
-
-def run_holder(state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """Who holds the run lock of this sandbox (pid, command, since), or ``None``."""
-    lock = _FileLock(_sdir(state_dir) / RUN_LOCK_NAME)
-    if not lock.path.exists():
-        return None
-    if lock.try_acquire("probe"):
-        lock.release()
-        return None
-    return lock.holder() or {"pid": "?"}
-
-
-def _read_state(state_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    path = _state_path(state_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _alive(pid: int) -> bool:
@@ -408,7 +195,7 @@ def _info(
 
 def is_running(state_dir: str | os.PathLike[str] | None = None) -> bool:
     """True when the state file names a live, ready daemon whose owner (if any) lives."""
-    state = _read_state(state_dir)
+    state = read_state(state_dir)
     return bool(state and _stale_reason(state) is None)
 
 
@@ -420,7 +207,7 @@ def status(
     Raises:
         SandboxError: the daemon runs but its API does not answer.
     """
-    state = _read_state(state_dir)
+    state = read_state(state_dir)
     if not state or _stale_reason(state) is not None:
         return None
     rows: list[RevisionRow] = []
@@ -449,110 +236,7 @@ def status(
         raise SandboxError(
             f"the sandbox daemon (pid {state['pid']}) does not answer: {exc}"
         ) from exc
-    return _info(state, _sdir(state_dir), revisions=tuple(rows), traffic=tuple(traffic))
-
-
-def _repo_root() -> str:
-    """The checkout this package runs from: the sandbox's "local source" (fixed code)."""
-    here = Path(__file__).resolve().parents[2]
-    return str(here if (here / "pyproject.toml").is_file() else Path.cwd())
-
-
-def environment_toml(info: SandboxInfo) -> str:
-    """The complete environment file (SPEC section 4) for a running sandbox; no secrets."""
-    app_line = ""
-    with contextlib.suppress(Exception):
-        import importlib
-
-        if hasattr(importlib.import_module("runbook_lib.sandbox.backend"), "app"):
-            app_line = 'app = "runbook_lib.sandbox.backend:app"\n'
-    py = shlex.quote(sys.executable)
-    junit_local = Path(info.state_dir) / "junit-predeploy.xml"
-    junit_remote = Path(info.state_dir) / "junit-mission-critical.xml"
-    remote_cmd = (
-        f"{py} -m runbook_lib.sandbox.suite --base-url {info.service_url} "
-        f"--auth-url {info.auth_url} --junit {junit_remote}"
-    )
-    return f'''# Written by `runbook sandbox up` at {info.started_at}; rewritten on every `up`.
-# The embedded sandbox: every URL is on 127.0.0.1 and changes with each start.
-# No secret lives here: WebSocket tokens come from the auth service's dev-token endpoint.
-name = "local"
-sandbox = true
-auto_approve = true
-
-[target]
-base_url = "{info.service_url}"
-ws_paths = ["/websocket", "/ws/test"]
-primary_ws_path = "/websocket"
-health_path = "/health"
-ws_health_path = "/ws/health"
-ws_health_field = "connections.active"
-ws_test_path = "/ws/test"
-auth_url = "{info.auth_url}"
-auth_config_path = "/auth/config"
-auth_health_path = "/health"
-
-[auth]
-mode = "subprotocol"
-subprotocol = "jwt.{{token}}"
-token_endpoint = "{info.auth_url}/auth/dev-token"
-ttl_s = 300
-
-[cloudrun]
-project = "{info.project}"
-region = "{info.region}"
-service = "{info.service}"
-api_endpoint = "{info.emulator_url}"
-deploy_image = "{info.deploy_image}"
-
-[logging]
-enabled = true
-lookback_s = 900
-
-[source]
-repo_dir = "{_repo_root()}"
-{app_line}expected_ws_routes = ["/websocket", "/ws/test"]
-
-# The sandbox's own mission-critical suite (runbook_lib/sandbox/suite.py), as the seed
-# runs tests/mission_critical/*: against the fixed code before the deploy, and against
-# the service after it.
-[[commands.predeploy]]
-name = "local_agent_events_suite"
-run = "{py} -m runbook_lib.sandbox.suite --local --junit {junit_local}"
-timeout_s = 60
-junit = "{junit_local}"
-
-[[commands.mission_critical]]
-name = "websocket_agent_events"
-run = "{remote_cmd}"
-timeout_s = 60
-junit = "{junit_remote}"
-
-[thresholds]
-# Short windows so a full sandbox run takes a couple of minutes.
-health_ready_s = 30
-ws_health_ready_s = 60
-event_timeout_s = 10
-tests_max_s = 120
-monitor_window_s = 8
-monitor_interval_s = 1
-hold_s = 4
-poll_interval_s = 0.5
-
-[timeouts]
-connect_s = 3
-read_s = 10
-cloudrun_s = 15
-operation_s = 60
-command_s = 120
-'''
-
-
-def _write_env_file(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return _info(state, resolve_state_dir(state_dir), revisions=tuple(rows), traffic=tuple(traffic))
 
 
 def _wait_ready(info: SandboxInfo, deadline: float) -> None:
@@ -668,7 +352,7 @@ def _reuse(
     except OSError:
         current = ""
     if current != text:
-        _write_env_file(envf, text)
+        write_env_file(envf, text)
         _note(note, f"rewrote {envf}: it did not point at the running sandbox")
     return dataclass_replace(info, env_file=str(envf))
 
@@ -706,10 +390,10 @@ def up(
         SandboxBusy: a running sandbox does not match or does not answer (exit 2).
         SandboxError: unknown profile, or the daemon died / did not answer in time.
     """
-    sdir = _sdir(state_dir)
-    envf = Path(env_file) if env_file is not None else _default_env_file()
+    sdir = resolve_state_dir(state_dir)
+    envf = Path(env_file) if env_file is not None else default_env_file()
     _check_profiles(serving, deploy_image)
-    with _FileLock(sdir / LOCK_NAME).held(lock_wait_s, "up"):
+    with FileLock(sdir / LOCK_NAME).held(lock_wait_s, "up"):
         info, _ = _up_locked(serving, deploy_image, sdir, envf, timeout_s, env, owner_pid, note)
     return info
 
@@ -735,7 +419,7 @@ def _up_locked(
     note: Note | None,
 ) -> tuple[SandboxInfo, bool]:
     """``up`` under the start lock; returns the sandbox and whether this call started it."""
-    state = _read_state(sdir)
+    state = read_state(sdir)
     if state:
         stale = _stale_reason(state)
         if stale is None:
@@ -792,7 +476,7 @@ def _up_locked(
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            state = _read_state(sdir)
+            state = read_state(sdir)
             if state and state.get("ready") and state.get("pid") == proc.pid:
                 break
             if proc.poll() is not None:
@@ -807,17 +491,15 @@ def _up_locked(
             time.sleep(0.1)
         info = _info(state, sdir, env_file=str(envf))
         _wait_ready(info, deadline)
-        _write_env_file(envf, environment_toml(info))
+        write_env_file(envf, environment_toml(info))
         state["env_file"] = str(envf)
-        from .daemon import write_state
-
         write_state(state_file, state)
         return status(sdir) or info, True
     except BaseException:
         # Interrupted (RunInterrupted, KeyboardInterrupt) or failed: stop what we started.
         _kill_group(proc.pid, proc.pid)
         with contextlib.suppress(FileNotFoundError):
-            current = _read_state(sdir)
+            current = read_state(sdir)
             if current is None or current.get("pid") == proc.pid:
                 state_file.unlink()
         if state:
@@ -868,8 +550,8 @@ def down(
     Returns:
         True when a sandbox process was stopped, False when none was running.
     """
-    sdir = _sdir(state_dir)
-    lock = _FileLock(sdir / LOCK_NAME)
+    sdir = resolve_state_dir(state_dir)
+    lock = FileLock(sdir / LOCK_NAME)
     try:
         lock.acquire(lock_wait_s, "down", lambda _h: "")
     except SandboxBusy:
@@ -881,7 +563,7 @@ def down(
 
 
 def _down_locked(sdir: Path) -> bool:
-    state = _read_state(sdir)
+    state = read_state(sdir)
     was_alive = False
     if state and "pid" in state:
         pid = int(state["pid"])
@@ -919,15 +601,15 @@ class Sandbox:
     ) -> None:
         self.serving = serving
         self.deploy_image = deploy_image
-        self.state_dir = _sdir(state_dir)
-        self.env_file = Path(env_file) if env_file is not None else _default_env_file()
+        self.state_dir = resolve_state_dir(state_dir)
+        self.env_file = Path(env_file) if env_file is not None else default_env_file()
         self.env = env
         self.note = note
         self.run_lock_wait_s = run_lock_wait_s
         self.timeout_s = timeout_s
         self.info: SandboxInfo | None = None
         self.started = False
-        self._run_lock = _FileLock(self.state_dir / RUN_LOCK_NAME)
+        self._run_lock = FileLock(self.state_dir / RUN_LOCK_NAME)
         self._forget: Any = None
 
     def __enter__(self) -> SandboxInfo:
@@ -944,8 +626,8 @@ class Sandbox:
 
         self._run_lock.acquire(self.run_lock_wait_s, "run", busy)
         try:
-            with _FileLock(sdir / LOCK_NAME).held(START_LOCK_WAIT_S, "run"):
-                state = _read_state(sdir)
+            with FileLock(sdir / LOCK_NAME).held(START_LOCK_WAIT_S, "run"):
+                state = read_state(sdir)
                 owner = int((state or {}).get("owner_pid", 0) or 0)
                 if state and _stale_reason(state) is None and owner and owner != os.getpid():
                     raise SandboxBusy(
@@ -979,7 +661,7 @@ class Sandbox:
     def _forced(self) -> None:
         # The run is being killed (second signal): its daemon is SIGKILLed with it, so
         # leave no state or environment file naming its ports.
-        state = _read_state(self.state_dir)
+        state = read_state(self.state_dir)
         if state and self.info is not None and state.get("pid") == self.info.pid:
             (self.state_dir / STATE_NAME).unlink()
             retire_env_file(state)
@@ -994,139 +676,3 @@ class Sandbox:
                 self._forget.__exit__(None, None, None)
                 self._forget = None
             self._run_lock.release()
-
-
-# ------------------------------------------------------------------ CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="runbook sandbox", description="The embedded Cloud Run sandbox (all on 127.0.0.1)."
-    )
-    p.add_argument(
-        "command",
-        choices=["up", "down", "status", "daemon"],
-        metavar="{up,down,status}",  # `daemon` is internal: what `up` spawns
-        help="up: start; down: stop everything; status: show revisions and URLs",
-    )
-    p.add_argument(
-        "--serving",
-        default=None,
-        help=f"profile of the revision serving at start (default {DEFAULT_SERVING}); "
-        "a running sandbox serving another profile is refused",
-    )
-    p.add_argument(
-        "--deploy-image",
-        default=None,
-        help=f"image the deploy phase rolls out (default {DEFAULT_DEPLOY_IMAGE}); "
-        "a running sandbox with another one is refused",
-    )
-    p.add_argument(
-        "--state-dir",
-        default=None,
-        help=f"state folder (default $RUNBOOK_SANDBOX_DIR, else {DEFAULT_STATE_DIR}, "
-        "whatever the current directory)",
-    )
-    p.add_argument(
-        "--env-file",
-        default=None,
-        help="environment file to write (default: the checkout's environments/local.toml)",
-    )
-    p.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--owner-started", type=float, default=0.0, help=argparse.SUPPRESS)
-    return p
-
-
-def _print_info(info: SandboxInfo) -> None:
-    print(f"sandbox running (daemon pid {info.pid}, since {info.started_at})")
-    owner = (
-        f"process {info.owner_pid} (the sandbox stops when it ends)"
-        if info.owner_pid
-        else "none (started by `runbook sandbox up`; stop it with `runbook sandbox down`)"
-    )
-    print(f"  owner       : {owner}")
-    print(f"  state dir   : {info.state_dir}")
-    print(f"  service url : {info.service_url}")
-    print(f"  auth url    : {info.auth_url}")
-    print(
-        f"  cloud run   : {info.emulator_url}  "
-        f"(projects/{info.project}/locations/{info.region}/services/{info.service})"
-    )
-    print(f"  env file    : {info.env_file}")
-    print(f"  deploy image: {info.deploy_image}")
-    print(f"  traffic     : {', '.join(info.traffic) or '(none)'}")
-    print("  revisions:")
-    for r in info.revisions:
-        ready = {True: "ready", False: "NOT READY", None: "starting"}[r.ready]
-        extra = f"  ({r.message})" if r.message and r.ready is not True else ""
-        print(f"    {r.name:24} {r.profile:22} {ready:9} {r.percent:3d}%{extra}")
-
-
-def _say(message: str) -> None:
-    print(f"- {message}", flush=True)
-
-
-def sandbox_main(argv: list[str]) -> int:
-    """``runbook sandbox up|down|status``.
-
-    Exit codes: 0 ok; 1 not running (status) or the sandbox failed; 2 usage error, or a
-    running sandbox that does not match or answer (refused); 3 interrupted.
-    """
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return 0 if exc.code == 0 else 2
-    if args.command == "daemon":
-        from .daemon import DaemonConfig, daemon_main
-
-        return daemon_main(
-            DaemonConfig(
-                start_timeout_s=float(os.environ.get("SANDBOX_START_TIMEOUT_S") or 30.0),
-                state_file=_sdir(args.state_dir) / STATE_NAME,
-                serving=args.serving or DEFAULT_SERVING,
-                deploy_image=args.deploy_image or DEFAULT_DEPLOY_IMAGE,
-                owner_pid=args.owner_pid,
-                owner_started=args.owner_started,
-            )
-        )
-    from ..interrupts import guard
-
-    try:
-        if args.command == "up":
-            # No reaping: the daemon is meant to outlive this command.
-            with guard(reap=False):
-                before = _read_state(args.state_dir)
-                info = up(args.serving, args.deploy_image, args.state_dir, args.env_file, note=_say)
-            if before and before.get("pid") == info.pid:
-                print("sandbox already running; not starting a second one")
-            _print_info(info)
-            return 0
-        if args.command == "down":
-            holder = run_holder(args.state_dir)
-            if holder:
-                print(
-                    f"note: a run (process {holder.get('pid', '?')}: "
-                    f"{holder.get('command', '?')}) is using this sandbox; it will end "
-                    f"with errors"
-                )
-            stopped = down(args.state_dir)
-            print("sandbox stopped" if stopped else "sandbox was not running")
-            return 0
-        shown = status(args.state_dir)
-        if shown is None:
-            print(f"sandbox not running (state dir {_sdir(args.state_dir)})")
-            return 1
-        _print_info(shown)
-        return 0
-    except SandboxBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SandboxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if "unknown sandbox profile" in str(exc) or "not a sandbox" in str(exc) else 1
-    except KeyboardInterrupt as exc:
-        print(
-            f"interrupted ({exc or 'SIGINT'}): every process this command started is stopped",
-            file=sys.stderr,
-        )
-        return 3
