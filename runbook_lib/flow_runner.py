@@ -67,7 +67,8 @@ from .redaction import redact, redact_excerpt
 from .tokens import ConnectAuth
 
 if TYPE_CHECKING:
-    from .settings import ProtocolSettings, Settings
+    from .protocol import ProtocolSettings
+    from .settings import Settings
 
 __all__ = ["FLOW_MAX_SIZE", "open_connection", "run_flow", "run_named_flow", "run_users"]
 

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, cast
 from .protocol import Frame, FrameKind, compile_pattern, get_path, render_pattern, render_values
 
 if TYPE_CHECKING:
-    from .settings import ProtocolSettings, Settings
+    from .protocol import ProtocolSettings
+    from .settings import Settings
 
 __all__ = [
     "FLOW_NAMES",

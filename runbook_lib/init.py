@@ -42,11 +42,11 @@ import httpx
 
 from .flow_runner import run_flow
 from .flows import Flow, FlowObservation, FlowStep
+from .protocol import ProtocolSettings
 from .settings import (
     AuthSettings,
     CloudRunSettings,
     LoggingSettings,
-    ProtocolSettings,
     SourceSettings,
     TargetSettings,
     Thresholds,

@@ -18,7 +18,7 @@ from .flows import Flow
 from .handshake import observe_handshake, with_subprotocols
 from .http_checks import observe_get
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
-from .settings import ProtocolSettings
+from .protocol import ProtocolSettings
 from .tokens import ConnectAuth
 
 __all__ = ["observe_monitor"]

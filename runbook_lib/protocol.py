@@ -3,7 +3,7 @@
 Real services differ in where they put an event's type, user and run ids (flat
 at the root, under ``data`` or under ``payload``), in the frames they send that
 are not events (welcome, heartbeat, ack, pong) and in their message shapes.
-All of that is :class:`~runbook_lib.settings.ProtocolSettings`; this module is
+All of that is :class:`ProtocolSettings` (``[protocol]``); this module is
 the one place that reads it. Parsing never raises: a binary, non-JSON or
 oversized frame is a :class:`Frame` of the matching :class:`FrameKind`.
 
@@ -25,18 +25,16 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .redaction import redact_excerpt
-
-if TYPE_CHECKING:  # settings imports flows, which imports this module
-    from .settings import ProtocolSettings
 
 __all__ = [
     "MAX_PARSE_BYTES",
     "PLACEHOLDERS",
     "Frame",
     "FrameKind",
+    "ProtocolSettings",
     "compile_pattern",
     "first_path",
     "frame_text",
@@ -49,6 +47,55 @@ __all__ = [
     "render_template",
     "render_values",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    """``[protocol]``: message templates and where fields live in frames."""
+
+    ping: Any = field(default_factory=lambda: {"type": "ping"})
+    pong_types: tuple[str, ...] = ("pong",)
+    agent_request: Any = field(
+        default_factory=lambda: {
+            "type": "agent_execute",
+            "data": {"message": "{text}", "thread_id": "{thread_id}", "run_id": "{run_id}"},
+        }
+    )
+    chat_message: Any = field(
+        default_factory=lambda: {
+            "type": "chat_message",
+            "data": {"message": "{text}", "thread_id": "{thread_id}", "run_id": "{run_id}"},
+        }
+    )
+    event_type: tuple[str, ...] = ("type", "data.type", "payload.type")
+    user_id: tuple[str, ...] = ("user_id", "data.user_id", "payload.user_id")
+    run_id: tuple[str, ...] = ("run_id", "data.run_id", "payload.run_id")
+    ignore: tuple[str, ...] = ("welcome", "connected", "heartbeat", "ack", "pong")
+    error_types: tuple[str, ...] = ("error",)
+    # SPEC section 8: frame format, subprotocols offered on every connect, text patterns.
+    format: str = "json"
+    subprotocols: tuple[str, ...] = ()
+    pong_pattern: str = ""
+    error_pattern: str = ""
+    event_patterns: Mapping[str, str] = field(default_factory=dict)
+    shared_room: bool = False
+    critical_events: tuple[str, ...] = (
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    )
+    required_fields: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "agent_started": ("type", "user_id", "run_id", "timestamp", "agent_name"),
+            "agent_thinking": ("type", "user_id", "run_id", "timestamp", "reasoning"),
+            "tool_executing": ("type", "user_id", "run_id", "timestamp", "tool_name"),
+            "tool_completed": ("type", "user_id", "run_id", "timestamp", "tool_name", "results"),
+            "agent_completed": ("type", "user_id", "run_id", "timestamp", "final_response"),
+        }
+    )
+
 
 # Frames above this size are classified, not parsed: a 10 MB JSON blob is not an event
 # any agent protocol sends, and parsing it would stall the observer.

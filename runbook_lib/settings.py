@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError
 from .flows import FLOW_NAMES, Flow
+from .protocol import ProtocolSettings
 from .redaction import register_secret
 from .settings_rules import (
     BUILTIN_PLACEHOLDERS,
@@ -51,7 +52,6 @@ __all__ = [
     "CommandSpec",
     "LoadSettings",
     "LoggingSettings",
-    "ProtocolSettings",
     "Settings",
     "SourceSettings",
     "TargetSettings",
@@ -144,54 +144,6 @@ class AuthSettings:
     @property
     def enabled(self) -> bool:
         return self.mode != "none"
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolSettings:
-    """``[protocol]``: message templates and where fields live in frames."""
-
-    ping: Any = field(default_factory=lambda: {"type": "ping"})
-    pong_types: tuple[str, ...] = ("pong",)
-    agent_request: Any = field(
-        default_factory=lambda: {
-            "type": "agent_execute",
-            "data": {"message": "{text}", "thread_id": "{thread_id}", "run_id": "{run_id}"},
-        }
-    )
-    chat_message: Any = field(
-        default_factory=lambda: {
-            "type": "chat_message",
-            "data": {"message": "{text}", "thread_id": "{thread_id}", "run_id": "{run_id}"},
-        }
-    )
-    event_type: tuple[str, ...] = ("type", "data.type", "payload.type")
-    user_id: tuple[str, ...] = ("user_id", "data.user_id", "payload.user_id")
-    run_id: tuple[str, ...] = ("run_id", "data.run_id", "payload.run_id")
-    ignore: tuple[str, ...] = ("welcome", "connected", "heartbeat", "ack", "pong")
-    error_types: tuple[str, ...] = ("error",)
-    # SPEC section 8: frame format, subprotocols offered on every connect, text patterns.
-    format: str = "json"
-    subprotocols: tuple[str, ...] = ()
-    pong_pattern: str = ""
-    error_pattern: str = ""
-    event_patterns: Mapping[str, str] = field(default_factory=dict)
-    shared_room: bool = False
-    critical_events: tuple[str, ...] = (
-        "agent_started",
-        "agent_thinking",
-        "tool_executing",
-        "tool_completed",
-        "agent_completed",
-    )
-    required_fields: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {
-            "agent_started": ("type", "user_id", "run_id", "timestamp", "agent_name"),
-            "agent_thinking": ("type", "user_id", "run_id", "timestamp", "reasoning"),
-            "tool_executing": ("type", "user_id", "run_id", "timestamp", "tool_name"),
-            "tool_completed": ("type", "user_id", "run_id", "timestamp", "tool_name", "results"),
-            "agent_completed": ("type", "user_id", "run_id", "timestamp", "final_response"),
-        }
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from .exceptions import ConfigError
 from .flows import Flow, FlowStep
 
 if TYPE_CHECKING:
-    from .settings import ProtocolSettings, SourceSettings, Thresholds
+    from .protocol import ProtocolSettings
+    from .settings import SourceSettings, Thresholds
 
 __all__ = [
     "BUILTIN_PLACEHOLDERS",

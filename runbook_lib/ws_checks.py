@@ -30,9 +30,9 @@ from .observations import (
     ConnectOutcome,
     HoldObservation,
 )
-from .protocol import parse_frame, render_message
+from .protocol import ProtocolSettings, parse_frame, render_message
 from .redaction import redact
-from .settings import AuthSettings, ProtocolSettings
+from .settings import AuthSettings
 from .tokens import ConnectAuth, connect_auth, negative_cases, obtain_token
 
 if TYPE_CHECKING:

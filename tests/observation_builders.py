@@ -21,8 +21,7 @@ from runbook_lib.observations import (
     ReadinessTimeline,
     TimelinePoint,
 )
-from runbook_lib.protocol import Frame, FrameKind
-from runbook_lib.settings import ProtocolSettings
+from runbook_lib.protocol import Frame, FrameKind, ProtocolSettings
 
 P = ProtocolSettings()
 

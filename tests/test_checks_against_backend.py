@@ -14,10 +14,11 @@ from runbook_lib.flows import default_flows
 from runbook_lib.handshake import observe_handshake
 from runbook_lib.http_checks import observe_get, sample_latency
 from runbook_lib.monitor import observe_monitor
+from runbook_lib.protocol import ProtocolSettings
 from runbook_lib.results import Status
 from runbook_lib.sandbox.auth_service import create_auth_app
 from runbook_lib.sandbox.backend import create_app
-from runbook_lib.settings import AuthSettings, ProtocolSettings, Thresholds
+from runbook_lib.settings import AuthSettings, Thresholds
 from runbook_lib.tokens import connect_auth, obtain_token
 from runbook_lib.ws_checks import observe_auth, observe_hold
 

@@ -11,8 +11,7 @@ from websockets.http11 import Response
 
 from runbook_lib.flow_runner import run_flow, run_named_flow, run_users
 from runbook_lib.flows import Flow, FlowStep
-from runbook_lib.protocol import FrameKind
-from runbook_lib.settings import ProtocolSettings
+from runbook_lib.protocol import FrameKind, ProtocolSettings
 from runbook_lib.tokens import ConnectAuth
 
 P = ProtocolSettings()

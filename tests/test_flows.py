@@ -22,8 +22,8 @@ from runbook_lib.flows import (
     render_step,
     resolve_flow,
 )
-from runbook_lib.protocol import parse_frame
-from runbook_lib.settings import ProtocolSettings, Settings, load_settings
+from runbook_lib.protocol import ProtocolSettings, parse_frame
+from runbook_lib.settings import Settings, load_settings
 
 P = ProtocolSettings()
 TEXT = ProtocolSettings(

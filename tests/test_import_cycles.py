@@ -19,7 +19,6 @@ ALLOWED: dict[frozenset[str], str] = {
         {
             "runbook_lib.checks.catalog",
             "runbook_lib.flows",
-            "runbook_lib.protocol",
             "runbook_lib.settings",
             "runbook_lib.settings_rules",
         }

@@ -8,6 +8,7 @@ import pytest
 
 from runbook_lib.protocol import (
     FrameKind,
+    ProtocolSettings,
     compile_pattern,
     first_path,
     get_path,
@@ -19,7 +20,6 @@ from runbook_lib.protocol import (
     render_template,
     render_values,
 )
-from runbook_lib.settings import ProtocolSettings
 
 P = ProtocolSettings()
 

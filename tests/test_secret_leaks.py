@@ -613,9 +613,8 @@ async def test_deploy_is_a_dry_run_without_approval_and_refuses_to_run_twice(
 
 def test_excerpts_are_cut_after_redaction_never_before() -> None:
     """A cut through a registered secret or a JWT leaves no recognisable beginning of it."""
-    from runbook_lib.protocol import parse_frame
+    from runbook_lib.protocol import ProtocolSettings, parse_frame
     from runbook_lib.redaction import redact_excerpt, register_secret
-    from runbook_lib.settings import ProtocolSettings
 
     register_secret(TOKEN)
     frame = straddling_error(TOKEN)

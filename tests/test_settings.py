@@ -14,12 +14,12 @@ import pytest
 
 from runbook_lib.exceptions import ConfigError
 from runbook_lib.flows import Flow, FlowStep
+from runbook_lib.protocol import ProtocolSettings
 from runbook_lib.redaction import redact, registered_secrets
 from runbook_lib.settings import (
     AuthSettings,
     CloudRunSettings,
     LoggingSettings,
-    ProtocolSettings,
     SourceSettings,
     TargetSettings,
     Thresholds,

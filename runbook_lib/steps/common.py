@@ -17,7 +17,7 @@ from ..checks import STEPS, Verdict, applicability, judge_log_entries, skip_reas
 from ..checks.causes import explain_status
 from ..context import PhaseContext, StepReport, phase_file
 from ..exceptions import ApprovalRequired, CloudRunError
-from ..observations import AgentRunObservation, HandshakeObservation
+from ..observations import HandshakeObservation
 from ..redaction import redact
 from ..results import CheckResult, Status
 
@@ -31,7 +31,6 @@ __all__ = [
     "connect_auth",
     "dry_run",
     "evidence_scope",
-    "frame_rows",
     "handshake_rows",
     "log_step",
     "main_revision",
@@ -42,7 +41,6 @@ __all__ = [
     "skip_all",
     "step",
     "table",
-    "timeline",
     "token_errors",
     "with_query",
     "ws_urls",
@@ -388,38 +386,11 @@ async def evidence_scope(ctx: PhaseContext, check_id: str, *, after_rollback: bo
         return Verdict(check_id, phase=ctx.phase).error(f"cannot name the logs to read: {exc}")
 
 
-def frame_rows(run: AgentRunObservation) -> list[dict[str, Any]]:
-    """One table row per frame of a run, own or foreign."""
-    return [
-        {
-            "t_ms": round(f.t * 1000, 1),
-            "kind": str(f.kind),
-            "type": f.event_type,
-            "user_id": f.user_id,
-            "run_id": f.run_id,
-            "own": run.is_own(f),
-        }
-        for f in run.frames
-    ]
-
-
 def with_query(url: str, query: Sequence[tuple[str, str]]) -> str:
     """``url`` with ``query`` appended."""
     if not query:
         return url
     return url + ("&" if "?" in url else "?") + urlencode(list(query))
-
-
-def timeline(runs: Sequence[AgentRunObservation]) -> dict[str, list[dict[str, Any]]]:
-    """Per user, the events and foreign frames over time (for the delivery plot)."""
-    return {
-        r.user_id: [
-            {"t_s": f.t, "type": f.event_type or str(f.kind), "foreign": not r.is_own(f)}
-            for f in r.frames
-            if f.event_type or not r.is_own(f)
-        ]
-        for r in runs
-    }
 
 
 def phase_summary(ctx: PhaseContext) -> StepReport:

@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from runbook_lib.flows import Flow
-from runbook_lib.settings import ProtocolSettings, Settings, settings_from_dict
+from runbook_lib.protocol import ProtocolSettings
+from runbook_lib.settings import Settings, settings_from_dict
 
 from . import agent_stream, text_chat
 from .serve import Running, serve_corpus
