@@ -16,11 +16,9 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .protocol import Frame
 from .redaction import redact
 
 __all__ = [
-    "AgentRunObservation",
     "AppRoutesView",
     "AuthAttempt",
     "AuthObservation",
@@ -30,7 +28,6 @@ __all__ = [
     "HandshakeObservation",
     "HoldObservation",
     "HttpObservation",
-    "IsolationObservation",
     "JUnitSummary",
     "LoadReportView",
     "LogEntryView",
@@ -42,7 +39,6 @@ __all__ = [
     "ServiceView",
     "TimelinePoint",
     "TrafficView",
-    "is_own_frame",
 ]
 
 
@@ -219,95 +215,6 @@ class ConnectOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentRunObservation:
-    """One user's agent run: every frame from the send until the final event or the timeout.
-
-    Attributes:
-        url: the WebSocket URL.
-        user_id: the test user.
-        run_id: the run id sent in the request.
-        thread_id: the thread id sent in the request.
-        template: ``agent_request`` or ``chat_message``.
-        connect: how the connect went.
-        sent: the request was sent.
-        frames: every frame received, ``t`` in seconds since the send.
-        ended: ``completed`` (final critical event arrived), ``error_frame``, ``timeout``,
-            ``server_closed``, ``abrupt``, ``too_big``, ``protocol_error``,
-            ``connect_failed``, ``send_failed`` or ``token_failed``.
-        close_code: close code when the server ended the socket.
-        close_reason: close reason.
-        duration_s: send -> end of observation.
-        timeout_s: the event timeout that applied.
-        error: why the run could not start (token or connect failure), in words.
-        final_event: the event type that completes a run (``critical_events[-1]``).
-    """
-
-    url: str
-    user_id: str
-    run_id: str
-    thread_id: str
-    template: str
-    connect: ConnectOutcome
-    sent: bool = False
-    frames: tuple[Frame, ...] = ()
-    ended: str = ""
-    close_code: int | None = None
-    close_reason: str = ""
-    duration_s: float = 0.0
-    timeout_s: float = 0.0
-    error: str = ""
-    final_event: str = ""
-
-    def is_own(self, frame: Frame) -> bool:
-        """True unless ``frame`` carries another user's id or another run's id.
-
-        Ids are only compared once the server has echoed ours at least once: a server
-        that assigns its own run ids (or a shared token's user) never echoes them.
-        """
-        return is_own_frame(frame, self.frames, self.user_id, self.run_id)
-
-    @property
-    def events(self) -> tuple[Frame, ...]:
-        """Event frames (typed, not ignorable, not errors) that belong to this run."""
-        return tuple(f for f in self.frames if f.is_event and self.is_own(f))
-
-    @property
-    def event_types(self) -> tuple[str, ...]:
-        """Types of :attr:`events` in arrival order."""
-        return tuple(f.event_type or "" for f in self.events)
-
-    @property
-    def errors(self) -> tuple[Frame, ...]:
-        """Error frames received."""
-        return tuple(f for f in self.frames if f.is_error)
-
-    @property
-    def first_event_s(self) -> float | None:
-        """Seconds from the send to the first own event (None if none)."""
-        ev = self.events
-        return ev[0].t if ev else None
-
-    def to_records(self) -> list[dict[str, Any]]:
-        """One dict per frame, with the user id (for a delivery-timeline plot)."""
-        return [{"user": self.user_id, **f.to_record()} for f in self.frames]
-
-
-def is_own_frame(frame: Frame, frames: Sequence[Frame], user_id: str, run_id: str) -> bool:
-    """True unless ``frame`` carries another user's or run's id that the server echoed for ours."""
-    if (
-        frame.user_id is not None
-        and frame.user_id != user_id
-        and any(f.user_id == user_id for f in frames)
-    ):
-        return False
-    return not (
-        frame.run_id is not None
-        and frame.run_id != run_id
-        and any(f.run_id == run_id for f in frames)
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class AuthAttempt:
     """One connect with a given credential and what the server did with it.
 
@@ -354,18 +261,6 @@ class AuthObservation:
     authenticated: AuthAttempt | None
     negatives: tuple[AuthAttempt, ...] = ()
     token_error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class IsolationObservation:
-    """K concurrent users, each with its own token and run."""
-
-    runs: tuple[AgentRunObservation, ...]
-
-    @property
-    def users(self) -> tuple[str, ...]:
-        """The test users in order."""
-        return tuple(r.user_id for r in self.runs)
 
 
 @dataclass(frozen=True, slots=True)

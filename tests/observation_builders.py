@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 from runbook_lib.flows import FlowFrame, FlowObservation, StepOutcome
 from runbook_lib.observations import (
-    AgentRunObservation,
     AuthAttempt,
     ConnectOutcome,
     HandshakeObservation,
@@ -58,24 +57,60 @@ def ev(etype: str, t: float, user: str = "u1", run: str = "r1", **extra) -> Fram
 
 
 def run_of(
-    types=CRIT, user="u1", run="r1", gap=0.1, ended="completed", connect=OK, frames=None, **kw
-) -> AgentRunObservation:
+    types=CRIT, user="u1", run="r1", gap=0.1, ended="completed", connect=OK, frames=None
+) -> FlowObservation:
+    """One user's agent flow (send the request, expect the final event) as the runner
+    records it: frames ``gap`` apart after the send; ``ended`` is ``completed``,
+    ``timeout``, ``error_frame`` or ``connect_failed``; frames carrying another user's id
+    are flagged foreign, as the runner flags them."""
     fs = (
         tuple(frames)
         if frames is not None
         else tuple(ev(t, gap * (i + 1), user, run) for i, t in enumerate(types))
     )
-    return AgentRunObservation(
+    connected = connect.connected and ended != "connect_failed"
+    completed = connected and ended == "completed"
+    last = max((f.t for f in fs), default=0.0)
+    detail = {
+        "timeout": "nothing matching arrived before the timeout",
+        "error_frame": "the server answered with an error frame: "
+        + next((f.excerpt for f in fs if f.is_error), ""),
+    }
+    steps = (
+        StepOutcome(0, "send", "sent" if connected else "not_reached", "send request", 0.0, 0.0),
+        StepOutcome(
+            1,
+            "expect",
+            "matched" if completed else ("timeout" if connected else "not_reached"),
+            "expect the final event",
+            0.0,
+            last,
+            30,
+            detail="" if completed else detail.get(ended, ended),
+        ),
+    )
+    return FlowObservation(
         url="ws://x/ws",
+        flow="agent",
         user_id=user,
+        marker="",
         run_id=run,
-        thread_id="t",
-        template="agent_request",
-        connect=connect,
-        sent=connect.connected,
-        frames=fs,
-        ended=ended,
-        **kw,
+        connected=connected,
+        status=101 if connected else connect.status,
+        connect_error=None if connected else (connect.error or "refused"),
+        connect_detail=connect.error_detail,
+        frames=tuple(
+            FlowFrame(
+                f,
+                "",
+                foreign=f.user_id not in (None, user),
+                attributed=bool(f.user_id or f.run_id),
+            )
+            for f in fs
+        ),
+        steps=steps,
+        stopped_at=None if completed else (1 if connected else 0),
+        stop_reason="" if completed else ("connect_failed" if not connected else ended),
     )
 
 

@@ -11,7 +11,6 @@ from observation_builders import (
 )
 
 from runbook_lib.checks import (
-    cross_user_frames,
     judge_agent_response,
     judge_chat_flow,
     judge_critical_delivered,
@@ -22,10 +21,7 @@ from runbook_lib.checks import (
     judge_isolation_sessions,
     order_violation,
 )
-from runbook_lib.observations import (
-    ConnectOutcome,
-    IsolationObservation,
-)
+from runbook_lib.observations import ConnectOutcome
 from runbook_lib.protocol import Frame, FrameKind
 from runbook_lib.results import Status
 
@@ -37,9 +33,13 @@ def test_agent_response() -> None:
     r = judge_agent_response(run_of(gap=10), timeout_s=30)
     assert r.status is Status.FAIL and "only after" in r.detail
     r = judge_agent_response(run_of(CRIT[:2], ended="timeout"), timeout_s=30)
-    assert r.status is Status.FAIL and "never completed" in r.detail
+    assert (
+        r.status is Status.FAIL
+        and "stopped at step 2" in r.detail
+        and "events before the stop: agent_started" in r.detail
+    )
     r = judge_agent_response(run_of((), ended="timeout"), timeout_s=30)
-    assert r.status is Status.FAIL and "no agent event" in r.detail
+    assert r.status is Status.FAIL and "events before the stop" not in r.detail
     refused = run_of(connect=ConnectOutcome(False, status=404, error="http_status"))
     r = judge_agent_response(refused, timeout_s=30)
     assert r.status is Status.FAIL and "404" in r.detail
@@ -136,19 +136,12 @@ def test_events_latency() -> None:
 
 
 def test_isolation_sessions() -> None:
-    good = IsolationObservation(runs=tuple(run_of(user=f"u{i}", run=f"r{i}") for i in range(5)))
+    good = [run_of(user=f"u{i}", run=f"r{i}") for i in range(5)]
     assert judge_isolation_sessions(good, success_rate=0.8, response_s=5).status is Status.PASS
-    slow = IsolationObservation(
-        runs=(*good.runs[:3], run_of(user="u8", gap=6), run_of((), user="u9", ended="timeout"))
-    )
+    slow = [*good[:3], run_of(user="u8", gap=6), run_of((), user="u9", ended="timeout")]
     r = judge_isolation_sessions(slow, success_rate=0.8, response_s=5)
     assert r.status is Status.FAIL and r.observed == 0.6
-    assert (
-        judge_isolation_sessions(
-            IsolationObservation(runs=()), success_rate=0.8, response_s=5
-        ).status
-        is Status.ERROR
-    )
+    assert judge_isolation_sessions([], success_rate=0.8, response_s=5).status is Status.ERROR
 
 
 def test_no_cross_user_flags_foreign_user_and_run() -> None:
@@ -156,20 +149,25 @@ def test_no_cross_user_flags_foreign_user_and_run() -> None:
     b = run_of(
         user="b",
         run="rb",
-        frames=[*run_of(user="b", run="rb").frames, ev(S, 0.2, user="a", run="ra")],
+        frames=[
+            *(f.frame for f in run_of(user="b", run="rb").frames),
+            ev(S, 0.2, user="a", run="ra"),
+        ],
     )
     c = run_of(
         user="c",
         run="rc",
-        frames=[*run_of(user="c", run="rc").frames, ev(S, 0.3, user=None, run="ra")],
+        frames=[
+            *(f.frame for f in run_of(user="c", run="rc").frames),
+            ev(S, 0.3, user=None, run="ra"),
+        ],
     )
-    leaks = cross_user_frames([a, b, c])
-    assert set(leaks) == {"b", "c"}
-    r = judge_isolation_no_cross_user(IsolationObservation(runs=(a, b, c)))
+    r = judge_isolation_no_cross_user([a, b, c])
     assert r.status is Status.FAIL and r.observed == 2 and "leak" in r.detail
-    ok = IsolationObservation(runs=(a, run_of(user="b", run="rb")))
+    assert set(r.data["leaks"]) == {"b", "c"}
+    ok = [a, run_of(user="b", run="rb")]
     assert judge_isolation_no_cross_user(ok).status is Status.PASS
-    lonely = IsolationObservation(runs=(a, run_of((), user="b", ended="connect_failed")))
+    lonely = [a, run_of((), user="b", ended="connect_failed")]
     assert judge_isolation_no_cross_user(lonely).status is Status.FAIL
 
 
@@ -225,7 +223,7 @@ def test_no_cross_user_never_passes_without_attributable_frames() -> None:
     anon = [Frame(t=0.1, size=9, kind=FrameKind.EVENT, event_type=S)]
     a = run_of(frames=anon, user="a", run="ra")
     b = run_of(frames=anon, user="b", run="rb")
-    r = judge_isolation_no_cross_user(IsolationObservation(runs=(a, b)))
+    r = judge_isolation_no_cross_user([a, b])
     assert r.status is Status.ERROR and "{marker}" in r.detail and "user_id" in r.detail
     # The flow version: sessions whose frames carry no id and no marker.
     flows = [_fobs(u, [("hello", {"event_type": "said"})], marker=f"mk{u}") for u in "ab"]

@@ -25,16 +25,6 @@ ALLOWED: dict[frozenset[str], str] = {
     ): "settings.py is both the schema every module reads and the loader that validates "
     "against the catalog, the flows and the rules; the loader moves to its own module "
     "(issue 19 part 5), then this loop goes",
-    frozenset(
-        {
-            "runbook_lib.sandbox.emulator",
-            "runbook_lib.sandbox.jobs",
-            "runbook_lib.sandbox.log_store",
-            "runbook_lib.sandbox.wire",
-        }
-    ): "wire.py renders the emulator's and the jobs' state dataclasses, which live in "
-    "emulator.py and jobs.py (being edited in parallel); they move to a state module "
-    "wire.py can import",
 }
 
 

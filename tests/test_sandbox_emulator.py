@@ -20,7 +20,8 @@ from google.cloud import run_v2
 
 from runbook_lib.sandbox import manager
 from runbook_lib.sandbox import state as sandbox_state
-from runbook_lib.sandbox.emulator import CloudRunEmulator, RevisionState
+from runbook_lib.sandbox.emulator import CloudRunEmulator
+from runbook_lib.sandbox.resources import RevisionState
 
 
 class _NoRuntime:

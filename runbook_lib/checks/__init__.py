@@ -25,7 +25,6 @@ imported (a test checks it). Missing evidence is ``fail`` or ``error``, never ``
 from __future__ import annotations
 
 from .agent import (
-    cross_user_frames,
     judge_agent_response,
     judge_chat_flow,
     judge_critical_delivered,
@@ -67,7 +66,6 @@ from .causes import (
     explain_status,
     http_failure,
     kind_words,
-    run_failure,
     upgrade_words,
 )
 from .commands import (
@@ -143,7 +141,6 @@ __all__ = [
     "applicability",
     "choose_rollback_target",
     "connect_failure_words",
-    "cross_user_frames",
     "diagnose_refusal",
     "ended_words",
     "explain_close",
@@ -198,7 +195,6 @@ __all__ = [
     "kind_words",
     "order_violation",
     "phase_of",
-    "run_failure",
     "skip_reason",
     "step_ids",
     "upgrade_words",

@@ -1,10 +1,9 @@
 """Agent-run checks: ``e2e.agent_response``, ``chat.flow``, ``events.*``, ``isolation.*``.
 
-The steps run flows (SPEC section 8) and hand the judges a
-:class:`~runbook_lib.flows.FlowObservation`; the judges also accept the older
-:class:`~runbook_lib.observations.AgentRunObservation` (one request, every frame until
-the final critical event). :func:`as_agent_run` turns the first into the second for
-the event judges, leaving out frames that belong to another user.
+The steps run flows and hand the judges a :class:`~runbook_lib.flows.FlowObservation`
+(one per simulated user for isolation). The event judges read the user's own events:
+frames that carry another user's id or marker are the isolation judge's evidence, not
+this user's events.
 
 No evidence, no pass:
 
@@ -31,14 +30,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..flows import FlowObservation
-from ..observations import AgentRunObservation, ConnectOutcome, IsolationObservation
-from ..protocol import has_path
+from ..observations import ConnectOutcome
+from ..protocol import Frame, has_path
 from ..results import CheckResult
-from .causes import UNREADABLE, Verdict, connect_failure_words, ended_words, run_failure
+from .causes import UNREADABLE, Verdict, connect_failure_words, ended_words, explain_close
 
 __all__ = [
-    "as_agent_run",
-    "cross_user_frames",
     "flow_failure",
     "flow_leaks",
     "judge_agent_response",
@@ -53,9 +50,7 @@ __all__ = [
 ]
 
 
-AgentEvidence = AgentRunObservation | FlowObservation
-
-# How a flow stopped -> how the older observation said a run ended.
+# How a flow stopped -> how the session ended, in the words of ``causes.ended_words``.
 _STOP_ENDED = {
     "timeout": "timeout",
     "error_frame": "error_frame",
@@ -91,40 +86,36 @@ def _ended(obs: FlowObservation) -> str:
     return obs.stop_reason or "timeout"
 
 
-def as_agent_run(obs: FlowObservation, *, final_event: str = "") -> AgentRunObservation:
-    """The older agent-run view of a flow run: own frames only, ``t`` since the first send.
-
-    Frames carrying another user's id or marker (``FlowFrame.foreign``) are left out:
-    they are the isolation judge's evidence, not this user's events.
-    """
+def _own_events(obs: FlowObservation) -> tuple[Frame, ...]:
+    """The user's own events, ``t`` counted from the first send (the request)."""
     base = obs.first_send_s or 0.0
-    frames = tuple(
-        dataclasses.replace(f.frame, t=max(f.frame.t - base, 0.0))
-        for f in obs.frames
-        if not f.foreign
-    )
-    sent = any(s.kind == "send" and s.outcome == "sent" for s in obs.steps)
-    return AgentRunObservation(
-        url=obs.url,
-        user_id=obs.user_id,
-        run_id=obs.run_id,
-        thread_id=obs.values.get("thread_id", ""),
-        template=f"flow {obs.flow}",
-        connect=_connect_outcome(obs),
-        sent=sent,
-        frames=frames,
-        ended=_ended(obs),
-        close_code=obs.close_code,
-        close_reason=obs.close_reason,
-        duration_s=max(obs.duration_s - obs.connect_s - base, 0.0),
-        timeout_s=max((s.timeout_s or 0.0 for s in obs.steps), default=0.0),
-        error=obs.connect_detail if obs.connect_error == "token" else "",
-        final_event=final_event,
-    )
+    return tuple(dataclasses.replace(f, t=max(f.t - base, 0.0)) for f in obs.events)
 
 
-def _run(run: AgentEvidence, final_event: str = "") -> AgentRunObservation:
-    return as_agent_run(run, final_event=final_event) if isinstance(run, FlowObservation) else run
+def _own_frames(obs: FlowObservation) -> tuple[Frame, ...]:
+    return tuple(f.frame for f in obs.frames if not f.foreign)
+
+
+def _stop_words(obs: FlowObservation) -> str:
+    """How the session ended, in words (for judges that found too few events)."""
+    return ended_words(_ended(obs), obs.close_code, _own_frames(obs))
+
+
+def _no_evidence(obs: FlowObservation) -> str | None:
+    """Why a flow produced no evidence at all (None when it connected and sent)."""
+    if obs.connect_error == "token":
+        return f"no token for {obs.user_id}: {obs.connect_detail}"
+    if not obs.connected:
+        return connect_failure_words(_connect_outcome(obs))
+    if not any(s.kind == "send" and s.outcome == "sent" for s in obs.steps):
+        why = "the socket closed before the request was sent"
+        if obs.close_code is not None:
+            why += f" (close {obs.close_code}: {explain_close(obs.close_code)})"
+        errors = [f for f in _own_frames(obs) if f.is_error]
+        if errors:
+            why += f"; the server's error frame: {errors[0].excerpt}"
+        return why
+    return None
 
 
 def flow_failure(obs: FlowObservation) -> str | None:
@@ -181,82 +172,24 @@ def _judge_flow_completed(
 
 
 def judge_agent_response(
-    run: AgentEvidence,
-    *,
-    timeout_s: float,
-    final_event: str | None = None,
-    check_id: str = "e2e.agent_response",
+    run: FlowObservation, *, timeout_s: float, check_id: str = "e2e.agent_response"
 ) -> CheckResult:
     """``e2e.agent_response``: the agent flow completes within ``timeout_s``.
 
-    A :class:`FlowObservation` passes when every step of the flow completed and the
-    time from the first send to the last step is within ``timeout_s``. The older
-    observation passes when its final event (``final_event`` when given, else the one
-    the run recorded, else ``agent_completed``) arrived within ``timeout_s``.
+    Passes when every step of the flow completed and the time from the first send to
+    the last step is within ``timeout_s``.
     """
     v = Verdict(check_id, threshold=timeout_s)
-    if isinstance(run, FlowObservation):
-        return _judge_flow_completed(run, v, timeout_s, "the agent answered")
-    final_event = final_event or run.final_event or "agent_completed"
-    why = run_failure(run)
-    if why:
-        return v.fail(why)
-    events = run.events
-    done = [f for f in events if f.event_type == final_event]
-    data = {"event_types": list(run.event_types), "ended": run.ended}
-    if done and done[0].t <= timeout_s:
-        return v.ok(
-            f"agent completed after {done[0].t:.2f}s ({len(events)} event(s))",
-            observed=round(done[0].t, 3),
-            data=data,
-        )
-    if done:
-        return v.fail(
-            f"agent completed only after {done[0].t:.2f}s (limit {timeout_s:g}s)",
-            observed=round(done[0].t, 3),
-            data=data,
-        )
-    if events:
-        return v.fail(
-            f"the agent started ({', '.join(run.event_types)})"
-            f" but never completed: {ended_words(run.ended, run.close_code, run.frames)}",
-            observed=None,
-            data=data,
-        )
-    return v.fail(
-        "no agent event arrived: " + ended_words(run.ended, run.close_code, run.frames),
-        observed=None,
-        data=data,
-    )
+    return _judge_flow_completed(run, v, timeout_s, "the agent answered")
 
 
-def judge_chat_flow(run: AgentEvidence, *, check_id: str = "chat.flow") -> CheckResult:
-    """``chat.flow``: the chat flow completes (older observation: agent events came back)."""
-    v = Verdict(check_id)
-    if isinstance(run, FlowObservation):
-        return _judge_flow_completed(run, v, None, "the chat conversation worked")
-    why = run_failure(run)
-    if why:
-        return v.fail(why)
-    if run.errors and not run.events:
-        return v.fail(
-            f"the server answered the chat message with an error frame: {run.errors[0].excerpt}",
-            observed="error frame",
-        )
-    if not run.events:
-        return v.fail(
-            "no agent event answered the chat message: "
-            + ended_words(run.ended, run.close_code, run.frames),
-            observed=0,
-        )
-    return v.ok(
-        f"{len(run.events)} event(s) answered the chat message, first after {run.events[0].t:.2f}s",
-        observed=list(run.event_types),
-    )
+def judge_chat_flow(run: FlowObservation, *, check_id: str = "chat.flow") -> CheckResult:
+    """``chat.flow``: every step of the chat flow completes."""
+    return _judge_flow_completed(run, Verdict(check_id), None, "the chat conversation worked")
 
 
 def judge_critical_delivered(
-    run: AgentEvidence,
+    run: FlowObservation,
     *,
     critical: Sequence[str],
     minimum: int,
@@ -268,7 +201,6 @@ def judge_critical_delivered(
     (nothing to look for); ``minimum`` is capped at the number of configured types and
     is at least 1, so a pass always means some configured event arrived.
     """
-    run = _run(run)
     if not critical:
         return Verdict(check_id, threshold=minimum).error(
             "no critical event type is configured, so delivery cannot be judged: list the "
@@ -278,11 +210,12 @@ def judge_critical_delivered(
         )
     needed = max(1, min(minimum, len(critical)))
     v = Verdict(check_id, threshold=needed)
-    why = run_failure(run)
+    why = _no_evidence(run)
     if why:
         return v.fail(why, observed=0)
-    got = [c for c in critical if c in run.event_types]
-    missing = [c for c in critical if c not in run.event_types]
+    types = [f.event_type for f in _own_events(run)]
+    got = [c for c in critical if c in types]
+    missing = [c for c in critical if c not in types]
     if len(got) >= needed:
         return v.ok(
             f"{len(got)}/{len(critical)} critical events delivered",
@@ -292,7 +225,7 @@ def judge_critical_delivered(
     return v.fail(
         f"only {len(got)}/{len(critical)} critical events "
         f"arrived; missing {', '.join(missing)} "
-        f"({ended_words(run.ended, run.close_code, run.frames)}). The agent does not emit them or "
+        f"({_stop_words(run)}). The agent does not emit them or "
         "the WebSocket notifier drops them.",
         observed=len(got),
         data={"missing": missing},
@@ -357,7 +290,7 @@ def _order_words(critical: Sequence[str]) -> str:
 
 
 def judge_events_order(
-    run: AgentEvidence,
+    run: FlowObservation,
     *,
     critical: Sequence[str],
     check_id: str = "events.order",
@@ -369,7 +302,6 @@ def judge_events_order(
     each type possibly repeated, ending with the last. Fewer than two configured types:
     ``error`` (nothing to order) saying what to configure.
     """
-    run = _run(run)
     v = Verdict(check_id)
     if len(critical) < 2:
         return v.error(
@@ -379,14 +311,13 @@ def judge_events_order(
             "[checks.not_applicable] with a reason (e.g. one event per request)",
             observed=None,
         )
-    why = run_failure(run)
+    why = _no_evidence(run)
     if why:
         return v.fail(why)
-    types = [t for t in run.event_types if t in critical]
+    types = [t for f in _own_events(run) if (t := f.event_type or "") in critical]
     if not types:
         return v.fail(
-            "no critical event arrived, so the order cannot be "
-            "confirmed: " + ended_words(run.ended, run.close_code, run.frames),
+            "no critical event arrived, so the order cannot be confirmed: " + _stop_words(run),
             observed=[],
         )
     bad = order_violation(types, critical)
@@ -406,13 +337,12 @@ def judge_events_order(
 
 
 def judge_events_structure(
-    run: AgentEvidence,
+    run: FlowObservation,
     *,
     required_fields: Mapping[str, Sequence[str]],
     check_id: str = "events.structure",
 ) -> CheckResult:
     """``events.structure``: every event carries the required fields for its type."""
-    run = _run(run)
     v = Verdict(check_id)
     if not any(required_fields.values()):
         return v.error(
@@ -420,15 +350,16 @@ def judge_events_structure(
             "[protocol.required_fields] (event type -> field paths), or declare "
             "events.structure in [checks.not_applicable] with a reason",
         )
-    why = run_failure(run)
+    why = _no_evidence(run)
     if why:
         return v.fail(why)
-    checked = [f for f in run.events if f.event_type in required_fields]
+    events = _own_events(run)
+    checked = [f for f in events if f.event_type in required_fields]
     if not checked:
         return v.fail(
             "no event with configured required fields arrived, so the structure cannot "
             f"be confirmed (fields are configured for {', '.join(sorted(required_fields))}; "
-            f"arrived: {', '.join(run.event_types) or 'no event'})",
+            f"arrived: {', '.join(f.event_type or '' for f in events) or 'no event'})",
             observed=0,
         )
     problems = []
@@ -456,19 +387,16 @@ def _has_field(data: Any, path: str) -> bool:
 
 
 def judge_events_latency(
-    run: AgentEvidence, *, timeout_s: float, check_id: str = "events.latency"
+    run: FlowObservation, *, timeout_s: float, check_id: str = "events.latency"
 ) -> CheckResult:
     """``events.latency``: every event arrived within ``timeout_s`` of the request."""
-    run = _run(run)
     v = Verdict(check_id, threshold=timeout_s)
-    why = run_failure(run)
+    why = _no_evidence(run)
     if why:
         return v.fail(why)
-    events = run.events
+    events = _own_events(run)
     if not events:
-        return v.fail(
-            "no event arrived: " + ended_words(run.ended, run.close_code, run.frames),
-        )
+        return v.fail("no event arrived: " + _stop_words(run))
     times = [f.t for f in events]
     gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
     data = {"times": [round(t, 3) for t in times], "max_gap_s": round(max(gaps), 3)}
@@ -486,89 +414,32 @@ def judge_events_latency(
     )
 
 
-def cross_user_frames(
-    runs: Sequence[AgentRunObservation],
-) -> dict[str, list[dict[str, Any]]]:
-    """Per user, every frame that carries another session's user id or run id."""
-    own_runs = {r.user_id: _own_run_ids(r) for r in runs}
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        other_users = {o.user_id for o in runs if o is not r} - {r.user_id}
-        other_runs = (
-            set().union(*(own_runs[o.user_id] for o in runs if o is not r)) - own_runs[r.user_id]
-            if len(runs) > 1
-            else set()
-        )
-        leaks = [
-            f.to_record()
-            for f in r.frames
-            if (f.user_id is not None and f.user_id in other_users)
-            or (f.run_id is not None and f.run_id in other_runs)
-        ]
-        if leaks:
-            out[r.user_id] = leaks
-    return out
-
-
-def _own_run_ids(run: AgentRunObservation) -> set[str]:
-    ids = {run.run_id} if run.run_id else set()
-    ids |= {f.run_id for f in run.frames if f.run_id and f.user_id == run.user_id}
-    return ids
-
-
-IsolationEvidence = IsolationObservation | Sequence[FlowObservation]
-
-
-def _flow_runs(iso: IsolationEvidence) -> tuple[FlowObservation, ...] | None:
-    if isinstance(iso, IsolationObservation):
-        return None
-    return tuple(iso)
-
-
 def judge_isolation_sessions(
-    iso: IsolationEvidence,
+    runs: Sequence[FlowObservation],
     *,
     success_rate: float,
     response_s: float,
     check_id: str = "isolation.sessions",
 ) -> CheckResult:
     """``isolation.sessions``: >= ``success_rate`` of users get their response within
-    ``response_s`` (flows: the isolation flow completed, first send -> last step; the
-    older observation: first own event)."""
+    ``response_s`` (the isolation flow completed, first send -> last step)."""
     v = Verdict(check_id)
-    flows = _flow_runs(iso)
-    runs = flows if flows is not None else iso.runs  # type: ignore[union-attr]
     if not runs:
         return v.error("no session was started", threshold=success_rate)
     rows: list[dict[str, Any]] = []
     ok = 0
     for r in runs:
-        if isinstance(r, FlowObservation):
-            took = r.response_s
-            why = flow_failure(r)
-            good = why is None and took is not None and took < response_s
-            row = {
-                "user": r.user_id,
-                "success": good,
-                "response_s": None if took is None else round(took, 3),
-                "ended": "completed" if r.completed else r.stop_reason,
-                "events": len(r.events),
-                "why": why or ("" if good else f"response {took:.2f}s"),
-            }
-        else:
-            first = r.first_event_s
-            good = (
-                run_failure(r) is None and first is not None and first < response_s and not r.errors
-            )
-            row = {
-                "user": r.user_id,
-                "success": good,
-                "response_s": first,
-                "ended": r.ended,
-                "events": len(r.events),
-                "why": run_failure(r)
-                or ("" if good else ended_words(r.ended, r.close_code, r.frames)),
-            }
+        took = r.response_s
+        why = flow_failure(r)
+        good = why is None and took is not None and took < response_s
+        row = {
+            "user": r.user_id,
+            "success": good,
+            "response_s": None if took is None else round(took, 3),
+            "ended": "completed" if r.completed else r.stop_reason,
+            "events": len(r.events),
+            "why": why or ("" if good else f"response {took:.2f}s"),
+        }
         ok += good
         rows.append(row)
     rate = ok / len(runs)
@@ -685,48 +556,11 @@ def _judge_flow_isolation(runs: Sequence[FlowObservation], v: Verdict) -> CheckR
 
 
 def judge_isolation_no_cross_user(
-    iso: IsolationEvidence, *, check_id: str = "isolation.no_cross_user"
+    runs: Sequence[FlowObservation], *, check_id: str = "isolation.no_cross_user"
 ) -> CheckResult:
     """``isolation.no_cross_user``: no session receives another user's or run's frames.
 
-    Flows: a frame carrying another simulated user's id, run id or marker is a leak;
-    a session whose frames carry none of them is ``error`` (see the module docstring).
+    A frame carrying another simulated user's id, run id or marker is a leak; a session
+    whose frames carry none of them is ``error`` (see the module docstring).
     """
-    v = Verdict(check_id, threshold="0 foreign frames")
-    flows = _flow_runs(iso)
-    if flows is not None:
-        return _judge_flow_isolation(flows, v)
-    runs = iso.runs  # type: ignore[union-attr]
-    # Binary / non-JSON frames carry no readable user or run id: they prove nothing.
-    with_events = [r for r in runs if any(str(f.kind) not in UNREADABLE for f in r.frames)]
-    if len(with_events) < 2:
-        return v.fail(
-            f"only {len(with_events)} session(s) received any readable (JSON) "
-            "frame: isolation cannot be shown without at least two active sessions",
-            observed=len(with_events),
-        )
-    leaks = cross_user_frames(runs)
-    if not leaks:
-        carried = sum(1 for r in runs for f in r.frames if f.user_id or f.run_id)
-        if not carried:
-            return v.error(
-                "no frame carried a user id or a run id, so whose they are cannot be told "
-                f"and no leak could be seen: {_ATTRIBUTE_HOW}",
-                observed=None,
-            )
-        total = sum(len(r.frames) for r in runs)
-        return v.ok(
-            f"{total} frame(s) across {len(runs)} sessions, none foreign",
-            observed=0,
-        )
-    n = sum(len(v) for v in leaks.values())
-    example_user, frames = next(iter(leaks.items()))
-    f = frames[0]
-    return v.fail(
-        f"{n} foreign frame(s) in {len(leaks)} session(s): e.g. "
-        f"{example_user} received {f['event_type']} for user {f['user_id']} run "
-        f"{f['run_id']}. Events are broadcast instead of routed per user: a data leak; "
-        "roll back.",
-        observed=n,
-        data={"leaks": leaks},
-    )
+    return _judge_flow_isolation(runs, Verdict(check_id, threshold="0 foreign frames"))

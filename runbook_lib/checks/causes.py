@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..observations import (
-    AgentRunObservation,
     ConnectOutcome,
     HandshakeObservation,
     HttpObservation,
@@ -41,7 +40,6 @@ __all__ = [
     "explain_status",
     "http_failure",
     "kind_words",
-    "run_failure",
     "upgrade_words",
 ]
 
@@ -389,22 +387,6 @@ def ended_words(ended: str, code: int | None, frames: Sequence[Frame] = ()) -> s
     if ended == "error_frame":
         return "the server answered with an error frame"
     return ended
-
-
-def run_failure(run: AgentRunObservation) -> str | None:
-    """Why a run produced no evidence (None when it did connect and send)."""
-    if run.ended == "token_failed":
-        return f"no token for {run.user_id}: {run.error}"
-    if not run.connect.connected:
-        return connect_failure_words(run.connect)
-    if not run.sent:
-        why = "the socket closed before the request was sent"
-        if run.close_code is not None:
-            why += f" (close {run.close_code}: {explain_close(run.close_code)})"
-        if run.errors:
-            why += f"; the server's error frame: {run.errors[0].excerpt}"
-        return why
-    return None
 
 
 def kind_words(kind: str) -> str:

@@ -33,7 +33,8 @@ from . import wire
 from .log_store import FilterError
 
 if TYPE_CHECKING:
-    from .emulator import CloudRunEmulator, ServiceState
+    from .emulator import CloudRunEmulator
+    from .resources import ServiceState
 
 __all__ = ["create_emulator_app"]
 

@@ -40,7 +40,8 @@ from typing import Any
 import uvicorn
 
 from .api import create_emulator_app
-from .emulator import CloudRunEmulator, RevisionStartError, RevisionState
+from .emulator import CloudRunEmulator, RevisionStartError
+from .resources import RevisionState
 from .state import owner_alive, retire_env_file, write_state
 
 __all__ = [

@@ -24,23 +24,20 @@ import re
 import string
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import wire
 from .jobs import JobRunner
 from .log_store import SEVERITIES, LogStore
+from .resources import OperationState, RevisionState, ServiceState
 from .router import TagListeners, Upstream
 from .wire import format_time, parse_time
 
 __all__ = [
     "CloudRunEmulator",
-    "OperationState",
     "RevisionRuntime",
     "RevisionStartError",
-    "RevisionState",
-    "ServiceState",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,92 +48,6 @@ log = logging.getLogger(__name__)
 
 class RevisionStartError(Exception):
     """A revision's container exited or never listened; the message says why."""
-
-
-@dataclass
-class RevisionState:
-    """One revision: its template, its process and its readiness (mutable emulator state)."""
-
-    name: str
-    service: ServiceState
-    image: str
-    profile: str
-    template: dict[str, Any]
-    generation: int
-    create_time: datetime
-    ready: bool | None = None
-    reason_field: str = "revisionReason"
-    reason: str = "PENDING"
-    message: str = ""
-    transition_time: datetime | None = None
-    port: int = 0
-    pid: int = 0
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.service.full_name}/revisions/{self.name}"
-
-
-@dataclass
-class ServiceState:
-    """One Cloud Run service (mutable emulator state)."""
-
-    project: str
-    region: str
-    name: str
-    template: dict[str, Any]
-    uri: str = ""
-    traffic: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]
-    )
-    revisions: dict[str, RevisionState] = field(default_factory=dict)
-    generation: int = 0
-    observed_generation: int = 0
-    latest_created: str = ""
-    latest_ready: str = ""
-    ingress: str = "INGRESS_TRAFFIC_ALL"
-    create_time: datetime = field(default_factory=lambda: datetime.now(UTC))
-    update_time: datetime = field(default_factory=lambda: datetime.now(UTC))
-    failure: str = ""
-    reconciling: bool = False
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
-    # Revision tag -> its own URL (Cloud Run: https://TAG---SERVICE-HASH-REGION.a.run.app).
-    tag_uris: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def full_name(self) -> str:
-        return f"projects/{self.project}/locations/{self.region}/services/{self.name}"
-
-    def tagged(self, tag: str) -> str:
-        """The revision ``tag`` points at now (LATEST resolved), or ``""``."""
-        for rev, _, t in self.resolved_traffic():
-            if t == tag:
-                return rev
-        return ""
-
-    def resolved_traffic(self) -> list[tuple[str, int, str]]:
-        """(revision, percent, tag) per target, with LATEST resolved to the latest ready one."""
-        out = []
-        for t in self.traffic:
-            if t.get("type") == "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST":
-                rev = self.latest_ready
-            else:
-                rev = t.get("revision", "")
-            out.append((rev, int(t.get("percent", 0)), t.get("tag", "")))
-        return out
-
-
-@dataclass
-class OperationState:
-    """A long-running operation (``done`` flips when the rollout ends)."""
-
-    name: str
-    service: ServiceState
-    done: bool = False
-    error: dict[str, Any] | None = None
-    response: dict[str, Any] | None = None
-    task: asyncio.Task[None] | None = None
 
 
 class RevisionRuntime(Protocol):

@@ -34,16 +34,17 @@ import string
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .resources import ExecutionState, JobState, TaskState
 from .wire import format_time
 
 if TYPE_CHECKING:
     from .log_store import LogStore
 
-__all__ = ["ExecutionState", "JobRunner", "JobState", "TaskState", "task_command"]
+__all__ = ["JobRunner", "task_command"]
 
 log = logging.getLogger(__name__)
 
@@ -83,73 +84,6 @@ def _seconds(text: Any, default: float) -> float:
 
 def _suffix(n: int = 5) -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
-
-
-@dataclass
-class TaskState:
-    """One task of an execution (mutable emulator state)."""
-
-    index: int
-    state: str = "PENDING"  # PENDING RUNNING SUCCEEDED FAILED CANCELLED
-    attempt: int = 0
-    retried: int = 0
-    pid: int = 0
-    exit_code: int | None = None
-    message: str = ""
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-
-@dataclass
-class ExecutionState:
-    """One execution of a job (mutable emulator state)."""
-
-    name: str
-    job: JobState
-    task_count: int
-    parallelism: int
-    max_retries: int
-    timeout_s: float
-    template: dict[str, Any]
-    create_time: datetime = field(default_factory=lambda: datetime.now(UTC))
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-    tasks: list[TaskState] = field(default_factory=list)
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
-    cancelled: bool = False
-    pids: set[int] = field(default_factory=set)
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.job.full_name}/executions/{self.name}"
-
-    @property
-    def done(self) -> bool:
-        return self.completion_time is not None
-
-    def count(self, state: str) -> int:
-        return sum(1 for t in self.tasks if t.state == state)
-
-
-@dataclass
-class JobState:
-    """One Cloud Run job (mutable emulator state)."""
-
-    project: str
-    region: str
-    name: str
-    template: dict[str, Any]
-    labels: dict[str, str] = field(default_factory=dict)
-    generation: int = 1
-    create_time: datetime = field(default_factory=lambda: datetime.now(UTC))
-    update_time: datetime = field(default_factory=lambda: datetime.now(UTC))
-    executions: list[ExecutionState] = field(default_factory=list)
-    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    @property
-    def full_name(self) -> str:
-        return f"projects/{self.project}/locations/{self.region}/jobs/{self.name}"
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Timestamps are RFC 3339 UTC with a ``Z``, durations ``"300s"``, int64 fields
 strings, enums their names: what ``google.cloud.run_v2``'s REST transport and
 ``google.cloud.logging``'s HTTP client parse. Renderers are pure functions of
-the state objects (:mod:`.emulator`).
+the state objects (:mod:`.resources`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .emulator import OperationState, RevisionState, ServiceState
-    from .jobs import ExecutionState, JobState, TaskState
+    from .resources import (
+        ExecutionState,
+        JobState,
+        OperationState,
+        RevisionState,
+        ServiceState,
+        TaskState,
+    )
 
 __all__ = [
     "SERVICE_TYPE",
