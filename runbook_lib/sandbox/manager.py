@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import psutil
 
 from ..exceptions import SandboxError
 from .env_file import default_env_file, environment_toml, write_env_file
+from .processes import CHILDREN, alive, daemons_for, group_alive, kill_group
 from .state import (
     LOCK_NAME,
     LOG_NAME,
@@ -76,11 +76,6 @@ DEFAULT_DEPLOY_IMAGE = "sandbox/backend:healthy"
 Note = Callable[[str], None]
 
 
-# Daemons this process spawned: reaped here so they never linger as zombies
-# (a zombie still "exists" for kill(pid, 0) and would look like a live sandbox).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
 def _on_force(hook: Callable[[], object]) -> Any:
     """``interrupts.on_force(hook)``; a no-op outside the runbook (the sandbox stands alone)."""
     try:
@@ -95,50 +90,10 @@ def _note(note: Note | None, message: str) -> None:
         note(message)
 
 
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    """Live sandbox processes in process group ``pgid``.
-
-    Only processes running ``runbook_lib.sandbox`` count, so a stale state file
-    whose pgid was reused by an unrelated program can never get that program killed.
-    """
-    out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, OSError):
-            if (
-                os.getpgid(proc.pid) == pgid
-                and proc.status() != psutil.STATUS_ZOMBIE
-                and "runbook_lib.sandbox" in " ".join(proc.info["cmdline"] or ())
-            ):
-                out.append(proc)
-    return out
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(_group_members(pgid))
-
-
-def _is_daemon(pid: int) -> bool:
-    try:
-        return "runbook_lib.sandbox" in " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return False
-
-
 def _stale_reason(state: dict[str, Any]) -> str | None:
     """Why a state file does not describe a usable sandbox; ``None`` when it does."""
     pid = int(state.get("pid", 0) or 0)
-    if not pid or not _alive(pid):
+    if not pid or not alive(pid):
         return f"a stopped sandbox (daemon pid {pid or '?'} is gone)"
     if not state.get("ready"):
         return f"a sandbox that never became ready (daemon pid {pid})"
@@ -146,23 +101,6 @@ def _stale_reason(state: dict[str, Any]) -> str | None:
     if owner and not owner_alive(owner, float(state.get("owner_started", 0) or 0)):
         return f"the sandbox of a run that is gone (run pid {owner}, daemon pid {pid})"
     return None
-
-
-def _daemons_for(sdir: Path) -> list[psutil.Process]:
-    """Every live daemon process started for state folder ``sdir`` (tracked or not)."""
-    out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, ValueError, IndexError):
-            cmd = proc.info["cmdline"] or []
-            if (
-                "runbook_lib.sandbox" in cmd
-                and "daemon" in cmd
-                and cmd[cmd.index("--state-dir") + 1] == str(sdir)
-                and proc.pid != os.getpid()
-                and proc.status() != psutil.STATUS_ZOMBIE
-            ):
-                out.append(proc)
-    return out
 
 
 def _info(
@@ -306,9 +244,9 @@ def _stop_stale(sdir: Path, state: dict[str, Any] | None) -> None:
         pid = int(state["pid"])
         pgid = int(state.get("pgid", pid))
         if pgid != os.getpgid(0):  # never our own group (a corrupted state file)
-            _kill_group(pid, pgid)
-    for proc in _daemons_for(sdir):
-        _kill_group(proc.pid, proc.pid)
+            kill_group(pid, pgid)
+    for proc in daemons_for(sdir):
+        kill_group(proc.pid, proc.pid)
     with contextlib.suppress(FileNotFoundError):
         (sdir / STATE_NAME).unlink()
     if state:
@@ -425,7 +363,7 @@ def _up_locked(
         if stale is None:
             return _reuse(sdir, envf, serving, deploy_image, note), False
         _note(note, f"cleaning up {stale}")
-    orphans = _daemons_for(sdir)
+    orphans = daemons_for(sdir)
     if state or orphans:
         if orphans and not state:
             _note(note, f"cleaning up {len(orphans)} untracked sandbox daemon(s) of {sdir}")
@@ -472,7 +410,7 @@ def _up_locked(
             env=child_env,
             start_new_session=True,
         )
-    _CHILDREN[proc.pid] = proc
+    CHILDREN[proc.pid] = proc
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -480,7 +418,7 @@ def _up_locked(
             if state and state.get("ready") and state.get("pid") == proc.pid:
                 break
             if proc.poll() is not None:
-                _CHILDREN.pop(proc.pid, None)
+                CHILDREN.pop(proc.pid, None)
                 raise SandboxError(
                     f"the sandbox daemon exited with code {proc.returncode}: {_log_tail(sdir)}"
                 )
@@ -497,7 +435,7 @@ def _up_locked(
         return status(sdir) or info, True
     except BaseException:
         # Interrupted (RunInterrupted, KeyboardInterrupt) or failed: stop what we started.
-        _kill_group(proc.pid, proc.pid)
+        kill_group(proc.pid, proc.pid)
         with contextlib.suppress(FileNotFoundError):
             current = read_state(sdir)
             if current is None or current.get("pid") == proc.pid:
@@ -513,29 +451,6 @@ def _log_tail(sdir: Path, lines: int = 8) -> str:
     except OSError:
         return "(no daemon log)"
     return " | ".join(text.strip().splitlines()[-lines:]) or "(empty daemon log)"
-
-
-def _kill_group(pid: int, pgid: int, grace_s: float = 10.0) -> None:
-    if _alive(pid) and _is_daemon(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)  # the daemon stops its revisions itself
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (_alive(pid) or _group_alive(pgid)):
-        time.sleep(0.05)
-    leftovers = _group_members(pgid)
-    if _alive(pid) and _is_daemon(pid):
-        leftovers.append(psutil.Process(pid))
-    if leftovers:
-        for proc in leftovers:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (_alive(pid) or _group_alive(pgid)):
-            time.sleep(0.05)
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=1)
 
 
 def down(
@@ -568,8 +483,8 @@ def _down_locked(sdir: Path) -> bool:
     if state and "pid" in state:
         pid = int(state["pid"])
         pgid = int(state.get("pgid", pid))
-        was_alive = _alive(pid) or _group_alive(pgid)
-    orphans = _daemons_for(sdir)
+        was_alive = alive(pid) or group_alive(pgid)
+    orphans = daemons_for(sdir)
     _stop_stale(sdir, state)
     return was_alive or bool(orphans)
 
