@@ -106,3 +106,31 @@ def test_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_module_exports_a_name_it_only_imports():
+    """One address per name: a module's ``__all__`` lists what it defines, never a re-export.
+
+    Package ``__init__`` files (the front door and the wings' doors) are the exception.
+    """
+    root = Path(runbook_lib.__file__).parent
+    second_addresses = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined: set[str] = set()
+        exported: list[str] = []
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    names = target.elts if isinstance(target, ast.Tuple) else [target]
+                    defined |= {n.id for n in names if isinstance(n, ast.Name)}
+                    if isinstance(target, ast.Name) and target.id == "__all__":
+                        exported = [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[union-attr]
+        rel = path.relative_to(root)
+        second_addresses += [f"{rel}: {name}" for name in exported if name not in defined]
+    assert second_addresses == []
