@@ -10,9 +10,8 @@ from xml.etree import ElementTree as ET
 import pytest
 from run_records import deploy_ok, finalize, pass_outcomes, persist_phase
 
-from runbook_lib import evidence, verdict
+from runbook_lib import evidence
 from runbook_lib.context import PhaseContext
-from runbook_lib.results import CheckResult
 from runbook_lib.settings import settings_from_dict
 from runbook_lib.verdict import PhaseOutcome
 
@@ -73,13 +72,6 @@ def test_failure_after_deploy_recommends_rollback_to_previous_revision(tmp_path:
     rec = ev.results["recommendation"]
     assert set(rec) == {"action", "reason", "target_revision"}
     assert "isolation.no_cross_user" in rec["reason"]
-
-
-def test_deploy_failed_gate() -> None:
-    rec = {"checks": [CheckResult("deploy.operation_succeeded", 2, "fail").to_record()]}
-    assert verdict.deploy_failed(rec)
-    assert not verdict.deploy_failed({"checks": []})
-    assert verdict.deploy_failed(None, PhaseOutcome(2, "02_deploy.ipynb", "error"))
 
 
 def test_errored_notebook_makes_verdict_error_and_names_the_cell(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from runbook_lib import verdict
 from runbook_lib.results import CheckResult, Status
 from runbook_lib.verdict import (
     Action,
@@ -285,3 +286,10 @@ def test_the_recommended_target_is_never_a_revision_the_run_saw_failing() -> Non
                   rollback_target="rev-0")  # fmt: skip
     j8 = judge({2: p2, 5: p5, 6: broken}, [*outs[1:], _out(6, "fail")])
     assert j8.recommendation.target_revision is None and not j8.rollback_pending
+
+
+def test_deploy_failed_gate() -> None:
+    rec = {"checks": [CheckResult("deploy.operation_succeeded", 2, "fail").to_record()]}
+    assert verdict.deploy_failed(rec)
+    assert not verdict.deploy_failed({"checks": []})
+    assert verdict.deploy_failed(None, verdict.PhaseOutcome(2, "02_deploy.ipynb", "error"))
