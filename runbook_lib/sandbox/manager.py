@@ -113,6 +113,8 @@ class SandboxBusy(SandboxError):
 # Daemons this process spawned: reaped here so they never linger as zombies
 # (a zombie still "exists" for kill(pid, 0) and would look like a live sandbox).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# Carries `sandbox up --deny` to the daemon (comma-separated IAM permissions).
+DENY_ENV = "SANDBOX_DENY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1041,6 +1043,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="environment file to write (default: the checkout's environments/local.toml)",
     )
+    p.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="PERMISSION",
+        help="answer the calls that need this IAM permission with 403 PERMISSION_DENIED, "
+        "as Google does (repeatable; e.g. run.services.update, iam.serviceAccounts.actAs, "
+        "logging.logEntries.list, run.revisions.list)",
+    )
     p.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--owner-started", type=float, default=0.0, help=argparse.SUPPRESS)
     return p
@@ -1096,6 +1107,7 @@ def sandbox_main(argv: list[str]) -> int:
                 deploy_image=args.deploy_image or DEFAULT_DEPLOY_IMAGE,
                 owner_pid=args.owner_pid,
                 owner_started=args.owner_started,
+                deny=tuple(p for p in os.environ.get(DENY_ENV, "").split(",") if p),
             )
         )
     from ..interrupts import guard
@@ -1105,9 +1117,25 @@ def sandbox_main(argv: list[str]) -> int:
             # No reaping: the daemon is meant to outlive this command.
             with guard(reap=False):
                 before = _read_state(args.state_dir)
-                info = up(args.serving, args.deploy_image, args.state_dir, args.env_file, note=_say)
+                env = {DENY_ENV: ",".join(args.deny)} if args.deny else None
+                info = up(
+                    args.serving,
+                    args.deploy_image,
+                    args.state_dir,
+                    args.env_file,
+                    env=env,
+                    note=_say,
+                )
             if before and before.get("pid") == info.pid:
                 print("sandbox already running; not starting a second one")
+                running = sorted((_read_state(args.state_dir) or {}).get("deny") or [])
+                if args.deny and running != sorted(args.deny):
+                    print(
+                        f"error: it denies {', '.join(running) or 'nothing'}, not "
+                        f"{', '.join(args.deny)}: `runbook sandbox down` first",
+                        file=sys.stderr,
+                    )
+                    return 2
             _print_info(info)
             return 0
         if args.command == "down":
