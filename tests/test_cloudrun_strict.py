@@ -209,7 +209,7 @@ async def test_a_split_read_mid_rollout_is_not_trusted_until_it_settles(tmp_path
         cr = cloudrun_client(s.settings(tmp_path))
         s.service.reconciling = True
         s.service.generation += 1
-        with pytest.raises(CloudRunError, match="still reconciling after 0.3s"):
+        with pytest.raises(CloudRunError, match=r"still reconciling after 0\.3s"):
             await cr.settled_service(wait_s=0.3)
         s.service.reconciling = False
         s.service.observed_generation = s.service.generation

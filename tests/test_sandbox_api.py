@@ -229,5 +229,31 @@ async def test_denied_log_reads_are_403_through_the_logging_client() -> None:
             client_options=ClientOptions(api_endpoint=s.endpoint),
             _use_grpc=False,
         )
-        with pytest.raises(gexc.Forbidden, match="'logging.logEntries.list' denied"):
+        with pytest.raises(gexc.Forbidden, match=r"'logging\.logEntries\.list' denied"):
             await asyncio.to_thread(lambda: list(client.list_entries(max_results=1)))
+
+
+@pytest.mark.slow
+def test_sandbox_up_deny_answers_403_until_down(tmp_path: Any, capsys: Any) -> None:
+    import httpx
+
+    from runbook_lib.sandbox import manager
+
+    state, env = str(tmp_path / "state"), str(tmp_path / "local.toml")
+    deny = ["--deny", "run.services.update", "--deny", "logging.logEntries.list"]
+    assert manager.sandbox_main(["up", *deny, "--state-dir", state, "--env-file", env]) == 0
+    try:
+        info = manager.status(state)
+        assert info is not None
+        url = f"{info.emulator_url}/v2/projects/{info.project}/locations/{info.region}/services/{info.service}"
+        assert httpx.get(url, timeout=10).status_code == 200  # reads are allowed
+        answer = httpx.patch(f"{url}?updateMask=traffic", json={"traffic": []}, timeout=10)
+        assert answer.status_code == 403
+        assert answer.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert "Permission 'run.services.update' denied" in answer.json()["error"]["message"]
+        # A running sandbox that denies something else is not silently reused.
+        other = ["up", "--deny", "run.revisions.list", "--state-dir", state, "--env-file", env]
+        assert manager.sandbox_main(other) == 2
+        assert "denies logging.logEntries.list, run.services.update" in capsys.readouterr().err
+    finally:
+        manager.sandbox_main(["down", "--state-dir", state])

@@ -201,6 +201,8 @@ def create_emulator_app(
                 f"etag {etag} does not match the current etag {current}. Read the service "
                 "again and retry.",
             )
+        from .emulator import RevisionExistsError
+
         flag = ("true", "True", "1")
         try:
             op = emulator.update_service(
@@ -210,6 +212,8 @@ def create_emulator_app(
                 force=request.query_params.get("forceNewRevision") in flag,
                 validate_only=request.query_params.get("validateOnly") in flag,
             )
+        except RevisionExistsError as exc:
+            return _error(409, "ALREADY_EXISTS", str(exc))
         except ValueError as exc:
             return _error(400, "INVALID_ARGUMENT", str(exc))
         return emulator.operation_json(op)

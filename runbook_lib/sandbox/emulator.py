@@ -41,6 +41,7 @@ __all__ = [
     "FilterError",
     "LogStore",
     "OperationState",
+    "RevisionExistsError",
     "RevisionRuntime",
     "RevisionStartError",
     "RevisionState",
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ Cloud Run state
+
+
+class RevisionExistsError(ValueError):
+    """A revision of that name exists with another template (Google: 409)."""
 
 
 class RevisionStartError(Exception):
@@ -369,7 +374,7 @@ class CloudRunEmulator:
             named = str(template.get("revision") or "")
             if named and named in svc.revisions:
                 if _template_key(template) != _template_key(svc.revisions[named].template):
-                    raise ValueError(
+                    raise RevisionExistsError(
                         f"Revision named {named!r} with different configuration already exists"
                     )
             elif force or named or _template_key(template) != _template_key(svc.template):
