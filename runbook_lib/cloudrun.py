@@ -763,7 +763,7 @@ class GoogleCloudRun:
         except CloudRunError as exc:
             cause = exc.__cause__
             if isinstance(cause, gexc.GoogleAPICallError):
-                return f"validateOnly: refused, HTTP {cause.code} {cause.message} ({exc})"
+                return f"validateOnly: refused: {exc}"
             return f"validateOnly: not checked ({exc})"
         return "validateOnly: accepted (the API validated the request and committed nothing)"
 

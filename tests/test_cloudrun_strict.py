@@ -173,7 +173,11 @@ async def test_dry_run_validation_shows_what_the_api_answered_and_commits_nothin
         ok = await cr.validate(await cr.deploy_plan("sandbox/backend:cross-user-leak"))  # type: ignore[attr-defined]
         assert ok.startswith("validateOnly: accepted")
         bad = await cr.validate(await cr.split_plan({"backend-nope": 100}))  # type: ignore[attr-defined]
-        assert bad.startswith("validateOnly: refused, HTTP 400") and "backend-nope" in bad
+        assert (
+            bad.startswith("validateOnly: refused: ")
+            and "HTTP 400" in bad
+            and "backend-nope" in bad
+        )
         assert s.service.generation == generation and len(s.service.revisions) == 1
 
 
