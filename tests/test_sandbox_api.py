@@ -257,3 +257,18 @@ def test_sandbox_up_deny_answers_403_until_down(tmp_path: Any, capsys: Any) -> N
         assert "denies logging.logEntries.list, run.services.update" in capsys.readouterr().err
     finally:
         manager.sandbox_main(["down", "--state-dir", state])
+
+
+async def test_writing_a_job_needs_act_as_on_its_service_account() -> None:
+    async with served_emulator(deny=["iam.serviceAccounts.actAs"]) as s:
+        client = s.client()
+        jobs = run_v2.JobsClient(
+            transport="rest",
+            client_options=client._client_options,  # type: ignore[attr-defined]
+            credentials=client._transport._credentials,  # type: ignore[attr-defined]
+        )
+        job = run_v2.Job(template=run_v2.ExecutionTemplate(task_count=1))
+        with pytest.raises(gexc.Forbidden, match=r"'iam\.serviceaccounts\.actAs' denied"):
+            await asyncio.to_thread(
+                jobs.create_job, parent="projects/p/locations/r", job=job, job_id="j", timeout=5
+            )

@@ -337,6 +337,9 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
         permission = "run.jobs.update" if job is not None else "run.jobs.create"
         if (no := _forbidden(emulator, permission, path)) is not None:
             return no
+        # A job's tasks run as its service account: writing the job needs actAs on it.
+        if no := _forbidden(emulator, "iam.serviceAccounts.actAs", RUNTIME_SERVICE_ACCOUNT):
+            return no
         if job is None:
             if request.query_params.get("allowMissing") not in ("true", "True", "1"):
                 return not_found(path)
@@ -366,6 +369,8 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
             if re.fullmatch(pattern, path) and (no := _forbidden(emulator, permission, path)):
                 return no
         if m := re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/jobs", path):
+            if no := _forbidden(emulator, "iam.serviceAccounts.actAs", RUNTIME_SERVICE_ACCOUNT):
+                return no
             try:
                 op = jobs.create_job(m.group(1), request.query_params.get("jobId", ""), body)
             except KeyError:
