@@ -115,6 +115,8 @@ class SandboxBusy(SandboxError):
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 # Carries `sandbox up --deny` to the daemon (comma-separated IAM permissions).
 DENY_ENV = "SANDBOX_DENY"
+# The emulated service's name (default backend).
+SERVICE_ENV = "SANDBOX_SERVICE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1108,6 +1110,8 @@ def sandbox_main(argv: list[str]) -> int:
                 owner_pid=args.owner_pid,
                 owner_started=args.owner_started,
                 deny=tuple(p for p in os.environ.get(DENY_ENV, "").split(",") if p),
+                # Rehearsing a long service name (Cloud Run's tag length rule counts it).
+                service=os.environ.get(SERVICE_ENV) or "backend",
             )
         )
     from ..interrupts import guard
