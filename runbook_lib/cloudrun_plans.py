@@ -406,6 +406,14 @@ def plan_deploy(
     containers[0]["image"] = image
     body_template["containers"] = containers
     body_template.pop("revision", None)
+    # The v2 API refuses system annotations in a request ("v2 does not support annotations
+    # with run.googleapis.com/..."): send back only the user's own.
+    if isinstance(body_template.get("annotations"), Mapping):
+        body_template["annotations"] = {
+            k: v
+            for k, v in body_template["annotations"].items()
+            if not k.startswith(_SYSTEM_ANNOTATIONS)
+        }
     if revision_name:
         body_template["revision"] = revision_name
     body: dict[str, Any] = {"name": ref.path, "template": body_template}
@@ -441,6 +449,14 @@ def plan_deploy(
         google=not ref.endpoint.startswith("http://"),
         traffic=tuple(targets),
     )
+
+
+_SYSTEM_ANNOTATIONS = (
+    "run.googleapis.com/",
+    "serving.knative.dev/",
+    "autoscaling.knative.dev/",
+    "cloud.googleapis.com/",
+)
 
 
 def new_revision_name(service: str, rng: random.Random | None = None) -> str:

@@ -218,3 +218,15 @@ async def test_a_split_read_mid_rollout_is_not_trusted_until_it_settles(tmp_path
         s.service.reconciling = False
         s.service.observed_generation = s.service.generation
         assert (await cr.settled_service(wait_s=0.3)).settled
+
+
+def test_a_deploy_plan_sends_back_no_system_annotations() -> None:
+    from runbook_lib.cloudrun import ServiceRef, plan_deploy
+
+    template = {
+        "annotations": {"run.googleapis.com/client-name": "gcloud", "team": "payments"},
+        "containers": [{"image": "old"}],
+    }
+    plan = plan_deploy(ServiceRef("p", "r", "s"), template, "new", revision_name="s-abcde")
+    assert plan.body["template"]["annotations"] == {"team": "payments"}
+    assert plan.body["template"]["revision"] == "s-abcde"
