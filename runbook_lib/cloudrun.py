@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import logging
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -45,6 +46,7 @@ from .cloudrun_plans import (
     target_json,
 )
 from .exceptions import CloudRunError
+from .iam import role_hint
 from .redaction import redact_excerpt
 from .settings import Settings
 
@@ -60,6 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Cloud Run keeps at most 1,000 revisions per service: the bound on reading them all.
+MAX_REVISIONS = 1000
 # Former private names of helpers now public in :mod:`runbook_lib.cloudrun_plans`.
 _target_json, _check_tag, _check_split = target_json, check_tag, check_split
 
@@ -98,6 +102,16 @@ class ServiceInfo:
     ready: bool
     ready_message: str
     generation: int
+    # While ``reconciling`` (or ``observed_generation`` lags ``generation``) Google says the
+    # split, latest revisions and URIs are transient; ``etag`` guards writes planned from it.
+    observed_generation: int = 0
+    reconciling: bool = False
+    etag: str = ""
+
+    @property
+    def settled(self) -> bool:
+        """No rollout in flight: the split and the latest revisions are final."""
+        return not self.reconciling and self.observed_generation >= self.generation
 
     @property
     def tag_urls(self) -> dict[str, str]:
@@ -160,7 +174,11 @@ class CloudRun(Protocol):
         ...
 
     async def list_revisions(self, limit: int | None = None) -> list[RevisionInfo]:
-        """Revisions, newest first."""
+        """Every revision (all pages), newest first by ``createTime``."""
+        ...
+
+    async def settled_service(self, wait_s: float | None = None) -> ServiceInfo:
+        """Describe the service once no rollout is in flight (bounded wait)."""
         ...
 
     async def deploy(
@@ -228,6 +246,17 @@ def _ready_condition(conditions: Sequence[Any]) -> tuple[bool, str]:
     return False, "no Ready condition reported"
 
 
+def _is_conflict(exc: BaseException | None) -> bool:
+    """A 409 that a fresh read can resolve (ABORTED: stale etag), not ALREADY_EXISTS."""
+    if getattr(exc, "code", None) != 409:
+        return False
+    try:
+        status = exc.response.json()["error"]["status"]  # type: ignore[union-attr]
+    except Exception:
+        return True
+    return status != "ALREADY_EXISTS"
+
+
 def _service_info(svc: Any) -> ServiceInfo:
     tmpl = svc.template
     containers = list(tmpl.containers)
@@ -255,6 +284,9 @@ def _service_info(svc: Any) -> ServiceInfo:
         ready=ready,
         ready_message=cond.message or ("" if ready else "service is not ready"),
         generation=int(svc.generation),
+        observed_generation=int(svc.observed_generation),
+        reconciling=bool(svc.reconciling),
+        etag=str(svc.etag or ""),
     )
 
 
@@ -313,9 +345,10 @@ class GoogleCloudRun:
             code = exc.code
             hint = {
                 401: "credentials were refused: run `gcloud auth application-default login`",
-                403: "permission denied: the caller needs roles/run.developer (or viewer for "
-                "reads) on the project",
+                403: role_hint(str(exc.message or ""), what),
                 404: f"not found: check [cloudrun] project/region/service ({self.service_path})",
+                409: "conflict: the service changed since it was read (another deploy or "
+                "traffic change?); read it again before writing",
                 429: "rate limited by the API: retry in a minute",
             }.get(int(code) if code else 0, "")
             msg = f"Cloud Run {what} failed at {where}: HTTP {code} {exc.message}"
@@ -399,7 +432,10 @@ class GoogleCloudRun:
             raise CloudRunError(f"Cloud Run get service: unexpected Service shape: {exc}") from exc
 
     async def list_revisions(self, limit: int | None = None) -> list[RevisionInfo]:
-        """Revisions newest first, each with its serving percent.
+        """Every revision newest first by ``createTime``, each with its serving percent.
+
+        ``revisions.list`` promises no order, so every page is read (Cloud Run keeps at
+        most 1,000 revisions) and sorted here; ``limit`` cuts the sorted list.
 
         Raises:
             CloudRunError: as :meth:`get_service`.
@@ -412,12 +448,7 @@ class GoogleCloudRun:
             pager = revisions.list_revisions(
                 parent=self.service_path, timeout=self.call_timeout_s, retry=self._read_retry()
             )
-            out = []
-            for rev in pager:
-                out.append(rev)
-                if limit is not None and len(out) >= limit:
-                    break  # the API lists newest first: no need to page through years
-            return out
+            return list(itertools.islice(pager, MAX_REVISIONS))
 
         raw = await self._run("list revisions", fetch)
         rows = []
@@ -540,7 +571,10 @@ class GoogleCloudRun:
                 done=False,
                 succeeded=False,
                 error=f"operation still running after {self.operation_timeout_s:g}s "
-                "(check `gcloud run operations list`)",
+                f"(see its state with `gcloud run services describe "
+                f"{shlex.quote(self.settings.cloudrun.service)} {self._gcloud_scope()} "
+                "--format='yaml(status.conditions)'`, or the service's Revisions tab in "
+                "the console)",
                 revision=revision_of(op.metadata) if op.metadata else "",
                 duration_s=time.monotonic() - started,
             )
@@ -591,8 +625,8 @@ class GoogleCloudRun:
                 so the new revision serves 0 % (``gcloud run deploy --no-traffic``).
             tag: with ``no_traffic``, give the new revision this tag and its own URL
                 (``outcome.tag_url``).
-            revision_name: the new revision's name (default: ``SERVICE-xxxxx`` when
-                tagging, else the platform's choice).
+            revision_name: the new revision's name (default: a fresh ``SERVICE-xxxxx``,
+                so every deploy creates a revision, even of an unchanged image tag).
 
         Returns:
             The outcome (``revision`` = the new revision); a failed rollout has
@@ -601,14 +635,15 @@ class GoogleCloudRun:
         Raises:
             CloudRunError: the API itself could not be used, or bad arguments.
         """
-        if not no_traffic and not tag and not revision_name:
-            await self._run("get service", self._get_raw)
-            return await self._update("deploy", self.deploy_request(image), "template")
-        plan = await self.deploy_plan(
-            image, no_traffic=no_traffic, tag=tag, revision_name=revision_name
+        # A named revision is always a new one, even when the template is otherwise
+        # unchanged: a fix pushed under the same (mutable) image tag really rolls out,
+        # as `gcloud run deploy --revision-suffix` does (this client has no
+        # forceNewRevision field).
+        name = revision_name or new_revision_name(self.settings.cloudrun.service)
+        return await self._write(
+            lambda: self.deploy_plan(image, no_traffic=no_traffic, tag=tag, revision_name=name),
+            tag,
         )
-        mask = plan.url.rsplit("updateMask=", 1)[-1]
-        return await self._update("deploy", plan.request, mask, tag=tag)
 
     # ------------------------------------------------------------ tags and steps
 
@@ -616,51 +651,150 @@ class GoogleCloudRun:
         """The service's coordinates (for the pure ``plan_*`` functions)."""
         return ServiceRef.from_settings(self.settings)
 
+    async def settled_service(self, wait_s: float | None = None) -> ServiceInfo:
+        """Describe the service once no rollout is in flight.
+
+        Polls (backoff to 2 s, bounded by ``wait_s``, default ``[timeouts] operation_s``)
+        until ``reconciling`` is false and ``observedGeneration`` caught up with
+        ``generation``: before that Google calls the split and the latest revisions
+        transient, so nothing is planned from them.
+
+        Raises:
+            CloudRunError: still reconciling at the bound, or the service cannot be read.
+        """
+        bound = self.operation_timeout_s if wait_s is None else wait_s
+        deadline = time.monotonic() + bound
+        delay = self.poll_interval_s
+        while True:
+            info = await self.get_service()
+            if info.settled:
+                return info
+            if time.monotonic() >= deadline:
+                raise CloudRunError(
+                    f"Cloud Run service {info.name} is still reconciling after {bound:g}s "
+                    f"(generation {info.generation}, observed {info.observed_generation}): "
+                    "another deploy or traffic change is in progress, so its split is not "
+                    "final; let it finish and run again"
+                )
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 2.0)
+
     async def deploy_plan(
         self, image: str, *, no_traffic: bool = False, tag: str = "", revision_name: str = ""
     ) -> RequestPlan:
         """The request :meth:`deploy` would send, read-only (for dry runs).
 
+        The revision is named up front (``SERVICE-xxxxx``) unless ``revision_name`` is
+        given, so the deploy always creates a revision.
+
         Raises:
             CloudRunError: the service could not be read, or bad arguments.
         """
+        service = self.settings.cloudrun.service
         if tag:
-            check_tag(tag)
+            check_tag(tag, service)
         svc = await self._run("get service", self._get_raw)
         info = _service_info(svc)
-        if tag and not revision_name:
-            revision_name = new_revision_name(self.settings.cloudrun.service)
         return plan_deploy(
             self.ref(),
             self._last_template,
             image,
             no_traffic=no_traffic,
             tag=tag,
-            revision_name=revision_name,
+            revision_name=revision_name or new_revision_name(service),
             current=info.traffic,
             latest_ready=info.latest_ready_revision,
+            etag=info.etag,
         )
 
     async def tag_plan(self, revision: str, tag: str) -> RequestPlan:
         """The request :meth:`tag_revision` would send (read-only)."""
         info = await self.get_service()
-        return plan_tag(self.ref(), info.traffic, revision, tag)
+        return plan_tag(self.ref(), info.traffic, revision, tag, etag=info.etag)
 
     async def untag_plan(self, tag: str) -> RequestPlan:
         """The request :meth:`untag` would send (read-only)."""
         info = await self.get_service()
-        return plan_untag(self.ref(), info.traffic, tag)
+        return plan_untag(self.ref(), info.traffic, tag, etag=info.etag)
 
     async def split_plan(self, split: Mapping[str, int]) -> RequestPlan:
         """The request :meth:`set_traffic_split` would send (read-only)."""
         info = await self.get_service()
-        return plan_split(self.ref(), info.traffic, split)
+        return plan_split(self.ref(), info.traffic, split, etag=info.etag)
 
-    async def _apply(self, plan: RequestPlan, tag: str = "") -> OperationOutcome:
-        outcome = await self._update(plan.what, plan.request, "traffic", tag=tag)
-        if not outcome.succeeded:
+    async def validate(self, plan: RequestPlan) -> str:
+        """Send ``plan`` with ``validateOnly=true``: Google checks it and commits nothing.
+
+        Returns:
+            What the API answered, in one line (accepted, or its refusal).
+        """
+        from google.api_core import exceptions as gexc
+        from google.cloud import run_v2
+        from google.protobuf import field_mask_pb2
+
+        mask = plan.url.rsplit("updateMask=", 1)[-1]
+        service = run_v2.Service.from_json(json.dumps(plan.body), ignore_unknown_fields=True)
+
+        def send() -> Any:
+            services, _ = self._clients()
+            op = services.update_service(
+                request=run_v2.UpdateServiceRequest(
+                    service=service,
+                    update_mask=field_mask_pb2.FieldMask(paths=mask.split(",")),
+                    validate_only=True,
+                ),
+                timeout=self.call_timeout_s,
+            )
+            return op.result(timeout=self.call_timeout_s)
+
+        try:
+            await self._run(f"validate {plan.what}", send)
+        except CloudRunError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, gexc.GoogleAPICallError):
+                return f"validateOnly: refused: {exc}"
+            return f"validateOnly: not checked ({exc})"
+        return "validateOnly: accepted (the API validated the request and committed nothing)"
+
+    async def _write(
+        self,
+        make_plan: Callable[[], Awaitable[RequestPlan]],
+        tag: str = "",
+        *,
+        must_succeed: bool = False,
+    ) -> OperationOutcome:
+        """Send a plan made from a fresh read; on a 409 (the service changed since that
+        read) read again, plan again and send once more, never overwriting blindly.
+
+        Raises:
+            CloudRunError: refused (twice for a conflict), or with ``must_succeed`` the
+                operation failed.
+        """
+        outcome: OperationOutcome | None = None
+        for attempt in (1, 2):
+            plan = await make_plan()
+            mask = plan.url.rsplit("updateMask=", 1)[-1]
+            try:
+                outcome = await self._update(plan.what, plan.request, mask, tag=tag)
+                break
+            except CloudRunError as exc:
+                if not _is_conflict(exc.__cause__):
+                    raise
+                if attempt == 2:
+                    raise CloudRunError(
+                        f"{exc}; it changed again after a fresh read: someone else is "
+                        "writing this service now, let them finish and run again"
+                    ) from exc
+                log.warning("%s: the service changed since it was read; re-planning", plan.what)
+        assert outcome is not None
+        if must_succeed and not outcome.succeeded:
             raise CloudRunError(f"Cloud Run {plan.what}: the operation failed: {outcome.error}")
         return outcome
+
+    async def _apply(
+        self, make_plan: Callable[[], Awaitable[RequestPlan]], tag: str = ""
+    ) -> OperationOutcome:
+        return await self._write(make_plan, tag, must_succeed=True)
 
     async def tag_revision(self, revision: str, tag: str) -> str:
         """Give ``revision`` the tag ``tag`` at 0 % of traffic; return the tag's URL.
@@ -671,7 +805,7 @@ class GoogleCloudRun:
         Raises:
             CloudRunError: bad tag, unknown revision, refused update, or no URL came back.
         """
-        outcome = await self._apply(await self.tag_plan(revision, tag), tag)
+        outcome = await self._apply(lambda: self.tag_plan(revision, tag), tag)
         if not outcome.tag_url:
             raise CloudRunError(
                 f"Cloud Run tagged {revision} as {tag!r} but reported no URL for it "
@@ -685,7 +819,7 @@ class GoogleCloudRun:
         Raises:
             CloudRunError: the update was refused or failed.
         """
-        return await self._apply(await self.untag_plan(tag))
+        return await self._apply(lambda: self.untag_plan(tag))
 
     async def set_traffic_split(self, split: Mapping[str, int]) -> OperationOutcome:
         """Set revision -> percent (summing to 100), keeping every tag on its revision.
@@ -696,7 +830,7 @@ class GoogleCloudRun:
         Raises:
             CloudRunError: the split does not sum to 100, or the update was refused.
         """
-        return await self._apply(await self.split_plan(split))
+        return await self._apply(lambda: self.split_plan(split))
 
     async def list_services(self) -> list[ServiceInfo]:
         """Every service in the configured project and region (``services.list``).

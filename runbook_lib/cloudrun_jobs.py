@@ -189,9 +189,14 @@ class _Jobs:
 def _explain(what: str, where: str, exc: BaseException) -> CloudRunError:
     from google.api_core import exceptions as gexc
 
+    from .iam import role_hint
+
     if isinstance(exc, gexc.GoogleAPICallError):
+        named = "Permission '" in str(exc.message or "")
         hint = {
-            403: " (the runbook's identity needs run.jobs.create/update/run and "
+            403: f" ({role_hint(str(exc.message), what)}; see docs/load.md)"
+            if named
+            else " (the runbook's identity needs run.jobs.create/update/run and "
             "run.executions.get: roles/run.developer; see docs/load.md)",
             404: " (check [cloudrun] project and [load] region)",
         }.get(int(exc.code or 0), "")

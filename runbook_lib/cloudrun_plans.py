@@ -30,6 +30,7 @@ __all__ = [
     "TrafficTarget",
     "check_split",
     "check_tag",
+    "fitting_tag",
     "new_revision_name",
     "pinned",
     "plan_deploy",
@@ -76,15 +77,34 @@ def target_json(t: TrafficTarget) -> dict[str, Any]:
 # ------------------------------------------------------------------ traffic arithmetic (pure)
 
 _TAG = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+# Cloud Run serves a tag at TAG---SERVICE-...: the tag and the service name together may
+# not exceed 46 characters (the API refuses longer ones with INVALID_ARGUMENT).
+TAG_AND_SERVICE_MAX = 46
 
 
-def check_tag(tag: str) -> str:
-    if not _TAG.fullmatch(tag or "") or len(tag) > 46:
+def check_tag(tag: str, service: str = "") -> str:
+    """``tag`` when Cloud Run accepts it on ``service``.
+
+    Raises:
+        CloudRunError: not a DNS-label-like tag, or too long together with the service name.
+    """
+    if not _TAG.fullmatch(tag or ""):
         raise CloudRunError(
             f"invalid revision tag {tag!r}: use lowercase letters, digits and hyphens, "
-            "starting with a letter, at most 46 characters"
+            "starting with a letter"
+        )
+    if len(tag) + len(service) > TAG_AND_SERVICE_MAX:
+        raise CloudRunError(
+            f"revision tag {tag!r} is too long for the service {service!r}: Cloud Run "
+            f"allows at most {TAG_AND_SERVICE_MAX} characters for tag and service name "
+            f"together ({len(tag)} + {len(service)})"
         )
     return tag
+
+
+def fitting_tag(service: str, preferred: Sequence[str]) -> str:
+    """The first of ``preferred`` that fits beside ``service`` ('' when none does)."""
+    return next((t for t in preferred if len(t) + len(service) <= TAG_AND_SERVICE_MAX), "")
 
 
 def _plain(targets: Sequence[TrafficTarget]) -> list[TrafficTarget]:
@@ -286,13 +306,17 @@ class RequestPlan:
 
 
 def _traffic_plan(
-    ref: ServiceRef, what: str, targets: Sequence[TrafficTarget], gcloud: str
+    ref: ServiceRef, what: str, targets: Sequence[TrafficTarget], gcloud: str, etag: str = ""
 ) -> RequestPlan:
+    body: dict[str, Any] = {"name": ref.path, "traffic": [target_json(t) for t in targets]}
+    if etag:
+        # Written with the etag it was planned from: a change in between is a 409, not lost.
+        body["etag"] = etag
     return RequestPlan(
         what=what,
         method="PATCH",
         url=f"{ref.url}?updateMask=traffic",
-        body={"name": ref.path, "traffic": [target_json(t) for t in targets]},
+        body=body,
         gcloud=gcloud,
         google=not ref.endpoint.startswith("http://"),
         traffic=tuple(targets),
@@ -300,33 +324,45 @@ def _traffic_plan(
 
 
 def plan_tag(
-    ref: ServiceRef, current: Sequence[TrafficTarget], revision: str, tag: str
+    ref: ServiceRef,
+    current: Sequence[TrafficTarget],
+    revision: str,
+    tag: str,
+    *,
+    etag: str = "",
 ) -> RequestPlan:
     """Give ``revision`` the tag ``tag`` at 0 % (``update-traffic --update-tags``).
 
     Raises:
-        CloudRunError: bad tag or revision.
+        CloudRunError: bad tag (also too long with the service name) or revision.
     """
+    check_tag(tag, ref.service)
     targets = with_tag(current, revision, tag)
     gcloud = (
         f"gcloud run services update-traffic {shlex.quote(ref.service)} "
         f"--update-tags={shlex.quote(f'{tag}={revision}')} {ref.gcloud_scope}"
     )
-    return _traffic_plan(ref, f"tag {revision} as {tag!r} (0 % of traffic)", targets, gcloud)
+    return _traffic_plan(ref, f"tag {revision} as {tag!r} (0 % of traffic)", targets, gcloud, etag)
 
 
-def plan_untag(ref: ServiceRef, current: Sequence[TrafficTarget], tag: str) -> RequestPlan:
+def plan_untag(
+    ref: ServiceRef, current: Sequence[TrafficTarget], tag: str, *, etag: str = ""
+) -> RequestPlan:
     """Remove the tag ``tag`` (``update-traffic --remove-tags``)."""
     targets = without_tag(current, tag)
     gcloud = (
         f"gcloud run services update-traffic {shlex.quote(ref.service)} "
         f"--remove-tags={shlex.quote(tag)} {ref.gcloud_scope}"
     )
-    return _traffic_plan(ref, f"remove the tag {tag!r}", targets, gcloud)
+    return _traffic_plan(ref, f"remove the tag {tag!r}", targets, gcloud, etag)
 
 
 def plan_split(
-    ref: ServiceRef, current: Sequence[TrafficTarget], split: Mapping[str, int]
+    ref: ServiceRef,
+    current: Sequence[TrafficTarget],
+    split: Mapping[str, int],
+    *,
+    etag: str = "",
 ) -> RequestPlan:
     """Set the traffic split, tags kept (``update-traffic --to-revisions=A=10,B=90``).
 
@@ -340,7 +376,7 @@ def plan_split(
         f"--to-revisions={shlex.quote(spec)} {ref.gcloud_scope}"
     )
     words = ", ".join(f"{t.revision} {t.percent} %" for t in targets if t.percent)
-    return _traffic_plan(ref, f"traffic split: {words}", targets, gcloud)
+    return _traffic_plan(ref, f"traffic split: {words}", targets, gcloud, etag)
 
 
 def plan_deploy(
@@ -353,6 +389,7 @@ def plan_deploy(
     revision_name: str = "",
     current: Sequence[TrafficTarget] = (),
     latest_ready: str = "",
+    etag: str = "",
 ) -> RequestPlan:
     """A deploy of ``image`` (the current template with a new image).
 
@@ -369,9 +406,19 @@ def plan_deploy(
     containers[0]["image"] = image
     body_template["containers"] = containers
     body_template.pop("revision", None)
+    # The v2 API refuses system annotations in a request ("v2 does not support annotations
+    # with run.googleapis.com/..."): send back only the user's own.
+    if isinstance(body_template.get("annotations"), Mapping):
+        body_template["annotations"] = {
+            k: v
+            for k, v in body_template["annotations"].items()
+            if not k.startswith(_SYSTEM_ANNOTATIONS)
+        }
     if revision_name:
         body_template["revision"] = revision_name
     body: dict[str, Any] = {"name": ref.path, "template": body_template}
+    if etag:
+        body["etag"] = etag
     flags = f"--image={shlex.quote(image)}"
     mask = "template"
     targets: list[TrafficTarget] = []
@@ -380,6 +427,7 @@ def plan_deploy(
     if no_traffic:
         targets = pinned(current, latest_ready)
         if tag:
+            check_tag(tag, ref.service)
             targets = with_tag(targets, revision_name, tag)
         body["traffic"] = [target_json(t) for t in targets]
         mask = "template,traffic"
@@ -401,6 +449,14 @@ def plan_deploy(
         google=not ref.endpoint.startswith("http://"),
         traffic=tuple(targets),
     )
+
+
+_SYSTEM_ANNOTATIONS = (
+    "run.googleapis.com/",
+    "serving.knative.dev/",
+    "autoscaling.knative.dev/",
+    "cloud.googleapis.com/",
+)
 
 
 def new_revision_name(service: str, rng: random.Random | None = None) -> str:

@@ -182,10 +182,12 @@ async def test_dry_runs_mutate_nothing_and_show_each_request_once(sandbox, tmp_p
     assert await _serving(env) == before  # nothing moved, no tag left
 
 
-async def test_the_serving_revision_is_never_proposed_and_a_no_op_deploy_is_not_a_dry_run(
+async def test_the_serving_revision_is_never_proposed_and_a_redeploy_of_its_image_rolls_out(
     sandbox, tmp_path
 ) -> None:
-    """The walkthrough's "roll back from X to X" and "skip: dry-run" after an approved no-op."""
+    """The walkthrough's "roll back from X to X"; and an approved deploy of the image already
+    serving (a fix pushed under the same tag) makes a new revision, warmed up and read, never
+    "skip: dry-run"."""
     from runbook_lib import steps
     from runbook_lib.context import open_phase
 
@@ -206,7 +208,9 @@ async def test_the_serving_revision_is_never_proposed_and_a_no_op_deploy_is_not_
         2, environment=env, run_dir=str(tmp_path / "two"), approve=True, overrides=same
     )
     await steps.deploy(ctx2)
-    assert ctx2.artifacts["deployed_revision"] == serving and ctx2.artifacts["no_new_revision"]
+    deployed = ctx2.artifacts["deployed_revision"]
+    assert deployed != serving and not ctx2.artifacts["no_new_revision"]
+    assert (await _serving(env))[0] == {deployed: 100}
     for name in ("warmup", "deploy_logs"):
         rep = await getattr(steps, name)(ctx2)
-        assert {r.detail for r in rep.results} == {"no new revision: the image already serves"}
+        assert rep.results and not any("dry-run" in r.detail for r in rep.results)

@@ -3,11 +3,17 @@
 - ``GET /v2/projects/*/locations/*/services``                list services
 - ``GET /v2/projects/*/locations/*/services/*``              get service
 - ``PATCH /v2/projects/*/locations/*/services/*``            update (deploy / traffic)
-- ``GET /v2/projects/*/locations/*/services/*/revisions``    list revisions (newest first)
+- ``GET /v2/projects/*/locations/*/services/*/revisions``    list revisions (no promised order)
 - ``GET /v2/projects/*/locations/*/services/*/revisions/*``  get revision
 - ``GET /v2/projects/*/locations/*/operations/*``            long-running operation
 - ``POST /v2/entries:list``                                  Cloud Logging read
 - ``GET /sandbox/state``                                     the sandbox's own view
+
+Each call first asks for the IAM permission Google checks (``run.services.get``,
+``run.services.update``, ``iam.serviceAccounts.actAs`` for a new template,
+``logging.logEntries.list``...); one the sandbox was told to deny
+(``runbook sandbox up --deny PERMISSION``) is a 403 PERMISSION_DENIED worded as
+Google words it.
 
 Cloud Run Jobs (issue 13; state in :mod:`.jobs`):
 
@@ -45,6 +51,32 @@ def _error(code: int, status: str, message: str) -> JSONResponse:
     )
 
 
+# The runtime service account a revision runs as (what a deploy must be allowed to actAs).
+RUNTIME_SERVICE_ACCOUNT = "sandbox@sandbox-project.iam.gserviceaccount.com"
+
+
+def _forbidden(emulator: CloudRunEmulator, permission: str, resource: str) -> JSONResponse | None:
+    """Google's 403 when ``permission`` is denied to the caller, else None."""
+    if permission.lower() not in emulator.denied:
+        return None
+    if permission.lower() == "iam.serviceaccounts.actas":
+        message = (
+            f"Permission 'iam.serviceaccounts.actAs' denied on service account "
+            f"{resource} (or it may not exist)."
+        )
+    elif permission.startswith("logging."):
+        message = f"Permission '{permission}' denied on resource (or it may not exist)."
+    else:
+        message = f"Permission '{permission}' denied on resource '{resource}' (or resource may not exist)."
+    return _error(403, "PERMISSION_DENIED", message)
+
+
+def _revision_order(rev: Any) -> str:
+    # revisions.list promises no order: answer a stable but arbitrary one (by uid), so a
+    # caller that trusts the first page to hold the newest revisions is caught.
+    return str(rev.uid)
+
+
 def create_emulator_app(
     emulator: CloudRunEmulator, extra_state: Callable[[], dict[str, Any]] | None = None
 ) -> FastAPI:
@@ -62,7 +94,9 @@ def create_emulator_app(
     )
     svc_re = r"projects/[^/]+/locations/[^/]+/services/[^/:]+"
 
-    def find(full: str) -> ServiceState | JSONResponse:
+    def find(full: str, permission: str = "run.services.get") -> ServiceState | JSONResponse:
+        if (denied := _forbidden(emulator, permission, full)) is not None:
+            return denied
         svc = emulator.service(full)
         if svc is None:
             return _error(404, "NOT_FOUND", f"Resource '{full}' was not found")
@@ -78,10 +112,10 @@ def create_emulator_app(
             svc = find(path)
             return svc if isinstance(svc, JSONResponse) else emulator.service_json(svc)
         if m := re.fullmatch(rf"({svc_re})/revisions", path):
-            svc = find(m.group(1))
+            svc = find(m.group(1), "run.revisions.list")
             if isinstance(svc, JSONResponse):
                 return svc
-            revs = sorted(svc.revisions.values(), key=lambda r: r.create_time, reverse=True)
+            revs = sorted(svc.revisions.values(), key=_revision_order)
             try:
                 size = int(request.query_params.get("pageSize") or 100) or 100
                 token = request.query_params.get("pageToken") or ""
@@ -94,7 +128,7 @@ def create_emulator_app(
                 body["nextPageToken"] = str(start + size)
             return body
         if m := re.fullmatch(rf"({svc_re})/revisions/([^/]+)", path):
-            svc = find(m.group(1))
+            svc = find(m.group(1), "run.revisions.get")
             if isinstance(svc, JSONResponse):
                 return svc
             rev = svc.revisions.get(m.group(2))
@@ -102,6 +136,8 @@ def create_emulator_app(
                 return _error(404, "NOT_FOUND", f"Resource '{path}' was not found")
             return emulator.revision_json(rev)
         if re.fullmatch(r"projects/[^/]+/locations/[^/]+/operations/[^/]+", path):
+            if (denied := _forbidden(emulator, "run.operations.get", path)) is not None:
+                return denied
             op = emulator.operations.get(path)
             if op is None:
                 return _error(404, "NOT_FOUND", f"Operation '{path}' was not found")
@@ -110,6 +146,8 @@ def create_emulator_app(
 
     def list_services(parent: str, request: Request) -> Any:
         # services.list: every service under projects/P/locations/L, paged like revisions.
+        if (denied := _forbidden(emulator, "run.services.list", parent)) is not None:
+            return denied
         found = sorted(
             (s for s in emulator.services.values() if s.full_name.startswith(parent + "/")),
             key=lambda s: s.name,
@@ -133,7 +171,7 @@ def create_emulator_app(
             return answer
         if not re.fullmatch(svc_re, path):
             return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
-        svc = find(path)
+        svc = find(path, "run.services.update")
         if isinstance(svc, JSONResponse):
             return svc
         try:
@@ -144,10 +182,39 @@ def create_emulator_app(
             return _error(400, "INVALID_ARGUMENT", "request body must be a Service object")
         mask_raw = request.query_params.get("updateMask")
         mask = [p for p in mask_raw.split(",") if p] if mask_raw else None
-        if request.query_params.get("validateOnly") in ("true", "True", "1"):
-            return emulator.service_json(svc)
+        template_in = (
+            "template" in body
+            if mask is None
+            else any(p == "template" or p.startswith("template.") for p in mask)
+        )
+        if template_in:
+            # Deploying a revision runs it as its service account: the caller must actAs it.
+            denied = _forbidden(emulator, "iam.serviceAccounts.actAs", RUNTIME_SERVICE_ACCOUNT)
+            if denied is not None:
+                return denied
+        etag = str(body.get("etag") or "")
+        current = str(emulator.service_json(svc)["etag"])
+        if etag and etag != current:
+            return _error(
+                409,
+                "ABORTED",
+                f"The service '{svc.name}' was modified since it was read: the request's "
+                f"etag {etag} does not match the current etag {current}. Read the service "
+                "again and retry.",
+            )
+        from .emulator import RevisionExistsError
+
+        flag = ("true", "True", "1")
         try:
-            op = emulator.update_service(svc, body, mask)
+            op = emulator.update_service(
+                svc,
+                body,
+                mask,
+                force=request.query_params.get("forceNewRevision") in flag,
+                validate_only=request.query_params.get("validateOnly") in flag,
+            )
+        except RevisionExistsError as exc:
+            return _error(409, "ALREADY_EXISTS", str(exc))
         except ValueError as exc:
             return _error(400, "INVALID_ARGUMENT", str(exc))
         return emulator.operation_json(op)
@@ -160,6 +227,8 @@ def create_emulator_app(
             return _error(400, "INVALID_ARGUMENT", "request body is not valid JSON")
         if not isinstance(body, dict) or not body.get("resourceNames"):
             return _error(400, "INVALID_ARGUMENT", "resourceNames is required")
+        if (denied := _forbidden(emulator, "logging.logEntries.list", "")) is not None:
+            return denied
         try:
             return emulator.logs.query(
                 resource_names=body.get("resourceNames") or [],
@@ -239,7 +308,16 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
     def jobs_get(path: str, request: Request) -> Any:
         if re.fullmatch(r"projects/[^/]+/locations/[^/]+/operations/[^/]+", path):
             op = jobs.operations.get(path)
+            if op is not None and (no := _forbidden(emulator, "run.operations.get", path)):
+                return no
             return None if op is None else wire.job_operation_json(op.name, op.target)
+        for pattern, permission in (
+            (_JOB_RE, "run.jobs.get"),
+            (rf"{_JOB_RE}/executions/[^/]+", "run.executions.get"),
+            (rf"{_JOB_RE}/executions/[^/]+/tasks", "run.tasks.list"),
+        ):
+            if re.fullmatch(pattern, path) and (no := _forbidden(emulator, permission, path)):
+                return no
         if re.fullmatch(_JOB_RE, path):
             job = jobs.job(path)
             return not_found(path) if job is None else wire.job_json(job)
@@ -257,6 +335,12 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
         if not re.fullmatch(_JOB_RE, path):
             return None
         job = jobs.job(path)
+        permission = "run.jobs.update" if job is not None else "run.jobs.create"
+        if (no := _forbidden(emulator, permission, path)) is not None:
+            return no
+        # A job's tasks run as its service account: writing the job needs actAs on it.
+        if no := _forbidden(emulator, "iam.serviceAccounts.actAs", RUNTIME_SERVICE_ACCOUNT):
+            return no
         if job is None:
             if request.query_params.get("allowMissing") not in ("true", "True", "1"):
                 return not_found(path)
@@ -278,7 +362,16 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
         body = await _json_body(request)
         if isinstance(body, JSONResponse):
             return body
+        for pattern, permission in (
+            (r"projects/[^/]+/locations/[^/]+/jobs", "run.jobs.create"),
+            (rf"{_JOB_RE}:run", "run.jobs.run"),
+            (rf"{_JOB_RE}/executions/[^/]+:cancel", "run.executions.cancel"),
+        ):
+            if re.fullmatch(pattern, path) and (no := _forbidden(emulator, permission, path)):
+                return no
         if m := re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/jobs", path):
+            if no := _forbidden(emulator, "iam.serviceAccounts.actAs", RUNTIME_SERVICE_ACCOUNT):
+                return no
             try:
                 op = jobs.create_job(m.group(1), request.query_params.get("jobId", ""), body)
             except KeyError:

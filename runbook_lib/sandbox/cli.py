@@ -7,7 +7,15 @@ import os
 import sys
 
 from ..exceptions import SandboxError
-from .manager import DEFAULT_DEPLOY_IMAGE, DEFAULT_SERVING, down, status, up
+from .manager import (
+    DEFAULT_DEPLOY_IMAGE,
+    DEFAULT_SERVING,
+    DENY_ENV,
+    SERVICE_ENV,
+    down,
+    status,
+    up,
+)
 from .state import (
     DEFAULT_STATE_DIR,
     STATE_NAME,
@@ -53,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         "--env-file",
         default=None,
         help="environment file to write (default: the checkout's environments/local.toml)",
+    )
+    p.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="PERMISSION",
+        help="answer the calls that need this IAM permission with 403 PERMISSION_DENIED, "
+        "as Google does (repeatable; e.g. run.services.update, iam.serviceAccounts.actAs, "
+        "logging.logEntries.list, run.revisions.list)",
     )
     p.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--owner-started", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -109,6 +126,9 @@ def sandbox_main(argv: list[str]) -> int:
                 deploy_image=args.deploy_image or DEFAULT_DEPLOY_IMAGE,
                 owner_pid=args.owner_pid,
                 owner_started=args.owner_started,
+                deny=tuple(p for p in os.environ.get(DENY_ENV, "").split(",") if p),
+                # Rehearsing a long service name (Cloud Run's tag length rule counts it).
+                service=os.environ.get(SERVICE_ENV) or "backend",
             )
         )
     from ..interrupts import guard
@@ -118,9 +138,25 @@ def sandbox_main(argv: list[str]) -> int:
             # No reaping: the daemon is meant to outlive this command.
             with guard(reap=False):
                 before = read_state(args.state_dir)
-                info = up(args.serving, args.deploy_image, args.state_dir, args.env_file, note=_say)
+                env = {DENY_ENV: ",".join(args.deny)} if args.deny else None
+                info = up(
+                    args.serving,
+                    args.deploy_image,
+                    args.state_dir,
+                    args.env_file,
+                    env=env,
+                    note=_say,
+                )
             if before and before.get("pid") == info.pid:
                 print("sandbox already running; not starting a second one")
+                running = sorted((read_state(args.state_dir) or {}).get("deny") or [])
+                if args.deny and running != sorted(args.deny):
+                    print(
+                        f"error: it denies {', '.join(running) or 'nothing'}, not "
+                        f"{', '.join(args.deny)}: `runbook sandbox down` first",
+                        file=sys.stderr,
+                    )
+                    return 2
             _print_info(info)
             return 0
         if args.command == "down":

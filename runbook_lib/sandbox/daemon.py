@@ -71,6 +71,7 @@ class DaemonConfig:
         owner_started: that process's start time (``psutil`` ``create_time``), so that a
             recycled pid is never mistaken for the owner.
         owner_poll_s: how often the owner is checked.
+        deny: IAM permissions the emulator answers with 403 (``--deny``).
     """
 
     state_file: Path
@@ -83,6 +84,7 @@ class DaemonConfig:
     owner_pid: int = 0
     owner_started: float = 0.0
     owner_poll_s: float = 0.25
+    deny: tuple[str, ...] = ()
 
 
 async def _watch_owner(config: DaemonConfig, stop: asyncio.Event) -> None:
@@ -289,7 +291,9 @@ async def run_daemon(config: DaemonConfig) -> int:
 
     secret = secrets.token_urlsafe(32)
     supervisor = Supervisor(secret, config.start_timeout_s)
-    emulator = CloudRunEmulator(supervisor, project=config.project, region=config.region)
+    emulator = CloudRunEmulator(
+        supervisor, project=config.project, region=config.region, deny=config.deny
+    )
     svc = emulator.create_service(config.service, {})
 
     def choose() -> Upstream | None:
@@ -324,6 +328,7 @@ async def run_daemon(config: DaemonConfig) -> int:
                 "service": config.service,
                 "serving": config.serving,
                 "deploy_image": config.deploy_image,
+                "deny": sorted(config.deny),
                 "owner_pid": config.owner_pid,
                 "owner_started": config.owner_started,
                 "state_dir": str(config.state_file.parent),

@@ -36,6 +36,7 @@ from .wire import format_time, parse_time
 
 __all__ = [
     "CloudRunEmulator",
+    "RevisionExistsError",
     "RevisionRuntime",
     "RevisionStartError",
 ]
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ Cloud Run state
+
+
+class RevisionExistsError(ValueError):
+    """A revision of that name exists with another template (Google: 409)."""
 
 
 class RevisionStartError(Exception):
@@ -97,6 +102,8 @@ def _template_key(template: Mapping[str, Any]) -> str:
 
 # Cloud Run tags: DNS-label characters, as they become part of a host name.
 _TAG = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+# Cloud Run refuses a tag whose length plus the service name's exceeds this.
+TAG_AND_SERVICE_MAX = 46
 
 _INGRESS = {
     1: "INGRESS_TRAFFIC_ALL",
@@ -115,6 +122,8 @@ class CloudRunEmulator:
         region: location of every service.
         tag_listeners: serves revision tags on their own URLs (default: one
             loopback port per tag on 127.0.0.1).
+        deny: IAM permissions the caller lacks (``run.services.update``,
+            ``iam.serviceAccounts.actAs``...): the calls that need one answer 403.
     """
 
     def __init__(
@@ -124,8 +133,12 @@ class CloudRunEmulator:
         project: str,
         region: str,
         tag_listeners: TagListeners | None = None,
+        deny: Iterable[str] = (),
     ) -> None:
         self.runtime = runtime
+        # IAM permission names are case-insensitive in Google's answers
+        # ("iam.serviceaccounts.actAs"), so they are compared lowercased.
+        self.denied = {p.strip().lower() for p in deny if p.strip()}
         self.project = project
         self.region = region
         self.services: dict[str, ServiceState] = {}
@@ -234,14 +247,18 @@ class CloudRunEmulator:
         mask: Iterable[str] | None,
         *,
         force: bool = False,
+        validate_only: bool = False,
     ) -> OperationState:
         """Apply an UpdateService request; returns the (possibly still running) operation.
 
-        ``force`` creates a new revision even for an unchanged template (what
-        ``gcloud run deploy`` of the same image does).
+        ``force`` creates a new revision even for an unchanged template
+        (``forceNewRevision``); otherwise an unchanged template creates none.
+        ``validate_only`` runs every check and answers the service as it would
+        be, committing nothing (``validateOnly=true``).
 
         Raises:
-            ValueError: invalid request (bad image, traffic not summing to 100, unknown revision).
+            ValueError: invalid request (bad image, traffic not summing to 100, unknown
+                revision, a tag too long with the service name, a revision not ready).
         """
         paths = {p.strip() for p in mask} if mask is not None else None
 
@@ -260,7 +277,7 @@ class CloudRunEmulator:
             named = str(template.get("revision") or "")
             if named and named in svc.revisions:
                 if _template_key(template) != _template_key(svc.revisions[named].template):
-                    raise ValueError(
+                    raise RevisionExistsError(
                         f"Revision named {named!r} with different configuration already exists"
                     )
             elif force or named or _template_key(template) != _template_key(svc.template):
@@ -274,10 +291,26 @@ class CloudRunEmulator:
                 creating=new_template is not None,
                 new_name=str(new_template.get("revision") or "") if new_template else "",
             )
+        ingress = svc.ingress
         if wanted("ingress") and body.get("ingress"):
             raw = body["ingress"]
             # The REST transport sends enums as numbers (enum-encoding=int).
-            svc.ingress = _INGRESS.get(int(raw), str(raw)) if str(raw).isdigit() else str(raw)
+            ingress = _INGRESS.get(int(raw), str(raw)) if str(raw).isdigit() else str(raw)
+        if validate_only:
+            op = OperationState(
+                name=f"projects/{svc.project}/locations/{svc.region}/operations/{uuid.uuid4()}",
+                service=svc,
+                done=True,
+            )
+            would = self.service_json(svc)
+            if new_template is not None:
+                would["template"] = new_template
+            if new_traffic is not None:
+                would["traffic"] = new_traffic
+            would["ingress"] = ingress
+            op.response = would
+            return op
+        svc.ingress = ingress
 
         svc.generation += 1
         svc.update_time = datetime.now(UTC)
@@ -340,17 +373,27 @@ class CloudRunEmulator:
                 rev = str(t.get("revision", "")).rsplit("/", 1)[-1]
                 if rev not in svc.revisions and not (new_name and rev == new_name):
                     raise ValueError(f"Revision {rev!r} does not exist in service {svc.name!r}")
-                if percent and rev in svc.revisions and svc.revisions[rev].ready is False:
-                    raise ValueError(f"Revision {rev!r} is not ready and cannot serve traffic")
+                # A failed revision can carry neither traffic nor a tag (Cloud Run
+                # keeps the service not ready while any target names it).
+                if (percent or t.get("tag")) and rev in svc.revisions:
+                    if svc.revisions[rev].ready is False:
+                        raise ValueError(f"Revision '{rev}' is not ready and cannot serve traffic.")
                 entry["revision"] = rev
             elif kind != "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST":
                 raise ValueError(f"unknown traffic target type {kind!r}")
             if t.get("tag"):
                 tag = str(t["tag"])
-                if not _TAG.fullmatch(tag) or len(tag) > 46:
+                if not _TAG.fullmatch(tag):
                     raise ValueError(
                         f"tag {tag!r} is invalid: use lowercase letters, digits and hyphens, "
-                        "starting with a letter, at most 46 characters"
+                        "starting with a letter"
+                    )
+                if len(tag) + len(svc.name) > TAG_AND_SERVICE_MAX:
+                    # Google's wording (the tag becomes TAG---SERVICE in a host name).
+                    raise ValueError(
+                        f"traffic[].tag: traffic tag '{tag}' and service name '{svc.name}' "
+                        "together are too long. Combined traffic tag and service name cannot "
+                        f"exceed {TAG_AND_SERVICE_MAX} characters."
                     )
                 if tag in tags:
                     raise ValueError(f"tag {tag!r} is used by more than one traffic target")

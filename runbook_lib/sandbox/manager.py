@@ -74,6 +74,10 @@ DEFAULT_SERVING = "ws-routes-missing"
 DEFAULT_DEPLOY_IMAGE = "sandbox/backend:healthy"
 
 Note = Callable[[str], None]
+# Carries `sandbox up --deny` to the daemon (comma-separated IAM permissions).
+DENY_ENV = "SANDBOX_DENY"
+# The emulated service's name (default backend).
+SERVICE_ENV = "SANDBOX_SERVICE"
 
 
 def _on_force(hook: Callable[[], object]) -> Any:

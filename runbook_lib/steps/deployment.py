@@ -39,7 +39,7 @@ from .common import (
     step,
     table,
 )
-from .verification import VERIFY_TAG, ShareTimeline, gate_probe, probe_revision
+from .verification import ShareTimeline, gate_probe, probe_revision, verify_tag
 
 __all__ = ["deploy", "deploy_logs", "predeploy", "warmup"]
 
@@ -60,9 +60,11 @@ async def deploy(ctx: PhaseContext) -> StepReport:
 
     cfg = ctx.settings.cloudrun
     cr = cloudrun(ctx)
-    before = await cr.get_service()
+    # A split read mid-rollout (another deploy in flight) is transient: wait it out.
+    before = await cr.settled_service()
     previous = main_revision(before.serving_revisions) or before.latest_ready_revision
     strategy = deploy_strategy(ctx.settings)
+    tag = verify_tag(cfg.service)
     ctx.artifacts.update(
         previous_revision=previous,
         previous_split=dict(before.serving_revisions),
@@ -73,9 +75,12 @@ async def deploy(ctx: PhaseContext) -> StepReport:
     plan: Any
     if cfg.deploy_image:
         plan = await cr.deploy_plan(  # type: ignore[attr-defined]
-            cfg.deploy_image, no_traffic=shifted, tag=VERIFY_TAG if shifted else ""
+            cfg.deploy_image, no_traffic=shifted, tag=tag if shifted else ""
         )
         request, gcloud = plan.request, plan.gcloud
+        if not ctx.approved:
+            # Google checks the planned request (validateOnly) and commits nothing.
+            ctx.artifacts["deploy_validation"] = await cr.validate(plan)  # type: ignore[attr-defined]
     else:
         plan = request = {"command": cfg.deploy_command}
         gcloud = cfg.deploy_command
@@ -83,9 +88,11 @@ async def deploy(ctx: PhaseContext) -> StepReport:
     if not ctx.approved:
         steps = list(shift_steps(ctx.settings)) if shifted else []
         rep = dry_run(ctx, step_ids("deploy"), plan, gcloud, "deploy")
+        if validation := ctx.artifacts.get("deploy_validation"):
+            rep.note += f" {validation}."
         if steps:
             rep.note += (
-                f" Approved, the new revision gets 0 % and the tag {VERIFY_TAG!r}, is verified "
+                f" Approved, the new revision gets 0 % and the tag {tag!r}, is verified "
                 f"on the tag URL, then takes {', '.join(f'{p} %' for p in steps)} of traffic "
                 "with a gate after each step."
             )
@@ -94,10 +101,14 @@ async def deploy(ctx: PhaseContext) -> StepReport:
     started = datetime.now(UTC)
     ctx.artifacts.update(dry_run=False, deploy_started_at=started.isoformat())
     if shifted:
-        return await _verify_then_shift(ctx, plan, before.serving_revisions, previous, mutation)
+        return await _verify_then_shift(
+            ctx, plan, before.serving_revisions, previous, mutation, tag
+        )
     done: OperationView | CommandObservation
     if cfg.deploy_image:
-        done = outcome = await cr.deploy(cfg.deploy_image)
+        # Named up front (the dry run showed the name): always a new revision, so a fix
+        # pushed under the same image tag is rolled out, not skipped.
+        done = outcome = await cr.deploy(cfg.deploy_image, revision_name=_revision_of(plan))
         mutation.done(
             operation=outcome.name,
             revision=outcome.revision,
@@ -132,6 +143,7 @@ async def _verify_then_shift(
     previous_split: dict[str, int],
     previous: str | None,
     mutation: Any,
+    tag: str,
 ) -> StepReport:
     """Deploy with no traffic and a tag, verify on the tag URL, then shift with gates."""
     from ..plots import plot_traffic_share
@@ -141,9 +153,7 @@ async def _verify_then_shift(
     image = ctx.settings.cloudrun.deploy_image
     timeline = ShareTimeline()
     timeline.add(previous_split, "before the deploy")
-    outcome = await cr.deploy(
-        image, no_traffic=True, tag=VERIFY_TAG, revision_name=_revision_of(plan)
-    )
+    outcome = await cr.deploy(image, no_traffic=True, tag=tag, revision_name=_revision_of(plan))
     mutation.done(
         operation=outcome.name,
         revision=outcome.revision,
@@ -217,8 +227,9 @@ async def _verify_then_shift(
             gate_rows.append((pct, passed, words))
             if not passed:
                 timeline.samples[-1] = (*timeline.samples[-1][:2], f"step {pct} %: gate failed")
-    if new:
-        await _untag(cr)
+    # Also after a failed deploy: a tag left on a revision that is not ready keeps the
+    # service not ready on Cloud Run and makes every later write repeating it fail.
+    await _untag(cr, tag)
     end = await cr.get_service()
     final = end.serving_revisions
     record = ShiftRecord(
@@ -256,7 +267,7 @@ async def _verify_then_shift(
         table=table(rows),
         figure=fig,
         note=f"previous split: {previous_split}; deployed revision: {outcome.revision} "
-        f"(verify-then-shift, tag {VERIFY_TAG!r} removed afterwards)",
+        f"(verify-then-shift, tag {tag!r} removed afterwards)",
     )
 
 
@@ -278,12 +289,13 @@ async def _restore(cr: Any, split: Mapping[str, int], timeline: ShareTimeline) -
     return True
 
 
-async def _untag(cr: Any) -> None:
+async def _untag(cr: Any, tag: str) -> None:
     """Remove the verification tag (a failure is logged: the tag serves 0 % anyway)."""
     try:
-        await cr.untag(VERIFY_TAG)
+        if tag in (await cr.get_service()).tagged_revisions:
+            await cr.untag(tag)
     except CloudRunError as exc:
-        log.warning("could not remove the tag %s: %s", VERIFY_TAG, exc)
+        log.warning("could not remove the tag %s: %s", tag, exc)
 
 
 @step

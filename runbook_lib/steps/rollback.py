@@ -33,7 +33,7 @@ from .common import (
     table,
     token_errors,
 )
-from .verification import VERIFY_TAG, probe_revision
+from .verification import probe_revision, verify_tag
 
 if TYPE_CHECKING:
     from ..cloudrun import CloudRun
@@ -50,8 +50,9 @@ async def rollback_target(ctx: PhaseContext, rollback_to: str = "") -> StepRepor
     from ..rollback_rule import gather_evidence
 
     cr = cloudrun(ctx)
-    svc = await cr.get_service()
-    revisions = await cr.list_revisions(limit=50)
+    # Mid-rollout the split is transient; then every revision (all pages, by createTime).
+    svc = await cr.settled_service()
+    revisions = await cr.list_revisions()
     serving = svc.serving_revisions
     current = main_revision(serving) or svc.latest_ready_revision
     ev = gather_evidence(ctx.run_dir, ctx.settings.name)
@@ -150,22 +151,36 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
     ctx.artifacts["rollback_moved"] = False
     if ctx.artifacts.get("rollback_rule") == RULE_ALREADY_SERVING:
         return await _already_serving(ctx, str(target))
-    plans = [
-        await cr.tag_plan(target, VERIFY_TAG),  # type: ignore[attr-defined]
-        await cr.split_plan({target: 100}),  # type: ignore[attr-defined]
-        await cr.untag_plan(VERIFY_TAG),  # type: ignore[attr-defined]
-    ]
+    tag = verify_tag(ctx.settings.cloudrun.service)
+    try:
+        plans = [
+            await cr.tag_plan(target, tag),  # type: ignore[attr-defined]
+            await cr.split_plan({target: 100}),  # type: ignore[attr-defined]
+            await cr.untag_plan(tag),  # type: ignore[attr-defined]
+        ]
+    except CloudRunError as exc:  # e.g. no tag fits beside this service name
+        why = f"its verification cannot be planned ({exc}). "
+        return report(
+            [
+                judge_target_verified(
+                    {}, revision=target, url="", refusal=why + _refusal(ctx, target, current)
+                ),
+                judge_traffic_moved(target, None, {}),
+            ]
+        )
     gcloud = plans[1].gcloud
     if not ctx.approved:
         rep = dry_run(ctx, ids, plans, gcloud, "tag, verify and move traffic")
+        # Google checks the tag request (validateOnly) and commits nothing.
+        rep.note += f" Tag request: {await cr.validate(plans[0])}."  # type: ignore[attr-defined]
         rep.note += (
-            f" Approved: {target} is tagged {VERIFY_TAG!r} at 0 %, probed on its tag URL "
+            f" Approved: {target} is tagged {tag!r} at 0 %, probed on its tag URL "
             "(health, WebSocket upgrade, round trip), and only then given 100 %."
         )
         return rep
     mutation = ctx.claim_mutation("rollback")
     try:
-        tag_url = await cr.tag_revision(target, VERIFY_TAG)
+        tag_url = await cr.tag_revision(target, tag)
     except CloudRunError as exc:
         mutation.done(succeeded=False, error=str(exc))
         return report(
@@ -189,7 +204,7 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
     ]
     results: list[CheckResult] = [verified]
     if not verified.ok:
-        serving = await _untag(ctx, cr)
+        serving = await _untag(ctx, cr, tag)
         mutation.done(succeeded=False, error=f"{target} failed verification; traffic not moved")
         why = f"{target} failed its verification on the tag URL (rollback.target_verified)"
         results.append(judge_traffic_moved(target, None, serving, gcloud, why_not=why))
@@ -197,12 +212,12 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
     try:
         outcome = await cr.set_traffic_split({target: 100})
     except CloudRunError as exc:
-        serving = await _untag(ctx, cr)
+        serving = await _untag(ctx, cr, tag)
         mutation.done(succeeded=False, error=str(exc))
         why = f"the traffic update failed ({exc}). Run: {gcloud}"
         results.append(judge_traffic_moved(target, None, serving, gcloud, why_not=why))
         return report(results, table=table(rows))
-    serving = await _untag(ctx, cr)
+    serving = await _untag(ctx, cr, tag)
     mutation.done(operation=outcome.name, revision=target, succeeded=outcome.succeeded)
     moved = judge_traffic_moved(target, outcome, serving, gcloud)
     if moved.ok:
@@ -240,13 +255,13 @@ async def _already_serving(ctx: PhaseContext, target: str) -> StepReport:
     return report([verified, moved], table=table(rows))
 
 
-async def _untag(ctx: PhaseContext, cr: CloudRun) -> dict[str, int]:
+async def _untag(ctx: PhaseContext, cr: CloudRun, tag: str) -> dict[str, int]:
     """Remove the verification tag (a failure is logged: the tag serves 0 % anyway); return
     the split serving now. The tags left are recorded (``tags_after``)."""
     try:
-        await cr.untag(VERIFY_TAG)
+        await cr.untag(tag)
     except CloudRunError as exc:
-        log.warning("could not remove the tag %s: %s", VERIFY_TAG, exc)
+        log.warning("could not remove the tag %s: %s", tag, exc)
     svc = await cr.get_service()
     ctx.artifacts["tags_after"] = dict(svc.tag_urls)
     return dict(svc.serving_revisions)

@@ -64,7 +64,8 @@ async def service_status(ctx: PhaseContext) -> StepReport:
     cr = cloudrun(ctx)
     try:
         svc = await cr.get_service()
-        revisions = await cr.list_revisions(limit=10)
+        # All of them: the order is by createTime only once every page is read.
+        revisions = await cr.list_revisions()
     except CloudRunError as exc:
         detail = f"could not read the service: {exc}. Check [cloudrun] project/region/service and credentials."
         return report([Verdict(i).error(detail) for i in step_ids("service_status")])
@@ -85,7 +86,8 @@ async def service_status(ctx: PhaseContext) -> StepReport:
             "created": r.create_time.isoformat(timespec="seconds") if r.create_time else "",
             "message": r.ready_message,
         }
-        for r in revisions
+        for i, r in enumerate(revisions)
+        if i < 10 or r.name in serving  # the newest ten, and every serving one
     ]
     return report(results, table=table(rows), note=f"Service URL: {svc.uri}")
 

@@ -20,16 +20,34 @@ from ..checks import (
     judge_ws_roundtrip,
     judge_ws_upgrade,
 )
+from ..cloudrun_plans import fitting_tag
 from ..context import PhaseContext
 from ..results import CheckResult
 from ..settings import TargetSettings
 from .common import applies, connect_auth
 
-__all__ = ["VERIFY_TAG", "ShareTimeline", "gate_probe", "probe_revision", "tag_target"]
+__all__ = [
+    "VERIFY_TAG",
+    "ShareTimeline",
+    "gate_probe",
+    "probe_revision",
+    "tag_target",
+    "verify_tag",
+]
 
 # The tag a revision gets while it is verified (removed afterwards; a left-over one from
 # an interrupted run is simply moved, Cloud Run allows one target per tag).
 VERIFY_TAG = "runbook-verify"
+# Shorter fallbacks: Cloud Run limits tag + service name to 46 characters, so a service
+# name over 32 characters cannot carry VERIFY_TAG (one report has tags under 3 refused).
+_SHORT_TAGS = (VERIFY_TAG, "rbv")
+
+
+def verify_tag(service: str) -> str:
+    """The verification tag for ``service``: ``runbook-verify``, else ``rbv`` when the
+    service name is too long for it. When neither fits (a name over 43 characters),
+    ``runbook-verify``, whose plan is then refused with the reason."""
+    return fitting_tag(service, _SHORT_TAGS) or VERIFY_TAG
 
 
 def tag_target(target: TargetSettings, url: str) -> TargetSettings:
