@@ -17,13 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runbook_lib.sandbox.emulator import (
-    CloudRunEmulator,
-    RevisionStartError,
-    RevisionState,
-    ServiceState,
-    create_emulator_app,
-)
+from runbook_lib.sandbox.api import create_emulator_app
+from runbook_lib.sandbox.emulator import CloudRunEmulator, RevisionStartError
+from runbook_lib.sandbox.resources import RevisionState, ServiceState
 from runbook_lib.settings import Settings, settings_from_dict
 from tests.asgi_server import served
 

@@ -238,10 +238,11 @@ def test_sandbox_up_deny_answers_403_until_down(tmp_path: Any, capsys: Any) -> N
     import httpx
 
     from runbook_lib.sandbox import manager
+    from runbook_lib.sandbox.cli import sandbox_main
 
     state, env = str(tmp_path / "state"), str(tmp_path / "local.toml")
     deny = ["--deny", "run.services.update", "--deny", "logging.logEntries.list"]
-    assert manager.sandbox_main(["up", *deny, "--state-dir", state, "--env-file", env]) == 0
+    assert sandbox_main(["up", *deny, "--state-dir", state, "--env-file", env]) == 0
     try:
         info = manager.status(state)
         assert info is not None
@@ -253,10 +254,10 @@ def test_sandbox_up_deny_answers_403_until_down(tmp_path: Any, capsys: Any) -> N
         assert "Permission 'run.services.update' denied" in answer.json()["error"]["message"]
         # A running sandbox that denies something else is not silently reused.
         other = ["up", "--deny", "run.revisions.list", "--state-dir", state, "--env-file", env]
-        assert manager.sandbox_main(other) == 2
+        assert sandbox_main(other) == 2
         assert "denies logging.logEntries.list, run.services.update" in capsys.readouterr().err
     finally:
-        manager.sandbox_main(["down", "--state-dir", state])
+        sandbox_main(["down", "--state-dir", state])
 
 
 async def test_writing_a_job_needs_act_as_on_its_service_account() -> None:
