@@ -252,11 +252,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     rec = outcome.recommendation
-    print(
-        f"verdict: {outcome.verdict.upper()}  (exit {outcome.exit_code}, {outcome.elapsed_s:.1f} s)"
-    )
     target = f" to {rec.target_revision}" if rec.target_revision else ""
-    print(f"recommendation: {rec.action}{target}: {rec.reason}")
     if not outcome.safe_to_share:
         print(
             f"NOT SAFE TO SHARE: the secret scan found secret material; see "
@@ -265,7 +261,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     print(f"run folder: {outcome.run_dir}")
     print(f"front page: {outcome.run_dir / 'index.html'}")
+    print(f"recommendation: {rec.action}{target}: {rec.reason}")
+    # Last, so a CI log ends with the verdict and how much of the catalog it rests on.
+    print(
+        f"verdict: {_verdict_words(outcome.run_dir, outcome.verdict)}  "
+        f"(exit {outcome.exit_code}, {outcome.elapsed_s:.1f} s)"
+    )
     return outcome.exit_code
+
+
+def _verdict_words(run_dir: Path, verdict: str) -> str:
+    """``PASS: 19 judged, 20 not applicable`` from the sealed record (the bare verdict
+    when the record cannot be read)."""
+    from .reports import verdict_line
+
+    try:
+        results = json.loads((run_dir / manifest.RESULTS).read_text(encoding="utf-8"))
+        return verdict_line({**results, "verdict": verdict})
+    except (OSError, ValueError, KeyError, TypeError):
+        return verdict.upper()
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -17,8 +17,16 @@ from xml.etree import ElementTree as ET
 from .manifest import UNSAFE_MARKER
 from .phases import PHASES
 from .redaction import redact
+from .verdict import Coverage
 
-__all__ = ["write_index", "write_junit", "write_reports", "write_summary"]
+__all__ = [
+    "coverage_of",
+    "verdict_line",
+    "write_index",
+    "write_junit",
+    "write_reports",
+    "write_summary",
+]
 
 
 def write_reports(results: Mapping[str, Any], run_dir: Path) -> None:
@@ -84,6 +92,29 @@ def _md(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def coverage_of(results: Mapping[str, Any]) -> Coverage:
+    """The run's coverage: ``results.json``'s ``coverage``, else counted from its checks."""
+    cov = results.get("coverage")
+    if isinstance(cov, Mapping):
+        return Coverage(
+            int(cov.get("judged", 0)),
+            int(cov.get("skipped", 0)),
+            int(cov.get("not_applicable", 0)),
+        )
+    superseded = set(results.get("superseded_phases") or [])
+    declared = set((results.get("configuration") or {}).get("not_applicable") or {})
+    counted = [c for c in results.get("checks") or [] if c.get("phase") not in superseded]
+    skipped = [c for c in counted if c.get("status") == "skip"]
+    return Coverage(
+        len(counted) - len(skipped), len(skipped), sum(1 for c in skipped if c["id"] in declared)
+    )
+
+
+def verdict_line(results: Mapping[str, Any]) -> str:
+    """``PASS: 19 judged, 20 not applicable``: the verdict and what it rests on."""
+    return f"{str(results['verdict']).upper()}: {coverage_of(results).words}"
+
+
 def _duration(results: Mapping[str, Any]) -> str:
     try:
         a = datetime.fromisoformat(results["started_at"])
@@ -130,6 +161,9 @@ def write_summary(results: Mapping[str, Any], path: Path) -> None:
     rec = results["recommendation"]
     lines = [
         f"# Runbook run {results['run_id']}: verdict **{results['verdict'].upper()}**",
+        "",
+        f"Verdict: **{verdict_line(results)}** (checks skipped for declared absence, "
+        "missing configuration or a dry run prove nothing either way).",
         "",
         f"- Environment: `{results['environment']}`",
         f"- Started: {results['started_at']}; finished: {results['finished_at']} "
@@ -263,7 +297,7 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         f"<p>Environment <code>{e(results['environment'])}</code>, started "
         f"{e(results['started_at'])}, finished {e(results['finished_at'])} "
         f"({e(_duration(results))}).</p>",
-        f"<div class='verdict {e(verdict)}'>Verdict: {e(verdict.upper())}</div>",
+        f"<div class='verdict {e(verdict)}'>Verdict: {e(verdict_line(results))}</div>",
     ]
     if not results.get("safe_to_share", True):
         parts.append(

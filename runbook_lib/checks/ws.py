@@ -82,6 +82,7 @@ def judge_ws_routes_probe(
     data["causes"] = {path: key for path, (key, _) in causes.items()}
     if len(keys) == 1:
         data["cause"] = keys[0]
+        data["cause_words"] = next(iter(causes.values()))[1]
     four04 = [p.path for p in bad if p.status == 404]
     if health is not None and health.status == 200 and four04:
         key, words = causes[four04[0]]
