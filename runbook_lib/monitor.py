@@ -30,6 +30,14 @@ def _answered(obs: Any) -> bool:
     return bool(obs.pong) if hasattr(obs, "pong") else bool(obs.completed)
 
 
+def _ping_error(obs: Any) -> str | None:
+    """Why the ping flow failed, in its own words (an error frame quoted), else None."""
+    if _answered(obs):
+        return None
+    detail = getattr(obs, "stop_detail", "")
+    return str(detail) if detail else None
+
+
 async def _no_health() -> HttpObservation:
     return HttpObservation(url="", status=None, latency_s=0.0, error="not configured")
 
@@ -46,6 +54,7 @@ async def observe_monitor(
     ping_flow: Flow | None = None,
     client: httpx.AsyncClient | None = None,
     timeout_s: float = 5.0,
+    reply_timeout_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> MonitorObservation:
@@ -55,7 +64,8 @@ async def observe_monitor(
     ping round trip when ``ping`` and a ``protocol`` are given, or the ``ping_flow``
     conversation: the ``load`` flow, as ``ws.roundtrip`` runs it). ``health_url`` None (the
     service has no health route) samples the WebSocket side only: the tick's health
-    fields are None with the error ``not configured``.
+    fields are None with the error ``not configured``. ``reply_timeout_s`` bounds each
+    expect step of the ping flow that has no ``timeout_s`` (None: the flow's one default).
     """
     own = client is None
     http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
@@ -81,7 +91,8 @@ async def observe_monitor(
                     protocol or ProtocolSettings(),
                     auth=auth,
                     open_timeout_s=timeout_s,
-                    step_timeout_s=timeout_s,
+                    # The ping's reply deadline is the flow's, as in ws.roundtrip.
+                    step_timeout_s=reply_timeout_s,
                     linger_s=0.0,
                 )
             )
@@ -104,6 +115,7 @@ async def observe_monitor(
             ws_error=hs.error,
             ws_upgraded=hs.upgraded,
             ping_ok=_answered(got[2]) if len(got) > 2 else None,
+            ping_error=_ping_error(got[2]) if len(got) > 2 else None,
         )
 
     # Samples start on schedule whatever each one takes (every sample is bounded by

@@ -442,6 +442,7 @@ class MonitorTick:
     ws_error: str | None
     ws_upgraded: bool
     ping_ok: bool | None = None
+    ping_error: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -455,6 +456,7 @@ class MonitorTick:
             "ws_error": self.ws_error,
             "ws_upgraded": self.ws_upgraded,
             "ping_ok": self.ping_ok,
+            "ping_error": self.ping_error,
         }
 
 

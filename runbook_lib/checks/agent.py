@@ -34,7 +34,14 @@ from ..flows import FlowObservation
 from ..observations import AgentRunObservation, ConnectOutcome, IsolationObservation
 from ..protocol import has_path
 from ..results import CheckResult
-from .causes import UNREADABLE, Verdict, connect_failure_words, ended_words, run_failure
+from .causes import (
+    UNREADABLE,
+    Verdict,
+    connect_failure_words,
+    ended_words,
+    flow_drop,
+    run_failure,
+)
 
 __all__ = [
     "as_agent_run",
@@ -140,6 +147,8 @@ def flow_failure(obs: FlowObservation) -> str | None:
         bad = [f.frame for f in obs.frames if str(f.kind) in UNREADABLE]
         if bad:
             why += ". " + ended_words("timeout", None, bad)
+    elif (drop := flow_drop(obs)) is not None:
+        why += f" ({drop[1]})"
     elif obs.close_code is not None and obs.stop_reason in ("closed", "send_failed"):
         why += f" ({ended_words('server_closed', obs.close_code)})"
     return why

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..flows import FlowObservation
 from ..observations import (
     AgentRunObservation,
     ConnectOutcome,
@@ -45,6 +46,7 @@ __all__ = [
     "explain_close",
     "explain_http_status",
     "explain_status",
+    "flow_drop",
     "http_failure",
     "kind_words",
     "run_cause",
@@ -418,6 +420,27 @@ def diagnose_drop(
             if request_timeout_s
             else explain_close(1006)
         )
+    )
+
+
+def flow_drop(
+    obs: FlowObservation, request_timeout_s: float | None = None
+) -> tuple[str, str] | None:
+    """:func:`diagnose_drop` for a flow whose socket the server dropped (None when the flow
+    did not end by the server closing it)."""
+    if (
+        not obs.connected
+        or obs.closed_s is None
+        or obs.stop_reason not in ("closed", "send_failed")
+    ):
+        return None
+    last = obs.last_send_before(obs.closed_s)
+    return diagnose_drop(
+        lifetime_s=obs.closed_s,
+        close_code=obs.close_code,
+        sent_at_s=None if last is None else last.started_s,
+        sent=("" if last is None else last.description.removeprefix("send ")),
+        request_timeout_s=request_timeout_s,
     )
 
 

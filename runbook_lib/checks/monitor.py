@@ -128,7 +128,7 @@ def judge_monitor_ws_failure_rate(
     cause = (
         explain_status(first.ws_status)
         if first.ws_status and first.ws_status != 101
-        else (first.ws_error or "ping unanswered")
+        else (first.ws_error or first.ping_error or "ping unanswered")
     )
     return v.fail(
         f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed ({', '.join(kinds)}): {cause}",

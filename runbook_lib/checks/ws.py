@@ -27,6 +27,7 @@ from .causes import (
     ended_words,
     explain_close,
     explain_status,
+    flow_drop,
     upgrade_words,
 )
 
@@ -171,14 +172,21 @@ def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
             observed=round(obs.response_s, 4),
             data=data,
         )
-    detail = f"no pong: {obs.stop_detail}"
-    if obs.close_code is not None:
+    answered = obs.stop_reason == "error_frame"
+    # An error frame is an answer, not a missing pong: quote it.
+    detail = f"{'answered with an error' if answered else 'no pong'}: {obs.stop_detail}"
+    if (drop := flow_drop(obs)) is not None:
+        detail += f" ({drop[1]})"
+        data["cause"] = drop[0]
+    elif obs.close_code is not None:
         detail += f" (close {obs.close_code}: {explain_close(obs.close_code)})"
     bad = [f.frame for f in obs.frames if str(f.kind) in UNREADABLE]
     if bad and obs.stop_reason == "timeout":
         # The server did answer, with frames the flow cannot read: say what they were.
         detail += ". " + ended_words("timeout", None, bad)
-    return v.fail(detail, observed=obs.stop_reason or "incomplete", data=data)
+    return v.fail(
+        detail, observed="error frame" if answered else obs.stop_reason or "incomplete", data=data
+    )
 
 
 def judge_auth_ws_authenticated(

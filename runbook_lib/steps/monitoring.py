@@ -29,7 +29,7 @@ __all__ = ["hold", "log_errors", "monitor"]
 @step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
-    from ..flows import resolve_flow
+    from ..flows import reply_timeout_s, resolve_flow
     from ..monitor import observe_monitor
     from ..plots import plot_monitor
 
@@ -49,6 +49,7 @@ async def monitor(ctx: PhaseContext) -> StepReport:
         # (ws.roundtrip declared) is not failed for not answering one.
         ping_flow=resolve_flow(ctx.settings, "load") if applies(ctx, "ws.roundtrip") else None,
         timeout_s=ctx.settings.timeouts.connect_s,
+        reply_timeout_s=reply_timeout_s(ctx.settings),
     )
     n = th.monitor_min_samples
     results = [
