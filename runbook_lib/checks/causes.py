@@ -492,14 +492,14 @@ def run_cause(result: CheckResult) -> RunCause | None:
     if result.ok or result.data.get("cause") not in CARRIED_CAUSES:
         return None
     statuses = {
-        p.get("status")
+        int(p["status"])
         for p in result.data.get("probes") or []
-        if isinstance(p, Mapping) and p.get("status") not in (None, 101)
+        if isinstance(p, Mapping) and isinstance(p.get("status"), int) and p["status"] != 101
     }
     words = result.data.get("cause_words")
     if len(statuses) != 1 or not isinstance(words, str):
         return None
-    return RunCause(str(result.data["cause"]), int(next(iter(statuses))), words)
+    return RunCause(str(result.data["cause"]), next(iter(statuses)), words)
 
 
 def carry_cause(result: CheckResult, cause: RunCause | None) -> CheckResult:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..observations import (
     AuthObservation,
@@ -157,7 +157,7 @@ def judge_ws_roundtrip(
 
 
 def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
-    data = {"flow": obs.to_record()}
+    data: dict[str, Any] = {"flow": obs.to_record()}
     if not obs.connected:
         words = (
             f"upgrade refused with HTTP {obs.status}: {explain_status(obs.status)}"
