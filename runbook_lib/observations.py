@@ -414,6 +414,9 @@ class HoldObservation:
         pings_sent: application pings sent during the hold.
         pongs: pongs received.
         frames: frames received.
+        last_send_s: when the last ping before the end went out (seconds after open;
+            None when none was sent).
+        last_sent: that ping, as sent (an excerpt).
     """
 
     url: str
@@ -427,6 +430,8 @@ class HoldObservation:
     pings_sent: int = 0
     pongs: int = 0
     frames: int = 0
+    last_send_s: float | None = None
+    last_sent: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -535,3 +535,17 @@ def test_a_second_seal_of_one_run_does_not_link_to_itself(tmp_path: Path) -> Non
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["previous_manifest"]["run_id"] == first.name
     assert evidence.verify_run(run).ok
+
+
+def test_coverage_is_in_the_record_summary_and_front_page(tmp_path: Path) -> None:
+    """A PASS says how many checks it judged and how many were skipped; a phase that
+    skipped every check is skip in results.json."""
+    run = evidence.create_run_dir(tmp_path, "test")
+    _phase(run, 3, [("ws.upgrade", "pass"), ("ws.health", "skip")])
+    _phase(run, 5, [("auth.config", "skip"), ("chat.flow", "skip")])
+    _finalize(run, _outcomes(3, 5))
+    doc = json.loads((run / "results.json").read_text())
+    assert doc["coverage"] == {"judged": 2, "skipped": 3, "not_applicable": 0}
+    assert {p["phase"]: p["status"] for p in doc["phases"]} == {3: "pass", 5: "skip"}
+    assert "PASS: 2 judged, 3 skipped" in (run / "summary.md").read_text()
+    assert "Verdict: PASS: 2 judged, 3 skipped" in (run / "index.html").read_text()

@@ -285,3 +285,29 @@ def test_the_recommended_target_is_never_a_revision_the_run_saw_failing() -> Non
                   rollback_target="rev-0")  # fmt: skip
     j8 = judge({2: p2, 5: p5, 6: broken}, [*outs[1:], _out(6, "fail")])
     assert j8.recommendation.target_revision is None and not j8.rollback_pending
+
+
+def test_a_phase_whose_checks_were_all_skipped_is_skip_not_pass() -> None:
+    """Coverage is part of the verdict: a phase that judged nothing did not pass."""
+    from runbook_lib.verdict import phase_status
+
+    skipped = _rec(5, ("auth.config", "skip"), ("chat.flow", "skip"))
+    assert phase_status(skipped.checks) == "skip"
+    assert settle(_out(5), skipped).status == "skip"
+    j = judge({5: skipped, 3: _rec(3, ("ws.upgrade", "pass"))}, [_out(3), _out(5)])
+    assert {o.phase: o.status for o in j.phases} == {3: "pass", 5: "skip"}
+    assert j.verdict == "pass"
+    # one judged check is enough to be judged
+    assert phase_status(_rec(5, ("auth.config", "skip"), ("chat.flow", "warn")).checks) == "pass"
+
+
+def test_coverage_counts_judged_and_skipped_checks() -> None:
+    from runbook_lib.verdict import coverage
+
+    checks = [CheckResult(f"c{i}", 3, s) for i, s in enumerate(["pass"] * 19 + ["skip"] * 20)]
+    assert coverage(checks).words == "19 judged, 20 skipped"
+    declared = {f"c{i}" for i in range(19, 39)}
+    assert coverage(checks, declared).words == "19 judged, 20 not applicable"
+    assert coverage(checks, set(list(declared)[:12])).words == (
+        "19 judged, 20 skipped (12 declared not applicable)"
+    )

@@ -17,6 +17,7 @@ from .common import (
     connect_auth,
     evidence_scope,
     log_step,
+    previous_phase_artifact,
     report,
     step,
     table,
@@ -98,7 +99,13 @@ async def hold(ctx: PhaseContext) -> StepReport:
         "pings": obs.pings_sent,
         "pongs": obs.pongs,
     }
-    return report([judge_monitor_hold(obs)], table=table([row]))
+    timeout = ctx.artifacts.get("request_timeout_s") or previous_phase_artifact(
+        ctx, 1, "request_timeout_s"
+    )
+    return report(
+        [judge_monitor_hold(obs, request_timeout_s=float(timeout) if timeout else None)],
+        table=table([row]),
+    )
 
 
 @step
