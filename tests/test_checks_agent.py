@@ -276,7 +276,11 @@ def test_events_order_needs_two_configured_types() -> None:
     assert judge_events_order(back, critical=three).status is Status.FAIL
     short = run_of(("run_started", "token"))
     r = judge_events_order(short, critical=three)
-    assert r.status is Status.FAIL and "run_finished never arrived" in r.detail and "out of order" not in r.detail
+    assert (
+        r.status is Status.FAIL
+        and "run_finished never arrived" in r.detail
+        and "out of order" not in r.detail
+    )
 
 
 def test_critical_delivered_is_judged_on_evidence() -> None:
