@@ -287,12 +287,12 @@ def write_summary(results: Mapping[str, Any], path: Path) -> None:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
 .verdict{padding:.6em 1em;border-radius:6px;font-size:1.4em;color:#fff}
 .pass{background:#2e7d32}.fail{background:#c62828}.error{background:#6a1b9a}
 table{border-collapse:collapse;width:100%;font-size:.9em;margin:.5em 0 1.5em}
 td,th{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
-td.t{overflow-wrap:anywhere}td.k,th{white-space:nowrap}td.k code{white-space:nowrap}
+td.t{overflow-wrap:anywhere}td.k,th{white-space:nowrap}td.k{width:1%}
 tr.s-fail{background:#f8d7da}tr.s-error{background:#f5c6cb}tr.s-warn{background:#fff3cd}
 tr.s-skip{background:#eee}tr.s-before{color:#777}
 img{max-width:100%;box-sizing:border-box;border:1px solid #eee;margin:.5em 0}
