@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 
+from .checks.causes import flow_drop
 from .flow_runner import run_flow
-from .flows import Flow
+from .flows import Flow, FlowObservation
 from .handshake import observe_handshake, with_subprotocols
 from .http_checks import observe_get
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
@@ -35,7 +36,12 @@ def _ping_error(obs: Any) -> str | None:
     if _answered(obs):
         return None
     detail = getattr(obs, "stop_detail", "")
-    return str(detail) if detail else None
+    if not detail:
+        return None
+    if isinstance(obs, FlowObservation) and (drop := flow_drop(obs)) is not None:
+        # The tick keeps words only: diagnose the drop by its timing while it is known.
+        return f"{detail} ({drop[1]})"
+    return str(detail)
 
 
 async def _no_health() -> HttpObservation:

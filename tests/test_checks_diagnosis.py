@@ -68,6 +68,12 @@ async def test_socket_dropped_at_once_after_accept_is_the_handler_not_a_timeout(
     assert rt.status is Status.FAIL and rt.data["cause"] == "handler_failed", rt.detail
     assert "--timeout" not in rt.detail and "handler fails" in rt.detail
 
+    mon = await observe_monitor(
+        None, url, window_s=0.1, interval_s=0.1, protocol=P, ping_flow=FLOWS["load"]
+    )
+    m = judge_monitor_ws_failure_rate(mon, max_rate=0.01, min_samples=1)
+    assert m.status is Status.FAIL and "handler fails" in m.detail, m.detail
+
 
 @pytest.mark.slow
 async def test_drop_right_after_the_runbooks_own_frame_is_a_protocol_mismatch(
