@@ -409,10 +409,19 @@ def recommend(
         )
     # A diagnosis that redeploying cannot fix is named (phase 1's refused upgrades).
     causes = {c.data.get("cause") for c in counted if c.status in _BAD}
+    # One cause per run: the one the upgrade checks diagnosed, in their words.
+    diagnosed = next(
+        (
+            str(c.data["cause_words"])
+            for c in counted
+            if c.status in _BAD and isinstance(c.data.get("cause_words"), str)
+        ),
+        "",
+    )
     fix = (
-        NO_WS_IMPLEMENTATION
-        if "no_ws_implementation" in causes
-        else "fix the cause before deploying"
+        diagnosed
+        or (NO_WS_IMPLEMENTATION if "no_ws_implementation" in causes else "")
+        or "fix the cause before deploying"
     )
     return Recommendation(
         "hold",

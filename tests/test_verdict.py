@@ -311,3 +311,17 @@ def test_coverage_counts_judged_and_skipped_checks() -> None:
     assert coverage(checks, set(list(declared)[:12])).words == (
         "19 judged, 20 skipped (12 declared not applicable)"
     )
+
+
+def test_hold_without_deploy_names_the_diagnosed_cause() -> None:
+    """The recommendation says the cause the upgrade checks diagnosed, not a generic text."""
+    from runbook_lib.verdict import recommend
+
+    probe = CheckResult(
+        "ws.routes_probe",
+        1,
+        Status.FAIL,
+        data={"cause": "no_ws_implementation", "cause_words": "install websockets in the image"},
+    )
+    rec = recommend([probe], {1: PhaseRecord(1, (probe,))}, [_out(1, "fail")])
+    assert rec.action == "hold" and rec.reason.endswith("install websockets in the image")
