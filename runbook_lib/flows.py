@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from .settings import ProtocolSettings, Settings
 
 __all__ = [
-    "DEFAULT_REPLY_TIMEOUT_S",
     "FLOW_NAMES",
     "Flow",
     "FlowFrame",
@@ -62,9 +61,7 @@ __all__ = [
     "match_step",
     "new_marker",
     "render_step",
-    "reply_timeout_s",
     "resolve_flow",
-    "step_deadline_s",
 ]
 
 # The flows the checks run, by name. Users may define others; these are the ones read.
