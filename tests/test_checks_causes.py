@@ -296,6 +296,19 @@ def test_missing_websocket_library_is_named_for_any_refusal_status(status, evide
             '\'{"type": "ping"}\'',
             "--timeout",
         ),
+        # the same ping went through before: not what the service cannot read
+        (
+            {
+                "lifetime_s": 3.05,
+                "close_code": 1006,
+                "sent_at_s": 3.0,
+                "sent": "ping",
+                "sent_before": True,
+            },
+            "abrupt",
+            "request timeout",
+            "protocol mismatch",
+        ),
         # both at once: either reading, the frame named, never a timeout
         (
             {"lifetime_s": 0.03, "close_code": None, "sent_at_s": 0.01, "sent": "hello"},

@@ -357,6 +357,7 @@ def diagnose_drop(
     sent_at_s: float | None = None,
     sent: str = "",
     request_timeout_s: float | None = None,
+    sent_before: bool = False,
 ) -> tuple[str, str]:
     """Why an accepted socket was dropped, from its timing (SPEC: diagnosis fits the evidence).
 
@@ -367,6 +368,8 @@ def diagnose_drop(
             the accept; None when it sent nothing).
         sent: that frame (a template or an excerpt), named in the words.
         request_timeout_s: the service's configured request timeout, when known.
+        sent_before: the same frame had already gone through earlier on this socket (a
+            repeated ping): then it is not what the service cannot read.
 
     Returns:
         ``(cause, words)``: ``handler_failed``, ``protocol_mismatch``, ``request_timeout``
@@ -387,7 +390,7 @@ def diagnose_drop(
         )
     since_send = None if sent_at_s is None else max(lifetime_s - sent_at_s, 0.0)
     frame = f" {sent[:80]!r}" if sent else ""
-    if since_send is not None and since_send <= AT_ONCE_S:
+    if since_send is not None and since_send <= AT_ONCE_S and not sent_before:
         if sent_at_s is not None and sent_at_s >= AT_ONCE_S:
             return "protocol_mismatch", (
                 f"the socket was {how} {since_send:.2f}s after the runbook sent its frame"

@@ -238,6 +238,7 @@ def judge_monitor_hold(
         sent_at_s=hold.last_send_s,
         sent=hold.last_sent,
         request_timeout_s=request_timeout_s,
+        sent_before=hold.pings_sent > 1,
     )
     return v.fail(
         f"the socket ended after {hold.ended_at_s:.1f}s of "
