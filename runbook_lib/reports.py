@@ -109,6 +109,11 @@ def _headline(results: Mapping[str, Any]) -> str:
     )
     if done:
         return f"ROLLED BACK{to}"
+    phase6 = (results.get("artifacts") or {}).get("6") or {}
+    if rec["action"] == "rollback" and phase6.get("rollback_rule") == "already-serving":
+        # verify-then-shift already returned to the split from before the deploy.
+        back = f" (revision `{target}`)" if target else ""
+        return f"TRAFFIC ALREADY BACK on what served before the deploy{back}"
     return f"Recommendation: {str(rec['action']).upper()}{to}"
 
 

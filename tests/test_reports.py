@@ -140,3 +140,15 @@ def test_summary_cuts_long_details_between_words(tmp_path: Path) -> None:
         if "…" in line and "the source" in line:
             before = line.split("…")[0]
             assert before.endswith(" "), before[-40:]
+
+
+def test_headline_when_the_deploy_already_restored_the_split() -> None:
+    from runbook_lib.reports import _headline
+
+    doc = {
+        "recommendation": {"action": "rollback", "target_revision": "rev-1"},
+        "artifacts": {"6": {"rollback_rule": "already-serving"}},
+    }
+    assert (
+        _headline(doc) == "TRAFFIC ALREADY BACK on what served before the deploy (revision `rev-1`)"
+    )
