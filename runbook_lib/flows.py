@@ -280,11 +280,6 @@ def reply_timeout_s(settings: Any = None) -> float:
     return float(thresholds.event_timeout_s) if thresholds is not None else DEFAULT_REPLY_TIMEOUT_S
 
 
-def step_deadline_s(step: FlowStep, settings: Any = None) -> float:
-    """How long ``step`` waits for its reply: its ``timeout_s``, else :func:`reply_timeout_s`."""
-    return step.timeout_s if step.timeout_s is not None else reply_timeout_s(settings)
-
-
 # ---------------------------------------------------------------- default flows
 
 

@@ -73,15 +73,14 @@ async def load_test(ctx: PhaseContext) -> StepReport:
     """Open N concurrent sessions (connect, the load flow's round trips, close); judge
     success and p95. The load flow (``[flows.load]``, default ping -> pong) must be one
     send and one expect step: anything else is ``error`` naming the flow."""
-    from ..flows import flow_values, load_round_trip, resolve_flow, step_deadline_s
+    from ..flows import flow_values, load_round_trip, reply_timeout_s, resolve_flow
     from ..load import LoadPlan, run_load
     from ..plots import plot_load_latency
 
     th, p, to = ctx.settings.thresholds, ctx.settings.protocol, ctx.settings.timeouts
-    flow = resolve_flow(ctx.settings, "load")
     try:
         trip = load_round_trip(
-            flow,
+            resolve_flow(ctx.settings, "load"),
             flow_values(user_id=ctx.settings.auth.default_user, text="runbook load"),
         )
     except ValueError as exc:
@@ -109,8 +108,9 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         headers=auth.headers,
         subprotocols=tuple(dict.fromkeys((*p.subprotocols, *auth.subprotocols))),
         connect_timeout_s=to.connect_s,
-        # The reply deadline of the flow's expect step, as in ws.roundtrip and monitoring.
-        message_timeout_s=step_deadline_s(flow.steps[-1], ctx.settings),
+        # The one reply deadline of a flow step without its own timeout_s, as in
+        # ws.roundtrip and the monitoring pings.
+        message_timeout_s=reply_timeout_s(ctx.settings),
         deadline_s=max(60.0, to.operation_s),
     )
     if ctx.settings.load.engine == "cloudrun-job":  # issue 13: fan out as a Cloud Run Job
