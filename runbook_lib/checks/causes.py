@@ -359,7 +359,7 @@ def diagnose_drop(
     request_timeout_s: float | None = None,
     sent_before: bool = False,
 ) -> tuple[str, str]:
-    """Why an accepted socket was dropped, from its timing (SPEC: diagnosis fits the evidence).
+    """Why an accepted socket was dropped, from its timing and the runbook's own frames.
 
     Args:
         lifetime_s: seconds from the accept to the drop.
@@ -372,8 +372,9 @@ def diagnose_drop(
             repeated ping): then it is not what the service cannot read.
 
     Returns:
-        ``(cause, words)``: ``handler_failed``, ``protocol_mismatch``, ``request_timeout``
-        or ``close`` (the close code's own meaning), and the cause in words.
+        ``(cause, words)``: ``handler_failed``, ``protocol_mismatch``, ``request_timeout``,
+        ``abrupt`` (a later drop, not at the request timeout) or ``close`` (the close
+        code's own meaning), and the cause in words.
     """
     if close_code not in _TIMED_CLOSES:
         return "close", explain_close(close_code)
