@@ -252,11 +252,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     rec = outcome.recommendation
-    print(
-        f"verdict: {outcome.verdict.upper()}  (exit {outcome.exit_code}, {outcome.elapsed_s:.1f} s)"
-    )
     target = f" to {rec.target_revision}" if rec.target_revision else ""
-    print(f"recommendation: {rec.action}{target}: {rec.reason}")
     if not outcome.safe_to_share:
         print(
             f"NOT SAFE TO SHARE: the secret scan found secret material; see "
@@ -265,7 +261,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     print(f"run folder: {outcome.run_dir}")
     print(f"front page: {outcome.run_dir / 'index.html'}")
+    print(f"recommendation: {rec.action}{target}: {rec.reason}")
+    # Last, so a CI log ends with the verdict and how much of the catalog it rests on.
+    print(
+        f"verdict: {_verdict_words(outcome.run_dir, outcome.verdict)}  "
+        f"(exit {outcome.exit_code}, {outcome.elapsed_s:.1f} s)"
+    )
     return outcome.exit_code
+
+
+def _verdict_words(run_dir: Path, verdict: str) -> str:
+    """``PASS: 19 judged, 20 not applicable`` from the sealed record (the bare verdict
+    when the record cannot be read)."""
+    from .reports import verdict_line
+
+    try:
+        results = json.loads((run_dir / manifest.RESULTS).read_text(encoding="utf-8"))
+        return verdict_line({**results, "verdict": verdict})
+    except (OSError, ValueError, KeyError, TypeError):
+        return verdict.upper()
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -352,11 +366,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
         for d in cmp.superseded_changes:
             print(f"  {d.id:34} {d.status_a or '-':>6} -> {d.status_b or '-'}")
-    print(f"\nnumeric observations ({len(cmp.numeric)}), B - A, largest change first:")
-    for d in cmp.numeric:
+    changed = [d for d in cmp.numeric if d.delta is not None and d.delta * d.scale != 0]
+    print(
+        f"\nnumeric observations that changed ({len(changed)} of {len(cmp.numeric)}), B - A, "
+        "largest relative change first:"
+    )
+    for d in changed:
         unit = f" {d.unit}" if d.unit else ""
-        delta = f"{d.delta:+.4g}{unit}" if d.delta is not None else ""
-        print(f"  {d.id:34} {_fmt(d.observed_a):>10} -> {_fmt(d.observed_b):>10}{unit}  ({delta})")
+        shown_a, shown_b = (
+            _fmt(v * d.scale if isinstance(v, (int, float)) else v)
+            for v in (d.observed_a, d.observed_b)
+        )
+        delta = f"{(d.delta or 0) * d.scale:+.4g}{' pp' if d.scale != 1 else unit}"
+        rel = f", {d.relative:+.0%}" if d.relative is not None else ""
+        print(f"  {d.id:34} {shown_a:>10} -> {shown_b:>10}{unit}  ({delta}{rel})")
+    if len(changed) < len(cmp.numeric):
+        print(f"  ({len(cmp.numeric) - len(changed)} unchanged not shown; --json lists all)")
     print("\nphase durations:")
     for phase, a, b in cmp.phase_durations:
         delta = f"({b - a:+.1f} s)" if a is not None and b is not None else ""

@@ -47,6 +47,20 @@ class CheckDelta:
     superseded: bool = False
 
     @property
+    def scale(self) -> float:
+        """Display factor: rates observed as fractions (0..1) are shown in %."""
+        values = [
+            abs(v) for v in (_number(self.observed_a), _number(self.observed_b)) if v is not None
+        ]
+        return 100.0 if self.unit == "%" and values and max(values) <= 1.0 else 1.0
+
+    @property
+    def relative(self) -> float | None:
+        """``delta / |observed_a|`` (None when A is 0 or not a number): the sort key."""
+        a = _number(self.observed_a)
+        return None if self.delta is None or not a else self.delta / abs(a)
+
+    @property
     def regression(self) -> bool:
         """``pass`` in A became ``fail`` or ``error`` in B (superseded findings excluded)."""
         return not self.superseded and self.status_a == "pass" and self.status_b in _BAD
@@ -117,19 +131,46 @@ def _number(value: Any) -> float | None:
 
 _UNIT = re.compile(r"(?<![A-Za-z])(ms|s|%|frames?|events?|sessions?)(?![A-Za-z])")
 
+# What the catalog's checks observe when they observe a number. Rates are fractions
+# (shown as %); counts and exit codes have no unit (never seconds).
+_SECONDS = frozenset(
+    {
+        "http.latency",
+        "ws.roundtrip",
+        "e2e.agent_response",
+        "chat.flow",
+        "events.latency",
+        "load.latency_p95",
+        "monitor.avg_response",
+        "monitor.hold",
+        "tests.duration",
+        "health.ready_within",
+        "ws.health_ready_within",
+        "rollback.smoke",
+    }
+)
+_RATES = frozenset(
+    {"load.success_rate", "isolation.sessions", "monitor.uptime", "monitor.ws_failure_rate"}
+)
+_COUNTS = ("tests.", "predeploy.", "evidence.", "health.no_5xx", "load.no_server", "monitor.ws_404")
+
 
 def unit_of(check: dict[str, Any] | None) -> str:
-    """The unit of a check's numeric observation: from its threshold text, else its id."""
+    """The unit of a check's numeric observation: the catalog's, else its threshold text."""
     if not check:
+        return ""
+    cid = str(check.get("id", ""))
+    if cid in _SECONDS:
+        return "s"
+    if cid in _RATES:
+        return "%"
+    if cid.startswith(_COUNTS):
         return ""
     threshold = check.get("threshold")
     if isinstance(threshold, str):
         m = _UNIT.search(threshold)
         if m:
             return m.group(1)
-    cid = str(check.get("id", ""))
-    if any(w in cid for w in ("latency", "duration", "ready_within", "warmup", "_s")):
-        return "s"
     return ""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks.catalog import applicability
+from .checks.causes import RunCause, carry_cause, run_cause
 from .exceptions import ApprovalRequired, ConfigError
 from .phases import PHASES, phase_file
 from .redaction import redact, redact_obj
@@ -114,13 +115,38 @@ class PhaseContext:
         A check the environment declares not applicable is recorded ``skip`` with the
         user's reason, whatever the step produced (SPEC section 8).
         """
-        report.results = [_applicable(r, self.settings) for r in report.results]
+        cause = self.run_cause()
+        report.results = [carry_cause(_applicable(r, self.settings), cause) for r in report.results]
+        for r in report.results:
+            found = run_cause(r)
+            if found is not None:
+                self.artifacts["ws_cause"] = found.to_record()
         ids = {r.id for r in report.results}
         self.results = [r for r in self.results if r.id not in ids] + list(report.results)
         if report.figure is not None:
             self.save_figure(report.figure, _slug(report.title))
         self.persist()
         return report
+
+    def run_cause(self) -> RunCause | None:
+        """The cause of refused upgrades this run diagnosed: this phase's, else phase 3's,
+        else phase 1's unless a deploy since then changed what serves."""
+        own = RunCause.from_record(self.artifacts.get("ws_cause"))
+        if own is not None or self.run_dir is None:
+            return own
+        for phase in (3, 1):
+            if phase >= self.phase:
+                continue
+            if (
+                phase == 1
+                and self.phase > 2
+                and _artifacts(self.run_dir, 2).get("dry_run") is False
+            ):
+                return None
+            found = RunCause.from_record(_artifacts(self.run_dir, phase).get("ws_cause"))
+            if found is not None:
+                return found
+        return None
 
     def save_figure(self, fig: Any, name: str) -> str | None:
         """Save a matplotlib figure as ``figures/pNN-<name>.png`` in the run folder."""
@@ -219,6 +245,16 @@ def open_phase(
     ctx = PhaseContext(phase=phase, settings=settings, run_dir=rd, approve=approve)
     ctx.persist()
     return ctx
+
+
+def _artifacts(run_dir: Path, phase: int) -> dict[str, Any]:
+    """The artifacts another phase of the run persisted ({} when absent or unreadable)."""
+    try:
+        doc = json.loads(phase_file(run_dir, phase).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    artifacts = doc.get("artifacts") if isinstance(doc, dict) else None
+    return artifacts if isinstance(artifacts, dict) else {}
 
 
 def _applicable(result: CheckResult, settings: Settings) -> CheckResult:

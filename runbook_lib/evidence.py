@@ -44,6 +44,7 @@ from .results import RESULT_COLUMNS_PUBLIC, CheckResult, Recommendation, Status
 from .verdict import (
     PhaseOutcome,
     PhaseRecord,
+    coverage,
     judge,
     rollback_command,
 )
@@ -198,7 +199,8 @@ def build_results(
 
     Extra top-level keys: ``superseded_phases`` (phase 1 when a deploy ran), ``failed_checks``,
     ``safe_to_share``, ``artifacts``, ``figures``, ``mutations``, ``configuration``,
-    ``notes``, ``rollback_pending`` (``{"target_revision", "command"}`` when a rollback is
+    ``notes``, ``coverage`` (``{"judged", "skipped", "not_applicable"}`` over the counted
+    checks), ``rollback_pending`` (``{"target_revision", "command"}`` when a rollback is
     recommended but traffic was not moved, else null) and, for a run stopped by a
     signal, ``interrupted``.
     """
@@ -230,6 +232,7 @@ def build_results(
         "started_at": started_at,
         "finished_at": finished_at,
         "verdict": j.verdict,
+        "coverage": coverage(j.counted, ctx.not_applicable).to_record(),
         "phases": [o.to_record() for o in j.phases],
         "checks": [{k: c.to_record()[k] for k in RESULT_COLUMNS_PUBLIC} for c in j.checks],
         "recommendation": {

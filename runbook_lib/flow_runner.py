@@ -60,6 +60,7 @@ from .flows import (
     match_step,
     new_marker,
     render_step,
+    reply_timeout_s,
     resolve_flow,
 )
 from .protocol import MAX_PARSE_BYTES, Frame, frame_text, parse_frame
@@ -195,7 +196,7 @@ async def run_flow(
         headers: extra request headers.
         open_timeout_s: bound on the connect (default ``[timeouts] connect_s`` or 5 s).
         step_timeout_s: bound on an expect step without its own ``timeout_s`` (default
-            ``[thresholds] event_timeout_s`` or 30 s).
+            the one reply deadline, :func:`~runbook_lib.flows.reply_timeout_s`).
         send_timeout_s: bound on each send (default ``[timeouts] read_s`` or 10 s).
         linger_s: after the last step, keep reading this long (late or leaked frames).
         other_markers: the other simulated users' markers: a frame carrying one is foreign.
@@ -204,13 +205,12 @@ async def run_flow(
     """
     protocol = _protocol(settings)
     timeouts = getattr(settings, "timeouts", None)
-    thresholds = getattr(settings, "thresholds", None)
     if open_timeout_s is None:
         open_timeout_s = timeouts.connect_s if timeouts is not None else 5.0
     if send_timeout_s is None:
         send_timeout_s = timeouts.read_s if timeouts is not None else 10.0
     if step_timeout_s is None:
-        step_timeout_s = thresholds.event_timeout_s if thresholds is not None else 30.0
+        step_timeout_s = reply_timeout_s(settings)
     if subprotocols is None:
         subprotocols = protocol.subprotocols
     vals = dict(values or {})
@@ -264,6 +264,7 @@ async def run_flow(
         stop_reason=session.stop_reason,
         close_code=session.close_code,
         close_reason=session.close_reason,
+        closed_s=session.closed_s,
         duration_s=time.perf_counter() - start,
         values=session.values,
     )
@@ -294,6 +295,7 @@ class _Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed_words = ""
+        self.closed_s: float | None = None
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -328,6 +330,8 @@ class _Session:
 
     def _closed(self, exc: ConnectionClosed) -> None:
         self.close_code, self.close_reason, self.closed_words = _ending(exc)
+        if self.closed_s is None:
+            self.closed_s = self.now()
 
     async def run(
         self, flow: Flow, step_timeout_s: float, send_timeout_s: float, linger_s: float

@@ -84,7 +84,8 @@ class FlowStep:
             or by ``[protocol] event_patterns`` (text).
         capture: name -> dotted path (JSON) or regex group name (with ``expect_pattern``);
             the captured value is usable as ``{name}`` in later steps.
-        timeout_s: how long an expect step waits; ``None`` = the check's own default.
+        timeout_s: how long an expect step waits; ``None`` = the one default,
+            :func:`reply_timeout_s` (``[thresholds] event_timeout_s``).
     """
 
     send: str | Mapping[str, Any] | None = None
@@ -266,6 +267,20 @@ def match_step(
     return captured
 
 
+# ---------------------------------------------------------------- reply deadlines
+
+# Without settings (a bare ProtocolSettings), the seed's 30 s.
+DEFAULT_REPLY_TIMEOUT_S = 30.0
+
+
+def reply_timeout_s(settings: Any = None) -> float:
+    """The one reply deadline of an expect step that has no ``timeout_s`` of its own:
+    ``[thresholds] event_timeout_s`` (default 30 s), in every check that runs a flow
+    (``ws.roundtrip``, ``load.*``, the monitoring pings, agent, chat, isolation)."""
+    thresholds = getattr(settings, "thresholds", None)
+    return float(thresholds.event_timeout_s) if thresholds is not None else DEFAULT_REPLY_TIMEOUT_S
+
+
 # ---------------------------------------------------------------- default flows
 
 
@@ -274,28 +289,22 @@ def default_flows(
 ) -> dict[str, Flow]:
     """The seed's flows, derived from ``[protocol]`` and the thresholds.
 
-    * ``agent``: send ``agent_request``, expect the last critical event within
-      ``event_timeout_s`` (``"*"``, any event, when no critical event is configured);
+    * ``agent``: send ``agent_request``, expect the last critical event (``"*"``, any
+      event, when no critical event is configured);
     * ``chat``: the same with ``chat_message``;
     * ``load``: send ``ping``, expect a pong (``pong_types`` for JSON, ``pong_pattern``
-      for text) within the read timeout;
+      for text);
     * ``isolation``: as ``agent``.
     """
     protocol = cast("ProtocolSettings", getattr(settings, "protocol", settings))
-    if event_timeout_s is None:
-        thresholds = getattr(settings, "thresholds", None)
-        event_timeout_s = thresholds.event_timeout_s if thresholds is not None else 30.0
-    timeouts = getattr(settings, "timeouts", None)
-    read_s = timeouts.read_s if timeouts is not None else 10.0
+    # The default flows' expect steps carry no deadline of their own: every check that
+    # runs them waits the one default (reply_timeout_s), unless a caller names another.
     final = protocol.critical_events[-1] if protocol.critical_events else "*"
     done = FlowStep(expect_event=final, timeout_s=event_timeout_s)
     if protocol.format == "text" and protocol.pong_pattern:
-        pong = FlowStep(expect_pattern=protocol.pong_pattern, timeout_s=read_s)
+        pong = FlowStep(expect_pattern=protocol.pong_pattern)
     else:
-        pong = FlowStep(
-            expect_event=protocol.pong_types[0] if protocol.pong_types else "pong",
-            timeout_s=read_s,
-        )
+        pong = FlowStep(expect_event=protocol.pong_types[0] if protocol.pong_types else "pong")
     agent = Flow("agent", (FlowStep(send=protocol.agent_request), done))
     return {
         "agent": agent,
@@ -515,6 +524,8 @@ class FlowObservation:
             ``error_frame`` ('' when completed).
         close_code: close code when the server ended the socket.
         close_reason: its reason.
+        closed_s: when the server's close (or the drop) was seen, seconds since the
+            connect completed (None when the runbook closed the socket itself).
         duration_s: connect start -> end of the observation.
         values: the placeholder values used (marker, ids, captures; no secrets).
     """
@@ -538,8 +549,16 @@ class FlowObservation:
     stop_reason: str = ""
     close_code: int | None = None
     close_reason: str = ""
+    closed_s: float | None = None
     duration_s: float = 0.0
     values: Mapping[str, str] = field(default_factory=dict)
+
+    def last_send_before(self, t: float) -> StepOutcome | None:
+        """The last send step that went out at or before ``t`` (None if none did)."""
+        sent = [
+            s for s in self.steps if s.kind == "send" and s.outcome == "sent" and s.started_s <= t
+        ]
+        return sent[-1] if sent else None
 
     @property
     def completed(self) -> bool:
@@ -619,6 +638,7 @@ class FlowObservation:
             "stop_reason": self.stop_reason,
             "stop_detail": self.stop_detail,
             "close_code": self.close_code,
+            "closed_s": None if self.closed_s is None else round(self.closed_s, 4),
             "frames": len(self.frames),
             "foreign_frames": len(self.foreign_frames),
             "response_s": None if self.response_s is None else round(self.response_s, 4),

@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 
+from .checks.causes import flow_drop
 from .flow_runner import run_flow
-from .flows import Flow
+from .flows import Flow, FlowObservation
 from .handshake import observe_handshake, with_subprotocols
 from .http_checks import observe_get
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
@@ -22,6 +23,16 @@ from .protocol import ProtocolSettings
 from .tokens import ConnectAuth
 
 __all__ = ["observe_monitor"]
+
+
+def _ping_error(obs: FlowObservation) -> str | None:
+    """Why the ping flow failed, in its own words (an error frame quoted), else None."""
+    if obs.completed or not obs.stop_detail:
+        return None
+    if (drop := flow_drop(obs)) is not None:
+        # The tick keeps words only: diagnose the drop by its timing while it is known.
+        return f"{obs.stop_detail} ({drop[1]})"
+    return str(obs.stop_detail)
 
 
 async def _no_health() -> HttpObservation:
@@ -39,6 +50,7 @@ async def observe_monitor(
     ping_flow: Flow | None = None,
     client: httpx.AsyncClient | None = None,
     timeout_s: float = 5.0,
+    reply_timeout_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> MonitorObservation:
@@ -47,7 +59,8 @@ async def observe_monitor(
     Each tick runs a health GET and a raw WebSocket handshake concurrently (plus the
     ``ping_flow`` conversation when given: the ``load`` flow, as ``ws.roundtrip`` runs it). ``health_url`` None (the
     service has no health route) samples the WebSocket side only: the tick's health
-    fields are None with the error ``not configured``.
+    fields are None with the error ``not configured``. ``reply_timeout_s`` bounds each
+    expect step of the ping flow that has no ``timeout_s`` (None: the flow's one default).
     """
     own = client is None
     http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
@@ -73,7 +86,8 @@ async def observe_monitor(
                     protocol or ProtocolSettings(),
                     auth=auth,
                     open_timeout_s=timeout_s,
-                    step_timeout_s=timeout_s,
+                    # The ping's reply deadline is the flow's, as in ws.roundtrip.
+                    step_timeout_s=reply_timeout_s,
                     linger_s=0.0,
                 )
             )
@@ -90,6 +104,7 @@ async def observe_monitor(
             ws_error=hs.error,
             ws_upgraded=hs.upgraded,
             ping_ok=got[2].completed if len(got) > 2 else None,
+            ping_error=_ping_error(got[2]) if len(got) > 2 else None,
         )
 
     # Samples start on schedule whatever each one takes (every sample is bounded by

@@ -280,6 +280,9 @@ class HoldObservation:
         pings_sent: application pings sent during the hold.
         pongs: pongs received.
         frames: frames received.
+        last_send_s: when the last ping before the end went out (seconds after open;
+            None when none was sent).
+        last_sent: that ping, as sent (an excerpt).
     """
 
     url: str
@@ -293,6 +296,8 @@ class HoldObservation:
     pings_sent: int = 0
     pongs: int = 0
     frames: int = 0
+    last_send_s: float | None = None
+    last_sent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +313,7 @@ class MonitorTick:
     ws_error: str | None
     ws_upgraded: bool
     ping_ok: bool | None = None
+    ping_error: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -321,6 +327,7 @@ class MonitorTick:
             "ws_error": self.ws_error,
             "ws_upgraded": self.ws_upgraded,
             "ping_ok": self.ping_ok,
+            "ping_error": self.ping_error,
         }
 
 

@@ -17,8 +17,16 @@ from xml.etree import ElementTree as ET
 from .manifest import UNSAFE_MARKER
 from .phases import PHASES
 from .redaction import redact
+from .verdict import Coverage
 
-__all__ = ["write_index", "write_junit", "write_reports", "write_summary"]
+__all__ = [
+    "coverage_of",
+    "verdict_line",
+    "write_index",
+    "write_junit",
+    "write_reports",
+    "write_summary",
+]
 
 
 def write_reports(results: Mapping[str, Any], run_dir: Path) -> None:
@@ -81,7 +89,55 @@ def write_junit(results: Mapping[str, Any], path: Path) -> None:
 def _md(value: Any, limit: int = 160) -> str:
     text = "" if value is None else (value if isinstance(value, str) else json.dumps(value))
     text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    # Cut between words, never inside one (a cause cut mid-word reads as another word).
+    head = text[: limit - 1]
+    cut = head.rsplit(" ", 1)[0] if " " in head[limit // 2 :] else head
+    return cut.rstrip(" ,;:") + " …"
+
+
+def _headline(results: Mapping[str, Any]) -> str:
+    """``Recommendation: ROLLBACK to revision X``, or ``ROLLED BACK to revision X`` once
+    this run moved the traffic (the markdown form; the caller escapes for HTML)."""
+    rec = results["recommendation"]
+    target = rec.get("target_revision")
+    to = f" to revision `{target}`" if target else ""
+    done = rec["action"] == "rollback" and any(
+        m.get("key") == "rollback" and m.get("state") == "done"
+        for m in results.get("mutations") or []
+    )
+    if done:
+        return f"ROLLED BACK{to}"
+    phase6 = (results.get("artifacts") or {}).get("6") or {}
+    if rec["action"] == "rollback" and phase6.get("rollback_rule") == "already-serving":
+        # verify-then-shift already returned to the split from before the deploy.
+        back = f" (revision `{target}`)" if target else ""
+        return f"TRAFFIC ALREADY BACK on what served before the deploy{back}"
+    return f"Recommendation: {str(rec['action']).upper()}{to}"
+
+
+def coverage_of(results: Mapping[str, Any]) -> Coverage:
+    """The run's coverage: ``results.json``'s ``coverage``, else counted from its checks."""
+    cov = results.get("coverage")
+    if isinstance(cov, Mapping):
+        return Coverage(
+            int(cov.get("judged", 0)),
+            int(cov.get("skipped", 0)),
+            int(cov.get("not_applicable", 0)),
+        )
+    superseded = set(results.get("superseded_phases") or [])
+    declared = set((results.get("configuration") or {}).get("not_applicable") or {})
+    counted = [c for c in results.get("checks") or [] if c.get("phase") not in superseded]
+    skipped = [c for c in counted if c.get("status") == "skip"]
+    return Coverage(
+        len(counted) - len(skipped), len(skipped), sum(1 for c in skipped if c["id"] in declared)
+    )
+
+
+def verdict_line(results: Mapping[str, Any]) -> str:
+    """``PASS: 19 judged, 20 not applicable``: the verdict and what it rests on."""
+    return f"{str(results['verdict']).upper()}: {coverage_of(results).words}"
 
 
 def _duration(results: Mapping[str, Any]) -> str:
@@ -131,12 +187,14 @@ def write_summary(results: Mapping[str, Any], path: Path) -> None:
     lines = [
         f"# Runbook run {results['run_id']}: verdict **{results['verdict'].upper()}**",
         "",
+        f"Verdict: **{verdict_line(results)}** (checks skipped for declared absence, "
+        "missing configuration or a dry run prove nothing either way).",
+        "",
         f"- Environment: `{results['environment']}`",
         f"- Started: {results['started_at']}; finished: {results['finished_at']} "
         f"({_duration(results)})",
         "",
-        f"## Recommendation: {rec['action'].upper()}"
-        + (f" to revision `{rec['target_revision']}`" if rec.get("target_revision") else ""),
+        f"## {_headline(results)}",
         "",
         rec["reason"],
         "",
@@ -213,7 +271,7 @@ def write_summary(results: Mapping[str, Any], path: Path) -> None:
             "| check | before | detail |",
             "|---|---|---|",
         ]
-        lines += [f"| `{c['id']}` | {c['status']} | {_md(c['detail'])} |" for c in before]
+        lines += [f"| `{c['id']}` | {c['status']} | {_md(c['detail'], 600)} |" for c in before]
     lines += [
         "",
         "## All checks",
@@ -234,14 +292,15 @@ def write_summary(results: Mapping[str, Any], path: Path) -> None:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
 .verdict{padding:.6em 1em;border-radius:6px;font-size:1.4em;color:#fff}
 .pass{background:#2e7d32}.fail{background:#c62828}.error{background:#6a1b9a}
 table{border-collapse:collapse;width:100%;font-size:.9em;margin:.5em 0 1.5em}
-td,th{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+td,th{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
+td.t{overflow-wrap:anywhere}td.k,th{white-space:nowrap}td.k{width:1%}
 tr.s-fail{background:#f8d7da}tr.s-error{background:#f5c6cb}tr.s-warn{background:#fff3cd}
 tr.s-skip{background:#eee}tr.s-before{color:#777}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+img{max-width:100%;box-sizing:border-box;border:1px solid #eee;margin:.5em 0}
 .unsafe{background:#000;color:#ff5252;padding:1em;font-weight:bold}
 .pending{border:3px solid #e65100;padding:.2em 1em;margin:1em 0}
 .interrupted{background:#e65100}
@@ -263,19 +322,17 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         f"<p>Environment <code>{e(results['environment'])}</code>, started "
         f"{e(results['started_at'])}, finished {e(results['finished_at'])} "
         f"({e(_duration(results))}).</p>",
-        f"<div class='verdict {e(verdict)}'>Verdict: {e(verdict.upper())}</div>",
+        f"<div class='verdict {e(verdict)}'>Verdict: {e(verdict_line(results))}</div>",
     ]
     if not results.get("safe_to_share", True):
         parts.append(
             f"<p class='unsafe'>NOT SAFE TO SHARE: the final secret scan found secret "
             f"material in this folder (see {UNSAFE_MARKER}).</p>"
         )
-    target = rec.get("target_revision")
-    parts.append(
-        f"<h2>Recommendation: {e(rec['action'].upper())}"
-        + (f" to revision <code>{e(target)}</code>" if target else "")
-        + f"</h2><p>{e(rec['reason'])}</p>"
-    )
+    head = e(_headline(results)).split("`")
+    # The markdown headline's `revision` becomes <code>revision</code>.
+    head_html = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(head))
+    parts.append(f"<h2>{head_html}</h2><p>{e(rec['reason'])}</p>")
     pending = results.get("rollback_pending")
     if pending:
         parts.append(
@@ -308,10 +365,11 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         )
         for c in failed:
             parts.append(
-                f"<tr class='s-{e(c['status'])}'><td><code>{e(c['id'])}</code></td>"
-                f"<td>{c['phase']}</td><td>{e(c['status'])}</td><td>{e(str(c['detail']))}"
-                f"</td><td>{e(_md(c['observed'], 300))}</td>"
-                f"<td>{e(_md(c['threshold'], 200))}</td></tr>"
+                f"<tr class='s-{e(c['status'])}'><td class='k'><code>{e(c['id'])}</code></td>"
+                f"<td class='k'>{c['phase']}</td><td class='k'>{e(c['status'])}</td>"
+                f"<td class='t'>{e(str(c['detail']))}</td>"
+                f"<td class='t'>{e(_md(c['observed'], 300))}</td>"
+                f"<td class='t'>{e(_md(c['threshold'], 200))}</td></tr>"
             )
         parts.append("</table>")
     else:
@@ -329,8 +387,8 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         )
         for c in before_bad:
             parts.append(
-                f"<tr class='s-before'><td><code>{e(c['id'])}</code></td><td>{e(c['status'])}"
-                f"</td><td>{e(str(c['detail']))}</td></tr>"
+                f"<tr class='s-before'><td class='k'><code>{e(c['id'])}</code></td>"
+                f"<td class='k'>{e(c['status'])}</td><td class='t'>{e(str(c['detail']))}</td></tr>"
             )
         parts.append("</table>")
     parts.append(
@@ -345,8 +403,9 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
             " superseded by the deploy (before state)" if p["phase"] in superseded else ""
         )
         parts.append(
-            f"<tr class='s-{e(p['status'])}'><td>{p['phase']}</td><td>{link}</td>"
-            f"<td>{e(p['status'])}</td><td>{p['duration_s']}</td><td>{e(note)}</td></tr>"
+            f"<tr class='s-{e(p['status'])}'><td class='k'>{p['phase']}</td>"
+            f"<td class='k'>{link}</td><td class='k'>{e(p['status'])}</td>"
+            f"<td class='k'>{p['duration_s']}</td><td class='t'>{e(note)}</td></tr>"
         )
     parts.append("</table><h2>Figures</h2>")
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
@@ -366,10 +425,11 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         cls = "before" if before else c["status"]
         status = f"{c['status']} (before)" if before else c["status"]
         parts.append(
-            f"<tr class='s-{e(cls)}'><td>{c['phase']}</td><td><code>{e(c['id'])}"
-            f"</code></td><td>{e(status)}</td><td>{e(_md(c['observed'], 120))}</td>"
-            f"<td>{e(_md(c['threshold'], 80))}</td><td>{e(str(c['detail']))}</td>"
-            f"<td>{c['duration_s']}</td></tr>"
+            f"<tr class='s-{e(cls)}'><td class='k'>{c['phase']}</td><td class='k'><code>"
+            f"{e(c['id'])}</code></td><td class='k'>{e(status)}</td>"
+            f"<td class='t'>{e(_md(c['observed'], 120))}</td>"
+            f"<td class='t'>{e(_md(c['threshold'], 80))}</td><td class='t'>{e(str(c['detail']))}</td>"
+            f"<td class='k'>{c['duration_s']}</td></tr>"
         )
     parts.append("</table></body></html>")
     path.write_text(redact("\n".join(parts)), encoding="utf-8")

@@ -187,7 +187,8 @@ def check_cell_budget(settings: Any, source: str, cell_timeout_s: float = CELL_T
         ),
         (
             "thresholds.monitor_window_s",
-            th.monitor_window_s + to.connect_s + to.read_s,
+            # The last sample's ping waits the flows' reply deadline (event_timeout_s).
+            th.monitor_window_s + to.connect_s + th.event_timeout_s,
             "the monitoring window (phase 7)",
         ),
         ("thresholds.hold_s", th.hold_s + 2 * to.connect_s, "the long-lived socket (phase 7)"),

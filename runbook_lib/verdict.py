@@ -31,15 +31,18 @@ from .results import CheckResult, Recommendation, Status
 
 __all__ = [
     "Action",
+    "Coverage",
     "Judgement",
     "PhaseOutcome",
     "PhaseRecord",
     "RunPlan",
+    "coverage",
     "deploy_applied",
     "deploy_failed",
     "judge",
     "next_action",
     "phase_checks",
+    "phase_status",
     "recommend",
     "rollback_command",
     "settle",
@@ -198,17 +201,78 @@ def worst(checks: Iterable[CheckResult]) -> Status:
     return Status.PASS
 
 
+def phase_status(checks: Sequence[CheckResult]) -> str:
+    """A completed phase's status from its checks: ``error``, ``fail``, ``skip`` or ``pass``.
+
+    A phase whose checks were all skipped (declared not applicable, absent configuration,
+    dry run) proved nothing: it is ``skip``, not ``pass``.
+    """
+    status = worst(checks)
+    if status is not Status.PASS:
+        return str(status)
+    if checks and all(c.status == Status.SKIP for c in checks):
+        return "skip"
+    return "pass"
+
+
 def settle(outcome: PhaseOutcome, record: AnyRecord | None) -> PhaseOutcome:
-    """A completed notebook's outcome judged by its checks: ``pass`` or ``fail``.
+    """A completed notebook's outcome judged by its checks: ``pass``, ``fail`` or ``skip``.
 
     A check that errored (target unreachable, API 500) is a failed gate, not a notebook
-    error: the outcome's ``error`` means the notebook did not complete (exit 3).
+    error: the outcome's ``error`` means the notebook did not complete (exit 3). A phase
+    whose every check was skipped is ``skip``.
     """
     typed = _record(record)
     if outcome.status != "pass" or typed is None:
         return outcome
-    status = "pass" if worst(typed.checks) == Status.PASS else "fail"
+    status = phase_status(typed.checks)
+    status = "fail" if status == "error" else status
     return PhaseOutcome(outcome.phase, outcome.notebook, status, outcome.duration_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How much of the catalog a verdict rests on.
+
+    Attributes:
+        judged: counted checks that ran on evidence (pass, warn, fail, error).
+        skipped: counted checks that were skipped.
+        not_applicable: of the skipped, those the environment declares not applicable.
+    """
+
+    judged: int
+    skipped: int
+    not_applicable: int = 0
+
+    @property
+    def words(self) -> str:
+        """``19 judged, 20 skipped (12 declared not applicable)``."""
+        text = f"{self.judged} judged, {self.skipped} skipped"
+        if self.not_applicable and self.not_applicable == self.skipped:
+            text = f"{self.judged} judged, {self.skipped} not applicable"
+        elif self.not_applicable:
+            text += f" ({self.not_applicable} declared not applicable)"
+        return text
+
+    def to_record(self) -> dict[str, int]:
+        """The ``results.json`` ``coverage`` entry."""
+        return {
+            "judged": self.judged,
+            "skipped": self.skipped,
+            "not_applicable": self.not_applicable,
+        }
+
+
+def coverage(counted: Iterable[CheckResult], not_applicable: Iterable[str] = ()) -> Coverage:
+    """How many of the ``counted`` checks were judged and how many skipped."""
+    declared = set(not_applicable)
+    checks = list(counted)
+    skipped = [c for c in checks if c.status == Status.SKIP]
+    return Coverage(
+        judged=len(checks) - len(skipped),
+        skipped=len(skipped),
+        not_applicable=sum(1 for c in skipped if c.id in declared),
+    )
 
 
 def deploy_applied(records: Mapping[int, AnyRecord]) -> bool:
@@ -345,10 +409,19 @@ def recommend(
         )
     # A diagnosis that redeploying cannot fix is named (phase 1's refused upgrades).
     causes = {c.data.get("cause") for c in counted if c.status in _BAD}
+    # One cause per run: the one the upgrade checks diagnosed, in their words.
+    diagnosed = next(
+        (
+            str(c.data["cause_words"])
+            for c in counted
+            if c.status in _BAD and isinstance(c.data.get("cause_words"), str)
+        ),
+        "",
+    )
     fix = (
-        NO_WS_IMPLEMENTATION
-        if "no_ws_implementation" in causes
-        else "fix the cause before deploying"
+        diagnosed
+        or (NO_WS_IMPLEMENTATION if "no_ws_implementation" in causes else "")
+        or "fix the cause before deploying"
     )
     return Recommendation(
         "hold",
@@ -448,10 +521,8 @@ def judge(
     rec = recommend(counted, typed, outcomes, interrupted=interrupted)
     phases = []
     for o in outcomes:
-        if o.status in ("pass", "fail") and o.phase in typed:
-            status = {Status.ERROR: "error", Status.FAIL: "fail"}.get(
-                worst(typed[o.phase].checks), "pass"
-            )
+        if o.status in ("pass", "fail", "skip") and o.phase in typed:
+            status = phase_status(typed[o.phase].checks)
             o = PhaseOutcome(o.phase, o.notebook, status, o.duration_s, o.reason, o.cell_index)
         phases.append(o)
     mutations = tuple(m for p in sorted(typed) for m in typed[p].mutations())

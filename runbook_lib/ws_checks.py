@@ -360,6 +360,8 @@ async def observe_hold(
         return HoldObservation(url=url, connect=outcome, hold_s=hold_s, outcome="connect_failed")
     t0 = time.perf_counter()
     pings = pongs = nframes = 0
+    last_send_s: float | None = None
+    ping = render_message(protocol, "ping")
     next_ping = t0 + ping_every_s if ping_every_s else None
     try:
         while True:
@@ -369,7 +371,8 @@ async def observe_hold(
                 break
             if next_ping is not None and now >= next_ping:
                 with contextlib.suppress(ConnectionClosed, TimeoutError):
-                    await asyncio.wait_for(ws.send(render_message(protocol, "ping")), 5.0)
+                    last_send_s = now - t0
+                    await asyncio.wait_for(ws.send(ping), 5.0)
                     pings += 1
                 next_ping = now + (ping_every_s or 0)
             wait = left if next_ping is None else max(0.01, min(left, next_ping - now))
@@ -390,6 +393,8 @@ async def observe_hold(
                     pings_sent=pings,
                     pongs=pongs,
                     frames=nframes,
+                    last_send_s=last_send_s,
+                    last_sent=ping[:120] if last_send_s is not None else "",
                 )
             nframes += 1
             if parse_frame(msg, protocol).event_type in protocol.pong_types:

@@ -125,7 +125,10 @@ def test_judge_tests_import_only_pure_modules() -> None:
         path = TESTS / f"test_checks_{family}.py"
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("runbook_lib"):
-                assert node.module in allowed | {"runbook_lib.sandbox.profiles"}, (
+                module = node.module or ""
+                # A judge's own module (runbook_lib.checks.<family>) is as pure as the wing.
+                pure = module.startswith("runbook_lib.checks.")
+                assert pure or module in allowed | {"runbook_lib.sandbox.profiles"}, (
                     path,
                     node.module,
                 )

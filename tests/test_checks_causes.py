@@ -254,3 +254,131 @@ def test_diagnose_refusal_uses_all_the_evidence(
     assert key == cause and words in text, text
     if absent:
         assert absent not in text
+
+
+@pytest.mark.parametrize("status", [404, 500, 403, 503])
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        {"ws_library_missing": True},
+        {"log_lines": ("WARNING: Unsupported upgrade request.",)},
+    ],
+)
+def test_missing_websocket_library_is_named_for_any_refusal_status(status, evidence) -> None:
+    """uvicorn answers 404, a Socket.IO stack 500, a framework fallback 403: with the
+    source check or the logs saying the library is missing, the cause is the same."""
+    from runbook_lib.checks.causes import WsEvidence, diagnose_refusal
+
+    key, text = diagnose_refusal(status, "/ws", WsEvidence(source_routes=_SRC, **evidence))
+    assert key == "no_ws_implementation" and "install websockets" in text
+
+
+@pytest.mark.parametrize(
+    ("kw", "cause", "words", "absent"),
+    [
+        # dropped at once after the accept, nothing sent: the handler fails
+        (
+            {"lifetime_s": 0.02, "close_code": 1006},
+            "handler_failed",
+            "handler fails right after accepting",
+            "--timeout",
+        ),
+        (
+            {"lifetime_s": 0.0, "close_code": 1011},
+            "handler_failed",
+            "read the service's logs",
+            "--timeout",
+        ),
+        # a quiet socket dropped right after the runbook's own frame: protocol mismatch
+        (
+            {"lifetime_s": 2.05, "close_code": 1006, "sent_at_s": 2.0, "sent": '{"type": "ping"}'},
+            "protocol_mismatch",
+            '\'{"type": "ping"}\'',
+            "--timeout",
+        ),
+        # the same ping went through before: not what the service cannot read
+        (
+            {
+                "lifetime_s": 3.05,
+                "close_code": 1006,
+                "sent_at_s": 3.0,
+                "sent": "ping",
+                "sent_before": True,
+            },
+            "abrupt",
+            "request timeout",
+            "protocol mismatch",
+        ),
+        # both at once: either reading, the frame named, never a timeout
+        (
+            {"lifetime_s": 0.03, "close_code": None, "sent_at_s": 0.01, "sent": "hello"},
+            "handler_failed",
+            "'hello'",
+            "--timeout",
+        ),
+        # near the configured request timeout: the request timeout
+        (
+            {"lifetime_s": 299.5, "close_code": 1006, "request_timeout_s": 300},
+            "request_timeout",
+            "raise `--timeout`",
+            "",
+        ),
+        # long-lived, far from the request timeout: not blamed on it
+        (
+            {"lifetime_s": 20.0, "close_code": 1006, "request_timeout_s": 300},
+            "abrupt",
+            "well before the request timeout (300s)",
+            "raise `--timeout`",
+        ),
+        # a close code that explains itself keeps its meaning
+        ({"lifetime_s": 0.01, "close_code": 1008}, "close", "authentication", ""),
+        ({"lifetime_s": 0.01, "close_code": 4406}, "close", "application-defined", ""),
+    ],
+)
+def test_diagnose_drop_by_timing(kw, cause, words, absent) -> None:
+    from runbook_lib.checks.causes import diagnose_drop
+
+    key, text = diagnose_drop(**kw)
+    assert key == cause and words in text, text
+    if absent:
+        assert absent not in text
+
+
+def test_downstream_check_says_the_run_cause_not_the_generic_status_text() -> None:
+    """One cause per run: a check that failed on the same refusal with the generic text
+    says the cause the route probe diagnosed."""
+    from runbook_lib.checks.causes import (
+        STATUS_CAUSES,
+        RunCause,
+        Verdict,
+        carry_cause,
+        connect_failure_words,
+        run_cause,
+    )
+    from runbook_lib.observations import ConnectOutcome
+
+    generic = Verdict("events.order").fail(
+        "agent flow: " + connect_failure_words(ConnectOutcome(False, status=404))
+    )
+    assert STATUS_CAUSES[404] in generic.detail
+    probe = Verdict("ws.routes_probe").fail(
+        "x",
+        data={
+            "cause": "no_ws_implementation",
+            "cause_words": "install websockets",
+            "probes": [{"path": "/ws", "status": 404}],
+        },
+    )
+    cause = run_cause(probe)
+    assert cause == RunCause("no_ws_implementation", 404, "install websockets")
+    carried = carry_cause(generic, cause)
+    assert "install websockets" in carried.detail
+    assert "deploy the revision that has them" not in carried.detail
+    assert carried.data["cause"] == "no_ws_implementation"
+    # passing checks and other statuses are left alone
+    ok = Verdict("ws.upgrade").ok("fine")
+    assert carry_cause(ok, cause) is ok
+    other = Verdict("ws.upgrade").fail("upgrade refused with HTTP 502: " + STATUS_CAUSES[502])
+    assert carry_cause(other, cause) is other
+    # a cause the generic text already agrees with is not carried
+    assert run_cause(Verdict("ws.routes_probe").fail("x", data={"cause": "status"})) is None

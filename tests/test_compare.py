@@ -101,3 +101,39 @@ def test_compare_of_a_partial_folder_is_a_clear_error(tmp_path: Path) -> None:
     (a / "results.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         compare.compare_runs(a, b)
+
+
+def test_compare_units_fit_what_each_check_observes() -> None:
+    """Rates are fractions shown in %, exit codes and counts have no unit, latencies are s."""
+    from runbook_lib.compare import CheckDelta, unit_of
+
+    assert unit_of({"id": "isolation.sessions", "threshold": ">= 80% of users, each < 5s"}) == "%"
+    assert unit_of({"id": "predeploy.local_agent_events_suite", "threshold": "exit 0"}) == ""
+    for cid in ("health.no_5xx_during_warmup", "load.no_server_errors", "evidence.secret_scan"):
+        assert unit_of({"id": cid, "threshold": 0}) == ""
+    for cid in ("ws.roundtrip", "monitor.avg_response", "chat.flow", "e2e.agent_response"):
+        assert unit_of({"id": cid, "threshold": "pong"}) == "s"
+    rate = CheckDelta("isolation.sessions", "pass", "pass", 0.8, 1.0, 0.2, "%")
+    assert rate.scale == 100.0 and rate.relative == pytest.approx(0.25)
+    assert CheckDelta("x", "pass", "pass", 95.0, 99.0, 4.0, "%").scale == 1.0
+
+
+def test_compare_cli_hides_unchanged_rows_and_shows_the_relative_change(
+    tmp_path: Path, capsys
+) -> None:
+    from runbook_lib.cli import main
+
+    a = evidence.create_run_dir(tmp_path, "x")
+    _observed(a, 3, [("http.latency", "pass", 0.1, "< 1.0 s"), ("ws.roundtrip", "pass", 1.0, "")])
+    finalize(a, pass_outcomes(3))
+    b = evidence.create_run_dir(tmp_path, "x")
+    _observed(b, 3, [("http.latency", "pass", 0.2, "< 1.0 s"), ("ws.roundtrip", "pass", 1.0, "")])
+    finalize(b, pass_outcomes(3))
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "http.latency" in out and "+0.1 s, +100%" in out
+    assert (
+        "ws.roundtrip"
+        not in out.split("numeric")[1].split("phase durations")[0].split("unchanged")[0]
+    )
+    assert "unchanged not shown" in out

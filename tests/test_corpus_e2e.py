@@ -178,5 +178,11 @@ async def test_injected_fault_is_caught_by_the_right_check(
         # The remedy is installing a WebSocket library, never redeploying the same code.
         assert "install websockets" in r.detail and "fixed source" not in r.detail
         assert results["source.ws_routes_present"].status == "pass"
+        # One cause per run: every check that fails on the same refusal says it too.
+        from runbook_lib.checks.causes import STATUS_CAUSES
+
+        for other in results.values():
+            if other.status in ("fail", "error"):
+                assert STATUS_CAUSES[404] not in other.detail, (other.id, other.detail)
     # Nothing unrelated to the fault passes without evidence or fails for no reason.
     assert results["source.ws_routes_present"].status == "pass"

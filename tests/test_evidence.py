@@ -145,3 +145,17 @@ def test_claimed_mutation_is_persisted_before_and_after_the_call(tmp_path: Path)
     assert entry["revision"] == "backend-00002" and entry["finished_at"]
     with pytest.raises(ApprovalRequired):
         ctx.claim_mutation("deploy")
+
+
+def test_coverage_is_in_the_record_summary_and_front_page(tmp_path: Path) -> None:
+    """A PASS says how many checks it judged and how many were skipped; a phase that
+    skipped every check is skip in results.json."""
+    run = evidence.create_run_dir(tmp_path, "test")
+    persist_phase(run, 3, [("ws.upgrade", "pass"), ("ws.health", "skip")])
+    persist_phase(run, 5, [("auth.config", "skip"), ("chat.flow", "skip")])
+    finalize(run, pass_outcomes(3, 5))
+    doc = json.loads((run / "results.json").read_text())
+    assert doc["coverage"] == {"judged": 2, "skipped": 3, "not_applicable": 0}
+    assert {p["phase"]: p["status"] for p in doc["phases"]} == {3: "pass", 5: "skip"}
+    assert "PASS: 2 judged, 3 skipped" in (run / "summary.md").read_text()
+    assert "Verdict: PASS: 2 judged, 3 skipped" in (run / "index.html").read_text()

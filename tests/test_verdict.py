@@ -293,3 +293,43 @@ def test_deploy_failed_gate() -> None:
     assert verdict.deploy_failed(rec)
     assert not verdict.deploy_failed({"checks": []})
     assert verdict.deploy_failed(None, verdict.PhaseOutcome(2, "02_deploy.ipynb", "error"))
+
+
+def test_a_phase_whose_checks_were_all_skipped_is_skip_not_pass() -> None:
+    """Coverage is part of the verdict: a phase that judged nothing did not pass."""
+    from runbook_lib.verdict import phase_status
+
+    skipped = _rec(5, ("auth.config", "skip"), ("chat.flow", "skip"))
+    assert phase_status(skipped.checks) == "skip"
+    assert settle(_out(5), skipped).status == "skip"
+    j = judge({5: skipped, 3: _rec(3, ("ws.upgrade", "pass"))}, [_out(3), _out(5)])
+    assert {o.phase: o.status for o in j.phases} == {3: "pass", 5: "skip"}
+    assert j.verdict == "pass"
+    # one judged check is enough to be judged
+    assert phase_status(_rec(5, ("auth.config", "skip"), ("chat.flow", "warn")).checks) == "pass"
+
+
+def test_coverage_counts_judged_and_skipped_checks() -> None:
+    from runbook_lib.verdict import coverage
+
+    checks = [CheckResult(f"c{i}", 3, s) for i, s in enumerate(["pass"] * 19 + ["skip"] * 20)]
+    assert coverage(checks).words == "19 judged, 20 skipped"
+    declared = {f"c{i}" for i in range(19, 39)}
+    assert coverage(checks, declared).words == "19 judged, 20 not applicable"
+    assert coverage(checks, set(list(declared)[:12])).words == (
+        "19 judged, 20 skipped (12 declared not applicable)"
+    )
+
+
+def test_hold_without_deploy_names_the_diagnosed_cause() -> None:
+    """The recommendation says the cause the upgrade checks diagnosed, not a generic text."""
+    from runbook_lib.verdict import recommend
+
+    probe = CheckResult(
+        "ws.routes_probe",
+        1,
+        Status.FAIL,
+        data={"cause": "no_ws_implementation", "cause_words": "install websockets in the image"},
+    )
+    rec = recommend([probe], {1: PhaseRecord(1, (probe,))}, [_out(1, "fail")])
+    assert rec.action == "hold" and rec.reason.endswith("install websockets in the image")

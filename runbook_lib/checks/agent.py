@@ -33,7 +33,14 @@ from ..flows import FlowObservation
 from ..observations import ConnectOutcome
 from ..protocol import Frame, has_path
 from ..results import CheckResult
-from .causes import UNREADABLE, Verdict, connect_failure_words, ended_words, explain_close
+from .causes import (
+    UNREADABLE,
+    Verdict,
+    connect_failure_words,
+    ended_words,
+    explain_close,
+    flow_drop,
+)
 
 __all__ = [
     "flow_failure",
@@ -131,6 +138,8 @@ def flow_failure(obs: FlowObservation) -> str | None:
         bad = [f.frame for f in obs.frames if str(f.kind) in UNREADABLE]
         if bad:
             why += ". " + ended_words("timeout", None, bad)
+    elif (drop := flow_drop(obs)) is not None:
+        why += f" ({drop[1]})"
     elif obs.close_code is not None and obs.stop_reason in ("closed", "send_failed"):
         why += f" ({ended_words('server_closed', obs.close_code)})"
     return why
@@ -282,6 +291,19 @@ def _linear_violation(types: Sequence[str], critical: Sequence[str]) -> str | No
     return None
 
 
+def _went_back(types: Sequence[str], critical: Sequence[str]) -> str | None:
+    """Where ``types`` goes back in the configured order, gaps allowed (None when it never
+    does); in the seed's grammar a tool completion may be followed by another tool."""
+    rank = {t: i for i, t in enumerate(critical[:5] if len(critical) >= 5 else critical)}
+    seq = [t for t in types if t in rank]
+    for i in range(1, len(seq)):
+        a, b = rank[seq[i - 1]], rank[seq[i]]
+        loop = len(critical) >= 5 and (a, b) == (3, 2)
+        if b < a and not loop:
+            return f"{seq[i]} (event {i + 1}) arrived after {seq[i - 1]}"
+    return None
+
+
 def _order_words(critical: Sequence[str]) -> str:
     if len(critical) >= 5:
         s, t, e, d, c = critical[:5]
@@ -322,6 +344,23 @@ def judge_events_order(
         )
     bad = order_violation(types, critical)
     threshold = _order_words(critical)
+    missing = [c for c in (critical[:5] if len(critical) >= 5 else critical) if c not in types]
+    if bad is not None and missing:
+        # A missing event is missing, not out of order: say which, and whether the
+        # events that did arrive kept their order.
+        back = _went_back(types, critical)
+        kept = (
+            f"the {len(types)} critical event(s) that arrived came in order"
+            if back is None
+            else f"also out of order among those that arrived: {back}"
+        )
+        return v.fail(
+            f"{', '.join(missing)} never arrived (a missing event, counted by "
+            f"events.critical_delivered), so the full order cannot be confirmed; {kept}.",
+            observed=types,
+            threshold=threshold,
+            data={"missing": missing},
+        )
     if bad is None:
         return v.ok(
             "events arrived in the expected order",
@@ -504,12 +543,34 @@ _ATTRIBUTE_HOW = (
 )
 
 
+def _attribute_how(runs: Sequence[FlowObservation]) -> str:
+    """What to configure so frames can be attributed; never advise adding ``{marker}`` to
+    a flow whose sends already carry it."""
+    sends = [s.description for r in runs[:1] for s in r.steps if s.kind == "send"]
+    if any("{marker}" in d for d in sends):
+        return (
+            "the isolation flow's messages carry {marker} but the service's frames do not "
+            "echo it: set [protocol] user_id / run_id to the paths where the service puts "
+            "them, or declare isolation.no_cross_user not applicable with the reason"
+        )
+    return _ATTRIBUTE_HOW
+
+
 def _judge_flow_isolation(runs: Sequence[FlowObservation], v: Verdict) -> CheckResult:
     readable = [
         r
         for r in runs
         if any(str(f.kind) not in UNREADABLE and not f.frame.ignorable for f in r.frames)
     ]
+    connected = [r for r in runs if r.connected]
+    if len(connected) < 2:
+        # Nothing reached the service's sessions: isolation was not tested at all.
+        return v.error(
+            f"{len(connected)} of {len(runs)} session(s) connected, so isolation could not be "
+            "tested (at least two connected sessions are needed)"
+            + "".join(f"; {w}" for r in runs if (w := flow_failure(r)))[:400],
+            observed=None,
+        )
     if len(readable) < 2:
         return v.fail(
             f"only {len(readable)} session(s) received any readable frame: isolation cannot "
@@ -541,7 +602,7 @@ def _judge_flow_isolation(runs: Sequence[FlowObservation], v: Verdict) -> CheckR
         return v.error(
             f"{len(blind)} of {len(readable)} session(s) received frames none of which carried "
             "a user id, a run id or a marker, so whose they are cannot be told and no leak "
-            f"could be seen: {_ATTRIBUTE_HOW}",
+            f"could be seen: {_attribute_how(runs)}",
             observed=None,
             data=data,
         )

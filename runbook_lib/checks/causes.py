@@ -9,10 +9,12 @@ catalog, so a judge only says what it saw.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..flows import FlowObservation
 from ..observations import (
     ConnectOutcome,
     HandshakeObservation,
@@ -23,6 +25,8 @@ from ..results import CheckResult, Status
 from .catalog import phase_of
 
 __all__ = [
+    "AT_ONCE_S",
+    "CARRIED_CAUSES",
     "CLOSE_CAUSES",
     "HTTP_CAUSES",
     "INCIDENT_SIGNATURE",
@@ -30,16 +34,21 @@ __all__ = [
     "NO_WS_LOG_MARKERS",
     "STATUS_CAUSES",
     "UNREADABLE",
+    "RunCause",
     "Verdict",
     "WsEvidence",
+    "carry_cause",
     "connect_failure_words",
+    "diagnose_drop",
     "diagnose_refusal",
     "ended_words",
     "explain_close",
     "explain_http_status",
     "explain_status",
+    "flow_drop",
     "http_failure",
     "kind_words",
+    "run_cause",
     "upgrade_words",
 ]
 
@@ -265,18 +274,20 @@ def diagnose_refusal(
         ``caller_refused``, ``route_unknown``, ``status``) and the cause in words.
     """
     ev = evidence or WsEvidence()
+    # Whatever the stack answers for an upgrade it cannot perform (uvicorn: 404; behind
+    # Socket.IO or a framework's fallback: 500, 403...), a missing library is the cause.
+    if status is not None and status >= 400 and (ev.ws_library_missing or ev.logs_say_no_ws):
+        why = (
+            "the app's interpreter has uvicorn but neither websockets nor wsproto"
+            if ev.ws_library_missing
+            else "the service's logs say 'No supported WebSocket library' / "
+            "'Unsupported upgrade request'"
+        )
+        return "no_ws_implementation", f"{why}: {NO_WS_IMPLEMENTATION}"
     if status not in (403, 404):
         return "status", explain_status(status)
     in_source = None if ev.source_routes is None else path in ev.source_routes
     if status == 404:
-        if ev.ws_library_missing or ev.logs_say_no_ws:
-            why = (
-                "the app's interpreter has uvicorn but neither websockets nor wsproto"
-                if ev.ws_library_missing
-                else "the service's logs say 'No supported WebSocket library' / "
-                "'Unsupported upgrade request'"
-            )
-            return "no_ws_implementation", f"{why}: {NO_WS_IMPLEMENTATION}"
         if server and ev.health_server and server.lower() != ev.health_server.lower():
             return "hop_answers", (
                 f"the 404 comes from `{server}` while the health endpoint comes from "
@@ -328,6 +339,181 @@ def diagnose_refusal(
             "serving revision lacks the route (Starlette answers 403 to an unknown path)"
         )
     return "status", STATUS_CAUSES[403]
+
+
+# A drop this soon after the accept (or after the runbook's own frame) is the handler or
+# the service's decoder reacting, not a timeout: no platform timeout is that short.
+AT_ONCE_S = 1.0
+# Close codes whose timing tells more than the code: no close frame, or a server error.
+_TIMED_CLOSES = (None, 1005, 1006, 1011)
+
+
+def diagnose_drop(
+    *,
+    lifetime_s: float,
+    close_code: int | None,
+    sent_at_s: float | None = None,
+    sent: str = "",
+    request_timeout_s: float | None = None,
+    sent_before: bool = False,
+) -> tuple[str, str]:
+    """Why an accepted socket was dropped, from its timing and the runbook's own frames.
+
+    Args:
+        lifetime_s: seconds from the accept to the drop.
+        close_code: the close code (None or 1006: no close frame).
+        sent_at_s: when the runbook's last frame before the drop was sent (seconds since
+            the accept; None when it sent nothing).
+        sent: that frame (a template or an excerpt), named in the words.
+        request_timeout_s: the service's configured request timeout, when known.
+        sent_before: the same frame had already gone through earlier on this socket (a
+            repeated ping): then it is not what the service cannot read.
+
+    Returns:
+        ``(cause, words)``: ``handler_failed``, ``protocol_mismatch``, ``request_timeout``,
+        ``abrupt`` (a later drop, not at the request timeout) or ``close`` (the close
+        code's own meaning), and the cause in words.
+    """
+    if close_code not in _TIMED_CLOSES:
+        return "close", explain_close(close_code)
+    how = (
+        f"closed {close_code}"
+        if close_code not in (None, 1006)
+        else "dropped without a close frame"
+    )
+    if request_timeout_s and lifetime_s >= 0.9 * request_timeout_s:
+        return "request_timeout", (
+            f"the socket was {how} after {lifetime_s:.1f}s, at the service's request timeout "
+            f"({request_timeout_s:g}s): Cloud Run's request timeout cut it; raise `--timeout` "
+            "above the session length and reconnect on close"
+        )
+    since_send = None if sent_at_s is None else max(lifetime_s - sent_at_s, 0.0)
+    frame = f" {sent[:80]!r}" if sent else ""
+    if since_send is not None and since_send <= AT_ONCE_S and not sent_before:
+        if sent_at_s is not None and sent_at_s >= AT_ONCE_S:
+            return "protocol_mismatch", (
+                f"the socket was {how} {since_send:.2f}s after the runbook sent its frame"
+                f"{frame}, having been open {sent_at_s:.1f}s before: the service does not "
+                "accept that message (protocol mismatch); configure the messages it speaks "
+                "([protocol] ping / [flows]), or declare the check not applicable"
+            )
+        return "handler_failed", (
+            f"the socket was {how} {lifetime_s:.2f}s after the accept, {since_send:.2f}s after "
+            f"the runbook's frame{frame}: the handler fails right after accepting, or cannot "
+            "read that frame (protocol mismatch); not a timeout: read the service's logs for "
+            "the exception"
+        )
+    if lifetime_s <= AT_ONCE_S:
+        return "handler_failed", (
+            f"the socket was {how} {lifetime_s:.2f}s after the accept, before the runbook sent "
+            "anything: the handler fails right after accepting (not a timeout); read the "
+            "service's logs for the exception"
+        )
+    if close_code == 1011:
+        return "close", explain_close(1011)
+    limit = (
+        f", well before the request timeout ({request_timeout_s:g}s)" if request_timeout_s else ""
+    )
+    return "abrupt", (
+        f"the socket was {how} after {lifetime_s:.1f}s{limit}: "
+        + (
+            "the instance was stopped, a proxy idle timeout fired, or the handler dropped it: "
+            "read the service's logs"
+            if request_timeout_s
+            else explain_close(1006)
+        )
+    )
+
+
+def flow_drop(
+    obs: FlowObservation, request_timeout_s: float | None = None
+) -> tuple[str, str] | None:
+    """:func:`diagnose_drop` for a flow whose socket the server dropped (None when the flow
+    did not end by the server closing it)."""
+    if (
+        not obs.connected
+        or obs.closed_s is None
+        or obs.stop_reason not in ("closed", "send_failed")
+    ):
+        return None
+    last = obs.last_send_before(obs.closed_s)
+    return diagnose_drop(
+        lifetime_s=obs.closed_s,
+        close_code=obs.close_code,
+        sent_at_s=None if last is None else last.started_s,
+        sent=("" if last is None else last.description.removeprefix("send ")),
+        request_timeout_s=request_timeout_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunCause:
+    """The cause one check diagnosed for refused upgrades, carried to every check that
+    fails for it (one cause per run).
+
+    Attributes:
+        key: the :func:`diagnose_refusal` key.
+        status: the refusing HTTP status.
+        words: the cause in words.
+    """
+
+    key: str
+    status: int
+    words: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {"key": self.key, "status": self.status, "words": self.words}
+
+    @classmethod
+    def from_record(cls, doc: Any) -> RunCause | None:
+        """From an artifact (None when absent or malformed)."""
+        if not isinstance(doc, Mapping):
+            return None
+        try:
+            return cls(str(doc["key"]), int(doc["status"]), str(doc["words"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+# Causes the generic status text would contradict: these are carried to every check.
+CARRIED_CAUSES = frozenset(
+    {
+        "no_ws_implementation",
+        "hop_answers",
+        "route_not_in_source",
+        "route_not_deployed",
+        "route_not_served",
+        "caller_refused",
+    }
+)
+
+
+def run_cause(result: CheckResult) -> RunCause | None:
+    """The cause a failed upgrade check (``ws.routes_probe``, ``ws.upgrade``) diagnosed for
+    every refused path, when it is one cause worth carrying (None otherwise)."""
+    if result.ok or result.data.get("cause") not in CARRIED_CAUSES:
+        return None
+    statuses = {
+        int(p["status"])
+        for p in result.data.get("probes") or []
+        if isinstance(p, Mapping) and isinstance(p.get("status"), int) and p["status"] != 101
+    }
+    words = result.data.get("cause_words")
+    if len(statuses) != 1 or not isinstance(words, str):
+        return None
+    return RunCause(str(result.data["cause"]), next(iter(statuses)), words)
+
+
+def carry_cause(result: CheckResult, cause: RunCause | None) -> CheckResult:
+    """``result`` saying the run's ``cause`` where it gave the generic text for the same
+    refusal status (a downstream check failing for the root cause names it)."""
+    if cause is None or result.status not in (Status.FAIL, Status.ERROR):
+        return result
+    generic = explain_status(cause.status)
+    if generic not in result.detail or cause.words in result.detail:
+        return result
+    detail = result.detail.replace(generic, cause.words)
+    return dataclasses.replace(result, detail=detail, data={**result.data, "cause": cause.key})
 
 
 def explain_close(code: int | None) -> str:

@@ -20,6 +20,7 @@ from .causes import (
     STATUS_CAUSES,
     Verdict,
     connect_failure_words,
+    diagnose_drop,
     explain_close,
     explain_status,
     kind_words,
@@ -128,7 +129,7 @@ def judge_monitor_ws_failure_rate(
     cause = (
         explain_status(first.ws_status)
         if first.ws_status and first.ws_status != 101
-        else (first.ws_error or "ping unanswered")
+        else (first.ws_error or first.ping_error or "ping unanswered")
     )
     return v.fail(
         f"{len(failed)}/{len(mon.ticks)} WebSocket samples failed ({', '.join(kinds)}): {cause}",
@@ -197,8 +198,18 @@ def judge_monitor_ws_404(
     )
 
 
-def judge_monitor_hold(hold: HoldObservation, *, check_id: str = "monitor.hold") -> CheckResult:
-    """``monitor.hold``: a socket held for ``hold_s`` stays open and closes cleanly."""
+def judge_monitor_hold(
+    hold: HoldObservation,
+    *,
+    request_timeout_s: float | None = None,
+    check_id: str = "monitor.hold",
+) -> CheckResult:
+    """``monitor.hold``: a socket held for ``hold_s`` stays open and closes cleanly.
+
+    A socket that ends early is diagnosed by its timing (:func:`diagnose_drop`): at once
+    after the accept, right after the runbook's ping, or at the service's request
+    timeout (``request_timeout_s``, when known).
+    """
     v = Verdict(check_id)
     threshold = f"open {hold.hold_s:g}s, clean close"
     if hold.outcome == "connect_failed":
@@ -221,13 +232,20 @@ def judge_monitor_hold(hold: HoldObservation, *, check_id: str = "monitor.hold")
             observed=round(hold.ended_at_s, 2),
             threshold=threshold,
         )
+    cause, words = diagnose_drop(
+        lifetime_s=hold.ended_at_s,
+        close_code=hold.close_code,
+        sent_at_s=hold.last_send_s,
+        sent=hold.last_sent,
+        request_timeout_s=request_timeout_s,
+        sent_before=hold.pings_sent > 1,
+    )
     return v.fail(
         f"the socket ended after {hold.ended_at_s:.1f}s of "
-        f"{hold.hold_s:g}s ({hold.outcome}, code {hold.close_code}): "
-        f"{explain_close(hold.close_code)}",
+        f"{hold.hold_s:g}s ({hold.outcome}, code {hold.close_code}): {words}",
         observed=round(hold.ended_at_s, 2),
         threshold=threshold,
-        data={"close_code": hold.close_code, "reason": hold.close_reason},
+        data={"close_code": hold.close_code, "reason": hold.close_reason, "cause": cause},
     )
 
 

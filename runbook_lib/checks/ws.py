@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..observations import (
     AuthObservation,
@@ -25,6 +25,7 @@ from .causes import (
     ended_words,
     explain_close,
     explain_status,
+    flow_drop,
     upgrade_words,
 )
 
@@ -80,6 +81,7 @@ def judge_ws_routes_probe(
     data["causes"] = {path: key for path, (key, _) in causes.items()}
     if len(keys) == 1:
         data["cause"] = keys[0]
+        data["cause_words"] = next(iter(causes.values()))[1]
     four04 = [p.path for p in bad if p.status == 404]
     if health is not None and health.status == 200 and four04:
         key, words = causes[four04[0]]
@@ -134,7 +136,7 @@ def judge_ws_roundtrip(obs: FlowObservation, *, check_id: str = "ws.roundtrip") 
 
 
 def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
-    data = {"flow": obs.to_record()}
+    data: dict[str, Any] = {"flow": obs.to_record()}
     if not obs.connected:
         words = (
             f"upgrade refused with HTTP {obs.status}: {explain_status(obs.status)}"
@@ -149,14 +151,21 @@ def _flow_roundtrip(v: Verdict, obs: FlowObservation) -> CheckResult:
             observed=round(obs.response_s, 4),
             data=data,
         )
-    detail = f"no pong: {obs.stop_detail}"
-    if obs.close_code is not None:
+    answered = obs.stop_reason == "error_frame"
+    # An error frame is an answer, not a missing pong: quote it.
+    detail = f"{'answered with an error' if answered else 'no pong'}: {obs.stop_detail}"
+    if (drop := flow_drop(obs)) is not None:
+        detail += f" ({drop[1]})"
+        data["cause"] = drop[0]
+    elif obs.close_code is not None:
         detail += f" (close {obs.close_code}: {explain_close(obs.close_code)})"
     bad = [f.frame for f in obs.frames if str(f.kind) in UNREADABLE]
     if bad and obs.stop_reason == "timeout":
         # The server did answer, with frames the flow cannot read: say what they were.
         detail += ". " + ended_words("timeout", None, bad)
-    return v.fail(detail, observed=obs.stop_reason or "incomplete", data=data)
+    return v.fail(
+        detail, observed="error frame" if answered else obs.stop_reason or "incomplete", data=data
+    )
 
 
 def judge_auth_ws_authenticated(

@@ -73,7 +73,7 @@ async def load_test(ctx: PhaseContext) -> StepReport:
     """Open N concurrent sessions (connect, the load flow's round trips, close); judge
     success and p95. The load flow (``[flows.load]``, default ping -> pong) must be one
     send and one expect step: anything else is ``error`` naming the flow."""
-    from ..flows import flow_values, load_round_trip, resolve_flow
+    from ..flows import flow_values, load_round_trip, reply_timeout_s, resolve_flow
     from ..load import LoadPlan, run_load
     from ..plots import plot_load_latency
 
@@ -108,7 +108,9 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         headers=auth.headers,
         subprotocols=tuple(dict.fromkeys((*p.subprotocols, *auth.subprotocols))),
         connect_timeout_s=to.connect_s,
-        message_timeout_s=to.read_s,
+        # The one reply deadline of a flow step without its own timeout_s, as in
+        # ws.roundtrip and the monitoring pings.
+        message_timeout_s=reply_timeout_s(ctx.settings),
         deadline_s=max(60.0, to.operation_s),
     )
     if ctx.settings.load.engine == "cloudrun-job":  # issue 13: fan out as a Cloud Run Job

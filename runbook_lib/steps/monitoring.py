@@ -17,6 +17,7 @@ from .common import (
     connect_auth,
     evidence_scope,
     log_step,
+    previous_phase_artifact,
     report,
     step,
     table,
@@ -29,7 +30,7 @@ __all__ = ["hold", "log_errors", "monitor"]
 @step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
-    from ..flows import resolve_flow
+    from ..flows import reply_timeout_s, resolve_flow
     from ..monitor import observe_monitor
     from ..plots import plot_monitor
 
@@ -49,6 +50,7 @@ async def monitor(ctx: PhaseContext) -> StepReport:
         # (ws.roundtrip declared) is not failed for not answering one.
         ping_flow=resolve_flow(ctx.settings, "load") if applies(ctx, "ws.roundtrip") else None,
         timeout_s=ctx.settings.timeouts.connect_s,
+        reply_timeout_s=reply_timeout_s(ctx.settings),
     )
     n = th.monitor_min_samples
     results = [
@@ -97,7 +99,13 @@ async def hold(ctx: PhaseContext) -> StepReport:
         "pings": obs.pings_sent,
         "pongs": obs.pongs,
     }
-    return report([judge_monitor_hold(obs)], table=table([row]))
+    timeout = ctx.artifacts.get("request_timeout_s") or previous_phase_artifact(
+        ctx, 1, "request_timeout_s"
+    )
+    return report(
+        [judge_monitor_hold(obs, request_timeout_s=float(timeout) if timeout else None)],
+        table=table([row]),
+    )
 
 
 @step

@@ -102,6 +102,8 @@ async def ws_preflight(ctx: PhaseContext) -> StepReport:
             [Verdict("cloudrun.ws_preflight").error(f"could not read the service: {exc}")]
         )
     result = judge_ws_preflight(svc, ctx.settings.thresholds)
+    # What a drop at the request timeout is told apart by (monitor.hold).
+    ctx.artifacts["request_timeout_s"] = svc.timeout_s
     rows = [{"setting": k, "value": v} for k, v in (result.observed or {}).items()]
     return report([result], table=table(rows))
 
