@@ -20,6 +20,7 @@ from typing import Any
 
 from .checks.catalog import applicability
 from .exceptions import ApprovalRequired, ConfigError
+from .identity import bind_run
 from .phases import PHASES, phase_file  # the phase table, re-exported for compatibility
 from .redaction import redact, redact_obj
 from .results import CheckResult, Status, results_frame
@@ -216,6 +217,7 @@ def open_phase(
     rd = Path(run_dir) if run_dir else None
     if rd is not None:
         rd.mkdir(parents=True, exist_ok=True)
+    bind_run(rd.name if rd is not None else None)
     ctx = PhaseContext(phase=phase, settings=settings, run_dir=rd, approve=approve)
     ctx.persist()
     return ctx

@@ -62,6 +62,7 @@ from .flows import (
     render_step,
     resolve_flow,
 )
+from .identity import user_agent
 from .protocol import MAX_PARSE_BYTES, Frame, frame_text, parse_frame
 from .redaction import redact, redact_excerpt
 from .tokens import ConnectAuth
@@ -104,7 +105,7 @@ async def _connect(
                 max_size=max_size,
                 compression=None,
                 proxy=None,
-                user_agent_header="runbook-flow",
+                user_agent_header=user_agent(),
             ),
             open_timeout_s + 1.0,
         )

@@ -17,6 +17,7 @@ from .flow_runner import run_flow
 from .flows import Flow
 from .handshake import observe_handshake, with_subprotocols
 from .http_checks import observe_get
+from .identity import user_agent
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
 from .settings import ProtocolSettings
 from .tokens import ConnectAuth
@@ -58,7 +59,9 @@ async def observe_monitor(
     fields are None with the error ``not configured``.
     """
     own = client is None
-    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    http = client or httpx.AsyncClient(
+        timeout=timeout_s, trust_env=False, headers={"User-Agent": user_agent()}
+    )
 
     async def tick(t: float) -> MonitorTick:
         jobs: list[Awaitable[Any]] = [

@@ -38,6 +38,7 @@ from .handshake import expected_accept as expected_accept
 from .handshake import observe_handshake as observe_handshake
 from .handshake import observe_handshakes as observe_handshakes
 from .http_checks import error_kind, exc_text
+from .identity import user_agent
 from .observations import (
     AgentRunObservation,
     AuthAttempt,
@@ -118,7 +119,7 @@ async def _open(
                 max_size=max_size,
                 compression=None,
                 proxy=None,
-                user_agent_header="runbook-ws-probe",
+                user_agent_header=user_agent(),
             ),
             open_timeout_s + 1.0,
         )
