@@ -86,6 +86,8 @@ class SandboxSession:
             kw["serving"] = self.options.serving
         if self.options.deploy_image:
             kw["deploy_image"] = self.options.deploy_image
+        if self.options.log_delay_s:
+            kw["env"] = {"SANDBOX_LOG_DELAY_S": repr(float(self.options.log_delay_s))}
         if self.options.sandbox_state_dir is not None:
             # An isolated sandbox (tests, parallel rehearsals) keeps its env file too.
             kw["env_file"] = Path(self.options.sandbox_state_dir) / "local.toml"

@@ -70,6 +70,8 @@ class DaemonConfig:
         owner_started: that process's start time (``psutil`` ``create_time``), so that a
             recycled pid is never mistaken for the owner.
         owner_poll_s: how often the owner is checked.
+        log_delay_s: Cloud Logging's ingestion delay (``--log-delay``): an entry is
+            listed this many seconds after its timestamp.
     """
 
     state_file: Path
@@ -82,6 +84,7 @@ class DaemonConfig:
     owner_pid: int = 0
     owner_started: float = 0.0
     owner_poll_s: float = 0.25
+    log_delay_s: float = 0.0
 
 
 async def _watch_owner(config: DaemonConfig, stop: asyncio.Event) -> None:
@@ -190,7 +193,7 @@ class Supervisor:
                     if data.get("event") == "listening":
                         port = int(data["port"])
                     elif str(data.get("severity", "")).upper() in ("ERROR", "CRITICAL"):
-                        last_error = str(data.get("textPayload", ""))
+                        last_error = str(data.get("message") or data.get("textPayload") or "")
         self._spawn(self._follow(proc, revision, sink))
         return port
 
@@ -299,7 +302,12 @@ async def run_daemon(config: DaemonConfig) -> int:
 
     secret = secrets.token_urlsafe(32)
     supervisor = Supervisor(secret, config.start_timeout_s)
-    emulator = CloudRunEmulator(supervisor, project=config.project, region=config.region)
+    emulator = CloudRunEmulator(
+        supervisor,
+        project=config.project,
+        region=config.region,
+        log_delay_s=config.log_delay_s,
+    )
     svc = emulator.create_service(config.service, {})
 
     def choose() -> Upstream | None:

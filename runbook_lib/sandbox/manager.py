@@ -91,6 +91,23 @@ def checkout_root() -> Path:
 
 
 DEFAULT_SERVING = "ws-routes-missing"
+# How `--log-delay` reaches the daemon (through its environment, like the profile knobs).
+LOG_DELAY_ENV = "SANDBOX_LOG_DELAY_S"
+
+
+def log_delay_env(delay_s: float | None) -> dict[str, str] | None:
+    """The daemon environment for an ingestion delay of ``delay_s`` seconds (None: none).
+
+    Raises:
+        SandboxError: a negative delay.
+    """
+    if not delay_s:
+        return None
+    if delay_s < 0:
+        raise SandboxError(f"--log-delay must be >= 0 seconds, got {delay_s:g}")
+    return {LOG_DELAY_ENV: repr(float(delay_s))}
+
+
 DEFAULT_DEPLOY_IMAGE = "sandbox/backend:healthy"
 DEFAULT_STATE_DIR = checkout_root() / "outputs" / ".sandbox"
 DEFAULT_ENV_FILE = Path("environments/local.toml")  # under the checkout in fact
@@ -1041,6 +1058,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="environment file to write (default: the checkout's environments/local.toml)",
     )
+    p.add_argument(
+        "--log-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="Cloud Logging ingestion delay: a log entry is listed S seconds after its "
+        "timestamp (default 0), to rehearse the log checks' wait",
+    )
     p.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--owner-started", type=float, default=0.0, help=argparse.SUPPRESS)
     return p
@@ -1096,6 +1121,7 @@ def sandbox_main(argv: list[str]) -> int:
                 deploy_image=args.deploy_image or DEFAULT_DEPLOY_IMAGE,
                 owner_pid=args.owner_pid,
                 owner_started=args.owner_started,
+                log_delay_s=float(os.environ.get(LOG_DELAY_ENV) or 0.0),
             )
         )
     from ..interrupts import guard
@@ -1105,7 +1131,14 @@ def sandbox_main(argv: list[str]) -> int:
             # No reaping: the daemon is meant to outlive this command.
             with guard(reap=False):
                 before = _read_state(args.state_dir)
-                info = up(args.serving, args.deploy_image, args.state_dir, args.env_file, note=_say)
+                info = up(
+                    args.serving,
+                    args.deploy_image,
+                    args.state_dir,
+                    args.env_file,
+                    env=log_delay_env(args.log_delay),
+                    note=_say,
+                )
             if before and before.get("pid") == info.pid:
                 print("sandbox already running; not starting a second one")
             _print_info(info)
