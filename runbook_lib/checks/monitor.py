@@ -399,9 +399,10 @@ def judge_log_entries(
     """
     v = Verdict(check_id, threshold=0)
     seen = own_requests > 0 if fenced is None else fenced and own_requests > 0
+    read = len(entries) + own_requests
     counts = (
-        f"{len(entries) + own_requests} entr{'y' if len(entries) + own_requests == 1 else 'ies'}"
-        f" read: {len(entries)} matching, {own_requests} of this run's requests seen"
+        f"{read} entr{'y' if read == 1 else 'ies'} read ({len(entries)} matching the filter), "
+        f"{own_requests} of this run's requests seen"
     )
     bad = [e for e in entries if log_entry_fails(e, ws_paths)]
     if not bad and not seen:
@@ -416,7 +417,7 @@ def judge_log_entries(
             observed=None,
         )
     if not bad:
-        return v.ok(f"no {what} ({counts})", observed=0)
+        return v.ok(f"no {what}; {counts}", observed=0)
     ws404 = [e for e in bad if e.status == 404]
     examples = [
         {
@@ -437,7 +438,7 @@ def judge_log_entries(
     )
     detail = (
         f"{len(bad)} matching entr{'y' if len(bad) == 1 else 'ies'} ({what}); first: "
-        f"[{first.severity}] {shown} ({counts})"
+        f"[{first.severity}] {shown}; {counts}"
     )
     no_ws = [e for e in entries if any(m in str(e.text) for m in NO_WS_LOG_MARKERS)]
     if no_ws:
