@@ -40,18 +40,16 @@ from .exceptions import CloudRunError
 from .redaction import redact_excerpt
 from .settings import Settings
 
+# The evidence helpers (gather_evidence, send_fence, LogEvidence, REQUEST_LOG) are imported
+# from this module by the steps; the package's front door does not list them.
 __all__ = [
-    "REQUEST_LOG",
     "LogEntry",
-    "LogEvidence",
     "LogScope",
-    "gather_evidence",
     "gcloud_logging_command",
     "log_scope",
     "logging_filter",
     "read_logs",
     "scope_for",
-    "send_fence",
 ]
 
 log = logging.getLogger(__name__)
