@@ -323,3 +323,61 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     assert judge(await read_logs(settings, scope=interactive, **routing)) == "pass"
     # Not vacuous: the same query over the deploy's span does see that probe.
     assert judge(await read_logs(settings, scope=by_deploy, **routing)) == "fail"
+
+
+async def test_sandbox_logs_read_through_the_real_client_have_cloud_runs_shape(
+    settings: Settings, sandbox: manager.SandboxInfo
+) -> None:
+    """Request log: httpRequest only, a WebSocket's 101 written at close with its whole
+    duration as latency; the app's JSON lines are jsonPayload with a message."""
+    import websockets
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as glogging
+
+    from runbook_lib.identity import user_agent
+    from runbook_lib.sandbox.auth_service import mint_token
+
+    cr = cloudrun_client(settings)
+    if "healthy" not in (await cr.get_service()).latest_ready_revision:
+        out = await cr.deploy("sandbox/backend:healthy")
+        assert out.succeeded, out
+    since = datetime.now(UTC)
+    serving = (await cr.get_service()).latest_ready_revision
+    token = mint_token(sandbox.jwt_secret, "shape")
+    ua = user_agent("shape-test")
+    url = f"{settings.target.ws()}?token={token}"
+    async with websockets.connect(url, user_agent_header=ua, open_timeout=5) as ws:
+        await asyncio.sleep(1.0)
+        await ws.send('{"type": "ping"}')
+        await asyncio.wait_for(ws.recv(), 5)
+    client = glogging.Client(
+        project=settings.cloudrun.project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": settings.cloudrun.api_endpoint},
+        _use_grpc=False,
+    )
+    own = (
+        f'logName="projects/{settings.cloudrun.project}/logs/run.googleapis.com%2Frequests" '
+        f'AND resource.labels.revision_name="{serving}" AND httpRequest.userAgent:"(run shape-test)"'
+    )
+    for _ in range(50):
+        entries = list(client.list_entries(filter_=own))
+        if entries:
+            break
+        await asyncio.sleep(0.1)
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry.payload is None  # no textPayload, no jsonPayload
+    http = entry.http_request
+    assert http["status"] == 101 and http["requestMethod"] == "GET"
+    assert http["requestUrl"].startswith("/websocket?token=[REDACTED]") and token not in str(http)
+    assert http["userAgent"] == ua and http["protocol"] and http["remoteIp"]
+    assert float(http["latency"].rstrip("s")) >= 1.0  # the whole connection
+    assert entry.severity == "INFO" and entry.timestamp >= since - timedelta(seconds=1)
+    app = list(
+        client.list_entries(
+            filter_=f'logName:"run.googleapis.com%2Fstdout" AND resource.labels.revision_name='
+            f'"{serving}" AND jsonPayload.message:"websocket"'
+        )
+    )
+    assert app and all(isinstance(e.payload, dict) and "message" in e.payload for e in app)
