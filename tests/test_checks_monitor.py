@@ -169,7 +169,9 @@ def test_a_ws_404_fails_from_the_request_status_alone() -> None:
 
 
 def test_plain_text_error_lines_count_though_cloud_run_gives_them_no_severity() -> None:
-    from runbook_lib.checks.monitor import log_entry_fails
+    from runbook_lib.checks import monitor
+
+    log_entry_fails = monitor.log_entry_fails
 
     assert log_entry_fails(entry("DEFAULT", text="ERROR:    Exception in ASGI application"))
     assert log_entry_fails(entry("DEFAULT", text="Traceback (most recent call last):"))
