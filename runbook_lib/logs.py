@@ -341,7 +341,7 @@ def _entry(raw: Any) -> LogEntry:
     labels = dict(getattr(raw.resource, "labels", None) or {}) if raw.resource else {}
     http = raw.http_request or {}
     url = str(http.get("requestUrl") or "")
-    path = urlsplit(url).path if "://" in url else url
+    path = urlsplit(url).path  # absolute on Google, a path in the sandbox; never the query
     payload = raw.payload
     if isinstance(payload, Mapping):
         message = payload.get("message")

@@ -417,7 +417,7 @@ def judge_log_entries(
             observed=None,
         )
     if not bad:
-        return v.ok(f"no {what}; {counts}", observed=0)
+        return v.ok(f"{counts}: no {what}", observed=0)
     ws404 = [e for e in bad if e.status == 404]
     examples = [
         {
@@ -437,8 +437,8 @@ def judge_log_entries(
         else str(first.text)[:120]
     )
     detail = (
-        f"{len(bad)} matching entr{'y' if len(bad) == 1 else 'ies'} ({what}); first: "
-        f"[{first.severity}] {shown}; {counts}"
+        f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'} against the check, first "
+        f"[{first.severity}] {shown}; {counts}; searched: {what}"
     )
     no_ws = [e for e in entries if any(m in str(e.text) for m in NO_WS_LOG_MARKERS)]
     if no_ws:
