@@ -64,6 +64,13 @@ class SandboxSession:
         self.note(message)
 
     def _remember(self, info: Any) -> None:
+        delay = _field(info, "log_delay_s")
+        if isinstance(delay, (int, float)) and delay != self.options.log_delay_s:
+            self._note(
+                f"the sandbox lists log entries {delay:g} s late, not "
+                f"{self.options.log_delay_s:g} s as asked (--log-delay): it was already "
+                "running; `runbook sandbox down` first to change it"
+            )
         env_file = _field(info, "env_file")
         if env_file:
             self.env_file = str(env_file)

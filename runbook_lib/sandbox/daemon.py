@@ -342,6 +342,7 @@ async def run_daemon(config: DaemonConfig) -> int:
                 "service": config.service,
                 "serving": config.serving,
                 "deploy_image": config.deploy_image,
+                "log_delay_s": config.log_delay_s,
                 "owner_pid": config.owner_pid,
                 "owner_started": config.owner_started,
                 "state_dir": str(config.state_file.parent),

@@ -165,6 +165,7 @@ class SandboxInfo:
     traffic: tuple[str, ...] = ()
     jwt_secret: str = field(default="", repr=False)
     owner_pid: int = 0  # 0: started by `runbook sandbox up`, runs until `down`
+    log_delay_s: float = 0.0  # Cloud Logging's ingestion delay (`--log-delay`)
 
     @property
     def router_url(self) -> str:
@@ -425,6 +426,7 @@ def _info(
         traffic=traffic,
         jwt_secret=str(state.get("jwt_secret", "")),
         owner_pid=int(state.get("owner_pid", 0) or 0),
+        log_delay_s=float(state.get("log_delay_s", 0.0) or 0.0),
     )
 
 
@@ -1082,6 +1084,8 @@ def _print_info(info: SandboxInfo) -> None:
     print(f"  state dir   : {info.state_dir}")
     print(f"  service url : {info.service_url}")
     print(f"  auth url    : {info.auth_url}")
+    if info.log_delay_s:
+        print(f"  log delay   : {info.log_delay_s:g} s (entries are listed that late)")
     print(
         f"  cloud run   : {info.emulator_url}  "
         f"(projects/{info.project}/locations/{info.region}/services/{info.service})"
