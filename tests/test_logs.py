@@ -325,6 +325,7 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     assert judge(await read_logs(settings, scope=by_deploy, **routing)) == "fail"
 
 
+@pytest.mark.slow
 async def test_sandbox_logs_read_through_the_real_client_have_cloud_runs_shape(
     settings: Settings, sandbox: manager.SandboxInfo
 ) -> None:
