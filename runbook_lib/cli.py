@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--serving", default=None, help="sandbox only: profile serving at start")
     r.add_argument("--deploy-image", default=None, help="sandbox only: image phase 2 deploys")
+    r.add_argument(
+        "--log-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="sandbox only: log entries are listed S s after their timestamp (default 0)",
+    )
     r.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)
     r.add_argument("--kernel", default="python3", help=argparse.SUPPRESS)
     # An isolated sandbox (tests, parallel rehearsals): its state and env file live there.
@@ -231,6 +238,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     phases = runner.parse_phases(args.phases) if args.phases.strip() else None
     if args.cell_timeout <= 0 or args.deadline <= 0:
         raise ConfigError("--cell-timeout and --deadline must be positive")
+    if args.log_delay < 0:
+        raise ConfigError("--log-delay must be >= 0 seconds")
     options = RunOptions(
         environment=args.env,
         phases=phases,
@@ -244,6 +253,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kernel_name=args.kernel,
         serving=args.serving,
         deploy_image=args.deploy_image,
+        log_delay_s=args.log_delay,
         sandbox_state_dir=Path(args.sandbox_state_dir) if args.sandbox_state_dir else None,
     )
     progress = ConsoleProgress()

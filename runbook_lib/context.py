@@ -21,6 +21,7 @@ from typing import Any
 from .checks.catalog import applicability
 from .checks.causes import RunCause, carry_cause, run_cause
 from .exceptions import ApprovalRequired, ConfigError
+from .identity import bind_run
 from .phases import PHASES, phase_file
 from .redaction import redact, redact_obj
 from .results import CheckResult, Status, results_frame
@@ -242,6 +243,7 @@ def open_phase(
     rd = Path(run_dir) if run_dir else None
     if rd is not None:
         rd.mkdir(parents=True, exist_ok=True)
+    bind_run(rd.name if rd is not None else None)
     ctx = PhaseContext(phase=phase, settings=settings, run_dir=rd, approve=approve)
     ctx.persist()
     return ctx

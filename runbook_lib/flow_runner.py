@@ -63,6 +63,7 @@ from .flows import (
     reply_timeout_s,
     resolve_flow,
 )
+from .identity import user_agent
 from .protocol import MAX_PARSE_BYTES, Frame, frame_text, parse_frame
 from .redaction import redact, redact_excerpt
 from .tokens import ConnectAuth
@@ -109,7 +110,7 @@ async def open_connection(
                 max_size=max_size,
                 compression=None,
                 proxy=None,
-                user_agent_header="runbook-flow",
+                user_agent_header=user_agent(),
             ),
             open_timeout_s + 1.0,
         )

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .http_checks import error_kind, exc_text
+from .identity import user_agent
 from .observations import HandshakeObservation
 from .redaction import redact, redact_excerpt
 from .tokens import ConnectAuth
@@ -107,7 +108,7 @@ def upgrade_request(
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
-        "User-Agent: runbook-ws-probe",
+        f"User-Agent: {user_agent()}",
     ]
     if subprotocols:
         lines.append("Sec-WebSocket-Protocol: " + ", ".join(subprotocols))

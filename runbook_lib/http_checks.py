@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from .identity import user_agent
 from .observations import HttpObservation, ReadinessTimeline, TimelinePoint
 from .redaction import REDACTED, redact, redact_excerpt, redact_obj
 
@@ -132,7 +133,9 @@ async def _client(client: httpx.AsyncClient | None, timeout_s: float):  # type: 
     if client is not None:
         yield client
         return
-    async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as own:
+    async with httpx.AsyncClient(
+        timeout=timeout_s, trust_env=False, headers={"User-Agent": user_agent()}
+    ) as own:
         yield own
 
 

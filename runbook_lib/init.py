@@ -42,6 +42,7 @@ import httpx
 
 from .flow_runner import run_flow
 from .flows import Flow, FlowObservation, FlowStep
+from .identity import user_agent
 from .protocol import ProtocolSettings
 from .settings import (
     AuthSettings,
@@ -397,7 +398,9 @@ async def probe_service(
     ws_base = _ws_base(base)
 
     # HTTP endpoints.
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout_s, follow_redirects=False, headers={"User-Agent": user_agent()}
+    ) as client:
         health = {p: await _health(client, base, p) for p in HEALTH_CANDIDATES}
         ws_health = await _health(client, base, "/ws/health")
     answered = {p: s for p, (s, _) in health.items() if s is not None}

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ._load_worker import WorkerSpec, run_worker, worker_process_main
+from .identity import user_agent
 
 __all__ = ["LoadPlan", "LoadReport", "run_load"]
 
@@ -300,6 +301,8 @@ def _resolve_workers(plan: LoadPlan) -> int:
 
 def _specs(plan: LoadPlan, workers: int) -> list[WorkerSpec]:
     headers = list(plan.headers)
+    if not any(k.lower() == "user-agent" for k, _ in headers):
+        headers.append(("User-Agent", user_agent()))
     if plan.subprotocols:
         headers.append(("Sec-WebSocket-Protocol", ", ".join(plan.subprotocols)))
     stride = max(workers, 1)

@@ -1,12 +1,20 @@
 """Read the service's Cloud Run logs through the real Cloud Logging client.
 
-:func:`read_logs` builds the same filter the seed's ``gcloud logging read``
-commands use (``resource.type="cloud_run_revision" AND
-resource.labels.service_name="..."``, optionally a revision, a minimum severity
-and substrings), asks ``google.cloud.logging.Client`` over HTTP (the sandbox
-emulator when ``api_endpoint`` is set) and returns flat :class:`LogEntry` rows.
-:func:`logging_filter` and :func:`gcloud_logging_command` let a notebook show
-the equivalent command.
+:func:`read_logs` builds the filter the seed's ``gcloud logging read`` commands
+start from (``resource.type="cloud_run_revision" AND
+resource.labels.service_name="..."``, optionally a revision, a minimum severity,
+text terms, and one of the checks' clauses: ``errors``, ``routing`` or ``own``),
+asks ``google.cloud.logging.Client`` over HTTP (the sandbox emulator when
+``api_endpoint`` is set) and returns flat :class:`LogEntry` rows.
+:func:`logging_filter` and :func:`gcloud_logging_command` give a notebook the same
+filter as a command.
+
+The filters are built for logs shaped as Cloud Run writes them: a request's status
+lives only in the request log's ``httpRequest`` (no text payload), the service's own
+output is ``textPayload`` (plain lines, no severity) or ``jsonPayload`` (JSON lines,
+``message`` and ``severity``). :func:`gather_evidence` is a log check's I/O: it
+waits (bounded by ``[logging] ingestion_wait_s``) until this run's own requests are
+listed before the check may pass (:func:`send_fence` marks the moment to wait for).
 
 Evidence is scoped (:class:`LogScope`, built by :func:`log_scope`): a log check
 reads the revision under test since the deploy (or, interactively, since the phase
@@ -18,9 +26,11 @@ dropped client-side too, whatever the server returned.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shlex
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +40,8 @@ from .exceptions import CloudRunError
 from .redaction import redact_excerpt
 from .settings import Settings
 
+# The evidence helpers (gather_evidence, send_fence, LogEvidence, REQUEST_LOG) are imported
+# from this module by the steps; the package's front door does not list them.
 __all__ = [
     "LogEntry",
     "LogScope",
@@ -67,6 +79,8 @@ class LogEntry:
     method: str
     path: str
     latency_s: float | None
+    user_agent: str = ""
+    log: str = ""  # the log's id, e.g. ``run.googleapis.com%2Frequests``
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +205,50 @@ def _rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Cloud Run's request log: where a request's status is, and the only place it is.
+REQUEST_LOG = "run.googleapis.com%2Frequests"
+# Words of the service's own lines that a routing-error search reads (the seed's query).
+ROUTING_WORDS = ("404", "websocket", "routing")
+# Plain text lines have no severity on Cloud Run: these words find the error lines
+# (Python logging's and uvicorn's level prefixes, tracebacks) for the judge to read.
+ERROR_WORDS = ("ERROR", "CRITICAL", "FATAL", "Traceback")
+KINDS = ("", "errors", "routing", "own")
+
+
+def _text_terms(words: Sequence[str]) -> list[str]:
+    """A word in the service's own output: a text line or a JSON line's ``message``."""
+    return [
+        term
+        for w in words
+        if w
+        for term in (f"textPayload:{_quote(w)}", f"jsonPayload.message:{_quote(w)}")
+    ]
+
+
+def _ws_404(ws_paths: Sequence[str]) -> str:
+    urls = " OR ".join(f"httpRequest.requestUrl:{_quote(p)}" for p in ws_paths if p)
+    return f"(httpRequest.status=404 AND ({urls}))" if urls else ""
+
+
+def _kind_clause(kind: str, ws_paths: Sequence[str], run: str, project: str) -> str:
+    from .checks.causes import NO_WS_LOG_MARKERS
+
+    if kind == "own":
+        from .identity import run_id
+
+        return (
+            f"logName={_quote(f'projects/{project}/logs/{REQUEST_LOG}')} AND "
+            f"httpRequest.userAgent:{_quote(f'(run {run or run_id()})')}"
+        )
+    terms = ["httpRequest.status>=500", _ws_404(ws_paths)]
+    if kind == "errors":
+        terms = ["severity>=ERROR", *terms, *_text_terms(ERROR_WORDS)]
+    else:  # routing
+        terms += _text_terms(ROUTING_WORDS)
+    terms += _text_terms(NO_WS_LOG_MARKERS)
+    return "(" + " OR ".join(t for t in terms if t) + ")"
+
+
 def logging_filter(
     settings: Settings,
     *,
@@ -199,15 +257,27 @@ def logging_filter(
     min_severity: str | None = None,
     contains: Sequence[str] = (),
     scope: LogScope | None = None,
+    kind: str = "",
+    ws_paths: Sequence[str] = (),
+    run: str = "",
 ) -> str:
     """The Cloud Logging filter for the configured service.
 
-    ``contains`` terms are OR-ed (``textPayload:"404" OR textPayload:"websocket"``),
-    like the seed's routing-error query. A ``scope`` sets the revision and the start.
+    ``kind`` adds one log check's clause: ``errors`` (``deploy.logs_clean``,
+    ``monitor.log_errors``: severity ERROR+, request-log 5xx and 404s on ``ws_paths``,
+    error lines of the service's text and JSON output), ``routing``
+    (``logs.no_routing_errors``: request-log 5xx and 404s on ``ws_paths``, lines that
+    mention 404, websocket or routing) or ``own`` (this run's requests in the request
+    log, by User-Agent; ``run`` defaults to the bound run). ``contains`` terms are
+    OR-ed over ``textPayload`` and ``jsonPayload.message``. A ``scope`` sets the
+    revision and the start.
 
     Raises:
-        CloudRunError: unknown severity name, or a scope contradicted by since/revision.
+        CloudRunError: unknown severity name or kind, or a scope contradicted by
+            since/revision.
     """
+    if kind not in KINDS:
+        raise CloudRunError(f"unknown log filter kind {kind!r}; use one of {KINDS}")
     since, revision = _scoped(scope, since, revision)
     parts = [
         'resource.type="cloud_run_revision"',
@@ -222,20 +292,24 @@ def logging_filter(
         parts.append(f"severity>={sev}")
     if since is not None:
         parts.append(f"timestamp>={_quote(_rfc3339(since))}")
-    terms = [f"textPayload:{_quote(t)}" for t in contains if t]
-    if len(terms) == 1:
-        parts.append(terms[0])
-    elif terms:
+    if kind:
+        parts.append(_kind_clause(kind, ws_paths, run, settings.cloudrun.project))
+    terms = _text_terms(contains)
+    if terms:
         parts.append("(" + " OR ".join(terms) + ")")
     return " AND ".join(parts)
 
 
 def gcloud_logging_command(settings: Settings, filter: str, limit: int = 50) -> str:
-    """The equivalent ``gcloud logging read`` command (as in the seed plan)."""
+    """The equivalent ``gcloud logging read`` command (as in the seed plan).
+
+    The format shows request-log fields too: a request log entry has no text payload.
+    """
     return (
         f"gcloud logging read {shlex.quote(filter)} "
         f"--project={shlex.quote(settings.cloudrun.project)} --limit={int(limit)} "
-        '--format="value(timestamp,severity,textPayload)"'
+        '--format="value(timestamp,severity,httpRequest.status,httpRequest.requestUrl,'
+        'textPayload,jsonPayload.message)"'
     )
 
 
@@ -267,9 +341,13 @@ def _entry(raw: Any) -> LogEntry:
     labels = dict(getattr(raw.resource, "labels", None) or {}) if raw.resource else {}
     http = raw.http_request or {}
     url = str(http.get("requestUrl") or "")
-    path = urlsplit(url).path if "://" in url else url
+    path = urlsplit(url).path  # absolute on Google, a path in the sandbox; never the query
     payload = raw.payload
-    text = payload if isinstance(payload, str) else ("" if payload is None else str(payload))
+    if isinstance(payload, Mapping):
+        message = payload.get("message")
+        text = str(message) if message not in (None, "") else json.dumps(dict(payload))[:2000]
+    else:
+        text = "" if payload is None else str(payload)
     status = http.get("status")
     ts = raw.timestamp or datetime.fromtimestamp(0, UTC)
     return LogEntry(
@@ -281,6 +359,8 @@ def _entry(raw: Any) -> LogEntry:
         method=str(http.get("requestMethod") or ""),
         path=path,
         latency_s=_latency(http.get("latency")),
+        user_agent=str(http.get("userAgent") or ""),
+        log=str(raw.log_name or "").rsplit("/logs/", 1)[-1],
     )
 
 
@@ -321,6 +401,9 @@ async def read_logs(
     contains: Sequence[str] = (),
     limit: int = 500,
     scope: LogScope | None = None,
+    kind: str = "",
+    ws_paths: Sequence[str] = (),
+    run: str = "",
 ) -> list[LogEntry]:
     """Log entries of the configured service since ``since``, oldest first.
 
@@ -330,10 +413,11 @@ async def read_logs(
         since: earliest timestamp (aware, or naive UTC); or give ``scope``.
         revision: only this revision.
         min_severity: e.g. ``"ERROR"``.
-        contains: substrings of textPayload (any of them).
+        contains: substrings of textPayload or jsonPayload.message (any of them).
         limit: most recent ``limit`` entries at most.
         scope: the evidence scope (:func:`log_scope`): its revision and start are
             queried, and entries outside it are dropped even if the server sent them.
+        kind, ws_paths, run: a log check's clause (see :func:`logging_filter`).
 
     Raises:
         CloudRunError: the read failed (refused, unreachable, timed out, bad answer),
@@ -344,7 +428,14 @@ async def read_logs(
     if since is None:
         raise CloudRunError("read_logs needs since= or scope=: an unbounded read is no evidence")
     flt = logging_filter(
-        settings, since=since, revision=revision, min_severity=min_severity, contains=contains
+        settings,
+        since=since,
+        revision=revision,
+        min_severity=min_severity,
+        contains=contains,
+        kind=kind,
+        ws_paths=ws_paths,
+        run=run,
     )
     timeout = settings.timeouts.cloudrun_s
 
@@ -413,3 +504,103 @@ def _bounded_session(credentials: Any, timeout: float) -> Any:
             return super().request(method, url, *args, **kwargs)
 
     return _Bounded(credentials)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvidence:
+    """What a log check read, and whether it saw this run's own requests first.
+
+    ``entries`` matched the check's filter; ``own`` are this run's requests listed in
+    the request log of the revision under test; ``fenced`` says whether the request
+    sent when the check began (or, with no fence, any of this run's requests) was
+    listed; ``waited_s`` how long the check polled.
+    """
+
+    entries: tuple[LogEntry, ...]
+    own: tuple[LogEntry, ...]
+    fenced: bool
+    waited_s: float
+    filter: str
+    own_filter: str
+
+
+async def send_fence(settings: Settings, revision: str) -> datetime | None:
+    """Send one request the log check then waits to see listed; return when it was sent.
+
+    The request (``GET`` of the health path, else ``/``, with this run's User-Agent)
+    only marks the moment: what it answers does not matter. It is sent only when the
+    revision under test serves all traffic, so the request reaches it; otherwise (or
+    when it cannot be sent) ``None``: the check then waits for any of this run's
+    requests.
+    """
+    import httpx
+
+    from .cloudrun import cloudrun_client
+    from .identity import user_agent
+
+    try:
+        serving = (await cloudrun_client(settings).get_service()).serving_revisions
+    except Exception as exc:  # the check still runs, without a fence
+        log.info("no log fence: the service could not be read: %s", exc)
+        return None
+    if serving.get(revision, 0) < 100 or not settings.target.base_url:
+        return None
+    t = settings.target
+    url = t.http(t.health_path) if t.health_path else t.base_url.rstrip("/") + "/"
+    sent = datetime.now(UTC)
+    try:
+        async with httpx.AsyncClient(
+            timeout=settings.timeouts.connect_s + settings.timeouts.read_s,
+            trust_env=False,
+            headers={"User-Agent": user_agent()},
+        ) as client:
+            await client.get(url)
+    except httpx.HTTPError as exc:
+        log.info("no log fence: %s did not answer: %s", url, exc)
+        return None
+    return sent
+
+
+async def gather_evidence(
+    settings: Settings,
+    *,
+    kind: str,
+    scope: LogScope | None = None,
+    since: datetime | None = None,
+    revision: str | None = None,
+    ws_paths: Sequence[str] = (),
+    fence: datetime | None = None,
+    fails: Callable[[LogEntry], bool] | None = None,
+    wait_s: float | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> LogEvidence:
+    """Poll the logs until this run's own requests are listed, then return what was read.
+
+    Each round reads the check's entries (``kind``, see :func:`logging_filter`) and this
+    run's requests in the request log of the revision under test. It stops when a
+    request at or after ``fence`` (any of this run's requests when ``fence`` is None)
+    is listed, when an entry already fails the check (``fails``: a failure needs no
+    proof that the logs are complete), or after ``wait_s`` (default ``[logging]
+    ingestion_wait_s``), pausing 1 s, then longer (up to 10 s), between rounds.
+
+    Raises:
+        CloudRunError: a read failed.
+    """
+    wait = settings.logging.ingestion_wait_s if wait_s is None else wait_s
+    where: dict[str, Any] = (
+        {"scope": scope} if scope is not None else {"since": since, "revision": revision}
+    )
+    flt = logging_filter(settings, kind=kind, ws_paths=ws_paths, **where)
+    own_flt = logging_filter(settings, kind="own", **where)
+    start = time.monotonic()
+    pause = 1.0
+    while True:
+        entries = await read_logs(settings, kind=kind, ws_paths=ws_paths, **where)
+        own = await read_logs(settings, kind="own", limit=1000, **where)
+        fenced = any(fence is None or e.timestamp >= fence for e in own)
+        waited = time.monotonic() - start
+        failing = fails is not None and any(fails(e) for e in entries)
+        if fenced or failing or waited >= wait:
+            return LogEvidence(tuple(entries), tuple(own), fenced, waited, flt, own_flt)
+        await sleep(min(pause, wait - waited))
+        pause = min(pause * 1.6, 10.0)

@@ -18,6 +18,7 @@ from .flow_runner import run_flow
 from .flows import Flow, FlowObservation
 from .handshake import observe_handshake, with_subprotocols
 from .http_checks import observe_get
+from .identity import user_agent
 from .observations import HandshakeObservation, HttpObservation, MonitorObservation, MonitorTick
 from .protocol import ProtocolSettings
 from .tokens import ConnectAuth
@@ -63,7 +64,9 @@ async def observe_monitor(
     expect step of the ping flow that has no ``timeout_s`` (None: the flow's one default).
     """
     own = client is None
-    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    http = client or httpx.AsyncClient(
+        timeout=timeout_s, trust_env=False, headers={"User-Agent": user_agent()}
+    )
 
     async def tick(t: float) -> MonitorTick:
         jobs: list[Awaitable[Any]] = [

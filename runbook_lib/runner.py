@@ -182,6 +182,7 @@ class RunOptions:
         kernel_name: Jupyter kernel to run the notebooks in.
         notebooks: folder holding the phase notebooks (default: the repo's ``notebooks/``).
         serving, deploy_image, sandbox_state_dir: passed to the sandbox when the runner starts it.
+        log_delay_s: the started sandbox's Cloud Logging ingestion delay (``--log-delay``).
     """
 
     environment: str = ""
@@ -198,6 +199,7 @@ class RunOptions:
     serving: str | None = None
     deploy_image: str | None = None
     sandbox_state_dir: Path | None = None
+    log_delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,7 @@ def run(
         serving=options.serving,
         deploy_image=options.deploy_image,
         state_dir=options.sandbox_state_dir,
+        log_delay_s=options.log_delay_s,
         note=lambda m: emit(Progress("note", message=m)),
     )
     with session as sb:

@@ -39,6 +39,8 @@ class SandboxSession:
         serving, deploy_image: the profiles asked for (``None`` = the defaults).
         state_dir: an isolated sandbox (tests, parallel rehearsals), which then keeps
             its environment file there too; ``None`` = the checkout's.
+        log_delay_s: Cloud Logging's ingestion delay for a sandbox this session starts
+            (``--log-delay``); a running sandbox with another delay is reused with a note.
         note: receives every note for the operator.
     """
 
@@ -49,12 +51,14 @@ class SandboxSession:
         serving: str | None = None,
         deploy_image: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        log_delay_s: float = 0.0,
         note: Callable[[str], None],
     ) -> None:
         self.manager = manager
         self.serving = serving
         self.deploy_image = deploy_image
         self.state_dir = state_dir
+        self.log_delay_s = log_delay_s
         self.note = note
         self.started = False
         self.env_file: str = ""
@@ -70,12 +74,21 @@ class SandboxSession:
         if self.state_dir is not None:
             kw["state_dir"] = self.state_dir
             kw["env_file"] = Path(self.state_dir) / "local.toml"
+        if self.log_delay_s:
+            kw["env"] = {"SANDBOX_LOG_DELAY_S": repr(float(self.log_delay_s))}
         return kw
 
     def __enter__(self) -> SandboxSession:
         self._claim = self.manager.Sandbox(note=self.note, **self._claim_kwargs())
         info = self._claim.__enter__()
         self.started = bool(self._claim.started)
+        delay = getattr(info, "log_delay_s", None)
+        if isinstance(delay, (int, float)) and delay != self.log_delay_s:
+            self.note(
+                f"the sandbox lists log entries {delay:g} s late, not "
+                f"{self.log_delay_s:g} s as asked (--log-delay): it was already "
+                "running; `runbook sandbox down` first to change it"
+            )
         env_file = getattr(info, "env_file", "")
         self.env_file = str(env_file or _REPO_ROOT / "environments" / "local.toml")
         # The sandbox's JWT secret is read inside the kernels: register it here too so

@@ -177,6 +177,8 @@ class LoggingSettings:
     enabled: bool = False
     api_endpoint: str = ""
     lookback_s: int = 900
+    # How long a log check waits for this run's own requests to show in the request log.
+    ingestion_wait_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)

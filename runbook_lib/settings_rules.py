@@ -87,6 +87,7 @@ _DAY = 86_400.0
 RANGES: dict[str, Range] = {
     "auth.ttl_s": _count(1, 7 * 86_400),
     "logging.lookback_s": _count(1, 30 * 86_400),
+    "logging.ingestion_wait_s": _dur(CELL_TIMEOUT_S / 2, zero=True),
     "thresholds.health_ready_s": _dur(CELL_TIMEOUT_S),
     "thresholds.ws_health_ready_s": _dur(CELL_TIMEOUT_S),
     "thresholds.http_latency_s": _dur(60.0),
@@ -198,6 +199,11 @@ def check_cell_budget(settings: Any, source: str, cell_timeout_s: float = CELL_T
             "the agent run (phases 4 and 5)",
         ),
         ("timeouts.operation_s", to.operation_s + to.cloudrun_s, "the deploy (phase 2)"),
+        (
+            "logging.ingestion_wait_s",
+            settings.logging.ingestion_wait_s + 4 * to.cloudrun_s,
+            "a log check's wait for this run's requests in the logs",
+        ),
         ("timeouts.command_s", to.command_s, "the route listing (phase 1)"),
         (
             "commands.predeploy",

@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import httpx
 import jwt
 
+from .identity import user_agent
 from .redaction import redact, redact_excerpt, register_secret
 from .settings import AuthSettings
 
@@ -193,7 +194,9 @@ async def _from_endpoint(
     if expired:
         body["expired"] = True
     own = client is None
-    http = client or httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    http = client or httpx.AsyncClient(
+        timeout=timeout_s, trust_env=False, headers={"User-Agent": user_agent()}
+    )
     try:
         resp = await http.post(url, json=body, timeout=timeout_s)
     except httpx.HTTPError as exc:

@@ -237,6 +237,7 @@ class LogEntryStub:
     text: str = "x"
     revision: str = "rev-1"
     timestamp: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    method: str = "GET"
 
 
 def entry(sev="INFO", status=None, path="", text="x") -> LogEntryStub:

@@ -125,24 +125,60 @@ def test_no_server_errors_needs_an_upgraded_session() -> None:
     assert by["load.no_server_errors"].status is Status.PASS
 
 
-def test_judge_log_entries() -> None:
+def test_judge_log_entries_passes_only_once_this_runs_requests_were_seen() -> None:
     clean = [entry(), entry(status=200, path="/health"), entry(status=404, path="/favicon.ico")]
-    r = judge_log_entries(
-        clean,
-        check_id="logs.no_routing_errors",
-        what="routing errors",
-        ws_paths=["/websocket"],
-    )
+    kw = {
+        "check_id": "logs.no_routing_errors",
+        "what": "routing errors",
+        "ws_paths": ["/websocket"],
+    }
+    r = judge_log_entries(clean, own_requests=4, fenced=True, **kw)
     assert r.status is Status.PASS and r.phase == 3
+    assert "7 entries read" in r.detail and "4 of this run's requests seen" in r.detail
     bad = [
         *clean,
-        entry("WARNING", 404, "/websocket", "GET /websocket 404"),
+        entry("WARNING", 404, "/websocket", ""),
         entry("ERROR", text="Traceback"),
     ]
-    r = judge_log_entries(
-        bad, check_id="monitor.log_errors", what="errors", ws_paths=["/websocket"]
-    )
+    r = judge_log_entries(bad, own_requests=4, check_id="monitor.log_errors", what="errors",
+                          ws_paths=["/websocket"])  # fmt: skip
     assert r.status is Status.FAIL and r.observed == 2 and "not registered" in r.detail
+    assert "GET /websocket 404" in r.detail
+
+
+def test_an_empty_or_unproven_log_is_an_error_never_a_pass() -> None:
+    """No check passes on zero entries: unseen own requests make a clean log an error."""
+    kw = {"check_id": "monitor.log_errors", "what": "errors", "ws_paths": ["/websocket"]}
+    nothing = judge_log_entries([], own_requests=0, waited_s=120, **kw)
+    assert nothing.status is Status.ERROR
+    assert "this run's requests are not in the logs after 120 s" in nothing.detail
+    assert "roles/logging.viewer" in nothing.detail and "0 entries read" in nothing.detail
+    stale = judge_log_entries([entry()], own_requests=3, fenced=False, waited_s=5, **kw)
+    assert stale.status is Status.ERROR and "latest request is not in the logs" in stale.detail
+    # A failure needs no proof that the logs are complete.
+    ws404 = judge_log_entries([entry("INFO", 404, "/websocket", "")], own_requests=0, **kw)
+    assert ws404.status is Status.FAIL
+
+
+def test_a_ws_404_fails_from_the_request_status_alone() -> None:
+    """A request-log entry (no text, INFO/WARNING severity) with 404 on a WS path fails."""
+    rows = [entry("WARNING", 404, "/websocket", "")]
+    r = judge_log_entries(rows, check_id="logs.no_routing_errors", what="x",
+                          ws_paths=["/websocket"], own_requests=1)  # fmt: skip
+    assert r.status is Status.FAIL and r.observed == 1
+
+
+def test_plain_text_error_lines_count_though_cloud_run_gives_them_no_severity() -> None:
+    from runbook_lib.checks import monitor
+
+    log_entry_fails = monitor.log_entry_fails
+
+    assert log_entry_fails(entry("DEFAULT", text="ERROR:    Exception in ASGI application"))
+    assert log_entry_fails(entry("DEFAULT", text="Traceback (most recent call last):"))
+    assert log_entry_fails(entry("DEFAULT", text="WARNING:  Unsupported upgrade request."))
+    assert not log_entry_fails(entry("DEFAULT", text="INFO:     websocket closed (no error)"))
+    assert log_entry_fails(entry("INFO", 503, "/health", ""))
+    assert not log_entry_fails(entry("INFO", 404, "/favicon.ico", ""), ["/websocket"])
 
 
 def test_log_entries_naming_a_missing_websocket_library_give_that_cause() -> None:
@@ -155,7 +191,9 @@ def test_log_entries_naming_a_missing_websocket_library_give_that_cause() -> Non
         entry("WARNING", text="No supported WebSocket library detected."),
         entry("INFO", 404, "/ws", "GET /ws 404"),
     ]
-    r = judge_log_entries(rows, check_id="logs.no_routing_errors", what="x", ws_paths=["/ws"])
+    r = judge_log_entries(
+        rows, check_id="logs.no_routing_errors", what="x", ws_paths=["/ws"], own_requests=1
+    )
     assert r.status is Status.FAIL and "install websockets" in r.detail
     assert "not registered" not in r.detail
 

@@ -29,6 +29,7 @@ from runbook_lib.sandbox import manager
 from runbook_lib.sandbox import state as sandbox_state
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
+WS_PATHS = ("/websocket", "/ws/test")
 WS_HEADERS = {
     "Connection": "Upgrade",
     "Upgrade": "websocket",
@@ -66,7 +67,8 @@ def test_filter_matches_the_seed_queries(settings: Settings) -> None:
         'resource.type="cloud_run_revision" AND resource.labels.service_name="backend" AND '
         'resource.labels.revision_name="backend-00002-abc" AND severity>=WARNING AND '
         'timestamp>="2026-01-02T03:04:05.000000Z" AND '
-        '(textPayload:"404" OR textPayload:"websocket")'
+        '(textPayload:"404" OR jsonPayload.message:"404" OR '
+        'textPayload:"websocket" OR jsonPayload.message:"websocket")'
     )
     cmd = gcloud_logging_command(settings, flt, limit=20)
     assert cmd.startswith("gcloud logging read 'resource.type=")
@@ -89,7 +91,7 @@ async def test_incident_404s_are_read_back_by_revision_and_substring(
     # A log line travels backend stdout -> daemon -> store after the response: poll briefly.
     for _ in range(50):
         entries = await read_logs(
-            settings, since=since, revision=serving, contains=["/websocket", "/ws/test"]
+            settings, since=since, revision=serving, kind="routing", ws_paths=WS_PATHS
         )
         hits = [e for e in entries if e.status == 404]
         if len(hits) >= 2:
@@ -106,7 +108,7 @@ async def test_incident_404s_are_read_back_by_revision_and_substring(
     assert 404 in {e.status for e in warnings}
     assert {e.severity for e in warnings} <= {"WARNING", "ERROR", "CRITICAL"}
     older = (await cloudrun_client(settings).list_revisions())[-1].name
-    assert await read_logs(settings, since=since, revision=older, contains=["/websocket"]) == []
+    assert await read_logs(settings, since=since, revision=older, kind="routing") == []
 
 
 async def test_system_entries_and_limit(settings: Settings) -> None:
@@ -276,8 +278,8 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     from runbook_lib.checks import judge_log_entries
 
     cr = cloudrun_client(settings)
-    ws_paths = ("/websocket", "/ws/test")
-    contains = ("404", "websocket", "routing")
+    ws_paths = WS_PATHS
+    routing: dict[str, Any] = {"kind": "routing", "ws_paths": ws_paths}
     started = datetime.now(UTC) - timedelta(seconds=1)
     old = (await cr.get_service()).latest_ready_revision
     async with httpx.AsyncClient(base_url=sandbox.service_url, timeout=5) as client:
@@ -294,29 +296,90 @@ async def test_scoped_logs_never_count_earlier_probes_of_another_revision(
     def judge(entries: list[LogEntry]) -> str:
         return str(
             judge_log_entries(
-                entries, check_id="logs.no_routing_errors", what="x", ws_paths=ws_paths
+                entries,
+                check_id="logs.no_routing_errors",
+                what="x",
+                ws_paths=ws_paths,
+                own_requests=1,
             ).status
         )
 
     # The old way (15 minutes of every revision) blames the fix for phase 1's probes.
-    legacy = await read_logs(
-        settings, since=datetime.now(UTC) - timedelta(seconds=900), contains=contains
-    )
+    legacy = await read_logs(settings, since=datetime.now(UTC) - timedelta(seconds=900), **routing)
     assert judge(legacy) == "fail" and {e.revision for e in legacy if e.status == 404} == {old}
     # A run folder: the deployed revision since its deploy started.
     by_deploy = log_scope(deployed_revision=out.revision, deploy_started_at=deploy_started)
-    entries = await read_logs(settings, scope=by_deploy, contains=contains)
+    entries = await read_logs(settings, scope=by_deploy, **routing)
     assert judge(entries) == "pass" and all(e.revision == out.revision for e in entries)
 
     # The new revision was probed before this phase opened (a 404 of its own) ...
     async with httpx.AsyncClient(base_url=sandbox.service_url, timeout=5) as client:
         assert (await client.get("/websocket")).status_code == 404
-    await _wait_for(settings, 1, scope=by_deploy, contains=contains)
+    await _wait_for(settings, 1, scope=by_deploy, **routing)
     await asyncio.sleep(0.05)
     phase_opened = datetime.now(UTC)
     # ... interactively (no run folder) the serving revision since the phase opened.
     interactive = await scope_for(settings, phase_opened_at=phase_opened.isoformat())
     assert interactive.revision == out.revision and interactive.since == phase_opened
-    assert judge(await read_logs(settings, scope=interactive, contains=contains)) == "pass"
+    assert judge(await read_logs(settings, scope=interactive, **routing)) == "pass"
     # Not vacuous: the same query over the deploy's span does see that probe.
-    assert judge(await read_logs(settings, scope=by_deploy, contains=contains)) == "fail"
+    assert judge(await read_logs(settings, scope=by_deploy, **routing)) == "fail"
+
+
+@pytest.mark.slow
+async def test_sandbox_logs_read_through_the_real_client_have_cloud_runs_shape(
+    settings: Settings, sandbox: manager.SandboxInfo
+) -> None:
+    """Request log: httpRequest only, a WebSocket's 101 written at close with its whole
+    duration as latency; the app's JSON lines are jsonPayload with a message."""
+    import websockets
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as glogging
+
+    from runbook_lib.identity import user_agent
+    from runbook_lib.sandbox.auth_service import mint_token
+
+    cr = cloudrun_client(settings)
+    if "healthy" not in (await cr.get_service()).latest_ready_revision:
+        out = await cr.deploy("sandbox/backend:healthy")
+        assert out.succeeded, out
+    since = datetime.now(UTC)
+    serving = (await cr.get_service()).latest_ready_revision
+    token = mint_token(sandbox.jwt_secret, "shape")
+    ua = user_agent("shape-test")
+    url = f"{settings.target.ws()}?token={token}"
+    async with websockets.connect(url, user_agent_header=ua, open_timeout=5) as ws:
+        await asyncio.sleep(1.0)
+        await ws.send('{"type": "ping"}')
+        await asyncio.wait_for(ws.recv(), 5)
+    client = glogging.Client(
+        project=settings.cloudrun.project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": settings.cloudrun.api_endpoint},
+        _use_grpc=False,
+    )
+    own = (
+        f'logName="projects/{settings.cloudrun.project}/logs/run.googleapis.com%2Frequests" '
+        f'AND resource.labels.revision_name="{serving}" AND httpRequest.userAgent:"(run shape-test)"'
+    )
+    for _ in range(50):
+        entries = list(client.list_entries(filter_=own))
+        if entries:
+            break
+        await asyncio.sleep(0.1)
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry.payload is None  # no textPayload, no jsonPayload
+    http = entry.http_request
+    assert http["status"] == 101 and http["requestMethod"] == "GET"
+    assert http["requestUrl"].startswith("/websocket?token=[REDACTED]") and token not in str(http)
+    assert http["userAgent"] == ua and http["protocol"] and http["remoteIp"]
+    assert float(http["latency"].rstrip("s")) >= 1.0  # the whole connection
+    assert entry.severity == "INFO" and entry.timestamp >= since - timedelta(seconds=1)
+    app = list(
+        client.list_entries(
+            filter_=f'logName:"run.googleapis.com%2Fstdout" AND resource.labels.revision_name='
+            f'"{serving}" AND jsonPayload.message:"websocket"'
+        )
+    )
+    assert app and all(isinstance(e.payload, dict) and "message" in e.payload for e in app)

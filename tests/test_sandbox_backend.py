@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from runbook_lib.sandbox.auth_service import mint_token
 from runbook_lib.sandbox.backend import CRITICAL_EVENTS
+from runbook_lib.sandbox.wire import REQUEST_LOG_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sandbox-test-secret-0123456789-abcdefghijklmnop"
@@ -108,11 +109,12 @@ class BackendProcess:
         return [json.loads(line) for line in list(self.lines)]
 
     async def wait_logged(self, text: str, timeout_s: float = TIMEOUT) -> list[dict[str, Any]]:
-        """The log entries once one with ``textPayload == text`` was read (polled, bounded)."""
+        """The lines once a request record ``"METHOD /path STATUS"`` (or a line whose
+        ``message`` is ``text``) was read (polled, bounded)."""
         deadline = time.monotonic() + timeout_s
         while True:
             entries = self.entries()
-            if any(e.get("textPayload") == text for e in entries):
+            if any(_said(e) == text for e in entries):
                 return entries
             if time.monotonic() >= deadline:
                 raise AssertionError(f"{self.profile}: {text!r} not logged within {timeout_s:g} s")
@@ -344,7 +346,8 @@ async def test_users_are_isolated(healthy: BackendProcess) -> None:
 
 
 async def test_log_lines_are_cloud_run_entries_without_tokens(healthy: BackendProcess) -> None:
-    """Every stdout line is a JSON log entry; requests carry httpRequest; no token is logged."""
+    """Every stdout line is a JSON line (the app's own with severity and message, or a
+    request record with the httpRequest fields, a WebSocket's at close); no token."""
     token = token_for("dave")
     async with connect(f"{healthy.ws}/websocket?token={token}", open_timeout=TIMEOUT) as ws:
         await recv_json(ws)
@@ -355,35 +358,41 @@ async def test_log_lines_are_cloud_run_entries_without_tokens(healthy: BackendPr
     assert entries
     requests = []
     for entry in entries:
-        assert entry["severity"] in {"INFO", "WARNING", "ERROR"}
         assert entry["timestamp"].endswith("Z")
-        assert isinstance(entry["textPayload"], str)
-        if "httpRequest" in entry:
+        if REQUEST_LOG_KEY in entry:
             requests.append(entry)
-            req = entry["httpRequest"]
-            assert {
+            req = entry[REQUEST_LOG_KEY]
+            assert set(req) == {
                 "requestMethod",
                 "requestUrl",
                 "status",
                 "latency",
                 "protocol",
                 "userAgent",
-            } <= req.keys()
+                "remoteIp",
+            }
             assert req["latency"].endswith("s")
-            expected = (
-                "ERROR" if req["status"] >= 500 else "WARNING" if req["status"] >= 400 else "INFO"
-            )
-            assert entry["severity"] == expected
-    texts = [e["textPayload"] for e in requests]
+        else:
+            assert entry["severity"] in {"INFO", "WARNING", "ERROR"}
+            assert isinstance(entry["message"], str)
+    texts = [_said(e) for e in requests]
     assert "GET /health 200" in texts
     assert "GET /nope 404" in texts
     assert "GET /no-such-ws 404" in texts
-    assert "GET /websocket 101" in texts
-    assert any(e["httpRequest"]["requestUrl"] == "/websocket?token=[REDACTED]" for e in requests)
+    # Written when the socket closed (before the later requests), as Cloud Run does.
+    assert texts.index("GET /websocket 101") < texts.index("GET /nope 404")
+    assert any(e[REQUEST_LOG_KEY]["requestUrl"] == "/websocket?token=[REDACTED]" for e in requests)
     raw = "".join(healthy.lines)
     for issued in ISSUED_TOKENS:
         assert issued not in raw
     assert SECRET not in raw
+
+
+def _said(line: dict[str, Any]) -> str:
+    req = line.get(REQUEST_LOG_KEY)
+    if isinstance(req, dict):
+        return f"{req['requestMethod']} {req['requestUrl'].split('?')[0]} {req['status']}"
+    return str(line.get("message", ""))
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -503,4 +512,4 @@ def test_deploy_fails_exits_1_without_listening(spawn: Callable[..., Any]) -> No
     entry = json.loads(first)
     assert "event" not in entry
     assert entry["severity"] == "ERROR"
-    assert entry["textPayload"].startswith("startup failed")
+    assert entry["message"].startswith("startup failed")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Sequence
 
@@ -364,54 +365,98 @@ def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> 
     return out
 
 
+# Cloud Run gives plain text lines no severity: an error line says so in its own words
+# (Python logging's and uvicorn's level prefixes, a traceback).
+_TEXT_ERROR = re.compile(r"^\s*(?:(?:ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\))")
+
+
+def log_entry_fails(entry: LogEntryView, ws_paths: Sequence[str] = ()) -> bool:
+    """Whether one log entry counts against a log check (pure).
+
+    It does when its severity is ERROR or worse, its request status is 5xx or a 404 on
+    one of ``ws_paths`` (the incident's routing error, from the request log), or its
+    text is an error line (``ERROR: ...``, a traceback) or says the server cannot
+    upgrade WebSockets.
+    """
+    status, text = entry.status, str(entry.text)
+    return (
+        str(entry.severity).upper() in _BAD_SEVERITIES
+        or (status is not None and status >= 500)
+        or (status == 404 and (entry.path or "") in ws_paths)
+        or bool(_TEXT_ERROR.match(text))
+        or any(m in text for m in NO_WS_LOG_MARKERS)
+    )
+
+
 def judge_log_entries(
     entries: Sequence[LogEntryView],
     *,
     check_id: str,
     what: str,
     ws_paths: Sequence[str] = (),
+    own_requests: int,
+    fenced: bool | None = None,
+    waited_s: float = 0.0,
 ) -> CheckResult:
     """``deploy.logs_clean``, ``logs.no_routing_errors``, ``monitor.log_errors``.
 
-    An entry counts against the check when its severity is ERROR or worse, its request
-    status is 5xx, or it is a 404 on one of ``ws_paths`` (the incident's routing error).
+    An entry counts against the check as :func:`log_entry_fails` says. Finding none
+    passes only when the logs are proven visible: this run's own requests were seen in
+    the request log of the revision under test (``own_requests``), including the one
+    sent when the check began (``fenced``; ``None`` = the same as ``own_requests > 0``).
+    Otherwise the check is ``error``: an empty log proves nothing.
 
     Args:
         entries: :class:`runbook_lib.logs.LogEntry` rows (already filtered by the reader).
         check_id: the check to report.
         what: what was searched, in words (shown in the detail).
         ws_paths: WebSocket paths whose 404s are routing errors.
+        own_requests: how many of this run's requests the request log listed.
+        fenced: whether the latest of them (the check's own fence request) was listed.
+        waited_s: how long the check waited for them.
     """
     v = Verdict(check_id, threshold=0)
-    bad = []
-    for e in entries:
-        status = e.status
-        path = e.path or ""
-        if (
-            str(e.severity).upper() in _BAD_SEVERITIES
-            or (status is not None and status >= 500)
-            or (status == 404 and path in ws_paths)
-        ):
-            bad.append(e)
-    if not bad:
-        return v.ok(
-            f"no {what} ({len(entries)} entries read)",
-            observed=0,
+    seen = own_requests > 0 if fenced is None else fenced and own_requests > 0
+    read = len(entries) + own_requests
+    counts = (
+        f"{read} entr{'y' if read == 1 else 'ies'} read ({len(entries)} matching the filter), "
+        f"{own_requests} of this run's requests seen"
+    )
+    bad = [e for e in entries if log_entry_fails(e, ws_paths)]
+    if not bad and not seen:
+        late = (
+            "this run's latest request is not in the logs"
+            if own_requests
+            else "this run's requests are not in the logs"
         )
+        return v.error(
+            f"{late} after {waited_s:.0f} s: ingestion delay, another project or log "
+            f"bucket, an exclusion filter, or missing roles/logging.viewer ({counts})",
+            observed=None,
+        )
+    if not bad:
+        return v.ok(f"{counts}: no {what}", observed=0)
     ws404 = [e for e in bad if e.status == 404]
     examples = [
         {
             "timestamp": str(e.timestamp),
             "severity": e.severity,
             "revision": e.revision,
+            "status": e.status,
+            "path": e.path,
             "text": str(e.text)[:200],
         }
         for e in bad[:10]
     ]
-    first = examples[0]
+    first = bad[0]
+    shown = (
+        f"{first.method or 'GET'} {first.path} {first.status}"
+        if first.status is not None
+        else str(first.text)[:120]
+    )
     detail = (
-        f"{len(bad)} matching entr{'y' if len(bad) == 1 else 'ies'} ({what}); first: "
-        f"[{first['severity']}] {first['text'][:120]}"
+        f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'} against the check, first "
+        f"[{first.severity}] {shown}; {counts}; searched: {what}"
     )
     no_ws = [e for e in entries if any(m in str(e.text) for m in NO_WS_LOG_MARKERS)]
     if no_ws:

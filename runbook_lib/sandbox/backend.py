@@ -11,8 +11,11 @@ Run as a process::
         --host 127.0.0.1 --port 0 --profile healthy --revision svc-00001-abc --service svc
 
 The process binds its socket itself, prints exactly one line
-``{"event": "listening", "port": N}`` and then only Cloud-Run-shaped JSON log
-entries (one per HTTP request and per WebSocket handshake), one per line.
+``{"event": "listening", "port": N}``; then its own lines as a Cloud Run container
+writes them (JSON lines with ``severity`` and ``message`` on stdout, uvicorn's text
+lines on stderr) and one private request-log record per request (a WebSocket's when
+it closes), which the emulator files under the request log as Cloud Run's front end
+would.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from fastapi.responses import JSONResponse
 
 from .auth_service import decode_token
 from .profiles import PROFILES, ProfileKnobs, run_fast
+from .wire import REQUEST_LOG_KEY
 
 __all__ = [
     "CRITICAL_EVENTS",
@@ -82,19 +86,18 @@ def _rfc3339(ts: float | None = None) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def log_entry(
-    severity: str, text: str, http_request: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Build one Cloud-Run-shaped log entry (``timestamp``, ``severity``, ``textPayload``)."""
-    entry: dict[str, Any] = {"timestamp": _rfc3339(), "severity": severity, "textPayload": text}
-    if http_request is not None:
-        entry["httpRequest"] = http_request
-    return entry
+def log_entry(severity: str, text: str) -> dict[str, Any]:
+    """One structured log line as an app writes it for Cloud Run (``severity``, ``message``).
+
+    Cloud Run turns a JSON line into ``jsonPayload`` and lifts ``severity`` (and the
+    time) out of it; ``message`` stays in the payload.
+    """
+    return {"timestamp": _rfc3339(), "severity": severity, "message": text}
 
 
-def _emit(severity: str, text: str, http_request: dict[str, Any] | None = None) -> None:
+def _write(obj: dict[str, Any]) -> None:
     # stdout *is* the revision's log stream (Cloud Run collects container stdout).
-    line = json.dumps(log_entry(severity, text, http_request), separators=(",", ":"))
+    line = json.dumps(obj, separators=(",", ":"))
     try:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -102,18 +105,21 @@ def _emit(severity: str, text: str, http_request: dict[str, Any] | None = None) 
         pass  # the log reader went away; serving traffic matters more than logging it
 
 
-class _JsonLogHandler(logging.Handler):
-    """Routes uvicorn's own warnings/errors into the JSON log stream."""
+def _emit(severity: str, text: str) -> None:
+    _write(log_entry(severity, text))
 
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            text = f"{text}: {type(exc).__name__}: {exc}"
-        severity = "ERROR" if record.levelno >= logging.ERROR else "WARNING"
-        if record.levelno < logging.WARNING:
-            severity = "INFO"
-        _emit(severity, text)
+
+def _uvicorn_logging() -> None:
+    """uvicorn's own lines as uvicorn prints them: plain text on stderr (``ERROR:    ...``)."""
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False))
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler] if name == "uvicorn" else []
+        logger.propagate = name != "uvicorn"
+        logger.setLevel(logging.INFO)
 
 
 def _redacted_url(scope: Scope) -> str:
@@ -136,8 +142,11 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 def _log_request(scope: Scope, status: int, started: float) -> None:
+    """The request-log record of one request (a WebSocket's when it closes: 101 and
+    latency = the connection's whole duration, as Cloud Run writes it)."""
     method = scope.get("method", "GET")  # WebSocket handshakes are GETs
     latency = time.monotonic() - started
+    began = time.time() - latency
     client = scope.get("client") or ("", 0)
     http_request = {
         "requestMethod": method,
@@ -148,8 +157,7 @@ def _log_request(scope: Scope, status: int, started: float) -> None:
         "userAgent": _header(scope, b"user-agent"),
         "remoteIp": client[0] if client else "",
     }
-    severity = "ERROR" if status >= 500 else "WARNING" if status >= 400 else "INFO"
-    _emit(severity, f"{method} {scope.get('path', '/')} {status}", http_request)
+    _write({REQUEST_LOG_KEY: http_request, "timestamp": _rfc3339(began)})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -319,14 +327,13 @@ class _EdgeMiddleware:
             return
         if self.profile == "slow-responses":
             await asyncio.sleep(self.knobs.delay_s)
-        logged = False
+        logged = accepted = False
 
         async def capture(message: Message) -> None:
-            nonlocal logged
+            nonlocal logged, accepted
             kind = message["type"]
             if not logged and kind == "websocket.accept":
-                logged = True
-                _log_request(scope, 101, started)
+                logged = accepted = True  # its entry is written when the socket closes
             elif not logged and kind == "websocket.http.response.start":
                 logged = True
                 _log_request(scope, int(message["status"]), started)
@@ -338,12 +345,13 @@ class _EdgeMiddleware:
         try:
             await self.app(scope, receive, capture)
         except Exception as exc:
-            if not logged:
-                _log_request(scope, 500, started)
+            _log_request(scope, 101 if accepted else 500, started)
             _emit(
                 "ERROR", f"exception in websocket {scope.get('path')}: {type(exc).__name__}: {exc}"
             )
             raise
+        if accepted:
+            _log_request(scope, 101, started)
 
 
 def create_app(
@@ -681,11 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         _emit("ERROR", f"startup failed: {exc}")
         return 1
 
-    handler = _JsonLogHandler(level=logging.WARNING)
-    uv_logger = logging.getLogger("uvicorn")
-    uv_logger.handlers[:] = [handler]
-    uv_logger.propagate = False
-    uv_logger.setLevel(logging.WARNING)
+    _uvicorn_logging()
 
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

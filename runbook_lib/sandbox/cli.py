@@ -11,8 +11,10 @@ from .manager import (
     DEFAULT_DEPLOY_IMAGE,
     DEFAULT_SERVING,
     DENY_ENV,
+    LOG_DELAY_ENV,
     SERVICE_ENV,
     down,
+    log_delay_env,
     status,
     up,
 )
@@ -71,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         "as Google does (repeatable; e.g. run.services.update, iam.serviceAccounts.actAs, "
         "logging.logEntries.list, run.revisions.list)",
     )
+    p.add_argument(
+        "--log-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="Cloud Logging ingestion delay: a log entry is listed S seconds after its "
+        "timestamp (default 0), to rehearse the log checks' wait",
+    )
     p.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--owner-started", type=float, default=0.0, help=argparse.SUPPRESS)
     return p
@@ -94,6 +104,8 @@ def _print_info(info: SandboxInfo) -> None:
     print(f"  env file    : {info.env_file}")
     print(f"  deploy image: {info.deploy_image}")
     print(f"  traffic     : {', '.join(info.traffic) or '(none)'}")
+    if info.log_delay_s:
+        print(f"  log delay   : {info.log_delay_s:g} s (entries are listed that late)")
     print("  revisions:")
     for r in info.revisions:
         ready = {True: "ready", False: "NOT READY", None: "starting"}[r.ready]
@@ -127,6 +139,7 @@ def sandbox_main(argv: list[str]) -> int:
                 owner_pid=args.owner_pid,
                 owner_started=args.owner_started,
                 deny=tuple(p for p in os.environ.get(DENY_ENV, "").split(",") if p),
+                log_delay_s=float(os.environ.get(LOG_DELAY_ENV) or 0.0),
                 # Rehearsing a long service name (Cloud Run's tag length rule counts it).
                 service=os.environ.get(SERVICE_ENV) or "backend",
             )
@@ -138,7 +151,10 @@ def sandbox_main(argv: list[str]) -> int:
             # No reaping: the daemon is meant to outlive this command.
             with guard(reap=False):
                 before = read_state(args.state_dir)
-                env = {DENY_ENV: ",".join(args.deny)} if args.deny else None
+                env = {
+                    **({DENY_ENV: ",".join(args.deny)} if args.deny else {}),
+                    **(log_delay_env(args.log_delay) or {}),
+                } or None
                 info = up(
                     args.serving,
                     args.deploy_image,

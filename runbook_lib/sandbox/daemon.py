@@ -72,6 +72,8 @@ class DaemonConfig:
             recycled pid is never mistaken for the owner.
         owner_poll_s: how often the owner is checked.
         deny: IAM permissions the emulator answers with 403 (``--deny``).
+        log_delay_s: Cloud Logging's ingestion delay (``--log-delay``): an entry is
+            listed this many seconds after its timestamp.
     """
 
     state_file: Path
@@ -85,6 +87,7 @@ class DaemonConfig:
     owner_started: float = 0.0
     owner_poll_s: float = 0.25
     deny: tuple[str, ...] = ()
+    log_delay_s: float = 0.0
 
 
 async def _watch_owner(config: DaemonConfig, stop: asyncio.Event) -> None:
@@ -193,7 +196,7 @@ class Supervisor:
                     if data.get("event") == "listening":
                         port = int(data["port"])
                     elif str(data.get("severity", "")).upper() in ("ERROR", "CRITICAL"):
-                        last_error = str(data.get("textPayload", ""))
+                        last_error = str(data.get("message") or data.get("textPayload") or "")
         self._spawn(self._follow(proc, revision, sink))
         return port
 
@@ -292,7 +295,11 @@ async def run_daemon(config: DaemonConfig) -> int:
     secret = secrets.token_urlsafe(32)
     supervisor = Supervisor(secret, config.start_timeout_s)
     emulator = CloudRunEmulator(
-        supervisor, project=config.project, region=config.region, deny=config.deny
+        supervisor,
+        project=config.project,
+        region=config.region,
+        deny=config.deny,
+        log_delay_s=config.log_delay_s,
     )
     svc = emulator.create_service(config.service, {})
 
@@ -329,6 +336,7 @@ async def run_daemon(config: DaemonConfig) -> int:
                 "serving": config.serving,
                 "deploy_image": config.deploy_image,
                 "deny": sorted(config.deny),
+                "log_delay_s": config.log_delay_s,
                 "owner_pid": config.owner_pid,
                 "owner_started": config.owner_started,
                 "state_dir": str(config.state_file.parent),

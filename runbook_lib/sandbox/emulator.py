@@ -32,7 +32,7 @@ from .jobs import JobRunner
 from .log_store import SEVERITIES, LogStore
 from .resources import OperationState, RevisionState, ServiceState
 from .router import TagListeners, Upstream
-from .wire import format_time, parse_time
+from .wire import REQUEST_LOG_KEY, format_time, parse_time
 
 __all__ = [
     "CloudRunEmulator",
@@ -124,6 +124,8 @@ class CloudRunEmulator:
             loopback port per tag on 127.0.0.1).
         deny: IAM permissions the caller lacks (``run.services.update``,
             ``iam.serviceAccounts.actAs``...): the calls that need one answer 403.
+        log_delay_s: ingestion delay of Cloud Logging: an entry is listed this many
+            seconds after its timestamp.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class CloudRunEmulator:
         region: str,
         tag_listeners: TagListeners | None = None,
         deny: Iterable[str] = (),
+        log_delay_s: float = 0.0,
     ) -> None:
         self.runtime = runtime
         # IAM permission names are case-insensitive in Google's answers
@@ -143,7 +146,7 @@ class CloudRunEmulator:
         self.region = region
         self.services: dict[str, ServiceState] = {}
         self.operations: dict[str, OperationState] = {}
-        self.logs = LogStore()
+        self.logs = LogStore(delay_s=log_delay_s)
         # Cloud Run Jobs (issue 13): task processes started and stopped with the emulator.
         self.jobs = JobRunner(project=project, region=region, logs=self.logs)
         self.tags = tag_listeners if tag_listeners is not None else TagListeners()
@@ -159,7 +162,16 @@ class CloudRunEmulator:
         )
 
     def log_line(self, rev: RevisionState, line: str, stream: str = "stdout") -> None:
-        """Record one line the revision's process printed (JSON entries or plain text)."""
+        """Record one line the revision's process printed, as Cloud Run files it.
+
+        A request-log record (the backend's private line, see
+        :data:`~runbook_lib.sandbox.wire.REQUEST_LOG_KEY`) becomes a
+        ``run.googleapis.com%2Frequests`` entry with ``httpRequest`` only and the
+        severity Cloud Run gives requests (5xx ERROR, 4xx WARNING, else INFO). A JSON
+        line becomes ``jsonPayload`` under ``stdout``/``stderr`` with ``severity`` and
+        the time lifted out of it; any other line is a ``textPayload`` with no severity
+        (``DEFAULT``), whatever it says.
+        """
         line = line.rstrip("\r\n")
         if not line.strip():
             return
@@ -172,33 +184,42 @@ class CloudRunEmulator:
         if isinstance(data, dict) and data.get("event") == "listening":
             return
         now = datetime.now(UTC)
-        if isinstance(data, dict):
-            try:
-                ts = parse_time(str(data["timestamp"])) if data.get("timestamp") else now
-            except ValueError:
-                ts = now
-            severity = str(data.get("severity") or "DEFAULT").upper()
-            text = data.get("textPayload") or data.get("message") or ""
-            http = data.get("httpRequest") if isinstance(data.get("httpRequest"), dict) else None
-            log_id = "run.googleapis.com%2Frequests" if http else f"run.googleapis.com%2F{stream}"
-            self._append(
-                rev, log_id, severity if severity in SEVERITIES else "DEFAULT", str(text), http, ts
-            )
+        log_id = f"run.googleapis.com%2F{stream}"
+        if not isinstance(data, dict):
+            self._append(rev, log_id, "DEFAULT", line, None, now)
             return
-        # Plain text (uvicorn's own logging, tracebacks): Cloud Run stores it as
-        # textPayload; we read the level prefix so INFO chatter is not an ERROR.
-        head = line.lstrip().split(":", 1)[0].upper()
-        severity = head if head in SEVERITIES else "DEFAULT"
-        if head.startswith("TRACEBACK") or "Error" in line.split(":", 1)[0]:
-            severity = "ERROR"
-        self._append(rev, f"run.googleapis.com%2F{stream}", severity, line, None, now)
+        payload = dict(data)
+        ts = now
+        for key in ("timestamp", "time"):
+            raw = payload.pop(key, None)
+            if raw:
+                try:
+                    ts = parse_time(str(raw))
+                except ValueError:
+                    pass
+        request = payload.get(REQUEST_LOG_KEY)
+        if isinstance(request, dict):
+            status = int(request.get("status") or 0)
+            severity = "ERROR" if status >= 500 else "WARNING" if status >= 400 else "INFO"
+            self._append(rev, "run.googleapis.com%2Frequests", severity, None, request, ts)
+            return
+        severity = str(payload.pop("severity", "") or "DEFAULT").upper()
+        http = payload.pop("httpRequest", None)
+        self._append(
+            rev,
+            log_id,
+            severity if severity in SEVERITIES else "DEFAULT",
+            payload,
+            http if isinstance(http, dict) else None,
+            ts,
+        )
 
     def _append(
         self,
         rev: RevisionState,
         log_id: str,
         severity: str,
-        text: str,
+        payload: str | Mapping[str, Any] | None,
         http: Mapping[str, Any] | None,
         ts: datetime,
     ) -> None:
@@ -220,8 +241,10 @@ class CloudRunEmulator:
             "severity": severity,
             "labels": {"instanceId": f"sandbox-{rev.pid or 0}"},
         }
-        if text:
-            entry["textPayload"] = text
+        if isinstance(payload, str) and payload:
+            entry["textPayload"] = payload
+        elif isinstance(payload, Mapping) and payload:
+            entry["jsonPayload"] = dict(payload)
         if http:
             entry["httpRequest"] = dict(http)
         self.logs.append(entry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -104,7 +105,8 @@ def _compare(field_name: str, actual: Any, op: str, expected: str) -> bool:
         except ValueError:
             left, right = str(actual), expected
     else:
-        left, right = str(actual), expected
+        # Google: "String comparisons aren't case sensitive" (= and != included).
+        left, right = str(actual).lower(), expected.lower()
     return {
         "=": left == right,
         "!=": left != right,
@@ -221,21 +223,39 @@ def compile_filter(text: str) -> Predicate:
 
 
 class LogStore:
-    """Every log entry the sandbox produced, as Cloud Logging LogEntry JSON."""
+    """Every log entry the sandbox produced, as Cloud Logging LogEntry JSON.
 
-    def __init__(self, limit: int = 50_000) -> None:
+    Args:
+        limit: entries kept (the oldest are dropped first).
+        delay_s: ingestion delay: an entry is listed only ``delay_s`` seconds after its
+            ``timestamp``, as real entries arrive seconds to minutes late.
+        clock: wall-clock seconds (injected in tests).
+    """
+
+    def __init__(
+        self, limit: int = 50_000, *, delay_s: float = 0.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self._entries: list[dict[str, Any]] = []
+        self._visible_at: list[float] = []
         self._limit = limit
         self._seq = 0
+        self.delay_s = max(0.0, float(delay_s))
+        self._clock = clock
 
     def append(self, entry: dict[str, Any]) -> None:
         """Store one entry (an ``insertId`` is assigned when missing)."""
         self._seq += 1
         entry.setdefault("insertId", f"{self._seq:012d}")
+        try:
+            written = parse_time(str(entry["timestamp"])).timestamp()
+        except (KeyError, ValueError):
+            written = self._clock()
         self._entries.append(entry)
+        self._visible_at.append(written)
         if len(self._entries) > self._limit:
             # Bounded memory: a long sandbox session drops its oldest entries first.
             del self._entries[: len(self._entries) - self._limit]
+            del self._visible_at[: len(self._visible_at) - self._limit]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -256,10 +276,11 @@ class LogStore:
         """
         pred = compile_filter(filter_text)
         projects = {n.split("/", 1)[1] for n in resource_names if n.startswith("projects/")}
+        cutoff = self._clock() - self.delay_s
         rows = [
             e
-            for e in self._entries
-            if (not projects or e["logName"].split("/")[1] in projects) and pred(e)
+            for e, at in zip(self._entries, self._visible_at, strict=True)
+            if at <= cutoff and (not projects or e["logName"].split("/")[1] in projects) and pred(e)
         ]
         order = order_by.strip().lower()
         if order not in ("", "timestamp", "timestamp asc", "timestamp desc"):

@@ -71,6 +71,23 @@ __all__ = [
 
 
 DEFAULT_SERVING = "ws-routes-missing"
+# How `--log-delay` reaches the daemon (through its environment, like the profile knobs).
+LOG_DELAY_ENV = "SANDBOX_LOG_DELAY_S"
+
+
+def log_delay_env(delay_s: float | None) -> dict[str, str] | None:
+    """The daemon environment for an ingestion delay of ``delay_s`` seconds (None: none).
+
+    Raises:
+        SandboxError: a negative delay.
+    """
+    if not delay_s:
+        return None
+    if delay_s < 0:
+        raise SandboxError(f"--log-delay must be >= 0 seconds, got {delay_s:g}")
+    return {LOG_DELAY_ENV: repr(float(delay_s))}
+
+
 DEFAULT_DEPLOY_IMAGE = "sandbox/backend:healthy"
 
 Note = Callable[[str], None]
@@ -132,6 +149,7 @@ def _info(
         traffic=traffic,
         jwt_secret=str(state.get("jwt_secret", "")),
         owner_pid=int(state.get("owner_pid", 0) or 0),
+        log_delay_s=float(state.get("log_delay_s", 0.0) or 0.0),
     )
 
 

@@ -118,6 +118,7 @@ class SandboxInfo:
     traffic: tuple[str, ...] = ()
     jwt_secret: str = field(default="", repr=False)
     owner_pid: int = 0  # 0: started by `runbook sandbox up`, runs until `down`
+    log_delay_s: float = 0.0  # Cloud Logging's ingestion delay (`--log-delay`)
 
 
 def resolve_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:

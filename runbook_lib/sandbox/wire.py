@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "REQUEST_LOG_KEY",
     "SERVICE_TYPE",
     "condition",
     "duration",
@@ -35,6 +36,11 @@ __all__ = [
 ]
 
 SERVICE_TYPE = "type.googleapis.com/google.cloud.run.v2.Service"
+
+# The key of the private stdout line on which a sandbox backend hands one request-log
+# record to the emulator: on Cloud Run the platform's front end writes request logs,
+# never the container, so this line is never filed as the container's own output.
+REQUEST_LOG_KEY = "sandbox.requestLog"
 
 
 def format_time(ts: datetime) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from ..checks import STEPS, Verdict, applicability, judge_log_entries, skip_reason, step_ids
 from ..checks.causes import explain_status
+from ..checks.monitor import log_entry_fails
 from ..context import PhaseContext, StepReport, phase_file
 from ..exceptions import ApprovalRequired, CloudRunError
 from ..observations import HandshakeObservation
@@ -309,27 +310,36 @@ async def log_step(
     ctx: PhaseContext,
     check_id: str,
     *,
+    kind: str,
+    what: str,
     since: datetime | None = None,
     revision: str | None = None,
-    min_severity: str | None,
-    contains: Sequence[str],
-    what: str,
-    status_404_paths: Sequence[str] = (),
     scope: Any = None,
 ) -> StepReport:
-    """Read the service's logs with this filter and judge them as ``check_id``.
+    """Read the service's logs with the ``kind`` filter (``errors`` or ``routing``) and
+    judge them as ``check_id``, once this run's own requests are seen in them.
 
     ``scope`` (a ``logs.LogScope``) names the revision under test and the start of
-    the evidence; without it, ``since`` and ``revision`` do.
+    the evidence; without it, ``since`` and ``revision`` do. The check sends one
+    request of its own first (``logs.send_fence``) and passes only when the request log
+    lists it; it waits at most ``[logging] ingestion_wait_s``.
     """
-    from ..logs import gcloud_logging_command, logging_filter, read_logs
+    from ..logs import gather_evidence, gcloud_logging_command, logging_filter, send_fence
 
+    ws_paths = ctx.settings.target.ws_paths
     where = {"scope": scope} if scope is not None else {"since": since, "revision": revision}
-    flt = logging_filter(ctx.settings, min_severity=min_severity, contains=contains, **where)
+    flt = logging_filter(ctx.settings, kind=kind, ws_paths=ws_paths, **where)
     gcloud = gcloud_logging_command(ctx.settings, flt)
+    under_test = scope.revision if scope is not None else revision
+    fence = await send_fence(ctx.settings, under_test) if under_test else None
     try:
-        entries = await read_logs(
-            ctx.settings, min_severity=min_severity, contains=contains, **where
+        ev = await gather_evidence(
+            ctx.settings,
+            kind=kind,
+            ws_paths=ws_paths,
+            fence=fence,
+            fails=lambda e: log_entry_fails(e, ws_paths),
+            **where,
         )
     except CloudRunError as exc:
         return report(
@@ -338,16 +348,25 @@ async def log_step(
         )
     if scope is not None:
         what = f"{what} ({scope.describe()})"
-    result = judge_log_entries(entries, check_id=check_id, what=what, ws_paths=status_404_paths)
+    result = judge_log_entries(
+        ev.entries,
+        check_id=check_id,
+        what=what,
+        ws_paths=ws_paths,
+        own_requests=len(ev.own),
+        fenced=ev.fenced,
+        waited_s=ev.waited_s,
+    )
     rows = [
         {
             "timestamp": e.timestamp.isoformat(timespec="seconds"),
             "severity": e.severity,
             "revision": e.revision,
             "status": e.status,
+            "path": e.path,
             "text": e.text[:160],
         }
-        for e in entries[:30]
+        for e in ev.entries[:30]
     ]
     return report([result], table=table(rows) if rows else None, note=f"equivalent: {gcloud}")
 

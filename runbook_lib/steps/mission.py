@@ -11,6 +11,7 @@ from ..checks import (
     step_ids,
 )
 from ..context import PhaseContext, StepReport
+from ..identity import user_agent
 from ..results import CheckResult
 from .business import flow_frame_rows
 from .common import (
@@ -105,7 +106,8 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         reply_pattern=trip.reply_pattern,
         type_paths=p.event_type,
         ignore_types=tuple(t for t in p.ignore if t not in p.pong_types),
-        headers=auth.headers,
+        # The run's User-Agent travels in the plan, so a Cloud Run Job task marks it too.
+        headers=(*auth.headers, ("User-Agent", user_agent())),
         subprotocols=tuple(dict.fromkeys((*p.subprotocols, *auth.subprotocols))),
         connect_timeout_s=to.connect_s,
         # The one reply deadline of a flow step without its own timeout_s, as in

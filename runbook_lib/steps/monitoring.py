@@ -119,7 +119,6 @@ async def log_errors(ctx: PhaseContext) -> StepReport:
         ctx,
         "monitor.log_errors",
         scope=scope,
-        min_severity="ERROR",
-        contains=(),
-        what="ERROR entries",
+        kind="errors",
+        what="errors (ERROR entries, 5xx, 404s on WebSocket paths, error lines)",
     )

@@ -128,7 +128,8 @@ async def ws_roundtrip(ctx: PhaseContext) -> StepReport:
 @step
 async def routing_logs(ctx: PhaseContext) -> StepReport:
     """Search the logs of the revision under test since its deploy (interactively: since
-    this phase opened) for 404s on WebSocket paths and routing errors."""
+    this phase opened) for 404s on WebSocket paths and 5xx (request log) and routing
+    errors in the service's own lines, once this run's requests are seen in them."""
     scope = await evidence_scope(ctx, "logs.no_routing_errors")
     if isinstance(scope, CheckResult):
         return report([scope])
@@ -136,8 +137,6 @@ async def routing_logs(ctx: PhaseContext) -> StepReport:
         ctx,
         "logs.no_routing_errors",
         scope=scope,
-        min_severity=None,
-        contains=("404", "websocket", "routing"),
-        what="404s on WebSocket paths and routing errors",
-        status_404_paths=ctx.settings.target.ws_paths,
+        kind="routing",
+        what="404s on WebSocket paths, 5xx or routing errors",
     )
