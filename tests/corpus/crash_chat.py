@@ -114,7 +114,7 @@ def make_app(faults: frozenset[str]) -> Starlette:
                     for peer in list(everyone if "leak" in faults else rooms.get(room, ())):
                         try:
                             await send(peer, out)
-                        except Exception:  # noqa: BLE001 - a peer gone mid-broadcast
+                        except Exception:  # a peer gone mid-broadcast
                             everyone.discard(peer)
                 else:
                     await send(ws, {"type": "error", "message": f"unknown type {kind!r}"})
