@@ -188,71 +188,95 @@ class _Access:
 
 
 async def _open_path(
-    ws_base: str, path: str, token: str, timeout_s: float
+    ws_base: str, path: str, token: str, timeout_s: float, *, guessed: bool = False
 ) -> tuple[_Access | None, str]:
     """Find a way to open ``path``: plain, with a known subprotocol, with the token."""
     url = ws_base + path
     plain = await _connect_probe(url, (), None, timeout_s)
     if _alive(plain):
-        return _Access(path, plain), "101 without credentials"
+        return _Access(path, plain), "101, stayed open without credentials"
     if not plain.connected and plain.status in (None, 404):
         why = f"HTTP {plain.status}" if plain.status else plain.connect_error or "no answer"
         return None, why
     for sp in SUBPROTOCOL_CANDIDATES:
         obs = await _connect_probe(url, (sp,), None, timeout_s)
         if _alive(obs) and obs.subprotocol == sp:
-            return _Access(path, obs, subprotocols=(sp,)), f"101 only when offered {sp!r}"
-    refused = (
-        f"HTTP {plain.status}"
-        if not plain.connected
-        else f"accepted, then closed {plain.close_code or ''} "
-        + ("with an error frame" if any(f.frame.is_error for f in plain.frames) else "")
-    ).strip()
+            return _Access(path, obs, subprotocols=(sp,)), (
+                f"{_refusal(plain, guessed)} without a subprotocol; 101 and open when "
+                f"offered {sp!r}"
+            )
+    refused = _refusal(plain, guessed)
+    if not _maybe_auth(plain):
+        return None, refused
     if not token:
-        return None, f"{refused} without credentials (give --token-env to try a token)"
+        return None, f"{refused} (give --token-env to try a token)"
     for mode, keys, auth in _auth_candidates(token):
         obs = await _connect_probe(url, (), auth, timeout_s)
         if _alive(obs):
             return _Access(path, obs, auth_mode=mode, auth_keys=keys, auth=auth), (
-                f"{refused} without credentials; 101 with the token as {mode}"
+                f"{refused}; 101 and open with the token as {mode}"
                 + (f" ({next(iter(keys.values()))})" if keys else "")
             )
     return None, f"{refused}; the token was refused in every mode tried"
 
 
-def _load_json_ping() -> Flow:
-    return Flow(
-        "load", (FlowStep(send={"type": "ping"}), FlowStep(expect_event="pong", timeout_s=5))
-    )
+_AUTH_CLOSES = (1008, 4001, 4003, 4401, 4403)
 
 
-def _load_jsonrpc() -> Flow:
-    return Flow(
-        "load",
-        (
-            FlowStep(send={"jsonrpc": "2.0", "id": "{marker}", "method": "ping"}),
-            FlowStep(expect={"id": "{marker}"}, timeout_s=5),
-        ),
-    )
+def _maybe_auth(obs: FlowObservation) -> bool:
+    """Could this refusal be about credentials (401/403, an auth close, an error frame)?"""
+    if not obs.connected:
+        return obs.status in (401, 403)
+    return obs.close_code in _AUTH_CLOSES or any(fr.frame.is_error for fr in obs.frames)
 
 
-def _load_graphql() -> Flow:
-    return Flow(
-        "load",
-        (
-            FlowStep(send={"type": "connection_init", "payload": {}}),
-            FlowStep(expect={"type": "connection_ack"}, timeout_s=5),
-            FlowStep(send={"type": "ping"}),
-            FlowStep(expect={"type": "pong"}, timeout_s=5),
-        ),
-    )
+def _refusal(obs: FlowObservation, guessed: bool) -> str:
+    """What the refusal was, in words that do not over-claim its cause."""
+    if not obs.connected:
+        st = obs.status
+        if st is None:
+            return obs.connect_error or "no answer"
+        if st == 403:
+            return (
+                "HTTP 403 (Starlette answers 403 to an unknown WebSocket path; or a refusal "
+                "without credentials)"
+                if guessed
+                else "HTTP 403 without credentials"
+            )
+        if st == 401:
+            return "HTTP 401 without credentials"
+        if st >= 500:
+            return f"HTTP {st} (a server error, not an auth refusal)"
+        return f"HTTP {st}"
+    code = obs.close_code
+    what = "101, then closed" + (f" {code}" if code else "")
+    if obs.close_reason:
+        what += f" ({obs.close_reason[:60]})"
+    if any(fr.frame.is_error for fr in obs.frames):
+        what += " after an error frame"
+    if code in (4400, 4406, 1002, 1003):
+        return what + " (a protocol or subprotocol refusal)"
+    if code in _AUTH_CLOSES or any(fr.frame.is_error for fr in obs.frames):
+        return what + " without credentials"
+    return what
 
 
-def _text_ping(word: str) -> Flow:
-    return Flow(
-        "load",
-        (FlowStep(send=f"{word} {{marker}}"), FlowStep(expect_pattern="{marker}", timeout_s=5)),
-    )
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+# Frames a session sends on connect that the service's own protocol answers (or, for
+# Engine.IO's client heartbeat, silently accepts): the hold sends [protocol] ping.
+_OPEN = re.compile(r"^0\{")
+
+
+def _flow(name: str, *steps: FlowStep) -> Flow:
+    return Flow(name, steps)
+
+
+def _send(value: Any) -> FlowStep:
+    return FlowStep(send=value)
+
+
+def _expect(*, timeout_s: float = 5, **kw: Any) -> FlowStep:
+    return FlowStep(timeout_s=timeout_s, **kw)
 
 
 def _quick(flow: Flow, timeout_s: float) -> Flow:
@@ -275,93 +299,274 @@ def _step_table(step: FlowStep) -> dict[str, Any]:
     return out
 
 
-async def _dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float) -> bool:
-    """Find the frame format and a working ping on ``acc``'s path; True when one works."""
-    url = ws_base + acc.path
+def _reply(obs: FlowObservation, step: int = -1) -> str:
+    """The text of the frame that answered expect step ``step`` ('' when none did)."""
+    idx = obs.steps[step].frame_index if obs.steps else None
+    return obs.frames[idx].text if idx is not None and idx < len(obs.frames) else ""
 
-    async def attempt(flow: Flow, protocol: ProtocolSettings) -> FlowObservation:
+
+@dataclass
+class _Dialect:
+    """One session protocol: how to recognise it and the flows that work on it."""
+
+    name: str
+    load: Flow
+    agent: Flow | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+class _Prober:
+    """Runs short flows on one opened path (its subprotocols and auth)."""
+
+    def __init__(self, acc: _Access, ws_base: str, timeout_s: float) -> None:
+        self.acc, self.url, self.timeout_s = acc, ws_base + acc.path, timeout_s
+
+    async def run(self, flow: Flow, protocol: ProtocolSettings | None = None) -> FlowObservation:
         return await run_flow(
-            url,
-            _quick(flow, timeout_s),
+            self.url,
+            _quick(flow, self.timeout_s),
             None,
-            protocol,
-            auth=acc.auth,
-            subprotocols=acc.subprotocols,
-            open_timeout_s=timeout_s,
-            linger_s=0.0,
+            protocol or ProtocolSettings(),
+            auth=self.acc.auth,
+            subprotocols=self.acc.subprotocols,
+            open_timeout_s=self.timeout_s,
+            linger_s=0.2,
         )
 
-    if "graphql-transport-ws" in acc.subprotocols:
-        flow = _load_graphql()
-        obs = await attempt(flow, ProtocolSettings())
-        if obs.completed:
-            f.set("protocol", "ping", {"type": "ping"}, "graphql-transport-ws ping -> pong")
-            f.set("protocol", "ignore", ["connection_ack", "pong", "ka"], "protocol frames")
-            f.flows["load"] = [_step_table(s) for s in flow.steps]
-            f.notes.append("graphql-transport-ws: connection_init -> connection_ack, ping -> pong")
-            return True
-    seed = await attempt(_load_json_ping(), ProtocolSettings())
-    if seed.completed:
-        f.notes.append('JSON frames: {"type": "ping"} answered by a pong (the seed\'s ping)')
-        agent = await run_flow(
-            url,
-            _quick(Flow("agent", _seed_agent_steps()), timeout_s),
-            None,
-            ProtocolSettings(),
-            auth=acc.auth,
-            subprotocols=acc.subprotocols,
-            open_timeout_s=timeout_s,
-            linger_s=0.3,
+
+async def _socketio(pr: _Prober) -> _Dialect | None:
+    """Engine.IO v4 open packet ``0{...}``, then ``40`` connects the default namespace."""
+    if not any(_OPEN.match(fr.text) for fr in pr.acc.obs.frames):
+        return None
+    text = ProtocolSettings(format="text")
+    load = _flow(
+        "load", _expect(expect_pattern=r"^0\{"), _send("40"), _expect(expect_pattern="^40")
+    )
+    obs = await pr.run(load, text)
+    if not obs.completed:
+        return None
+    return _Dialect(
+        "socketio",
+        load,
+        protocol={"format": "text", "ping": "3", "pong_pattern": "^40"},
+        note=f"Socket.IO: Engine.IO open packet {pr.acc.obs.frames[0].text[:60]!r}, "
+        f"'40' (namespace connect) answered {_reply(obs)[:40]!r}; the hold sends '3' "
+        "(Engine.IO's client heartbeat: any other frame makes the server's decoder drop "
+        "the socket). Socket.IO events are the app's own: add a [flows.chat] with them",
+    )
+
+
+async def _graphql(pr: _Prober) -> _Dialect | None:
+    sp = pr.acc.subprotocols
+    if "graphql-transport-ws" in sp:
+        init = (_send({"type": "connection_init", "payload": {}}),)
+        ack = _expect(expect={"type": "connection_ack"})
+        load = _flow("load", *init, ack, _send({"type": "ping"}), _expect(expect={"type": "pong"}))
+        query = {"id": "{run_id}", "type": "subscribe", "payload": {"query": "{ __typename }"}}
+        nxt = _expect(expect={"type": "next", "id": "{run_id}"})
+        done = _expect(expect={"type": "complete", "id": "{run_id}"})
+        agent = _flow("agent", *init, ack, _send(query), nxt, done)
+        ping: Any = {"type": "ping"}
+        name = "graphql-transport-ws"
+    elif "graphql-ws" in sp:
+        init = (_send({"type": "connection_init", "payload": {}}),)
+        ack = _expect(expect={"type": "connection_ack"})
+        load = _flow("load", *init, ack)
+        query = {"id": "{run_id}", "type": "start", "payload": {"query": "{ __typename }"}}
+        nxt = _expect(expect={"type": "data", "id": "{run_id}"})
+        done = _expect(expect={"type": "complete", "id": "{run_id}"})
+        agent = _flow("agent", *init, ack, _send(query), nxt, done)
+        ping = {"type": "connection_init", "payload": {}}
+        name = "graphql-ws"
+    else:
+        return None
+    if not (await pr.run(load)).completed:
+        return None
+    d = _Dialect(name, load, protocol={"ping": ping})
+    obs = await pr.run(agent)
+    d.note = f"{name}: connection_init -> connection_ack"
+    if obs.completed:
+        d.agent = agent
+        d.protocol.update(
+            event_type=["type"],
+            run_id=["id"],
+            critical_events=[agent.steps[3].expect["type"], "complete"],  # type: ignore[index]
+            ignore=["connection_ack", "pong", "ka"],
         )
-        if agent.completed and len(set(agent.event_types)) >= 2:
-            f.notes.append(
-                "the seed's agent_request is answered by events "
-                + ", ".join(dict.fromkeys(agent.event_types))
-            )
-            f.why["protocol.agent"] = "seed"
-        return True
-    # A service that answered JSON with plain text does not speak JSON-RPC either.
-    texty = bool(seed.frames) and all(fr.frame.kind == "non_json" for fr in seed.frames)
-    # Other common JSON ping shapes, the pong found under type/data.type/payload.type.
-    for key in ("action", "op", "event") if not texty else ():
+        d.note += "; the operation '{ __typename }' answered data then complete"
+    else:
+        d.note += f"; '{{ __typename }}' was not answered ({obs.stop_detail[:100]})"
+    return d
+
+
+async def _jsonrpc(pr: _Prober) -> _Dialect | None:
+    """A JSON-RPC 2.0 request answered by a response with the same id (an echo of the
+    request is not an answer: it has no ``result`` or ``error``)."""
+    load = _flow(
+        "load",
+        _send({"jsonrpc": "2.0", "id": "{marker}", "method": "ping"}),
+        _expect(expect={"id": "{marker}"}),
+    )
+    obs = await pr.run(load)
+    try:
+        reply = json.loads(_reply(obs)) if obs.completed else {}
+    except ValueError:
+        reply = {}
+    if not isinstance(reply, dict) or not ({"result", "error"} & set(reply)):
+        return None
+    d = _Dialect(
+        "jsonrpc",
+        load,
+        protocol={"ping": load.steps[0].send, "event_type": ["method"]},
+        note=f"JSON-RPC 2.0: a ping request got {_reply(obs)[:100]}",
+    )
+    sub = {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"topic": "t-{marker}"}}
+    pub = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "publish",
+        "params": {"topic": "t-{marker}", "data": "{marker}"},
+    }
+    agent = _flow(
+        "agent",
+        _send(sub),
+        _expect(expect={"id": 1}, capture={"sub": "result"}),
+        _send(pub),
+        _expect(expect={"params.data": "{marker}"}),
+    )
+    got = await pr.run(agent)
+    if got.completed:
+        note = json.loads(_reply(got)) if _reply(got).startswith("{") else {}
+        method = str(note.get("method") or "message")
+        d.agent = dataclasses.replace(
+            agent,
+            steps=(*agent.steps[:3], _expect(expect={"method": method, "params.data": "{marker}"})),
+        )
+        d.protocol.update(critical_events=[method])
+        d.note += f"; subscribe -> publish -> {method!r} notification works"
+    return d
+
+
+async def _json_ping(pr: _Prober) -> _Dialect | None:
+    """The seed's ``{"type": "ping"}`` (or ``action``/``op``/``event``) answered by a pong."""
+    for key in ("type", "action", "op", "event"):
         ping = {key: "ping"}
-        flow = Flow("load", (FlowStep(send=ping), FlowStep(expect_event="pong", timeout_s=5)))
-        if (await attempt(flow, ProtocolSettings())).completed:
-            f.set("protocol", "ping", ping, f"{json.dumps(ping)} is answered by a pong")
-            return True
-    rpc = seed if texty else await attempt(_load_jsonrpc(), ProtocolSettings())
-    if rpc.completed and not texty:
-        f.set("protocol", "event_type", ["method"], "JSON-RPC: notifications carry a method")
-        f.set(
-            "protocol",
-            "ping",
-            {"jsonrpc": "2.0", "id": "{marker}", "method": "ping"},
-            "a JSON-RPC request is answered with the same id",
+        load = _flow("load", _send(ping), _expect(expect_event="pong"))
+        obs = await pr.run(load)
+        if obs.completed:
+            proto = {} if key == "type" else {"ping": ping}
+            return _Dialect("json", load, protocol=proto, note=f"{json.dumps(ping)} -> a pong")
+        if obs.stop_reason == "closed" or any(fr.frame.kind == "non_json" for fr in obs.frames):
+            return None  # a text protocol, or a decoder that drops what it cannot read
+    return None
+
+
+async def _echo(pr: _Prober) -> _Dialect | None:
+    """Every frame comes back as sent: an echo (text or JSON)."""
+    for fmt, probe in (("json", {"probe": "{marker}"}), ("text", "hello {marker}")):
+        load = _flow("load", _send(probe), _expect(expect_pattern="{marker}"))
+        proto = ProtocolSettings(format=fmt)
+        obs = await pr.run(load, proto)
+        sent = json.dumps(probe).replace("{marker}", obs.marker) if fmt == "json" else ""
+        reply = _reply(obs)
+        same = reply == str(probe).replace("{marker}", obs.marker) or (
+            fmt == "json" and _same_json(reply, sent)
         )
-        f.flows["load"] = [_step_table(s) for s in _load_jsonrpc().steps]
-        reply = rpc.frames[rpc.steps[1].frame_index or 0].text if rpc.frames else ""
-        f.notes.append(f"JSON-RPC 2.0: a ping request got {reply[:120]}")
-        return True
+        if obs.completed and same:
+            text_ping = "ping {marker}" if fmt == "text" else {"type": "ping", "id": "{marker}"}
+            ping_flow = _flow("load", _send(text_ping), _expect(expect_pattern="{marker}"))
+            agent = _flow(
+                "agent",
+                _send(text_ping if fmt == "text" else {"text": "{text} {marker}"}),
+                _expect(expect_pattern="{marker}"),
+            )
+            protocol: dict[str, Any] = {"ping": text_ping}
+            if fmt == "text":
+                protocol.update(format="text", pong_pattern="^ping {marker}$")
+            return _Dialect(
+                "echo",
+                ping_flow,
+                agent=agent,
+                protocol=protocol,
+                note=f"an echo: {reply[:60]!r} came back exactly as sent ({fmt} frames)",
+            )
+    return None
+
+
+def _same_json(a: str, b: str) -> bool:
+    try:
+        return bool(json.loads(a) == json.loads(b))
+    except ValueError:
+        return False
+
+
+async def _text_ping(pr: _Prober) -> _Dialect | None:
+    """A text ``PING``/``ping`` line answered by a line carrying the marker."""
     for word in ("PING", "ping"):
+        load = _flow("load", _send(f"{word} {{marker}}"), _expect(expect_pattern="{marker}"))
         proto = ProtocolSettings(format="text")
-        obs = await attempt(_text_ping(word), proto)
-        if obs.completed and obs.steps[1].frame_index is not None:
-            reply = obs.frames[obs.steps[1].frame_index].text
-            if reply.lstrip().startswith(("{", "[")):
-                continue
-            pattern = "^" + _escape(reply).replace(obs.marker, "{marker}") + "$"
-            f.set("protocol", "format", "text", f"{word} <marker> is answered {reply[:60]!r}")
-            f.set("protocol", "ping", f"{word} {{marker}}", "a text ping with the marker")
-            f.set("protocol", "pong_pattern", pattern, "the reply, the marker as {marker}")
-            errors = [fr.text for fr in seed.frames if fr.text.startswith("ERR")]
-            if errors:
-                f.set("protocol", "error_pattern", "^ERR", f"JSON got {errors[0][:60]!r}")
-            return True
+        obs = await pr.run(load, proto)
+        reply = _reply(obs)
+        if not obs.completed or reply.lstrip().startswith(("{", "[")):
+            continue
+        pattern = "^" + _escape(reply).replace(obs.marker, "{marker}") + "$"
+        protocol: dict[str, Any] = {
+            "format": "text",
+            "ping": f"{word} {{marker}}",
+            "pong_pattern": pattern,
+        }
+        bad = await pr.run(_flow("load", _send("{marker}?"), _expect(expect_pattern=".")), proto)
+        err = _reply(bad)
+        if err and obs.marker not in err:
+            protocol["error_pattern"] = "^" + _escape(err.split(" ")[0])
+        return _Dialect(
+            "text",
+            load,
+            protocol=protocol,
+            note=f"text frames: {word} <marker> is answered {reply[:60]!r}",
+        )
+    return None
+
+
+_DETECTORS = (_socketio, _graphql, _jsonrpc, _json_ping, _echo, _text_ping)
+
+
+async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float) -> bool:
+    """Find the session protocol on ``acc``'s path and write its keys and flows."""
+    pr = _Prober(acc, ws_base, timeout_s)
+    for detect in _DETECTORS:
+        d = await detect(pr)
+        if d is None:
+            continue
+        for key, value in d.protocol.items():
+            f.set("protocol", key, value, f"{d.name}: seen on {acc.path}")
+        if d.name not in ("json",) or d.load.steps[0].send != {"type": "ping"}:
+            f.flows["load"] = [_step_table(s) for s in d.load.steps]
+        if d.agent is not None:
+            f.flows["agent"] = [_step_table(s) for s in d.agent.steps]
+        f.why["protocol.dialect"] = d.name
+        f.notes.append(d.note)
+        if d.name == "json":
+            await _seed_agent(pr, f)
+        return True
     f.notes.append(
-        f"no ping was answered on {acc.path} (JSON ping, JSON-RPC ping, text PING): "
-        "ws.roundtrip and load need a [flows.load] conversation"
+        f"no conversation was answered on {acc.path} (Socket.IO, GraphQL, JSON-RPC, JSON "
+        "ping, echo, text PING): write [protocol] ping and [flows.load] for it"
     )
     return False
+
+
+async def _seed_agent(pr: _Prober, f: InitFindings) -> None:
+    p = ProtocolSettings()
+    agent = _flow("agent", _send(p.agent_request), _expect(expect_event=p.critical_events[-1]))
+    obs = await pr.run(agent)
+    if obs.completed and len(set(obs.event_types)) >= 2:
+        f.notes.append(
+            "the seed's agent_request is answered by events "
+            + ", ".join(dict.fromkeys(obs.event_types))
+        )
+        f.why["protocol.agent"] = "seed"
 
 
 def _escape(text: str) -> str:
@@ -369,9 +574,167 @@ def _escape(text: str) -> str:
     return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text)
 
 
-def _seed_agent_steps() -> tuple[FlowStep, ...]:
-    p = ProtocolSettings()
-    return (FlowStep(send=p.agent_request), FlowStep(expect_event=p.critical_events[-1]))
+async def _probe_health(f: InitFindings, base: str, timeout_s: float) -> bool:
+    """Health candidates and ``/ws/health``; True when anything answered HTTP."""
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+        health = {p: await _health(client, base, p) for p in HEALTH_CANDIDATES}
+        ws_health = await _health(client, base, "/ws/health")
+    answered = {p: s for p, (s, _) in health.items() if s is not None}
+    if not answered:
+        f.notes.append(f"no HTTP answer from {base} ({health['/health'][1]})")
+    ok = [p for p in HEALTH_CANDIDATES if health[p][0] == 200]
+    seen = ", ".join(f"{p} {s}" for p, s in answered.items())
+    if ok:
+        f.set("target", "health_path", ok[0], f"GET {ok[0]} answered 200 ({seen})")
+    else:
+        f.set("target", "health_path", False, f"no health endpoint ({seen or 'no answer'})")
+    if ws_health[0] == 200:
+        f.set("target", "ws_health_path", "/ws/health", "GET /ws/health answered 200")
+    else:
+        f.set("target", "ws_health_path", False, f"GET /ws/health answered {ws_health[0]}")
+    return bool(answered)
+
+
+async def _app_paths(
+    f: InitFindings, app: str, python: str, repo_dir: str, ws_paths: Sequence[str]
+) -> list[str]:
+    """The given paths, then the app's WebSocket routes (an Engine.IO path with its query)."""
+    declared: list[str] = list(ws_paths)
+    if not app:
+        return declared
+    routes = await asyncio.to_thread(
+        list_app_routes, app, cwd=repo_dir or None, python=python, timeout_s=60.0
+    )
+    if routes.error:
+        f.notes.append(f"could not list the app's routes: {routes.error}")
+    else:
+        found = [
+            SOCKETIO_PATH if r.name in ("socketio", "engineio") else r.path
+            for r in routes.routes
+            if r.kind == "websocket"
+        ]
+        declared.extend(p for p in found if p not in declared)
+        f.notes.append(f"{app} registers WebSocket routes: {', '.join(found) or 'none'}")
+        if routes.unlisted:
+            f.notes.append(f"routes not listable: {'; '.join(routes.unlisted)[:200]}")
+        if routes.ws_library_missing:
+            f.notes.append(
+                f"{routes.python} has uvicorn but neither websockets nor wsproto: "
+                "uvicorn would refuse every upgrade"
+            )
+    f.set("source", "app", app, "given with --app")
+    f.set("source", "repo_dir", repo_dir or ".", "where --app was imported")
+    if python:
+        f.set("source", "python", python, "given with --python")
+    return declared
+
+
+async def _probe_paths(
+    f: InitFindings, ws_base: str, declared: list[str], token: str, timeout_s: float, app: str
+) -> tuple[list[_Access], dict[str, str]]:
+    """Open every declared (else candidate) path; set ws_paths, primary, ws_test_path."""
+    candidates = declared or [*WS_CANDIDATES, SOCKETIO_PATH]
+    accesses: list[_Access] = []
+    statuses: dict[str, str] = {}
+    for path in dict.fromkeys(candidates):
+        if "{" in path:  # a parametrised route: cannot be probed as is
+            statuses[path] = "parametrised path, not probed"
+            continue
+        acc, why = await _open_path(ws_base, path, token, timeout_s, guessed=not declared)
+        statuses[path] = why
+        if acc is not None:
+            accesses.append(acc)
+    for path, why in statuses.items():
+        f.notes.append(f"upgrade {path}: {why}")
+    if declared and not accesses and any("404" in statuses.get(p, "") for p in declared):
+        f.notes.append(
+            "every declared WebSocket route answered 404 to the upgrade: the server may have "
+            "no WebSocket implementation (uvicorn without websockets/wsproto, --ws none) or a "
+            "hop answers for it"
+        )
+    if "/ws/test" in statuses:
+        test_ok, test_why = any(a.path == "/ws/test" for a in accesses), statuses["/ws/test"]
+    else:
+        test_acc, test_why = await _open_path(ws_base, "/ws/test", token, timeout_s, guessed=True)
+        test_ok = test_acc is not None
+    f.set(
+        "target", "ws_test_path", "/ws/test" if test_ok else False, f"upgrade /ws/test: {test_why}"
+    )
+    kept = [p for p in declared if "{" not in p] or [a.path for a in accesses]
+    if kept:
+        f.set("target", "ws_paths", kept, "the app's routes" if app else "paths that upgraded")
+        primary = accesses[0].path if accesses else kept[0]
+        f.set("target", "primary_ws_path", primary, statuses.get(primary, ""))
+    else:
+        f.notes.append("no WebSocket path found: give --ws-path or --app")
+    return accesses, statuses
+
+
+def _apply_access(
+    f: InitFindings, acc: _Access, statuses: Mapping[str, str], token_env: str
+) -> None:
+    """The subprotocol and auth the primary path needed."""
+    if acc.subprotocols:
+        f.set("protocol", "subprotocols", list(acc.subprotocols), statuses[acc.path])
+    if acc.auth_mode == "none":
+        for cid in _AUTH_CHECKS:
+            f.not_applicable[cid] = (
+                f"runbook init: {acc.path} upgraded and stayed open with no credentials"
+            )
+        return
+    f.set("auth", "mode", acc.auth_mode, statuses[acc.path])
+    for key, value in acc.auth_keys.items():
+        f.set("auth", key, value)
+    if token_env:
+        f.set("auth", "token_env", token_env, "given with --token-env (never the token itself)")
+        f.not_applicable["isolation.no_cross_user"] = (
+            f"runbook init: every simulated user shares the one token in {token_env}, so they "
+            "are one user to the service; give token_envs or jwt_secret_env to test isolation"
+        )
+
+
+def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> None:
+    """Checks that cannot apply to what was seen: only for what the service is, never for
+    what it failed to do (a broken service keeps every check, so they fail until fixed)."""
+    if primary is None:
+        f.notes.append(
+            "the service is broken or unreachable over WebSocket: no path stayed open, so its "
+            "conversation could not be probed; the checks stay on (they fail until it is fixed). "
+            "Run runbook init again once a path upgrades"
+        )
+        return
+    if not ping_ok:
+        return
+    dialect = f.why.get("protocol.dialect", "")
+    if "agent" in f.flows or f.why.get("protocol.agent") == "seed":
+        if "agent" in f.flows:
+            f.not_applicable.setdefault(
+                "chat.flow",
+                f"runbook init: {dialect}: no chat conversation seen; the agent flow covers it",
+            )
+        if dialect == "echo":
+            for cid in (
+                "events.critical_delivered",
+                "events.order",
+                "events.structure",
+                "events.latency",
+            ):
+                f.not_applicable[cid] = (
+                    "runbook init: an echo sends back what it gets, no typed events"
+                )
+        elif (
+            "critical_events" in f.keys.get("protocol", {})
+            and len(f.keys["protocol"]["critical_events"]) < 2
+        ):
+            f.not_applicable["events.order"] = (
+                f"runbook init: {dialect}: one event type, nothing to order"
+            )
+        return
+    for cid in _AGENT_CHECKS:
+        f.not_applicable[cid] = (
+            f"runbook init: {dialect or 'this protocol'}'s conversations are the app's own "
+            "(not the seed's agent_request); write [flows.agent] or [flows.chat] to enable"
+        )
 
 
 async def probe_service(
@@ -395,129 +758,20 @@ async def probe_service(
     )
     f.set("target", "base_url", base, "given with --url")
     ws_base = _ws_base(base)
-
-    # HTTP endpoints.
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
-        health = {p: await _health(client, base, p) for p in HEALTH_CANDIDATES}
-        ws_health = await _health(client, base, "/ws/health")
-    answered = {p: s for p, (s, _) in health.items() if s is not None}
-    if not answered:
-        f.notes.append(f"no HTTP answer from {base} ({health['/health'][1]})")
-    ok = [p for p in HEALTH_CANDIDATES if health[p][0] == 200]
-    seen = ", ".join(f"{p} {s}" for p, s in answered.items())
-    if ok:
-        f.set("target", "health_path", ok[0], f"GET {ok[0]} answered 200 ({seen})")
-    else:
-        f.set("target", "health_path", False, f"no health endpoint ({seen or 'no answer'})")
-    if ws_health[0] == 200:
-        f.set("target", "ws_health_path", "/ws/health", "GET /ws/health answered 200")
-    else:
-        f.set("target", "ws_health_path", False, f"GET /ws/health answered {ws_health[0]}")
-
-    # WebSocket paths: the app's, the given ones, else common candidates.
-    declared: list[str] = list(ws_paths)
-    if app:
-        routes = await asyncio.to_thread(
-            list_app_routes, app, cwd=repo_dir or None, python=python, timeout_s=60.0
-        )
-        if routes.error:
-            f.notes.append(f"could not list the app's routes: {routes.error}")
-        else:
-            declared.extend(p for p in routes.ws_paths if p not in declared)
-            f.notes.append(
-                f"{app} registers WebSocket routes: {', '.join(routes.ws_paths) or 'none'}"
-            )
-            if routes.ws_library_missing:
-                f.notes.append(
-                    f"{routes.python} has uvicorn but neither websockets nor wsproto: "
-                    "uvicorn would answer 404 to every upgrade"
-                )
-        f.set("source", "app", app, "given with --app")
-        f.set("source", "repo_dir", repo_dir or ".", "where --app was imported")
-        if python:
-            f.set("source", "python", python, "given with --python")
-    candidates = declared or list(WS_CANDIDATES)
-    accesses: list[_Access] = []
-    statuses: dict[str, str] = {}
-    for path in dict.fromkeys(candidates):
-        if "{" in path:  # a parametrised route: cannot be probed as is
-            statuses[path] = "parametrised path, not probed"
-            continue
-        acc, why = await _open_path(ws_base, path, token, timeout_s)
-        statuses[path] = why
-        if acc is not None:
-            accesses.append(acc)
-    for path, why in statuses.items():
-        f.notes.append(f"upgrade {path}: {why}")
-    kept = [p for p in declared if "{" not in p] or [a.path for a in accesses]
+    answered = await _probe_health(f, base, timeout_s)
+    declared = await _app_paths(f, app, python, repo_dir, ws_paths)
+    accesses, statuses = await _probe_paths(f, ws_base, declared, token, timeout_s, app)
     f.upgraded = bool(accesses)
-    f.reachable = bool(answered) or bool(accesses)
-    if declared and not accesses and any("404" in statuses.get(p, "") for p in declared):
-        f.notes.append(
-            "every declared WebSocket route answered 404 to the upgrade: the server may have "
-            "no WebSocket implementation (uvicorn without websockets/wsproto, --ws none) or a "
-            "hop answers for it"
-        )
-    if "/ws/test" in statuses:
-        test_ok = any(a.path == "/ws/test" for a in accesses)
-        test_why = statuses["/ws/test"]
-    else:
-        test_acc, test_why = await _open_path(ws_base, "/ws/test", token, timeout_s)
-        test_ok = test_acc is not None
-    if test_ok:
-        f.set("target", "ws_test_path", "/ws/test", f"upgrade /ws/test: {test_why}")
-    else:
-        f.set("target", "ws_test_path", False, f"upgrade /ws/test: {test_why}")
-    if kept:
-        f.set("target", "ws_paths", kept, "the app's routes" if app else "paths that upgraded")
-        primary = accesses[0].path if accesses else kept[0]
-        f.set("target", "primary_ws_path", primary, statuses.get(primary, ""))
-    else:
-        f.notes.append("no WebSocket path found: give --ws-path or --app")
-
-    primary_acc = accesses[0] if accesses else None
-    if primary_acc is not None and primary_acc.subprotocols:
-        f.set(
-            "protocol", "subprotocols", list(primary_acc.subprotocols), statuses[primary_acc.path]
-        )
-    if primary_acc is not None and primary_acc.auth_mode != "none":
-        f.set("auth", "mode", primary_acc.auth_mode, statuses[primary_acc.path])
-        for key, value in primary_acc.auth_keys.items():
-            f.set("auth", key, value)
-        if token_env:
-            f.set(
-                "auth",
-                "token_env",
-                token_env,
-                "given with --token-env (the token itself is never written)",
-            )
-    elif primary_acc is not None:
-        for cid in _AUTH_CHECKS:
-            f.not_applicable[cid] = "runbook init: the upgrade succeeded without credentials"
-
+    f.reachable = answered or bool(accesses) or any("HTTP" in s for s in statuses.values())
+    primary = accesses[0] if accesses else None
     ping_ok = False
-    if primary_acc is not None:
-        ping_ok = await _dialect(primary_acc, ws_base, f, timeout_s)
-        welcome = [fr.text[:80] for fr in primary_acc.obs.frames]
+    if primary is not None:
+        _apply_access(f, primary, statuses, token_env)
+        ping_ok = await _probe_dialect(primary, ws_base, f, timeout_s)
+        welcome = [fr.text[:80] for fr in primary.obs.frames]
         if welcome:
             f.notes.append(f"frames on connect: {welcome[:3]}")
-    if not ping_ok:
-        for cid in (
-            "ws.roundtrip",
-            "load.success_rate",
-            "load.latency_p95",
-            "load.no_server_errors",
-        ):
-            f.not_applicable[cid] = (
-                "runbook init found no ping the service answers; define [protocol] ping and "
-                "[flows.load] to enable"
-            )
-    if f.why.get("protocol.agent") != "seed":
-        for cid in _AGENT_CHECKS:
-            f.not_applicable[cid] = (
-                "runbook init: the seed's agent_request got no events; define the flow "
-                "([flows.agent], [flows.chat], [flows.isolation]) to enable"
-            )
+    _declare_gaps(f, primary, ping_ok)
     return f
 
 
@@ -687,5 +941,5 @@ def init_main(argv: Sequence[str] | None = None) -> int:
     out.write_text(text, encoding="utf-8")
     for note in findings.notes:
         print(f"  {note}")
-    print(f"wrote {out}" + ("" if findings.upgraded else " (no WebSocket path upgraded)"))
+    print(f"wrote {out}" + ("" if findings.upgraded else " (no WebSocket path stayed open)"))
     return 0 if findings.upgraded else 1
