@@ -353,7 +353,7 @@ async def _socketio(pr: _Prober) -> _Dialect | None:
         note=f"Socket.IO: Engine.IO open packet {pr.acc.obs.frames[0].text[:60]!r}, "
         f"'40' (namespace connect) answered {_reply(obs)[:40]!r}; the hold sends '3' "
         "(Engine.IO's client heartbeat: any other frame makes the server's decoder drop "
-        "the socket). Socket.IO events are the app's own: add a [flows.chat] with them",
+        "the socket)",
     )
 
 
@@ -530,6 +530,47 @@ async def _text_ping(pr: _Prober) -> _Dialect | None:
 
 
 _DETECTORS = (_socketio, _graphql, _jsonrpc, _json_ping, _echo, _text_ping)
+_SAY_VERBS = ("say", "message", "send", "chat")
+
+
+def _chat_shapes(d: _Dialect) -> list[tuple[Any, list[Any]]]:
+    """The conventional join-a-room and say-in-a-room frames for ``d``'s framing."""
+    room, text, user = "r-{marker}", "hello {marker}", "{user_id}"
+    if d.name == "socketio":
+        join: Any = '42["join",{"room":"r-{marker}"}]'
+        says: list[Any] = [
+            f'42["{v}",{{"room":"r-{{marker}}","user":"{{user_id}}","text":"hello {{marker}}"}}]'
+            for v in _SAY_VERBS
+        ]
+        return [(join, says)]
+    if d.name == "text":
+        return [("JOIN " + room, [f"{v.upper()} {room} {text}" for v in _SAY_VERBS])]
+    if d.name == "json":
+        ping = d.load.steps[0].send
+        key = next(iter(ping)) if isinstance(ping, Mapping) else "type"
+        return [
+            (
+                {key: "join", "room": room, "user": user},
+                [{key: v, "room": room, "user": user, "text": text} for v in _SAY_VERBS],
+            )
+        ]
+    return []
+
+
+async def _chat_rooms(pr: _Prober, d: _Dialect) -> Flow | None:
+    """Join a room named with the marker, say a line carrying it, and see it come back:
+    a chat flow that also attributes every frame to its user (for isolation)."""
+    proto = ProtocolSettings(format="text" if d.name in ("socketio", "text") else "json")
+    opening = d.load.steps[:3] if d.name == "socketio" else ()
+    for join, says in _chat_shapes(d):
+        joined = (*opening, _send(join), _expect(expect_pattern="r-{marker}"))
+        if not (await pr.run(Flow("chat", joined), proto)).completed:
+            continue
+        for say in says:
+            flow = Flow("chat", (*joined, _send(say), _expect(expect_pattern="hello {marker}")))
+            if (await pr.run(flow, proto)).completed:
+                return flow
+    return None
 
 
 async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float) -> bool:
@@ -541,6 +582,9 @@ async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s:
             continue
         for key, value in d.protocol.items():
             f.set("protocol", key, value, f"{d.name}: seen on {acc.path}")
+        if "critical_events" in d.protocol:
+            n = len(d.protocol["critical_events"])
+            f.set("thresholds", "critical_events_min", n, "every event type the flow saw")
         if d.name not in ("json",) or d.load.steps[0].send != {"type": "ping"}:
             f.flows["load"] = [_step_table(s) for s in d.load.steps]
         if d.agent is not None:
@@ -549,6 +593,16 @@ async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s:
         f.notes.append(d.note)
         if d.name == "json":
             await _seed_agent(pr, f)
+        if d.agent is None and f.why.get("protocol.agent") != "seed":
+            chat = await _chat_rooms(pr, d)
+            if chat is not None:
+                steps = [_step_table(s) for s in chat.steps]
+                f.flows["chat"] = steps
+                f.flows["isolation"] = steps
+                f.notes.append(
+                    f"chat rooms: {_toml(chat.steps[-4].send)} then "
+                    f"{_toml(chat.steps[-2].send)} came back to the sender"
+                )
         return True
     f.notes.append(
         f"no conversation was answered on {acc.path} (Socket.IO, GraphQL, JSON-RPC, JSON "
@@ -706,6 +760,13 @@ def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> No
     if not ping_ok:
         return
     dialect = f.why.get("protocol.dialect", "")
+    if "chat" in f.flows:
+        for cid in _AGENT_CHECKS[:5]:
+            f.not_applicable[cid] = (
+                f"runbook init: a chat room over {dialect}: no agent run; [flows.chat] and "
+                "[flows.isolation] carry the conversation"
+            )
+        return
     if "agent" in f.flows or f.why.get("protocol.agent") == "seed":
         if "agent" in f.flows:
             f.not_applicable.setdefault(
@@ -813,7 +874,7 @@ def render_environment(f: InitFindings, *, command: str = "runbook init") -> str
         f"# Written by `{command}` on {now}.",
         "# Keys that are set were inferred from the live service (the evidence is the comment",
         "# after them); commented keys show their defaults. Review, then run:",
-        "#   runbook run --env THIS_FILE --phases 1,3,5,7",
+        "#   runbook run --env THIS_FILE --phases 1,3,4,5,7",
         "#",
         "# What the probe saw:",
         *(f"#   - {n}" for n in f.notes),
@@ -847,7 +908,7 @@ def render_environment(f: InitFindings, *, command: str = "runbook init") -> str
             lines.append(f"[[flows.{name}.steps]]")
             lines.extend(f"{_key(k)} = {_toml(v)}" for k, v in step.items())
         lines.append("")
-    if "agent" not in f.flows:
+    if not {"agent", "chat"} & set(f.flows):
         lines += [
             "# An agent/chat/isolation flow (example: edit to your service's conversation;",
             "# {marker} is unique per simulated user, captures are usable as {name}):",
