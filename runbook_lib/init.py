@@ -393,6 +393,7 @@ async def _graphql(pr: _Prober) -> _Dialect | None:
             run_id=["id"],
             critical_events=[agent.steps[3].expect["type"], "complete"],  # type: ignore[index]
             ignore=["connection_ack", "pong", "ka"],
+            required_fields=_fields_seen(obs, ("type",)),
         )
         d.note += "; the operation '{ __typename }' answered data then complete"
     else:
@@ -443,7 +444,7 @@ async def _jsonrpc(pr: _Prober) -> _Dialect | None:
             agent,
             steps=(*agent.steps[:3], _expect(expect={"method": method, "params.data": "{marker}"})),
         )
-        d.protocol.update(critical_events=[method])
+        d.protocol.update(critical_events=[method], required_fields=_fields_seen(got, ("method",)))
         d.note += f"; subscribe -> publish -> {method!r} notification works"
     return d
 
@@ -491,6 +492,48 @@ async def _echo(pr: _Prober) -> _Dialect | None:
                 protocol=protocol,
                 note=f"an echo: {reply[:60]!r} came back exactly as sent ({fmt} frames)",
             )
+    return None
+
+
+def _fields_seen(obs: FlowObservation, type_paths: Sequence[str]) -> dict[str, list[str]]:
+    """Event type -> the top-level fields its frames carried (for ``events.structure``)."""
+    out: dict[str, list[str]] = {}
+    for fr in obs.frames:
+        try:
+            body = json.loads(fr.text)
+        except ValueError:
+            continue
+        if not isinstance(body, dict):
+            continue
+        kind = next((str(body[p]) for p in type_paths if p in body), "")
+        if kind and kind not in out:
+            out[kind] = sorted(str(k) for k in body)
+    return out
+
+
+async def _json_request(pr: _Prober, f: InitFindings, key: str) -> Flow | None:
+    """A request carrying text (``{key: "echo"|"message", "text"}``) answered by a
+    typed frame that carries it back: an agent flow attributed by the marker."""
+    for verb in ("echo", "message"):
+        flow = _flow(
+            "agent",
+            _send({key: verb, "text": "hello {marker}"}),
+            _expect(expect_pattern="hello {marker}"),
+        )
+        obs = await pr.run(flow)
+        if not obs.completed:
+            continue
+        fields = _fields_seen(obs, ("type", "event"))
+        if not fields:
+            continue
+        kind = next(iter(fields))
+        f.set("protocol", "critical_events", [kind], f"{verb} is answered by a {kind!r} frame")
+        f.set("protocol", "required_fields", {kind: fields[kind]}, "the fields it carried")
+        f.set("thresholds", "critical_events_min", 1, "one event type per request")
+        f.set("protocol", "agent_request", flow.steps[0].send, "a request carrying the marker")
+        f.set("protocol", "chat_message", flow.steps[0].send, "the same request")
+        f.notes.append(f"{json.dumps(flow.steps[0].send)} is answered by a {kind!r} frame")
+        return flow
     return None
 
 
@@ -593,7 +636,13 @@ async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s:
         f.notes.append(d.note)
         if d.name == "json":
             await _seed_agent(pr, f)
-        if d.agent is None and f.why.get("protocol.agent") != "seed":
+        if d.name == "json" and f.why.get("protocol.agent") != "seed":
+            ping = d.load.steps[0].send
+            key = next(iter(ping)) if isinstance(ping, Mapping) else "type"
+            request = await _json_request(pr, f, key)
+            if request is not None:
+                f.flows["agent"] = [_step_table(s) for s in request.steps]
+        if "agent" not in f.flows and f.why.get("protocol.agent") != "seed":
             chat = await _chat_rooms(pr, d)
             if chat is not None:
                 steps = [_step_table(s) for s in chat.steps]
@@ -768,7 +817,7 @@ def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> No
             )
         return
     if "agent" in f.flows or f.why.get("protocol.agent") == "seed":
-        if "agent" in f.flows:
+        if "agent" in f.flows and "chat_message" not in f.keys.get("protocol", {}):
             f.not_applicable.setdefault(
                 "chat.flow",
                 f"runbook init: {dialect}: no chat conversation seen; the agent flow covers it",

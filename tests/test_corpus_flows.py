@@ -22,7 +22,8 @@ from runbook_lib import steps
 from runbook_lib.context import open_phase
 from runbook_lib.results import CheckResult
 
-SERVICES = ("jsonrpc_pubsub", "text_chat", "graphql_ws", "agent_stream", "no_health")
+# socketio_chat joins once the load engine runs whole flows (its load flow has three steps).
+SERVICES = ("jsonrpc_pubsub", "text_chat", "graphql_ws", "agent_stream", "no_health", "crash_chat")
 PLAN = {
     4: ("test_suites", "agent_response", "load_test"),
     5: ("auth_checks", "chat_flow", "isolation", "event_delivery"),

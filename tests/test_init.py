@@ -77,8 +77,13 @@ async def test_init_service_without_health_uses_the_apps_routes(corpus) -> None:
     assert env["target"]["health_path"] is False and env["target"]["ws_health_path"] is False
     assert env["target"]["ws_test_path"] is False and env["target"]["ws_paths"] == ["/ws"]
     assert env["source"]["app"] == "corpus.no_health:app"
-    assert "protocol" not in env  # the seed's JSON ping/pong works: nothing to change
-    assert "ws.roundtrip" not in env["checks"]["not_applicable"]
+    assert "ping" not in env["protocol"]  # the seed's JSON ping/pong works: kept
+    # {"type": "echo", "text"} is answered by an "echoed" frame carrying the text.
+    assert env["protocol"]["critical_events"] == ["echoed"]
+    assert env["flows"]["agent"]["steps"][0]["send"]["type"] == "echo"
+    na = env["checks"]["not_applicable"]
+    assert "ws.roundtrip" not in na and "e2e.agent_response" not in na
+    assert "chat.flow" not in na and "isolation.no_cross_user" not in na
     assert f.upgraded
 
 
