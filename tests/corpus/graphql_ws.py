@@ -4,7 +4,8 @@ The upgrade is refused (403) unless the client offers ``graphql-transport-ws``.
 ``connection_init`` -> ``connection_ack``; ``ping`` -> ``pong``; ``subscribe`` (id,
 payload.query) before the ack closes with 4401; the subscriptions
 ``countdown(from: N)`` and ``echo(text: "...")`` (and the query ``{ __typename }``)
-answer ``next`` frames (id, payload.data) then ``complete`` (id); an unknown query answers ``error`` (id, payload: [errors]).
+answer ``next`` frames (id, payload.data) then ``complete`` (id); an unknown query
+answers ``error`` (id, payload: [errors]).
 Health at ``/health``.
 """
 
