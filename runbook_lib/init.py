@@ -755,14 +755,8 @@ async def _probe_paths(
             "no WebSocket implementation (uvicorn without websockets/wsproto, --ws none) or a "
             "hop answers for it"
         )
-    if "/ws/test" in statuses:
-        test_ok, test_why = any(a.path == "/ws/test" for a in accesses), statuses["/ws/test"]
-    else:
-        test_acc, test_why = await _open_path(ws_base, "/ws/test", token, timeout_s, guessed=True)
-        test_ok = test_acc is not None
-    f.set(
-        "target", "ws_test_path", "/ws/test" if test_ok else False, f"upgrade /ws/test: {test_why}"
-    )
+    test_ok, test_why = await _ws_test(ws_base, accesses, timeout_s)
+    f.set("target", "ws_test_path", "/ws/test" if test_ok else False, test_why)
     kept = [p for p in declared if "{" not in p] or [a.path for a in accesses]
     if kept:
         f.set("target", "ws_paths", kept, "the app's routes" if app else "paths that upgraded")
@@ -771,6 +765,21 @@ async def _probe_paths(
     else:
         f.notes.append("no WebSocket path found: give --ws-path or --app")
     return accesses, statuses
+
+
+async def _ws_test(ws_base: str, accesses: list[_Access], timeout_s: float) -> tuple[bool, str]:
+    """``ws.test_endpoint`` passes on a GET 200 or a 101 at ``/ws/test``: probe both."""
+    if any(a.path == "/ws/test" for a in accesses):
+        return True, "upgrade /ws/test: 101"
+    http_base = "http" + ws_base[2:]
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+        status, _ = await _health(client, http_base, "/ws/test")
+    if status == 200:
+        return True, "GET /ws/test answered 200"
+    obs = await _connect_probe(ws_base + "/ws/test", (), None, timeout_s)
+    if obs.connected:
+        return True, "upgrade /ws/test answered 101"
+    return False, f"GET /ws/test answered {status}; upgrade: {_refusal(obs, True)}"
 
 
 def _apply_access(
