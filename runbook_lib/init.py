@@ -655,7 +655,8 @@ async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s:
         return True
     f.notes.append(
         f"no conversation was answered on {acc.path} (Socket.IO, GraphQL, JSON-RPC, JSON "
-        "ping, echo, text PING): write [protocol] ping and [flows.load] for it"
+        "ping, echo, text PING): write [protocol] ping and [flows.load] for it (the "
+        "monitoring hold also sends [protocol] ping: make it a frame the service accepts)"
     )
     return False
 
@@ -816,6 +817,20 @@ def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> No
         )
         return
     if not ping_ok:
+        # The socket stays open but speaks nothing init knows: these checks need the
+        # user's conversation, not a fix.
+        reason = (
+            f"runbook init: {primary.path} stays open but answered none of the conversations "
+            "init knows; write [protocol] ping and [flows.load] (and [flows.agent]) to enable"
+        )
+        for cid in (
+            "ws.roundtrip",
+            "load.success_rate",
+            "load.latency_p95",
+            "load.no_server_errors",
+            *_AGENT_CHECKS,
+        ):
+            f.not_applicable[cid] = reason
         return
     dialect = f.why.get("protocol.dialect", "")
     if "chat" in f.flows:
