@@ -352,3 +352,37 @@ async def test_init_a_500_is_a_server_error_not_missing_credentials(corpus) -> N
     )
     note = next(n for n in f.notes if n.startswith("upgrade /socket.io/"))
     assert "500" in note and "credentials" not in note and "server error" in note
+
+
+async def test_init_legacy_graphql_ws_after_a_4406_close(ws_server) -> None:
+    """A server that accepts, then closes 4406 without the subprotocol: init offers
+    ``graphql-ws`` and writes the legacy protocol's flows (start -> data -> complete)."""
+    import json as _json
+
+    async def legacy(ws) -> None:
+        if ws.subprotocol != "graphql-ws":
+            await ws.close(4406, "Subprotocol not acceptable")
+            return
+        async for raw in ws:
+            msg = _json.loads(raw)
+            if msg["type"] == "connection_init":
+                await ws.send('{"type": "connection_ack"}')
+            elif msg["type"] == "start":
+                data = {"type": "data", "id": msg["id"], "payload": {"data": {"__typename": "Q"}}}
+                await ws.send(_json.dumps(data))
+                await ws.send(_json.dumps({"type": "complete", "id": msg["id"]}))
+
+    def select(conn, offered):
+        return "graphql-ws" if "graphql-ws" in offered else None
+
+    url = await ws_server(legacy, select_subprotocol=select)
+    f = await probe_service("http" + url[2:], ws_paths=["/graphql"], timeout_s=1.0)
+    env = _env(f)
+    assert env["protocol"]["subprotocols"] == ["graphql-ws"]
+    assert env["protocol"]["critical_events"] == ["data", "complete"]
+    assert "4406" in next(n for n in f.notes if n.startswith("upgrade /graphql"))
+    assert [s.get("send", {}).get("type") for s in env["flows"]["agent"]["steps"]][::2] == [
+        "connection_init",
+        "start",
+        None,
+    ]
