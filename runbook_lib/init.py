@@ -758,9 +758,17 @@ async def _probe_paths(
         )
     test_ok, test_why = await _ws_test(ws_base, accesses, timeout_s)
     f.set("target", "ws_test_path", "/ws/test" if test_ok else False, test_why)
-    kept = [p for p in declared if "{" not in p] or [a.path for a in accesses]
+    locked = [p for p, why in statuses.items() if "without credentials" in why]
+    kept = [p for p in declared if "{" not in p] or [a.path for a in accesses] or locked
     if kept:
-        f.set("target", "ws_paths", kept, "the app's routes" if app else "paths that upgraded")
+        f.set(
+            "target",
+            "ws_paths",
+            kept,
+            "the app's routes"
+            if app
+            else ("paths that upgraded" if accesses else "paths that want credentials"),
+        )
         primary = accesses[0].path if accesses else kept[0]
         f.set("target", "primary_ws_path", primary, statuses.get(primary, ""))
     else:
@@ -810,6 +818,14 @@ def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> No
     """Checks that cannot apply to what was seen: only for what the service is, never for
     what it failed to do (a broken service keeps every check, so they fail until fixed)."""
     if primary is None:
+        locked = [k for k, v in f.why.items() if k == "target.ws_paths" and "credentials" in v]
+        if locked:
+            f.notes.append(
+                "every WebSocket path that answered refused without credentials: give "
+                "--token-env NAME (a variable holding a token) to probe the conversation; "
+                "nothing is declared not applicable until then"
+            )
+            return
         f.notes.append(
             "the service is broken or unreachable over WebSocket: no path stayed open, so its "
             "conversation could not be probed; the checks stay on (they fail until it is fixed). "
