@@ -97,6 +97,7 @@ class InitFindings:
         notes: findings for the file's header (and the terminal).
         upgraded: at least one WebSocket path answered 101.
         reachable: anything answered (HTTP or a WebSocket handshake, even a refusal).
+        locked: WebSocket paths that refused only for want of credentials.
     """
 
     name: str
@@ -107,6 +108,7 @@ class InitFindings:
     notes: list[str] = field(default_factory=list)
     upgraded: bool = False
     reachable: bool = False
+    locked: list[str] = field(default_factory=list)
 
     def set(self, section: str, key: str, value: Any, why: str = "") -> None:
         self.keys.setdefault(section, {})[key] = value
@@ -760,6 +762,7 @@ async def _probe_paths(
     f.set("target", "ws_test_path", "/ws/test" if test_ok else False, test_why)
     locked = [p for p, why in statuses.items() if "without credentials" in why]
     kept = [p for p in declared if "{" not in p] or [a.path for a in accesses] or locked
+    f.locked = locked
     if kept:
         f.set(
             "target",
@@ -767,7 +770,11 @@ async def _probe_paths(
             kept,
             "the app's routes"
             if app
-            else ("paths that upgraded" if accesses else "paths that want credentials"),
+            else "paths that upgraded"
+            if accesses
+            else "paths that want credentials"
+            if locked and not declared
+            else "given with --ws-path",
         )
         primary = accesses[0].path if accesses else kept[0]
         f.set("target", "primary_ws_path", primary, statuses.get(primary, ""))
@@ -818,8 +825,7 @@ def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> No
     """Checks that cannot apply to what was seen: only for what the service is, never for
     what it failed to do (a broken service keeps every check, so they fail until fixed)."""
     if primary is None:
-        locked = [k for k, v in f.why.items() if k == "target.ws_paths" and "credentials" in v]
-        if locked:
+        if f.locked:
             f.notes.append(
                 "every WebSocket path that answered refused without credentials: give "
                 "--token-env NAME (a variable holding a token) to probe the conversation; "

@@ -386,3 +386,15 @@ async def test_init_legacy_graphql_ws_after_a_4406_close(ws_server) -> None:
         "start",
         None,
     ]
+
+
+async def test_init_without_the_token_keeps_the_path_and_asks_for_one(corpus) -> None:
+    """A path that refuses for credentials is not 'broken' and not 'not found': it is
+    kept, the file asks for --token-env, and no check is declared away meanwhile."""
+    svc = await corpus("text_chat")
+    f = await probe_service(svc.base_url, ws_paths=["/chat"], timeout_s=1.0)
+    env = _env(f)
+    assert env["target"]["ws_paths"] == ["/chat"] and f.locked == ["/chat"]
+    assert any("--token-env" in n and "refused without credentials" in n for n in f.notes)
+    assert not any("broken" in n for n in f.notes)
+    assert env.get("checks", {}).get("not_applicable", {}) == {}
