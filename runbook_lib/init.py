@@ -9,16 +9,18 @@
   ``--ws-path``s, or common candidates; each one's upgrade status;
 * the subprotocol the server needs (offered, echoed) and, with ``--token-env``, how
   the token is passed (bearer header, query parameter, ``jwt.<token>`` subprotocol);
-* the frame format and a working ping: the seed's JSON ``ping``/``pong``, JSON-RPC,
-  ``graphql-transport-ws`` (``connection_init`` first) or a text ``PING``/``PONG``
-  line; and whether the seed's agent protocol answers.
+* the session dialect and the flows that work on it (``runbook_lib.dialects``):
+  Socket.IO / Engine.IO, GraphQL over WebSocket (both subprotocols), JSON-RPC, a JSON
+  or text ping, an echo, the seed's agent protocol, a request carrying text, chat rooms.
 
-The file sets every inferred key (with the evidence as a comment), shows every other
-key commented with its default, declares in ``[checks.not_applicable]`` every check
-that cannot apply with the reason, and writes a ``[flows.load]`` conversation when the
-ping is not the seed's. ``init_main(argv) -> int``: 0 written, 1 written but no
-WebSocket path upgraded (1 and nothing written when nothing answered at all), 2 usage
-error (nothing written).
+The file sets every inferred key (with what was seen as a comment), shows every other
+key commented with its default, writes the flows that worked (``[flows.load]``,
+``agent``, ``chat``, ``isolation``), and declares in ``[checks.not_applicable]`` only
+what the service does not have (no credentials needed, no agent run, one event type).
+A service where no path stays open gets no declarations: its checks stay on and fail
+until it is fixed. ``init_main(argv) -> int``: 0 written, 1 written but no WebSocket
+path stayed open (1 and nothing written when nothing answered at all), 2 usage error
+(nothing written).
 """
 
 from __future__ import annotations
@@ -40,8 +42,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .dialects import (
+    DETECTORS,
+    SOCKETIO_PATH,
+    Dialect,
+    Prober,
+    chat_rooms,
+    json_request,
+    seed_agent,
+    step_table,
+)
 from .flow_runner import run_flow
-from .flows import Flow, FlowObservation, FlowStep
+from .flows import Flow, FlowObservation
 from .settings import (
     AuthSettings,
     CloudRunSettings,
@@ -81,6 +93,7 @@ _AGENT_CHECKS = (
     "isolation.sessions",
     "isolation.no_cross_user",
 )
+_LOAD_CHECKS = ("load.success_rate", "load.latency_p95", "load.no_server_errors")
 _AUTH_CHECKS = ("auth.config", "auth.health", "auth.ws_authenticated", "auth.rejects_invalid")
 
 
@@ -263,421 +276,60 @@ def _refusal(obs: FlowObservation, guessed: bool) -> str:
     return what
 
 
-SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
-# Frames a session sends on connect that the service's own protocol answers (or, for
-# Engine.IO's client heartbeat, silently accepts): the hold sends [protocol] ping.
-_OPEN = re.compile(r"^0\{")
-
-
-def _flow(name: str, *steps: FlowStep) -> Flow:
-    return Flow(name, steps)
-
-
-def _send(value: Any) -> FlowStep:
-    return FlowStep(send=value)
-
-
-def _expect(*, timeout_s: float = 5, **kw: Any) -> FlowStep:
-    return FlowStep(timeout_s=timeout_s, **kw)
-
-
-def _quick(flow: Flow, timeout_s: float) -> Flow:
-    steps = tuple(
-        s if s.send is not None else dataclasses.replace(s, timeout_s=timeout_s) for s in flow.steps
-    )
-    return Flow(flow.name, steps)
-
-
-def _step_table(step: FlowStep) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("send", "expect", "expect_pattern", "expect_event"):
-        value = getattr(step, key)
-        if value is not None:
-            out[key] = dict(value) if isinstance(value, Mapping) else value
-    if step.capture:
-        out["capture"] = dict(step.capture)
-    if step.timeout_s is not None:
-        out["timeout_s"] = step.timeout_s
-    return out
-
-
-def _reply(obs: FlowObservation, step: int = -1) -> str:
-    """The text of the frame that answered expect step ``step`` ('' when none did)."""
-    idx = obs.steps[step].frame_index if obs.steps else None
-    return obs.frames[idx].text if idx is not None and idx < len(obs.frames) else ""
-
-
-@dataclass
-class _Dialect:
-    """One session protocol: how to recognise it and the flows that work on it."""
-
-    name: str
-    load: Flow
-    agent: Flow | None = None
-    protocol: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-
-class _Prober:
-    """Runs short flows on one opened path (its subprotocols and auth)."""
-
-    def __init__(self, acc: _Access, ws_base: str, timeout_s: float) -> None:
-        self.acc, self.url, self.timeout_s = acc, ws_base + acc.path, timeout_s
-
-    async def run(self, flow: Flow, protocol: ProtocolSettings | None = None) -> FlowObservation:
-        return await run_flow(
-            self.url,
-            _quick(flow, self.timeout_s),
-            None,
-            protocol or ProtocolSettings(),
-            auth=self.acc.auth,
-            subprotocols=self.acc.subprotocols,
-            open_timeout_s=self.timeout_s,
-            linger_s=0.2,
-        )
-
-
-async def _socketio(pr: _Prober) -> _Dialect | None:
-    """Engine.IO v4 open packet ``0{...}``, then ``40`` connects the default namespace."""
-    if not any(_OPEN.match(fr.text) for fr in pr.acc.obs.frames):
-        return None
-    text = ProtocolSettings(format="text")
-    load = _flow(
-        "load", _expect(expect_pattern=r"^0\{"), _send("40"), _expect(expect_pattern="^40")
-    )
-    obs = await pr.run(load, text)
-    if not obs.completed:
-        return None
-    return _Dialect(
-        "socketio",
-        load,
-        protocol={"format": "text", "ping": "3", "pong_pattern": "^40"},
-        note=f"Socket.IO: Engine.IO open packet {pr.acc.obs.frames[0].text[:60]!r}, "
-        f"'40' (namespace connect) answered {_reply(obs)[:40]!r}; the hold sends '3' "
-        "(Engine.IO's client heartbeat: any other frame makes the server's decoder drop "
-        "the socket)",
-    )
-
-
-async def _graphql(pr: _Prober) -> _Dialect | None:
-    sp = pr.acc.subprotocols
-    if "graphql-transport-ws" in sp:
-        init = (_send({"type": "connection_init", "payload": {}}),)
-        ack = _expect(expect={"type": "connection_ack"})
-        load = _flow("load", *init, ack, _send({"type": "ping"}), _expect(expect={"type": "pong"}))
-        query = {"id": "{run_id}", "type": "subscribe", "payload": {"query": "{ __typename }"}}
-        nxt = _expect(expect={"type": "next", "id": "{run_id}"})
-        done = _expect(expect={"type": "complete", "id": "{run_id}"})
-        agent = _flow("agent", *init, ack, _send(query), nxt, done)
-        ping: Any = {"type": "ping"}
-        name = "graphql-transport-ws"
-    elif "graphql-ws" in sp:
-        init = (_send({"type": "connection_init", "payload": {}}),)
-        ack = _expect(expect={"type": "connection_ack"})
-        load = _flow("load", *init, ack)
-        query = {"id": "{run_id}", "type": "start", "payload": {"query": "{ __typename }"}}
-        nxt = _expect(expect={"type": "data", "id": "{run_id}"})
-        done = _expect(expect={"type": "complete", "id": "{run_id}"})
-        agent = _flow("agent", *init, ack, _send(query), nxt, done)
-        ping = {"type": "connection_init", "payload": {}}
-        name = "graphql-ws"
-    else:
-        return None
-    if not (await pr.run(load)).completed:
-        return None
-    d = _Dialect(name, load, protocol={"ping": ping})
-    obs = await pr.run(agent)
-    d.note = f"{name}: connection_init -> connection_ack"
-    if obs.completed:
-        d.agent = agent
-        d.protocol.update(
-            event_type=["type"],
-            run_id=["id"],
-            critical_events=[agent.steps[3].expect["type"], "complete"],  # type: ignore[index]
-            ignore=["connection_ack", "pong", "ka"],
-            required_fields=_fields_seen(obs, ("type",)),
-        )
-        d.note += "; the operation '{ __typename }' answered data then complete"
-    else:
-        d.note += f"; '{{ __typename }}' was not answered ({obs.stop_detail[:100]})"
-    return d
-
-
-async def _jsonrpc(pr: _Prober) -> _Dialect | None:
-    """A JSON-RPC 2.0 request answered by a response with the same id (an echo of the
-    request is not an answer: it has no ``result`` or ``error``)."""
-    load = _flow(
-        "load",
-        _send({"jsonrpc": "2.0", "id": "{marker}", "method": "ping"}),
-        _expect(expect={"id": "{marker}"}),
-    )
-    obs = await pr.run(load)
-    try:
-        reply = json.loads(_reply(obs)) if obs.completed else {}
-    except ValueError:
-        reply = {}
-    if not isinstance(reply, dict) or not ({"result", "error"} & set(reply)):
-        return None
-    d = _Dialect(
-        "jsonrpc",
-        load,
-        protocol={"ping": load.steps[0].send, "event_type": ["method"]},
-        note=f"JSON-RPC 2.0: a ping request got {_reply(obs)[:100]}",
-    )
-    sub = {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"topic": "t-{marker}"}}
-    pub = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "publish",
-        "params": {"topic": "t-{marker}", "data": "{marker}"},
-    }
-    agent = _flow(
-        "agent",
-        _send(sub),
-        _expect(expect={"id": 1}, capture={"sub": "result"}),
-        _send(pub),
-        _expect(expect={"params.data": "{marker}"}),
-    )
-    got = await pr.run(agent)
-    if got.completed:
-        note = json.loads(_reply(got)) if _reply(got).startswith("{") else {}
-        method = str(note.get("method") or "message")
-        d.agent = dataclasses.replace(
-            agent,
-            steps=(*agent.steps[:3], _expect(expect={"method": method, "params.data": "{marker}"})),
-        )
-        d.protocol.update(critical_events=[method], required_fields=_fields_seen(got, ("method",)))
-        d.note += f"; subscribe -> publish -> {method!r} notification works"
-    return d
-
-
-async def _json_ping(pr: _Prober) -> _Dialect | None:
-    """The seed's ``{"type": "ping"}`` (or ``action``/``op``/``event``) answered by a pong."""
-    for key in ("type", "action", "op", "event"):
-        ping = {key: "ping"}
-        load = _flow("load", _send(ping), _expect(expect_event="pong"))
-        obs = await pr.run(load)
-        if obs.completed:
-            proto = {} if key == "type" else {"ping": ping}
-            return _Dialect("json", load, protocol=proto, note=f"{json.dumps(ping)} -> a pong")
-        if obs.stop_reason == "closed" or any(fr.frame.kind == "non_json" for fr in obs.frames):
-            return None  # a text protocol, or a decoder that drops what it cannot read
-    return None
-
-
-async def _echo(pr: _Prober) -> _Dialect | None:
-    """Every frame comes back as sent: an echo (text or JSON)."""
-    for fmt, probe in (("json", {"probe": "{marker}"}), ("text", "hello {marker}")):
-        load = _flow("load", _send(probe), _expect(expect_pattern="{marker}"))
-        proto = ProtocolSettings(format=fmt)
-        obs = await pr.run(load, proto)
-        sent = json.dumps(probe).replace("{marker}", obs.marker) if fmt == "json" else ""
-        reply = _reply(obs)
-        same = reply == str(probe).replace("{marker}", obs.marker) or (
-            fmt == "json" and _same_json(reply, sent)
-        )
-        if obs.completed and same:
-            text_ping = "ping {marker}" if fmt == "text" else {"type": "ping", "id": "{marker}"}
-            ping_flow = _flow("load", _send(text_ping), _expect(expect_pattern="{marker}"))
-            agent = _flow(
-                "agent",
-                _send(text_ping if fmt == "text" else {"text": "{text} {marker}"}),
-                _expect(expect_pattern="{marker}"),
-            )
-            protocol: dict[str, Any] = {"ping": text_ping}
-            if fmt == "text":
-                protocol.update(format="text", pong_pattern="^ping {marker}$")
-            return _Dialect(
-                "echo",
-                ping_flow,
-                agent=agent,
-                protocol=protocol,
-                note=f"an echo: {reply[:60]!r} came back exactly as sent ({fmt} frames)",
-            )
-    return None
-
-
-def _fields_seen(obs: FlowObservation, type_paths: Sequence[str]) -> dict[str, list[str]]:
-    """Event type -> the top-level fields its frames carried (for ``events.structure``)."""
-    out: dict[str, list[str]] = {}
-    for fr in obs.frames:
-        try:
-            body = json.loads(fr.text)
-        except ValueError:
-            continue
-        if not isinstance(body, dict):
-            continue
-        kind = next((str(body[p]) for p in type_paths if p in body), "")
-        if kind and kind not in out:
-            out[kind] = sorted(str(k) for k in body)
-    return out
-
-
-async def _json_request(pr: _Prober, f: InitFindings, key: str) -> Flow | None:
-    """A request carrying text (``{key: "echo"|"message", "text"}``) answered by a
-    typed frame that carries it back: an agent flow attributed by the marker."""
-    for verb in ("echo", "message"):
-        flow = _flow(
-            "agent",
-            _send({key: verb, "text": "hello {marker}"}),
-            _expect(expect_pattern="hello {marker}"),
-        )
-        obs = await pr.run(flow)
-        if not obs.completed:
-            continue
-        fields = _fields_seen(obs, ("type", "event"))
-        if not fields:
-            continue
-        kind = next(iter(fields))
-        f.set("protocol", "critical_events", [kind], f"{verb} is answered by a {kind!r} frame")
-        f.set("protocol", "required_fields", {kind: fields[kind]}, "the fields it carried")
-        f.set("thresholds", "critical_events_min", 1, "one event type per request")
-        f.set("protocol", "agent_request", flow.steps[0].send, "a request carrying the marker")
-        f.set("protocol", "chat_message", flow.steps[0].send, "the same request")
-        f.notes.append(f"{json.dumps(flow.steps[0].send)} is answered by a {kind!r} frame")
-        return flow
-    return None
-
-
-def _same_json(a: str, b: str) -> bool:
-    try:
-        return bool(json.loads(a) == json.loads(b))
-    except ValueError:
-        return False
-
-
-async def _text_ping(pr: _Prober) -> _Dialect | None:
-    """A text ``PING``/``ping`` line answered by a line carrying the marker."""
-    for word in ("PING", "ping"):
-        load = _flow("load", _send(f"{word} {{marker}}"), _expect(expect_pattern="{marker}"))
-        proto = ProtocolSettings(format="text")
-        obs = await pr.run(load, proto)
-        reply = _reply(obs)
-        if not obs.completed or reply.lstrip().startswith(("{", "[")):
-            continue
-        pattern = "^" + _escape(reply).replace(obs.marker, "{marker}") + "$"
-        protocol: dict[str, Any] = {
-            "format": "text",
-            "ping": f"{word} {{marker}}",
-            "pong_pattern": pattern,
-        }
-        bad = await pr.run(_flow("load", _send("{marker}?"), _expect(expect_pattern=".")), proto)
-        err = _reply(bad)
-        if err and obs.marker not in err:
-            protocol["error_pattern"] = "^" + _escape(err.split(" ")[0])
-        return _Dialect(
-            "text",
-            load,
-            protocol=protocol,
-            note=f"text frames: {word} <marker> is answered {reply[:60]!r}",
-        )
-    return None
-
-
-_DETECTORS = (_socketio, _graphql, _jsonrpc, _json_ping, _echo, _text_ping)
-_SAY_VERBS = ("say", "message", "send", "chat")
-
-
-def _chat_shapes(d: _Dialect) -> list[tuple[Any, list[Any]]]:
-    """The conventional join-a-room and say-in-a-room frames for ``d``'s framing."""
-    room, text, user = "r-{marker}", "hello {marker}", "{user_id}"
-    if d.name == "socketio":
-        join: Any = '42["join",{"room":"r-{marker}"}]'
-        says: list[Any] = [
-            f'42["{v}",{{"room":"r-{{marker}}","user":"{{user_id}}","text":"hello {{marker}}"}}]'
-            for v in _SAY_VERBS
-        ]
-        return [(join, says)]
-    if d.name == "text":
-        return [("JOIN " + room, [f"{v.upper()} {room} {text}" for v in _SAY_VERBS])]
-    if d.name == "json":
-        ping = d.load.steps[0].send
-        key = next(iter(ping)) if isinstance(ping, Mapping) else "type"
-        return [
-            (
-                {key: "join", "room": room, "user": user},
-                [{key: v, "room": room, "user": user, "text": text} for v in _SAY_VERBS],
-            )
-        ]
-    return []
-
-
-async def _chat_rooms(pr: _Prober, d: _Dialect) -> Flow | None:
-    """Join a room named with the marker, say a line carrying it, and see it come back:
-    a chat flow that also attributes every frame to its user (for isolation)."""
-    proto = ProtocolSettings(format="text" if d.name in ("socketio", "text") else "json")
-    opening = d.load.steps[:3] if d.name == "socketio" else ()
-    for join, says in _chat_shapes(d):
-        joined = (*opening, _send(join), _expect(expect_pattern="r-{marker}"))
-        if not (await pr.run(Flow("chat", joined), proto)).completed:
-            continue
-        for say in says:
-            flow = Flow("chat", (*joined, _send(say), _expect(expect_pattern="hello {marker}")))
-            if (await pr.run(flow, proto)).completed:
-                return flow
-    return None
-
-
 async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float) -> bool:
     """Find the session protocol on ``acc``'s path and write its keys and flows."""
-    pr = _Prober(acc, ws_base, timeout_s)
-    for detect in _DETECTORS:
-        d = await detect(pr)
-        if d is None:
-            continue
-        for key, value in d.protocol.items():
-            f.set("protocol", key, value, f"{d.name}: seen on {acc.path}")
-        if "critical_events" in d.protocol:
-            n = len(d.protocol["critical_events"])
-            f.set("thresholds", "critical_events_min", n, "every event type the flow saw")
-        if d.name not in ("json",) or d.load.steps[0].send != {"type": "ping"}:
-            f.flows["load"] = [_step_table(s) for s in d.load.steps]
-        if d.agent is not None:
-            f.flows["agent"] = [_step_table(s) for s in d.agent.steps]
-        f.why["protocol.dialect"] = d.name
-        f.notes.append(d.note)
-        if d.name == "json":
-            await _seed_agent(pr, f)
-        if d.name == "json" and f.why.get("protocol.agent") != "seed":
-            ping = d.load.steps[0].send
-            key = next(iter(ping)) if isinstance(ping, Mapping) else "type"
-            request = await _json_request(pr, f, key)
-            if request is not None:
-                f.flows["agent"] = [_step_table(s) for s in request.steps]
-        if "agent" not in f.flows and f.why.get("protocol.agent") != "seed":
-            chat = await _chat_rooms(pr, d)
-            if chat is not None:
-                steps = [_step_table(s) for s in chat.steps]
-                f.flows["chat"] = steps
-                f.flows["isolation"] = steps
-                f.notes.append(
-                    f"chat rooms: {_toml(chat.steps[-4].send)} then "
-                    f"{_toml(chat.steps[-2].send)} came back to the sender"
-                )
-        return True
-    f.notes.append(
-        f"no conversation was answered on {acc.path} (Socket.IO, GraphQL, JSON-RPC, JSON "
-        "ping, echo, text PING): write [protocol] ping and [flows.load] for it (the "
-        "monitoring hold also sends [protocol] ping: make it a frame the service accepts)"
+    pr = Prober(
+        ws_base + acc.path,
+        acc.obs,
+        auth=acc.auth,
+        subprotocols=acc.subprotocols,
+        timeout_s=timeout_s,
     )
-    return False
-
-
-async def _seed_agent(pr: _Prober, f: InitFindings) -> None:
-    p = ProtocolSettings()
-    agent = _flow("agent", _send(p.agent_request), _expect(expect_event=p.critical_events[-1]))
-    obs = await pr.run(agent)
-    if obs.completed and len(set(obs.event_types)) >= 2:
+    for detect in DETECTORS:
+        d = await detect(pr)
+        if d is not None:
+            break
+    else:
         f.notes.append(
-            "the seed's agent_request is answered by events "
-            + ", ".join(dict.fromkeys(obs.event_types))
+            f"no conversation was answered on {acc.path} (Socket.IO, GraphQL, JSON-RPC, JSON "
+            "ping, echo, text PING): write [protocol] ping and [flows.load] for it (the "
+            "monitoring hold also sends [protocol] ping: make it a frame the service accepts)"
         )
+        return False
+    f.why["protocol.dialect"] = d.name
+    if d.name != "json" or d.load.steps[0].send != {"type": "ping"}:
+        f.flows["load"] = [step_table(s) for s in d.load.steps]
+    _apply_dialect(f, d, acc.path)
+    if d.name == "json" and (seed := await seed_agent(pr)):
+        f.notes.append(seed)
         f.why["protocol.agent"] = "seed"
+        return True
+    if d.name == "json" and d.agent is None:
+        ping = d.load.steps[0].send
+        request = await json_request(pr, next(iter(ping)) if isinstance(ping, Mapping) else "type")
+        if request is not None:
+            _apply_dialect(f, request, acc.path)
+    if d.agent is None and "agent" not in f.flows:
+        chat = await chat_rooms(pr, d)
+        if chat is not None:
+            f.flows["chat"] = f.flows["isolation"] = [step_table(s) for s in chat.steps]
+            f.notes.append(
+                f"chat rooms: {_toml(chat.steps[-4].send)} then "
+                f"{_toml(chat.steps[-2].send)} came back to the sender"
+            )
+    return True
 
 
-def _escape(text: str) -> str:
-    """``text`` as a regex, escaping only metacharacters (readable in the file)."""
-    return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text)
+def _apply_dialect(f: InitFindings, d: Dialect, path: str) -> None:
+    """``d``'s protocol keys, its agent flow and its note into the findings."""
+    for key, value in d.protocol.items():
+        f.set("protocol", key, value, f"{d.name}: seen on {path}")
+    if "critical_events" in d.protocol:
+        n = len(d.protocol["critical_events"])
+        f.set("thresholds", "critical_events_min", n, "every event type the flow saw")
+    if d.agent is not None:
+        f.flows["agent"] = [step_table(s) for s in d.agent.steps]
+    f.notes.append(d.note)
 
 
 async def _probe_health(f: InitFindings, base: str, timeout_s: float) -> bool:
@@ -821,21 +473,21 @@ def _apply_access(
         )
 
 
+_EVENT_CHECKS = _AGENT_CHECKS[1:5]
+
+
 def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> None:
     """Checks that cannot apply to what was seen: only for what the service is, never for
     what it failed to do (a broken service keeps every check, so they fail until fixed)."""
     if primary is None:
-        if f.locked:
-            f.notes.append(
-                "every WebSocket path that answered refused without credentials: give "
-                "--token-env NAME (a variable holding a token) to probe the conversation; "
-                "nothing is declared not applicable until then"
-            )
-            return
         f.notes.append(
-            "the service is broken or unreachable over WebSocket: no path stayed open, so its "
-            "conversation could not be probed; the checks stay on (they fail until it is fixed). "
-            "Run runbook init again once a path upgrades"
+            "every WebSocket path that answered refused without credentials: give "
+            "--token-env NAME (a variable holding a token) to probe the conversation; "
+            "nothing is declared not applicable until then"
+            if f.locked
+            else "the service is broken or unreachable over WebSocket: no path stayed open, "
+            "so its conversation could not be probed; the checks stay on (they fail until "
+            "it is fixed). Run runbook init again once a path upgrades"
         )
         return
     if not ping_ok:
@@ -845,52 +497,37 @@ def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> No
             f"runbook init: {primary.path} stays open but answered none of the conversations "
             "init knows; write [protocol] ping and [flows.load] (and [flows.agent]) to enable"
         )
-        for cid in (
-            "ws.roundtrip",
-            "load.success_rate",
-            "load.latency_p95",
-            "load.no_server_errors",
-            *_AGENT_CHECKS,
-        ):
+        for cid in ("ws.roundtrip", *_LOAD_CHECKS, *_AGENT_CHECKS):
             f.not_applicable[cid] = reason
         return
-    dialect = f.why.get("protocol.dialect", "")
+    dialect = f.why.get("protocol.dialect", "") or "this protocol"
     if "chat" in f.flows:
-        for cid in _AGENT_CHECKS[:5]:
-            f.not_applicable[cid] = (
-                f"runbook init: a chat room over {dialect}: no agent run; [flows.chat] and "
-                "[flows.isolation] carry the conversation"
-            )
-        return
-    if "agent" in f.flows or f.why.get("protocol.agent") == "seed":
-        if "agent" in f.flows and "chat_message" not in f.keys.get("protocol", {}):
-            f.not_applicable.setdefault(
-                "chat.flow",
-                f"runbook init: {dialect}: no chat conversation seen; the agent flow covers it",
-            )
-        if dialect == "echo":
-            for cid in (
-                "events.critical_delivered",
-                "events.order",
-                "events.structure",
-                "events.latency",
-            ):
-                f.not_applicable[cid] = (
-                    "runbook init: an echo sends back what it gets, no typed events"
-                )
-        elif (
-            "critical_events" in f.keys.get("protocol", {})
-            and len(f.keys["protocol"]["critical_events"]) < 2
-        ):
-            f.not_applicable["events.order"] = (
-                f"runbook init: {dialect}: one event type, nothing to order"
-            )
-        return
-    for cid in _AGENT_CHECKS:
-        f.not_applicable[cid] = (
-            f"runbook init: {dialect or 'this protocol'}'s conversations are the app's own "
-            "(not the seed's agent_request); write [flows.agent] or [flows.chat] to enable"
+        why = f"a chat room over {dialect}: no agent run; [flows.chat] carries the conversation"
+        _declare(f, ("e2e.agent_response", *_EVENT_CHECKS), why)
+    elif "agent" in f.flows or f.why.get("protocol.agent") == "seed":
+        _declare_events(f, dialect)
+    else:
+        why = (
+            f"{dialect}'s conversations are the app's own (not the seed's agent_request); "
+            "write [flows.agent] or [flows.chat] to enable"
         )
+        _declare(f, _AGENT_CHECKS, why)
+
+
+def _declare(f: InitFindings, ids: Sequence[str], why: str) -> None:
+    for cid in ids:
+        f.not_applicable[cid] = f"runbook init: {why}"
+
+
+def _declare_events(f: InitFindings, dialect: str) -> None:
+    """An agent flow runs: declare only the event checks its frames cannot feed."""
+    protocol = f.keys.get("protocol", {})
+    if "agent" in f.flows and "chat_message" not in protocol:
+        _declare(f, ("chat.flow",), f"{dialect}: no chat conversation; the agent flow covers it")
+    if dialect == "echo":
+        _declare(f, _EVENT_CHECKS, "an echo sends back what it gets, no typed events")
+    elif len(protocol.get("critical_events", ("", ""))) < 2:
+        _declare(f, ("events.order",), f"{dialect}: one event type, nothing to order")
 
 
 async def probe_service(
