@@ -66,3 +66,25 @@ def test_socketio_corpus_app_lists_in_a_child_interpreter(tmp_path) -> None:
 
     obs = list_app_routes("corpus.socketio_chat:app", cwd=str(Path(__file__).parent), timeout_s=60)
     assert obs.error == "" and obs.ws_paths == ("/socket.io/",) and obs.unlisted == ()
+
+
+@pytest.mark.slow
+def test_declaring_the_route_check_not_applicable_keeps_the_library_evidence(tmp_path) -> None:
+    """source.ws_routes_present declared away is skipped, but the app is still listed so
+    the handshake diagnosis still knows whether a WebSocket library is missing."""
+    from pathlib import Path
+
+    from runbook_lib import steps
+    from runbook_lib.context import open_phase
+
+    env = tmp_path / "env.toml"
+    env.write_text(
+        'name = "t"\n[target]\nbase_url = "http://127.0.0.1:9"\nws_paths = ["/ws"]\n'
+        f'[source]\nrepo_dir = "{Path(__file__).parent}"\napp = "corpus.no_health:app"\n'
+        '[checks.not_applicable]\n"source.ws_routes_present" = "routes built at runtime"\n'
+    )
+    ctx = open_phase(1, environment=str(env))
+    rep = steps.source_status(ctx)
+    routes = next(r for r in rep.results if r.id == "source.ws_routes_present")
+    assert routes.status == "skip" and "routes built at runtime" in routes.detail
+    assert ctx.artifacts["ws_library_missing"] is False
