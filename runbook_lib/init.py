@@ -672,7 +672,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-dir", default="", help="where --app is importable from (default: .)")
     p.add_argument("--ws-path", action="append", default=[], help="a WebSocket path (repeatable)")
     p.add_argument("--token-env", default="", help="environment variable holding a token to try")
-    p.add_argument("--name", default="", help="environment name (default: from the URL)")
+    p.add_argument(
+        "--name", default="", help="environment name (default: --out's file name, else the URL)"
+    )
     p.add_argument("--out", default="", help="file to write (default: NAME.toml here)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per probe (default 3)")
@@ -715,7 +717,7 @@ def init_main(argv: Sequence[str] | None = None) -> int:
             ws_paths=args.ws_path,
             token=token,
             token_env=args.token_env,
-            name=args.name,
+            name=args.name or (Path(args.out).stem if args.out else ""),
             timeout_s=args.timeout,
         )
     )

@@ -233,7 +233,9 @@ def test_runbook_init_is_a_cli_subcommand(tmp_path: Path, capsys) -> None:
     with threaded("no_health") as svc:
         argv = ["init", "--url", svc.base_url, "--ws-path", "/ws", "--out", str(out)]
         assert main([*argv, "--timeout", "1.5"]) == 0
-    assert tomllib.loads(out.read_text())["target"]["ws_paths"] == ["/ws"]
+    env = tomllib.loads(out.read_text())
+    assert env["target"]["ws_paths"] == ["/ws"]
+    assert env["name"] == "nh"  # named after --out, as `runbook run --env nh` will call it
 
 
 # ---------------------------------------------------------------- the dialects (issue 18)
