@@ -3,8 +3,9 @@
 ``source.list_app_routes`` runs this file by path (``python _route_walker.py APP ROOT
 MARK``) with the interpreter of ``[source] python``, which need not have the runbook
 (or anything but the app's own dependencies) installed: this module imports only the
-standard library and recognises Starlette/FastAPI routes by class name. It prints one
-line, ``MARK`` followed by JSON: ``{"routes": [...], "installed": {...}}`` (which ASGI
+standard library and recognises Starlette/FastAPI routes by class name, Socket.IO's
+``ASGIApp`` by its attributes and middleware by the ``app`` it wraps. It prints one
+line, ``MARK`` followed by JSON: ``{"routes": [...], "unlisted": [...], "installed": {...}}`` (which ASGI
 servers and WebSocket libraries that interpreter can import) or ``{"error": {...}}``
 naming the missing module and the interpreter when the import fails. Keep it compatible with
 old Pythons (3.8+): it runs wherever the app runs.
@@ -13,6 +14,7 @@ old Pythons (3.8+): it runs wherever the app runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -20,7 +22,7 @@ import sys
 import traceback
 from typing import Any
 
-__all__ = ["main", "walk_routes"]
+__all__ = ["main", "walk_app", "walk_routes"]
 
 
 def _kinds(obj: object) -> set:
@@ -66,9 +68,59 @@ def _load(spec: str) -> object:
     obj = importlib.import_module(mod_name)
     for part in (attr or "app").split("."):
         obj = getattr(obj, part)
-    if callable(obj) and not hasattr(obj, "routes") and not hasattr(obj, "router"):
-        obj = obj()  # an app factory
+    if _is_factory(obj):
+        obj = obj()  # type: ignore[operator]
     return obj
+
+
+def _is_factory(obj: object) -> bool:
+    """A plain function taking no arguments builds the app; anything else callable is
+    the ASGI app itself (``app(scope, receive, send)``) and is never called here."""
+    if not inspect.isfunction(obj) or inspect.iscoroutinefunction(obj):
+        return False
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(
+        p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        for p in params
+    )
+
+
+def walk_app(obj: object, prefix: str = "", depth: int = 0) -> tuple:
+    """Routes of any ASGI callable, and why a part of it could not be listed.
+
+    Starlette/FastAPI (``routes``), a Socket.IO/Engine.IO ``ASGIApp`` (its
+    ``engineio_path`` upgrades; the app it forwards other requests to is walked too) and
+    middleware that wraps an app (``.app``) are recognised. Returns ``(routes,
+    unlisted)``: ``unlisted`` names each part whose routes cannot be read.
+    """
+    name = type(obj).__name__
+    if depth > 32:
+        return [], [f"{name}: wrapped more than 32 levels deep"]
+    routes = getattr(obj, "routes", None)
+    if routes is None and hasattr(obj, "router"):
+        routes = getattr(obj.router, "routes", None)
+    if isinstance(routes, (list, tuple)):
+        return walk_routes(routes, prefix), []
+    if hasattr(obj, "engineio_server") and hasattr(obj, "engineio_path"):
+        kind = "socketio" if "socketio" in type(obj).__module__ else "engineio"
+        out: list = []
+        path = obj.engineio_path  # type: ignore[attr-defined]
+        if path:
+            out.append({"kind": "websocket", "path": prefix + path, "methods": [], "name": kind})
+        unlisted: list = [] if path else [f"{name}: answers on every path"]
+        other = getattr(obj, "other_asgi_app", None)
+        if other is not None:
+            more, why = walk_app(other, prefix, depth + 1)
+            out += more
+            unlisted += why
+        return out, unlisted
+    inner = getattr(obj, "app", None)
+    if inner is not None and inner is not obj and callable(inner):
+        return walk_app(inner, prefix, depth + 1)
+    return [], [f"{name} ({type(obj).__module__}) does not expose its routes"]
 
 
 def _servers() -> dict:
@@ -103,11 +155,10 @@ def main(argv: list) -> int:
     result: dict
     try:
         obj = _load(spec)
-        routes = getattr(obj, "routes", None)
-        if routes is None and hasattr(obj, "router"):
-            routes = obj.router.routes
+        routes, unlisted = walk_app(obj)
         result = {
-            "routes": walk_routes(routes or []),
+            "routes": routes,
+            "unlisted": unlisted,
             "python": _interpreter(),
             "installed": _servers(),
         }

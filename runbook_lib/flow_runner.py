@@ -475,9 +475,11 @@ class _Session:
 
     async def _linger(self, linger_s: float) -> None:
         deadline = time.perf_counter() + linger_s
-        with contextlib.suppress(ConnectionClosed):
+        try:
             while (msg := await self._recv(deadline)) is not None:
                 self._record(msg)
+        except ConnectionClosed as exc:  # a close while lingering is evidence too
+            self._closed(exc)
 
 
 async def run_named_flow(

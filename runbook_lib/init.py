@@ -9,16 +9,18 @@
   ``--ws-path``s, or common candidates; each one's upgrade status;
 * the subprotocol the server needs (offered, echoed) and, with ``--token-env``, how
   the token is passed (bearer header, query parameter, ``jwt.<token>`` subprotocol);
-* the frame format and a working ping: the seed's JSON ``ping``/``pong``, JSON-RPC,
-  ``graphql-transport-ws`` (``connection_init`` first) or a text ``PING``/``PONG``
-  line; and whether the seed's agent protocol answers.
+* the session dialect and the flows that work on it (``runbook_lib.dialects``):
+  Socket.IO / Engine.IO, GraphQL over WebSocket (both subprotocols), JSON-RPC, a JSON
+  or text ping, an echo, the seed's agent protocol, a request carrying text, chat rooms.
 
-The file sets every inferred key (with the evidence as a comment), shows every other
-key commented with its default, declares in ``[checks.not_applicable]`` every check
-that cannot apply with the reason, and writes a ``[flows.load]`` conversation when the
-ping is not the seed's. ``init_main(argv) -> int``: 0 written, 1 written but no
-WebSocket path upgraded (1 and nothing written when nothing answered at all), 2 usage
-error (nothing written).
+The file sets every inferred key (with what was seen as a comment), shows every other
+key commented with its default, writes the flows that worked (``[flows.load]``,
+``agent``, ``chat``, ``isolation``), and declares in ``[checks.not_applicable]`` only
+what the service does not have (no credentials needed, no agent run, one event type).
+A service where no path stays open gets no declarations: its checks stay on and fail
+until it is fixed. ``init_main(argv) -> int``: 0 written, 1 written but no WebSocket
+path stayed open (1 and nothing written when nothing answered at all), 2 usage error
+(nothing written).
 """
 
 from __future__ import annotations
@@ -40,8 +42,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .dialects import (
+    DETECTORS,
+    SOCKETIO_PATH,
+    Dialect,
+    Prober,
+    chat_rooms,
+    json_request,
+    seed_agent,
+    step_table,
+)
 from .flow_runner import run_flow
-from .flows import Flow, FlowObservation, FlowStep
+from .flows import Flow, FlowObservation
 from .identity import user_agent
 from .protocol import ProtocolSettings
 from .settings import (
@@ -82,6 +94,7 @@ _AGENT_CHECKS = (
     "isolation.sessions",
     "isolation.no_cross_user",
 )
+_LOAD_CHECKS = ("load.success_rate", "load.latency_p95", "load.no_server_errors")
 _AUTH_CHECKS = ("auth.config", "auth.health", "auth.ws_authenticated", "auth.rejects_invalid")
 
 
@@ -98,6 +111,7 @@ class InitFindings:
         notes: findings for the file's header (and the terminal).
         upgraded: at least one WebSocket path answered 101.
         reachable: anything answered (HTTP or a WebSocket handshake, even a refusal).
+        locked: WebSocket paths that refused only for want of credentials.
     """
 
     name: str
@@ -108,6 +122,7 @@ class InitFindings:
     notes: list[str] = field(default_factory=list)
     upgraded: bool = False
     reachable: bool = False
+    locked: list[str] = field(default_factory=list)
 
     def set(self, section: str, key: str, value: Any, why: str = "") -> None:
         self.keys.setdefault(section, {})[key] = value
@@ -189,190 +204,335 @@ class _Access:
 
 
 async def _open_path(
-    ws_base: str, path: str, token: str, timeout_s: float
+    ws_base: str, path: str, token: str, timeout_s: float, *, guessed: bool = False
 ) -> tuple[_Access | None, str]:
     """Find a way to open ``path``: plain, with a known subprotocol, with the token."""
     url = ws_base + path
     plain = await _connect_probe(url, (), None, timeout_s)
     if _alive(plain):
-        return _Access(path, plain), "101 without credentials"
+        return _Access(path, plain), "101, stayed open without credentials"
     if not plain.connected and plain.status in (None, 404):
         why = f"HTTP {plain.status}" if plain.status else plain.connect_error or "no answer"
         return None, why
     for sp in SUBPROTOCOL_CANDIDATES:
         obs = await _connect_probe(url, (sp,), None, timeout_s)
         if _alive(obs) and obs.subprotocol == sp:
-            return _Access(path, obs, subprotocols=(sp,)), f"101 only when offered {sp!r}"
-    refused = (
-        f"HTTP {plain.status}"
-        if not plain.connected
-        else f"accepted, then closed {plain.close_code or ''} "
-        + ("with an error frame" if any(f.frame.is_error for f in plain.frames) else "")
-    ).strip()
+            return _Access(path, obs, subprotocols=(sp,)), (
+                f"{_refusal(plain, guessed)} without a subprotocol; 101 and open when "
+                f"offered {sp!r}"
+            )
+    refused = _refusal(plain, guessed)
+    if not _maybe_auth(plain):
+        return None, refused
     if not token:
-        return None, f"{refused} without credentials (give --token-env to try a token)"
+        return None, f"{refused} (give --token-env to try a token)"
     for mode, keys, auth in _auth_candidates(token):
         obs = await _connect_probe(url, (), auth, timeout_s)
         if _alive(obs):
             return _Access(path, obs, auth_mode=mode, auth_keys=keys, auth=auth), (
-                f"{refused} without credentials; 101 with the token as {mode}"
+                f"{refused}; 101 and open with the token as {mode}"
                 + (f" ({next(iter(keys.values()))})" if keys else "")
             )
     return None, f"{refused}; the token was refused in every mode tried"
 
 
-def _load_json_ping() -> Flow:
-    return Flow(
-        "load", (FlowStep(send={"type": "ping"}), FlowStep(expect_event="pong", timeout_s=5))
-    )
+_AUTH_CLOSES = (1008, 4001, 4003, 4401, 4403)
 
 
-def _load_jsonrpc() -> Flow:
-    return Flow(
-        "load",
-        (
-            FlowStep(send={"jsonrpc": "2.0", "id": "{marker}", "method": "ping"}),
-            FlowStep(expect={"id": "{marker}"}, timeout_s=5),
-        ),
-    )
+def _maybe_auth(obs: FlowObservation) -> bool:
+    """Could this refusal be about credentials (401/403, an auth close, an error frame)?"""
+    if not obs.connected:
+        return obs.status in (401, 403)
+    return obs.close_code in _AUTH_CLOSES or any(fr.frame.is_error for fr in obs.frames)
 
 
-def _load_graphql() -> Flow:
-    return Flow(
-        "load",
-        (
-            FlowStep(send={"type": "connection_init", "payload": {}}),
-            FlowStep(expect={"type": "connection_ack"}, timeout_s=5),
-            FlowStep(send={"type": "ping"}),
-            FlowStep(expect={"type": "pong"}, timeout_s=5),
-        ),
-    )
-
-
-def _text_ping(word: str) -> Flow:
-    return Flow(
-        "load",
-        (FlowStep(send=f"{word} {{marker}}"), FlowStep(expect_pattern="{marker}", timeout_s=5)),
-    )
-
-
-def _quick(flow: Flow, timeout_s: float) -> Flow:
-    steps = tuple(
-        s if s.send is not None else dataclasses.replace(s, timeout_s=timeout_s) for s in flow.steps
-    )
-    return Flow(flow.name, steps)
-
-
-def _step_table(step: FlowStep) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("send", "expect", "expect_pattern", "expect_event"):
-        value = getattr(step, key)
-        if value is not None:
-            out[key] = dict(value) if isinstance(value, Mapping) else value
-    if step.capture:
-        out["capture"] = dict(step.capture)
-    if step.timeout_s is not None:
-        out["timeout_s"] = step.timeout_s
-    return out
-
-
-async def _dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float) -> bool:
-    """Find the frame format and a working ping on ``acc``'s path; True when one works."""
-    url = ws_base + acc.path
-
-    async def attempt(flow: Flow, protocol: ProtocolSettings) -> FlowObservation:
-        return await run_flow(
-            url,
-            _quick(flow, timeout_s),
-            None,
-            protocol,
-            auth=acc.auth,
-            subprotocols=acc.subprotocols,
-            open_timeout_s=timeout_s,
-            linger_s=0.0,
-        )
-
-    if "graphql-transport-ws" in acc.subprotocols:
-        flow = _load_graphql()
-        obs = await attempt(flow, ProtocolSettings())
-        if obs.completed:
-            f.set("protocol", "ping", {"type": "ping"}, "graphql-transport-ws ping -> pong")
-            f.set("protocol", "ignore", ["connection_ack", "pong", "ka"], "protocol frames")
-            f.flows["load"] = [_step_table(s) for s in flow.steps]
-            f.notes.append("graphql-transport-ws: connection_init -> connection_ack, ping -> pong")
-            return True
-    seed = await attempt(_load_json_ping(), ProtocolSettings())
-    if seed.completed:
-        f.notes.append('JSON frames: {"type": "ping"} answered by a pong (the seed\'s ping)')
-        agent = await run_flow(
-            url,
-            _quick(Flow("agent", _seed_agent_steps()), timeout_s),
-            None,
-            ProtocolSettings(),
-            auth=acc.auth,
-            subprotocols=acc.subprotocols,
-            open_timeout_s=timeout_s,
-            linger_s=0.3,
-        )
-        if agent.completed and len(set(agent.event_types)) >= 2:
-            f.notes.append(
-                "the seed's agent_request is answered by events "
-                + ", ".join(dict.fromkeys(agent.event_types))
+def _refusal(obs: FlowObservation, guessed: bool) -> str:
+    """What the refusal was, in words that do not over-claim its cause."""
+    if not obs.connected:
+        st = obs.status
+        if st is None:
+            return obs.connect_error or "no answer"
+        if st == 403:
+            return (
+                "HTTP 403 (Starlette answers 403 to an unknown WebSocket path; or a refusal "
+                "without credentials)"
+                if guessed
+                else "HTTP 403 without credentials"
             )
-            f.why["protocol.agent"] = "seed"
-        return True
-    # A service that answered JSON with plain text does not speak JSON-RPC either.
-    texty = bool(seed.frames) and all(fr.frame.kind == "non_json" for fr in seed.frames)
-    # Other common JSON ping shapes, the pong found under type/data.type/payload.type.
-    for key in ("action", "op", "event") if not texty else ():
-        ping = {key: "ping"}
-        flow = Flow("load", (FlowStep(send=ping), FlowStep(expect_event="pong", timeout_s=5)))
-        if (await attempt(flow, ProtocolSettings())).completed:
-            f.set("protocol", "ping", ping, f"{json.dumps(ping)} is answered by a pong")
-            return True
-    rpc = seed if texty else await attempt(_load_jsonrpc(), ProtocolSettings())
-    if rpc.completed and not texty:
-        f.set("protocol", "event_type", ["method"], "JSON-RPC: notifications carry a method")
-        f.set(
-            "protocol",
-            "ping",
-            {"jsonrpc": "2.0", "id": "{marker}", "method": "ping"},
-            "a JSON-RPC request is answered with the same id",
-        )
-        f.flows["load"] = [_step_table(s) for s in _load_jsonrpc().steps]
-        reply = rpc.frames[rpc.steps[1].frame_index or 0].text if rpc.frames else ""
-        f.notes.append(f"JSON-RPC 2.0: a ping request got {reply[:120]}")
-        return True
-    for word in ("PING", "ping"):
-        proto = ProtocolSettings(format="text")
-        obs = await attempt(_text_ping(word), proto)
-        if obs.completed and obs.steps[1].frame_index is not None:
-            reply = obs.frames[obs.steps[1].frame_index].text
-            if reply.lstrip().startswith(("{", "[")):
-                continue
-            pattern = "^" + _escape(reply).replace(obs.marker, "{marker}") + "$"
-            f.set("protocol", "format", "text", f"{word} <marker> is answered {reply[:60]!r}")
-            f.set("protocol", "ping", f"{word} {{marker}}", "a text ping with the marker")
-            f.set("protocol", "pong_pattern", pattern, "the reply, the marker as {marker}")
-            errors = [fr.text for fr in seed.frames if fr.text.startswith("ERR")]
-            if errors:
-                f.set("protocol", "error_pattern", "^ERR", f"JSON got {errors[0][:60]!r}")
-            return True
-    f.notes.append(
-        f"no ping was answered on {acc.path} (JSON ping, JSON-RPC ping, text PING): "
-        "ws.roundtrip and load need a [flows.load] conversation"
+        if st == 401:
+            return "HTTP 401 without credentials"
+        if st >= 500:
+            return f"HTTP {st} (a server error, not an auth refusal)"
+        return f"HTTP {st}"
+    code = obs.close_code
+    what = "101, then closed" + (f" {code}" if code else "")
+    if obs.close_reason:
+        what += f" ({obs.close_reason[:60]})"
+    if any(fr.frame.is_error for fr in obs.frames):
+        what += " after an error frame"
+    if code in (4400, 4406, 1002, 1003):
+        return what + " (a protocol or subprotocol refusal)"
+    if code in _AUTH_CLOSES or any(fr.frame.is_error for fr in obs.frames):
+        return what + " without credentials"
+    return what
+
+
+async def _probe_dialect(acc: _Access, ws_base: str, f: InitFindings, timeout_s: float) -> bool:
+    """Find the session protocol on ``acc``'s path and write its keys and flows."""
+    pr = Prober(
+        ws_base + acc.path,
+        acc.obs,
+        auth=acc.auth,
+        subprotocols=acc.subprotocols,
+        timeout_s=timeout_s,
     )
-    return False
+    for detect in DETECTORS:
+        d = await detect(pr)
+        if d is not None:
+            break
+    else:
+        f.notes.append(
+            f"no conversation was answered on {acc.path} (Socket.IO, GraphQL, JSON-RPC, JSON "
+            "ping, echo, text PING): write [protocol] ping and [flows.load] for it (the "
+            "monitoring hold also sends [protocol] ping: make it a frame the service accepts)"
+        )
+        return False
+    f.why["protocol.dialect"] = d.name
+    if d.name != "json" or d.load.steps[0].send != {"type": "ping"}:
+        f.flows["load"] = [step_table(s) for s in d.load.steps]
+    _apply_dialect(f, d, acc.path)
+    if d.name == "json" and (seed := await seed_agent(pr)):
+        f.notes.append(seed)
+        f.why["protocol.agent"] = "seed"
+        return True
+    if d.name == "json" and d.agent is None:
+        ping = d.load.steps[0].send
+        request = await json_request(pr, next(iter(ping)) if isinstance(ping, Mapping) else "type")
+        if request is not None:
+            _apply_dialect(f, request, acc.path)
+    if d.agent is None and "agent" not in f.flows:
+        chat = await chat_rooms(pr, d)
+        if chat is not None:
+            f.flows["chat"] = f.flows["isolation"] = [step_table(s) for s in chat.steps]
+            f.notes.append(
+                f"chat rooms: {_toml(chat.steps[-4].send)} then "
+                f"{_toml(chat.steps[-2].send)} came back to the sender"
+            )
+    return True
 
 
-def _escape(text: str) -> str:
-    """``text`` as a regex, escaping only metacharacters (readable in the file)."""
-    return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text)
+def _apply_dialect(f: InitFindings, d: Dialect, path: str) -> None:
+    """``d``'s protocol keys, its agent flow and its note into the findings."""
+    for key, value in d.protocol.items():
+        f.set("protocol", key, value, f"{d.name}: seen on {path}")
+    if "critical_events" in d.protocol:
+        n = len(d.protocol["critical_events"])
+        f.set("thresholds", "critical_events_min", n, "every event type the flow saw")
+    if d.agent is not None:
+        f.flows["agent"] = [step_table(s) for s in d.agent.steps]
+    f.notes.append(d.note)
 
 
-def _seed_agent_steps() -> tuple[FlowStep, ...]:
-    p = ProtocolSettings()
-    return (FlowStep(send=p.agent_request), FlowStep(expect_event=p.critical_events[-1]))
+async def _probe_health(f: InitFindings, base: str, timeout_s: float) -> bool:
+    """Health candidates and ``/ws/health``; True when anything answered HTTP."""
+    async with httpx.AsyncClient(
+        timeout=timeout_s, follow_redirects=False, headers={"User-Agent": user_agent()}
+    ) as client:
+        health = {p: await _health(client, base, p) for p in HEALTH_CANDIDATES}
+        ws_health = await _health(client, base, "/ws/health")
+    answered = {p: s for p, (s, _) in health.items() if s is not None}
+    if not answered:
+        f.notes.append(f"no HTTP answer from {base} ({health['/health'][1]})")
+    ok = [p for p in HEALTH_CANDIDATES if health[p][0] == 200]
+    seen = ", ".join(f"{p} {s}" for p, s in answered.items())
+    if ok:
+        f.set("target", "health_path", ok[0], f"GET {ok[0]} answered 200 ({seen})")
+    else:
+        f.set("target", "health_path", False, f"no health endpoint ({seen or 'no answer'})")
+    if ws_health[0] == 200:
+        f.set("target", "ws_health_path", "/ws/health", "GET /ws/health answered 200")
+    else:
+        f.set("target", "ws_health_path", False, f"GET /ws/health answered {ws_health[0]}")
+    return bool(answered)
+
+
+async def _app_paths(
+    f: InitFindings, app: str, python: str, repo_dir: str, ws_paths: Sequence[str]
+) -> list[str]:
+    """The given paths, then the app's WebSocket routes (an Engine.IO path with its query)."""
+    declared: list[str] = list(ws_paths)
+    if not app:
+        return declared
+    routes = await asyncio.to_thread(
+        list_app_routes, app, cwd=repo_dir or None, python=python, timeout_s=60.0
+    )
+    if routes.error:
+        f.notes.append(f"could not list the app's routes: {routes.error}")
+    else:
+        found = [
+            SOCKETIO_PATH if r.name in ("socketio", "engineio") else r.path
+            for r in routes.routes
+            if r.kind == "websocket"
+        ]
+        declared.extend(p for p in found if p not in declared)
+        f.notes.append(f"{app} registers WebSocket routes: {', '.join(found) or 'none'}")
+        if routes.unlisted:
+            f.notes.append(f"routes not listable: {'; '.join(routes.unlisted)[:200]}")
+        if routes.ws_library_missing:
+            f.notes.append(
+                f"{routes.python} has uvicorn but neither websockets nor wsproto: "
+                "uvicorn would refuse every upgrade"
+            )
+    f.set("source", "app", app, "given with --app")
+    f.set("source", "repo_dir", repo_dir or ".", "where --app was imported")
+    if python:
+        f.set("source", "python", python, "given with --python")
+    return declared
+
+
+async def _probe_paths(
+    f: InitFindings, ws_base: str, declared: list[str], token: str, timeout_s: float, app: str
+) -> tuple[list[_Access], dict[str, str]]:
+    """Open every declared (else candidate) path; set ws_paths, primary, ws_test_path."""
+    candidates = declared or [*WS_CANDIDATES, SOCKETIO_PATH]
+    accesses: list[_Access] = []
+    statuses: dict[str, str] = {}
+    for path in dict.fromkeys(candidates):
+        if "{" in path:  # a parametrised route: cannot be probed as is
+            statuses[path] = "parametrised path, not probed"
+            continue
+        acc, why = await _open_path(ws_base, path, token, timeout_s, guessed=not declared)
+        statuses[path] = why
+        if acc is not None:
+            accesses.append(acc)
+    for path, why in statuses.items():
+        f.notes.append(f"upgrade {path}: {why}")
+    if declared and not accesses and any("404" in statuses.get(p, "") for p in declared):
+        f.notes.append(
+            "every declared WebSocket route answered 404 to the upgrade: the server may have "
+            "no WebSocket implementation (uvicorn without websockets/wsproto, --ws none) or a "
+            "hop answers for it"
+        )
+    test_ok, test_why = await _ws_test(ws_base, accesses, timeout_s)
+    f.set("target", "ws_test_path", "/ws/test" if test_ok else False, test_why)
+    locked = [p for p, why in statuses.items() if "without credentials" in why]
+    kept = [p for p in declared if "{" not in p] or [a.path for a in accesses] or locked
+    f.locked = locked
+    if kept:
+        f.set(
+            "target",
+            "ws_paths",
+            kept,
+            "the app's routes"
+            if app
+            else "paths that upgraded"
+            if accesses
+            else "paths that want credentials"
+            if locked and not declared
+            else "given with --ws-path",
+        )
+        primary = accesses[0].path if accesses else kept[0]
+        f.set("target", "primary_ws_path", primary, statuses.get(primary, ""))
+    else:
+        f.notes.append("no WebSocket path found: give --ws-path or --app")
+    return accesses, statuses
+
+
+async def _ws_test(ws_base: str, accesses: list[_Access], timeout_s: float) -> tuple[bool, str]:
+    """``ws.test_endpoint`` passes on a GET 200 or a 101 at ``/ws/test``: probe both."""
+    if any(a.path == "/ws/test" for a in accesses):
+        return True, "upgrade /ws/test: 101"
+    http_base = "http" + ws_base[2:]
+    async with httpx.AsyncClient(
+        timeout=timeout_s, follow_redirects=False, headers={"User-Agent": user_agent()}
+    ) as client:
+        status, _ = await _health(client, http_base, "/ws/test")
+    if status == 200:
+        return True, "GET /ws/test answered 200"
+    obs = await _connect_probe(ws_base + "/ws/test", (), None, timeout_s)
+    if obs.connected:
+        return True, "upgrade /ws/test answered 101"
+    return False, f"GET /ws/test answered {status}; upgrade: {_refusal(obs, True)}"
+
+
+def _apply_access(
+    f: InitFindings, acc: _Access, statuses: Mapping[str, str], token_env: str
+) -> None:
+    """The subprotocol and auth the primary path needed."""
+    if acc.subprotocols:
+        f.set("protocol", "subprotocols", list(acc.subprotocols), statuses[acc.path])
+    if acc.auth_mode == "none":
+        for cid in _AUTH_CHECKS:
+            f.not_applicable[cid] = (
+                f"runbook init: {acc.path} upgraded and stayed open with no credentials"
+            )
+        return
+    f.set("auth", "mode", acc.auth_mode, statuses[acc.path])
+    for key, value in acc.auth_keys.items():
+        f.set("auth", key, value)
+    if token_env:
+        f.set("auth", "token_env", token_env, "given with --token-env (never the token itself)")
+        f.not_applicable["isolation.no_cross_user"] = (
+            f"runbook init: every simulated user shares the one token in {token_env}, so they "
+            "are one user to the service; give token_envs or jwt_secret_env to test isolation"
+        )
+
+
+_EVENT_CHECKS = _AGENT_CHECKS[1:5]
+
+
+def _declare_gaps(f: InitFindings, primary: _Access | None, ping_ok: bool) -> None:
+    """Checks that cannot apply to what was seen: only for what the service is, never for
+    what it failed to do (a broken service keeps every check, so they fail until fixed)."""
+    if primary is None:
+        f.notes.append(
+            "every WebSocket path that answered refused without credentials: give "
+            "--token-env NAME (a variable holding a token) to probe the conversation; "
+            "nothing is declared not applicable until then"
+            if f.locked
+            else "the service is broken or unreachable over WebSocket: no path stayed open, "
+            "so its conversation could not be probed; the checks stay on (they fail until "
+            "it is fixed). Run runbook init again once a path upgrades"
+        )
+        return
+    if not ping_ok:
+        # The socket stays open but speaks nothing init knows: these checks need the
+        # user's conversation, not a fix.
+        reason = (
+            f"runbook init: {primary.path} stays open but answered none of the conversations "
+            "init knows; write [protocol] ping and [flows.load] (and [flows.agent]) to enable"
+        )
+        for cid in ("ws.roundtrip", *_LOAD_CHECKS, *_AGENT_CHECKS):
+            f.not_applicable[cid] = reason
+        return
+    dialect = f.why.get("protocol.dialect", "") or "this protocol"
+    if "chat" in f.flows:
+        why = f"a chat room over {dialect}: no agent run; [flows.chat] carries the conversation"
+        _declare(f, ("e2e.agent_response", *_EVENT_CHECKS), why)
+    elif "agent" in f.flows or f.why.get("protocol.agent") == "seed":
+        _declare_events(f, dialect)
+    else:
+        why = (
+            f"{dialect}'s conversations are the app's own (not the seed's agent_request); "
+            "write [flows.agent] or [flows.chat] to enable"
+        )
+        _declare(f, _AGENT_CHECKS, why)
+
+
+def _declare(f: InitFindings, ids: Sequence[str], why: str) -> None:
+    for cid in ids:
+        f.not_applicable[cid] = f"runbook init: {why}"
+
+
+def _declare_events(f: InitFindings, dialect: str) -> None:
+    """An agent flow runs: declare only the event checks its frames cannot feed."""
+    protocol = f.keys.get("protocol", {})
+    if "agent" in f.flows and "chat_message" not in protocol:
+        _declare(f, ("chat.flow",), f"{dialect}: no chat conversation; the agent flow covers it")
+    if dialect == "echo":
+        _declare(f, _EVENT_CHECKS, "an echo sends back what it gets, no typed events")
+    elif len(protocol.get("critical_events", ("", ""))) < 2:
+        _declare(f, ("events.order",), f"{dialect}: one event type, nothing to order")
 
 
 async def probe_service(
@@ -396,131 +556,20 @@ async def probe_service(
     )
     f.set("target", "base_url", base, "given with --url")
     ws_base = _ws_base(base)
-
-    # HTTP endpoints.
-    async with httpx.AsyncClient(
-        timeout=timeout_s, follow_redirects=False, headers={"User-Agent": user_agent()}
-    ) as client:
-        health = {p: await _health(client, base, p) for p in HEALTH_CANDIDATES}
-        ws_health = await _health(client, base, "/ws/health")
-    answered = {p: s for p, (s, _) in health.items() if s is not None}
-    if not answered:
-        f.notes.append(f"no HTTP answer from {base} ({health['/health'][1]})")
-    ok = [p for p in HEALTH_CANDIDATES if health[p][0] == 200]
-    seen = ", ".join(f"{p} {s}" for p, s in answered.items())
-    if ok:
-        f.set("target", "health_path", ok[0], f"GET {ok[0]} answered 200 ({seen})")
-    else:
-        f.set("target", "health_path", False, f"no health endpoint ({seen or 'no answer'})")
-    if ws_health[0] == 200:
-        f.set("target", "ws_health_path", "/ws/health", "GET /ws/health answered 200")
-    else:
-        f.set("target", "ws_health_path", False, f"GET /ws/health answered {ws_health[0]}")
-
-    # WebSocket paths: the app's, the given ones, else common candidates.
-    declared: list[str] = list(ws_paths)
-    if app:
-        routes = await asyncio.to_thread(
-            list_app_routes, app, cwd=repo_dir or None, python=python, timeout_s=60.0
-        )
-        if routes.error:
-            f.notes.append(f"could not list the app's routes: {routes.error}")
-        else:
-            declared.extend(p for p in routes.ws_paths if p not in declared)
-            f.notes.append(
-                f"{app} registers WebSocket routes: {', '.join(routes.ws_paths) or 'none'}"
-            )
-            if routes.ws_library_missing:
-                f.notes.append(
-                    f"{routes.python} has uvicorn but neither websockets nor wsproto: "
-                    "uvicorn would answer 404 to every upgrade"
-                )
-        f.set("source", "app", app, "given with --app")
-        f.set("source", "repo_dir", repo_dir or ".", "where --app was imported")
-        if python:
-            f.set("source", "python", python, "given with --python")
-    candidates = declared or list(WS_CANDIDATES)
-    accesses: list[_Access] = []
-    statuses: dict[str, str] = {}
-    for path in dict.fromkeys(candidates):
-        if "{" in path:  # a parametrised route: cannot be probed as is
-            statuses[path] = "parametrised path, not probed"
-            continue
-        acc, why = await _open_path(ws_base, path, token, timeout_s)
-        statuses[path] = why
-        if acc is not None:
-            accesses.append(acc)
-    for path, why in statuses.items():
-        f.notes.append(f"upgrade {path}: {why}")
-    kept = [p for p in declared if "{" not in p] or [a.path for a in accesses]
+    answered = await _probe_health(f, base, timeout_s)
+    declared = await _app_paths(f, app, python, repo_dir, ws_paths)
+    accesses, statuses = await _probe_paths(f, ws_base, declared, token, timeout_s, app)
     f.upgraded = bool(accesses)
-    f.reachable = bool(answered) or bool(accesses)
-    if declared and not accesses and any("404" in statuses.get(p, "") for p in declared):
-        f.notes.append(
-            "every declared WebSocket route answered 404 to the upgrade: the server may have "
-            "no WebSocket implementation (uvicorn without websockets/wsproto, --ws none) or a "
-            "hop answers for it"
-        )
-    if "/ws/test" in statuses:
-        test_ok = any(a.path == "/ws/test" for a in accesses)
-        test_why = statuses["/ws/test"]
-    else:
-        test_acc, test_why = await _open_path(ws_base, "/ws/test", token, timeout_s)
-        test_ok = test_acc is not None
-    if test_ok:
-        f.set("target", "ws_test_path", "/ws/test", f"upgrade /ws/test: {test_why}")
-    else:
-        f.set("target", "ws_test_path", False, f"upgrade /ws/test: {test_why}")
-    if kept:
-        f.set("target", "ws_paths", kept, "the app's routes" if app else "paths that upgraded")
-        primary = accesses[0].path if accesses else kept[0]
-        f.set("target", "primary_ws_path", primary, statuses.get(primary, ""))
-    else:
-        f.notes.append("no WebSocket path found: give --ws-path or --app")
-
-    primary_acc = accesses[0] if accesses else None
-    if primary_acc is not None and primary_acc.subprotocols:
-        f.set(
-            "protocol", "subprotocols", list(primary_acc.subprotocols), statuses[primary_acc.path]
-        )
-    if primary_acc is not None and primary_acc.auth_mode != "none":
-        f.set("auth", "mode", primary_acc.auth_mode, statuses[primary_acc.path])
-        for key, value in primary_acc.auth_keys.items():
-            f.set("auth", key, value)
-        if token_env:
-            f.set(
-                "auth",
-                "token_env",
-                token_env,
-                "given with --token-env (the token itself is never written)",
-            )
-    elif primary_acc is not None:
-        for cid in _AUTH_CHECKS:
-            f.not_applicable[cid] = "runbook init: the upgrade succeeded without credentials"
-
+    f.reachable = answered or bool(accesses) or any("HTTP" in s for s in statuses.values())
+    primary = accesses[0] if accesses else None
     ping_ok = False
-    if primary_acc is not None:
-        ping_ok = await _dialect(primary_acc, ws_base, f, timeout_s)
-        welcome = [fr.text[:80] for fr in primary_acc.obs.frames]
+    if primary is not None:
+        _apply_access(f, primary, statuses, token_env)
+        ping_ok = await _probe_dialect(primary, ws_base, f, timeout_s)
+        welcome = [fr.text[:80] for fr in primary.obs.frames]
         if welcome:
             f.notes.append(f"frames on connect: {welcome[:3]}")
-    if not ping_ok:
-        for cid in (
-            "ws.roundtrip",
-            "load.success_rate",
-            "load.latency_p95",
-            "load.no_server_errors",
-        ):
-            f.not_applicable[cid] = (
-                "runbook init found no ping the service answers; define [protocol] ping and "
-                "[flows.load] to enable"
-            )
-    if f.why.get("protocol.agent") != "seed":
-        for cid in _AGENT_CHECKS:
-            f.not_applicable[cid] = (
-                "runbook init: the seed's agent_request got no events; define the flow "
-                "([flows.agent], [flows.chat], [flows.isolation]) to enable"
-            )
+    _declare_gaps(f, primary, ping_ok)
     return f
 
 
@@ -562,7 +611,7 @@ def render_environment(f: InitFindings, *, command: str = "runbook init") -> str
         f"# Written by `{command}` on {now}.",
         "# Keys that are set were inferred from the live service (the evidence is the comment",
         "# after them); commented keys show their defaults. Review, then run:",
-        "#   runbook run --env THIS_FILE --phases 1,3,5,7",
+        "#   runbook run --env THIS_FILE --phases 1,3,4,5,7",
         "#",
         "# What the probe saw:",
         *(f"#   - {n}" for n in f.notes),
@@ -596,7 +645,7 @@ def render_environment(f: InitFindings, *, command: str = "runbook init") -> str
             lines.append(f"[[flows.{name}.steps]]")
             lines.extend(f"{_key(k)} = {_toml(v)}" for k, v in step.items())
         lines.append("")
-    if "agent" not in f.flows:
+    if not {"agent", "chat"} & set(f.flows):
         lines += [
             "# An agent/chat/isolation flow (example: edit to your service's conversation;",
             "# {marker} is unique per simulated user, captures are usable as {name}):",
@@ -628,7 +677,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-dir", default="", help="where --app is importable from (default: .)")
     p.add_argument("--ws-path", action="append", default=[], help="a WebSocket path (repeatable)")
     p.add_argument("--token-env", default="", help="environment variable holding a token to try")
-    p.add_argument("--name", default="", help="environment name (default: from the URL)")
+    p.add_argument(
+        "--name", default="", help="environment name (default: --out's file name, else the URL)"
+    )
     p.add_argument("--out", default="", help="file to write (default: NAME.toml here)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per probe (default 3)")
@@ -671,7 +722,7 @@ def init_main(argv: Sequence[str] | None = None) -> int:
             ws_paths=args.ws_path,
             token=token,
             token_env=args.token_env,
-            name=args.name,
+            name=args.name or (Path(args.out).stem if args.out else ""),
             timeout_s=args.timeout,
         )
     )
@@ -690,5 +741,5 @@ def init_main(argv: Sequence[str] | None = None) -> int:
     out.write_text(text, encoding="utf-8")
     for note in findings.notes:
         print(f"  {note}")
-    print(f"wrote {out}" + ("" if findings.upgraded else " (no WebSocket path upgraded)"))
+    print(f"wrote {out}" + ("" if findings.upgraded else " (no WebSocket path stayed open)"))
     return 0 if findings.upgraded else 1

@@ -134,6 +134,8 @@ class AppRoutesObservation:
         python: the interpreter that imported the app.
         installed: server/WebSocket packages importable there (``uvicorn``, ``hypercorn``,
             ``daphne``, ``websockets``, ``wsproto`` -> bool; empty when unknown).
+        unlisted: the parts of the app whose routes cannot be read (a bare ASGI
+            callable, a server that routes internally), each named with why.
     """
 
     app: str
@@ -144,6 +146,7 @@ class AppRoutesObservation:
     missing_module: str = ""
     python: str = ""
     installed: Mapping[str, bool] = field(default_factory=dict)
+    unlisted: tuple[str, ...] = ()
 
     @property
     def ws_library_missing(self) -> bool:
@@ -266,7 +269,12 @@ def list_app_routes(
         )
         installed = {str(k): bool(v) for k, v in (out.get("installed") or {}).items()}
         return AppRoutesObservation(
-            app, routes=routes, duration_s=duration, python=used, installed=installed
+            app,
+            routes=routes,
+            duration_s=duration,
+            python=used,
+            installed=installed,
+            unlisted=tuple(str(u) for u in out.get("unlisted") or ()),
         )
     err_lines = (proc.stderr or proc.stdout).strip().splitlines()
     last = err_lines[-1] if err_lines else f"exit code {proc.returncode}"

@@ -31,6 +31,7 @@ class Routes:
     http_paths: tuple[str, ...] = ("/health",)
     error: str = ""
     timed_out: bool = False
+    unlisted: tuple[str, ...] = ()
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,12 @@ def test_git_branch(git, expected, status, words) -> None:
         (Routes(), ["/websocket"], Status.PASS, "all 1 expected"),
         (Routes(), [], Status.PASS, "1 WebSocket route(s): /websocket"),
         (Routes(ws_paths=()), [], Status.FAIL, "missing WebSocket route(s): all"),
+        (
+            Routes(ws_paths=(), unlisted=("App (m) does not expose its routes",)),
+            [],
+            Status.WARN,
+            "could not list",
+        ),
         (Routes(), ["/websocket", "/health"], Status.FAIL, "/health exist as HTTP routes only"),
         (Routes(error="importing app failed: boom"), [], Status.FAIL, "boom"),
         (Routes(error="timed out", timed_out=True), [], Status.ERROR, "timed out"),

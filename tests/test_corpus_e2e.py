@@ -32,7 +32,15 @@ from runbook_lib.redaction import clear_secrets
 pytestmark = pytest.mark.e2e
 
 TESTS = Path(__file__).parent
-SERVICES = ("jsonrpc_pubsub", "text_chat", "graphql_ws", "agent_stream", "no_health")
+SERVICES = (
+    "jsonrpc_pubsub",
+    "text_chat",
+    "graphql_ws",
+    "agent_stream",
+    "no_health",
+    "socketio_chat",
+    "crash_chat",
+)
 TOKEN_ENV = {"text_chat": "CORPUS_CHAT_TOKEN", "agent_stream": "CORPUS_AGENT_TOKEN"}
 TOKEN = {"CORPUS_CHAT_TOKEN": DEFAULT_TOKEN, "CORPUS_AGENT_TOKEN": next(iter(TOKENS))}
 # Short windows keep the suite's time sane; 5 samples per monitoring window (the minimum).
@@ -153,6 +161,10 @@ FAULTS = [
     ("agent_stream", "bypass", "auth.rejects_invalid", "ACCEPTED invalid credentials"),
     ("no_health", "ws_missing", "ws.upgrade", "no_ws_implementation"),
     ("no_health", "route_moved", "ws.upgrade", "route_not_served"),
+    ("socketio_chat", "refuse_connect", "ws.roundtrip", "expect pattern /^40/"),
+    ("socketio_chat", "ws_missing", "ws.routes_probe", "500"),
+    ("crash_chat", "crash", "ws.roundtrip", ""),
+    ("crash_chat", "ws_missing", "ws.routes_probe", "no_ws_implementation"),
 ]
 
 

@@ -22,7 +22,8 @@ from runbook_lib import steps
 from runbook_lib.context import open_phase
 from runbook_lib.results import CheckResult
 
-SERVICES = ("jsonrpc_pubsub", "text_chat", "graphql_ws", "agent_stream", "no_health")
+# socketio_chat joins once the load engine runs whole flows (its load flow has three steps).
+SERVICES = ("jsonrpc_pubsub", "text_chat", "graphql_ws", "agent_stream", "no_health", "crash_chat")
 PLAN = {
     4: ("test_suites", "agent_response", "load_test"),
     5: ("auth_checks", "chat_flow", "isolation", "event_delivery"),
@@ -122,6 +123,7 @@ async def test_healthy_service_no_false_alarm_and_no_pass_without_evidence(
         ("jsonrpc_pubsub", "marker"),
         ("text_chat", "user id"),
         ("agent_stream", "run id"),
+        ("crash_chat", "user id"),
     ],
 )
 async def test_leak_is_caught_by_isolation_no_cross_user(
@@ -163,6 +165,17 @@ async def test_text_chat_drop_fails_chat_flow(service, tmp_path) -> None:
     assert results["auth.ws_authenticated"].status == "pass"
 
 
+async def test_crash_after_accept_fails_every_conversation_at_once(service, tmp_path) -> None:
+    """The handler dies right after the accept: every session is cut within moments,
+    long before any request timeout; nothing conversational passes."""
+    svc = await service("crash_chat", "crash")
+    results = await _run(tmp_path, svc, FAST)
+    for i in ("chat.flow", "isolation.sessions", "load.success_rate"):
+        assert results[i].status == "fail", (i, results[i].detail)
+    passed = {r.id for r in results.values() if r.status == "pass"}
+    assert not passed & {"chat.flow", "isolation.sessions", "isolation.no_cross_user"}
+
+
 async def test_agent_stream_drop_fails_agent_response_and_events(service, tmp_path) -> None:
     svc = await service("agent_stream", "drop")
     results = await _run(tmp_path, svc, FAST)
@@ -196,7 +209,7 @@ async def test_ws_library_missing_every_conversation_fails_with_the_404(
     iso = results["isolation.no_cross_user"]
     assert iso.status == "error" and "0 of" in iso.detail, iso.detail
     assert "HTTP 404" in results["isolation.sessions"].detail
-    talk = "chat.flow" if name == "text_chat" else "e2e.agent_response"
+    talk = "chat.flow" if name in ("text_chat", "crash_chat") else "e2e.agent_response"
     assert results[talk].status == "fail" and "HTTP 404" in results[talk].detail
     # No session was upgraded: "no server error" has no evidence and is an error too.
     assert results["load.no_server_errors"].status == "error"

@@ -122,9 +122,12 @@ def source_status(ctx: PhaseContext) -> StepReport:
     else:
         results.append(Verdict("source.git_branch").skip(branch_skip, observed=git.branch))
     rows: list[dict[str, Any]] = []
-    if applies(ctx, "source.ws_routes_present"):
+    # Listed whenever an app is configured: declaring the route check not applicable
+    # must not also hide a missing WebSocket library from the handshake diagnosis.
+    if src.app:
         routes = list_source_routes(src, timeout_s=ctx.settings.timeouts.command_s)
-        results.append(judge_ws_routes_present(routes, src.expected_ws_routes))
+        if applies(ctx, "source.ws_routes_present"):
+            results.append(judge_ws_routes_present(routes, src.expected_ws_routes))
         if not routes.error:
             ctx.artifacts["source_ws_routes"] = list(routes.ws_paths)
         ctx.artifacts["ws_library_missing"] = routes.ws_library_missing

@@ -6,7 +6,9 @@ Each module is one service with injectable faults chosen at start:
 * ``text_chat``: plain-text chat rooms, static bearer token, no JSON at all;
 * ``graphql_ws``: GraphQL over WebSocket (``graphql-transport-ws`` subprotocol);
 * ``agent_stream``: agent events nested under ``payload``, ``?access_token=`` auth;
-* ``no_health``: one WebSocket route and no HTTP endpoint at all.
+* ``no_health``: one WebSocket route and no HTTP endpoint at all;
+* ``socketio_chat``: chat rooms over Socket.IO (python-socketio, Engine.IO v4 framing);
+* ``crash_chat``: JSON chat rooms whose handler can die right after the accept.
 
 Every module has ``FAULTS`` (name -> what it breaks), ``make_app(faults)`` and ``ENV``
 (the environment file a user would write for it, ``{base_url}`` to fill in). The
@@ -17,4 +19,12 @@ See ``README.md`` and :func:`corpus.serve.serve_corpus`.
 
 from __future__ import annotations
 
-SERVICES = ("jsonrpc_pubsub", "text_chat", "graphql_ws", "agent_stream", "no_health")
+SERVICES = (
+    "jsonrpc_pubsub",
+    "text_chat",
+    "graphql_ws",
+    "agent_stream",
+    "no_health",
+    "socketio_chat",
+    "crash_chat",
+)

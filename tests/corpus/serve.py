@@ -69,5 +69,9 @@ async def serve_corpus(name: str, faults: Iterable[str] = ()) -> AsyncIterator[R
         port = sock.getsockname()[1]
         yield Running(name, chosen, f"http://127.0.0.1:{port}", module)
     finally:
+        # A Socket.IO server runs ping tasks of its own: stop them with it.
+        stop_sio = getattr(getattr(app, "engineio_server", None), "shutdown", None)
+        if stop_sio is not None:
+            await stop_sio()
         await server.shutdown(sockets=[sock])
         sock.close()
