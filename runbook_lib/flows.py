@@ -34,13 +34,20 @@ never satisfies a step.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from .protocol import Frame, FrameKind, compile_pattern, get_path, render_pattern, render_values
+from .protocol import (
+    Frame,
+    FrameKind,
+    PatternMatch,
+    compile_pattern,
+    get_path,
+    render_pattern,
+    render_values,
+)
 
 if TYPE_CHECKING:
     from .settings import ProtocolSettings, Settings
@@ -238,7 +245,7 @@ def match_step(
         for path, wanted in step.expect.items():
             if not _same(get_path(frame.data, str(path)), _render_value(wanted, values)):
                 return None
-    match: re.Match[str] | None = None
+    match: PatternMatch | None = None
     if step.expect_pattern:
         rx = compile_pattern(step.expect_pattern, values)
         match = rx.search(text) if rx is not None else None
@@ -253,7 +260,7 @@ def match_step(
         elif frame.event_type != wanted_type:
             return None
     for name, path in step.capture.items():
-        if match is not None and path in match.re.groupindex:
+        if match is not None and path in match.groupindex:
             value = match.group(path)
         elif frame.data is not None:
             value = get_path(frame.data, str(path))
