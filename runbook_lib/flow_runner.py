@@ -62,19 +62,31 @@ from .flows import (
     render_step,
     resolve_flow,
 )
-from .protocol import MAX_PARSE_BYTES, Frame, frame_text, parse_frame
+from .protocol import MAX_PARSE_BYTES, Frame, FrameKind, frame_text, parse_frame
 from .redaction import redact, redact_excerpt
 from .tokens import ConnectAuth
 
 if TYPE_CHECKING:
     from .settings import ProtocolSettings, Settings
 
-__all__ = ["FLOW_MAX_SIZE", "run_flow", "run_named_flow", "run_users"]
+__all__ = [
+    "FLOW_MAX_SIZE",
+    "MAX_FRAMES_KEPT",
+    "MAX_TEXT_KEPT",
+    "run_flow",
+    "run_named_flow",
+    "run_users",
+]
 
 log = logging.getLogger(__name__)
 
 # The client refuses frames above this (close 1009) instead of buffering them.
 FLOW_MAX_SIZE = 2 * 1024 * 1024
+# Frames and characters of frame text kept per session. An endless stream is still read
+# and judged (a leaked frame after the cap is still caught and kept), but only this much
+# is recorded; the rest is counted in ``FlowObservation.frames_dropped``.
+MAX_FRAMES_KEPT = 200
+MAX_TEXT_KEPT = 256 * 1024
 _BODY_EXCERPT = 500
 
 
@@ -254,6 +266,7 @@ async def run_flow(
         **common,
         **conn,
         frames=tuple(session.frames),
+        frames_dropped=session.dropped,
         steps=tuple(session.outcomes),
         captured=captured,
         stopped_at=session.stopped_at,
@@ -283,7 +296,15 @@ class _Session:
         self.max_text = max_text
         self.t0 = time.perf_counter()
         self.frames: list[FlowFrame] = []
-        self.parsed: list[Frame] = []
+        # Frames that show the server echoed this user's id / run id: all that
+        # ``is_foreign`` needs from the history, kept in constant space.
+        self.witnesses: list[Frame] = []
+        self.dropped = 0
+        self.kept_chars = 0
+        self._last = FlowFrame(Frame(t=0.0, size=0, kind=FrameKind.UNTYPED))
+        self._last_msg: str | bytes = ""
+        self._last_text = ""
+        self._last_kept = True
         self.outcomes: list[StepOutcome] = []
         self.stopped_at: int | None = None
         self.stop_reason = ""
@@ -297,20 +318,40 @@ class _Session:
     def _record(self, msg: str | bytes) -> tuple[Frame, str, bool]:
         frame = parse_frame(msg, self.protocol, t=self.now(), values=self.values)
         text = frame_text(msg, MAX_PARSE_BYTES)
-        if isinstance(msg, (bytes, bytearray)) and frame.kind == "binary":
-            kept = ""
-        else:
-            kept = redact_excerpt(text, self.max_text, "…")
         foreign = is_foreign(
-            frame, text, self.values, self.parsed, other_markers=self.other_markers
+            frame, text, self.values, self.witnesses, other_markers=self.other_markers
         )
+        uid, rid = self.values.get("user_id"), self.values.get("run_id")
+        if (uid and frame.user_id == uid) or (rid and frame.run_id == rid):
+            if len(self.witnesses) < 2:
+                self.witnesses.append(frame)
         markers = (self.values.get("marker", ""), *self.other_markers)
         attributed = bool(frame.user_id or frame.run_id or frame.marker) or any(
             m and m in text for m in markers
         )
-        self.parsed.append(frame)
-        self.frames.append(FlowFrame(frame, kept, foreign=foreign, attributed=attributed))
+        self._last = FlowFrame(frame, "", foreign=foreign, attributed=attributed)
+        self._last_msg = msg
+        self._last_text = text
+        self._last_kept = False
+        self.dropped += 1
+        room = MAX_FRAMES_KEPT * (2 if foreign or frame.is_error else 1)
+        if len(self.frames) < room and self.kept_chars < MAX_TEXT_KEPT:
+            self._keep()
         return frame, text, foreign
+
+    def _keep(self) -> int:
+        """Record the last frame read (evidence is kept even past the caps); its index."""
+        if not self._last_kept:
+            msg, text = self._last_msg, self._last_text
+            if isinstance(msg, (bytes, bytearray)) and self._last.frame.kind == "binary":
+                kept = ""
+            else:
+                kept = redact_excerpt(text, self.max_text, "…")
+            self.kept_chars += len(kept)
+            self.frames.append(dataclasses.replace(self._last, text=kept))
+            self._last_kept = True
+            self.dropped -= 1
+        return len(self.frames) - 1
 
     async def _recv(self, deadline: float) -> str | bytes | None:
         """The next frame, or None when ``deadline`` passes; ``ConnectionClosed`` propagates."""
@@ -429,7 +470,7 @@ class _Session:
             captured = None if foreign else match_step(step, frame, text, self.values)
             if captured is not None:
                 self.values.update(captured)
-                idx = len(self.frames) - 1
+                idx = self._keep()
                 self.frames[idx] = dataclasses.replace(self.frames[idx], step=i)
                 return StepOutcome(
                     i,
@@ -451,7 +492,7 @@ class _Session:
                     started,
                     self.now() - started,
                     timeout,
-                    frame_index=len(self.frames) - 1,
+                    frame_index=self._keep(),
                     detail=f"the service answered with an error frame: {frame.excerpt[:200]}",
                 )
 

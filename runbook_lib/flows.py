@@ -513,7 +513,9 @@ class FlowObservation:
         connect_detail: the underlying message (redacted).
         body_excerpt: body of a refused upgrade.
         connect_s: time to open the socket (or to the failure).
-        frames: every frame received, in order (``t`` since the connect completed).
+        frames: the frames received, in order (``t`` since the connect completed); past
+            the runner's caps only evidence (matches, errors, foreign frames) is kept.
+        frames_dropped: frames received but not kept (an endless or very chatty stream).
         steps: one outcome per step of the flow (``not_reached`` after a stop).
         captured: every value captured (names only are safe to show; values may be ids).
         stopped_at: index of the step where the flow stopped (None when it completed).
@@ -538,6 +540,7 @@ class FlowObservation:
     body_excerpt: str = ""
     connect_s: float = 0.0
     frames: tuple[FlowFrame, ...] = ()
+    frames_dropped: int = 0
     steps: tuple[StepOutcome, ...] = ()
     captured: Mapping[str, str] = field(default_factory=dict)
     stopped_at: int | None = None
@@ -625,7 +628,8 @@ class FlowObservation:
             "stop_reason": self.stop_reason,
             "stop_detail": self.stop_detail,
             "close_code": self.close_code,
-            "frames": len(self.frames),
+            "frames": len(self.frames) + self.frames_dropped,
+            "frames_dropped": self.frames_dropped,
             "foreign_frames": len(self.foreign_frames),
             "response_s": None if self.response_s is None else round(self.response_s, 4),
             "duration_s": round(self.duration_s, 4),

@@ -31,6 +31,7 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from .checks.causes import connect_failure_words
+from .flow_runner import MAX_FRAMES_KEPT
 
 # The raw upgrade probe moved to runbook_lib.handshake; its names stay importable here.
 from .handshake import WS_GUID as WS_GUID
@@ -191,8 +192,10 @@ async def observe_roundtrip(
         try:
             async with contextlib.aclosing(_frames(ws, protocol, t0, lambda: deadline)) as stream:
                 async for frame in stream:
-                    frames.append(frame)
-                    if frame.event_type in protocol.pong_types:
+                    pong_seen = frame.event_type in protocol.pong_types
+                    if pong_seen or len(frames) < MAX_FRAMES_KEPT:  # an endless stream
+                        frames.append(frame)
+                    if pong_seen:
                         ended = "pong"
                         break
         except ConnectionClosed as exc:
@@ -270,6 +273,8 @@ async def observe_agent_run(
             # The deadline shrinks to ``linger_s`` after the final event: read it each time.
             async with contextlib.aclosing(_frames(ws, protocol, t0, lambda: deadline)) as stream:
                 async for frame in stream:
+                    if len(frames) >= 2 * MAX_FRAMES_KEPT:  # an endless stream: keep the head
+                        continue
                     frames.append(frame)
                     done = frame.is_error or (
                         frame.is_event

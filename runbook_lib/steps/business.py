@@ -27,7 +27,7 @@ from ..checks import (
 )
 from ..context import PhaseContext, StepReport
 from ..results import CheckResult
-from .common import applies, report, step, table
+from .common import applies, dropped_words, report, step, table
 
 if TYPE_CHECKING:
     from ..flows import FlowObservation
@@ -63,6 +63,8 @@ def flow_frame_rows(obs: FlowObservation) -> list[dict[str, Any]]:
         }
         for f in obs.frames
     ]
+    if obs.frames_dropped:
+        rows.append({"kind": "dropped", "detail": dropped_words(obs.frames_dropped)})
     return rows
 
 

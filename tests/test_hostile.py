@@ -1,0 +1,88 @@
+"""Hostile and broken services cannot take the operator's machine, time or credentials.
+
+Every server here is our own, on loopback: an endless stream of frames, a frame built to
+make a backtracking regex explode, a slow-drip handshake, a cross-origin redirect that
+collects whatever credential follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from websockets.asyncio.server import ServerConnection
+
+from runbook_lib.flow_runner import MAX_FRAMES_KEPT, run_flow
+from runbook_lib.flows import Flow, FlowStep
+from runbook_lib.protocol import parse_frame
+from runbook_lib.settings import ProtocolSettings
+from runbook_lib.steps.common import TABLE_MAX_ROWS, table
+from runbook_lib.steps.business import flow_frame_rows
+from tests.timing import T
+
+P = ProtocolSettings()
+PING = Flow(
+    "load",
+    (FlowStep(send={"type": "ping"}), FlowStep(expect_event="pong", timeout_s=1.5)),
+)
+
+
+async def endless(ws: ServerConnection) -> None:
+    """Answer nothing useful, forever: one small JSON frame after another."""
+    n = 0
+    while True:
+        n += 1
+        await ws.send('{"type": "tick", "n": %d, "pad": "%s"}' % (n, "x" * 200))
+        if n % 50 == 0:
+            await asyncio.sleep(0)
+
+
+async def test_endless_stream_is_bounded_in_frames_kept_and_in_time(ws_server) -> None:
+    url = await ws_server(endless)
+    start = time.perf_counter()
+    obs = await run_flow(url, PING, {}, P, linger_s=0.2, step_timeout_s=1.5)
+    took = time.perf_counter() - start
+    assert took < T(5), took
+    assert obs.stop_reason == "timeout"
+    assert len(obs.frames) <= MAX_FRAMES_KEPT
+    assert obs.frames_dropped > 0, "the stream was faster than the cap: nothing to drop?"
+    assert obs.to_record()["frames"] == len(obs.frames) + obs.frames_dropped
+    rows = flow_frame_rows(obs)
+    assert rows[-1]["kind"] == "dropped" and str(obs.frames_dropped) in rows[-1]["detail"]
+    shown = table(rows)
+    assert len(shown) == TABLE_MAX_ROWS + 1 and "more row(s) not shown" in str(shown.iloc[-1, 0])
+
+
+async def test_a_leaked_frame_after_the_cap_is_still_kept_as_evidence(ws_server) -> None:
+    async def chatty_then_leak(ws: ServerConnection) -> None:
+        for n in range(MAX_FRAMES_KEPT + 50):
+            await ws.send('{"type": "tick", "n": %d}' % n)
+        await ws.send('{"type": "note", "user_id": "someone-else", "text": "OTHERMARK"}')
+        await asyncio.sleep(2)
+
+    url = await ws_server(chatty_then_leak)
+    obs = await run_flow(
+        url, PING, {}, P, linger_s=0.2, step_timeout_s=1.0, other_markers=("OTHERMARK",)
+    )
+    assert obs.frames_dropped >= 50
+    assert [f.text for f in obs.foreign_frames if "OTHERMARK" in f.text]
+
+
+async def test_catastrophic_pong_pattern_matches_in_linear_time(ws_server) -> None:
+    """``^(a+)+$`` against 5,000 ``a`` and a ``!`` backtracks for ever in Python's re."""
+    text = ProtocolSettings(format="text", ping="ping", pong_pattern="^(a+)+$")
+    start = time.perf_counter()
+    frame = parse_frame("a" * 5000 + "!", text)
+    assert time.perf_counter() - start < 0.5
+    assert str(frame.kind) != "ignored"  # no match: the frame is not a pong
+
+    async def redos(ws: ServerConnection) -> None:
+        async for _ in ws:
+            await ws.send("a" * 5000 + "!")
+
+    url = await ws_server(redos)
+    flow = Flow("load", (FlowStep(send="ping"), FlowStep(expect_pattern="^(a+)+$", timeout_s=1)))
+    start = time.perf_counter()
+    obs = await run_flow(url, flow, {}, text, linger_s=0)
+    assert time.perf_counter() - start < T(4)
+    assert obs.stop_reason == "timeout"
