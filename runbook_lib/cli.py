@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -64,6 +65,23 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
+# A bound is a bound: a day is longer than any incident step the runbook waits on.
+_MAX_SECONDS = 86_400.0
+
+
+def _seconds(raw: str) -> float:
+    """A positive, finite number of seconds (argparse names the flag when it refuses)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 < value <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a bound: give a number of seconds in (0, {_MAX_SECONDS:g}]"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``runbook`` argument parser."""
     p = _Parser(
@@ -105,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--cell-timeout",
-        type=float,
+        type=_seconds,
         default=600.0,
         metavar="S",
         help="per-cell timeout in seconds (default 600)",
     )
     r.add_argument(
         "--deadline",
-        type=float,
+        type=_seconds,
         default=1800.0,
         metavar="S",
         help="whole-run deadline in seconds (default 1800)",
@@ -229,8 +247,6 @@ class ConsoleProgress:
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides, nb_params = runner.parse_params(args.param)
     phases = runner.parse_phases(args.phases) if args.phases.strip() else None
-    if args.cell_timeout <= 0 or args.deadline <= 0:
-        raise ConfigError("--cell-timeout and --deadline must be positive")
     options = RunOptions(
         environment=args.env,
         phases=phases,

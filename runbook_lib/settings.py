@@ -543,6 +543,12 @@ def load_settings(
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", src) from exc
+    except RecursionError as exc:  # tomllib recurses once per level of nested tables
+        raise ConfigError(
+            "not valid TOML for the runbook: tables or arrays are nested too deeply "
+            "(no environment key is more than a few levels deep)",
+            src,
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", src) from exc
     for dotted, value in (overrides or {}).items():

@@ -86,3 +86,24 @@ async def test_catastrophic_pong_pattern_matches_in_linear_time(ws_server) -> No
     obs = await run_flow(url, flow, {}, text, linger_s=0)
     assert time.perf_counter() - start < T(4)
     assert obs.stop_reason == "timeout"
+
+
+async def test_init_against_a_slow_drip_server_returns_within_its_probe_timeouts(
+    raw_server,
+) -> None:
+    """Every answer arrives one byte at a time: init gives up per probe, not per byte."""
+    from runbook_lib.init import probe_service
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" + b"X" * 10**5:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    port = await raw_server(drip)
+    start = time.perf_counter()
+    f = await asyncio.wait_for(probe_service(f"http://127.0.0.1:{port}", timeout_s=0.5), T(120))
+    took = time.perf_counter() - start
+    assert took < T(60), took
+    assert f.keys["target"]["health_path"] is False and not f.upgraded
