@@ -38,6 +38,7 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -90,6 +91,18 @@ MAX_TEXT_KEPT = 256 * 1024
 _BODY_EXCERPT = 500
 
 
+class no_redirect_connect(connect):
+    """websockets' ``connect`` that never follows a redirect.
+
+    Following one would re-send the credentials to wherever it points (websockets strips
+    ``Authorization`` for another origin, not the ``jwt.<token>`` subprotocol), and a
+    browser fails a redirected WebSocket handshake anyway: a 3xx is a refused upgrade.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 def _protocol(settings: Settings | ProtocolSettings) -> ProtocolSettings:
     return cast("ProtocolSettings", getattr(settings, "protocol", settings))
 
@@ -106,7 +119,7 @@ async def _connect(
     start = time.perf_counter()
     try:
         ws = await asyncio.wait_for(
-            connect(
+            no_redirect_connect(
                 auth.url(url),
                 additional_headers=[*headers, *auth.headers] or None,
                 subprotocols=[Subprotocol(s) for s in offered] or None,
@@ -137,10 +150,18 @@ def _failure(exc: BaseException, latency: float) -> dict[str, Any]:
     if isinstance(exc, InvalidStatus):
         resp = exc.response
         body = (resp.body or b"").decode("utf-8", "replace")
+        detail = f"upgrade refused with HTTP {resp.status_code}"
+        if 300 <= resp.status_code < 400:
+            where = redact(urlsplit(resp.headers.get("Location", "")).netloc or "?")
+            detail += (
+                f" (a redirect to {where}, not followed: credentials stay with the configured "
+                "origin, and browsers do not follow WebSocket redirects either; configure the "
+                "final URL)"
+            )
         out.update(
             status=resp.status_code,
             connect_error="http_status",
-            connect_detail=f"upgrade refused with HTTP {resp.status_code}",
+            connect_detail=detail,
             body_excerpt=redact_excerpt(body, _BODY_EXCERPT),
         )
     elif isinstance(exc, InvalidMessage):

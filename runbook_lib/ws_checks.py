@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -31,7 +31,7 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from .checks.causes import connect_failure_words
-from .flow_runner import MAX_FRAMES_KEPT
+from .flow_runner import MAX_FRAMES_KEPT, no_redirect_connect
 
 # The raw upgrade probe moved to runbook_lib.handshake; its names stay importable here.
 from .handshake import WS_GUID as WS_GUID
@@ -109,7 +109,7 @@ async def _open(
     start = time.perf_counter()
     try:
         ws = await asyncio.wait_for(
-            connect(
+            no_redirect_connect(
                 creds.url(url),
                 additional_headers=list(creds.headers) or None,
                 subprotocols=[Subprotocol(s) for s in creds.subprotocols] or None,

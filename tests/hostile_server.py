@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import json
 import sys
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -33,7 +34,7 @@ async def _endless(ws: ServerConnection) -> None:
     pad = "x" * 200
     while True:
         n += 1
-        await ws.send('{"type": "tick", "n": %d, "pad": "%s"}' % (n, pad))
+        await ws.send(json.dumps({"type": "tick", "n": n, "pad": pad}))
         if n % 100 == 0:
             await asyncio.sleep(0)
 

@@ -8,6 +8,7 @@ collects whatever credential follows it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from websockets.asyncio.server import ServerConnection
@@ -16,8 +17,8 @@ from runbook_lib.flow_runner import MAX_FRAMES_KEPT, run_flow
 from runbook_lib.flows import Flow, FlowStep
 from runbook_lib.protocol import parse_frame
 from runbook_lib.settings import ProtocolSettings
-from runbook_lib.steps.common import TABLE_MAX_ROWS, table
 from runbook_lib.steps.business import flow_frame_rows
+from runbook_lib.steps.common import TABLE_MAX_ROWS, table
 from tests.timing import T
 
 P = ProtocolSettings()
@@ -32,7 +33,7 @@ async def endless(ws: ServerConnection) -> None:
     n = 0
     while True:
         n += 1
-        await ws.send('{"type": "tick", "n": %d, "pad": "%s"}' % (n, "x" * 200))
+        await ws.send(json.dumps({"type": "tick", "n": n, "pad": "x" * 200}))
         if n % 50 == 0:
             await asyncio.sleep(0)
 
@@ -56,7 +57,7 @@ async def test_endless_stream_is_bounded_in_frames_kept_and_in_time(ws_server) -
 async def test_a_leaked_frame_after_the_cap_is_still_kept_as_evidence(ws_server) -> None:
     async def chatty_then_leak(ws: ServerConnection) -> None:
         for n in range(MAX_FRAMES_KEPT + 50):
-            await ws.send('{"type": "tick", "n": %d}' % n)
+            await ws.send(json.dumps({"type": "tick", "n": n}))
         await ws.send('{"type": "note", "user_id": "someone-else", "text": "OTHERMARK"}')
         await asyncio.sleep(2)
 
@@ -107,3 +108,70 @@ async def test_init_against_a_slow_drip_server_returns_within_its_probe_timeouts
     took = time.perf_counter() - start
     assert took < T(60), took
     assert f.keys["target"]["health_path"] is False and not f.upgraded
+
+
+async def test_no_credential_follows_a_redirect_to_another_origin(ws_server, raw_server) -> None:
+    """A 302 to another origin: neither ``jwt.<token>``, ``Authorization`` nor the query
+    token reaches it; the refusal says why the redirect was not followed."""
+    from runbook_lib.observations import ConnectOutcome
+    from runbook_lib.tokens import ConnectAuth
+    from runbook_lib.ws_checks import observe_roundtrip
+
+    seen: list[bytes] = []
+
+    async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+
+    other = await raw_server(recorder)
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 302 Found\r\nLocation: ws://localhost:%d/collect\r\n"
+            b"Content-Length: 0\r\n\r\n" % other
+        )
+        await writer.drain()
+
+    port = await raw_server(redirect)
+    token = "rbXoriginSub5ecret99"
+    auths = [
+        ConnectAuth(subprotocols=(f"jwt.{token}",)),
+        ConnectAuth(headers=(("Authorization", f"Bearer {token}"),)),
+        ConnectAuth(query=(("token", token),)),
+    ]
+    for auth in auths:
+        obs = await run_flow(f"ws://127.0.0.1:{port}/ws", PING, {}, P, auth=auth, linger_s=0)
+        assert not obs.connected and obs.status == 302
+        assert "not followed" in obs.connect_detail and token not in obs.connect_detail
+        rt = await observe_roundtrip(f"ws://127.0.0.1:{port}/ws", P, auth=auth, timeout_s=1)
+        assert isinstance(rt.connect, ConnectOutcome) and rt.connect.status == 302
+    await asyncio.sleep(0.2)
+    assert seen == [], "a request reached the other origin"
+
+
+def test_run_refuses_unbounded_cell_timeout_and_deadline(capsys) -> None:
+    from runbook_lib.cli import main
+
+    for flag in ("--cell-timeout", "--deadline"):
+        for value in ("nan", "inf", "-inf", "0", "1e400"):
+            try:
+                rc = main(["run", flag, value])
+            except SystemExit as exc:
+                rc = int(exc.code or 0)
+            assert rc == 2, (flag, value)
+            assert flag in capsys.readouterr().err
+
+
+def test_deeply_nested_toml_is_a_configuration_error(tmp_path) -> None:
+    import pytest
+
+    from runbook_lib.exceptions import ConfigError
+    from runbook_lib.settings import load_settings
+
+    env = tmp_path / "deep.toml"
+    env.write_text(
+        'name = "deep"\n[target]\nbase_url = "http://127.0.0.1:9"\n[auth]\n'
+        "jwt_claims = " + "{a=" * 400 + "1" + "}" * 400 + "\n"
+    )
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_settings(env)
