@@ -64,7 +64,7 @@ from .flows import (
     resolve_flow,
 )
 from .protocol import MAX_PARSE_BYTES, Frame, FrameKind, frame_text, parse_frame
-from .redaction import redact, redact_excerpt
+from .redaction import REDACTED, redact, redact_excerpt, secret_spans
 from .tokens import ConnectAuth
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ FLOW_MAX_SIZE = 2 * 1024 * 1024
 # is recorded; the rest is counted in ``FlowObservation.frames_dropped``.
 MAX_FRAMES_KEPT = 200
 MAX_TEXT_KEPT = 256 * 1024
+# How far either side of a frame boundary a secret split over two frames is looked for.
+_JOIN_WINDOW = 4096
+_FRAME_EXCERPT = 200  # characters of Frame.excerpt, as protocol.parse_frame cuts them
 _BODY_EXCERPT = 500
 
 
@@ -326,6 +329,7 @@ class _Session:
         self._last_msg: str | bytes = ""
         self._last_text = ""
         self._last_kept = True
+        self._prev: tuple[int | None, str] = (None, "")  # the previous frame: index kept, text
         self.outcomes: list[StepOutcome] = []
         self.stopped_at: int | None = None
         self.stop_reason = ""
@@ -350,15 +354,44 @@ class _Session:
         attributed = bool(frame.user_id or frame.run_id or frame.marker) or any(
             m and m in text for m in markers
         )
+        shown = self._rejoin(text)
+        if shown is not text:
+            frame = dataclasses.replace(frame, excerpt=redact_excerpt(shown, _FRAME_EXCERPT, "…"))
         self._last = FlowFrame(frame, "", foreign=foreign, attributed=attributed)
         self._last_msg = msg
-        self._last_text = text
+        self._last_text = shown
+        self._prev = (None, shown)
         self._last_kept = False
         self.dropped += 1
         room = MAX_FRAMES_KEPT * (2 if foreign or frame.is_error else 1)
         if len(self.frames) < room and self.kept_chars < MAX_TEXT_KEPT:
             self._keep()
         return frame, text, foreign
+
+    def _rejoin(self, text: str) -> str:
+        """``text`` with the end of a secret that began in the previous frame redacted (and
+        the previous frame's record fixed): a token split over two frames is still a token.
+        """
+        prev_idx, prev_text = self._prev
+        if not prev_text:
+            return text
+        tail, head = prev_text[-_JOIN_WINDOW:], text[:_JOIN_WINDOW]
+        spans = [(a, b) for a, b in secret_spans(tail + head) if a < len(tail) < b]
+        if not spans:
+            return text
+        cut_prev = len(prev_text) - len(tail) + min(a for a, _ in spans)
+        shown = REDACTED + text[max(b for _, b in spans) - len(tail) :]
+        if prev_idx is not None:
+            old = self.frames[prev_idx]
+            fixed = prev_text[:cut_prev] + REDACTED
+            self.frames[prev_idx] = dataclasses.replace(
+                old,
+                text=redact_excerpt(fixed, self.max_text, "…") if old.text else "",
+                frame=dataclasses.replace(
+                    old.frame, excerpt=redact_excerpt(fixed, _FRAME_EXCERPT, "…")
+                ),
+            )
+        return shown
 
     def _keep(self) -> int:
         """Record the last frame read (evidence is kept even past the caps); its index."""
@@ -372,6 +405,7 @@ class _Session:
             self.frames.append(dataclasses.replace(self._last, text=kept))
             self._last_kept = True
             self.dropped -= 1
+            self._prev = (len(self.frames) - 1, self._last_text)
         return len(self.frames) - 1
 
     async def _recv(self, deadline: float) -> str | bytes | None:

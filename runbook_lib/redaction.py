@@ -43,6 +43,7 @@ __all__ = [
     "register_secret",
     "registered_secrets",
     "secret_forms",
+    "secret_spans",
 ]
 
 REDACTED = "[REDACTED]"
@@ -317,6 +318,13 @@ def find_secrets(text: str, extra: Iterable[str] = ()) -> list[str]:
     if not text:
         return []
     return [m.group(0) for rx in _text_regexes(extra) for m in rx.finditer(text)]
+
+
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence, in any form, of a registered secret in ``text``."""
+    if not text:
+        return []
+    return [m.span() for rx in _text_regexes() for m in rx.finditer(text)]
 
 
 def count_secrets(data: bytes | str, extra: Iterable[str] = ()) -> int:

@@ -175,3 +175,25 @@ def test_deeply_nested_toml_is_a_configuration_error(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_settings(env)
+
+
+async def test_a_token_split_over_two_frames_is_redacted_in_both(ws_server) -> None:
+    from runbook_lib.redaction import count_secrets, register_secret
+
+    token = register_secret("rbT0k3nSecr3tSub_9Qz7")
+    assert token is not None
+
+    async def split(ws: ServerConnection) -> None:
+        await ws.send("your token is " + token[:13])
+        await ws.send(token[13:] + " (second half)")
+        await ws.send("a plain frame")
+        await asyncio.sleep(1)
+
+    url = await ws_server(split)
+    obs = await run_flow(url, PING, {}, P, linger_s=0.3, step_timeout_s=0.5)
+    texts = [f.text for f in obs.frames] + [f.frame.excerpt for f in obs.frames]
+    joined = "".join(f.text for f in obs.frames)
+    assert count_secrets(joined) == 0
+    assert token[:13] not in " ".join(texts) and token[13:] not in " ".join(texts)
+    assert obs.frames[0].text.startswith("your token is ")
+    assert obs.frames[1].text.endswith(" (second half)") and obs.frames[2].text == "a plain frame"
