@@ -325,11 +325,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         "ok": f"linked to the previous run's manifest ({report.previous_run_id})",
         "genesis": "first run of its chain",
         "unchecked": f"previous run {report.previous_run_id} not present (link not checked)",
-        "broken": f"BROKEN: the manifest of the previous run {report.previous_run_id} changed "
-        f"since run {name} recorded its hash (run `runbook verify` on "
-        f"{run_dir.parent / report.previous_run_id} to see which files)",
+        "broken": f"BROKEN: {report.chain_detail}",
     }
-    print(f"chain: {chain.get(report.chain, report.chain)}")
+    words = chain.get(report.chain, report.chain)
+    if report.chain != "broken" and report.chain_detail:
+        words += f"; {report.chain_detail}"
+    print(f"chain: {words}")
     if report.verdict == "interrupted":
         print(f"note: run {name} was interrupted; its folder was sealed as such")
     if not report.safe_to_share:
