@@ -33,6 +33,7 @@ __all__ = [
     "is_run_id",
     "scan_secrets",
     "tool_versions",
+    "unsealed_runs",
     "verify_run",
     "write_manifest",
 ]
@@ -398,6 +399,24 @@ def _check_chain(root: Path, manifest: Mapping[str, Any], own_sha: str) -> tuple
     if not expected:
         return "genesis", "", ""
     return "ok", f"{idx} earlier run(s) checked against {CHAIN_FILE}", prev_id
+
+
+def unsealed_runs(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Run folders in ``out_dir`` newer than the last sealed run that have no manifest
+    (their run was killed with SIGKILL, lost its machine, or is still running)."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    read = _read_chain(root)
+    last = max((rid for rid, _ in read[0]), default="") if read else ""
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if is_run_id(p.name)
+        and p.name > last
+        and p.is_dir()
+        and not (p / MANIFEST).exists()
+    )
 
 
 # What ``evidence.create_run_dir`` names a run folder: UTC timestamp, environment name.

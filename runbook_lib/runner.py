@@ -36,6 +36,7 @@ from .interrupts import guarded
 from .kernels import execute_phase as execute_phase  # re-exported: tests and the CLI use it
 from .kernels import notebook_error as notebook_error
 from .kernels import signum_of
+from .manifest import unsealed_runs
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE, VALIDATION_PHASES
 from .phases import DEPLOY_PHASE as DEPLOY_PHASE  # kept importable from here
 from .results import Recommendation
@@ -323,6 +324,15 @@ def _run(
         if not (nb_dir / PHASES[p].notebook).is_file():
             raise ConfigError(f"notebook for phase {p} not found: {nb_dir / PHASES[p].notebook}")
 
+    for name in unsealed_runs(options.out_dir):
+        emit(
+            Progress(
+                "note",
+                message=f"run folder {name} was never sealed (its run was killed, or is still "
+                f"running): `runbook verify {Path(options.out_dir) / name}` lists the phases "
+                "it recorded and any mutation it claimed",
+            )
+        )
     run_dir = evidence.create_run_dir(options.out_dir, settings.name).resolve()
     state = _RunState(run_dir, run_dir.name, datetime.now(UTC).isoformat())
     parameters = {

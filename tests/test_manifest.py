@@ -122,3 +122,16 @@ def test_without_a_chain_file_only_the_link_is_checked(tmp_path: Path) -> None:
     (tmp_path / CHAIN_FILE).unlink()
     report = verify_run(runs[-1])
     assert report.ok and report.chain == "ok"
+
+
+def test_unsealed_folders_since_the_last_sealed_run_are_listed(tmp_path: Path) -> None:
+    from runbook_lib.manifest import unsealed_runs
+
+    old_killed = tmp_path / "20000101T000000Z-old"
+    old_killed.mkdir()  # before the last sealed run: already reported by an earlier run
+    runs = _sealed_runs(tmp_path, 1)
+    killed = tmp_path / "20991231T235959Z-killed"
+    killed.mkdir()
+    (tmp_path / "not-a-run").mkdir()
+    assert unsealed_runs(tmp_path) == [killed.name]
+    assert runs[0].name not in unsealed_runs(tmp_path)
