@@ -286,7 +286,7 @@ def run(
         return _run(options, options.environment, emit, (), notes)
     manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
     with SandboxSession(manager, options, lambda m: emit(Progress("note", message=m))) as sb:
-        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes)
+        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes, sandbox_lost=sb.lost)
 
 
 @dataclass
@@ -299,6 +299,7 @@ class _RunState:
     outcomes: list[PhaseOutcome] = field(default_factory=list)
     records: dict[int, PhaseRecord] = field(default_factory=dict)
     deadline_hit: bool = False
+    lost: str = ""  # the sandbox died: where, and what it means
 
 
 def _run(
@@ -307,6 +308,7 @@ def _run(
     emit: ProgressFn,
     extra_secrets: Sequence[str],
     notes: list[str] | None = None,
+    sandbox_lost: Callable[[], str] | None = None,
 ) -> RunOutcome:
     t0 = time.monotonic()
     notes = notes if notes is not None else []
@@ -424,12 +426,18 @@ def _run(
                     message=outcome.reason or f"{outcome.duration_s:.1f} s",
                 )
             )
+            lost = sandbox_lost() if sandbox_lost is not None else ""
+            if lost:
+                # Nothing after this point would be about the service: stop and say why.
+                emit(Progress("note", message=f"{lost}; the run stops after phase {phase}"))
+                state.lost = f"phase {phase}: {lost}"
+                break
         during = "finalization"
-        ev = seal()
+        ev = seal({"signal": 0, "during": state.lost}) if state.lost else seal()
     except KeyboardInterrupt as exc:
         _seal_interrupted(exc, state, during, plan, seal, t0)
         raise
-    if state.deadline_hit or any(o.status == "error" for o in state.outcomes):
+    if state.deadline_hit or state.lost or any(o.status == "error" for o in state.outcomes):
         code = EXIT_NOTEBOOK_ERROR
     elif ev.verdict != "pass":
         code = EXIT_CHECK_FAILED

@@ -53,6 +53,7 @@ class SandboxSession:
         self.env_file: str = ""
         self.secrets: list[str] = []
         self._claim: Any = None
+        self.pid = 0
 
     def _kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
@@ -64,6 +65,8 @@ class SandboxSession:
         self.note(message)
 
     def _remember(self, info: Any) -> None:
+        pid = _field(info, "pid")
+        self.pid = pid if isinstance(pid, int) else 0
         env_file = _field(info, "env_file")
         if env_file:
             self.env_file = str(env_file)
@@ -122,6 +125,23 @@ class SandboxSession:
         info = self.manager.up(**self._up_kwargs())
         self.started = True
         return info
+
+    def lost(self) -> str:
+        """Why the sandbox can no longer answer ('' while its daemon runs, or unknown)."""
+        if self.pid <= 0:
+            return ""
+        import psutil
+
+        try:
+            if psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE:
+                return ""
+        except psutil.Error:
+            pass
+        return (
+            f"the sandbox daemon (pid {self.pid}) is no longer running: the service, the "
+            "Cloud Run emulator and the auth service it provided are gone, so failures from "
+            "then on say nothing about the revision under test"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         if self._claim is not None:

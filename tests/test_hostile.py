@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from websockets.asyncio.server import ServerConnection
 
 from runbook_lib.flow_runner import MAX_FRAMES_KEPT, run_flow
@@ -197,3 +198,50 @@ async def test_a_token_split_over_two_frames_is_redacted_in_both(ws_server) -> N
     assert token[:13] not in " ".join(texts) and token[13:] not in " ".join(texts)
     assert obs.frames[0].text.startswith("your token is ")
     assert obs.frames[1].text.endswith(" (second half)") and obs.frames[2].text == "a plain frame"
+
+
+@pytest.mark.slow
+def test_a_sandbox_that_dies_mid_run_is_named_not_the_service(tmp_path, monkeypatch) -> None:
+    """The daemon is killed during phase 3: the run stops there, says the sandbox died, and
+    does not recommend investigating the revision."""
+    import subprocess
+    import sys
+
+    from runbook_lib import runner
+    from runbook_lib.runner import RunOptions
+    from tests.test_runner import _record, _write
+
+    env_file = tmp_path / "fixture.toml"
+    env_file.write_text('name = "fixture"\n')
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setenv("RB_FAKE_DAEMON", str(daemon.pid))
+
+    class FakeManager:
+        @staticmethod
+        def status(**kw):
+            return None
+
+        @staticmethod
+        def up(**kw):
+            return {"env_file": str(env_file), "pid": daemon.pid}
+
+        @staticmethod
+        def down(**kw):
+            pass
+
+    kill = "import os, signal; os.kill(int(os.environ['RB_FAKE_DAEMON']), signal.SIGKILL)"
+    nbs = _write(tmp_path / "nbs", {3: [kill, _record(3, ("ws.upgrade", "fail"))]})
+    try:
+        out = runner.run(
+            RunOptions(out_dir=tmp_path / "out", notebooks=nbs, phases=(3, 5), cell_timeout_s=60),
+            sandbox=FakeManager,
+        )
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert out.exit_code == 3
+    assert [o.phase for o in out.phases] == [3]
+    assert "sandbox daemon" in out.recommendation.reason
+    assert "investigate" not in out.recommendation.reason
+    summary = (out.run_dir / "summary.md").read_text()
+    assert f"sandbox daemon (pid {daemon.pid}) is no longer running" in summary
