@@ -412,10 +412,7 @@ def unsealed_runs(out_dir: str | os.PathLike[str]) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if is_run_id(p.name)
-        and p.name > last
-        and p.is_dir()
-        and not (p / MANIFEST).exists()
+        if is_run_id(p.name) and p.name > last and p.is_dir() and not (p / MANIFEST).exists()
     )
 
 
