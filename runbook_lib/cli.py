@@ -69,17 +69,12 @@ class _Parser(argparse.ArgumentParser):
 _MAX_SECONDS = 86_400.0
 
 
-def _seconds(raw: str) -> float:
-    """A positive, finite number of seconds (argparse names the flag when it refuses)."""
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or not 0 < value <= _MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"{raw!r} is not a bound: give a number of seconds in (0, {_MAX_SECONDS:g}]"
+def _check_seconds(flag: str, value: float) -> None:
+    """Refuse a bound that bounds nothing (nan, inf, <= 0, more than a day), naming the flag."""
+    if not (math.isfinite(value) and 0 < value <= _MAX_SECONDS):
+        raise ConfigError(
+            f"{flag} must be positive and finite, at most {_MAX_SECONDS:g} s; got {value:g}"
         )
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--cell-timeout",
-        type=_seconds,
+        type=float,
         default=600.0,
         metavar="S",
         help="per-cell timeout in seconds (default 600)",
     )
     r.add_argument(
         "--deadline",
-        type=_seconds,
+        type=float,
         default=1800.0,
         metavar="S",
         help="whole-run deadline in seconds (default 1800)",
@@ -247,6 +242,8 @@ class ConsoleProgress:
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides, nb_params = runner.parse_params(args.param)
     phases = runner.parse_phases(args.phases) if args.phases.strip() else None
+    _check_seconds("--cell-timeout", args.cell_timeout)
+    _check_seconds("--deadline", args.deadline)
     options = RunOptions(
         environment=args.env,
         phases=phases,
