@@ -245,3 +245,38 @@ def test_a_sandbox_that_dies_mid_run_is_named_not_the_service(tmp_path, monkeypa
     assert "investigate" not in out.recommendation.reason
     summary = (out.run_dir / "summary.md").read_text()
     assert f"sandbox daemon (pid {daemon.pid}) is no longer running" in summary
+
+
+def _forms(t: str) -> dict[str, str]:
+    import base64
+
+    raw = t.encode()
+    return {
+        "json \\u escapes": "".join(f"\\u{ord(c):04x}" for c in t),
+        "json \\u escapes, upper hex": "".join(f"\\u{ord(c):04X}" for c in t),
+        "html decimal entities": "".join(f"&#{ord(c)};" for c in t),
+        "html hex entities": "".join(f"&#x{ord(c):X};" for c in t),
+        "base32": base64.b32encode(raw).decode(),
+        "base32 inside a longer blob": base64.b32encode(b"xy" + raw + b"z").decode(),
+        "base32 lower case": base64.b32encode(raw).decode().lower(),
+        "base64 of base64": base64.b64encode(base64.b64encode(raw)).decode(),
+        "base64 of json holding base64": base64.b64encode(
+            b'{"a":"' + base64.b64encode(raw) + b'"}'
+        ).decode(),
+        "utf-16le hex": t.encode("utf-16-le").hex(),
+        "utf-16be hex upper": t.encode("utf-16-be").hex().upper(),
+        "reversed": t[::-1],
+        "spaced out": " ".join(t),
+    }
+
+
+@pytest.mark.parametrize("token", ["rbT0k3n-Secr3t/pl+us=eq&amp<x>", "rbT0k3nSecr3tSub_9Qz7"])
+def test_secret_forms_from_the_review_are_redacted_and_found_by_the_scan(token) -> None:
+    from runbook_lib.redaction import count_secrets, redact, register_secret
+
+    register_secret(token)
+    for name, form in _forms(token).items():
+        text = f"frame: {form} (end)"
+        assert count_secrets(text) >= 1, f"the scan misses the {name} form"
+        assert count_secrets(redact(text)) == 0, f"redaction leaves the {name} form"
+        assert count_secrets(text.encode()) >= 1, f"the byte scan misses the {name} form"
