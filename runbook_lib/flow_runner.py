@@ -74,6 +74,7 @@ __all__ = [
     "FLOW_MAX_SIZE",
     "MAX_FRAMES_KEPT",
     "MAX_TEXT_KEPT",
+    "no_redirect_connect",
     "run_flow",
     "run_named_flow",
     "run_users",
@@ -346,10 +347,11 @@ class _Session:
         foreign = is_foreign(
             frame, text, self.values, self.witnesses, other_markers=self.other_markers
         )
-        uid, rid = self.values.get("user_id"), self.values.get("run_id")
-        if (uid and frame.user_id == uid) or (rid and frame.run_id == rid):
-            if len(self.witnesses) < 2:
-                self.witnesses.append(frame)
+        for field_name in ("user_id", "run_id"):
+            own = self.values.get(field_name)
+            if own and getattr(frame, field_name) == own:
+                if not any(getattr(w, field_name) == own for w in self.witnesses):
+                    self.witnesses.append(frame)
         markers = (self.values.get("marker", ""), *self.other_markers)
         attributed = bool(frame.user_id or frame.run_id or frame.marker) or any(
             m and m in text for m in markers
