@@ -50,6 +50,8 @@ def flow_frame_rows(obs: FlowObservation) -> list[dict[str, Any]]:
     ]
     if not obs.connected:
         rows.append({"kind": "connect", "outcome": "failed", "detail": obs.stop_detail[:160]})
+    if obs.frames_dropped:  # before the frames: a long table is cut, this row must show
+        rows.append({"kind": "dropped", "detail": dropped_words(obs.frames_dropped)})
     rows += [
         {
             "t_ms": round(f.t * 1000, 1),
@@ -63,8 +65,6 @@ def flow_frame_rows(obs: FlowObservation) -> list[dict[str, Any]]:
         }
         for f in obs.frames
     ]
-    if obs.frames_dropped:
-        rows.append({"kind": "dropped", "detail": dropped_words(obs.frames_dropped)})
     return rows
 
 
