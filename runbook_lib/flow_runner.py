@@ -541,17 +541,34 @@ class _Session:
                     captured=captured,
                 )
             if frame.is_error and not foreign:
+                idx = self._keep()
+                took = self.now() - started
+                # A refusal is often an error frame then a close (1008): say both, whatever
+                # order the two reach the client in.
+                closed = await self._closing_words(0.3)
                 return StepOutcome(
                     i,
                     "expect",
                     "error_frame",
                     desc,
                     started,
-                    self.now() - started,
+                    took,
                     timeout,
-                    frame_index=self._keep(),
-                    detail=f"the service answered with an error frame: {frame.excerpt[:200]}",
+                    frame_index=idx,
+                    detail=f"the service answered with an error frame: {frame.excerpt[:200]}"
+                    + (f", then {closed}" if closed else ""),
                 )
+
+    async def _closing_words(self, wait_s: float) -> str:
+        """How the server ended the socket within ``wait_s`` ('' when it did not)."""
+        deadline = time.perf_counter() + wait_s
+        try:
+            while (msg := await self._recv(deadline)) is not None:
+                self._record(msg)
+        except ConnectionClosed as exc:
+            self._closed(exc)
+            return self.closed_words
+        return ""
 
     async def _drain(self, wait_s: float = 0.5) -> list[Frame]:
         """Record the frames still buffered on a closed socket."""
