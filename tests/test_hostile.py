@@ -8,6 +8,7 @@ collects whatever credential follows it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -281,3 +282,58 @@ def test_secret_forms_from_the_review_are_redacted_and_found_by_the_scan(token) 
         assert count_secrets(text) >= 1, f"the scan misses the {name} form"
         assert count_secrets(redact(text)) == 0, f"redaction leaves the {name} form"
         assert count_secrets(text.encode()) >= 1, f"the byte scan misses the {name} form"
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_run_against_an_endless_stream_stays_small_in_memory_and_on_disk(tmp_path) -> None:
+    """``runbook run --phases 3`` against a service that never stops sending: the run
+    ends within its timeouts, under 300 MB RSS (every process of the run together) and
+    with a run folder under 20 MB."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.hostile_server", "endless"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split()[1])
+        env = tmp_path / "endless.toml"
+        env.write_text(
+            f'name = "endless"\n[target]\nbase_url = "http://127.0.0.1:{port}"\n'
+            'ws_paths = ["/websocket"]\nhealth_path = "/health"\n'
+            "ws_health_path = false\nws_test_path = false\n"
+            '[auth]\nmode = "none"\n[logging]\nenabled = false\n'
+        )
+        out = tmp_path / "out"
+        argv = ["run", "--env", str(env), "--phases", "3", "--out", str(out)]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "runbook_lib", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        proc, peak, start = psutil.Process(run.pid), 0, time.monotonic()
+        while run.poll() is None and time.monotonic() - start < T(240):
+            with contextlib.suppress(psutil.Error):
+                tree = [proc, *proc.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            time.sleep(0.5)
+        if run.poll() is None:
+            run.kill()
+        assert run.wait() == 1, "the run should end with failed checks, not hang or crash"
+    finally:
+        server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert peak < 300 * 2**20, f"peak RSS {peak / 2**20:.0f} MB"
+    assert size < 20 * 2**20, f"run folder {size / 2**20:.1f} MB"
