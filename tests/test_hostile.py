@@ -40,6 +40,7 @@ async def endless(ws: ServerConnection) -> None:
             await asyncio.sleep(0)
 
 
+@pytest.mark.slow
 async def test_endless_stream_is_bounded_in_frames_kept_and_in_time(ws_server) -> None:
     url = await ws_server(endless)
     start = time.perf_counter()
@@ -92,6 +93,7 @@ async def test_catastrophic_pong_pattern_matches_in_linear_time(ws_server) -> No
     assert obs.stop_reason == "timeout"
 
 
+@pytest.mark.slow
 async def test_init_against_a_slow_drip_server_returns_within_its_probe_timeouts(
     raw_server,
 ) -> None:
