@@ -70,6 +70,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUTH_MODES = ("none", "bearer", "subprotocol", "query")
+# WebSocket paths probed one after another: more than this is a generated list, not a service.
+MAX_WS_PATHS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +591,12 @@ def settings_from_dict(
     if auth.mode not in AUTH_MODES:
         raise ConfigError(f"[auth] mode = {auth.mode!r}: expected one of {AUTH_MODES}", source)
     check_placeholders("auth.subprotocol", auth.subprotocol, ("token",), source)
+    if auth.mode == "subprotocol" and "{token}" not in auth.subprotocol:
+        raise ConfigError(
+            f"auth.subprotocol = {auth.subprotocol!r} has no {{token}}: with mode = "
+            '"subprotocol" the token would never be sent (e.g. "jwt.{token}")',
+            source,
+        )
     token = _env_value("auth.token_env", auth.token_env, env, source)
     secret = _env_value("auth.jwt_secret_env", auth.jwt_secret_env, env, source)
     register_secret(token)
@@ -854,6 +862,12 @@ def _validate_target(t: TargetSettings, source: str) -> TargetSettings:
         value = getattr(t, key)
         if value and not value.startswith("/"):
             raise ConfigError(f"target.{key} = {value!r} must start with '/'", source)
+    if len(t.ws_paths) > MAX_WS_PATHS:
+        raise ConfigError(
+            f"target.ws_paths has {len(t.ws_paths)} entries; at most {MAX_WS_PATHS} (each one "
+            "is probed in turn, every probe bounded by [timeouts])",
+            source,
+        )
     for p in t.ws_paths:
         if not p.startswith("/"):
             raise ConfigError(f"target.ws_paths entry {p!r} must start with '/'", source)

@@ -339,3 +339,25 @@ def test_a_run_against_an_endless_stream_stays_small_in_memory_and_on_disk(tmp_p
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert peak < 300 * 2**20, f"peak RSS {peak / 2**20:.0f} MB"
     assert size < 20 * 2**20, f"run folder {size / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            '[target]\nbase_url = "http://127.0.0.1:9"\nws_paths = ['
+            + ", ".join(f'"/p{i}"' for i in range(100_000))
+            + "]",
+            "at most",
+        ),
+        ('[auth]\nmode = "subprotocol"\nsubprotocol = "jwt"', "has no {token}"),
+    ],
+)
+def test_unbounded_or_inert_configuration_is_refused(tmp_path, body, needle) -> None:
+    from runbook_lib.exceptions import ConfigError
+    from runbook_lib.settings import load_settings
+
+    env = tmp_path / "bad.toml"
+    env.write_text('name = "bad"\n' + body + "\n")
+    with pytest.raises(ConfigError, match=needle.replace("{", r"\{").replace("}", r"\}")):
+        load_settings(env)
