@@ -72,9 +72,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOW_MAX_SIZE",
-    "MAX_FRAMES_KEPT",
-    "MAX_TEXT_KEPT",
-    "no_redirect_connect",
     "run_flow",
     "run_named_flow",
     "run_users",

@@ -37,8 +37,6 @@ __all__ = [
     "PLACEHOLDERS",
     "Frame",
     "FrameKind",
-    "LinearPattern",
-    "PatternMatch",
     "compile_pattern",
     "first_path",
     "frame_text",

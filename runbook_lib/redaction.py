@@ -43,7 +43,6 @@ __all__ = [
     "register_secret",
     "registered_secrets",
     "secret_forms",
-    "secret_spans",
 ]
 
 REDACTED = "[REDACTED]"
