@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from array import array
 from collections import Counter
@@ -46,6 +45,8 @@ from picows import (
     WSTransport,
     ws_connect,
 )
+
+from .protocol import LinearPattern
 
 __all__ = ["WorkerSpec", "arrival_offset", "run_worker", "worker_process_main"]
 
@@ -160,7 +161,8 @@ class _Generator:
         self.ignore_types = frozenset(spec.ignore_types)
         self.paths = tuple(tuple(p.split(".")) for p in spec.type_paths)
         self.fields = tuple((tuple(p.split(".")), v) for p, v in spec.reply_fields)
-        self.pattern = re.compile(spec.reply_pattern) if spec.reply_pattern else None
+        # Linear time (RE2): a catastrophic pattern cannot stall the event loop.
+        self.pattern = LinearPattern(spec.reply_pattern) if spec.reply_pattern else None
         # Echo-style targets send the same few payloads over and over: remember
         # their verdict instead of parsing JSON for every reply.
         self.verdicts: dict[bytes, bool] = {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -62,6 +63,18 @@ class _Parser(argparse.ArgumentParser):
     # argparse exits on its own; raising lets main() return 2 and stay testable.
     def error(self, message: str) -> Any:
         raise _UsageError(f"{self.prog}: {message}")
+
+
+# A bound is a bound: a day is longer than any incident step the runbook waits on.
+_MAX_SECONDS = 86_400.0
+
+
+def _check_seconds(flag: str, value: float) -> None:
+    """Refuse a bound that bounds nothing (nan, inf, <= 0, more than a day), naming the flag."""
+    if not (math.isfinite(value) and 0 < value <= _MAX_SECONDS):
+        raise ConfigError(
+            f"{flag} must be positive and finite, at most {_MAX_SECONDS:g} s; got {value:g}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,8 +249,8 @@ class ConsoleProgress:
 def _cmd_run(args: argparse.Namespace) -> int:
     overrides, nb_params = runner.parse_params(args.param)
     phases = runner.parse_phases(args.phases) if args.phases.strip() else None
-    if args.cell_timeout <= 0 or args.deadline <= 0:
-        raise ConfigError("--cell-timeout and --deadline must be positive")
+    _check_seconds("--cell-timeout", args.cell_timeout)
+    _check_seconds("--deadline", args.deadline)
     if args.log_delay < 0:
         raise ConfigError("--log-delay must be >= 0 seconds")
     options = RunOptions(
@@ -333,11 +346,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         "ok": f"linked to the previous run's manifest ({report.previous_run_id})",
         "genesis": "first run of its chain",
         "unchecked": f"previous run {report.previous_run_id} not present (link not checked)",
-        "broken": f"BROKEN: the manifest of the previous run {report.previous_run_id} changed "
-        f"since run {name} recorded its hash (run `runbook verify` on "
-        f"{run_dir.parent / report.previous_run_id} to see which files)",
+        "broken": f"BROKEN: {report.chain_detail}",
     }
-    print(f"chain: {chain.get(report.chain, report.chain)}")
+    words = chain.get(report.chain, report.chain)
+    if report.chain != "broken" and report.chain_detail:
+        words += f"; {report.chain_detail}"
+    print(f"chain: {words}")
     if report.verdict == "interrupted":
         print(f"note: run {name} was interrupted; its folder was sealed as such")
     if not report.safe_to_share:

@@ -14,7 +14,10 @@ Nothing here judges: a task that failed, was killed or never reported is named i
 ``load.*`` results ``error``: missing data proves nothing.
 
 Secrets: a token used by the load sessions is replaced by ``{token}`` in the plan and
-carried in the job's ``RUNBOOK_LOAD_TOKEN`` variable, never in the plan JSON.
+never stored on the job. It travels in the execution's overrides
+(``RunJobRequest.overrides.containerOverrides[].env``, ``RUNBOOK_LOAD_TOKEN``): the job
+(readable with ``run.jobs.get``, and kept between runs) never holds it, and the
+execution that did is deleted once its results are read.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class JobLoadRun:
         task_failures: task index -> why Cloud Run says it failed.
         merged: the merged result lines.
         duration_s: run call to the last log read.
+        token_note: '' when the token left no trace, else what to do about it.
     """
 
     job: str
@@ -81,6 +85,7 @@ class JobLoadRun:
     merged: MergedLoad
     duration_s: float
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    token_note: str = ""
 
     def problems(self) -> list[str]:
         """Why this run is not complete evidence (empty when it is)."""
@@ -138,14 +143,17 @@ def _plan_json(plan: LoadPlan, token: str) -> str:
 
 
 def job_body(settings: Settings, plan: LoadPlan, run_id: str, token: str = "") -> dict[str, Any]:
-    """The Job resource (REST JSON) the runbook creates or updates for one run."""
+    """The Job resource (REST JSON) the runbook creates or updates for one run.
+
+    ``token`` is only cut out of the plan: the job never carries it (see
+    :func:`run_overrides`). Updating the job replaces its whole template, so a token an
+    older version of the runbook left on it is removed too.
+    """
     ld = settings.load
     env = [
         {"name": PLAN_ENV, "value": _plan_json(plan, token)},
         {"name": RUN_ID_ENV, "value": run_id},
     ]
-    if token:
-        env.append({"name": TOKEN_ENV, "value": token})
     if os.environ.get(RAW_ENV) == "1":
         env.append({"name": RAW_ENV, "value": "1"})
     task: dict[str, Any] = {
@@ -163,6 +171,13 @@ def job_body(settings: Settings, plan: LoadPlan, run_id: str, token: str = "") -
             "template": task,
         },
     }
+
+
+def run_overrides(token: str) -> dict[str, Any]:
+    """``RunJobRequest.overrides`` (REST JSON) that hand ``token`` to this execution only."""
+    if not token:
+        return {}
+    return {"containerOverrides": [{"env": [{"name": TOKEN_ENV, "value": token}]}]}
 
 
 class _Jobs:
@@ -283,6 +298,34 @@ async def read_task_results(
         raise logs_explain(endpoint, exc) from exc
 
 
+async def _clear_token(api: _Jobs, execution: str, where: str, call_s: float) -> str:
+    """Delete the finished execution whose overrides held the token; '' when done, else
+    what the operator must do (the token is still readable in that execution)."""
+    from google.api_core import exceptions as gexc
+
+    def delete() -> None:
+        for attempt in range(5):  # a cancelled execution takes a moment to finish
+            try:
+                api.executions.delete_execution(name=execution, timeout=call_s).result(
+                    timeout=call_s
+                )
+                return
+            except gexc.FailedPrecondition:
+                if attempt == 4:
+                    raise
+                time.sleep(1.0)
+
+    try:
+        await _call("delete execution", where, delete, call_s * 8)
+    except CloudRunError as exc:
+        return (
+            f"the execution {execution} still holds the load token in its overrides "
+            f"(deleting it failed: {exc}); delete it with `gcloud run jobs executions "
+            f"delete {execution.rsplit('/', 1)[-1]}` and rotate the token"
+        )
+    return ""
+
+
 async def run_load_job(
     settings: Settings,
     plan: LoadPlan,
@@ -328,7 +371,12 @@ async def run_load_job(
         op.result(timeout=call_s)
 
     await _call("create/update job", where, upsert, call_s * 3)
-    op = await _call("run", where, lambda: api.jobs.run_job(name=name, timeout=call_s), call_s)
+    request = rv2.RunJobRequest.from_json(
+        json.dumps({"name": name, "overrides": run_overrides(token)}), ignore_unknown_fields=False
+    )
+    op = await _call(
+        "run", where, lambda: api.jobs.run_job(request=request, timeout=call_s), call_s
+    )
     execution = op.metadata.name if op.metadata is not None else ""
     if not execution:
         raise CloudRunError(f"Cloud Run Jobs run at {where} returned no execution name")
@@ -385,7 +433,9 @@ async def run_load_job(
         await asyncio.sleep(min(1.0, poll_interval_s))
         records = await read_task_results(settings, name, run_id)
         merged = merge_results(records, count)
+    cleared = await _clear_token(api, execution, where, call_s) if token else ""
     return JobLoadRun(
+        token_note=cleared,
         job=name,
         execution=execution,
         run_id=run_id,

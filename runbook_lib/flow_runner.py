@@ -38,6 +38,7 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -64,8 +65,8 @@ from .flows import (
     resolve_flow,
 )
 from .identity import user_agent
-from .protocol import MAX_PARSE_BYTES, Frame, frame_text, parse_frame
-from .redaction import redact, redact_excerpt
+from .protocol import MAX_PARSE_BYTES, Frame, FrameKind, frame_text, parse_frame
+from .redaction import REDACTED, redact, redact_excerpt, secret_spans
 from .tokens import ConnectAuth
 
 if TYPE_CHECKING:
@@ -78,7 +79,27 @@ log = logging.getLogger(__name__)
 
 # The client refuses frames above this (close 1009) instead of buffering them.
 FLOW_MAX_SIZE = 2 * 1024 * 1024
+# Frames and characters of frame text kept per session. An endless stream is still read
+# and judged (a leaked frame after the cap is still caught and kept), but only this much
+# is recorded; the rest is counted in ``FlowObservation.frames_dropped``.
+MAX_FRAMES_KEPT = 200
+MAX_TEXT_KEPT = 256 * 1024
+# How far either side of a frame boundary a secret split over two frames is looked for.
+_JOIN_WINDOW = 4096
+_FRAME_EXCERPT = 200  # characters of Frame.excerpt, as protocol.parse_frame cuts them
 _BODY_EXCERPT = 500
+
+
+class no_redirect_connect(connect):
+    """websockets' ``connect`` that never follows a redirect.
+
+    Following one would re-send the credentials to wherever it points (websockets strips
+    ``Authorization`` for another origin, not the ``jwt.<token>`` subprotocol), and a
+    browser fails a redirected WebSocket handshake anyway: a 3xx is a refused upgrade.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 def _protocol(settings: Settings | ProtocolSettings) -> ProtocolSettings:
@@ -100,7 +121,7 @@ async def open_connection(
     start = time.perf_counter()
     try:
         ws = await asyncio.wait_for(
-            connect(
+            no_redirect_connect(
                 auth.url(url),
                 additional_headers=[*headers, *auth.headers] or None,
                 subprotocols=[Subprotocol(s) for s in offered] or None,
@@ -131,10 +152,18 @@ def _failure(exc: BaseException, latency: float) -> dict[str, Any]:
     if isinstance(exc, InvalidStatus):
         resp = exc.response
         body = (resp.body or b"").decode("utf-8", "replace")
+        detail = f"upgrade refused with HTTP {resp.status_code}"
+        if 300 <= resp.status_code < 400:
+            where = redact(urlsplit(resp.headers.get("Location", "")).netloc or "?")
+            detail += (
+                f" (a redirect to {where}, not followed: credentials stay with the configured "
+                "origin, and browsers do not follow WebSocket redirects either; configure the "
+                "final URL)"
+            )
         out.update(
             status=resp.status_code,
             connect_error="http_status",
-            connect_detail=f"upgrade refused with HTTP {resp.status_code}",
+            connect_detail=detail,
             body_excerpt=redact_excerpt(body, _BODY_EXCERPT),
         )
     elif isinstance(exc, InvalidMessage):
@@ -259,6 +288,7 @@ async def run_flow(
         **common,
         **conn,
         frames=tuple(session.frames),
+        frames_dropped=session.dropped,
         steps=tuple(session.outcomes),
         captured=captured,
         stopped_at=session.stopped_at,
@@ -289,7 +319,16 @@ class _Session:
         self.max_text = max_text
         self.t0 = time.perf_counter()
         self.frames: list[FlowFrame] = []
-        self.parsed: list[Frame] = []
+        # Frames that show the server echoed this user's id / run id: all that
+        # ``is_foreign`` needs from the history, kept in constant space.
+        self.witnesses: list[Frame] = []
+        self.dropped = 0
+        self.kept_chars = 0
+        self._last = FlowFrame(Frame(t=0.0, size=0, kind=FrameKind.UNTYPED))
+        self._last_msg: str | bytes = ""
+        self._last_text = ""
+        self._last_kept = True
+        self._prev: tuple[int | None, str] = (None, "")  # the previous frame: index kept, text
         self.outcomes: list[StepOutcome] = []
         self.stopped_at: int | None = None
         self.stop_reason = ""
@@ -304,20 +343,71 @@ class _Session:
     def _record(self, msg: str | bytes) -> tuple[Frame, str, bool]:
         frame = parse_frame(msg, self.protocol, t=self.now(), values=self.values)
         text = frame_text(msg, MAX_PARSE_BYTES)
-        if isinstance(msg, (bytes, bytearray)) and frame.kind == "binary":
-            kept = ""
-        else:
-            kept = redact_excerpt(text, self.max_text, "…")
         foreign = is_foreign(
-            frame, text, self.values, self.parsed, other_markers=self.other_markers
+            frame, text, self.values, self.witnesses, other_markers=self.other_markers
         )
+        for field_name in ("user_id", "run_id"):
+            own = self.values.get(field_name)
+            if own and getattr(frame, field_name) == own:
+                if not any(getattr(w, field_name) == own for w in self.witnesses):
+                    self.witnesses.append(frame)
         markers = (self.values.get("marker", ""), *self.other_markers)
         attributed = bool(frame.user_id or frame.run_id or frame.marker) or any(
             m and m in text for m in markers
         )
-        self.parsed.append(frame)
-        self.frames.append(FlowFrame(frame, kept, foreign=foreign, attributed=attributed))
+        shown = self._rejoin(text)
+        if shown is not text:
+            frame = dataclasses.replace(frame, excerpt=redact_excerpt(shown, _FRAME_EXCERPT, "…"))
+        self._last = FlowFrame(frame, "", foreign=foreign, attributed=attributed)
+        self._last_msg = msg
+        self._last_text = shown
+        self._prev = (None, shown)
+        self._last_kept = False
+        self.dropped += 1
+        room = MAX_FRAMES_KEPT * (2 if foreign or frame.is_error else 1)
+        if len(self.frames) < room and self.kept_chars < MAX_TEXT_KEPT:
+            self._keep()
         return frame, text, foreign
+
+    def _rejoin(self, text: str) -> str:
+        """``text`` with the end of a secret that began in the previous frame redacted (and
+        the previous frame's record fixed): a token split over two frames is still a token.
+        """
+        prev_idx, prev_text = self._prev
+        if not prev_text:
+            return text
+        tail, head = prev_text[-_JOIN_WINDOW:], text[:_JOIN_WINDOW]
+        spans = [(a, b) for a, b in secret_spans(tail + head) if a < len(tail) < b]
+        if not spans:
+            return text
+        cut_prev = len(prev_text) - len(tail) + min(a for a, _ in spans)
+        shown = REDACTED + text[max(b for _, b in spans) - len(tail) :]
+        if prev_idx is not None:
+            old = self.frames[prev_idx]
+            fixed = prev_text[:cut_prev] + REDACTED
+            self.frames[prev_idx] = dataclasses.replace(
+                old,
+                text=redact_excerpt(fixed, self.max_text, "…") if old.text else "",
+                frame=dataclasses.replace(
+                    old.frame, excerpt=redact_excerpt(fixed, _FRAME_EXCERPT, "…")
+                ),
+            )
+        return shown
+
+    def _keep(self) -> int:
+        """Record the last frame read (evidence is kept even past the caps); its index."""
+        if not self._last_kept:
+            msg, text = self._last_msg, self._last_text
+            if isinstance(msg, (bytes, bytearray)) and self._last.frame.kind == "binary":
+                kept = ""
+            else:
+                kept = redact_excerpt(text, self.max_text, "…")
+            self.kept_chars += len(kept)
+            self.frames.append(dataclasses.replace(self._last, text=kept))
+            self._last_kept = True
+            self.dropped -= 1
+            self._prev = (len(self.frames) - 1, self._last_text)
+        return len(self.frames) - 1
 
     async def _recv(self, deadline: float) -> str | bytes | None:
         """The next frame, or None when ``deadline`` passes; ``ConnectionClosed`` propagates."""
@@ -438,7 +528,7 @@ class _Session:
             captured = None if foreign else match_step(step, frame, text, self.values)
             if captured is not None:
                 self.values.update(captured)
-                idx = len(self.frames) - 1
+                idx = self._keep()
                 self.frames[idx] = dataclasses.replace(self.frames[idx], step=i)
                 return StepOutcome(
                     i,
@@ -452,17 +542,34 @@ class _Session:
                     captured=captured,
                 )
             if frame.is_error and not foreign:
+                idx = self._keep()
+                took = self.now() - started
+                # A refusal is often an error frame then a close (1008): say both, whatever
+                # order the two reach the client in.
+                closed = await self._closing_words(0.3)
                 return StepOutcome(
                     i,
                     "expect",
                     "error_frame",
                     desc,
                     started,
-                    self.now() - started,
+                    took,
                     timeout,
-                    frame_index=len(self.frames) - 1,
-                    detail=f"the service answered with an error frame: {frame.excerpt[:200]}",
+                    frame_index=idx,
+                    detail=f"the service answered with an error frame: {frame.excerpt[:200]}"
+                    + (f", then {closed}" if closed else ""),
                 )
+
+    async def _closing_words(self, wait_s: float) -> str:
+        """How the server ended the socket within ``wait_s`` ('' when it did not)."""
+        deadline = time.perf_counter() + wait_s
+        try:
+            while (msg := await self._recv(deadline)) is not None:
+                self._record(msg)
+        except ConnectionClosed as exc:
+            self._closed(exc)
+            return self.closed_words
+        return ""
 
     async def _drain(self, wait_s: float = 0.5) -> list[Frame]:
         """Record the frames still buffered on a closed socket."""

@@ -34,13 +34,20 @@ never satisfies a step.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from .protocol import Frame, FrameKind, compile_pattern, get_path, render_pattern, render_values
+from .protocol import (
+    Frame,
+    FrameKind,
+    PatternMatch,
+    compile_pattern,
+    get_path,
+    render_pattern,
+    render_values,
+)
 
 if TYPE_CHECKING:
     from .protocol import ProtocolSettings
@@ -240,7 +247,7 @@ def match_step(
         for path, wanted in step.expect.items():
             if not _same(get_path(frame.data, str(path)), _render_value(wanted, values)):
                 return None
-    match: re.Match[str] | None = None
+    match: PatternMatch | None = None
     if step.expect_pattern:
         rx = compile_pattern(step.expect_pattern, values)
         match = rx.search(text) if rx is not None else None
@@ -255,7 +262,7 @@ def match_step(
         elif frame.event_type != wanted_type:
             return None
     for name, path in step.capture.items():
-        if match is not None and path in match.re.groupindex:
+        if match is not None and path in match.groupindex:
             value = match.group(path)
         elif frame.data is not None:
             value = get_path(frame.data, str(path))
@@ -516,7 +523,9 @@ class FlowObservation:
         connect_detail: the underlying message (redacted).
         body_excerpt: body of a refused upgrade.
         connect_s: time to open the socket (or to the failure).
-        frames: every frame received, in order (``t`` since the connect completed).
+        frames: the frames received, in order (``t`` since the connect completed); past
+            the runner's caps only evidence (matches, errors, foreign frames) is kept.
+        frames_dropped: frames received but not kept (an endless or very chatty stream).
         steps: one outcome per step of the flow (``not_reached`` after a stop).
         captured: every value captured (names only are safe to show; values may be ids).
         stopped_at: index of the step where the flow stopped (None when it completed).
@@ -543,6 +552,7 @@ class FlowObservation:
     body_excerpt: str = ""
     connect_s: float = 0.0
     frames: tuple[FlowFrame, ...] = ()
+    frames_dropped: int = 0
     steps: tuple[StepOutcome, ...] = ()
     captured: Mapping[str, str] = field(default_factory=dict)
     stopped_at: int | None = None
@@ -639,7 +649,8 @@ class FlowObservation:
             "stop_detail": self.stop_detail,
             "close_code": self.close_code,
             "closed_s": None if self.closed_s is None else round(self.closed_s, 4),
-            "frames": len(self.frames),
+            "frames": len(self.frames) + self.frames_dropped,
+            "frames_dropped": self.frames_dropped,
             "foreign_frames": len(self.foreign_frames),
             "response_s": None if self.response_s is None else round(self.response_s, 4),
             "duration_s": round(self.duration_s, 4),

@@ -139,12 +139,32 @@ def _ws_base(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, "", "", "")).rstrip("/")
 
 
-async def _health(client: httpx.AsyncClient, base: str, path: str) -> tuple[int | None, str]:
+async def _health(
+    client: httpx.AsyncClient, base: str, path: str, timeout_s: float
+) -> tuple[int | None, str]:
+    """Status and the start of the body of ``GET path``, within ``timeout_s`` in all.
+
+    httpx's timeout bounds each read, so a server that drips its answer a byte at a
+    time would hold it for ever; the whole request is bounded here, and only the
+    start of the body is read.
+    """
+
+    async def get() -> tuple[int, bytes]:
+        async with client.stream("GET", base + path) as resp:
+            body = b""
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) >= 500:
+                    break
+            return resp.status_code, body
+
     try:
-        resp = await client.get(base + path)
+        status, body = await asyncio.wait_for(get(), timeout_s)
+    except TimeoutError:
+        return None, f"no complete answer within {timeout_s:g}s"
     except httpx.HTTPError as exc:
         return None, type(exc).__name__
-    return resp.status_code, resp.text[:500]
+    return status, body[:500].decode("utf-8", "replace")
 
 
 def _alive(obs: FlowObservation) -> bool:
@@ -338,8 +358,8 @@ async def _probe_health(f: InitFindings, base: str, timeout_s: float) -> bool:
     async with httpx.AsyncClient(
         timeout=timeout_s, follow_redirects=False, headers={"User-Agent": user_agent()}
     ) as client:
-        health = {p: await _health(client, base, p) for p in HEALTH_CANDIDATES}
-        ws_health = await _health(client, base, "/ws/health")
+        health = {p: await _health(client, base, p, timeout_s) for p in HEALTH_CANDIDATES}
+        ws_health = await _health(client, base, "/ws/health", timeout_s)
     answered = {p: s for p, (s, _) in health.items() if s is not None}
     if not answered:
         f.notes.append(f"no HTTP answer from {base} ({health['/health'][1]})")
@@ -446,7 +466,7 @@ async def _ws_test(ws_base: str, accesses: list[_Access], timeout_s: float) -> t
     async with httpx.AsyncClient(
         timeout=timeout_s, follow_redirects=False, headers={"User-Agent": user_agent()}
     ) as client:
-        status, _ = await _health(client, http_base, "/ws/test")
+        status, _ = await _health(client, http_base, "/ws/test", timeout_s)
     if status == 200:
         return True, "GET /ws/test answered 200"
     obs = await _connect_probe(ws_base + "/ws/test", (), None, timeout_s)

@@ -30,8 +30,10 @@ __all__ = [
     "UNSAFE_MARKER",
     "Leak",
     "VerifyReport",
+    "is_run_id",
     "scan_secrets",
     "tool_versions",
+    "unsealed_runs",
     "verify_run",
     "write_manifest",
 ]
@@ -204,14 +206,16 @@ class VerifyReport:
     Attributes:
         run_dir: the folder verified.
         changed, missing, added: relative paths that differ from the manifest.
-        chain: ``ok``, ``genesis`` (first run), ``unchecked`` (previous folder absent),
-            ``broken`` (the previous run's manifest no longer has the recorded hash)
+        chain: ``ok``, ``genesis`` (first run), ``unchecked`` (no ``.manifest-chain``
+            and the previous folder absent), ``broken`` (this manifest, a link, or an
+            earlier run disagrees with ``.manifest-chain``, an earlier run is missing)
             or ``no-manifest`` (the folder was never sealed, e.g. the run was killed).
         safe_to_share: the manifest's flag (false when the secret scan found something).
         run_id: the run the manifest seals.
         previous_run_id: the chained previous run (whose manifest changed when ``broken``).
         verdict: the verdict in ``results.json`` ('' when absent or unreadable), e.g.
             ``interrupted`` for a run sealed after a signal.
+        chain_detail: what was checked, or where the chain breaks, in words.
     """
 
     run_dir: Path
@@ -223,6 +227,7 @@ class VerifyReport:
     run_id: str = ""
     previous_run_id: str = ""
     verdict: str = ""
+    chain_detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -260,17 +265,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> VerifyReport:
     changed = tuple(sorted(k for k in recorded if k in actual and actual[k] != recorded[k]))
     missing = tuple(sorted(k for k in recorded if k not in actual))
     added = tuple(sorted(k for k in actual if k not in recorded))
-    prev = manifest.get("previous_manifest")
-    previous_run_id = ""
-    if not isinstance(prev, dict) or not prev:
-        chain = "genesis"
-    else:
-        previous_run_id = str(prev.get("run_id"))
-        prev_path = root.parent / previous_run_id / MANIFEST
-        if not prev_path.is_file():
-            chain = "unchecked"
-        else:
-            chain = "ok" if _sha256(prev_path) == prev.get("sha256") else "broken"
+    chain, chain_detail, previous_run_id = _check_chain(root, manifest, _sha256(path))
     return VerifyReport(
         root,
         changed,
@@ -281,4 +276,150 @@ def verify_run(run_dir: str | os.PathLike[str]) -> VerifyReport:
         run_id=str(manifest.get("run_id") or root.name),
         previous_run_id=previous_run_id,
         verdict=_verdict(root),
+        chain_detail=chain_detail,
     )
+
+
+def _read_chain(out_dir: Path) -> tuple[list[tuple[str, str]], list[int]] | None:
+    """(run id, manifest SHA-256) per line of ``.manifest-chain`` and the numbers of the
+    lines that are not entries; None when the outputs folder has no chain file."""
+    chain = out_dir / CHAIN_FILE
+    try:
+        text = chain.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return [], [0]
+    entries: list[tuple[str, str]] = []
+    bad: list[int] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries.append((str(entry["run_id"]), str(entry["sha256"])))
+        except (ValueError, KeyError, TypeError):
+            bad.append(n)
+    return entries, bad
+
+
+def _check_chain(root: Path, manifest: Mapping[str, Any], own_sha: str) -> tuple[str, str, str]:
+    """(chain state, the break in words, previous run id) of a sealed run.
+
+    With ``.manifest-chain`` beside the folder, the whole chain up to this run is
+    checked against it: this manifest's own hash, its link to the run listed before it,
+    and every earlier run (present, and its manifest unchanged). Without one, only the
+    link to the previous run's folder can be checked. Run ids read from a manifest or
+    the chain are checked to be run ids before they name a folder.
+    """
+    name = root.name
+    prev = manifest.get("previous_manifest")
+    prev_id = str(prev.get("run_id")) if isinstance(prev, dict) and prev else ""
+    prev_sha = str(prev.get("sha256")) if isinstance(prev, dict) and prev else ""
+    if prev_id and not is_run_id(prev_id):
+        return (
+            "broken",
+            f"its manifest names {prev_id!r} as the previous run, which is not a run id "
+            "(never used as a path): the manifest was edited",
+            "",
+        )
+    read = _read_chain(root.parent)
+    if read is None:
+        if not prev_id:
+            return "genesis", f"no {CHAIN_FILE} beside the folder: only its own files checked", ""
+        prev_path = root.parent / prev_id / MANIFEST
+        if not prev_path.is_file():
+            return "unchecked", f"no {CHAIN_FILE} beside the folder", prev_id
+        ok = _sha256(prev_path) == prev_sha
+        return ("ok" if ok else "broken"), "", prev_id
+    entries, bad = read
+    if bad:
+        where = "unreadable" if bad == [0] else f"line(s) {', '.join(map(str, bad[:5]))}"
+        return "broken", f"{CHAIN_FILE}: {where} not a chain entry: the file was edited", prev_id
+    shas: dict[str, list[str]] = {}
+    for rid, sha in entries:
+        shas.setdefault(rid, []).append(sha)
+    order = list(shas)
+    if name not in shas:
+        return (
+            "broken",
+            f"run {name} is not listed in {CHAIN_FILE} of {root.parent}: it was not sealed "
+            "there, or the chain was edited",
+            prev_id,
+        )
+    if shas[name][-1] != own_sha:
+        return (
+            "broken",
+            f"the manifest of run {name} changed after it was sealed ({CHAIN_FILE} recorded "
+            f"sha256 {shas[name][-1][:12]}..., it now hashes to {own_sha[:12]}...)",
+            prev_id,
+        )
+    idx = order.index(name)
+    expected = order[idx - 1] if idx else ""
+    if not expected and prev_id:
+        return "broken", f"it links to {prev_id}, but {CHAIN_FILE} lists it first", prev_id
+    if expected and not prev_id:
+        return (
+            "broken",
+            f"a forged first run: its manifest says no run came before it, but {CHAIN_FILE} "
+            f"lists {expected} before it",
+            expected,
+        )
+    if expected and prev_id != expected:
+        return (
+            "broken",
+            f"it links to {prev_id}, but {CHAIN_FILE} lists {expected} before it",
+            prev_id,
+        )
+    if expected and prev_sha not in shas[expected]:
+        return (
+            "broken",
+            f"the hash it recorded for {expected} is not the one {CHAIN_FILE} holds",
+            expected,
+        )
+    for rid in order[:idx]:
+        if not is_run_id(rid):
+            return "broken", f"{CHAIN_FILE} lists {rid!r}, which is not a run id", prev_id
+        folder = root.parent / rid
+        if not folder.is_dir():
+            return (
+                "broken",
+                f"run {rid}, listed in {CHAIN_FILE} before {name}, is missing from "
+                f"{root.parent} (deleted or moved: archive an outputs folder whole)",
+                rid,
+            )
+        path = folder / MANIFEST
+        if not path.is_file() or _sha256(path) != shas[rid][-1]:
+            return (
+                "broken",
+                f"the manifest of run {rid} changed since it was sealed (run `runbook "
+                f"verify` on {folder} to see which files)",
+                rid,
+            )
+    if not expected:
+        return "genesis", "", ""
+    return "ok", f"{idx} earlier run(s) checked against {CHAIN_FILE}", prev_id
+
+
+def unsealed_runs(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Run folders in ``out_dir`` newer than the last sealed run that have no manifest
+    (their run was killed with SIGKILL, lost its machine, or is still running)."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    read = _read_chain(root)
+    last = max((rid for rid, _ in read[0]), default="") if read else ""
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if is_run_id(p.name) and p.name > last and p.is_dir() and not (p / MANIFEST).exists()
+    )
+
+
+# What ``evidence.create_run_dir`` names a run folder: UTC timestamp, environment name.
+_RUN_ID = re.compile(r"\d{8}T\d{6}Z-[A-Za-z0-9_.-]+")
+
+
+def is_run_id(value: str) -> bool:
+    """True when ``value`` is shaped like a run folder's name (never a path)."""
+    return bool(_RUN_ID.fullmatch(value)) and value not in (".", "..")

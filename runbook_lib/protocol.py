@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from .redaction import redact_excerpt
 
@@ -267,26 +267,123 @@ def render_pattern(pattern: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(one, pattern)
 
 
+# What render_pattern writes for a placeholder's second occurrence (a back-reference).
+_BACKREF = re.compile(r"\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _re2_options() -> Any:
+    import re2
+
+    opts = re2.Options()
+    opts.log_errors = False  # a refused pattern is reported to the user, not printed by RE2
+    return opts
+
+
+class PatternMatch:
+    """A match of a :class:`LinearPattern` (the subset of ``re.Match`` the runbook reads)."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, m: Any) -> None:
+        self._m = m
+
+    def groupdict(self) -> dict[str, str | None]:
+        return cast("dict[str, str | None]", self._m.groupdict())
+
+    def group(self, name: str | int = 0) -> str | None:
+        return cast("str | None", self._m.group(name))
+
+    @property
+    def groupindex(self) -> Mapping[str, int]:
+        return cast("Mapping[str, int]", self._m.re.groupindex)
+
+
+class LinearPattern:
+    """A regular expression that runs in time linear in the text (RE2: no backtracking).
+
+    A catastrophic pattern such as ``^(a+)+$`` cannot hold the process: RE2 has no
+    exponential case. Back-references and lookarounds have no linear-time algorithm, so
+    a user's pattern using them is refused (:func:`pattern_error`). The one
+    back-reference :func:`render_pattern` writes itself (a placeholder that occurs twice)
+    is matched in two linear passes: find the first value, then require it again.
+    """
+
+    __slots__ = ("_rx", "_same", "pattern")
+
+    def __init__(self, rendered: str) -> None:
+        """Compile ``rendered`` (a pattern from :func:`render_pattern`).
+
+        Raises:
+            ValueError: RE2 refuses the pattern (invalid, or a construct it cannot run).
+        """
+        self.pattern = rendered
+        self._same = tuple(dict.fromkeys(_BACKREF.findall(rendered)))
+        self._rx = _re2(_BACKREF.sub(".+?", rendered) if self._same else rendered)
+
+    def search(self, text: str) -> PatternMatch | None:
+        """The first match in ``text`` (None when there is none)."""
+        m = self._rx.search(text)
+        if m is None or not self._same:
+            return None if m is None else PatternMatch(m)
+        exact = self.pattern
+        for name in self._same:
+            value = m.group(name)
+            if value is None:
+                return None
+            literal = re.escape(value)
+            exact = exact.replace(f"(?P={name})", literal).replace(
+                f"(?P<{name}>.+?)", f"(?P<{name}>{literal})", 1
+            )
+        m = _re2(exact).search(text)
+        return None if m is None else PatternMatch(m)
+
+
 @functools.lru_cache(maxsize=512)
-def _compile(pattern: str) -> re.Pattern[str] | None:
+def _re2(pattern: str) -> Any:
+    import re2
+
     try:
-        return re.compile(pattern)
-    except (re.error, RecursionError, OverflowError):
+        return re2.compile(pattern, _re2_options())
+    except re2.error as exc:
+        raise ValueError(_re2_words(exc)) from exc
+
+
+def _re2_words(exc: Exception) -> str:
+    raw = exc.args[0] if exc.args else exc
+    words = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if "invalid perl operator" in words or "invalid escape" in words:
+        words += (
+            " (lookarounds and back-references are refused: they have no linear-time "
+            "matcher, and a pattern must not be able to hold the runbook on a hostile frame)"
+        )
+    return words
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(pattern: str) -> LinearPattern | None:
+    try:
+        return LinearPattern(pattern)
+    except ValueError:
         return None
 
 
-def compile_pattern(
-    pattern: str, values: Mapping[str, str] | None = None
-) -> re.Pattern[str] | None:
-    """The compiled, rendered ``pattern`` (None when it is not a valid regex); cached."""
+def compile_pattern(pattern: str, values: Mapping[str, str] | None = None) -> LinearPattern | None:
+    """The compiled, rendered ``pattern`` (None when it is not a valid regex); cached.
+
+    Matching runs in linear time (RE2), whatever the pattern and the frame.
+    """
     return _compile(render_pattern(pattern, values or {}))
 
 
 def pattern_error(pattern: str) -> str:
-    """Why ``pattern`` (placeholders allowed) is not a valid regex ('' when it is)."""
+    """Why ``pattern`` (placeholders allowed) cannot be used ('' when it can)."""
     try:
         re.compile(render_pattern(pattern, {}))
     except (re.error, RecursionError, OverflowError) as exc:
+        return str(exc)
+    try:
+        LinearPattern(render_pattern(pattern, {}))
+    except ValueError as exc:
         return str(exc)
     return ""
 

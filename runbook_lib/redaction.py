@@ -9,8 +9,11 @@ finds.
 A secret is found in every form a service or a command may echo it back in
 (:func:`secret_forms`): raw and case-folded (``upper``/``lower``/mixed), base64
 (standard and URL-safe, padded or not, embedded in a longer base64 stream at any
-of the three byte alignments), percent-encoded, hex (lower/upper), JSON- and
-HTML-escaped. JWT-shaped strings and credential header values are redacted
+of the three byte alignments) and base64 of that base64, base32, percent-encoded,
+hex (lower/upper) of the UTF-8 and of the UTF-16 bytes, JSON- and HTML-escaped
+(including every character as ``\\uXXXX`` or as a numeric entity), reversed and
+spaced out. A secret split over several frames of one conversation is found by the
+flow runner, which looks at the joined stream. JWT-shaped strings and credential header values are redacted
 whatever their value. The forms of all registered secrets are compiled once (per
 change of the registry) into one regular expression whose alternatives share
 prefixes, so a pass over a text is linear in its length.
@@ -115,6 +118,10 @@ def _b64_cores(data: bytes) -> list[str]:
 def _case_forms(secret: str) -> list[str]:
     """Forms matched case-insensitively (or as exact/upper/lower when the value is short)."""
     data = secret.encode("utf-8")
+    # Every character escaped: JSON \uXXXX, HTML numeric entities (decimal, hex).
+    uescaped = "".join(f"\\u{ord(c):04x}" for c in secret if ord(c) < 0x10000)
+    decimal = "".join(f"&#{ord(c)};" for c in secret)
+    hexadecimal = "".join(f"&#x{ord(c):x};" for c in secret)
     forms = [
         secret,
         quote(secret, safe=""),
@@ -126,8 +133,20 @@ def _case_forms(secret: str) -> list[str]:
         html.escape(secret),
         html.escape(secret, quote=False),
         data.hex(),
+        uescaped,
+        decimal,
+        hexadecimal,
+        # UTF-16 code units in hex (little- and big-endian), reversed, spaced out.
+        secret.encode("utf-16-le").hex(),
+        secret.encode("utf-16-be").hex(),
+        secret[::-1],
+        " ".join(secret),
+        # Those escapes as they look once written into a JSON file (.ipynb) or HTML page.
+        json.dumps(uescaped)[1:-1],
+        html.escape(decimal),
+        html.escape(hexadecimal),
     ]
-    return list(dict.fromkeys(forms))
+    return list(dict.fromkeys(f for f in forms if f))
 
 
 def _exact_forms(secret: str) -> list[str]:
@@ -143,15 +162,38 @@ def _exact_forms(secret: str) -> list[str]:
         for core in (whole, *_b64_cores(spelling.encode("utf-8"))):
             if len(core) >= _B64_MIN_LEN:
                 out += [core, core.translate(str.maketrans("+/", "-_"))]
+    data = secret.encode("utf-8")
+    # Base64 of the base64 (padded and not), as a service that wraps a blob twice sends it.
+    for inner in dict.fromkeys((base64.b64encode(data), base64.b64encode(data).rstrip(b"="))):
+        for core in (base64.b64encode(inner).decode("ascii"), *_b64_cores(inner)):
+            if len(core) >= _B64_MIN_LEN:
+                out += [core, core.translate(str.maketrans("+/", "-_"))]
+    # Base32 (RFC 4648), upper and lower case, at each of the five byte alignments.
+    for core in (base64.b32encode(data).decode("ascii"), *_b32_cores(data)):
+        if len(core) >= _B64_MIN_LEN:
+            out += [core, core.lower()]
     return list(dict.fromkeys(out))
+
+
+def _b32_cores(data: bytes) -> list[str]:
+    """The base32 characters that ``data`` alone determines, at each byte alignment (as
+    :func:`_b64_cores`, with 5-bit characters in 5-byte groups)."""
+    out: list[str] = []
+    for a in range(5):
+        enc = base64.b32encode(b"\0" * a + data).decode("ascii")
+        start, end = -(-8 * a // 5), (8 * (a + len(data))) // 5
+        out.append(enc[start:end])
+    return out
 
 
 def secret_forms(secret: str) -> list[str]:
     """Every spelling of ``secret`` that :func:`redact` removes and the scan looks for.
 
     Raw, upper and lower case, percent-encoded (reserved characters only, every byte,
-    ``+`` for spaces), JSON- and HTML-escaped, hex, and the base64 cores (standard and
-    URL-safe) at byte alignments 0, 1 and 2. Case-insensitive matching applies to every
+    ``+`` for spaces), JSON- and HTML-escaped (also every character as ``\\uXXXX`` or
+    ``&#N;``/``&#xH;``), hex of UTF-8 and UTF-16, reversed, spaced out, the base64 cores
+    (standard and URL-safe) at byte alignments 0, 1 and 2, of the value and of its
+    base64, and base32 at every alignment. Case-insensitive matching applies to every
     form but the base64 ones when the value has at least 10 characters.
     """
     if not secret:
@@ -275,6 +317,13 @@ def find_secrets(text: str, extra: Iterable[str] = ()) -> list[str]:
     if not text:
         return []
     return [m.group(0) for rx in _text_regexes(extra) for m in rx.finditer(text)]
+
+
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence, in any form, of a registered secret in ``text``."""
+    if not text:
+        return []
+    return [m.span() for rx in _text_regexes() for m in rx.finditer(text)]
 
 
 def count_secrets(data: bytes | str, extra: Iterable[str] = ()) -> int:

@@ -34,6 +34,7 @@ from .evidence import RunContext
 from .exceptions import ConfigError
 from .interrupts import guarded
 from .kernels import execute_phase, signum_of
+from .manifest import unsealed_runs
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE
 from .results import Recommendation
 from .sandbox_session import SandboxSession
@@ -286,7 +287,7 @@ def run(
         note=lambda m: emit(Progress("note", message=m)),
     )
     with session as sb:
-        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes)
+        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes, sandbox_lost=sb.lost)
 
 
 @dataclass
@@ -299,6 +300,7 @@ class _RunState:
     outcomes: list[PhaseOutcome] = field(default_factory=list)
     records: dict[int, PhaseRecord] = field(default_factory=dict)
     deadline_hit: bool = False
+    lost: str = ""  # the sandbox died: where, and what it means
 
 
 def _run(
@@ -307,6 +309,7 @@ def _run(
     emit: ProgressFn,
     extra_secrets: Sequence[str],
     notes: list[str] | None = None,
+    sandbox_lost: Callable[[], str] | None = None,
 ) -> RunOutcome:
     t0 = time.monotonic()
     notes = notes if notes is not None else []
@@ -324,6 +327,15 @@ def _run(
         if not (nb_dir / PHASES[p].notebook).is_file():
             raise ConfigError(f"notebook for phase {p} not found: {nb_dir / PHASES[p].notebook}")
 
+    for name in unsealed_runs(options.out_dir):
+        emit(
+            Progress(
+                "note",
+                message=f"run folder {name} was never sealed (its run was killed, or is still "
+                f"running): `runbook verify {Path(options.out_dir) / name}` lists the phases "
+                "it recorded and any mutation it claimed",
+            )
+        )
     run_dir = evidence.create_run_dir(options.out_dir, settings.name).resolve()
     state = _RunState(run_dir, run_dir.name, datetime.now(UTC).isoformat())
     parameters = {
@@ -415,12 +427,18 @@ def _run(
                     message=outcome.reason or f"{outcome.duration_s:.1f} s",
                 )
             )
+            lost = sandbox_lost() if sandbox_lost is not None else ""
+            if lost:
+                # Nothing after this point would be about the service: stop and say why.
+                emit(Progress("note", message=f"{lost}; the run stops after phase {phase}"))
+                state.lost = f"phase {phase}: {lost}"
+                break
         during = "finalization"
-        ev = seal()
+        ev = seal({"signal": 0, "during": state.lost}) if state.lost else seal()
     except KeyboardInterrupt as exc:
         _seal_interrupted(exc, state, during, plan, seal, t0)
         raise
-    if state.deadline_hit or any(o.status == "error" for o in state.outcomes):
+    if state.deadline_hit or state.lost or any(o.status == "error" for o in state.outcomes):
         code = EXIT_NOTEBOOK_ERROR
     elif ev.verdict != "pass":
         code = EXIT_CHECK_FAILED

@@ -64,6 +64,7 @@ class SandboxSession:
         self.env_file: str = ""
         self.secrets: list[str] = []
         self._claim: Any = None
+        self.pid = 0
 
     def _claim_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
@@ -93,10 +94,29 @@ class SandboxSession:
         self.env_file = str(env_file or _REPO_ROOT / "environments" / "local.toml")
         # The sandbox's JWT secret is read inside the kernels: register it here too so
         # the final scan looks for it.
+        pid = getattr(info, "pid", 0)
+        self.pid = pid if isinstance(pid, int) else 0
         secret = getattr(info, "jwt_secret", "")
         if isinstance(secret, str) and register_secret(secret):
             self.secrets.append(secret)
         return self
+
+    def lost(self) -> str:
+        """Why the sandbox can no longer answer ('' while its daemon runs, or unknown)."""
+        if self.pid <= 0:
+            return ""
+        import psutil
+
+        try:
+            if psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE:
+                return ""
+        except psutil.Error:
+            pass
+        return (
+            f"the sandbox daemon (pid {self.pid}) is no longer running: the service, the "
+            "Cloud Run emulator and the auth service it provided are gone, so failures from "
+            "then on say nothing about the revision under test"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         if self._claim is not None:

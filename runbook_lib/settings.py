@@ -68,6 +68,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUTH_MODES = ("none", "bearer", "subprotocol", "query")
+# WebSocket paths probed one after another: more than this is a generated list, not a service.
+MAX_WS_PATHS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +497,12 @@ def load_settings(
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", src) from exc
+    except RecursionError as exc:  # tomllib recurses once per level of nested tables
+        raise ConfigError(
+            "not valid TOML for the runbook: tables or arrays are nested too deeply "
+            "(no environment key is more than a few levels deep)",
+            src,
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", src) from exc
     for dotted, value in (overrides or {}).items():
@@ -535,6 +543,12 @@ def settings_from_dict(
     if auth.mode not in AUTH_MODES:
         raise ConfigError(f"[auth] mode = {auth.mode!r}: expected one of {AUTH_MODES}", source)
     check_placeholders("auth.subprotocol", auth.subprotocol, ("token",), source)
+    if auth.mode == "subprotocol" and "{token}" not in auth.subprotocol:
+        raise ConfigError(
+            f"auth.subprotocol = {auth.subprotocol!r} has no {{token}}: with mode = "
+            '"subprotocol" the token would never be sent (e.g. "jwt.{token}")',
+            source,
+        )
     token = _env_value("auth.token_env", auth.token_env, env, source)
     secret = _env_value("auth.jwt_secret_env", auth.jwt_secret_env, env, source)
     register_secret(token)
@@ -800,6 +814,12 @@ def _validate_target(t: TargetSettings, source: str) -> TargetSettings:
         value = getattr(t, key)
         if value and not value.startswith("/"):
             raise ConfigError(f"target.{key} = {value!r} must start with '/'", source)
+    if len(t.ws_paths) > MAX_WS_PATHS:
+        raise ConfigError(
+            f"target.ws_paths has {len(t.ws_paths)} entries; at most {MAX_WS_PATHS} (each one "
+            "is probed in turn, every probe bounded by [timeouts])",
+            source,
+        )
     for p in t.ws_paths:
         if not p.startswith("/"):
             raise ConfigError(f"target.ws_paths entry {p!r} must start with '/'", source)

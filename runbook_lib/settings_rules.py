@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConfigError
 from .flows import Flow, FlowStep
+from .protocol import pattern_error
 
 if TYPE_CHECKING:
     from .protocol import ProtocolSettings
@@ -263,16 +264,13 @@ def check_placeholders(
             )
 
 
-def check_regex(key: str, pattern: Any, source: str) -> re.Pattern[str]:
-    """``pattern`` compiled (placeholders stand for literal text); a bad one names ``key``."""
+def check_regex(key: str, pattern: Any, source: str) -> None:
+    """Refuse a ``pattern`` that is not a regex the runbook can run in linear time; names ``key``."""
     if not isinstance(pattern, str) or not pattern:
         raise ConfigError(f"{key} must be a non-empty regular expression string", source)
-    try:
-        return re.compile(_PLACEHOLDER.sub("x", pattern))
-    except re.error as exc:
-        raise ConfigError(
-            f"{key} = {pattern!r} is not a valid regular expression: {exc}", source
-        ) from exc
+    why = pattern_error(pattern)
+    if why:
+        raise ConfigError(f"{key} = {pattern!r} is not a valid regular expression: {why}", source)
 
 
 _STEP_KEYS = ("send", "expect", "expect_pattern", "expect_event", "capture", "timeout_s")

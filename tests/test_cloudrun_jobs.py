@@ -14,7 +14,13 @@ import pytest
 
 from runbook_lib import steps
 from runbook_lib.checks import judge_load
-from runbook_lib.cloudrun_jobs import job_body, job_path, read_task_results, total_sessions
+from runbook_lib.cloudrun_jobs import (
+    job_body,
+    job_path,
+    read_task_results,
+    run_overrides,
+    total_sessions,
+)
 from runbook_lib.context import open_phase
 from runbook_lib.exceptions import ConfigError
 from runbook_lib.histogram import LatencyHistogram
@@ -79,7 +85,12 @@ def test_job_body_carries_the_plan_without_the_token():
     env = {e["name"]: e["value"] for e in body["template"]["template"]["containers"][0]["env"]}
     assert token not in env["RUNBOOK_LOAD_PLAN"]
     assert json.loads(env["RUNBOOK_LOAD_PLAN"])["headers"] == [["Authorization", "Bearer {token}"]]
-    assert env["RUNBOOK_LOAD_TOKEN"] == token
+    # The job (kept between runs, readable with run.jobs.get) never holds the token: the
+    # execution's overrides carry it.
+    assert "RUNBOOK_LOAD_TOKEN" not in env and token not in json.dumps(body)
+    (override,) = run_overrides(token)["containerOverrides"]
+    assert override["env"] == [{"name": "RUNBOOK_LOAD_TOKEN", "value": token}]
+    assert run_overrides("") == {}
     assert body["template"]["taskCount"] == 4
     assert body["template"]["template"]["maxRetries"] == 1
     assert body["template"]["template"]["timeout"] == "60s"
@@ -221,6 +232,23 @@ async def test_phase4_on_a_job_matches_a_local_run(sandbox, tmp_path, monkeypatc
         assert rec[key] == lrec[key], key
     assert rec["success_rate"] == lrec["success_rate"] == 1.0
     assert {r.status for r in local_rep.results} == {"pass"}
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_the_load_token_is_never_on_the_job_and_leaves_with_the_execution(sandbox, tmp_path):
+    """With auth on, the tasks get the token from the execution's overrides (the emulator
+    resolves them as Cloud Run does), the job never holds it, the execution is deleted."""
+    ctx, rep, _ = await _load_step(sandbox, tmp_path, _job_overrides(**{"load.tasks": 2}))
+    rec = ctx.artifacts["load"]
+    assert ctx.settings.auth.enabled and rec["problems"] == [], rec["problems"]
+    assert {r.status for r in rep.results} == {"pass"}, [r.detail for r in rep.results]
+    assert rec["token_note"] == ""
+    base = _emulator_url(ctx)
+    job = (await _api("GET", f"{base}/v2/{rec['job']}")).json()
+    names = [e["name"] for e in job["template"]["template"]["containers"][0]["env"]]
+    assert "RUNBOOK_LOAD_TOKEN" not in names
+    assert (await _api("GET", f"{base}/v2/{rec['execution']}")).status_code == 404
 
 
 @pytest.mark.e2e

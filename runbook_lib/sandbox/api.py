@@ -23,6 +23,7 @@ Cloud Run Jobs (issue 13; state in :mod:`.jobs`):
 - ``GET /v2/projects/*/locations/*/jobs/*/executions/*``     get execution
 - ``GET /v2/projects/*/locations/*/jobs/*/executions/*/tasks``  list tasks
 - ``POST /v2/projects/*/locations/*/jobs/*/executions/*:cancel``  cancel (kill its tasks)
+- ``DELETE /v2/projects/*/locations/*/jobs/*/executions/*``  delete a finished execution
 - ``POST /sandbox/jobs:killTask``                            test hook: kill the next run's task
 """
 
@@ -396,6 +397,19 @@ def _jobs_routes(app: FastAPI, emulator: CloudRunEmulator) -> tuple[Any, Any]:
             op = jobs.cancel(ex)
             return wire.job_operation_json(op.name, op.target)
         return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
+
+    @app.delete("/v2/{path:path}", response_model=None)
+    async def jobs_delete(path: str, request: Request) -> Any:
+        if not re.fullmatch(rf"{_JOB_RE}/executions/[^/]+", path):
+            return _error(404, "NOT_FOUND", f"Requested entity was not found: /v2/{path}")
+        ex = jobs.execution(path)
+        if ex is None:
+            return not_found(path)
+        try:
+            op = jobs.delete_execution(ex)
+        except ValueError as exc:
+            return _error(400, "FAILED_PRECONDITION", str(exc))
+        return wire.job_operation_json(op.name, op.target)
 
     @app.post("/sandbox/jobs:killTask", response_model=None)
     async def kill_task(request: Request) -> Any:

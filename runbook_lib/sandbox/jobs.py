@@ -116,6 +116,36 @@ def _validate_template(template: Any) -> dict[str, Any]:
     return dict(template)
 
 
+def _override_containers(inner: dict[str, Any], overrides: Any) -> dict[str, Any]:
+    """The task template with ``RunJobRequest.overrides.containerOverrides`` applied: each
+    override's ``env`` replaces or adds variables of the container it names (the only
+    container when it names none), ``args`` replace the arguments (``clearArgs`` empties
+    them), for this execution only."""
+    if not isinstance(overrides, list):
+        raise ValueError("overrides.containerOverrides must be a list")
+    containers = [dict(c) for c in inner.get("containers") or []]
+    for o in overrides:
+        if not isinstance(o, Mapping):
+            raise ValueError("overrides.containerOverrides[] must be objects")
+        name = o.get("name") or ""
+        target = next((c for c in containers if (c.get("name") or "") == name), None)
+        if target is None:
+            if name or len(containers) != 1:
+                raise ValueError(f"container override names no container of the job: {name!r}")
+            target = containers[0]
+        env = {str(v["name"]): v for v in target.get("env") or [] if isinstance(v, Mapping)}
+        for var in o.get("env") or []:
+            if not isinstance(var, Mapping) or not var.get("name"):
+                raise ValueError("overrides.containerOverrides[].env[] needs a name")
+            env[str(var["name"])] = dict(var)
+        target["env"] = list(env.values())
+        if o.get("clearArgs"):
+            target["args"] = []
+        elif o.get("args"):
+            target["args"] = list(o["args"])
+    return {**inner, "containers": containers}
+
+
 class JobRunner:
     """Jobs, executions and their task processes for the emulator.
 
@@ -212,6 +242,7 @@ class JobRunner:
         if overrides:
             count = int(overrides.get("taskCount") or count)
             timeout = _seconds(overrides.get("timeout"), timeout)
+            inner = _override_containers(inner, overrides.get("containerOverrides") or [])
         ex = ExecutionState(
             name=f"{job.name}-{_suffix()}",
             job=job,
@@ -227,6 +258,13 @@ class JobRunner:
         task = asyncio.get_running_loop().create_task(self._execute(ex, kills))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return self._operation("execution", ex)
+
+    def delete_execution(self, ex: ExecutionState) -> _Operation:
+        """``executions.delete``: forget a finished execution (and the overrides it held)."""
+        if not ex.done:
+            raise ValueError(f"execution {ex.name} is still running: cancel it first")
+        ex.job.executions.remove(ex)
         return self._operation("execution", ex)
 
     async def _execute(self, ex: ExecutionState, kills: dict[int, float]) -> None:

@@ -27,7 +27,7 @@ from ..checks import (
 )
 from ..context import PhaseContext, StepReport
 from ..results import CheckResult
-from .common import applies, report, step, table
+from .common import applies, dropped_words, report, step, table
 
 if TYPE_CHECKING:
     from ..flows import FlowObservation
@@ -50,6 +50,8 @@ def flow_frame_rows(obs: FlowObservation) -> list[dict[str, Any]]:
     ]
     if not obs.connected:
         rows.append({"kind": "connect", "outcome": "failed", "detail": obs.stop_detail[:160]})
+    if obs.frames_dropped:  # before the frames: a long table is cut, this row must show
+        rows.append({"kind": "dropped", "detail": dropped_words(obs.frames_dropped)})
     rows += [
         {
             "t_ms": round(f.t * 1000, 1),

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from ..tokens import ConnectAuth
 
 __all__ = [
+    "TABLE_MAX_ROWS",
     "applies",
     "cloudrun",
     "connect_auth",
+    "dropped_words",
     "dry_run",
     "evidence_scope",
     "handshake_rows",
@@ -213,11 +215,31 @@ def dry_run(
     )
 
 
-def table(rows: list[dict[str, Any]]) -> Any:
-    """A DataFrame of ``rows`` (pandas imported on first use)."""
+# Rows a notebook table shows: every row is rendered into the executed notebook and its
+# HTML, so a chatty service must not turn the audit record into hundreds of megabytes.
+TABLE_MAX_ROWS = 100
+
+
+def table(rows: list[dict[str, Any]], max_rows: int = TABLE_MAX_ROWS) -> Any:
+    """A DataFrame of ``rows`` (pandas imported on first use); past ``max_rows`` the rest
+    is summarised in one last row that says how many were not shown."""
     import pandas as pd
 
+    if len(rows) > max_rows:
+        first = next(iter(rows[0]), "note")
+        more = len(rows) - max_rows
+        rows = [*rows[:max_rows], {first: f"... {more} more row(s) not shown"}]
     return pd.DataFrame(rows)
+
+
+def dropped_words(n: int) -> str:
+    """What a table says about frames received but not kept."""
+    from ..flow_runner import MAX_FRAMES_KEPT
+
+    return (
+        f"{n} more frame(s) received and judged but not recorded (a session keeps its first "
+        f"{MAX_FRAMES_KEPT} frames and every matching, error or foreign one)"
+    )
 
 
 def cloudrun(ctx: PhaseContext) -> CloudRun:

@@ -53,6 +53,7 @@ async def load_on_job(ctx: PhaseContext, plan: LoadPlan) -> StepReport:
         "execution_finished": run.finished,
         "job_duration_s": round(run.duration_s, 3),
         "problems": problems,
+        "token_note": run.token_note,
     }
     ctx.artifacts["load"] = rec
     if problems:
@@ -110,7 +111,8 @@ async def load_on_job(ctx: PhaseContext, plan: LoadPlan) -> StepReport:
             "attempt": None,
         }
     )
-    return report(results, table=table(rows), figure=fig)
+    # A token left readable in the execution is a finding the operator must act on.
+    return report(results, table=table(rows), figure=fig, note=run.token_note)
 
 
 def _q(rec: dict, q: float) -> float | None:

@@ -18,6 +18,7 @@ from ..results import CheckResult
 from .common import (
     applies,
     connect_auth,
+    dropped_words,
     evidence_scope,
     handshake_rows,
     log_step,
@@ -122,6 +123,8 @@ async def ws_roundtrip(ctx: PhaseContext) -> StepReport:
         }
         for f in obs.frames
     ]
+    if obs.frames_dropped:  # first: a long table is cut, this row must show
+        rows.insert(0, {"kind": "dropped", "excerpt": dropped_words(obs.frames_dropped)})
     return report([judge_ws_roundtrip(obs)], table=table(rows) if rows else None)
 
 
