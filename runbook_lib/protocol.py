@@ -44,6 +44,8 @@ __all__ = [
     "has_path",
     "parse_frame",
     "pattern_error",
+    "placeholder_names",
+    "placeholder_re",
     "render_message",
     "render_pattern",
     "render_template",
@@ -163,6 +165,22 @@ def first_path(obj: Any, paths: Iterable[str]) -> str | None:
         if text:
             return text
     return None
+
+
+def placeholder_re() -> re.Pattern[str]:
+    """The regex of a ``{name}`` placeholder (group 1 = the name)."""
+    return _PLACEHOLDER
+
+
+def placeholder_names(template: Any) -> set[str]:
+    """Every ``{name}`` placeholder of ``template`` (a string, or every string of a table)."""
+    if isinstance(template, str):
+        return set(_PLACEHOLDER.findall(template))
+    if isinstance(template, Mapping):
+        return set().union(*(placeholder_names(v) for v in template.values()))
+    if isinstance(template, (list, tuple)):
+        return set().union(*(placeholder_names(v) for v in template))
+    return set()
 
 
 def _substitute(text: str, values: Mapping[str, str]) -> str:
