@@ -8,9 +8,13 @@ uvloop when installed). It knows nothing about ``LoadPlan``/``LoadReport``: it t
 Design notes (why it looks like this):
 
 - Sessions are picows listeners driven by callbacks; the only per-session coroutine
-  is the one that connects and then waits for the disconnect. Per message there is no
-  task, no future and no timer: send time and reply time are two ``perf_counter``
-  reads, and one sweeper per worker enforces the reply and close timeouts.
+  is the one that connects and then waits for the disconnect. Each session runs the
+  load flow whole (sends, expects, patterns, captures): the steps are compiled once per
+  worker (:class:`runbook_lib.flows.LoadMatcher`, the same matching rules as every other
+  flow), sends without per-session values are pre-encoded, and verdicts of steps that
+  name no per-session value are cached by payload. Per step there is no task, no future
+  and no timer: an expect step's time is two ``perf_counter`` reads, and one sweeper per
+  worker enforces each step's ``timeout_s`` and the close timeout.
 - Samples go to ``array('d')`` (compact, fast to append, picklable as bytes), so a run
   of 100k+ sessions keeps every raw sample without numpy in the workers.
 - Arrivals are open-loop: session *i* is planned at a fixed time; when the generator
