@@ -313,21 +313,20 @@ def default_flows(
         "chat": Flow("chat", (FlowStep(send=protocol.chat_message), done)),
         "load": Flow("load", (FlowStep(send=protocol.ping), pong)),
         "isolation": Flow("isolation", agent.steps),
-        "auth": Flow("auth", (FlowStep(send=protocol.ping), pong)),
     }
 
 
 # A flow the user did not define falls back to another flow the user did define before
 # the seed's default: an isolation test of a service whose agent conversation is
 # configured must run that conversation, not the seed's.
-_FALLBACK = {"isolation": ("agent",), "auth": ("load",)}
+_FALLBACK = {"isolation": ("agent",)}
 
 
 def resolve_flow(settings: Settings, name: str) -> Flow:
     """The user's ``[flows.NAME]`` when defined, else the seed's default.
 
     ``isolation`` not defined but ``agent`` defined: the user's agent flow (renamed);
-    ``auth`` not defined: the ``load`` flow. With ``[auth] mode = "message"`` a flow
+    ``auth`` not defined: the ``load`` flow (keeping its name). With ``[auth] mode = "message"`` a flow
     that does not send ``{token}`` itself runs after the ``auth`` flow's steps, so
     every session logs in first.
 
@@ -346,6 +345,10 @@ def _own_flow(settings: Settings, name: str) -> Flow:
     user = settings.flows.get(name)
     if user is not None:
         return user
+    if name == "auth":
+        # No conversation of its own: the auth checks probe with the load flow (the
+        # user's, or the seed's ping), named as such in what they report.
+        return _own_flow(settings, "load")
     for other in _FALLBACK.get(name, ()):
         if other in settings.flows:
             return Flow(name, settings.flows[other].steps)
