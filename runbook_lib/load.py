@@ -1,8 +1,9 @@
 """Load engine: thousands of WebSocket sessions with per-message timing, honestly reported.
 
-``run_load(plan)`` opens ``plan.sessions`` sessions (connect, ``messages`` round trips,
-optional hold, close) against one WebSocket URL and returns a :class:`LoadReport` with
-every raw sample (connect time, first response, per-message round trip, arrival lag),
+``run_load(plan)`` opens ``plan.sessions`` sessions (connect, the load flow run
+``messages`` times: every send, expect, pattern and capture; optional hold, close)
+against one WebSocket URL and returns a :class:`LoadReport` with every raw sample
+(connect time, first response, each expect step's time with its step, arrival lag),
 errors by kind and the handshake statuses seen. It never raises for target behaviour:
 refusals, HTTP statuses, timeouts and abrupt closes are counted as error kinds.
 
