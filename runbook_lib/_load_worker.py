@@ -50,7 +50,7 @@ from picows import (
     ws_connect,
 )
 
-from .flows import FlowStep, LoadMatcher, load_session_names
+from .flows import FlowStep, LoadMatcher, SessionTemplate, load_session_names
 from .protocol import compile_pattern, placeholder_names, render_values
 
 __all__ = ["WorkerSpec", "arrival_offset", "run_worker", "worker_process_main"]
@@ -154,7 +154,7 @@ class _Generator:
         self.base_values = values
         # One entry per step: bytes to send as they are, a template rendered per
         # session (None, template), or an expect step's matcher.
-        self.steps: list[bytes | tuple[None, Any] | LoadMatcher] = []
+        self.steps: list[bytes | SessionTemplate | LoadMatcher] = []
         dynamic = False
         for step in spec.steps:
             if step.send is None:
@@ -164,7 +164,7 @@ class _Generator:
             elif placeholder_free(step.send, session):
                 self.steps.append(render_values(step.send, values).encode())
             else:
-                self.steps.append((None, step.send))
+                self.steps.append(SessionTemplate(step.send, values, session))
                 dynamic = True
         self.dynamic = dynamic
         self.needs_json = any(isinstance(m, LoadMatcher) and m.needs_json for m in self.steps)
@@ -207,9 +207,6 @@ class _Generator:
             values["token"] = self.spec.token
         return values
 
-    def render(self, template: Any, values: dict[str, str] | None) -> bytes:
-        return render_values(template, values or self.base_values).encode()
-
     def match(
         self, index: int, payload: bytes, values: dict[str, str] | None
     ) -> dict[str, str] | bool | None:
@@ -229,7 +226,7 @@ class _Generator:
             except ValueError:
                 obj = None
         kind = _frame_type(obj, self.paths)
-        text = payload.decode("utf-8", "replace")
+        text = payload.decode("utf-8", "replace") if matcher.pattern or self.error_rx else ""
         got: dict[str, str] | bool | None = matcher.match(
             text, obj, kind, values or self.base_values, self.ignore_types
         )
@@ -328,7 +325,7 @@ class _Session(WSListener):
             if isinstance(step, LoadMatcher):
                 self.wait_until = _perf() + step.timeout_s
                 return
-            payload = step if isinstance(step, bytes) else gen.render(step[1], self.values)
+            payload = step if isinstance(step, bytes) else step.render(self.values or {}).encode()
             self.mark = _perf()
             transport.send(_TEXT, payload)
             self.step += 1
