@@ -423,7 +423,8 @@ def _search(
     tools: list[str], attempt: Any, starts: dict[str, float], max_rate: float
 ) -> tuple[dict[str, Step | None], dict[str, Step | None]]:
     """Step every tool's rate up (x1.25 from its start) until a run misses twice, then
-    try once halfway between its last pass and its miss; tools interleaved per step."""
+    try once halfway between its last pass and its miss; tools interleaved per step. A
+    tool that misses its first rate is stepped down (halved, not below 10/s) first."""
     best: dict[str, Step | None] = {t: None for t in tools}
     miss: dict[str, Step | None] = {t: None for t in tools}
     rates = dict(starts)
@@ -437,6 +438,10 @@ def _search(
             if step.ok:
                 best[tool] = step
                 rates[tool] = round(rate * 1.25)
+            elif best[tool] is None and rate > 10:
+                # Missed its very first rate (a busy machine): step down instead.
+                rates[tool] = max(round(rate / 2), 10)
+                continue
             else:
                 miss[tool] = step
             if not step.ok or rates[tool] > max_rate:
