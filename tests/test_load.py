@@ -189,6 +189,10 @@ async def test_target_that_never_replies_gives_reply_timeouts(target) -> None:
     assert time.monotonic() - t0 < T(5.0)
     _consistent(report)
     assert report.errors_by_kind == {"timeout_reply": 3}
+    from runbook_lib.checks.monitor import judge_load
+
+    rate = {r.id: r for r in judge_load(report, success_rate=0.8, p95_s=3.0)}["load.success_rate"]
+    assert rate.status == "fail" and "no matching frame within its timeout_s" in rate.detail
     assert report.handshake_statuses == {101: 3}
 
 
@@ -370,6 +374,10 @@ async def test_load_sessions_run_a_whole_pubsub_flow_with_captures(pubsub) -> No
     assert [r["step"] for r in rec["steps"]] == [2, 4]
     assert all(r["samples"] == 12 and r["p95_s"] > 0 for r in rec["steps"])
     assert report.p95_s is not None and report.rtt_s.size == 24
+    from runbook_lib.checks.monitor import judge_load
+
+    p95 = {r.id: r for r in judge_load(report, success_rate=0.8, p95_s=3.0)}["load.latency_p95"]
+    assert p95.status == "pass" and "per step: step 2 p95" in p95.detail and "step 4" in p95.detail
 
 
 async def test_a_flow_step_waits_only_its_own_timeout(pubsub) -> None:
@@ -380,6 +388,10 @@ async def test_a_flow_step_waits_only_its_own_timeout(pubsub) -> None:
     plan = _plan(url, sessions=3, messages=1, steps=_pubsub_steps(0.3), message_timeout_s=T(30))
     report = await run_load(plan)
     assert report.errors_by_kind == {"timeout_reply": 3}
+    from runbook_lib.checks.monitor import judge_load
+
+    rate = {r.id: r for r in judge_load(report, success_rate=0.8, p95_s=3.0)}["load.success_rate"]
+    assert rate.status == "fail" and "no matching frame within its timeout_s" in rate.detail
     assert time.monotonic() - started < T(10)  # 0.3 s step bound, not the 30 s default
     assert report.rtt_step.tolist() == [1, 1, 1]  # the acks were answered and timed
 
