@@ -376,6 +376,8 @@ def load_session_names(steps: Sequence[FlowStep]) -> frozenset[str]:
     names = set(LOAD_SESSION_NAMES)
     for s in steps:
         names.update(str(k) for k in s.capture)
+        if s.expect_pattern:  # a named group captures too (match_step keeps it)
+            names.update(re.findall(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>", s.expect_pattern))
     return frozenset(names)
 
 

@@ -402,3 +402,58 @@ async def test_an_error_frame_is_an_answer_not_a_timeout(pubsub) -> None:
     report = await run_load(_plan(url, sessions=4, messages=1, steps=_pubsub_steps(T(20))))
     assert report.errors_by_kind == {"error_frame": 4}
     assert report.duration_s < T(5)
+
+
+@pytest.fixture
+async def text_room() -> AsyncIterator[str]:
+    """A plain-text room server: ``JOIN r`` -> ``JOINED r as guestN``, ``SAY r text`` ->
+    ``[r] guestN: text`` to everyone in the room."""
+    rooms: dict[str, set[ServerConnection]] = {}
+    guests = iter(range(1, 1_000_000))
+
+    async def handler(ws: ServerConnection) -> None:
+        nick = f"guest{next(guests)}"
+        async for raw in ws:
+            verb, room, *rest = str(raw).split(" ", 2)
+            if verb == "JOIN":
+                rooms.setdefault(room, set()).add(ws)
+                await ws.send(f"JOINED {room} as {nick}")
+            elif verb == "SAY":
+                for peer in list(rooms.get(room, ())):
+                    with contextlib.suppress(Exception):
+                        await peer.send(f"[{room}] {nick}: {rest[0] if rest else ''}")
+            else:
+                await ws.send(f"ERR unknown {verb}")
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+async def test_a_text_flow_captures_by_named_group_and_matches_its_own_lines(text_room) -> None:
+    """Text frames: a named group captures the nick, later steps use it; an error line
+    (error_pattern) instead of the awaited one is error_frame."""
+    steps = (
+        FlowStep(send="JOIN r-{marker}"),
+        FlowStep(expect_pattern="^JOINED r-{marker} as (?P<nick>\\S+)$"),
+        FlowStep(send="SAY r-{marker} hello {marker}"),
+        FlowStep(expect_pattern="^\\[r-{marker}\\] {nick}: hello {marker}$"),
+        FlowStep(send="SAY r-{marker} bye {marker}"),
+        FlowStep(expect_pattern="bye {marker}"),  # a literal: a substring test per session
+        FlowStep(send="SAY r-{marker} again"),
+        FlowStep(expect_pattern=": again$"),
+        FlowStep(send="SAY r-{marker} by {nick}"),
+        FlowStep(expect_pattern="^\\S+ {nick}: by "),  # the capture alone makes it per session
+    )
+    plan = _plan(text_room, sessions=8, messages=2, steps=steps, type_paths=(), error_types=())
+    report = await run_load(plan)
+    _consistent(report)
+    assert report.succeeded == 8, report.errors_by_kind
+    assert sorted(set(report.rtt_step.tolist())) == [1, 3, 5, 7, 9] and report.rtt_s.size == 80
+    from runbook_lib.flows import load_session_names
+
+    assert "nick" in load_session_names(steps)
+    bad = (FlowStep(send="PART r-{marker}"), FlowStep(expect_pattern="^PARTED"))
+    report = await run_load(
+        _plan(text_room, sessions=3, steps=bad, type_paths=(), error_pattern="^ERR ")
+    )
+    assert report.errors_by_kind == {"error_frame": 3}
