@@ -21,6 +21,12 @@ Parts (``--only``):
   for the engine also p99 round trip < 50 ms and no arrival-lag flag. A miss is retried
   once (other work on the machine adds noise), then one step halfway is tried. Tools
   are interleaved per step so background noise hits them alike.
+- ``flow``: a whole conversation against ``pubsub_target.py`` (subscribe -> ack with a
+  subscription id, captured -> publish -> notification for that id; 5 times per
+  session = 20 frames, as many as the echo session), next to the single round trip
+  (echo) and Artillery's ``ws`` engine running the same conversation: frames per
+  generator CPU-second at one modest rate (robust to other work on the machine), then
+  each one's sustained rate found by the same step search as ``rate``.
 - ``overload``: the engine planned at 2x its sustained rate: planned vs achieved rate
   and arrival lag, and whether the report marks itself (behind schedule / saturated).
   Artillery's first missed step is shown for comparison (its own error count).
@@ -40,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -55,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from runbook_lib.flows import FlowStep  # noqa: E402
 from runbook_lib.load import LoadPlan, LoadReport, run_load  # noqa: E402
 
 NODE_DIR = HERE / ".node"
@@ -64,7 +72,25 @@ GEN_CPU = 1
 PAYLOAD = '{"type":"echo","seq":1}'
 MESSAGES = 10
 P99_LIMIT_S = 0.050
-PARTS = ("rate", "overload", "concurrency", "accuracy", "sandbox")
+PARTS = ("rate", "flow", "overload", "concurrency", "accuracy", "sandbox")
+# The echo session as a flow: one send, one reply, MESSAGES times.
+ECHO_STEPS = (FlowStep(send=PAYLOAD), FlowStep(expect_event="echo"))
+# The flow part's conversation against pubsub_target.py, FLOW_RUNS times per session so
+# that a session moves as many frames as the echo session (4 x 5 = 2 x 10 = 20).
+FLOW_STEPS = (
+    FlowStep(send={"op": "subscribe", "topic": "t-{marker}", "id": "{run_id}"}),
+    FlowStep(expect={"type": "ack", "id": "{run_id}"}, capture={"sub": "sub"}),
+    FlowStep(send={"op": "publish", "topic": "t-{marker}", "data": "{marker}"}),
+    FlowStep(expect={"type": "notification", "sub": "{sub}"}),
+)
+FLOW_RUNS = 5
+FRAMES_PER_SESSION = 2 * MESSAGES
+FLOW_TOOLS = ("roundtrip", "flow", "artillery-flow")
+FLOW_LABEL = {
+    "roundtrip": "engine, single round trip (echo, 10 per session)",
+    "flow": "engine, subscribe -> ack -> publish -> notification (x5 per session)",
+    "artillery-flow": "Artillery 2 (ws engine), the same conversation (x5 per session)",
+}
 TOOLS = ("artillery", "websockets", "picows", "engine")
 TOOL_LABEL = {
     "artillery": "Artillery 2 (ws engine)",
@@ -124,9 +150,12 @@ def judge(step: Step) -> Step:
 
 
 @contextlib.contextmanager
-def echo_target(delay_ms: float = 0.0) -> Iterator[tuple[str, list[str]]]:
-    """Start the echo target pinned to core 0; yield its URL and (later) its output."""
-    cmd = [sys.executable, str(HERE / "echo_target.py"), "--cpu", str(TARGET_CPU)]
+def echo_target(
+    delay_ms: float = 0.0, script: str = "echo_target.py"
+) -> Iterator[tuple[str, list[str]]]:
+    """Start the echo (or another) target pinned to core 0; yield its URL and (later)
+    its output."""
+    cmd = [sys.executable, str(HERE / script), "--cpu", str(TARGET_CPU)]
     if delay_ms:
         cmd += ["--delay-ms", str(delay_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -175,7 +204,35 @@ def ensure_artillery() -> str | None:
     return str(ARTILLERY)
 
 
-def run_artillery(binary: str, url: str, rate: float, duration: float) -> Step:
+ECHO_LOOP = [{"send": {"payload": PAYLOAD, "match": {"json": "$.type", "value": "echo"}}}]
+# The flow part's conversation in Artillery's ws engine: send and wait for the match,
+# capture the subscription id; ``$uuid`` is per virtual user, as {marker} per session.
+FLOW_LOOP = [
+    {
+        "send": {
+            "payload": {"op": "subscribe", "topic": "t-{{ $uuid }}", "id": "{{ $uuid }}"},
+            "match": {"json": "$.type", "value": "ack"},
+            "capture": {"json": "$.sub", "as": "sub"},
+        }
+    },
+    {
+        "send": {
+            "payload": {"op": "publish", "topic": "t-{{ $uuid }}", "data": "{{ $uuid }}"},
+            "match": {"json": "$.sub", "value": "{{ sub }}"},
+        }
+    },
+]
+
+
+def run_artillery(
+    binary: str,
+    url: str,
+    rate: float,
+    duration: float,
+    loop: list[dict[str, Any]] | None = None,
+    count: int = MESSAGES,
+    tool: str = "artillery",
+) -> Step:
     """One Artillery phase at ``rate`` arrivals/s for ``duration`` s."""
     scenario = {
         "config": {
@@ -183,22 +240,7 @@ def run_artillery(binary: str, url: str, rate: float, duration: float) -> Step:
             "phases": [{"duration": int(duration), "arrivalRate": int(rate)}],
         },
         "scenarios": [
-            {
-                "engine": "ws",
-                "flow": [
-                    {
-                        "loop": [
-                            {
-                                "send": {
-                                    "payload": PAYLOAD,
-                                    "match": {"json": "$.type", "value": "echo"},
-                                }
-                            }
-                        ],
-                        "count": MESSAGES,
-                    }
-                ],
-            }
+            {"engine": "ws", "flow": [{"loop": loop or ECHO_LOOP, "count": count}]},
         ],
     }
     planned = int(rate) * int(duration)
@@ -217,7 +259,7 @@ def run_artillery(binary: str, url: str, rate: float, duration: float) -> Step:
         )
         if not out.exists():
             return Step(
-                "artillery",
+                tool,
                 rate,
                 duration,
                 planned,
@@ -234,7 +276,7 @@ def run_artillery(binary: str, url: str, rate: float, duration: float) -> Step:
     span = (agg.get("lastCounterAt", 0) - agg.get("firstCounterAt", 0)) / 1e3
     session = agg.get("summaries", {}).get("vusers.session_length", {})
     return Step(
-        "artillery",
+        tool,
         rate,
         duration,
         planned,
@@ -290,8 +332,7 @@ def engine_plan(url: str, **kw: Any) -> LoadPlan:
     base: dict[str, Any] = dict(
         url=url,
         messages=MESSAGES,
-        message=PAYLOAD,
-        reply_types=("echo",),
+        steps=ECHO_STEPS,
         workers=1,
         connect_timeout_s=10.0,
         message_timeout_s=10.0,
@@ -300,14 +341,15 @@ def engine_plan(url: str, **kw: Any) -> LoadPlan:
     return LoadPlan(**base)
 
 
-def run_engine(url: str, rate: float, duration: float) -> tuple[Step, LoadReport]:
+def run_engine(
+    url: str, rate: float, duration: float, tool: str = "engine", **kw: Any
+) -> tuple[Step, LoadReport]:
     """One engine run at ``rate`` sessions/s for ``duration`` s."""
     planned = int(rate * duration)
-    report = asyncio.run(
-        run_load(engine_plan(url, sessions=planned, rate=rate, deadline_s=duration * 4 + 30))
-    )
+    plan = engine_plan(url, sessions=planned, rate=rate, deadline_s=duration * 4 + 30, **kw)
+    report = asyncio.run(run_load(plan))
     step = Step(
-        "engine",
+        tool,
         rate,
         duration,
         planned,
@@ -375,6 +417,133 @@ def part_rate(args: argparse.Namespace, artillery: str | None) -> dict[str, Any]
                 if step.ok:
                     best[tool] = step
     return {"best": best, "first_miss": first_miss, "history": history}
+
+
+def _search(
+    tools: list[str], attempt: Any, starts: dict[str, float], max_rate: float
+) -> tuple[dict[str, Step | None], dict[str, Step | None]]:
+    """Step every tool's rate up (x1.25 from its start) until a run misses twice, then
+    try once halfway between its last pass and its miss; tools interleaved per step. A
+    tool that misses its first rate is stepped down (halved, not below 10/s) first."""
+    best: dict[str, Step | None] = {t: None for t in tools}
+    miss: dict[str, Step | None] = {t: None for t in tools}
+    rates = dict(starts)
+    active = list(tools)
+    while active:
+        for tool in list(active):
+            rate = rates[tool]
+            step = attempt(tool, rate)
+            if not step.ok:
+                step = attempt(tool, rate)
+            if step.ok:
+                best[tool] = step
+                rates[tool] = round(rate * 1.25)
+            elif best[tool] is None and rate > 10:
+                # Missed its very first rate (a busy machine): step down instead.
+                rates[tool] = max(round(rate / 2), 10)
+                continue
+            else:
+                miss[tool] = step
+            if not step.ok or rates[tool] > max_rate:
+                active.remove(tool)
+    for tool in tools:
+        ok, missed = best[tool], miss[tool]
+        if ok is not None and missed is not None:
+            mid = round((ok.rate + missed.rate) / 2)
+            step = attempt(tool, mid)
+            if step.ok or attempt(tool, mid).ok:
+                best[tool] = step if step.ok else best[tool]
+    return best, miss
+
+
+def part_flow(args: argparse.Namespace, artillery: str | None) -> dict[str, Any]:
+    """Frame rate of a whole conversation next to the single round trip's, and Artillery
+    running the same conversation (same frames per session, same cores)."""
+    tools = [t for t in FLOW_TOOLS if t != "artillery-flow" or artillery]
+    history: list[Step] = []
+    with echo_target() as (echo_url, _), echo_target(script="pubsub_target.py") as (ps_url, _):
+
+        def attempt(tool: str, rate: float) -> Step:
+            d = args.duration
+            if tool == "roundtrip":
+                step = run_engine(echo_url, rate, d, tool)[0]
+            elif tool == "flow":
+                step = run_engine(
+                    ps_url, rate, d, tool, steps=FLOW_STEPS, messages=FLOW_RUNS,
+                    values=(("run_id", "bench"), ("marker", "mk")),
+                )[0]  # fmt: skip
+            else:
+                step = run_artillery(
+                    artillery or "", ps_url, rate, d, FLOW_LOOP, FLOW_RUNS, "artillery-flow"
+                )
+            judge(step)
+            history.append(step)
+            log(f"  {tool:14s} {rate:7.0f}/s -> {'ok' if step.ok else 'MISS: ' + step.why}")
+            return step
+
+        cpu = flow_cpu(args, artillery, tools, echo_url, ps_url)
+        starts = {t: args.flow_start_rate for t in tools}
+        if "artillery-flow" in starts:
+            starts["artillery-flow"] = args.flow_artillery_start
+        best, miss = _search(tools, attempt, starts, args.max_rate)
+    return {"best": best, "first_miss": miss, "history": history, "cpu": cpu}
+
+
+def _children_cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def flow_cpu(
+    args: argparse.Namespace, artillery: str | None, tools: list[str], echo_url: str, ps_url: str
+) -> dict[str, dict[str, Any]]:
+    """Frames per second of generator CPU, each tool at the same modest rate: what the
+    generator itself costs per frame, whatever else the machine is running (the step
+    search's figures move with other work; CPU seconds per frame barely do).
+
+    The engine's figure is its worker's CPU during the run; Artillery's is its process
+    tree's CPU minus that of a one-session run (start-up and shutdown)."""
+    rate, d = args.flow_cpu_rate, args.flow_cpu_duration
+    startup = 0.0
+    if artillery and "artillery-flow" in tools:
+        c0 = _children_cpu()
+        run_artillery(artillery, ps_url, 1, 1, FLOW_LOOP, FLOW_RUNS, "artillery-flow")
+        startup = _children_cpu() - c0
+    out: dict[str, dict[str, Any]] = {}
+    for _ in range(2):  # interleaved twice; the cheaper run of each counts
+        for tool in tools:
+            if tool == "artillery-flow":
+                c0 = _children_cpu()
+                step = run_artillery(
+                    artillery or "", ps_url, rate, d, FLOW_LOOP, FLOW_RUNS, "artillery-flow"
+                )
+                cpu_s = max(_children_cpu() - c0 - startup, 1e-9)
+            else:
+                kw: dict[str, Any] = {}
+                if tool == "flow":
+                    kw = dict(
+                        steps=FLOW_STEPS,
+                        messages=FLOW_RUNS,
+                        values=(("run_id", "bench"), ("marker", "mk")),
+                    )
+                step, rep = run_engine(
+                    echo_url if tool == "roundtrip" else ps_url, rate, d, tool, **kw
+                )
+                cpu_s = max(rep.generator_cpu * rep.duration_s, 1e-9)
+            frames = step.succeeded * FRAMES_PER_SESSION
+            rec = {
+                "rate": rate,
+                "sessions": step.succeeded,
+                "planned": step.planned,
+                "frames": frames,
+                "cpu_s": round(cpu_s, 3),
+                "frames_per_cpu_s": frames / cpu_s,
+                "errors": step.errors,
+            }
+            log(f"  cpu {tool:14s} {frames} frames in {cpu_s:.2f} CPU s")
+            if tool not in out or rec["frames_per_cpu_s"] > out[tool]["frames_per_cpu_s"]:
+                out[tool] = rec
+    return out
 
 
 def part_overload(args: argparse.Namespace, sustained: float | None) -> dict[str, Any]:
@@ -550,6 +719,69 @@ def build_rows(results: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]]
                     "-",
                 )
             )
+    flow = results.get("flow")
+    if flow:
+        best = flow["best"]
+        frames: dict[str, float] = {}
+        for tool in FLOW_TOOLS:
+            if tool not in best:
+                continue
+            step = best[tool]
+            if step is not None:
+                frames[tool] = step.rate * FRAMES_PER_SESSION
+            figure = (
+                "none passed"
+                if step is None
+                else f"{step.rate * FRAMES_PER_SESSION:,.0f} frames/s ({step.rate:,.0f} "
+                f"sessions/s x {FRAMES_PER_SESSION} frames)"
+            )
+            if step is not None and step.p99_s is not None:
+                figure += f", p99 {step.p99_s * 1e3:.1f} ms"
+            missed = flow["first_miss"][tool]
+            if missed is not None:
+                figure += f"; missed at {missed.rate:,.0f}/s"
+            rows.append((f"frame rate: {FLOW_LABEL[tool]}", figure, "-", "-"))
+        for tool, rec in flow.get("cpu", {}).items():
+            rows.append(
+                (
+                    f"frames per generator CPU-second: {FLOW_LABEL[tool]}",
+                    f"{rec['frames_per_cpu_s']:,.0f} ({rec['frames']:,} frames of "
+                    f"{rec['sessions']:,}/{rec['planned']:,} sessions at {rec['rate']:.0f}/s "
+                    f"in {rec['cpu_s']:.2f} CPU s)",
+                    "-",
+                    "-",
+                )
+            )
+        cpu = {t: r["frames_per_cpu_s"] for t, r in flow.get("cpu", {}).items()}
+        if cpu.get("roundtrip") and cpu.get("flow"):
+            ratio = cpu["flow"] / cpu["roundtrip"]
+            rows.append(
+                ("flow / round trip, frames per CPU-second", f"{ratio:.2f}x", ">= 0.8x",
+                 "yes" if ratio >= 0.8 else "NO")
+            )  # fmt: skip
+        if cpu.get("artillery-flow") and cpu.get("flow"):
+            ratio = cpu["flow"] / cpu["artillery-flow"]
+            rows.append(
+                ("flow vs Artillery, frames per CPU-second", f"{ratio:.2f}x", "> 1x",
+                 "yes" if ratio > 1 else "NO")
+            )  # fmt: skip
+        rt, fl, art = frames.get("roundtrip"), frames.get("flow"), frames.get("artillery-flow")
+        if rt and fl:
+            ratio = fl / rt
+            rows.append(
+                ("flow frame rate / round trip's", f"{ratio:.2f}x", ">= 0.8x",
+                 "yes" if ratio >= 0.8 else "NO")
+            )  # fmt: skip
+            if ratio < 0.8:
+                notes.append(f"Flow frame rate missed: {fl:,.0f}/s vs {rt:,.0f}/s.")
+        if fl and art:
+            ratio = fl / art
+            rows.append(
+                ("flow frame rate vs Artillery's", f"{ratio:.2f}x", "> 1x",
+                 "yes" if ratio > 1 else "NO")
+            )  # fmt: skip
+        elif fl:
+            rows.append(("flow frame rate vs Artillery's", "not measured", "> 1x", "n/a"))
     over = results.get("overload")
     if over:
         rec = over["report"]
@@ -667,6 +899,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sockets", type=int, help="concurrent sockets (10000)")
     parser.add_argument("--hold", type=float, help="seconds to hold them (30)")
     parser.add_argument("--open-rate", type=float, default=2500.0)
+    parser.add_argument(
+        "--flow-start-rate", type=float, default=250.0, help="the engine's first flow-part rate"
+    )
+    parser.add_argument(
+        "--flow-cpu-rate", type=float, default=200.0, help="sessions/s of the CPU comparison"
+    )
+    parser.add_argument(
+        "--flow-artillery-start", type=float, default=100.0, help="Artillery's first flow rate"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     q = args.quick
@@ -675,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     args.hold = args.hold or (5.0 if q else 30.0)
     args.overload_duration = 3.0 if q else 10.0
     args.accuracy_duration = 3.0 if q else 10.0
+    args.flow_cpu_duration = 5.0 if q else 10.0
     args.sandbox_sessions = 1000
     args.sandbox_hold = 5.0 if q else 10.0
     parts = args.only or list(PARTS)
@@ -684,13 +926,16 @@ def main(argv: list[str] | None = None) -> int:
     # Generators (this process, its worker processes, node) run on core 1 only.
     os.sched_setaffinity(0, {GEN_CPU})
     artillery = None
-    if "rate" in parts and not args.no_artillery:
+    if {"rate", "flow"} & set(parts) and not args.no_artillery:
         artillery = ensure_artillery()
     results: dict[str, Any] = {}
     started = time.time()
     if "rate" in parts:
         log("part: sustained session rate")
         results["rate"] = part_rate(args, artillery)
+    if "flow" in parts:
+        log("part: flow frame rate (subscribe -> ack -> publish -> notification)")
+        results["flow"] = part_flow(args, artillery)
     if "overload" in parts:
         log("part: overload")
         best = results.get("rate", {}).get("best", {}).get("engine")

@@ -8,9 +8,13 @@ uvloop when installed). It knows nothing about ``LoadPlan``/``LoadReport``: it t
 Design notes (why it looks like this):
 
 - Sessions are picows listeners driven by callbacks; the only per-session coroutine
-  is the one that connects and then waits for the disconnect. Per message there is no
-  task, no future and no timer: send time and reply time are two ``perf_counter``
-  reads, and one sweeper per worker enforces the reply and close timeouts.
+  is the one that connects and then waits for the disconnect. Each session runs the
+  load flow whole (sends, expects, patterns, captures): the steps are compiled once per
+  worker (:class:`runbook_lib.flows.LoadMatcher`, the same matching rules as every other
+  flow), sends without per-session values are pre-encoded, and verdicts of steps that
+  name no per-session value are cached by payload. Per step there is no task, no future
+  and no timer: an expect step's time is two ``perf_counter`` reads, and one sweeper per
+  worker enforces each step's ``timeout_s`` and the close timeout.
 - Samples go to ``array('d')`` (compact, fast to append, picklable as bytes), so a run
   of 100k+ sessions keeps every raw sample without numpy in the workers.
 - Arrivals are open-loop: session *i* is planned at a fixed time; when the generator
@@ -31,7 +35,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from picows import (
@@ -46,7 +50,8 @@ from picows import (
     ws_connect,
 )
 
-from .protocol import LinearPattern
+from .flows import FlowStep, LoadMatcher, SessionTemplate, load_session_names
+from .protocol import compile_pattern, placeholder_names, render_values
 
 __all__ = ["WorkerSpec", "arrival_offset", "run_worker", "worker_process_main"]
 
@@ -81,17 +86,17 @@ class WorkerSpec:
     ramp_s: float
     messages: int
     hold_s: float
-    message: bytes
-    binary: bool
-    reply_types: tuple[str, ...]
+    steps: tuple[FlowStep, ...]
     type_paths: tuple[str, ...]
     ignore_types: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]
     connect_timeout_s: float
     message_timeout_s: float
     deadline_s: float
-    reply_fields: tuple[tuple[str, Any], ...] = ()
-    reply_pattern: str = ""
+    values: tuple[tuple[str, str], ...] = ()
+    error_types: tuple[str, ...] = ()
+    error_pattern: str = ""
+    token: str = field(default="", repr=False)
 
 
 def arrival_offset(i: int, total: int, rate: float | None, ramp_s: float) -> float:
@@ -111,27 +116,12 @@ def arrival_offset(i: int, total: int, rate: float | None, ramp_s: float) -> flo
     return ramp_s + (i - during_ramp) / rate
 
 
-def _at(obj: Any, path: tuple[str, ...]) -> Any:
-    cur = obj
-    for part in path:
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-    return cur
+_UNSEEN = object()
 
 
-def _same(actual: Any, wanted: Any) -> bool:
-    # As runbook_lib.flows matches an expect step: strings compare as text ("1" == 1).
-    if isinstance(wanted, str):
-        if actual is None or isinstance(actual, (dict, list)):
-            return False
-        if isinstance(actual, bool):
-            return wanted.lower() == str(actual).lower()
-        return str(actual) == wanted
-    return bool(actual == wanted)
+def placeholder_free(template: Any, names: frozenset[str]) -> bool:
+    """True when ``template`` names none of ``names`` (it renders the same every session)."""
+    return not (placeholder_names(template) & names)
 
 
 def _frame_type(obj: Any, paths: tuple[tuple[str, ...], ...]) -> str | None:
@@ -153,22 +143,43 @@ class _Generator:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.payload = spec.message
-        self.send_type = _BINARY if spec.binary else _TEXT
         self.messages = spec.messages
         self.hold_s = spec.hold_s
-        self.reply_types = frozenset(spec.reply_types)
         self.ignore_types = frozenset(spec.ignore_types)
+        self.error_types = frozenset(spec.error_types)
+        self.error_rx = compile_pattern(spec.error_pattern) if spec.error_pattern else None
         self.paths = tuple(tuple(p.split(".")) for p in spec.type_paths)
-        self.fields = tuple((tuple(p.split(".")), v) for p, v in spec.reply_fields)
-        # Linear time (RE2): a catastrophic pattern cannot stall the event loop.
-        self.pattern = LinearPattern(spec.reply_pattern) if spec.reply_pattern else None
-        # Echo-style targets send the same few payloads over and over: remember
-        # their verdict instead of parsing JSON for every reply.
-        self.verdicts: dict[bytes, bool] = {}
+        values = dict(spec.values)
+        session = load_session_names(spec.steps)
+        self.base_values = values
+        # One entry per step: bytes to send as they are, a template rendered per
+        # session (None, template), or an expect step's matcher.
+        self.steps: list[bytes | SessionTemplate | LoadMatcher] = []
+        dynamic = False
+        for step in spec.steps:
+            if step.send is None:
+                matcher = LoadMatcher(step, values, session, spec.message_timeout_s)
+                self.steps.append(matcher)
+                dynamic = dynamic or not matcher.cacheable
+            elif placeholder_free(step.send, session):
+                self.steps.append(render_values(step.send, values).encode())
+            else:
+                self.steps.append(SessionTemplate(step.send, values, session))
+                dynamic = True
+        self.dynamic = dynamic
+        self.needs_json = any(isinstance(m, LoadMatcher) and m.needs_json for m in self.steps)
+        self.needs_json = self.needs_json or bool(self.error_types)
+        self.min_timeout_s = min(
+            (m.timeout_s for m in self.steps if isinstance(m, LoadMatcher)),
+            default=spec.message_timeout_s,
+        )
+        # Echo-style targets send the same few payloads over and over: remember the
+        # verdict of steps that name no per-session value instead of parsing again.
+        self.verdicts: dict[tuple[int, bytes], dict[str, str] | bool | None] = {}
         self.connect_s = array("d")
         self.first_s = array("d")
         self.rtt_s = array("d")
+        self.rtt_step = array("H")
         self.lag_s = array("d")
         self.errors: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
@@ -186,26 +197,47 @@ class _Generator:
         self.last_end: float | None = None
         self.headers = list(spec.headers)
 
-    def is_reply(self, payload: bytes) -> bool:
-        verdict = self.verdicts.get(payload)
-        if verdict is None:
+    def session_values(self, index: int) -> dict[str, str] | None:
+        """The placeholder values of session ``index`` (None when no step needs them)."""
+        if not self.dynamic:
+            return None
+        values = dict(self.base_values)
+        values["marker"] = f"{values.get('marker', 'mk')}s{index}"
+        if self.spec.token:
+            values["token"] = self.spec.token
+        return values
+
+    def match(
+        self, index: int, payload: bytes, values: dict[str, str] | None
+    ) -> dict[str, str] | bool | None:
+        """Captures when ``payload`` satisfies step ``index``; None when it does not;
+        False when it is an error frame the step did not expect."""
+        matcher = self.steps[index]
+        assert isinstance(matcher, LoadMatcher)
+        key = (index, payload)
+        if matcher.cacheable:
+            cached = self.verdicts.get(key, _UNSEEN)
+            if cached is not _UNSEEN:
+                return cached  # type: ignore[return-value]
+        obj = None
+        if self.needs_json:
             try:
                 obj = json.loads(payload)
             except ValueError:
                 obj = None
-            kind = _frame_type(obj, self.paths)
-            if kind is not None and kind in self.ignore_types:
-                verdict = False
-            else:
-                verdict = not self.reply_types or kind in self.reply_types
-            if verdict and self.fields:
-                verdict = all(_same(_at(obj, path), want) for path, want in self.fields)
-            if verdict and self.pattern is not None:
-                text = payload.decode("utf-8", "replace")
-                verdict = self.pattern.search(text) is not None
-            if len(payload) <= 512 and len(self.verdicts) < 4096:
-                self.verdicts[payload] = verdict
-        return verdict
+        kind = _frame_type(obj, self.paths)
+        text = payload.decode("utf-8", "replace") if matcher.pattern or self.error_rx else ""
+        got: dict[str, str] | bool | None = matcher.match(
+            text, obj, kind, values or self.base_values, self.ignore_types
+        )
+        if got is None and (
+            (kind is not None and kind in self.error_types)
+            or (self.error_rx is not None and self.error_rx.search(text) is not None)
+        ):
+            got = False
+        if matcher.cacheable and len(payload) <= 512 and len(self.verdicts) < 4096:
+            self.verdicts[key] = got
+        return got
 
     def finish(self, error: str | None) -> None:
         """Account one session's outcome (exactly once per attempted session)."""
@@ -224,31 +256,39 @@ class _Generator:
 
 
 class _Session(WSListener):
-    """One WebSocket session: send, wait for the reply, repeat, hold, close."""
+    """One WebSocket session: run the flow ``messages`` times, hold, close."""
 
     __slots__ = (
-        "answered",
         "closing_at",
         "counted",
         "error",
         "gen",
         "got_frame",
         "hold_handle",
+        "index",
+        "iteration",
+        "mark",
         "ok",
         "opened_at",
-        "sent_at",
         "started_at",
+        "step",
         "transport",
+        "values",
+        "wait_until",
     )
 
-    def __init__(self, gen: _Generator, started_at: float) -> None:
+    def __init__(self, gen: _Generator, started_at: float, index: int) -> None:
         self.gen = gen
         self.started_at = started_at
+        self.index = index
         self.transport: WSTransport | None = None
         self.opened_at = 0.0
-        self.sent_at = 0.0  # 0 = no reply pending
+        self.mark = 0.0  # when the previous step ended: an expect step's latency base
+        self.wait_until = 0.0  # 0 = no expect step pending
+        self.step = 0
+        self.iteration = 0
+        self.values: dict[str, str] | None = None
         self.closing_at = 0.0
-        self.answered = 0
         self.got_frame = False
         self.ok = False
         self.error: str | None = None
@@ -260,13 +300,35 @@ class _Session(WSListener):
         gen = self.gen
         self.transport = transport
         self.opened_at = now
+        self.mark = now
         gen.connect_s.append(now - self.started_at)
         gen.live.add(self)
         if gen.messages > 0:
-            self.sent_at = _perf()
-            transport.send(gen.send_type, gen.payload)
+            self.values = gen.session_values(self.index)
+            self._advance(transport)
         else:
             self._messages_done()
+
+    def _advance(self, transport: WSTransport) -> None:
+        """Run send steps until the next expect step (armed with its deadline) or the end."""
+        gen = self.gen
+        steps = gen.steps
+        while True:
+            if self.step >= len(steps):
+                self.iteration += 1
+                if self.iteration >= gen.messages:
+                    self.wait_until = 0.0
+                    self._messages_done()
+                    return
+                self.step = 0
+            step = steps[self.step]
+            if isinstance(step, LoadMatcher):
+                self.wait_until = _perf() + step.timeout_s
+                return
+            payload = step if isinstance(step, bytes) else step.render(self.values or {}).encode()
+            self.mark = _perf()
+            transport.send(_TEXT, payload)
+            self.step += 1
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         now = _perf()
@@ -276,16 +338,25 @@ class _Session(WSListener):
             if not self.got_frame:
                 self.got_frame = True
                 gen.first_s.append(now - self.opened_at)
-            if self.sent_at == 0.0 or not gen.is_reply(frame.get_payload_as_bytes()):
+            if self.wait_until == 0.0:
                 return
-            gen.rtt_s.append(now - self.sent_at)
-            self.answered += 1
-            if self.answered < gen.messages:
-                self.sent_at = _perf()
-                transport.send(gen.send_type, gen.payload)
-            else:
-                self.sent_at = 0.0
-                self._messages_done()
+            got = gen.match(self.step, frame.get_payload_as_bytes(), self.values)
+            if got is None:
+                return
+            if got is False:
+                # The service answered with an error: an answer, not a timeout.
+                self.error = "error_frame"
+                self.wait_until = 0.0
+                self._close(False)
+                return
+            gen.rtt_s.append(now - self.mark)
+            gen.rtt_step.append(self.step)
+            if got and self.values is not None:
+                self.values.update(got)  # type: ignore[arg-type]
+            self.mark = now
+            self.step += 1
+            self.wait_until = 0.0
+            self._advance(transport)
         elif kind is _CLOSE:
             if self.closing_at == 0.0:
                 # The server closed first: the session did not finish its work.
@@ -367,7 +438,7 @@ def _rss_bytes() -> int:
         return 0
 
 
-async def _run_session(gen: _Generator, planned: float) -> None:
+async def _run_session(gen: _Generator, planned: float, index: int) -> None:
     # Lateness is taken when the session actually starts running, not when its task
     # was queued: a busy loop delays the first, and hiding that would flatter the run.
     started = _perf()
@@ -376,7 +447,7 @@ async def _run_session(gen: _Generator, planned: float) -> None:
         gen.first_start = started
     gen.last_start = started
     spec = gen.spec
-    sess = _Session(gen, started)
+    sess = _Session(gen, started, index)
     try:
         async with asyncio.timeout(spec.connect_timeout_s):
             await ws_connect(
@@ -411,13 +482,12 @@ def _fail_connect(gen: _Generator, sess: _Session, kind: str, status: int | None
 
 async def _sweep(gen: _Generator) -> None:
     """Enforce reply and close timeouts for all open sessions of this worker."""
-    reply_t = gen.spec.message_timeout_s
-    interval = min(max(min(reply_t, _CLOSE_TIMEOUT_S) / 20.0, 0.02), 0.25)
+    interval = min(max(min(gen.min_timeout_s, _CLOSE_TIMEOUT_S) / 20.0, 0.02), 0.25)
     while True:
         await asyncio.sleep(interval)
         now = _perf()
         for sess in list(gen.live):
-            if sess.sent_at and now - sess.sent_at > reply_t:
+            if sess.wait_until and now > sess.wait_until:
                 sess.abort("timeout_reply")
             elif sess.closing_at and now - sess.closing_at > _CLOSE_TIMEOUT_S:
                 sess.abort("timeout_close")
@@ -454,7 +524,7 @@ async def _arrivals(gen: _Generator, start: float) -> None:
         gen.open += 1
         if gen.open > gen.peak_open:
             gen.peak_open = gen.open
-        task = loop.create_task(_run_session(gen, planned))
+        task = loop.create_task(_run_session(gen, planned, i))
         gen.tasks.add(task)
         task.add_done_callback(gen.tasks.discard)
 
@@ -543,6 +613,7 @@ async def run_worker(spec: WorkerSpec, start_wall: float | None = None) -> dict[
         "connect_s": gen.connect_s.tobytes(),
         "first_response_s": gen.first_s.tobytes(),
         "rtt_s": gen.rtt_s.tobytes(),
+        "rtt_step": gen.rtt_step.tobytes(),
         "arrival_lag_s": gen.lag_s.tobytes(),
         "first_start": rel(gen.first_start),
         "last_start": rel(gen.last_start),

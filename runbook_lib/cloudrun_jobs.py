@@ -132,6 +132,7 @@ def execution_budget_s(settings: Settings) -> float:
 def _plan_json(plan: LoadPlan, token: str) -> str:
     raw = asdict(plan)
     raw.pop("workers", None)  # each task sizes its own workers to its container
+    raw.pop("token", None)  # the flow's {token} travels as the job's token variable
     if token:
         raw["url"] = raw["url"].replace(token, "{token}")
         raw["headers"] = [[k, v.replace(token, "{token}")] for k, v in raw["headers"]]

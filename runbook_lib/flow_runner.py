@@ -252,6 +252,9 @@ async def run_flow(
         text=vals.get("text", "runbook end-to-end check"),
     )
     vals = {**vals, **base}
+    # ``{token}`` (``[auth] mode = "message"``): the credential rides in a frame. It is
+    # a registered secret, kept out of the observation's recorded values below.
+    vals["token"] = auth.token if auth is not None else ""
     start = time.perf_counter()
     ws, conn = await open_connection(
         url, auth or ConnectAuth(), subprotocols, headers, open_timeout_s, max_size
@@ -275,7 +278,7 @@ async def run_flow(
             stopped_at=0 if steps else None,
             stop_reason="connect_failed",
             duration_s=time.perf_counter() - start,
-            values=vals,
+            values=_shown(vals),
         )
     session = _Session(ws, protocol, vals, other_markers, max_text)
     try:
@@ -297,8 +300,13 @@ async def run_flow(
         close_reason=session.close_reason,
         closed_s=session.closed_s,
         duration_s=time.perf_counter() - start,
-        values=session.values,
+        values=_shown(session.values),
     )
+
+
+def _shown(values: Mapping[str, str]) -> dict[str, str]:
+    """The values a record may hold: never the token."""
+    return {k: v for k, v in values.items() if k != "token"}
 
 
 class _Session:

@@ -5,8 +5,10 @@ waits, within a bounded time, for a frame that matches. Values captured from one
 frame can be used in later templates (subscribe -> publish -> notification,
 GraphQL ``connection_init`` -> ``subscribe`` -> ``next``). The checks that talk to
 a service run named flows: ``agent`` (``e2e.agent_response``, ``events.*``),
-``chat`` (``chat.flow``), ``load`` (each load session) and ``isolation`` (each
-simulated user). The seed's protocol gives the default flows.
+``chat`` (``chat.flow``), ``load`` (each load session), ``isolation`` (each
+simulated user) and ``auth`` (``auth.*``: the conversation that proves a token is
+accepted; with ``[auth] mode = "message"`` it sends ``{token}`` and runs first in
+every other flow that does not send it itself). The seed's protocol gives the default flows.
 
 This module is pure (no I/O): the model (``settings`` parses ``[flows.NAME]``
 tables into :class:`Flow`), the engine that renders a step's template
@@ -34,18 +36,22 @@ never satisfies a step.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from .protocol import (
+    PLACEHOLDERS,
     Frame,
     FrameKind,
+    LinearPattern,
     PatternMatch,
     compile_pattern,
     get_path,
-    render_pattern,
+    placeholder_names,
+    placeholder_re,
     render_values,
 )
 
@@ -55,17 +61,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOW_NAMES",
+    "LOAD_SESSION_NAMES",
     "Flow",
     "FlowFrame",
     "FlowObservation",
     "FlowStep",
-    "LoadRoundTrip",
+    "LoadMatcher",
+    "SessionTemplate",
     "StepOutcome",
     "default_flows",
     "describe_step",
     "flow_values",
     "is_foreign",
-    "load_round_trip",
+    "load_flow_problem",
+    "load_session_names",
     "match_step",
     "new_marker",
     "render_step",
@@ -73,7 +82,7 @@ __all__ = [
 ]
 
 # The flows the checks run, by name. Users may define others; these are the ones read.
-FLOW_NAMES = ("agent", "chat", "load", "isolation")
+FLOW_NAMES = ("agent", "chat", "load", "isolation", "auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,14 +339,30 @@ _FALLBACK = {"isolation": ("agent",)}
 def resolve_flow(settings: Settings, name: str) -> Flow:
     """The user's ``[flows.NAME]`` when defined, else the seed's default.
 
-    ``isolation`` not defined but ``agent`` defined: the user's agent flow (renamed).
+    ``isolation`` not defined but ``agent`` defined: the user's agent flow (renamed);
+    ``auth`` not defined: the ``load`` flow (keeping its name). With ``[auth] mode = "message"`` a flow
+    that does not send ``{token}`` itself runs after the ``auth`` flow's steps, so
+    every session logs in first.
 
     Raises:
         KeyError: neither the user nor the defaults define ``name``.
     """
+    flow = _own_flow(settings, name)
+    if name == "auth" or getattr(settings.auth, "mode", "none") != "message":
+        return flow
+    if any(s.send is not None and "token" in placeholder_names(s.send) for s in flow.steps):
+        return flow
+    return Flow(name, _own_flow(settings, "auth").steps + flow.steps)
+
+
+def _own_flow(settings: Settings, name: str) -> Flow:
     user = settings.flows.get(name)
     if user is not None:
         return user
+    if name == "auth":
+        # No conversation of its own: the auth checks probe with the load flow (the
+        # user's, or the seed's ping), named as such in what they report.
+        return _own_flow(settings, "load")
     for other in _FALLBACK.get(name, ()):
         if other in settings.flows:
             return Flow(name, settings.flows[other].steps)
@@ -346,63 +371,220 @@ def resolve_flow(settings: Settings, name: str) -> Flow:
 
 # ---------------------------------------------------------------- the load engine's view
 
+# Values that differ from one load session to the next: each session gets its own
+# marker (a pub/sub topic per session, not one shared by thousands) and the token is
+# never part of a plan. Captured names are per session too.
+LOAD_SESSION_NAMES = ("marker", "token")
 
-@dataclass(frozen=True, slots=True)
-class LoadRoundTrip:
-    """A flow as the load engine runs it: one message, and what counts as its reply.
 
-    Attributes:
-        message: the rendered frame sent for each round trip.
-        reply_types: event types that answer it (empty = any frame that passes the
-            other rules and is not of an ignored type).
-        reply_fields: (dotted path, value) pairs a JSON reply must hold.
-        reply_pattern: a regex the reply's text must contain ('' = none).
+def _mentions(template: Any, names: frozenset[str]) -> bool:
+    if template is None:
+        return False
+    return any(n in names for n in placeholder_names(template))
+
+
+def load_session_names(steps: Sequence[FlowStep]) -> frozenset[str]:
+    """The placeholder names whose value is per load session (marker, token, captures)."""
+    names = set(LOAD_SESSION_NAMES)
+    for s in steps:
+        names.update(str(k) for k in s.capture)
+        if s.expect_pattern:  # a named group captures too (match_step keeps it)
+            names.update(re.findall(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>", s.expect_pattern))
+    return frozenset(names)
+
+
+class SessionTemplate:
+    """A template rendered once with the run's values; the per-session names left in it
+    are filled by plain replacement (JSON-escaped inside a JSON frame), which renders
+    what :func:`render_values` would, at a fraction of its cost per session."""
+
+    __slots__ = ("is_json", "names", "text")
+
+    def __init__(self, template: Any, values: Mapping[str, str], session: frozenset[str]):
+        keep = {n: "{" + n + "}" for n in session}
+        self.is_json = not isinstance(template, str)
+        self.text = render_values(template, {**values, **keep})
+        self.names = tuple(sorted(n for n in session if "{" + n + "}" in self.text))
+
+    def render(self, values: Mapping[str, str]) -> str:
+        text = self.text
+        for name in self.names:
+            value = values.get(name)
+            if value is None:
+                if name not in PLACEHOLDERS:
+                    continue  # as render_values: an unknown name stays as written
+                value = ""
+            if self.is_json:
+                value = json.dumps(value)[1:-1]
+            text = text.replace("{" + name + "}", value)
+        return text
+
+
+def _walk(obj: Any, parts: tuple[str, ...]) -> Any:
+    # get_path on a pre-split path (the load engine's hot path).
+    cur = obj
+    for part in parts:
+        if isinstance(cur, dict):
+            if part not in cur:
+                return None
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+    return cur
+
+
+class LoadMatcher:
+    """An expect step compiled once for the load engine's hot path.
+
+    Same rules as :func:`match_step` (fields compare as text, a pattern is searched in
+    the frame's text, captures by path or by named group), on a frame's raw payload and
+    its parsed JSON, without building a :class:`Frame`. Parts that name no per-session
+    value are rendered once; the others per session, from that session's values.
     """
 
-    message: str
-    reply_types: tuple[str, ...] = ()
-    reply_fields: tuple[tuple[str, Any], ...] = ()
-    reply_pattern: str = ""
-
-
-def load_round_trip(flow: Flow, values: Mapping[str, str]) -> LoadRoundTrip:
-    """Map ``flow`` onto the load engine: exactly one send step, then one expect step.
-
-    Placeholders are rendered once with ``values`` (every session sends the same
-    message: one marker per load run, not per session).
-
-    Raises:
-        ValueError: the flow is not one round trip (the message says why, naming it).
-    """
-    kinds = [s.kind for s in flow.steps]
-    if kinds != ["send", "expect"]:
-        trips = kinds.count("send")
-        raise ValueError(
-            f"the {flow.name!r} flow has {len(kinds)} step(s) ({', '.join(kinds) or 'none'}; "
-            f"{trips} send(s)) but the load engine runs one send and one reply per message: "
-            f"define [flows.{flow.name}] as one send step followed by one expect step, or "
-            f"declare the load.* checks in [checks.not_applicable] with a reason"
-        )
-    send, expect = flow.steps
-    if expect.capture:
-        raise ValueError(
-            f"the {flow.name!r} flow captures values, which the load engine cannot use: "
-            f"remove the capture from [flows.{flow.name}]"
-        )
-    message = render_step(send, values)
-    fields = tuple(
-        (str(path), _render_value(value, values)) for path, value in (expect.expect or {}).items()
+    __slots__ = (
+        "any_frame",
+        "cacheable",
+        "capture",
+        "event",
+        "fields",
+        "literal",
+        "literal_template",
+        "needs_json",
+        "pattern",
+        "pattern_rx",
+        "timeout_s",
     )
-    raw = expect.expect_pattern or ""
-    pattern = render_pattern(raw, values) if raw else ""
-    if pattern and compile_pattern(raw, values) is None:
-        raise ValueError(
-            f"the {flow.name!r} flow's expect_pattern is not a valid regular expression"
+
+    def __init__(
+        self, step: FlowStep, values: Mapping[str, str], session: frozenset[str], timeout_s: float
+    ) -> None:
+        if step.send is not None:
+            raise ValueError("not an expect step")
+        self.timeout_s = step.timeout_s if step.timeout_s is not None else timeout_s
+        self.event: str | None = None
+        if step.expect_event:
+            self.event = render_values(step.expect_event, values)
+        self.fields = tuple(
+            (
+                tuple(str(path).split(".")),
+                SessionTemplate(wanted, values, session)
+                if isinstance(wanted, str) and _mentions(wanted, session)
+                else wanted
+                if _mentions(wanted, session)
+                else _render_value(wanted, values),
+                _mentions(wanted, session),
+            )
+            for path, wanted in (step.expect or {}).items()
         )
-    types: tuple[str, ...] = ()
-    if expect.expect_event and render_values(expect.expect_event, values) != "*":
-        types = (render_values(expect.expect_event, values),)
-    return LoadRoundTrip(message, types, fields, pattern)
+        self.capture = tuple((str(k), str(v)) for k, v in step.capture.items())
+        self.pattern = step.expect_pattern or ""
+        self.pattern_rx: LinearPattern | None = None
+        self.literal = False
+        self.literal_template: SessionTemplate | None = None
+        dynamic_pattern = bool(self.pattern) and _mentions(self.pattern, session)
+        if self.pattern:
+            bare = placeholder_re().sub("", self.pattern)
+            if compile_pattern(self.pattern, values) is None:
+                raise ValueError(
+                    f"expect_pattern {self.pattern!r} is not a valid regular expression"
+                )
+            if dynamic_pattern and re.escape(bare) == bare and not self.capture:
+                # A literal with the session's values in it: a substring test, no regex
+                # compiled per session.
+                self.literal = True
+                self.literal_template = SessionTemplate(self.pattern, values, session)
+            elif not dynamic_pattern:
+                self.pattern_rx = compile_pattern(self.pattern, values)
+        self.any_frame = not (self.event or self.fields or self.pattern)
+        self.needs_json = bool(self.event or self.fields or self.any_frame) or any(
+            self.pattern_rx is None or p not in self.pattern_rx.groupindex for _, p in self.capture
+        )
+        self.cacheable = not (dynamic_pattern or any(d for _, _, d in self.fields) or self.capture)
+
+    def match(
+        self,
+        text: str,
+        obj: Any,
+        kind: str | None,
+        values: Mapping[str, str],
+        ignore: frozenset[str],
+    ) -> dict[str, str] | None:
+        """Captured values (possibly empty) when the frame satisfies the step, else None.
+
+        Args:
+            text: the frame's text.
+            obj: its parsed JSON (None when not JSON or not parsed).
+            kind: its event type (None when it has none).
+            values: the session's placeholder values.
+            ignore: frame types that never satisfy a step without conditions.
+        """
+        if self.any_frame:
+            return {} if kind is None or kind not in ignore else None
+        if self.event is not None:
+            if self.event == "*":
+                if kind is None or kind in ignore:
+                    return None
+            elif kind != self.event:
+                return None
+        for parts, wanted, dynamic in self.fields:
+            if obj is None:
+                return None
+            if dynamic:
+                if isinstance(wanted, SessionTemplate):
+                    wanted = wanted.render(values)
+                else:
+                    wanted = _render_value(wanted, values)
+            if not _same(_walk(obj, parts), wanted):
+                return None
+        match: PatternMatch | None = None
+        if self.pattern:
+            if self.literal:
+                assert self.literal_template is not None
+                if self.literal_template.render(values) not in text:
+                    return None
+            else:
+                rx = self.pattern_rx or compile_pattern(self.pattern, values)
+                match = rx.search(text) if rx is not None else None
+                if match is None:
+                    return None
+        if not self.capture:
+            return {}
+        captured: dict[str, str] = {}
+        if match is not None:
+            captured.update({k: v for k, v in match.groupdict().items() if v is not None})
+        for name, path in self.capture:
+            if match is not None and path in match.groupindex:
+                value = match.group(path)
+            else:
+                value = get_path(obj, path) if obj is not None else None
+            if value is None or isinstance(value, (Mapping, list)):
+                return None
+            captured[name] = str(value)
+        return captured
+
+
+def load_flow_problem(flow: Flow) -> str:
+    """Why the load engine cannot run ``flow`` ('' when it can)."""
+    if not any(s.send is not None for s in flow.steps):
+        return (
+            f"the {flow.name!r} flow sends nothing, so a load session would measure no "
+            f"reply: give [flows.{flow.name}] at least one send step and one expect step"
+        )
+    if not any(s.send is None for s in flow.steps):
+        return (
+            f"the {flow.name!r} flow expects nothing, so no reply time can be measured: "
+            f"give [flows.{flow.name}] an expect step"
+        )
+    for i, s in enumerate(flow.steps):
+        if s.expect_pattern and compile_pattern(s.expect_pattern, {}) is None:
+            return (
+                f"the {flow.name!r} flow's step {i + 1} expect_pattern is not a valid "
+                "regular expression"
+            )
+    return ""
 
 
 # ---------------------------------------------------------------- the record of a run

@@ -1,8 +1,9 @@
 """Load engine: thousands of WebSocket sessions with per-message timing, honestly reported.
 
-``run_load(plan)`` opens ``plan.sessions`` sessions (connect, ``messages`` round trips,
-optional hold, close) against one WebSocket URL and returns a :class:`LoadReport` with
-every raw sample (connect time, first response, per-message round trip, arrival lag),
+``run_load(plan)`` opens ``plan.sessions`` sessions (connect, the load flow run
+``messages`` times: every send, expect, pattern and capture; optional hold, close)
+against one WebSocket URL and returns a :class:`LoadReport` with every raw sample
+(connect time, first response, each expect step's time with its step, arrival lag),
 errors by kind and the handshake statuses seen. It never raises for target behaviour:
 refusals, HTTP statuses, timeouts and abrupt closes are counted as error kinds.
 
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._load_worker import WorkerSpec, run_worker, worker_process_main
+from .flows import Flow, FlowStep, describe_step, load_flow_problem
 from .identity import user_agent
 
 __all__ = ["LoadPlan", "LoadReport", "run_load"]
@@ -54,6 +56,8 @@ ACHIEVED_RATE_TOLERANCE = 0.95
 _SPAWN_TIMEOUT_S = 60.0
 _COLLECT_GRACE_S = 15.0
 _SERVER_CLOSES = frozenset({"closed_1011", "closed_1012", "closed_1013", "closed_1014"})
+# The seed's load conversation: one ping, one pong.
+SEED_LOAD_STEPS = (FlowStep(send={"type": "ping"}), FlowStep(expect_event="pong"))
 _QUANTILES = (0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0)
 
 
@@ -69,21 +73,25 @@ class LoadPlan:
             allows, or all at once spread over ``ramp_s``).
         ramp_s: with ``rate``, the arrival rate rises linearly from 0 over ``ramp_s``;
             without, arrivals are spread evenly over ``ramp_s``.
-        messages: round trips per session (0 = connect, hold, close).
+        messages: times each session runs the flow (0 = connect, hold, close).
         hold_s: how long to keep the socket open after the last reply.
-        message: the frame sent for each round trip (text).
-        reply_types: a frame whose type is one of these answers a message (empty =
-            any frame that is not ignored).
-        reply_fields: (dotted path, value) pairs a JSON reply must also hold (a flow's
-            ``expect`` step; strings compare as text).
-        reply_pattern: a regex the reply's text must also contain (a flow's
-            ``expect_pattern``; how text protocols are answered).
+        steps: the flow each session runs (``[flows.load]``): send steps and expect
+            steps, with patterns and captures, exactly as :mod:`runbook_lib.flows`
+            matches them. Default: the seed's ``{"type": "ping"}`` -> ``pong``.
+        values: placeholder values of the run (user id, run id, text, marker); each
+            session gets its own ``{marker}`` (this one plus the session number).
         type_paths: where the type is looked up in a JSON frame, first match wins.
-        ignore_types: frame types that never count as an answer (welcome, heartbeat).
+        ignore_types: frame types that never satisfy an expect step without
+            conditions (welcome, heartbeat), nor ``expect_event = "*"``.
+        error_types: frame types that are the service's error answer: a session
+            that gets one instead of the frame it waits for fails as ``error_frame``.
+        error_pattern: the same for text frames (a regex searched in the frame).
+        token: the value of ``{token}`` in the flow (``[auth] mode = "message"``);
+            never serialised into a job's plan.
         headers: extra handshake headers (e.g. ``Authorization``).
         subprotocols: offered in ``Sec-WebSocket-Protocol`` (e.g. ``jwt.<token>``).
         connect_timeout_s: TCP connect + upgrade handshake bound.
-        message_timeout_s: bound on each reply.
+        message_timeout_s: bound on each expect step without its own ``timeout_s``.
         deadline_s: bound on the whole run; unfinished sessions are aborted.
         workers: generator processes (0 = the caller's event loop; None = auto: the
             caller's loop for plans of at most 200 sessions, else one per available core).
@@ -96,12 +104,13 @@ class LoadPlan:
     ramp_s: float = 0.0
     messages: int = 1
     hold_s: float = 0.0
-    message: str = '{"type": "ping"}'
-    reply_types: tuple[str, ...] = ("pong",)
+    steps: tuple[FlowStep, ...] = SEED_LOAD_STEPS
+    values: tuple[tuple[str, str], ...] = ()
     type_paths: tuple[str, ...] = ("type", "data.type", "payload.type")
     ignore_types: tuple[str, ...] = ("connected", "welcome", "heartbeat", "ack")
-    reply_fields: tuple[tuple[str, Any], ...] = ()
-    reply_pattern: str = ""
+    error_types: tuple[str, ...] = ("error",)
+    error_pattern: str = ""
+    token: str = field(default="", repr=False)
     headers: tuple[tuple[str, str], ...] = ()
     subprotocols: tuple[str, ...] = ()
     connect_timeout_s: float = 5.0
@@ -125,6 +134,9 @@ class LoadPlan:
                 raise ValueError(f"LoadPlan.{name} must be > 0")
         if self.ramp_s < 0 or self.hold_s < 0:
             raise ValueError("LoadPlan.ramp_s and hold_s must be >= 0")
+        problem = load_flow_problem(Flow("load", self.steps))
+        if problem:
+            raise ValueError(f"LoadPlan.steps: {problem}")
 
 
 def _empty() -> np.ndarray:
@@ -148,7 +160,10 @@ class LoadReport:
         handshake_statuses: HTTP status of each answered upgrade (101 = accepted).
         connect_s: TCP connect + handshake time per opened session.
         first_response_s: handshake done -> first data frame, per session.
-        rtt_s: send -> reply, per answered message.
+        rtt_s: per matched expect step, the time since the step before it ended
+            (the send it answers, or the previous frame awaited).
+        rtt_step: the flow step index of each ``rtt_s`` sample.
+        step_names: what each step of the flow does (``describe_step``).
         arrival_lag_s: actual minus planned start, per attempted session.
         p50_s, p95_s, p99_s: round-trip percentiles (None without samples).
         connect_p95_s: connect percentile (None without samples).
@@ -178,6 +193,8 @@ class LoadReport:
     connect_s: np.ndarray = field(default_factory=_empty, repr=False)
     first_response_s: np.ndarray = field(default_factory=_empty, repr=False)
     rtt_s: np.ndarray = field(default_factory=_empty, repr=False)
+    rtt_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16), repr=False)
+    step_names: tuple[str, ...] = ()
     arrival_lag_s: np.ndarray = field(default_factory=_empty, repr=False)
     p50_s: float | None = None
     p95_s: float | None = None
@@ -224,6 +241,24 @@ class LoadReport:
             return pct, np.full(points, np.nan)
         return pct, np.percentile(self.rtt_s, pct)
 
+    def step_records(self) -> list[dict[str, Any]]:
+        """Per expect step of the flow: what it waits for, samples, p50 and p95 (s)."""
+        rows = []
+        for i, name in enumerate(self.step_names):
+            if name.startswith("send"):
+                continue
+            times = self.rtt_s[self.rtt_step == i] if self.rtt_s.size else self.rtt_s
+            rows.append(
+                {
+                    "step": i + 1,
+                    "what": name,
+                    "samples": int(times.size),
+                    "p50_s": _num(_pct(times, 50)),
+                    "p95_s": _num(_pct(times, 95)),
+                }
+            )
+        return rows
+
     def to_record(self) -> dict[str, Any]:
         """JSON-able summary (no raw arrays; sample counts and quantiles instead)."""
         rec: dict[str, Any] = {
@@ -260,6 +295,7 @@ class LoadReport:
             trusted=self.trusted,
             workers=self.workers,
             peak_open=self.peak_open,
+            steps=self.step_records(),
             samples={
                 "connect": int(self.connect_s.size),
                 "first_response": int(self.first_response_s.size),
@@ -322,14 +358,14 @@ def _specs(plan: LoadPlan, workers: int) -> list[WorkerSpec]:
                 ramp_s=plan.ramp_s,
                 messages=plan.messages,
                 hold_s=plan.hold_s,
-                message=plan.message.encode(),
-                binary=False,
-                reply_types=plan.reply_types,
+                steps=plan.steps,
+                values=plan.values,
                 type_paths=plan.type_paths,
                 ignore_types=plan.ignore_types,
+                error_types=plan.error_types,
+                error_pattern=plan.error_pattern,
+                token=plan.token,
                 headers=tuple(headers),
-                reply_fields=plan.reply_fields,
-                reply_pattern=plan.reply_pattern,
                 connect_timeout_s=plan.connect_timeout_s,
                 message_timeout_s=plan.message_timeout_s,
                 deadline_s=plan.deadline_s,
@@ -422,6 +458,7 @@ def _merge(
     arrays: dict[str, list[np.ndarray]] = {
         k: [] for k in ("connect_s", "first_response_s", "rtt_s", "arrival_lag_s")
     }
+    step_chunks: list[np.ndarray] = []
     attempted = succeeded = peak_open = 0
     rss_growth = 0
     cpu = lag95 = duration = 0.0
@@ -438,6 +475,7 @@ def _merge(
         statuses.update(part["statuses"])
         for name, chunks in arrays.items():
             chunks.append(np.frombuffer(part[name], dtype=np.float64))
+        step_chunks.append(np.frombuffer(part["rtt_step"], dtype=np.uint16))
         peak_open += part["peak_open"]
         rss_growth += max(part["rss_peak"] - part["rss_base"], 0)
         cpu = max(cpu, part["cpu"])
@@ -490,6 +528,8 @@ def _merge(
         connect_s=merged["connect_s"],
         first_response_s=merged["first_response_s"],
         rtt_s=rtt,
+        rtt_step=np.concatenate(step_chunks) if step_chunks else np.zeros(0, np.uint16),
+        step_names=tuple(describe_step(st) for st in plan.steps),
         arrival_lag_s=lags,
         p50_s=_pct(rtt, 50),
         p95_s=_pct(rtt, 95),

@@ -12,7 +12,8 @@ JSON line on stdout, which Cloud Logging keeps as the task's ``jsonPayload``::
      "rtt_histogram": {...}, "connect_histogram": {...}, ...}
 
 Secrets never travel in the plan: a header value or subprotocol may hold ``{token}``,
-replaced by the task's ``RUNBOOK_LOAD_TOKEN`` (set on the job from Secret Manager).
+replaced by the task's ``RUNBOOK_LOAD_TOKEN`` (set on the job from Secret Manager); a
+flow that sends the token in a frame (``[auth] mode = "message"``) gets it the same way.
 
 :func:`merge_results` is the pure other half: it merges the lines of every task into
 one :class:`MergedLoad` (counts added, histograms merged, so the percentiles are those
@@ -78,6 +79,7 @@ def shard(total_sessions: int, rate: float | None, index: int, count: int) -> Ta
 
 
 def _plan_from_env(environ: Mapping[str, str]) -> tuple[Any, TaskShard, str]:
+    from .flows import FlowStep
     from .load import LoadPlan  # numpy and picows: only in the task itself
 
     try:
@@ -105,9 +107,15 @@ def _plan_from_env(environ: Mapping[str, str]) -> tuple[Any, TaskShard, str]:
     subprotocols = tuple(str(s).replace("{token}", token) for s in raw.pop("subprotocols", []))
     if isinstance(raw.get("url"), str):
         raw["url"] = raw["url"].replace("{token}", token)  # query-mode auth
-    for key in ("reply_types", "type_paths", "ignore_types"):
+    for key in ("type_paths", "ignore_types", "error_types"):
         if key in raw:
             raw[key] = tuple(raw[key])
+    if "steps" in raw:
+        raw["steps"] = tuple(FlowStep(**step) for step in raw["steps"])
+    if "values" in raw:
+        raw["values"] = tuple((str(k), str(v)) for k, v in raw["values"])
+    if token and "token" not in raw:
+        raw["token"] = token  # message-mode auth: the flow's {token}
     raw.update(sessions=part.sessions, rate=part.rate, headers=headers, subprotocols=subprotocols)
     return LoadPlan(**raw), part, environ.get(RUN_ID_ENV, "")
 

@@ -184,7 +184,8 @@ def plot_load_latency(
     p99: float | None,
     threshold_s: float | None = None,
 ) -> Figure:
-    """Histogram and CDF of round-trip times with p50/p95/p99 (and the limit) marked.
+    """Histogram and CDF of the load flow's reply times (every expect step), with
+    p50/p95/p99 (and the limit) marked.
 
     Args:
         rtt_s: round-trip times in seconds (100,000 samples render in well under a second).
@@ -202,7 +203,7 @@ def plot_load_latency(
             a.text(
                 0.5,
                 0.5,
-                "no successful round trip",
+                "no expect step answered",
                 ha="center",
                 va="center",
                 transform=a.transAxes,
@@ -248,10 +249,10 @@ def plot_load_latency(
             off_scale = f"; limit {limit_ms:g} ms is off scale"
     for a in (hist_ax, cdf_ax):
         a.set_xlim(0.0, right)
-        a.set_xlabel("round-trip time (ms)")
-    hist_ax.set_ylabel("round trips (count)")
+        a.set_xlabel("reply time per expect step (ms)")
+    hist_ax.set_ylabel("replies (count)")
     hist_ax.set_title(f"Load test latency ({data.size:,} samples{off_scale})")
-    cdf_ax.set_ylabel("share of round trips at or below (%)")
+    cdf_ax.set_ylabel("share of replies at or below (%)")
     cdf_ax.set_ylim(0, 101)
     cdf_ax.set_title("Cumulative distribution")
     if any(v is not None for _, v, _ in marks) or limit_ms is not None:

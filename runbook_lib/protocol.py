@@ -42,6 +42,8 @@ __all__ = [
     "has_path",
     "parse_frame",
     "pattern_error",
+    "placeholder_names",
+    "placeholder_re",
     "render_message",
     "render_pattern",
     "render_template",
@@ -212,6 +214,22 @@ def first_path(obj: Any, paths: Iterable[str]) -> str | None:
     return None
 
 
+def placeholder_re() -> re.Pattern[str]:
+    """The regex of a ``{name}`` placeholder (group 1 = the name)."""
+    return _PLACEHOLDER
+
+
+def placeholder_names(template: Any) -> set[str]:
+    """Every ``{name}`` placeholder of ``template`` (a string, or every string of a table)."""
+    if isinstance(template, str):
+        return set(_PLACEHOLDER.findall(template))
+    if isinstance(template, Mapping):
+        return set().union(*(placeholder_names(v) for v in template.values()))
+    if isinstance(template, (list, tuple)):
+        return set().union(*(placeholder_names(v) for v in template))
+    return set()
+
+
 def _substitute(text: str, values: Mapping[str, str]) -> str:
     # Plain replacement (not str.format) so literal JSON braces in templates survive. The
     # seed's placeholders always render (empty when unknown); other names (captures) only
@@ -319,6 +337,11 @@ class LinearPattern:
         self.pattern = rendered
         self._same = tuple(dict.fromkeys(_BACKREF.findall(rendered)))
         self._rx = _re2(_BACKREF.sub(".+?", rendered) if self._same else rendered)
+
+    @property
+    def groupindex(self) -> Mapping[str, int]:
+        """Named groups of the pattern -> their index (as ``re.Pattern.groupindex``)."""
+        return cast("Mapping[str, int]", self._rx.groupindex)
 
     def search(self, text: str) -> PatternMatch | None:
         """The first match in ``text`` (None when there is none)."""

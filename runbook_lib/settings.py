@@ -40,6 +40,7 @@ from .settings_rules import (
     closest_name,
     parse_flows,
     resolve_source,
+    validate_message_auth,
     validate_protocol,
     validate_thresholds,
 )
@@ -67,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AUTH_MODES = ("none", "bearer", "subprotocol", "query")
+AUTH_MODES = ("none", "bearer", "subprotocol", "query", "message")
 # WebSocket paths probed one after another: more than this is a generated list, not a service.
 MAX_WS_PATHS = 100
 
@@ -127,14 +128,17 @@ class AuthSettings:
 
     ``token`` and ``jwt_secret`` hold the values read from the environment
     variables named by ``token_env`` / ``jwt_secret_env`` (already registered
-    as secrets); ``token_endpoint`` is a dev-only URL that issues a token for a
+    as secrets); ``tokens`` those named by ``token_envs`` (one per simulated
+    user); ``token_endpoint`` is a dev-only URL that issues a token for a
     user id (POST ``{"user_id": ...}`` -> ``{"token": ...}``), as the sandbox has.
+    ``mode = "message"``: the token travels in a frame, where a flow writes ``{token}``.
     """
 
     mode: str = "none"
     subprotocol: str = "jwt.{token}"
     query_param: str = "token"
     token_env: str = ""
+    token_envs: tuple[str, ...] = ()
     jwt_secret_env: str = ""
     jwt_claims: Mapping[str, Any] = field(default_factory=dict)
     ttl_s: int = 300
@@ -142,10 +146,17 @@ class AuthSettings:
     default_user: str = "runbook-user"
     token: str = field(default="", repr=False)
     jwt_secret: str = field(default="", repr=False)
+    tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def enabled(self) -> bool:
         return self.mode != "none"
+
+    @property
+    def distinct_identities(self) -> bool:
+        """True when each simulated user can get its own credential (minted, issued,
+        or one of several ready tokens); False for one static token."""
+        return bool(self.jwt_secret or self.token_endpoint or len(self.tokens) > 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +424,7 @@ _SECTIONS: dict[str, type] = {
 # Tables of the file besides the dataclass sections.
 _TABLES = ("commands", "checks", "flows")
 _TOP_KEYS = ("name", "auto_approve", "sandbox", *_SECTIONS, *_TABLES)
-_PRIVATE = {"auth": {"token", "jwt_secret"}}
+_PRIVATE = {"auth": {"token", "jwt_secret", "tokens"}}
 _THRESHOLD_KEYS = tuple(f.name for f in fields(Thresholds))
 _COMMAND_LISTS = ("predeploy", "mission_critical")
 _COMMAND_KEYS = ("name", "run", "timeout_s", "junit", "cwd")
@@ -551,11 +562,19 @@ def settings_from_dict(
         )
     token = _env_value("auth.token_env", auth.token_env, env, source)
     secret = _env_value("auth.jwt_secret_env", auth.jwt_secret_env, env, source)
-    register_secret(token)
-    register_secret(secret)
+    tokens = tuple(_env_value("auth.token_envs", var, env, source) for var in auth.token_envs)
+    for value in (token, secret, *tokens):
+        register_secret(value)
+    if len(set(tokens)) < len(tokens):
+        raise ConfigError(
+            "auth.token_envs: two of its variables hold the same token, so two simulated "
+            "users would be one user to the server; give one token per user",
+            source,
+        )
     if auth.token_endpoint:
         _check_url("auth.token_endpoint", auth.token_endpoint, ("http", "https"), source)
-    parts["auth"] = replace(auth, token=token, jwt_secret=secret)
+    parts["auth"] = replace(auth, token=token or (tokens[0] if tokens else ""), jwt_secret=secret,
+                            tokens=tokens)  # fmt: skip
 
     not_applicable = checks_table(raw.get("checks", {}), source)
     protocol = validate_protocol(
@@ -586,6 +605,16 @@ def settings_from_dict(
     mission = _commands(commands.get("mission_critical", []), "mission_critical", source)
 
     flows = parse_flows(raw.get("flows", {}), fmt=protocol.format, source=source)
+    validate_message_auth(parts["auth"], flows, source)
+    iso_users = parts["thresholds"].isolation_users
+    if len(parts["auth"].tokens) > 1 and not (auth.jwt_secret_env or auth.token_endpoint):
+        if iso_users > len(parts["auth"].tokens):
+            raise ConfigError(
+                f"thresholds.isolation_users = {iso_users} but auth.token_envs names "
+                f"{len(parts['auth'].tokens)} tokens: each simulated user needs its own; set "
+                f"isolation_users = {len(parts['auth'].tokens)} or name more token variables",
+                source,
+            )
     for flow_name in flows:
         if flow_name not in FLOW_NAMES:
             warnings.append(

@@ -43,6 +43,7 @@ __all__ = [
     "parse_flows",
     "placeholders",
     "resolve_source",
+    "validate_message_auth",
     "validate_protocol",
     "validate_thresholds",
 ]
@@ -305,7 +306,7 @@ def parse_flows(raw: Any, *, fmt: str, source: str) -> dict[str, Flow]:
         steps = table.get("steps")
         if not isinstance(steps, list) or not steps:
             raise ConfigError(f"{key}.steps must be a non-empty array of tables", source)
-        known = list(BUILTIN_PLACEHOLDERS)
+        known = [*BUILTIN_PLACEHOLDERS, "token"]
         parsed: list[FlowStep] = []
         for i, step in enumerate(steps):
             parsed.append(_step(step, key, i, known, fmt, source))
@@ -528,3 +529,30 @@ def checks_table(table: Any, source: str) -> dict[str, str]:
             )
         out[str(cid)] = reason.strip()
     return out
+
+
+def validate_message_auth(auth: Any, flows: Mapping[str, Any], source: str) -> None:
+    """``{token}`` in a flow needs ``[auth] mode = "message"``, and that mode needs a
+    flow that sends it (``[[flows.auth.steps]]``, the conversation proving acceptance)."""
+    sending = sorted(
+        name
+        for name, flow in flows.items()
+        if any(s.send is not None and "token" in placeholders(s.send) for s in flow.steps)
+    )
+    if auth.mode != "message" and sending:
+        raise ConfigError(
+            f"flows {', '.join(sending)} send {{token}} but auth.mode = {auth.mode!r}: set "
+            '[auth] mode = "message" so the token travels in that frame',
+            source,
+        )
+    if (
+        auth.mode == "message"
+        and "auth" not in sending
+        and not ("auth" not in flows and "load" in sending)
+    ):
+        raise ConfigError(
+            'auth.mode = "message" needs [[flows.auth.steps]]: the conversation that sends '
+            "{token} in a frame (a login message, a GraphQL connection_init payload, a "
+            "Socket.IO namespace connect) and expects the server's acknowledgement",
+            source,
+        )

@@ -6,7 +6,9 @@ Where a token comes from, in order of preference (per :class:`AuthSettings`):
    (``sub`` = user id, ``iat``, ``exp`` = now + ``ttl_s``, plus ``jwt_claims``);
 2. ``token_endpoint``: POST ``{"user_id": ...}`` to a dev-only issuer that answers
    ``{"token": ..., "expires_at": ...}`` (it also honours ``"expired": true``);
-3. ``token`` (from ``token_env``): one ready token shared by every user.
+3. ``tokens`` (from ``token_envs``): one ready token per simulated user;
+4. ``token`` (from ``token_env``): one ready token shared by every user (so, to the
+   server, every simulated user is the same user).
 
 Every token obtained or minted is registered for redaction before it is returned.
 """
@@ -75,11 +77,16 @@ class ConnectAuth:
         headers: extra request headers, e.g. ``(("Authorization", "Bearer ..."),)``.
         subprotocols: subprotocols to offer, e.g. ``("jwt.<token>",)``.
         query: query parameters to append to the URL.
+        token: the value of ``{token}`` in a flow's frames (``mode = "message"``).
+        in_message: the credential travels in a frame (``mode = "message"``): only the
+            flow completing proves it accepted.
     """
 
     headers: tuple[tuple[str, str], ...] = ()
     subprotocols: tuple[str, ...] = ()
     query: tuple[tuple[str, str], ...] = ()
+    token: str = field(default="", repr=False)
+    in_message: bool = False
 
     def url(self, ws_url: str) -> str:
         """``ws_url`` with the query parameters appended."""
@@ -154,6 +161,7 @@ async def obtain_token(
     client: httpx.AsyncClient | None = None,
     timeout_s: float = 5.0,
     expired: bool = False,
+    index: int | None = None,
 ) -> TokenResult:
     """Obtain a token for ``user_id`` per the configured sources; never raises.
 
@@ -164,6 +172,7 @@ async def obtain_token(
         timeout_s: bound on the token endpoint call.
         expired: ask for an already-expired token (minted, or ``"expired": true``);
             an env token cannot be made expired, which is reported as an error.
+        index: the simulated user's number: picks its token from ``token_envs``.
     """
     user = user_id or auth.default_user
     if auth.jwt_secret:
@@ -173,6 +182,10 @@ async def obtain_token(
         return TokenResult(token=token, source="jwt_secret", user_id=user)
     if auth.token_endpoint:
         return await _from_endpoint(auth.token_endpoint, user, client, timeout_s, expired)
+    if auth.tokens and index is not None and not expired:
+        token = auth.tokens[index % len(auth.tokens)]
+        register_secret(token)
+        return TokenResult(token=token, source="env", user_id=user)
     if auth.token and not expired:
         register_secret(auth.token)
         return TokenResult(token=auth.token, source="env", user_id=user)
@@ -229,6 +242,8 @@ async def _from_endpoint(
 
 def connect_auth(auth: AuthSettings, token: str | None) -> ConnectAuth:
     """Lay ``token`` out as the configured mode wants (empty for mode none or no token)."""
+    if auth.mode == "message":
+        return ConnectAuth(token=token or "", in_message=True)
     if not token or auth.mode == "none":
         return ConnectAuth()
     if auth.mode == "bearer":
@@ -271,7 +286,8 @@ async def negative_cases(
     if auth.mode == "none":
         reason = "auth.mode is none: the service is not configured to require credentials"
         return tuple(NegativeCase(name, False, reason=reason) for name in NEGATIVE_CASES)
-    out = [NegativeCase("missing", True, ConnectAuth(), "no credentials sent")]
+    missing = connect_auth(auth, "")  # message mode: the frame carries an empty token
+    out = [NegativeCase("missing", True, missing, "no credentials sent")]
     # Token-shaped but not a JWT; long enough to be registered (harmless) as a secret.
     malformed = "not-a-jwt." + secrets.token_hex(8)
     out.append(

@@ -158,6 +158,16 @@ async def _attempt(
             latency_s=took,
             **base,
         )
+    if creds.in_message:
+        # The token rode in a frame: only the flow completing proves it was accepted;
+        # no acknowledgement within the step's time is the refusal.
+        return AuthAttempt(
+            accepted=False,
+            how=f"not acknowledged: {obs.stop_detail}",
+            subprotocol=sub,
+            latency_s=took,
+            **base,
+        )
     if any(f.frame.is_event for f in obs.frames):
         # The service talked to us (an event, not an error) even if the probe's step did
         # not match: a working socket.
@@ -259,12 +269,14 @@ def _token_failure(url: str, flow: Flow, user: str, error: str) -> FlowObservati
 
 
 async def _auth_for(
-    settings: Settings, user: str, client: httpx.AsyncClient | None
+    settings: Settings, user: str, client: httpx.AsyncClient | None, index: int | None = None
 ) -> tuple[ConnectAuth, str]:
     auth = settings.auth
     if not auth.enabled:
         return ConnectAuth(), ""
-    token = await obtain_token(auth, user, client=client, timeout_s=settings.timeouts.connect_s)
+    token = await obtain_token(
+        auth, user, client=client, timeout_s=settings.timeouts.connect_s, index=index
+    )
     if not token.ok:
         return ConnectAuth(), token.error or "no token"
     return connect_auth(auth, token.token), ""
@@ -317,8 +329,8 @@ async def observe_flow_users(
     names = [f"{user_prefix}-{suffix}-{i}" for i in range(max(1, users))]
     auths: dict[str, ConnectAuth | None] = {}
     failed: dict[str, str] = {}
-    for user in names:
-        creds, err = await _auth_for(settings, user, client)
+    for i, user in enumerate(names):
+        creds, err = await _auth_for(settings, user, client, index=i)
         if err:
             failed[user] = err
         auths[user] = creds

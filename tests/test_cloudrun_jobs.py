@@ -97,6 +97,30 @@ def test_job_body_carries_the_plan_without_the_token():
     assert job_path(s) == "projects/p/locations/r/jobs/svc-runbook-load"
 
 
+def test_a_flow_plan_reaches_the_task_whole_and_its_message_token_only_as_a_variable():
+    """``[auth] mode = "message"``: the flow holds ``{token}``, the plan JSON never the
+    token; the task gets the steps back and the token from RUNBOOK_LOAD_TOKEN."""
+    from runbook_lib.flows import FlowStep
+    from runbook_lib.load_task import _plan_from_env
+
+    s = _settings(engine="cloudrun-job", image="img", tasks=2)
+    token = "eyJ-message-token-value"
+    steps = (
+        FlowStep(send={"type": "connection_init", "payload": {"token": "{token}"}}),
+        FlowStep(expect={"type": "connection_ack"}, timeout_s=3.0),
+        FlowStep(send={"type": "subscribe", "id": "{marker}"}),
+        FlowStep(expect_pattern="{marker}", capture={"n": "n"}),
+    )
+    plan = LoadPlan(url="ws://h/graphql", sessions=8, steps=steps, token=token)
+    body = job_body(s, plan, "run1", token)
+    env = {e["name"]: e["value"] for e in body["template"]["template"]["containers"][0]["env"]}
+    assert token not in env["RUNBOOK_LOAD_PLAN"] and env["RUNBOOK_LOAD_TOKEN"] == token
+    task_plan, part, _ = _plan_from_env(
+        {**env, "CLOUD_RUN_TASK_INDEX": "1", "CLOUD_RUN_TASK_COUNT": "2"}
+    )
+    assert task_plan.steps == steps and task_plan.token == token and part.sessions == 4
+
+
 # ---------------------------------------------------------------- merged result as a view
 
 

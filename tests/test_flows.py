@@ -195,42 +195,42 @@ def test_describe_step_and_observation_summary() -> None:
 # ---------------------------------------------------------------- the load engine's view
 
 
-def test_load_round_trip_maps_one_send_and_one_expect() -> None:
-    from runbook_lib.flows import load_round_trip
+def test_load_matcher_matches_like_match_step_with_per_session_values() -> None:
+    """The load engine's compiled expect step: fields, patterns, captures; the values
+    that differ per session (marker, captures) are taken from that session."""
+    from runbook_lib.flows import LoadMatcher, load_session_names
 
-    values = {"marker": "mk1234", "user_id": "u"}
-    seed = default_flows(ProtocolSettings())["load"]
-    trip = load_round_trip(seed, values)
-    assert json.loads(trip.message) == {"type": "ping"} and trip.reply_types == ("pong",)
-    text = ProtocolSettings(format="text", ping="PING {marker}", pong_pattern="^PONG {marker}$")
-    trip = load_round_trip(default_flows(text)["load"], values)
-    assert trip.message == "PING mk1234" and trip.reply_pattern == "^PONG mk1234$"
-    assert trip.reply_types == ()
-    rpc = Flow(
-        "load",
-        (
-            FlowStep(send={"id": "{marker}", "method": "ping"}),
-            FlowStep(expect={"id": "{marker}", "result": "pong"}),
-        ),
+    steps = (
+        FlowStep(send={"id": "{marker}", "method": "ping"}),
+        FlowStep(expect={"id": "{marker}", "result": "pong"}, capture={"srv": "server"}),
+        FlowStep(expect_pattern="^PONG {marker} from {srv}$"),
     )
-    trip = load_round_trip(rpc, values)
-    assert json.loads(trip.message)["id"] == "mk1234"
-    assert trip.reply_fields == (("id", "mk1234"), ("result", "pong"))
+    session = load_session_names(steps)
+    assert session == {"marker", "token", "srv"}
+    rpc = LoadMatcher(steps[1], {"user_id": "u"}, session, 5.0)
+    assert not rpc.cacheable and rpc.timeout_s == 5.0
+    one = {"marker": "mk1s0"}
+    frame = {"id": "mk1s0", "result": "pong", "server": "a"}
+    assert rpc.match(json.dumps(frame), frame, None, one, frozenset()) == {"srv": "a"}
+    assert rpc.match("{}", {**frame, "id": "mk1s1"}, None, one, frozenset()) is None
+    text = LoadMatcher(steps[2], {}, session, 5.0)
+    assert text.match("PONG mk1s0 from a", None, None, {**one, "srv": "a"}, frozenset()) == {}
+    assert text.match("PONG mk1s1 from a", None, None, {**one, "srv": "a"}, frozenset()) is None
 
 
-def test_load_round_trip_refuses_more_than_one_round_trip_naming_the_flow() -> None:
-    from runbook_lib.flows import load_round_trip
+def test_load_flow_problem_names_a_flow_the_engine_cannot_time() -> None:
+    from runbook_lib.flows import load_flow_problem
 
-    two = Flow(
+    assert load_flow_problem(default_flows(ProtocolSettings())["load"]) == ""
+    graphql = Flow(
         "load",
         (
             FlowStep(send={"type": "connection_init"}),
             FlowStep(expect={"type": "connection_ack"}),
-            FlowStep(send={"type": "ping"}),
-            FlowStep(expect_event="pong"),
+            FlowStep(send={"type": "subscribe", "id": "1"}),
+            FlowStep(expect={"type": "next", "id": "1"}),
         ),
     )
-    with pytest.raises(ValueError, match=r"'load' flow has 4 step\(s\).*\[flows\.load\]"):
-        load_round_trip(two, {})
-    with pytest.raises(ValueError, match="one send"):
-        load_round_trip(Flow("load", (FlowStep(send="x"),)), {})
+    assert load_flow_problem(graphql) == ""
+    assert "expects nothing" in load_flow_problem(Flow("load", (FlowStep(send="x"),)))
+    assert "[flows.load]" in load_flow_problem(Flow("load", (FlowStep(expect_event="x"),)))

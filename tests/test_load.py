@@ -7,6 +7,7 @@ time bounds below only prove that every wait is bounded, with generous margins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -20,6 +21,7 @@ from timing import T
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request
 
+from runbook_lib.flows import FlowStep
 from runbook_lib.load import LoadPlan, LoadReport, run_load
 
 pytestmark = pytest.mark.timeout(T(60))
@@ -187,6 +189,10 @@ async def test_target_that_never_replies_gives_reply_timeouts(target) -> None:
     assert time.monotonic() - t0 < T(5.0)
     _consistent(report)
     assert report.errors_by_kind == {"timeout_reply": 3}
+    from runbook_lib.checks.monitor import judge_load
+
+    rate = {r.id: r for r in judge_load(report, success_rate=0.8, p95_s=3.0)}["load.success_rate"]
+    assert rate.status == "fail" and "no matching frame within its timeout_s" in rate.detail
     assert report.handshake_statuses == {101: 3}
 
 
@@ -255,12 +261,12 @@ def test_plan_rejects_nonsense() -> None:
         LoadPlan(url="ws://x", sessions=1, concurrency=0)
 
 
-def test_reply_matching_by_fields_and_pattern() -> None:
-    """A flow's expect step as the engine's reply matcher (JSON fields; text by regex)."""
+def test_expect_steps_match_by_fields_pattern_and_type_as_flows_do() -> None:
+    """A flow's expect step as the engine matches it (JSON fields; text by regex)."""
     from runbook_lib._load_worker import WorkerSpec, _Generator
 
-    def gen(**kw):
-        base = dict(
+    def gen(expect: FlowStep):
+        spec = WorkerSpec(
             url="ws://x/",
             sessions_total=1,
             offset=0,
@@ -270,24 +276,184 @@ def test_reply_matching_by_fields_and_pattern() -> None:
             ramp_s=0.0,
             messages=1,
             hold_s=0.0,
-            message=b"x",
-            binary=False,
-            reply_types=(),
+            steps=(FlowStep(send="x"), expect),
+            values=(("marker", "mk1"),),
             type_paths=("type",),
             ignore_types=("welcome",),
+            error_types=("error",),
             headers=(),
             connect_timeout_s=1.0,
             message_timeout_s=1.0,
             deadline_s=1.0,
         )
-        return _Generator(WorkerSpec(**{**base, **kw}))
+        return _Generator(spec)
 
-    rpc = gen(reply_fields=(("id", "mk1"), ("result", "pong")))
-    assert rpc.is_reply(b'{"jsonrpc": "2.0", "id": "mk1", "result": "pong"}')
-    assert not rpc.is_reply(b'{"jsonrpc": "2.0", "id": "mk2", "result": "pong"}')
-    assert not rpc.is_reply(b"PONG mk1")
-    text = gen(reply_pattern="^PONG mk1$")
-    assert text.is_reply(b"PONG mk1")
-    assert not text.is_reply(b"PONG mk2") and not text.is_reply(b"NICK a")
-    typed = gen(reply_types=("pong",))
-    assert typed.is_reply(b'{"type": "pong"}') and not typed.is_reply(b'{"type": "welcome"}')
+    rpc = gen(FlowStep(expect={"id": "mk1", "result": "pong"}))
+    assert rpc.match(1, b'{"jsonrpc": "2.0", "id": "mk1", "result": "pong"}', None) == {}
+    assert rpc.match(1, b'{"jsonrpc": "2.0", "id": "mk2", "result": "pong"}', None) is None
+    assert rpc.match(1, b"PONG mk1", None) is None
+    assert rpc.match(1, b'{"type": "error", "message": "no"}', None) is False
+    text = gen(FlowStep(expect_pattern="^PONG mk1$"))
+    assert text.match(1, b"PONG mk1", None) == {}
+    assert text.match(1, b"PONG mk2", None) is None and text.match(1, b"NICK a", None) is None
+    typed = gen(FlowStep(expect_event="pong"))
+    assert typed.match(1, b'{"type": "pong"}', None) == {}
+    assert typed.match(1, b'{"type": "welcome"}', None) is None
+    anything = gen(FlowStep())
+    assert anything.match(1, b'{"type": "welcome"}', None) is None
+    assert anything.match(1, b'{"type": "hello"}', None) == {}
+
+
+# ------------------------------------------------------------------ whole flows
+
+
+@dataclass
+class PubSub:
+    """What the pub/sub test server saw and how it misbehaves."""
+
+    topics: list[str] = field(default_factory=list)
+    notify: bool = True
+    error_on_publish: bool = False
+
+
+@pytest.fixture
+async def pubsub() -> AsyncIterator[tuple[str, PubSub]]:
+    """A JSON pub/sub server: subscribe -> ack (with a subscription id), publish ->
+    notification to every subscriber of the topic."""
+    state = PubSub()
+    subscribers: dict[str, list[tuple[ServerConnection, str]]] = {}
+    counter = iter(range(1_000_000))
+
+    async def handler(ws: ServerConnection) -> None:
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg.get("op") == "subscribe":
+                sub = f"sub-{next(counter)}"
+                state.topics.append(msg["topic"])
+                subscribers.setdefault(msg["topic"], []).append((ws, sub))
+                await ws.send(json.dumps({"type": "ack", "id": msg.get("id"), "sub": sub}))
+            elif msg.get("op") == "publish":
+                if state.error_on_publish:
+                    await ws.send(json.dumps({"type": "error", "message": "publish refused"}))
+                    continue
+                if not state.notify:
+                    continue
+                for peer, sub in subscribers.get(msg["topic"], []):
+                    note = {"type": "notification", "sub": sub, "data": msg.get("data")}
+                    with contextlib.suppress(Exception):
+                        await peer.send(json.dumps(note))
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/", state
+
+
+def _pubsub_steps(notify_timeout_s: float | None = None) -> tuple[FlowStep, ...]:
+    return (
+        FlowStep(send={"op": "subscribe", "topic": "t-{marker}", "id": "{run_id}"}),
+        FlowStep(expect={"type": "ack", "id": "{run_id}"}, capture={"sub": "sub"}),
+        FlowStep(send={"op": "publish", "topic": "t-{marker}", "data": "hello {marker}"}),
+        FlowStep(
+            expect={"sub": "{sub}"}, expect_pattern="hello {marker}", timeout_s=notify_timeout_s
+        ),
+    )
+
+
+async def test_load_sessions_run_a_whole_pubsub_flow_with_captures(pubsub) -> None:
+    """subscribe -> ack (captured id) -> publish -> notification, per session, own topic."""
+    url, state = pubsub
+    values = (("run_id", "run-1"), ("marker", "mkload"))
+    report = await run_load(
+        _plan(url, sessions=12, messages=1, steps=_pubsub_steps(), values=values)
+    )
+    _consistent(report)
+    assert report.succeeded == 12, report.errors_by_kind
+    assert len(set(state.topics)) == 12  # one marker per session: no shared topic
+    assert sorted(set(report.rtt_step.tolist())) == [1, 3]  # the flow's two expect steps
+    rec = report.to_record()
+    assert [r["step"] for r in rec["steps"]] == [2, 4]
+    assert all(r["samples"] == 12 and r["p95_s"] > 0 for r in rec["steps"])
+    assert report.p95_s is not None and report.rtt_s.size == 24
+    from runbook_lib.checks.monitor import judge_load
+
+    p95 = {r.id: r for r in judge_load(report, success_rate=0.8, p95_s=3.0)}["load.latency_p95"]
+    assert p95.status == "pass" and "per step: step 2 p95" in p95.detail and "step 4" in p95.detail
+
+
+async def test_a_flow_step_waits_only_its_own_timeout(pubsub) -> None:
+    """No notification: the session fails as timeout_reply after the step's timeout_s."""
+    url, state = pubsub
+    state.notify = False
+    started = time.monotonic()
+    plan = _plan(url, sessions=3, messages=1, steps=_pubsub_steps(0.3), message_timeout_s=T(30))
+    report = await run_load(plan)
+    assert report.errors_by_kind == {"timeout_reply": 3}
+    from runbook_lib.checks.monitor import judge_load
+
+    rate = {r.id: r for r in judge_load(report, success_rate=0.8, p95_s=3.0)}["load.success_rate"]
+    assert rate.status == "fail" and "no matching frame within its timeout_s" in rate.detail
+    assert time.monotonic() - started < T(10)  # 0.3 s step bound, not the 30 s default
+    assert report.rtt_step.tolist() == [1, 1, 1]  # the acks were answered and timed
+
+
+async def test_an_error_frame_is_an_answer_not_a_timeout(pubsub) -> None:
+    url, state = pubsub
+    state.error_on_publish = True
+    report = await run_load(_plan(url, sessions=4, messages=1, steps=_pubsub_steps(T(20))))
+    assert report.errors_by_kind == {"error_frame": 4}
+    assert report.duration_s < T(5)
+
+
+@pytest.fixture
+async def text_room() -> AsyncIterator[str]:
+    """A plain-text room server: ``JOIN r`` -> ``JOINED r as guestN``, ``SAY r text`` ->
+    ``[r] guestN: text`` to everyone in the room."""
+    rooms: dict[str, set[ServerConnection]] = {}
+    guests = iter(range(1, 1_000_000))
+
+    async def handler(ws: ServerConnection) -> None:
+        nick = f"guest{next(guests)}"
+        async for raw in ws:
+            verb, room, *rest = str(raw).split(" ", 2)
+            if verb == "JOIN":
+                rooms.setdefault(room, set()).add(ws)
+                await ws.send(f"JOINED {room} as {nick}")
+            elif verb == "SAY":
+                for peer in list(rooms.get(room, ())):
+                    with contextlib.suppress(Exception):
+                        await peer.send(f"[{room}] {nick}: {rest[0] if rest else ''}")
+            else:
+                await ws.send(f"ERR unknown {verb}")
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+async def test_a_text_flow_captures_by_named_group_and_matches_its_own_lines(text_room) -> None:
+    """Text frames: a named group captures the nick, later steps use it; an error line
+    (error_pattern) instead of the awaited one is error_frame."""
+    steps = (
+        FlowStep(send="JOIN r-{marker}"),
+        FlowStep(expect_pattern="^JOINED r-{marker} as (?P<nick>\\S+)$"),
+        FlowStep(send="SAY r-{marker} hello {marker}"),
+        FlowStep(expect_pattern="^\\[r-{marker}\\] {nick}: hello {marker}$"),
+        FlowStep(send="SAY r-{marker} bye {marker}"),
+        FlowStep(expect_pattern="bye {marker}"),  # a literal: a substring test per session
+        FlowStep(send="SAY r-{marker} again"),
+        FlowStep(expect_pattern=": again$"),
+        FlowStep(send="SAY r-{marker} by {nick}"),
+        FlowStep(expect_pattern="^\\S+ {nick}: by "),  # the capture alone makes it per session
+    )
+    plan = _plan(text_room, sessions=8, messages=2, steps=steps, type_paths=(), error_types=())
+    report = await run_load(plan)
+    _consistent(report)
+    assert report.succeeded == 8, report.errors_by_kind
+    assert sorted(set(report.rtt_step.tolist())) == [1, 3, 5, 7, 9] and report.rtt_s.size == 80
+    from runbook_lib.flows import load_session_names
+
+    assert "nick" in load_session_names(steps)
+    bad = (FlowStep(send="PART r-{marker}"), FlowStep(expect_pattern="^PARTED"))
+    report = await run_load(
+        _plan(text_room, sessions=3, steps=bad, type_paths=(), error_pattern="^ERR ")
+    )
+    assert report.errors_by_kind == {"error_frame": 3}

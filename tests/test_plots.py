@@ -88,7 +88,7 @@ def test_load_latency_zooms_on_data_and_names_a_far_limit() -> None:
 
 def test_load_latency_without_samples_says_so() -> None:
     fig = plots.plot_load_latency([], None, None, None)
-    assert "no successful round trip" in fig.axes[0].texts[0].get_text()
+    assert "no expect step answered" in fig.axes[0].texts[0].get_text()
     _png(fig)
 
 

@@ -117,7 +117,7 @@ _CHECKS = (
     Check("tests.duration", 4, "the mission-critical suites finish within tests_max_s", "commands", ("commands.mission_critical",), "judge_tests_duration", "test_suites"),
     Check("e2e.agent_response", 4, "the agent's final event arrives within event_timeout_s", "agent", (*_T, "flows.agent"), "judge_agent_response", "agent_response"),
     Check("load.success_rate", 4, "enough concurrent sessions succeed", "monitor", (*_T, "flows.load"), "judge_load", "load_test"),
-    Check("load.latency_p95", 4, "round-trip p95 under load stays below load_p95_s", "monitor", (*_T, "flows.load"), "judge_load", "load_test"),
+    Check("load.latency_p95", 4, "p95 of the load flow's expect steps under load stays below load_p95_s", "monitor", (*_T, "flows.load"), "judge_load", "load_test"),
     Check("load.no_server_errors", 4, "no 5xx upgrade and no server-side close under load", "monitor", (*_T, "flows.load"), "judge_load", "load_test"),
     # phase 5: business value
     Check("auth.config", 5, "the auth service's config endpoint answers 200 JSON", "http", ("target.auth_url", "target.auth_config_path"), "judge_auth_config", "auth_checks"),

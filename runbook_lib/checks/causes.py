@@ -582,4 +582,10 @@ def kind_words(kind: str) -> str:
         return f"{kind}: {explain_status(int(code))}"
     if code.isdigit() and head == "closed":
         return f"{kind}: {explain_close(int(code))}"
-    return kind
+    return f"{kind}: {_LOAD_KINDS[kind]}" if kind in _LOAD_KINDS else kind
+
+
+_LOAD_KINDS = {
+    "timeout_reply": "a step of the load flow got no matching frame within its timeout_s",
+    "error_frame": "the service answered a step of the load flow with an error frame",
+}

@@ -256,9 +256,19 @@ def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> 
     Args:
         report: a :class:`runbook_lib.load.LoadReport`.
         success_rate: minimum share of planned sessions that must succeed.
-        p95_s: the round-trip p95 must stay below this.
+        p95_s: the p95 of the load flow's expect steps must stay below this.
     """
     out: list[CheckResult] = []
+    records = getattr(report, "step_records", None)
+    steps = records() if callable(records) else []
+    per_step = (
+        "; per step: "
+        + ", ".join(
+            f"step {r['step']} p95 {r['p95_s']:.3f}s" for r in steps if r["p95_s"] is not None
+        )
+        if len(steps) > 1
+        else ""
+    )
     errors = dict(report.errors_by_kind or {})
     top = sorted(errors.items(), key=lambda kv: -kv[1])[:3]
     top_words = "; ".join(f"{n}x {kind_words(k)}" for k, n in top)
@@ -304,7 +314,7 @@ def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> 
         note = "" if trusted else f" (generator not trusted: {why_untrusted})"
         out.append(
             Verdict("load.latency_p95").ok(
-                f"p95 {p95:.3f}s, p50 {report.p50_s or 0:.3f}s{note}",
+                f"p95 {p95:.3f}s, p50 {report.p50_s or 0:.3f}s{per_step}{note}",
                 observed=round(p95, 4),
                 threshold=p95_s,
             )
@@ -322,7 +332,7 @@ def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> 
         out.append(
             Verdict("load.latency_p95").fail(
                 f"p95 {p95:.3f}s >= {p95_s:g}s under {report.planned} sessions: the "
-                "service is saturated (concurrency, CPU) or cold-starting instances",
+                "service is saturated (concurrency, CPU) or cold-starting instances" + per_step,
                 observed=round(p95, 4),
                 threshold=p95_s,
             )

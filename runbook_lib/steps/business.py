@@ -1,7 +1,7 @@
 """Phase 5 steps: authentication, chat flow, multi-user isolation, critical events.
 
-Every conversation with the service is a flow (SPEC section 8): the auth probe runs
-the ``load`` flow, the chat check the ``chat`` flow, the isolation test the
+Every conversation with the service is a flow: the auth probe runs the ``auth`` flow
+(default: the ``load`` flow), the chat check the ``chat`` flow, the isolation test the
 ``isolation`` flow once per simulated user (each with a unique ``{marker}``), and the
 event checks judge the frames the ``agent`` flow recorded. Undefined flows are the
 seed's defaults, so the sandbox behaves as before.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..checks import (
+    Verdict,
     judge_auth_config,
     judge_auth_health,
     judge_auth_rejects_invalid,
@@ -103,7 +104,7 @@ async def auth_checks(ctx: PhaseContext) -> StepReport:
         ctx.settings.auth,
         open_timeout_s=to.connect_s,
         probe_timeout_s=to.read_s,
-        flow=resolve_flow(ctx.settings, "load"),
+        flow=resolve_flow(ctx.settings, "auth"),
     )
     results.append(judge_auth_ws_authenticated(obs))
     results.append(judge_auth_rejects_invalid(obs))
@@ -144,6 +145,18 @@ async def isolation(ctx: PhaseContext) -> StepReport:
         ),
         judge_isolation_no_cross_user(runs),
     ]
+    auth = ctx.settings.auth
+    if auth.enabled and auth.token and not auth.distinct_identities:
+        # One static token: to the server every simulated user is one user, so a frame
+        # "for another user" is that same user's. That is no evidence of a leak.
+        results[1] = Verdict("isolation.no_cross_user", phase=ctx.phase).error(
+            "every simulated user connected with the one token of auth.token_env, so to "
+            "the server they are all the same user: isolation between users cannot be "
+            'tested. Give one token per user (auth.token_envs = ["TOKEN_A", '
+            '"TOKEN_B", ...]) or auth.jwt_secret_env to mint one per user.',
+            observed="one identity",
+            threshold="distinct identities",
+        )
     rows = [
         {
             "user": r.user_id,

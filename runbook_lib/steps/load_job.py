@@ -28,6 +28,8 @@ def _token_in(plan: LoadPlan) -> str:
     """The registered secret the plan's auth carries (moved to the job's token variable)."""
     from ..redaction import registered_secrets
 
+    if plan.token:
+        return plan.token
     hay = " ".join([plan.url, *(v for _, v in plan.headers), *plan.subprotocols])
     found = [s for s in registered_secrets() if s and s in hay]
     return max(found, key=len) if found else ""

@@ -71,41 +71,40 @@ async def agent_response(ctx: PhaseContext) -> StepReport:
 
 @step
 async def load_test(ctx: PhaseContext) -> StepReport:
-    """Open N concurrent sessions (connect, the load flow's round trips, close); judge
-    success and p95. The load flow (``[flows.load]``, default ping -> pong) must be one
-    send and one expect step: anything else is ``error`` naming the flow."""
-    from ..flows import flow_values, load_round_trip, reply_timeout_s, resolve_flow
+    """Open N concurrent sessions, each running the load flow whole (``[flows.load]``,
+    default ping -> pong: every send, expect, pattern and capture); judge success and
+    the p95 of the flow's expect steps."""
+    from ..flows import flow_values, load_flow_problem, reply_timeout_s, resolve_flow
     from ..load import LoadPlan, run_load
     from ..plots import plot_load_latency
 
     th, p, to = ctx.settings.thresholds, ctx.settings.protocol, ctx.settings.timeouts
-    try:
-        trip = load_round_trip(
-            resolve_flow(ctx.settings, "load"),
-            flow_values(user_id=ctx.settings.auth.default_user, text="runbook load"),
-        )
-    except ValueError as exc:
+    flow = resolve_flow(ctx.settings, "load")
+    problem = load_flow_problem(flow)
+    if problem:
         return report(
             [
-                Verdict(i, phase=ctx.phase).error(f"the load sessions cannot run: {exc}")
+                Verdict(i, phase=ctx.phase).error(f"the load sessions cannot run: {problem}")
                 for i in step_ids("load_test")
             ]
         )
     auth, err = await connect_auth(ctx)
     if err:
         return report(token_errors(ctx, step_ids("load_test"), err))
-    url = with_query(ctx.settings.target.ws(), auth.query)
+    values = flow_values(user_id=ctx.settings.auth.default_user, text="runbook load")
+    json_format = p.format != "text"
     plan = LoadPlan(
-        url=url,
+        url=with_query(ctx.settings.target.ws(), auth.query),
         sessions=th.load_connections,
         messages=th.load_messages,
         ramp_s=th.load_ramp_s,
-        message=trip.message,
-        reply_types=trip.reply_types,
-        reply_fields=trip.reply_fields,
-        reply_pattern=trip.reply_pattern,
-        type_paths=p.event_type,
-        ignore_types=tuple(t for t in p.ignore if t not in p.pong_types),
+        steps=flow.steps,
+        values=tuple(values.items()),
+        type_paths=p.event_type if json_format else (),
+        ignore_types=tuple(p.ignore) if json_format else (),
+        error_types=p.error_types if json_format else (),
+        error_pattern=p.error_pattern,
+        token=auth.token,
         # The run's User-Agent travels in the plan, so a Cloud Run Job task marks it too.
         headers=(*auth.headers, ("User-Agent", user_agent())),
         subprotocols=tuple(dict.fromkeys((*p.subprotocols, *auth.subprotocols))),
@@ -127,4 +126,8 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         load.rtt_s, load.p50_s, load.p95_s, load.p99_s, threshold_s=th.load_p95_s
     )
     rows = [{"metric": k, "value": v} for k, v in rec.items() if not isinstance(v, (list, dict))]
+    rows += [
+        {"metric": f"step {r['step']} p95_s ({r['what'][:60]})", "value": r["p95_s"]}
+        for r in rec["steps"]
+    ]
     return report(results, table=table(rows), figure=fig)

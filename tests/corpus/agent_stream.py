@@ -40,7 +40,7 @@ ws_test_path = false
 [auth]
 mode = "query"
 query_param = "access_token"
-token_env = "CORPUS_AGENT_TOKEN"
+token_envs = ["CORPUS_AGENT_TOKEN", "CORPUS_AGENT_TOKEN_B"]
 [protocol]
 event_type = ["payload.type"]
 user_id = ["payload.user"]
@@ -55,6 +55,7 @@ run_started = ["payload.type", "payload.user", "payload.run"]
 run_finished = ["payload.type", "payload.user", "payload.run", "payload.output"]
 [thresholds]
 critical_events_min = 3
+isolation_users = 2
 """
 
 

@@ -20,6 +20,8 @@ from .serve import Running, serve_corpus
 SKETCH_ENVIRON = {
     "CORPUS_CHAT_TOKEN": text_chat.DEFAULT_TOKEN,
     "CORPUS_AGENT_TOKEN": next(iter(agent_stream.TOKENS)),
+    "CORPUS_CHAT_TOKEN_B": text_chat.SECOND_TOKEN,
+    "CORPUS_AGENT_TOKEN_B": list(agent_stream.TOKENS)[1],
 }
 
 

@@ -20,6 +20,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 TOKEN_ENV = "CORPUS_CHAT_TOKEN"
 DEFAULT_TOKEN = "chat-static-token-0123456789"
+# A second member's token: isolation needs two identities, not one token shared.
+SECOND_TOKEN = "chat-static-token-second-9876543210"
 
 FAULTS = {
     "leak": "SAY goes to every connected client, whatever room it joined",
@@ -38,7 +40,7 @@ ws_health_path = false
 ws_test_path = false
 [auth]
 mode = "bearer"
-token_env = "CORPUS_CHAT_TOKEN"
+token_envs = ["CORPUS_CHAT_TOKEN", "CORPUS_CHAT_TOKEN_B"]
 [protocol]
 format = "text"
 ping = "PING {marker}"
@@ -48,6 +50,7 @@ event_patterns = { said = '^\\[(?P<room>[^\\]]+)\\] (?P<user_id>\\S+): ', joined
 critical_events = ["joined", "said"]
 [thresholds]
 critical_events_min = 2
+isolation_users = 2
 [checks.not_applicable]
 "e2e.agent_response" = "a chat room: no agent"
 "events.critical_delivered" = "a chat room: no agent events"
@@ -91,7 +94,7 @@ def make_app(faults: frozenset[str], token: str | None = None) -> Starlette:
 
     async def chat(ws: WebSocket) -> None:
         auth = ws.headers.get("authorization", "")
-        if auth != f"Bearer {secret}" or "reject_token" in faults:
+        if auth not in (f"Bearer {secret}", f"Bearer {SECOND_TOKEN}") or "reject_token" in faults:
             await ws.close(code=1008)  # before accept: uvicorn answers 403
             return
         await ws.accept()
