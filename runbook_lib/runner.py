@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import evidence
+from .engines import KernelEngine, PhaseEngine, PhaseRequest
 from .evidence import PhaseOutcome, RunContext
 from .exceptions import ConfigError
 from .interrupts import guarded
@@ -255,7 +256,11 @@ _Sandbox = SandboxSession
 
 @guarded
 def run(
-    options: RunOptions, *, progress: ProgressFn | None = None, sandbox: Any = None
+    options: RunOptions,
+    *,
+    progress: ProgressFn | None = None,
+    sandbox: Any = None,
+    engine: PhaseEngine | None = None,
 ) -> RunOutcome:
     """Execute the phases, apply the gates, write and seal the run folder.
 
@@ -264,6 +269,8 @@ def run(
         progress: receives :class:`Progress` events (the CLI prints them).
         sandbox: the sandbox manager module (default ``runbook_lib.sandbox.manager``),
             used only when ``options.environment`` is empty.
+        engine: executes each phase (default :class:`~runbook_lib.engines.KernelEngine`,
+            the notebooks in Jupyter kernels; ``InProcessEngine`` runs their steps here).
 
     Raises:
         ConfigError: bad environment, overrides or phases (before any kernel starts).
@@ -281,11 +288,12 @@ def run(
             notes.append(p.message)
         user_progress(p)
 
+    eng = engine if engine is not None else KernelEngine()
     if options.environment:
-        return _run(options, options.environment, emit, (), notes)
+        return _run(options, options.environment, emit, (), notes, eng)
     manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
     with SandboxSession(manager, options, lambda m: emit(Progress("note", message=m))) as sb:
-        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes)
+        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes, eng)
 
 
 @dataclass
@@ -306,7 +314,9 @@ def _run(
     emit: ProgressFn,
     extra_secrets: Sequence[str],
     notes: list[str] | None = None,
+    engine: PhaseEngine | None = None,
 ) -> RunOutcome:
+    engine = engine if engine is not None else KernelEngine()
     t0 = time.monotonic()
     notes = notes if notes is not None else []
     env_path = resolve_environment(environment).resolve()
@@ -400,7 +410,9 @@ def _run(
                 )
                 emit(Progress("phase-skip", phase, index, total, notebook, message=action.reason))
                 continue
-            outcome = _execute(options, phase, index, total, state, env_path, nb_dir, emit, t0)
+            outcome = _execute(
+                options, phase, index, total, state, env_path, nb_dir, emit, t0, engine
+            )
             state.outcomes.append(outcome)
             emit(
                 Progress(
@@ -446,8 +458,9 @@ def _execute(
     nb_dir: Path,
     emit: ProgressFn,
     t0: float,
+    engine: PhaseEngine,
 ) -> PhaseOutcome:
-    """Run one phase's notebook, export it, read its record, and judge the outcome."""
+    """Run one phase on ``engine``, export its notebook, read its record, judge the outcome."""
     notebook = PHASES[phase].notebook
     run_dir = state.run_dir
     remaining = options.deadline_s - (time.monotonic() - t0)
@@ -477,17 +490,19 @@ def _execute(
         )
 
     try:
-        outcome = execute_phase(
-            phase,
-            notebook_in=nb_dir / notebook,
-            notebook_out=run_dir / notebook,
-            parameters=params,
-            cwd=repo_root(),
-            kernel_name=options.kernel_name,
-            cell_timeout_s=cell_timeout,
-            start_timeout_s=options.start_timeout_s,
-            on_step=on_step,
-            kernel_log=run_dir / "logs" / f"kernel-{phase:02d}.log",
+        outcome = engine.execute(
+            PhaseRequest(
+                phase,
+                notebook_in=nb_dir / notebook,
+                notebook_out=run_dir / notebook,
+                parameters=params,
+                cwd=repo_root(),
+                kernel_name=options.kernel_name,
+                cell_timeout_s=cell_timeout,
+                start_timeout_s=options.start_timeout_s,
+                on_step=on_step,
+                kernel_log=run_dir / "logs" / f"kernel-{phase:02d}.log",
+            )
         )
     finally:
         # Whatever happened, the phase's record (mutations included) is what it persisted.
