@@ -27,7 +27,7 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,7 +107,16 @@ class _StepTimeout(Exception):
 
 
 class InProcessEngine:
-    """The phase's steps called in this process, as its notebook's cells call them."""
+    """The phase's steps called in this process, as its notebook's cells call them.
+
+    Args:
+        only: run just these steps of each phase (still in the catalog's order, still
+            closed by the summary), e.g. to exercise one step against a real service;
+            None runs them all, as the notebook does.
+    """
+
+    def __init__(self, only: Iterable[str] | None = None) -> None:
+        self.only = None if only is None else frozenset(only)
 
     def execute(self, request: PhaseRequest) -> PhaseOutcome:
         """Open the phase, run :func:`steps_of` in order and the summary; bounded per step."""
@@ -120,7 +129,7 @@ class InProcessEngine:
             loop = asyncio.new_event_loop()
             current["loop"] = loop
             try:
-                task = loop.create_task(_run_steps(request, current))
+                task = loop.create_task(_run_steps(request, current, self.only))
                 current["task"] = task
                 loop.run_until_complete(task)
             except BaseException as exc:  # handed to the caller's thread below
@@ -159,7 +168,9 @@ class InProcessEngine:
         return PhaseOutcome(request.phase, notebook, "error", duration, redact(reason)[:2000], None)
 
 
-async def _run_steps(request: PhaseRequest, current: dict[str, Any]) -> None:
+async def _run_steps(
+    request: PhaseRequest, current: dict[str, Any], only: frozenset[str] | None
+) -> None:
     from . import steps
     from .context import open_phase
 
@@ -172,6 +183,8 @@ async def _run_steps(request: PhaseRequest, current: dict[str, Any]) -> None:
         overrides_json=str(params.get("overrides_json", "")),
     )
     for index, info in enumerate(steps_of(request.phase)):
+        if only is not None and info.name not in only:
+            continue
         current.update(index=index, step=info.name)
         if request.on_step is not None:
             request.on_step(index, info.name)

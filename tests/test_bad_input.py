@@ -25,6 +25,9 @@ from runbook_lib.context import PHASES
 from runbook_lib.evidence import verify_run
 from runbook_lib.runner import RunOptions, run
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 # Short windows so each hostile run is a few seconds per phase; every wait is bounded by these.
 SHORT = """
 [thresholds]

@@ -35,13 +35,8 @@ from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.SandboxInfo]:
-    root = tmp_path_factory.mktemp("sandbox-cloudrun")
-    info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
-    try:
-        yield info
-    finally:
-        manager.down(root / "state")
+def sandbox(sandbox_factory: Any) -> manager.SandboxInfo:
+    return sandbox_factory()
 
 
 @pytest.fixture(scope="module")

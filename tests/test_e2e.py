@@ -16,7 +16,7 @@ from runbook_lib.evidence import verify_run
 from runbook_lib.runner import RunOptions, run
 from runbook_lib.sandbox import manager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _results(run_dir: Path) -> dict:

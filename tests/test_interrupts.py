@@ -27,6 +27,9 @@ import os, signal, subprocess, sys, time
 from runbook_lib.exceptions import RunInterrupted
 from runbook_lib.interrupts import guarded
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 out = sys.argv[1]
 mode = sys.argv[2] if len(sys.argv) > 2 else ""
 

@@ -22,7 +22,7 @@ from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import RunOptions, run
 from runbook_lib.sandbox import manager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(autouse=True)

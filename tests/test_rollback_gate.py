@@ -17,7 +17,7 @@ import pytest
 from runbook_lib.runner import Progress, RunOptions, run
 from runbook_lib.sandbox import manager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _run(tmp_path: Path, approve: bool, events: list[Progress]) -> tuple:

@@ -14,6 +14,9 @@ from runbook_lib.context import PHASES
 from runbook_lib.exceptions import ConfigError
 from runbook_lib.runner import RunOptions
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 TOKEN = "fixture-token-9f8e7d6c5b4a"
 
 

@@ -23,6 +23,9 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from runbook_lib.sandbox.auth_service import mint_token
 from runbook_lib.sandbox.backend import CRITICAL_EVENTS
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sandbox-test-secret-0123456789-abcdefghijklmnop"
 TIMEOUT = T(10.0)

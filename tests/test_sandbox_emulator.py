@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -130,13 +129,8 @@ def psutil_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manager.SandboxInfo]:
-    root = tmp_path_factory.mktemp("sandbox-emulator")
-    info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
-    try:
-        yield info
-    finally:
-        manager.down(root / "state")
+def sandbox(sandbox_factory: Any) -> manager.SandboxInfo:
+    return sandbox_factory()
 
 
 def _service_name(info: manager.SandboxInfo) -> str:
