@@ -373,6 +373,7 @@ _PROBE = (
 )
 
 
+@pytest.mark.slow  # starts task processes
 async def test_runner_sets_cloud_run_env_honours_parallelism_and_retries_and_logs_lines():
     import asyncio
     import sys

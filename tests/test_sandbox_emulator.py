@@ -76,6 +76,7 @@ _SCRIPTS = {
 }
 
 
+@pytest.mark.slow  # starts revision processes
 async def test_supervisor_bounds_start_reports_failures_and_crashes() -> None:
     """Silent process -> start timeout; early exit -> its error; a later exit -> not ready."""
     import sys
