@@ -35,9 +35,6 @@ from runbook_lib.exceptions import ApprovalRequired
 from runbook_lib.redaction import JWT_PATTERN
 from runbook_lib.runner import notebooks_dir
 
-# Every test here starts a process (kernel, sandbox or subprocess server).
-pytestmark = pytest.mark.slow
-
 TOKEN = "planted-opaque-token-7f3a9c2e1b"  # not JWT-shaped: only the registry can catch it
 JWT_SECRET = "planted-jwt-secret-5d8e0a4c6f-91b2c3d4e5f60718"  # >= 32 bytes for HS256
 TOKEN_ENV, SECRET_ENV = "LEAKTEST_TOKEN", "LEAKTEST_JWT_SECRET"
