@@ -408,6 +408,46 @@ def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Any:
         manager.down(state)
 
 
+@pytest.fixture(scope="session")
+def run_phase() -> Any:
+    """Function ``run_phase(phase, environment, run_dir, *, overrides=None, approve=True,
+    only=None)`` -> the phase's ``phases/NN.json`` record: one phase on the in-process
+    engine (``only``: just these steps), for tests that judge phases one by one.
+    """
+    import json as _json
+    from pathlib import Path
+
+    from runbook_lib.engines import InProcessEngine, PhaseRequest
+    from runbook_lib.phases import PHASES, phase_file
+    from runbook_lib.runner import notebook_parameters, notebooks_dir, repo_root
+
+    def run(
+        phase: int,
+        environment: str | Path,
+        run_dir: Path,
+        *,
+        overrides: dict[str, Any] | None = None,
+        approve: bool = True,
+        only: Any = None,
+    ) -> dict[str, Any]:
+        params = notebook_parameters(
+            phase,
+            environment=str(environment),
+            run_dir=str(run_dir),
+            approve=approve,
+            overrides=overrides,
+        )
+        nb = notebooks_dir() / PHASES[phase].notebook
+        outcome = InProcessEngine(only=only).execute(
+            PhaseRequest(phase, nb, run_dir / nb.name, params, repo_root())
+        )
+        assert outcome.status == "pass", outcome
+        record: dict[str, Any] = _json.loads(phase_file(run_dir, phase).read_text())
+        return record
+
+    return run
+
+
 @pytest.fixture
 def loop_thread() -> Any:
     """A :class:`LoopThread` for servers a blocking test talks to; closed after the test."""

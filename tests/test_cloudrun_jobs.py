@@ -16,14 +16,11 @@ import pytest
 from runbook_lib.checks import judge_load
 from runbook_lib.cloudrun_jobs import job_body, job_path, read_task_results, total_sessions
 from runbook_lib.context import open_phase
-from runbook_lib.engines import InProcessEngine, PhaseRequest
 from runbook_lib.exceptions import ConfigError
 from runbook_lib.histogram import LatencyHistogram
 from runbook_lib.load import LoadPlan
 from runbook_lib.load_task import merge_results
-from runbook_lib.phases import PHASES, phase_file
 from runbook_lib.redaction import clear_secrets
-from runbook_lib.runner import notebook_parameters, notebooks_dir, repo_root
 from runbook_lib.sandbox import manager
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
@@ -149,19 +146,10 @@ def _job_overrides(**extra):
     }
 
 
-def _load_step(sandbox, run_dir: Path, overrides) -> tuple[Settings, dict, list[dict]]:
+def _load_step(run_phase, sandbox, run_dir: Path, overrides) -> tuple[Settings, dict, list[dict]]:
     """Phase 4's load step alone on the in-process engine: (settings, record, results)."""
-    environment = str(sandbox.env_file)
-    params = notebook_parameters(
-        4, environment=environment, run_dir=str(run_dir), approve=True, overrides=overrides
-    )
-    nb = notebooks_dir() / PHASES[4].notebook
-    outcome = InProcessEngine(only=("load_test",)).execute(
-        PhaseRequest(4, nb, run_dir / nb.name, params, repo_root())
-    )
-    assert outcome.status == "pass", outcome
-    record = json.loads(phase_file(run_dir, 4).read_text())
-    return load_settings(environment, overrides=overrides), record, record["checks"]
+    record = run_phase(4, sandbox.env_file, run_dir, overrides=overrides, only=("load_test",))
+    return load_settings(sandbox.env_file, overrides=overrides), record, record["checks"]
 
 
 def _emulator_url(settings: Settings) -> str:
@@ -190,11 +178,11 @@ async def _api(method: str, url: str, **kw) -> httpx.Response:
 
 
 @pytest.mark.e2e
-async def test_phase4_on_a_job_matches_a_local_run(sandbox, tmp_path, monkeypatch):
+async def test_phase4_on_a_job_matches_a_local_run(sandbox, run_phase, tmp_path, monkeypatch):
     """4 tasks: counts equal a local run of the same schedule; the merged percentiles are
     the pooled raw samples' within the histogram's 1 % bound."""
     monkeypatch.setenv("RUNBOOK_LOAD_RAW_SAMPLES", "1")
-    settings, record, results = _load_step(sandbox, tmp_path / "job", _job_overrides())
+    settings, record, results = _load_step(run_phase, sandbox, tmp_path / "job", _job_overrides())
     rec = record["artifacts"]["load"]
     assert rec["task_count"] == 4 and rec["missing"] == [] and rec["problems"] == []
     assert {r["status"] for r in results} == {"pass"}, [r["detail"] for r in results]
@@ -210,6 +198,7 @@ async def test_phase4_on_a_job_matches_a_local_run(sandbox, tmp_path, monkeypatc
         assert math.isclose(rec[key], want, rel_tol=0.01), (key, rec[key], want)
 
     _, local_record, local_results = _load_step(
+        run_phase,
         sandbox,
         tmp_path / "local",
         {k: v for k, v in _job_overrides().items() if k.startswith("thresholds.")},
@@ -224,7 +213,7 @@ async def test_phase4_on_a_job_matches_a_local_run(sandbox, tmp_path, monkeypatc
 
 
 @pytest.mark.e2e
-async def test_a_killed_task_makes_load_an_error_not_a_pass(sandbox, tmp_path):
+async def test_a_killed_task_makes_load_an_error_not_a_pass(sandbox, run_phase, tmp_path):
     ctx0 = open_phase(4, environment=str(sandbox.env_file), run_dir=None, approve=True)
     r = await _api(
         "POST",
@@ -233,7 +222,7 @@ async def test_a_killed_task_makes_load_an_error_not_a_pass(sandbox, tmp_path):
         timeout=10,
     )
     assert r.status_code == 200
-    _, record, results = _load_step(sandbox, tmp_path, _job_overrides())
+    _, record, results = _load_step(run_phase, sandbox, tmp_path, _job_overrides())
     assert {r["status"] for r in results} == {"error"}
     for res in results:
         assert "task 2" in res["detail"]
@@ -241,12 +230,14 @@ async def test_a_killed_task_makes_load_an_error_not_a_pass(sandbox, tmp_path):
 
 
 @pytest.mark.e2e
-async def test_a_retried_task_counts_its_new_attempt(sandbox, tmp_path):
+async def test_a_retried_task_counts_its_new_attempt(sandbox, run_phase, tmp_path):
     """maxRetries honoured: the killed first attempt is retried, and the run is complete."""
     ctx0 = open_phase(4, environment=str(sandbox.env_file), run_dir=None, approve=True)
     url = _emulator_url(ctx0.settings)
     await _api("POST", f"{url}/sandbox/jobs:killTask", json={"task_index": 1}, timeout=10)
-    _, record, results = _load_step(sandbox, tmp_path, _job_overrides(**{"load.max_retries": 1}))
+    _, record, results = _load_step(
+        run_phase, sandbox, tmp_path, _job_overrides(**{"load.max_retries": 1})
+    )
     assert {r["status"] for r in results} == {"pass"}, [r["detail"] for r in results]
     state = await _api("GET", f"{url}/v2/{record['artifacts']['load']['execution']}", timeout=10)
     assert state.json()["retriedCount"] == 1
@@ -254,8 +245,11 @@ async def test_a_retried_task_counts_its_new_attempt(sandbox, tmp_path):
 
 
 @pytest.mark.e2e
-async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(sandbox, tmp_path):
+async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(
+    sandbox, run_phase, tmp_path
+):
     settings, record, results = _load_step(
+        run_phase,
         sandbox,
         tmp_path,
         _job_overrides(**{"load.timeout_s": 1, "thresholds.load_ramp_s": 8}),

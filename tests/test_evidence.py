@@ -336,6 +336,7 @@ _CONCURRENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # starts a process
 def test_concurrent_runs_get_distinct_folders_and_one_linear_chain(tmp_path: Path) -> None:
     """Two processes finishing at the same moment: own folders, chain A <- B (or B <- A)."""
     import time

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from corpus.conftest import corpus, protocol_from_env
 from corpus.serve import Running, serve_corpus
 from corpus.text_chat import DEFAULT_TOKEN
@@ -82,6 +83,7 @@ async def test_init_service_without_health_uses_the_apps_routes(corpus) -> None:
     assert f.upgraded
 
 
+@pytest.mark.slow  # starts a process
 async def test_init_app_import_failure_is_noted_and_candidates_probed(corpus, tmp_path) -> None:
     """--python without the app's dependencies: the note names the module and the
     interpreter; the common candidate paths are still probed."""

@@ -83,6 +83,7 @@ def test_cli_up_status_down_leaves_nothing_behind(
     assert "not running" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # starts a process
 def test_daemon_killed_hard_leaves_no_orphans(tmp_path: Path) -> None:
     """SIGKILL of the daemon takes its revision processes with it; down then cleans up."""
     state_dir = tmp_path / "state"
