@@ -1,8 +1,6 @@
-"""The engine seam: both engines run a phase to the same record.
-
-The in-process engine is checked on its own without any process (a phase's record,
-a step bound, the secret registry left as it was); the parity test runs the default
-scenario (the incident, an approved deploy of the fix) once per engine.
+"""The in-process engine, checked without any process: a phase's record, a step bound,
+the caller's secrets and environment left as they were. The parity of the two engines
+on the default scenario is proved end to end in test_e2e.py.
 """
 
 from __future__ import annotations
@@ -13,13 +11,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from timing import SHORT_WINDOWS
 
 from runbook_lib.checks.catalog import step_ids, steps_of
-from runbook_lib.engines import InProcessEngine, KernelEngine, PhaseRequest
+from runbook_lib.engines import InProcessEngine, PhaseRequest
 from runbook_lib.redaction import registered_secrets
-from runbook_lib.runner import RunOptions, notebook_parameters, notebooks_dir, repo_root, run
-from runbook_lib.sandbox import manager
+from runbook_lib.runner import notebook_parameters, notebooks_dir, repo_root
 
 
 def _request(phase: int, env_file: Path, run_dir: Path, **kw: float) -> PhaseRequest:
@@ -67,34 +63,3 @@ def test_in_process_phase_leaves_the_callers_secrets_and_environment(
     assert outcome.status == "pass", outcome
     assert registered_secrets() == frozenset()
     assert dict(os.environ) == before
-
-
-def _default_scenario(tmp_path: Path, engine: object) -> dict:
-    state = tmp_path / "sandbox"
-    outcome = run(
-        RunOptions(
-            out_dir=tmp_path / "outputs",
-            sandbox_state_dir=state,
-            approve=True,
-            overrides=SHORT_WINDOWS,
-        ),
-        engine=engine,  # type: ignore[arg-type]
-    )
-    assert not manager.is_running(state)
-    return json.loads((outcome.run_dir / "results.json").read_text())
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_default_scenario_gives_the_same_checks_on_both_engines(tmp_path: Path) -> None:
-    """The incident, an approved deploy of the fix: same ids, statuses and verdict."""
-    kernel = _default_scenario(tmp_path / "kernel", KernelEngine())
-    in_process = _default_scenario(tmp_path / "in-process", InProcessEngine())
-
-    def shape(results: dict) -> tuple:
-        checks = sorted((c["id"], c["status"]) for c in results["checks"])
-        phases = [(p["phase"], p["status"]) for p in results["phases"]]
-        return checks, phases, results["verdict"], results["recommendation"]["action"]
-
-    assert shape(in_process) == shape(kernel)
-    assert kernel["verdict"] == "pass"
