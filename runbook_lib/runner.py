@@ -2,10 +2,11 @@
 
 ``runbook run`` is a thin shell over :func:`run`: it validates the environment
 (configuration errors stop the run before any kernel starts), creates the run
-folder, executes the chosen phases in order (one fresh ``python3`` kernel per
-notebook, working directory = the repository root) and hands the folder to
-:mod:`runbook_lib.evidence` to be judged and sealed. A kernel is driven by
-:mod:`runbook_lib.kernels`; the embedded sandbox of a run without an environment by
+folder, executes the chosen phases in order on a phase engine
+(:mod:`runbook_lib.engines`: by default one fresh ``python3`` kernel per notebook,
+working directory = the repository root; or the same steps in this process) and hands
+the folder to :mod:`runbook_lib.evidence` to be judged and sealed. A kernel is driven
+by :mod:`runbook_lib.kernels`; the embedded sandbox of a run without an environment by
 :mod:`runbook_lib.sandbox_session`.
 
 The runner keeps each phase's outcome and record in memory and, before every
