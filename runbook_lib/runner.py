@@ -347,6 +347,8 @@ def _run(
         "cell_timeout_s": options.cell_timeout_s,
         "deadline_s": options.deadline_s,
         "kernel_name": options.kernel_name,
+        # A folder from the in-process engine holds no executed notebooks: the record says why.
+        "engine": type(engine).__name__,
         "settings": settings.redacted_dict(),
     }
     secrets = [*(v for v in (settings.auth.token, settings.auth.jwt_secret) if v), *extra_secrets]
