@@ -104,6 +104,13 @@ def _descendants() -> list[psutil.Process]:
         return []
 
 
+def _parents(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.parents()
+    except psutil.Error:
+        return []
+
+
 def _pgid(pid: int) -> int:
     try:
         return os.getpgid(pid)
@@ -268,8 +275,16 @@ class InterruptGuard:
     # ------------------------------------------------------------ processes
 
     def started(self) -> list[psutil.Process]:
-        """Processes started inside the block that are still running (descendants only)."""
-        return [p for p in _descendants() if _key(p) not in self._before]
+        """Processes started inside the block that are still running (descendants only).
+
+        A process that a process older than the block started (the revisions of a sandbox
+        whose daemon was already running) is that process's to stop, not the block's.
+        """
+        return [
+            p
+            for p in _descendants()
+            if _key(p) not in self._before and not any(_key(a) in self._before for a in _parents(p))
+        ]
 
     def stop_started(self, grace_s: float | None = None, keep: tuple[int, ...] = ()) -> int:
         """Stop every process started inside the block; return how many were running.

@@ -2,10 +2,11 @@
 
 ``runbook run`` is a thin shell over :func:`run`: it validates the environment
 (configuration errors stop the run before any kernel starts), creates the run
-folder, executes the chosen phases in order (one fresh ``python3`` kernel per
-notebook, working directory = the repository root) and hands the folder to
-:mod:`runbook_lib.evidence` to be judged and sealed. A kernel is driven by
-:mod:`runbook_lib.kernels`; the embedded sandbox of a run without an environment by
+folder, executes the chosen phases in order on a phase engine
+(:mod:`runbook_lib.engines`: by default one fresh ``python3`` kernel per notebook,
+working directory = the repository root; or the same steps in this process) and hands
+the folder to :mod:`runbook_lib.evidence` to be judged and sealed. A kernel is driven
+by :mod:`runbook_lib.kernels`; the embedded sandbox of a run without an environment by
 :mod:`runbook_lib.sandbox_session`.
 
 The runner keeps each phase's outcome and record in memory and, before every
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from . import evidence
+from .engines import KernelEngine, PhaseEngine, PhaseRequest
 from .evidence import RunContext
 from .exceptions import ConfigError
 from .interrupts import guarded
-from .kernels import execute_phase, signum_of
+from .kernels import signum_of
 from .manifest import unsealed_runs
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE
 from .results import Recommendation
@@ -249,7 +251,11 @@ ProgressFn = Callable[[Progress], None]
 
 @guarded
 def run(
-    options: RunOptions, *, progress: ProgressFn | None = None, sandbox: Any = None
+    options: RunOptions,
+    *,
+    progress: ProgressFn | None = None,
+    sandbox: Any = None,
+    engine: PhaseEngine | None = None,
 ) -> RunOutcome:
     """Execute the phases, apply the gates, write and seal the run folder.
 
@@ -258,6 +264,8 @@ def run(
         progress: receives :class:`Progress` events (the CLI prints them).
         sandbox: the sandbox manager module (default ``runbook_lib.sandbox.manager``),
             used only when ``options.environment`` is empty.
+        engine: executes each phase (default :class:`~runbook_lib.engines.KernelEngine`,
+            the notebooks in Jupyter kernels; ``InProcessEngine`` runs their steps here).
 
     Raises:
         ConfigError: bad environment, overrides or phases (before any kernel starts).
@@ -275,8 +283,9 @@ def run(
             notes.append(p.message)
         user_progress(p)
 
+    eng = engine if engine is not None else KernelEngine()
     if options.environment:
-        return _run(options, options.environment, emit, (), notes)
+        return _run(options, options.environment, emit, (), notes, eng)
     manager = sandbox or importlib.import_module("runbook_lib.sandbox.manager")
     session = SandboxSession(
         manager,
@@ -287,7 +296,7 @@ def run(
         note=lambda m: emit(Progress("note", message=m)),
     )
     with session as sb:
-        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes, sandbox_lost=sb.lost)
+        return _run(options, sb.env_file, emit, tuple(sb.secrets), notes, eng, sandbox_lost=sb.lost)
 
 
 @dataclass
@@ -309,8 +318,10 @@ def _run(
     emit: ProgressFn,
     extra_secrets: Sequence[str],
     notes: list[str] | None = None,
+    engine: PhaseEngine | None = None,
     sandbox_lost: Callable[[], str] | None = None,
 ) -> RunOutcome:
+    engine = engine if engine is not None else KernelEngine()
     t0 = time.monotonic()
     notes = notes if notes is not None else []
     env_path = resolve_environment(environment).resolve()
@@ -349,6 +360,8 @@ def _run(
         "cell_timeout_s": options.cell_timeout_s,
         "deadline_s": options.deadline_s,
         "kernel_name": options.kernel_name,
+        # A folder from the in-process engine holds no executed notebooks: the record says why.
+        "engine": type(engine).__name__,
         "settings": settings.redacted_dict(),
     }
     secrets = [*(v for v in (settings.auth.token, settings.auth.jwt_secret) if v), *extra_secrets]
@@ -413,7 +426,9 @@ def _run(
                 )
                 emit(Progress("phase-skip", phase, index, total, notebook, message=action.reason))
                 continue
-            outcome = _execute(options, phase, index, total, state, env_path, nb_dir, emit, t0)
+            outcome = _execute(
+                options, phase, index, total, state, env_path, nb_dir, emit, t0, engine
+            )
             state.outcomes.append(outcome)
             emit(
                 Progress(
@@ -465,8 +480,9 @@ def _execute(
     nb_dir: Path,
     emit: ProgressFn,
     t0: float,
+    engine: PhaseEngine,
 ) -> PhaseOutcome:
-    """Run one phase's notebook, export it, read its record, and judge the outcome."""
+    """Run one phase on ``engine``, export its notebook, read its record, judge the outcome."""
     notebook = PHASES[phase].notebook
     run_dir = state.run_dir
     remaining = options.deadline_s - (time.monotonic() - t0)
@@ -496,17 +512,19 @@ def _execute(
         )
 
     try:
-        outcome = execute_phase(
-            phase,
-            notebook_in=nb_dir / notebook,
-            notebook_out=run_dir / notebook,
-            parameters=params,
-            cwd=repo_root(),
-            kernel_name=options.kernel_name,
-            cell_timeout_s=cell_timeout,
-            start_timeout_s=options.start_timeout_s,
-            on_step=on_step,
-            kernel_log=run_dir / "logs" / f"kernel-{phase:02d}.log",
+        outcome = engine.execute(
+            PhaseRequest(
+                phase,
+                notebook_in=nb_dir / notebook,
+                notebook_out=run_dir / notebook,
+                parameters=params,
+                cwd=repo_root(),
+                kernel_name=options.kernel_name,
+                cell_timeout_s=cell_timeout,
+                start_timeout_s=options.start_timeout_s,
+                on_step=on_step,
+                kernel_log=run_dir / "logs" / f"kernel-{phase:02d}.log",
+            )
         )
     finally:
         # Whatever happened, the phase's record (mutations included) is what it persisted.

@@ -35,6 +35,21 @@ from runbook_lib.redaction import clear_secrets
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
+# ---------------------------------------------------------------- the slow marker
+
+# Fixtures that start a sandbox (daemon and revision processes): a test using one is
+# slow, as is every end-to-end test, so ``-m "not slow"`` starts no process of that kind.
+_PROCESS_FIXTURES = frozenset({"sandbox", "sandbox_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that is ``e2e`` or uses a sandbox-starting fixture."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("e2e") or uses & _PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
+
 # ---------------------------------------------------------------- global state
 
 # Environment variables that point the library at folders outside the test's own.
@@ -361,6 +376,76 @@ class LoopThread:
         self._thread.join(5.0)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+# ---------------------------------------------------------------- sandboxes
+
+
+@pytest.fixture(scope="module")
+def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Factory ``start(serving=None, knobs=None)`` -> the running sandbox's info.
+
+    ``serving`` is the profile of the serving revision (None: the incident, as
+    ``runbook sandbox up``); ``knobs`` are extra environment variables for the sandbox's
+    processes (e.g. ``SANDBOX_IDLE_CLOSE_S``).
+
+    Each sandbox has its own state folder (so its lock, ports and env file are its own)
+    and is stopped when the module's tests are done.
+    """
+    from runbook_lib.sandbox import manager
+
+    states: list[Any] = []
+
+    def start(serving: str | None = None, knobs: dict[str, str] | None = None) -> Any:
+        state = tmp_path_factory.mktemp("sandbox")
+        states.append(state)
+        return manager.up(
+            serving=serving, state_dir=state, env_file=state / "local.toml", env=dict(knobs or {})
+        )
+
+    yield start
+    for state in states:
+        manager.down(state)
+
+
+@pytest.fixture(scope="session")
+def run_phase() -> Any:
+    """Function ``run_phase(phase, environment, run_dir, *, overrides=None, approve=True,
+    only=None)`` -> the phase's ``phases/NN.json`` record: one phase on the in-process
+    engine (``only``: just these steps), for tests that judge phases one by one.
+    """
+    import json as _json
+    from pathlib import Path
+
+    from runbook_lib.engines import InProcessEngine, PhaseRequest
+    from runbook_lib.phases import PHASES, phase_file
+    from runbook_lib.runner import notebook_parameters, notebooks_dir, repo_root
+
+    def run(
+        phase: int,
+        environment: str | Path,
+        run_dir: Path,
+        *,
+        overrides: dict[str, Any] | None = None,
+        approve: bool = True,
+        only: Any = None,
+    ) -> dict[str, Any]:
+        params = notebook_parameters(
+            phase,
+            environment=str(environment),
+            run_dir=str(run_dir),
+            approve=approve,
+            overrides=overrides,
+        )
+        nb = notebooks_dir() / PHASES[phase].notebook
+        outcome = InProcessEngine(only=only).execute(
+            PhaseRequest(phase, nb, run_dir / nb.name, params, repo_root())
+        )
+        assert outcome.status == "pass", outcome
+        record: dict[str, Any] = _json.loads(phase_file(run_dir, phase).read_text())
+        return record
+
+    return run
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import runbook_lib
 
 FRONT_DOOR = [
@@ -97,6 +99,7 @@ def test_notebook_api_names():
     assert callable(runbook_lib.steps.phase_summary)
 
 
+@pytest.mark.slow  # starts a process
 def test_import_is_cheap():
     """`import runbook_lib` (every kernel does it) does not drag in pandas or the clients."""
     heavy = ("pandas", "matplotlib", "numpy", "google", "httpx", "websockets", "papermill")

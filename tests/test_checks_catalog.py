@@ -111,6 +111,7 @@ def test_every_family_judge_is_in_the_catalog_and_has_a_table_test() -> None:
         assert untested == [], family
 
 
+@pytest.mark.slow  # starts a process
 def test_judge_tests_import_only_pure_modules() -> None:
     """The table tests import the checks, the observations and pure modules: no network."""
     allowed = {
@@ -141,6 +142,7 @@ def test_judge_tests_import_only_pure_modules() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # starts a process
 def test_import_checks_imports_no_network_library() -> None:
     code = (
         "import sys, runbook_lib.checks; "

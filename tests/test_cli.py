@@ -177,6 +177,7 @@ def test_sandbox_subcommand_delegates_to_the_sandbox_cli(monkeypatch) -> None:
     assert got == [["up", "--serving", "healthy"]]
 
 
+@pytest.mark.slow  # starts a process
 def test_module_entry_point_runs() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "runbook_lib", "--help"], capture_output=True, text=True, timeout=60

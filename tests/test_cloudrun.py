@@ -32,19 +32,13 @@ from runbook_lib.cloudrun_plans import (
     without_tag,
 )
 from runbook_lib.exceptions import CloudRunError
-from runbook_lib.sandbox import manager
 from runbook_lib.sandbox import state as sandbox_state
 from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox_state.SandboxInfo]:
-    root = tmp_path_factory.mktemp("sandbox-cloudrun")
-    info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
-    try:
-        yield info
-    finally:
-        manager.down(root / "state")
+def sandbox(sandbox_factory: Any) -> sandbox_state.SandboxInfo:
+    return sandbox_factory()
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import httpx
 import numpy as np
 import psutil
 import pytest
 
-from runbook_lib import steps
 from runbook_lib.checks import judge_load
 from runbook_lib.cloudrun_jobs import (
     job_body,
@@ -28,7 +28,7 @@ from runbook_lib.load import LoadPlan
 from runbook_lib.load_task import merge_results
 from runbook_lib.redaction import clear_secrets
 from runbook_lib.sandbox import manager
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings import Settings, load_settings, settings_from_dict
 
 BASE = {
     "name": "t",
@@ -165,14 +165,8 @@ KNOBS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    state = tmp_path_factory.mktemp("jobs-sandbox")
-    info = manager.up(serving="healthy", state_dir=state, env_file=state / "local.toml", env=KNOBS)
-    try:
-        yield info
-    finally:
-        manager.down(state)
-        clear_secrets()
+def sandbox(sandbox_factory):
+    return sandbox_factory("healthy", KNOBS)
 
 
 def _job_overrides(**extra):
@@ -187,20 +181,14 @@ def _job_overrides(**extra):
     }
 
 
-async def _load_step(sandbox, tmp_path, overrides):
-    ctx = open_phase(
-        4,
-        environment=str(sandbox.env_file),
-        run_dir=str(tmp_path),
-        approve=True,
-        overrides=overrides,
-    )
-    rep = await steps.load_test(ctx)
-    return ctx, rep, {r.id: r for r in rep.results}
+def _load_step(run_phase, sandbox, run_dir: Path, overrides) -> tuple[Settings, dict, list[dict]]:
+    """Phase 4's load step alone on the in-process engine: (settings, record, results)."""
+    record = run_phase(4, sandbox.env_file, run_dir, overrides=overrides, only=("load_test",))
+    return load_settings(sandbox.env_file, overrides=overrides), record, record["checks"]
 
 
-def _emulator_url(ctx) -> str:
-    return ctx.settings.cloudrun.api_endpoint.rstrip("/")
+def _emulator_url(settings: Settings) -> str:
+    return settings.cloudrun.api_endpoint.rstrip("/")
 
 
 def _task_pids(daemon_pid: int) -> list[int]:
@@ -225,17 +213,17 @@ async def _api(method: str, url: str, **kw) -> httpx.Response:
 
 
 @pytest.mark.e2e
-async def test_phase4_on_a_job_matches_a_local_run(sandbox, tmp_path, monkeypatch):
+async def test_phase4_on_a_job_matches_a_local_run(sandbox, run_phase, tmp_path, monkeypatch):
     """4 tasks: counts equal a local run of the same schedule; the merged percentiles are
     the pooled raw samples' within the histogram's 1 % bound."""
     monkeypatch.setenv("RUNBOOK_LOAD_RAW_SAMPLES", "1")
-    ctx, rep, _ = await _load_step(sandbox, tmp_path / "job", _job_overrides())
-    rec = ctx.artifacts["load"]
+    settings, record, results = _load_step(run_phase, sandbox, tmp_path / "job", _job_overrides())
+    rec = record["artifacts"]["load"]
     assert rec["task_count"] == 4 and rec["missing"] == [] and rec["problems"] == []
-    assert {r.status for r in rep.results} == {"pass"}, [r.detail for r in rep.results]
-    assert rep.figure is not None
+    assert {r["status"] for r in results} == {"pass"}, [r["detail"] for r in results]
+    assert record["figures"], "the load step saved no figure"
 
-    records = await read_task_results(ctx.settings, rec["job"], rec["run_id"])
+    records = await read_task_results(settings, rec["job"], rec["run_id"])
     assert sorted(r["task_index"] for r in records) == [0, 1, 2, 3]
     assert sorted(r["planned"] for r in records) == [30, 30, 30, 30]
     pooled = np.concatenate([np.asarray(r["rtt_raw"]) for r in records])
@@ -244,31 +232,36 @@ async def test_phase4_on_a_job_matches_a_local_run(sandbox, tmp_path, monkeypatc
         want = float(np.percentile(pooled, q, method="inverted_cdf"))
         assert math.isclose(rec[key], want, rel_tol=0.01), (key, rec[key], want)
 
-    local_ctx, local_rep, _ = await _load_step(
+    _, local_record, local_results = _load_step(
+        run_phase,
         sandbox,
         tmp_path / "local",
         {k: v for k, v in _job_overrides().items() if k.startswith("thresholds.")},
     )
-    lrec = local_ctx.artifacts["load"]
+    lrec = local_record["artifacts"]["load"]
     # Counts are compared exactly; latencies of two runs differ by chance, so both are
     # judged against the same limit instead of against each other.
     for key in ("planned", "succeeded", "failed"):
         assert rec[key] == lrec[key], key
     assert rec["success_rate"] == lrec["success_rate"] == 1.0
-    assert {r.status for r in local_rep.results} == {"pass"}
+    assert {r["status"] for r in local_results} == {"pass"}
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-async def test_the_load_token_is_never_on_the_job_and_leaves_with_the_execution(sandbox, tmp_path):
+async def test_the_load_token_is_never_on_the_job_and_leaves_with_the_execution(
+    sandbox, run_phase, tmp_path
+):
     """With auth on, the tasks get the token from the execution's overrides (the emulator
     resolves them as Cloud Run does), the job never holds it, the execution is deleted."""
-    ctx, rep, _ = await _load_step(sandbox, tmp_path, _job_overrides(**{"load.tasks": 2}))
-    rec = ctx.artifacts["load"]
-    assert ctx.settings.auth.enabled and rec["problems"] == [], rec["problems"]
-    assert {r.status for r in rep.results} == {"pass"}, [r.detail for r in rep.results]
+    settings, record, results = _load_step(
+        run_phase, sandbox, tmp_path, _job_overrides(**{"load.tasks": 2})
+    )
+    rec = record["artifacts"]["load"]
+    assert settings.auth.enabled and rec["problems"] == [], rec["problems"]
+    assert {r["status"] for r in results} == {"pass"}, [r["detail"] for r in results]
     assert rec["token_note"] == ""
-    base = _emulator_url(ctx)
+    base = _emulator_url(settings)
     job = (await _api("GET", f"{base}/v2/{rec['job']}")).json()
     names = [e["name"] for e in job["template"]["template"]["containers"][0]["env"]]
     assert "RUNBOOK_LOAD_TOKEN" not in names
@@ -276,51 +269,53 @@ async def test_the_load_token_is_never_on_the_job_and_leaves_with_the_execution(
 
 
 @pytest.mark.e2e
-async def test_a_killed_task_makes_load_an_error_not_a_pass(sandbox, tmp_path):
+async def test_a_killed_task_makes_load_an_error_not_a_pass(sandbox, run_phase, tmp_path):
     ctx0 = open_phase(4, environment=str(sandbox.env_file), run_dir=None, approve=True)
     r = await _api(
-        "POST", f"{_emulator_url(ctx0)}/sandbox/jobs:killTask", json={"task_index": 2}, timeout=10
+        "POST",
+        f"{_emulator_url(ctx0.settings)}/sandbox/jobs:killTask",
+        json={"task_index": 2},
+        timeout=10,
     )
     assert r.status_code == 200
-    ctx, rep, _ = await _load_step(sandbox, tmp_path, _job_overrides())
-    assert {r.status for r in rep.results} == {"error"}
-    for res in rep.results:
-        assert "task 2" in res.detail
-    assert ctx.artifacts["load"]["missing"] == [2]
+    _, record, results = _load_step(run_phase, sandbox, tmp_path, _job_overrides())
+    assert {r["status"] for r in results} == {"error"}
+    for res in results:
+        assert "task 2" in res["detail"]
+    assert record["artifacts"]["load"]["missing"] == [2]
 
 
 @pytest.mark.e2e
-async def test_a_retried_task_counts_its_new_attempt(sandbox, tmp_path):
+async def test_a_retried_task_counts_its_new_attempt(sandbox, run_phase, tmp_path):
     """maxRetries honoured: the killed first attempt is retried, and the run is complete."""
     ctx0 = open_phase(4, environment=str(sandbox.env_file), run_dir=None, approve=True)
-    await _api(
-        "POST", f"{_emulator_url(ctx0)}/sandbox/jobs:killTask", json={"task_index": 1}, timeout=10
+    url = _emulator_url(ctx0.settings)
+    await _api("POST", f"{url}/sandbox/jobs:killTask", json={"task_index": 1}, timeout=10)
+    _, record, results = _load_step(
+        run_phase, sandbox, tmp_path, _job_overrides(**{"load.max_retries": 1})
     )
-    ctx, rep, _ = await _load_step(sandbox, tmp_path, _job_overrides(**{"load.max_retries": 1}))
-    assert {r.status for r in rep.results} == {"pass"}, [r.detail for r in rep.results]
-    state = await _api(
-        "GET", f"{_emulator_url(ctx)}/v2/{ctx.artifacts['load']['execution']}", timeout=10
-    )
+    assert {r["status"] for r in results} == {"pass"}, [r["detail"] for r in results]
+    state = await _api("GET", f"{url}/v2/{record['artifacts']['load']['execution']}", timeout=10)
     assert state.json()["retriedCount"] == 1
     assert state.json()["succeededCount"] == 4
 
 
 @pytest.mark.e2e
-async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(sandbox, tmp_path):
-    ctx, rep, _ = await _load_step(
+async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(
+    sandbox, run_phase, tmp_path
+):
+    settings, record, results = _load_step(
+        run_phase,
         sandbox,
         tmp_path,
         _job_overrides(**{"load.timeout_s": 1, "thresholds.load_ramp_s": 8}),
     )
-    assert {r.status for r in rep.results} == {"error"}
-    assert "timeout" in rep.results[0].detail
-    ex = await _api(
-        "GET", f"{_emulator_url(ctx)}/v2/{ctx.artifacts['load']['execution']}", timeout=10
-    )
+    assert {r["status"] for r in results} == {"error"}
+    assert "timeout" in results[0]["detail"]
+    execution = f"{_emulator_url(settings)}/v2/{record['artifacts']['load']['execution']}"
+    ex = await _api("GET", execution, timeout=10)
     assert ex.json()["failedCount"] == 4
-    tasks = (
-        await _api("GET", f"{_emulator_url(ctx)}/v2/{ctx.artifacts['load']['execution']}/tasks")
-    ).json()["tasks"]
+    tasks = (await _api("GET", f"{execution}/tasks")).json()["tasks"]
     assert all(t["lastAttemptResult"]["status"]["code"] != 0 for t in tasks)
     here = _task_pids(sandbox.pid)
     assert not here, "task processes outlived their timeout"
@@ -345,7 +340,7 @@ def test_task_figure_draws_tasks_merged_and_names_the_missing():
 @pytest.mark.e2e
 async def test_emulator_refuses_bad_job_requests_like_the_api(sandbox):
     ctx = open_phase(4, environment=str(sandbox.env_file), run_dir=None, approve=True)
-    base = f"{_emulator_url(ctx)}/v2/projects/{ctx.settings.cloudrun.project}/locations/x"
+    base = f"{_emulator_url(ctx.settings)}/v2/projects/{ctx.settings.cloudrun.project}/locations/x"
     good = {"template": {"taskCount": 1, "template": {"containers": [{"image": "i"}]}}}
     assert (await _api("GET", f"{base}/jobs/nope")).status_code == 404
     r = await _api("POST", f"{base}/jobs?jobId=edge", json={"template": {}})
@@ -356,7 +351,7 @@ async def test_emulator_refuses_bad_job_requests_like_the_api(sandbox):
     assert (await _api("POST", f"{base}/jobs?jobId=edge", json=good)).status_code == 409
     assert (await _api("POST", f"{base}/jobs/nope:run", json={})).status_code == 404
     assert (
-        await _api("POST", f"{_emulator_url(ctx)}/sandbox/jobs:killTask", json={})
+        await _api("POST", f"{_emulator_url(ctx.settings)}/sandbox/jobs:killTask", json={})
     ).status_code == 400
 
 
@@ -428,6 +423,7 @@ _PROBE = (
 )
 
 
+@pytest.mark.slow  # starts task processes
 async def test_runner_sets_cloud_run_env_honours_parallelism_and_retries_and_logs_lines():
     import asyncio
     import sys

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from runbook_lib.checks.commands import judge_predeploy, judge_tests
 from runbook_lib.commands import parse_junit, run_command
@@ -33,6 +34,7 @@ JUNIT = """<?xml version="1.0"?>
 """
 
 
+@pytest.mark.slow  # starts a process
 async def test_success_captures_output_and_duration(tmp_path: Path) -> None:
     obs = await run_command(
         CommandSpec("hello", "echo one; echo two >&2", timeout_s=20), cwd=tmp_path
@@ -43,12 +45,14 @@ async def test_success_captures_output_and_duration(tmp_path: Path) -> None:
     assert (r.id, r.phase, r.status) == ("predeploy.hello", 2, Status.PASS)
 
 
+@pytest.mark.slow  # starts a process
 async def test_failure_is_a_result_with_last_line(tmp_path: Path) -> None:
     obs = await run_command(CommandSpec("lint", "echo 'E501 too long'; exit 3"), cwd=tmp_path)
     r = judge_predeploy(obs)
     assert obs.exit_code == 3 and r.status is Status.FAIL and "E501" in r.detail
 
 
+@pytest.mark.slow  # starts a process
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     # The shell's background child is a grandchild of run_command: it must die too.
@@ -66,6 +70,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert r.status is Status.FAIL and "did not finish" in r.detail
 
 
+@pytest.mark.slow  # starts a process
 async def test_output_tail_is_bounded_and_redacted(tmp_path: Path) -> None:
     secret = register_secret("super-secret-value-42")
     cmd = f"{PY} -c \"[print(i) for i in range(5000)]; print('{secret}')\""
@@ -74,6 +79,7 @@ async def test_output_tail_is_bounded_and_redacted(tmp_path: Path) -> None:
     assert len(obs.output_tail.splitlines()) == 10 and "4999" in obs.output_tail
 
 
+@pytest.mark.slow  # starts a process
 async def test_missing_cwd_is_an_error_result(tmp_path: Path) -> None:
     obs = await run_command(CommandSpec("x", "true", cwd=str(tmp_path / "nope")))
     assert obs.error and judge_tests(obs).status is Status.ERROR
@@ -93,6 +99,7 @@ def test_parse_junit(tmp_path: Path) -> None:
     assert parse_junit(single).tests == 2
 
 
+@pytest.mark.slow  # starts a process
 async def test_junit_failures_fail_even_with_exit_0(tmp_path: Path) -> None:
     (tmp_path / "r.xml").write_text(JUNIT)
     obs = await run_command(CommandSpec("suite", "true", junit="r.xml"), cwd=tmp_path)
@@ -101,6 +108,7 @@ async def test_junit_failures_fail_even_with_exit_0(tmp_path: Path) -> None:
     assert r.id == "tests.suite" and r.status is Status.FAIL and "t.A.bad" in r.detail
 
 
+@pytest.mark.slow  # starts a process
 async def test_unreadable_junit_warns(tmp_path: Path) -> None:
     obs = await run_command(CommandSpec("suite", "true", junit="missing.xml"), cwd=tmp_path)
     r = judge_tests(obs)
@@ -112,6 +120,7 @@ def test_judge_zero_tests_warns() -> None:
     assert judge_tests(obs).status is Status.WARN
 
 
+@pytest.mark.slow  # starts a process
 async def test_env_is_passed(tmp_path: Path) -> None:
     obs = await run_command(
         CommandSpec("env", "echo $RB_TEST_VAR"),

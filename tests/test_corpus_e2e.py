@@ -6,12 +6,12 @@ service are caught by the right check with the right cause.
 Every service is a real server (tests/corpus) in its own thread; the app's source is a
 committed copy of the corpus in a temporary git repository (the user's checkout). The
 healthy runs are real `runbook run` processes (papermill, kernels); the faults run the
-same notebook steps in-process on the file init wrote, as the fault matrix does.
+same runs on the in-process engine, one service also through the CLI and its kernels;
+the faults run the phase steps that show them, in process, on the file init wrote.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -23,13 +23,14 @@ import pytest
 from corpus.agent_stream import TOKENS
 from corpus.text_chat import DEFAULT_TOKEN
 from test_init import threaded
+from timing import SHORT_WINDOWS
 
-from runbook_lib import steps
-from runbook_lib.context import open_phase
+from runbook_lib.engines import InProcessEngine
 from runbook_lib.init import init_main
 from runbook_lib.redaction import clear_secrets
+from runbook_lib.runner import RunOptions, run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TESTS = Path(__file__).parent
 SERVICES = (
@@ -43,20 +44,18 @@ SERVICES = (
 )
 TOKEN_ENV = {"text_chat": "CORPUS_CHAT_TOKEN", "agent_stream": "CORPUS_AGENT_TOKEN"}
 TOKEN = {"CORPUS_CHAT_TOKEN": DEFAULT_TOKEN, "CORPUS_AGENT_TOKEN": next(iter(TOKENS))}
-# Short windows keep the suite's time sane; 5 samples per monitoring window (the minimum).
-SHORT = {
-    "thresholds.monitor_window_s": 2.5,
-    "thresholds.monitor_interval_s": 0.5,
-    "thresholds.hold_s": 1.0,
-}
-# The steps the fault tests run in-process: phases 1, 3 and 7 as the healthy runs do, and
-# phase 5's authentication (an auth bypass shows nowhere else).
-PLAN = {
-    1: ("source_status", "health_and_routes"),
-    3: ("ws_upgrade", "http_endpoints", "ws_roundtrip"),
-    5: ("auth_checks",),
-    7: ("monitor", "hold"),
-}
+# The steps the fault tests run: the probes of phases 1, 3 and 7 as the healthy runs do,
+# and phase 5's authentication (an auth bypass shows nowhere else).
+FAULT_STEPS = (
+    "source_status",
+    "health_and_routes",
+    "ws_upgrade",
+    "http_endpoints",
+    "ws_roundtrip",
+    "auth_checks",
+    "monitor",
+    "hold",
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,22 @@ def _init(name: str, base_url: str, repo: Path, out: Path) -> int:
     return init_main(argv)
 
 
-def _run(env_file: Path, out_dir: Path) -> tuple[int, dict, str]:
-    params = [a for k, v in SHORT.items() for a in ("--param", f"{k}={v}")]
+def _run(env_file: Path, out_dir: Path, engine: InProcessEngine) -> Path:
+    """``runbook run --phases 1,3,5,7`` on ``engine``, in this process: the run folder."""
+    outcome = run(
+        RunOptions(
+            environment=str(env_file),
+            phases=(1, 3, 5, 7),
+            out_dir=out_dir,
+            overrides=SHORT_WINDOWS,
+        ),
+        engine=engine,
+    )
+    return outcome.run_dir
+
+
+def _run_cli(env_file: Path, out_dir: Path) -> tuple[int, dict, str]:
+    params = [a for k, v in SHORT_WINDOWS.items() for a in ("--param", f"{k}={v}")]
     cmd = [sys.executable, "-m", "runbook_lib", "run", "--env", str(env_file)]
     cmd += ["--phases", "1,3,5,7", "--out", str(out_dir), *params]
     proc = subprocess.run(
@@ -101,15 +114,32 @@ def _run(env_file: Path, out_dir: Path) -> tuple[int, dict, str]:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_init_then_run_is_green_without_false_alarm(name, repo, tmp_path, tokens) -> None:
-    """init's file, unedited, gives exit 0: nothing fails, every pass carries evidence, and
-    the checks that need the service's own conversation really ran."""
+    """init's file, unedited, gives a passing run: nothing fails, every pass carries
+    evidence, and the checks that need the service's own conversation really ran."""
     env_file = tmp_path / f"{name}.toml"
     with threaded(name) as svc:
         assert _init(name, svc.base_url, repo, env_file) == 0
-        rc, results, output = _run(env_file, tmp_path / "runs")
+        run_dir = _run(env_file, tmp_path / "runs", InProcessEngine())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["verdict"] == "pass"
+    _assert_green_on_evidence(name, results, "")
+
+
+def test_init_file_runs_green_through_the_cli_and_its_kernels(repo, tmp_path, tokens) -> None:
+    """The same file through ``runbook run`` (a process, papermill, a kernel per phase): exit 0."""
+    name = "agent_stream"
+    env_file = tmp_path / f"{name}.toml"
+    with threaded(name) as svc:
+        assert _init(name, svc.base_url, repo, env_file) == 0
+        rc, results, output = _run_cli(env_file, tmp_path / "runs")
+    assert rc == 0, output[-2000:]
+    _assert_green_on_evidence(name, results, output)
+
+
+def _assert_green_on_evidence(name: str, results: dict, output: str) -> None:
     checks = {c["id"]: c for c in results["checks"]}
     bad = {i: c["detail"] for i, c in checks.items() if c["status"] in ("fail", "error")}
-    assert rc == 0 and bad == {}, (rc, bad, output[-2000:])
+    assert bad == {}, (bad, output[-2000:])
     for cid, c in checks.items():
         if c["status"] == "pass":
             assert c["observed"] is not None, (cid, c)
@@ -137,18 +167,6 @@ def test_init_then_run_is_green_without_false_alarm(name, repo, tmp_path, tokens
             assert c["detail"], (cid, c)
 
 
-async def _judged(env_file: Path, run_dir: Path) -> dict:
-    """Run the steps of phases 1, 3 and 7 in-process on ``env_file``: id -> result."""
-    out = {}
-    for phase, names in PLAN.items():
-        ctx = open_phase(phase, environment=str(env_file), run_dir=str(run_dir), overrides=SHORT)
-        for step_name in names:
-            rep = getattr(steps, step_name)(ctx)
-            rep = await rep if hasattr(rep, "__await__") else rep
-            out.update({r.id: r for r in rep.results})
-    return out
-
-
 # service, fault -> (check id, cause key in data["cause"] or words in the detail)
 FAULTS = [
     ("jsonrpc_pubsub", "ws_missing", "ws.routes_probe", "no_ws_implementation"),
@@ -169,32 +187,37 @@ FAULTS = [
 
 
 @pytest.mark.parametrize(("name", "fault", "check", "cause"), FAULTS)
-async def test_injected_fault_is_caught_by_the_right_check(
+def test_injected_fault_is_caught_by_the_right_check(
     name, fault, check, cause, repo, tmp_path, tokens
 ) -> None:
     """init writes the file against the healthy service; the same file, pointed at the
     service with the fault, fails the right check with the right cause."""
     env_file = tmp_path / f"{name}.toml"
     with threaded(name) as healthy:
-        # init_main runs its own event loop: give it a thread.
-        assert await asyncio.to_thread(_init, name, healthy.base_url, repo, env_file) == 0
+        assert _init(name, healthy.base_url, repo, env_file) == 0
     with threaded(name, fault) as svc:
         text = env_file.read_text().replace(healthy.base_url, svc.base_url)
         env_file.write_text(text)
-        results = await _judged(env_file, tmp_path)
+        run_dir = _run(env_file, tmp_path / "runs", InProcessEngine(only=FAULT_STEPS))
+    # The phase records keep each result's data (its cause), which results.json leaves out.
+    results = {
+        c["id"]: c
+        for f in sorted((run_dir / "phases").glob("*.json"))
+        for c in json.loads(f.read_text())["checks"]
+    }
     r = results[check]
-    assert r.status in ("fail", "error"), (check, r)
+    assert r["status"] in ("fail", "error"), (check, r)
     if cause:
-        assert r.data.get("cause") == cause or cause in r.detail, r.detail
+        assert r["data"].get("cause") == cause or cause in r["detail"], r["detail"]
     if cause == "no_ws_implementation":
         # The remedy is installing a WebSocket library, never redeploying the same code.
-        assert "install websockets" in r.detail and "fixed source" not in r.detail
-        assert results["source.ws_routes_present"].status == "pass"
+        assert "install websockets" in r["detail"] and "fixed source" not in r["detail"]
+        assert results["source.ws_routes_present"]["status"] == "pass"
         # One cause per run: every check that fails on the same refusal says it too.
         from runbook_lib.checks.causes import STATUS_CAUSES
 
         for other in results.values():
-            if other.status in ("fail", "error"):
-                assert STATUS_CAUSES[404] not in other.detail, (other.id, other.detail)
+            if other["status"] in ("fail", "error"):
+                assert STATUS_CAUSES[404] not in other["detail"], (other["id"], other["detail"])
     # Nothing unrelated to the fault passes without evidence or fails for no reason.
-    assert results["source.ws_routes_present"].status == "pass"
+    assert results["source.ws_routes_present"]["status"] == "pass"

@@ -137,6 +137,7 @@ async def test_leak_is_caught_by_isolation_no_cross_user(
     assert r.data["leaks"]
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_jsonrpc_drop_fails_the_agent_flow_and_the_events(service, tmp_path) -> None:
     svc = await service("jsonrpc_pubsub", "drop")
     results = await _run(tmp_path, svc, FAST)
@@ -156,6 +157,7 @@ async def test_jsonrpc_drop_fails_the_agent_flow_and_the_events(service, tmp_pat
     }, _bad(results)
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_text_chat_drop_fails_chat_flow(service, tmp_path) -> None:
     svc = await service("text_chat", "drop")
     results = await _run(tmp_path, svc, FAST)
@@ -176,6 +178,7 @@ async def test_crash_after_accept_fails_every_conversation_at_once(service, tmp_
     assert not passed & {"chat.flow", "isolation.sessions", "isolation.no_cross_user"}
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_agent_stream_drop_fails_agent_response_and_events(service, tmp_path) -> None:
     svc = await service("agent_stream", "drop")
     results = await _run(tmp_path, svc, FAST)
@@ -189,6 +192,7 @@ async def test_agent_stream_drop_fails_agent_response_and_events(service, tmp_pa
     assert "out of order" not in order.detail  # a missing event is missing
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_graphql_drop_next_fails_the_agent_flow(service, tmp_path) -> None:
     svc = await service("graphql_ws", "drop_next")
     results = await _run(tmp_path, svc, FAST)

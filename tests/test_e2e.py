@@ -1,7 +1,9 @@
-"""End to end: the real phase notebooks executed by papermill against the real sandbox.
+"""End to end against the real sandbox, through the runner as `runbook run` does.
 
-Each test starts its own sandbox (own state dir, own env file) through the runner, exactly
-as `runbook run` does, and reads the run folder the way a postmortem author would.
+The default scenario runs the real phase notebooks in kernels (papermill), and once more
+on the in-process engine: both must judge it alike. The other scenarios run on the
+in-process engine. Each run starts its own sandbox (own state dir, own env file), uses
+the short windows, and is read the way a postmortem author would.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+from timing import SHORT_WINDOWS
 
+from runbook_lib.engines import InProcessEngine, KernelEngine, PhaseEngine
 from runbook_lib.manifest import verify_run
 from runbook_lib.runner import RunOptions, run
 from runbook_lib.sandbox import manager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _results(run_dir: Path) -> dict:
@@ -27,9 +31,14 @@ def _checks(results: dict) -> dict[str, dict]:
     return {c["id"]: c for c in results["checks"]}
 
 
-def _run(tmp_path: Path, **kw) -> tuple:
+def _run(tmp_path: Path, engine: PhaseEngine, **kw) -> tuple:
     state = tmp_path / "sandbox"
-    outcome = run(RunOptions(out_dir=tmp_path / "outputs", sandbox_state_dir=state, **kw))
+    outcome = run(
+        RunOptions(
+            out_dir=tmp_path / "outputs", sandbox_state_dir=state, overrides=SHORT_WINDOWS, **kw
+        ),
+        engine=engine,
+    )
     # The runner started the sandbox, so it must have stopped it, leaving nothing behind.
     assert not manager.is_running(state)
     leftovers = [
@@ -41,9 +50,15 @@ def _run(tmp_path: Path, **kw) -> tuple:
     return outcome, _results(outcome.run_dir)
 
 
-def test_default_scenario_reproduces_the_incident_deploys_the_fix_and_passes(tmp_path):
+@pytest.fixture(scope="module")
+def default_scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """The default scenario (the incident, an approved deploy of the fix) in kernels."""
+    return _run(tmp_path_factory.mktemp("default"), KernelEngine(), approve=True)
+
+
+def test_default_scenario_reproduces_the_incident_deploys_the_fix_and_passes(default_scenario):
     """Serving ws-routes-missing, deploying healthy: incident seen in phase 1, all green after."""
-    outcome, results = _run(tmp_path, approve=True)
+    outcome, results = default_scenario
     checks = _checks(results)
     assert outcome.exit_code == 0, [
         c for c in results["checks"] if c["status"] in ("fail", "error")
@@ -89,10 +104,25 @@ def test_default_scenario_reproduces_the_incident_deploys_the_fix_and_passes(tmp
     assert "PASS" in (rd / "summary.md").read_text()
 
 
+def test_default_scenario_gives_the_same_checks_on_both_engines(default_scenario, tmp_path):
+    """The in-process engine judges the default scenario as the kernels do: same ids,
+    statuses, phase outcomes, verdict and recommendation."""
+    _, kernel = default_scenario
+    _, in_process = _run(tmp_path, InProcessEngine(), approve=True)
+
+    def shape(results: dict) -> tuple:
+        checks = sorted((c["id"], c["status"]) for c in results["checks"])
+        phases = [(p["phase"], p["status"]) for p in results["phases"]]
+        return checks, phases, results["verdict"], results["recommendation"]["action"]
+
+    assert shape(in_process) == shape(kernel)
+
+
 def test_leaking_deploy_fails_isolation_and_rolls_back_to_the_previous_revision(tmp_path):
     """Serving healthy, deploying cross-user-leak: exit 1, rollback to the previous revision."""
     outcome, results = _run(
         tmp_path,
+        InProcessEngine(),
         approve=True,
         serving="healthy",
         deploy_image="sandbox/backend:cross-user-leak",
@@ -123,6 +153,7 @@ def test_failed_deploy_skips_validation_and_recommends_rollback(tmp_path):
     """Deploying an image whose container never starts: the operation fails, gates hold."""
     outcome, results = _run(
         tmp_path,
+        InProcessEngine(),
         approve=True,
         serving="healthy",
         deploy_image="sandbox/backend:deploy-fails",

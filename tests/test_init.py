@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from corpus.conftest import corpus, protocol_from_env
 from corpus.serve import Running, serve_corpus
 from corpus.text_chat import DEFAULT_TOKEN
@@ -28,6 +29,7 @@ def _env(findings) -> dict:
     return tomllib.loads(render_environment(findings))
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_init_text_chat_with_bearer_token(corpus) -> None:
     svc: Running = await corpus("text_chat")
     f = await probe_service(
@@ -70,6 +72,7 @@ async def test_init_graphql_finds_the_subprotocol_and_writes_a_load_flow(corpus)
     assert "auth.rejects_invalid" in env["checks"]["not_applicable"]
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_init_service_without_health_uses_the_apps_routes(corpus) -> None:
     svc = await corpus("no_health")
     f = await probe_service(svc.base_url, app="corpus.no_health:app", repo_dir=TESTS, timeout_s=1.5)
@@ -87,6 +90,7 @@ async def test_init_service_without_health_uses_the_apps_routes(corpus) -> None:
     assert f.upgraded
 
 
+@pytest.mark.slow  # starts a process
 async def test_init_app_import_failure_is_noted_and_candidates_probed(corpus, tmp_path) -> None:
     """--python without the app's dependencies: the note names the module and the
     interpreter; the common candidate paths are still probed."""
@@ -102,6 +106,7 @@ async def test_init_app_import_failure_is_noted_and_candidates_probed(corpus, tm
     assert env["target"]["ws_paths"] == ["/ws"] and env["source"]["python"] == str(bare)
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_init_jsonrpc_and_query_token_services(corpus) -> None:
     rpc = await corpus("jsonrpc_pubsub")
     env = _env(
@@ -165,6 +170,7 @@ def threaded(name: str, *faults: str) -> Iterator[Running]:
         thread.join(10)
 
 
+@pytest.mark.slow  # waits on real timeouts
 def test_init_main_writes_the_file_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
     out = tmp_path / "env.toml"
     with threaded("no_health") as svc:
@@ -210,6 +216,7 @@ def test_init_main_usage_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     assert init_main([]) == 2
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_init_detects_a_ws_test_endpoint_and_the_seed_ping(ws_server) -> None:
     async def seed_like(ws) -> None:
         async for raw in ws:
@@ -223,6 +230,7 @@ async def test_init_detects_a_ws_test_endpoint_and_the_seed_ping(ws_server) -> N
     assert env["target"]["primary_ws_path"] == "/websocket" and "protocol" not in env
 
 
+@pytest.mark.slow  # waits on real timeouts
 def test_runbook_init_is_a_cli_subcommand(tmp_path: Path, capsys) -> None:
     """`runbook init` runs init_main: usage errors are 2, a probe writes the file."""
     from runbook_lib.cli import main

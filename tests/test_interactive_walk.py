@@ -28,7 +28,7 @@ from runbook_lib.redaction import clear_secrets
 from runbook_lib.sandbox import manager
 from runbook_lib.settings import load_settings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 NB_DIR = runner.notebooks_dir()
 INSPECT = "import json\nprint(json.dumps([r.to_record() for r in ctx.results], default=str))"

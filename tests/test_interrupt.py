@@ -22,6 +22,9 @@ import psutil
 import pytest
 from test_runner import _record, _write
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = [sys.executable, "-m", "runbook_lib"]
 WAIT_S = 90.0

@@ -20,6 +20,9 @@ import pytest
 from runbook_lib.exceptions import RunInterrupted
 from runbook_lib.interrupts import InterruptGuard, stop_processes
 
+# Every test here starts a process (a guarded program, a child to stop).
+pytestmark = pytest.mark.slow
+
 # A guarded block that starts a child in its own session (like a kernel or the sandbox
 # daemon), reports its pid, and waits; a `finally` writes a marker.
 PROGRAM = """

@@ -14,7 +14,7 @@ from websockets.asyncio.server import ServerConnection
 from runbook_lib.histogram import LatencyHistogram
 from runbook_lib.load_task import merge_results, parse_result_line, shard
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.mark.parametrize(("total", "count"), [(10, 4), (3, 4), (10_000, 7), (0, 2)])

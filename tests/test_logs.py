@@ -39,13 +39,8 @@ WS_HEADERS = {
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox_state.SandboxInfo]:
-    root = tmp_path_factory.mktemp("sandbox-logs")
-    info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
-    try:
-        yield info
-    finally:
-        manager.down(root / "state")
+def sandbox(sandbox_factory: Any) -> sandbox_state.SandboxInfo:
+    return sandbox_factory()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import papermill as pm
 import pytest
 
 from runbook_lib import runner
+from runbook_lib.checks.catalog import steps_of
 from runbook_lib.context import PHASES
 
 NB_DIR = runner.notebooks_dir()
@@ -33,16 +34,6 @@ FORBIDDEN = (
     ast.GeneratorExp,
     ast.Match,
 )
-# The step functions each phase calls, in order (the contract with runbook_lib.steps).
-STEPS = {
-    1: ["service_status", "source_status", "health_and_routes", "ws_preflight"],
-    2: ["predeploy", "deploy", "warmup", "deploy_logs"],
-    3: ["ws_upgrade", "http_endpoints", "ws_roundtrip", "routing_logs"],
-    4: ["test_suites", "agent_response", "load_test"],
-    5: ["auth_checks", "chat_flow", "isolation", "event_delivery"],
-    6: ["rollback_target", "rollback_traffic", "rollback_verify"],
-    7: ["monitor", "hold", "log_errors"],
-}
 SYNC_STEPS = {"source_status", "phase_summary"}
 
 
@@ -122,7 +113,8 @@ def test_layout_import_open_steps_summary(phase: int) -> None:
         assert m, src
         calls.append(m.group(2))
         assert bool(m.group(1)) == (m.group(2) not in SYNC_STEPS), src
-    assert calls == [*STEPS[phase], "phase_summary"]
+    # The notebook calls exactly the catalog's steps of its phase, in order.
+    assert calls == [*(s.name for s in steps_of(phase)), "phase_summary"]
 
 
 @pytest.mark.parametrize("phase", sorted(PHASES))

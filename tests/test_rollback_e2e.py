@@ -1,4 +1,5 @@
-"""Rollback and deploy safety end to end (SPEC 9), against the real sandbox through ``runbook run``.
+"""Rollback and deploy safety end to end (SPEC 9), against the real sandbox through ``runbook run``
+(on the in-process engine).
 
 - a leaking deploy (``cross-user-leak``) is rolled back to the revision that served before
   it, after that revision proved itself on its own tag URL;
@@ -18,11 +19,12 @@ from typing import Any
 
 import pytest
 
+from runbook_lib.engines import InProcessEngine
 from runbook_lib.redaction import clear_secrets
 from runbook_lib.runner import RunOptions, run
 from runbook_lib.sandbox import manager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +38,8 @@ def _scrubbed(monkeypatch: pytest.MonkeyPatch):
 def _run(tmp_path: Path, **kw: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, Any]]]:
     state = tmp_path / "sandbox"
     outcome = run(
-        RunOptions(out_dir=tmp_path / "outputs", sandbox_state_dir=state, approve=True, **kw)
+        RunOptions(out_dir=tmp_path / "outputs", sandbox_state_dir=state, approve=True, **kw),
+        engine=InProcessEngine(),
     )
     assert not manager.is_running(state)
     results = json.loads((outcome.run_dir / "results.json").read_text())

@@ -5,6 +5,8 @@ phase 7's ``monitor.hold`` fails, after phase 6's slot. Approved, phase 6 runs a
 and traffic returns to the healthy revision. When phase 6 does not run, the record says
 the rollback is pending and gives the exact command (issue 12); the sandbox environment
 auto-approves, so that case is the restricted run (``--phases`` without 6).
+Both run on the in-process engine with the short windows (the revision drops idle
+sockets after 1 s, well inside the 2.5 s hold).
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ import json
 from pathlib import Path
 
 import pytest
+from timing import SHORT_WINDOWS
 
+from runbook_lib.engines import InProcessEngine
 from runbook_lib.runner import Progress, RunOptions, run
 from runbook_lib.sandbox import manager
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture(autouse=True)
+def _short_idle_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle-close revision drops a socket after 1 s (inherited by the sandbox's processes)."""
+    monkeypatch.setenv("SANDBOX_IDLE_CLOSE_S", "1")
 
 
 def _run(tmp_path: Path, approve: bool, events: list[Progress]) -> tuple:
@@ -30,8 +40,10 @@ def _run(tmp_path: Path, approve: bool, events: list[Progress]) -> tuple:
             serving="healthy",
             deploy_image="sandbox/backend:idle-close",
             phases=None,
+            overrides=SHORT_WINDOWS,
         ),
         progress=events.append,
+        engine=InProcessEngine(),
     )
     assert not manager.is_running(state)
     return outcome, json.loads((outcome.run_dir / "results.json").read_text())
@@ -66,8 +78,10 @@ def test_restricted_run_reports_the_rollback_pending(tmp_path: Path) -> None:
             serving="healthy",
             deploy_image="sandbox/backend:idle-close",
             phases=(1, 2, 3, 7),
+            overrides=SHORT_WINDOWS,
         ),
         progress=events.append,
+        engine=InProcessEngine(),
     )
     assert not manager.is_running(state)
     results = json.loads((outcome.run_dir / "results.json").read_text())

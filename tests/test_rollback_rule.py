@@ -174,6 +174,7 @@ def test_exclusions_are_explained() -> None:
     assert "r3: it was seen failing" in refused.reason
 
 
+@pytest.mark.slow  # starts a process
 def test_module_is_pure() -> None:
     """Importing the rule pulls in no network, cloud or numeric library."""
     code = (

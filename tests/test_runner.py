@@ -1,4 +1,5 @@
-"""The papermill runner, executing small fixture notebooks for real (one kernel each)."""
+"""The runner, executing small fixture notebooks: for real (one kernel each, marked slow)
+where the kernel is what is tested, else their cells in this process (the gates)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from runbook_lib import manifest, runner
+from runbook_lib.engines import PhaseRequest
 from runbook_lib.exceptions import ConfigError
 from runbook_lib.phases import DEFAULT_PHASES, PHASES
 from runbook_lib.runner import RunOptions
+from runbook_lib.verdict import PhaseOutcome
 
 TOKEN = "fixture-token-9f8e7d6c5b4a"
 
@@ -92,6 +95,18 @@ def env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+class _CellsHere:
+    """A phase engine for the gate tests: the fixture notebook's cells (plain calls that
+    record results) executed in this process with the runner's parameters, no kernel."""
+
+    def execute(self, request: PhaseRequest) -> PhaseOutcome:
+        nb = nbformat.read(request.notebook_in, as_version=4)
+        namespace = dict(request.parameters)
+        for cell in nb.cells[1:]:  # the parameters come from the runner
+            exec(cell.source, namespace)
+        return PhaseOutcome(request.phase, request.notebook_in.name, "pass")
+
+
 def _options(tmp_path: Path, env_file: Path, nbs: Path, **kw) -> RunOptions:
     kw.setdefault("cell_timeout_s", 60)
     return RunOptions(environment=str(env_file), out_dir=tmp_path / "out", notebooks=nbs, **kw)
@@ -137,6 +152,7 @@ def _good(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # Jupyter kernels
 def test_deploy_applied_run_passes_and_folder_is_complete(
     tmp_path: Path, env_file: Path, monkeypatch
 ) -> None:
@@ -190,7 +206,7 @@ def test_deploy_failure_skips_validation_and_rolls_back_when_approved(
     nbs = _write(
         tmp_path / "nbs", {2: DEPLOY_FAILS, 6: [_record(6, ("rollback.traffic_moved", "pass"))]}
     )
-    out = runner.run(_options(tmp_path, env_file, nbs, approve=True))
+    out = runner.run(_options(tmp_path, env_file, nbs, approve=True), engine=_CellsHere())
     assert out.exit_code == 1
     status = {o.phase: o.status for o in out.phases}
     assert status == {
@@ -211,12 +227,13 @@ def test_deploy_failure_skips_validation_and_rolls_back_when_approved(
 
 def test_rollback_not_run_without_approval(tmp_path: Path, env_file: Path) -> None:
     nbs = _write(tmp_path / "nbs", {2: DEPLOY_FAILS})
-    out = runner.run(_options(tmp_path, env_file, nbs, phases=None))
+    out = runner.run(_options(tmp_path, env_file, nbs, phases=None), engine=_CellsHere())
     six = next(o for o in out.phases if o.phase == 6)
     assert six.status == "skipped" and "not approved" in six.reason
     assert out.exit_code == 1
 
 
+@pytest.mark.slow  # Jupyter kernels
 def test_notebook_that_raises_exits_3_with_cell_index(tmp_path: Path, env_file: Path) -> None:
     nbs = _write(tmp_path / "nbs", {3: ["x = 1", "raise RuntimeError('probe exploded')"]})
     out = runner.run(_options(tmp_path, env_file, nbs, phases=(3,)))
@@ -230,6 +247,7 @@ def test_notebook_that_raises_exits_3_with_cell_index(tmp_path: Path, env_file: 
     assert (out.run_dir / "03_endpoint_validation.ipynb").is_file()  # partial evidence kept
 
 
+@pytest.mark.slow  # Jupyter kernels
 def test_cell_timeout_exits_3(tmp_path: Path, env_file: Path) -> None:
     nbs = _write(tmp_path / "nbs", {4: ["import time", "time.sleep(60)"]})
     out = runner.run(_options(tmp_path, env_file, nbs, phases=(4, 5), cell_timeout_s=3))
@@ -239,6 +257,7 @@ def test_cell_timeout_exits_3(tmp_path: Path, env_file: Path) -> None:
     assert five.status == "pass"  # one slow phase does not stop the others
 
 
+@pytest.mark.slow  # Jupyter kernels
 def test_secret_written_by_a_kernel_marks_folder_unsafe(
     tmp_path: Path, env_file: Path, monkeypatch
 ) -> None:
@@ -261,6 +280,7 @@ def test_secret_written_by_a_kernel_marks_folder_unsafe(
     assert "raw.txt" in marker and TOKEN not in marker
 
 
+@pytest.mark.slow  # Jupyter kernels
 def test_sandbox_is_started_and_stopped_when_no_env_given(tmp_path: Path, env_file: Path) -> None:
     """No --env: the runner starts the sandbox, uses its env file, and stops it after."""
     calls: list[tuple[str, dict]] = []
@@ -299,6 +319,7 @@ def test_sandbox_is_started_and_stopped_when_no_env_given(tmp_path: Path, env_fi
     assert "starting the sandbox" in (out.run_dir / "summary.md").read_text()
 
 
+@pytest.mark.slow  # Jupyter kernels
 def test_run_deadline_stops_the_run_with_exit_3(tmp_path: Path, env_file: Path) -> None:
     """The whole-run deadline bounds a slow cell and marks the phases it cut off as errors."""
     nbs = _write(tmp_path / "nbs", {3: ["import time", "time.sleep(120)"]})
@@ -324,7 +345,11 @@ def test_late_failure_rolls_back_at_the_end_and_the_counter_announces_it(
         },
     )
     events: list[runner.Progress] = []
-    out = runner.run(_options(tmp_path, env_file, nbs, approve=True), progress=events.append)
+    out = runner.run(
+        _options(tmp_path, env_file, nbs, approve=True),
+        progress=events.append,
+        engine=_CellsHere(),
+    )
     assert out.exit_code == 1
     assert [o.phase for o in out.phases] == [1, 2, 3, 4, 5, 7, 6]
     assert out.phases[-1].status == "pass"
@@ -342,7 +367,7 @@ def test_late_failure_without_approval_reports_the_rollback_pending(
     tmp_path: Path, env_file: Path
 ) -> None:
     nbs = _write(tmp_path / "nbs", {2: DEPLOY_OK, 7: [_record(7, ("monitor.hold", "fail"))]})
-    out = runner.run(_options(tmp_path, env_file, nbs))
+    out = runner.run(_options(tmp_path, env_file, nbs), engine=_CellsHere())
     assert out.exit_code == 1
     six = next(o for o in out.phases if o.phase == 6)
     assert six.status == "skipped" and "not approved" in six.reason

@@ -24,6 +24,9 @@ from runbook_lib.sandbox.auth_service import mint_token
 from runbook_lib.sandbox.backend import CRITICAL_EVENTS
 from runbook_lib.sandbox.wire import REQUEST_LOG_KEY
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sandbox-test-secret-0123456789-abcdefghijklmnop"
 TIMEOUT = T(10.0)

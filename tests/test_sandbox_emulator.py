@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,6 +78,7 @@ _SCRIPTS = {
 }
 
 
+@pytest.mark.slow  # starts revision processes
 async def test_supervisor_bounds_start_reports_failures_and_crashes() -> None:
     """Silent process -> start timeout; early exit -> its error; a later exit -> not ready."""
     import sys
@@ -133,13 +133,8 @@ def psutil_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox_state.SandboxInfo]:
-    root = tmp_path_factory.mktemp("sandbox-emulator")
-    info = manager.up(state_dir=root / "state", env_file=root / "local.toml")
-    try:
-        yield info
-    finally:
-        manager.down(root / "state")
+def sandbox(sandbox_factory: Any) -> sandbox_state.SandboxInfo:
+    return sandbox_factory()
 
 
 def _service_name(info: sandbox_state.SandboxInfo) -> str:

@@ -26,6 +26,9 @@ import pytest
 from runbook_lib.sandbox import manager
 from runbook_lib.sandbox import state as sandbox_state
 
+# Every test here starts a process (kernel, sandbox or subprocess server).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOK = Path(sys.executable).with_name("runbook")
 # SIGINT back to default before exec: a test runner started in the background ignores

@@ -27,6 +27,7 @@ def _wait_gone(procs: list[psutil.Process], timeout: float = 15.0) -> list[psuti
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.slow  # starts a sandbox
 def test_cli_up_status_down_leaves_nothing_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -84,6 +85,7 @@ def test_cli_up_status_down_leaves_nothing_behind(
     assert "not running" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # starts a process
 def test_daemon_killed_hard_leaves_no_orphans(tmp_path: Path) -> None:
     """SIGKILL of the daemon takes its revision processes with it; down then cleans up."""
     state_dir = tmp_path / "state"
@@ -111,6 +113,7 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert not manager.is_running(tmp_path)
 
 
+@pytest.mark.slow  # starts a sandbox
 def test_context_manager_starts_and_stops(tmp_path: Path) -> None:
     with manager.Sandbox(state_dir=tmp_path / "s", env_file=tmp_path / "e.toml") as info:
         assert manager.is_running(tmp_path / "s")

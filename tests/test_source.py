@@ -201,6 +201,7 @@ def test_bad_interpreter_and_import_root_are_clear(repo: Path) -> None:
     assert "import root" in obs.error and "is not a directory" in obs.error
 
 
+@pytest.mark.slow  # starts a process
 def test_uvicorn_without_a_websocket_library_is_reported(tmp_path: Path) -> None:
     """The app's environment has uvicorn but no websockets/wsproto: every upgrade would 404."""
     site = tmp_path / "site"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from runbook_lib.redaction import register_secret, registered_secrets
 
 TESTS = Path(__file__).resolve().parent
@@ -34,6 +36,7 @@ def _timing(factor: str | None, expr: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # starts a process
 def test_timeout_factor_scales_bounds_and_rejects_nonsense() -> None:
     assert _timing(None, "T(2.5)").stdout.strip() == "2.5"
     assert _timing("3", "T(2.5)").stdout.strip() == "7.5"

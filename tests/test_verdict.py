@@ -47,6 +47,7 @@ def _out(phase: int, status: str = "pass") -> PhaseOutcome:
     return PhaseOutcome(phase, NB.get(phase, f"{phase:02d}.ipynb"), status, 1.0)
 
 
+@pytest.mark.slow  # starts a process
 def test_importing_verdict_pulls_no_io_library() -> None:
     import subprocess
 

@@ -253,6 +253,7 @@ async def test_auth_close_1008_without_error_frame(ws_server) -> None:
     assert obs.negatives[0].accepted is False and obs.negatives[0].close_code == 1008
 
 
+@pytest.mark.slow  # about 50 s: each negative case's close waits on the silent server
 async def test_auth_silent_socket_is_undecided(agent_server) -> None:
     srv = await agent_server(fault="silent")
     obs = await observe_auth(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FACTOR", "T"]
+__all__ = ["FACTOR", "SHORT_WINDOWS", "T"]
 
 
 def _factor() -> float:
@@ -33,3 +33,14 @@ FACTOR = _factor()
 def T(seconds: float) -> float:
     """``seconds`` scaled by ``RUNBOOK_TESTS_TIMEOUT_FACTOR``."""
     return seconds * FACTOR
+
+
+# The one short-window override set for every end-to-end run (``RunOptions.overrides``
+# or ``--param``): a monitoring window of 5 samples x 0.5 s (the minimum a window may
+# hold) and a short socket hold. Profiles whose fault must show inside these windows
+# get matching knobs from the sandbox fixture (e.g. ``SANDBOX_IDLE_CLOSE_S``).
+SHORT_WINDOWS: dict[str, float] = {
+    "thresholds.monitor_window_s": 2.5,
+    "thresholds.monitor_interval_s": 0.5,
+    "thresholds.hold_s": 2.5,
+}

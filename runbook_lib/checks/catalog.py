@@ -36,6 +36,7 @@ __all__ = [
     "phase_of",
     "skip_reason",
     "step_ids",
+    "steps_of",
 ]
 
 
@@ -245,6 +246,15 @@ def phase_of(check_id: str) -> int:
     if check_id.startswith("runner.phase_"):
         return int(check_id.removeprefix("runner.phase_"))
     raise KeyError(f"{check_id!r} is not a catalog check id")
+
+
+def steps_of(phase: int) -> tuple[StepInfo, ...]:
+    """The steps phase ``phase`` runs, in the order its notebook calls them.
+
+    The one phase -> steps table: the notebooks' cells, the in-process engine and the
+    tests all follow it (``phase_summary`` closes every phase and is not listed).
+    """
+    return tuple(s for s in _STEPS if s.phase == phase)
 
 
 def step_ids(step: str) -> tuple[str, ...]:

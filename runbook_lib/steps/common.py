@@ -16,9 +16,10 @@ from urllib.parse import urlencode
 from ..checks import STEPS, Verdict, applicability, judge_log_entries, skip_reason, step_ids
 from ..checks.causes import explain_status
 from ..checks.monitor import log_entry_fails
-from ..context import PhaseContext, StepReport, phase_file
+from ..context import PhaseContext, StepReport
 from ..exceptions import ApprovalRequired, CloudRunError
 from ..observations import HandshakeObservation
+from ..phases import phase_file
 from ..redaction import redact
 from ..results import CheckResult, Status
 

@@ -11,7 +11,7 @@ the tasks: missing data proves nothing.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..checks import judge_load, step_ids
 from ..checks.causes import Verdict
@@ -117,7 +117,7 @@ async def load_on_job(ctx: PhaseContext, plan: LoadPlan) -> StepReport:
     return report(results, table=table(rows), figure=fig, note=run.token_note)
 
 
-def _q(rec: dict, q: float) -> float | None:
+def _q(rec: dict[str, Any], q: float) -> float | None:
     from ..histogram import LatencyHistogram
 
     try:

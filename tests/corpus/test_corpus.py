@@ -230,6 +230,7 @@ async def test_graphql_refuses_the_upgrade_without_the_subprotocol(corpus) -> No
     assert not obs.connected and obs.status == 403
 
 
+@pytest.mark.slow  # waits on real timeouts
 async def test_graphql_no_ack_and_no_complete_stop_at_their_step(corpus) -> None:
     no_ack = await _gql(await corpus("graphql_ws", "no_ack"), quick=True)
     assert no_ack.stopped_at == 1 and no_ack.stop_reason == "timeout"
