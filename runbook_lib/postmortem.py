@@ -297,13 +297,13 @@ def _mutation_events(run: RunRecord) -> list[Event]:
         revision = str(m.get("revision") or "")
         check = {"deploy": "deploy.executed", "rollback": "rollback.traffic_moved"}.get(key, "")
         if key == "deploy":
-            what = f"deploy {state}" + (f": revision {revision}" if revision else "")
+            what = state + (f": revision {revision}" if revision else "")
             if m.get("operation"):
                 what += f" (operation {m['operation']})"
         elif key == "rollback":
-            what = f"rollback {state}" + (f": traffic to revision {revision}" if revision else "")
+            what = state + (f": traffic to revision {revision}" if revision else "")
         else:
-            what = f"{key} {state}" + (f": revision {revision}" if revision else "")
+            what = state + (f": revision {revision}" if revision else "")
         if m.get("error"):
             what += f"; error: {m['error']}"
         at = str(m.get("finished_at") or m.get("started_at") or run.started_at)
@@ -333,6 +333,21 @@ def _traffic_events(run: RunRecord) -> list[Event]:
                 (_link(run, "deploy.latest_serving"),),
             )
         )
+    serving = _checks(run).get("deploy.latest_serving")
+    if not out and serving is not None and isinstance(serving.get("observed"), Mapping):
+        # A direct deploy moves all traffic itself: what served once it finished.
+        deploy: Mapping[str, Any] = next(
+            (m for m in run.results.get("mutations") or [] if m.get("key") == "deploy"), {}
+        )
+        split = ", ".join(f"{r} {p} %" for r, p in serving["observed"].items())
+        out.append(
+            Event(
+                str(deploy.get("finished_at") or base or run.started_at),
+                "traffic",
+                f"after the deploy: {split} ({serving.get('status')})",
+                (_link(run, "deploy.latest_serving"),),
+            )
+        )
     tags = (run.phase_artifacts.get(6) or {}).get("tags_after")
     target = (run.phase_artifacts.get(6) or {}).get("rollback_target")
     if target and "rollback.target_verified" in _checks(run):
@@ -358,7 +373,7 @@ def _timeline(runs: Sequence[RunRecord]) -> tuple[Event, ...]:
             Event(
                 run.started_at,
                 "run",
-                f"run {run.run_id} started (phases {_phases_run(run)}, "
+                f"{run.run_id} started (phases {_phases_run(run)}, "
                 f"environment {run.results.get('environment', '?')})",
                 (_link(run),),
             )
@@ -372,8 +387,7 @@ def _timeline(runs: Sequence[RunRecord]) -> tuple[Event, ...]:
                 Event(
                     at,
                     "signature",
-                    f"incident signature {first}: {INCIDENT_SIGNATURE} "
-                    f"(observed {json.dumps(sig.get('observed'))})",
+                    f"{first}: {INCIDENT_SIGNATURE} (observed {json.dumps(sig.get('observed'))})",
                     (_link(run, "ws.routes_probe"),),
                 )
             )
@@ -386,7 +400,7 @@ def _timeline(runs: Sequence[RunRecord]) -> tuple[Event, ...]:
                 Event(
                     at,
                     "hold",
-                    f"monitoring hold {hold.get('status')}: {hold.get('detail')}",
+                    f"{hold.get('status')}: {hold.get('detail')}",
                     (_link(run, "monitor.hold"),),
                 )
             )
@@ -396,7 +410,7 @@ def _timeline(runs: Sequence[RunRecord]) -> tuple[Event, ...]:
             Event(
                 run.finished_at,
                 "verdict",
-                f"verdict {_verdict_words(run)}; recommendation {rec.get('action', '?')}"
+                f"{_verdict_words(run)}; recommendation {rec.get('action', '?')}"
                 + (f" to {target}" if target else ""),
                 (_link(run),),
             )
@@ -484,10 +498,11 @@ def _impact(runs: Sequence[RunRecord], first_sig: RunRecord | None) -> Section:
                 continue
             if str(check["id"]).startswith(("isolation.", "events.", "auth.", "load.", "monitor.")):
                 facts.append(_check_fact(run, check, f"Run {run.run_id}: "))
-        for cid in ("monitor.uptime", "monitor.ws_failure_rate", "load.success_rate"):
-            check = _checks(run).get(cid)
-            if check is not None and check.get("status") == "pass":
-                facts.append(_check_fact(run, check, f"Run {run.run_id}: "))
+    last = runs[-1]
+    for cid in ("monitor.uptime", "monitor.ws_failure_rate", "load.success_rate"):
+        after = _checks(last).get(cid)
+        if after is not None:
+            facts.append(_check_fact(last, after, "After remediation: "))
     return Section(
         "Impact",
         tuple(facts),
@@ -574,7 +589,7 @@ def _remediation(runs: Sequence[RunRecord]) -> Section:
     facts: list[Fact] = []
     for run in runs:
         for e in _mutation_events(run):
-            facts.append(_fact(f"{_clock(e.at)}, run {run.run_id}: {e.text}.", *e.links))
+            facts.append(_fact(f"{_clock(e.at)}, run {run.run_id}: {e.kind} {e.text}.", *e.links))
         if run.results.get("mutations") or run is runs[-1]:
             facts.append(
                 _fact(
@@ -667,7 +682,11 @@ def _figures(runs: Sequence[RunRecord]) -> tuple[FigureRow, ...]:
     for stem in sorted(stems):
         m = re.match(r"p(\d+)-(.*)", stem)
         title = (
-            f"{m.group(2).replace('-', ' ').capitalize()} (phase {int(m.group(1))})" if m else stem
+            f"{m.group(2).replace('-', ' ').capitalize()} (phase {int(m.group(1))})".replace(
+                "websocket", "WebSocket"
+            )
+            if m
+            else stem
         )
         cells = []
         for run in runs:
@@ -848,6 +867,11 @@ def chain_window(
 # ------------------------------------------------------------------ writers
 
 
+def _folders(doc: Postmortem) -> dict[str, str]:
+    """run id -> its folder relative to the postmortem (from the link to its front page)."""
+    return {s.run_id: s.href.rsplit("/", 1)[0] if "/" in s.href else "" for s in doc.sources}
+
+
 def _md_links(links: Sequence[Link]) -> str:
     return " ".join(f"[{lk.label}]({lk.href})" for lk in links)
 
@@ -891,9 +915,9 @@ def render_markdown(doc: Postmortem) -> str:
             "|---|" + "---|" * len(runs),
         ]
         for row in doc.figures:
-            href = {s.run_id: s.href.rsplit("/", 1)[0] for s in doc.sources}
+            href = _folders(doc)
             cells = [
-                f"![{row.title}]({href.get(rid, rid)}/{rel})" if rel else "not drawn"
+                f"![{row.title}]({_join(href.get(rid, ''), rel)})" if rel else "not drawn"
                 for rid, rel in row.cells
             ]
             lines.append(f"| {row.title} | " + " | ".join(cells) + " |")
@@ -931,7 +955,7 @@ code{overflow-wrap:anywhere}li{margin:.3em 0}
 
 def _html_links(links: Sequence[Link]) -> str:
     e = html.escape
-    return "".join(f"<a href='{e(lk.href)}'>{e(lk.label)}</a>" for lk in links)
+    return " ".join(f"<a href='{e(lk.href)}'>{e(lk.label)}</a>" for lk in links)
 
 
 def _html_text(text: str) -> str:
@@ -973,6 +997,7 @@ def render_html(doc: Postmortem, figures: Mapping[tuple[str, str], bytes]) -> st
             out.append(f"<div class='prompt'>{e(sec.prompt)}</div>")
     if doc.figures:
         out.append("<h2>Figures across the runs</h2>")
+        folders = _folders(doc)
         for row in doc.figures:
             out.append(f"<h3>{e(row.title)}</h3><div class='figs'>")
             for rid, rel in row.cells:
@@ -981,7 +1006,8 @@ def render_html(doc: Postmortem, figures: Mapping[tuple[str, str], bytes]) -> st
                     src = "data:image/png;base64," + base64.b64encode(data).decode()
                     out.append(
                         f"<figure><img alt='{e(row.title)}, run {e(rid)}' src='{src}'/>"
-                        f"<figcaption>run {e(rid)}</figcaption></figure>"
+                        f"<figcaption>run {e(rid)} (<a href='{e(_join(folders.get(rid, ''), rel))}'>"
+                        "full size</a>)</figcaption></figure>"
                     )
                 else:
                     out.append(f"<figure><div class='none'>run {e(rid)}: not drawn</div></figure>")
