@@ -339,3 +339,38 @@ def test_postmortem_chain_cli_writes_beside_the_runs_by_default(tmp_path, capsys
 def test_postmortem_usage_errors_exit_2(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_postmortem_over_real_sandbox_runs_links_every_fact_to_a_real_cell(tmp_path):
+    """The incident seen (phases 1,3), then the fix deployed (2,3): one linked story."""
+    out, state = tmp_path / "outputs", tmp_path / "sandbox"
+    common = ["--out", str(out), "--sandbox-state-dir", str(state)]
+    assert cli.main(["run", "--phases", "1,3", *common]) == 1
+    assert cli.main(["run", "--phases", "2,3", "--approve", *common]) == 0
+    assert cli.main(["postmortem", "--chain", str(out)]) == 0
+    page_path = out / "postmortem" / "postmortem.html"
+    page = page_path.read_text(encoding="utf-8")
+    doc = write_postmortem(chain_window(out), out / "postmortem").document
+    assert [e.kind for e in doc.timeline] == [
+        "run",
+        "signature",
+        "verdict",
+        "run",
+        "deploy",
+        "traffic",
+        "verdict",
+    ]
+    links = {lk for e in doc.timeline for lk in e.links}
+    links |= {lk for s in doc.sections for f in s.facts for lk in f.links}
+    cells = [lk for lk in links if "#cell-id=" in lk.href]
+    assert {lk.check_id for lk in cells} >= {"ws.routes_probe", "deploy.executed"}
+    for lk in links:
+        target, _, anchor = lk.href.partition("#")
+        path = (page_path.parent / target).resolve()
+        assert path.is_file(), lk
+        if anchor:
+            assert f'id="{anchor}"' in path.read_text(encoding="utf-8"), lk
+    assert scan_secrets(out / "postmortem") == []
+    assert page.count("data:image/png;base64,") >= 3
