@@ -316,6 +316,7 @@ def _traffic_events(run: RunRecord) -> list[Event]:
     arts = run.phase_artifacts.get(2) or {}
     base = str(arts.get("deploy_started_at") or "")
     out: list[Event] = []
+    verified = _checks(run).get("deploy.tag_verified") or {}
     for sample in arts.get("traffic_timeline") or []:
         if not isinstance(sample, Mapping):
             continue
@@ -324,13 +325,21 @@ def _traffic_events(run: RunRecord) -> list[Event]:
             ", ".join(f"{r} {p} %" for r, p in split.items()) if isinstance(split, Mapping) else ""
         )
         label = str(sample.get("label") or "traffic")
-        kind = "restore" if "restor" in label else "tag" if "tag" in label else "traffic"
+        if label == "before the deploy":
+            continue  # the state the deploy started from, not a change
+        if label.startswith("deploy:"):
+            # verify-then-shift: the new revision at 0 % with its tag, probed on the tag URL.
+            kind, check = "tag", "deploy.tag_verified"
+            text = f"new revision at 0 % with a tag, verified on its tag URL: {verified.get('status', '?')}"
+        else:
+            kind = "restore" if label.startswith("restore") else "traffic"
+            check, text = "deploy.latest_serving", label
         out.append(
             Event(
                 _after(base, sample.get("t_s")),
                 kind,
-                f"{label}: {words}" if words else label,
-                (_link(run, "deploy.latest_serving"),),
+                f"{text} ({words})" if words else text,
+                (_link(run, check),),
             )
         )
     serving = _checks(run).get("deploy.latest_serving")

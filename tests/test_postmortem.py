@@ -172,6 +172,36 @@ def _fields(run: RunRecord) -> dict:
     return {f: getattr(run, f) for f in RunRecord.__slots__}
 
 
+def test_a_verify_then_shift_deploy_shows_its_tag_steps_and_restore():
+    run = _bad_deploy()
+    results = {**run.results}
+    results["checks"] = [*results["checks"], _check("deploy.tag_verified", 2, "pass")]
+    timeline = [
+        {"t_s": 0.0, "split": {"b-1": 100}, "label": "before the deploy"},
+        {"t_s": 2.0, "split": {"b-1": 100, "b-3": 0}, "label": "deploy: b-3 at 0 %"},
+        {"t_s": 9.5, "split": {"b-1": 90, "b-3": 10}, "label": "step 10 %"},
+        {"t_s": 20.0, "split": {"b-1": 100}, "label": "restore: previous split"},
+    ]
+    arts = {2: {"deploy_started_at": "2026-12-07T10:10:05+00:00", "traffic_timeline": timeline}}
+    doc = build_postmortem(
+        [RunRecord(**{**_fields(run), "results": results, "phase_artifacts": arts})]
+    )
+    shift = [
+        (e.at[11:19], e.kind, e.text)
+        for e in doc.timeline
+        if e.kind in ("tag", "traffic", "restore")
+    ]
+    assert shift[:3] == [
+        (
+            "10:10:07",
+            "tag",
+            "new revision at 0 % with a tag, verified on its tag URL: pass (b-1 100 %, b-3 0 %)",
+        ),
+        ("10:10:14", "traffic", "step 10 % (b-1 90 %, b-3 10 %)"),
+        ("10:10:25", "restore", "restore: previous split (b-1 100 %)"),
+    ]
+
+
 def test_the_signature_is_first_seen_once_then_seen_again():
     later = _incident(
         "20261207T102000Z-prod",
