@@ -360,14 +360,14 @@ def _traffic_events(run: RunRecord) -> list[Event]:
     tags = (run.phase_artifacts.get(6) or {}).get("tags_after")
     target = (run.phase_artifacts.get(6) or {}).get("rollback_target")
     if target and "rollback.target_verified" in _checks(run):
-        check = _checks(run)["rollback.target_verified"]
+        probe = _checks(run)["rollback.target_verified"]
         t6 = run.phase_times.get(6, ("", ""))[0] or run.started_at
         out.append(
             Event(
                 t6,
                 "tag",
                 f"rollback target {target} tagged and probed on its own URL: "
-                f"{check.get('status')}" + (f" (tags after: {', '.join(tags)})" if tags else ""),
+                f"{probe.get('status')}" + (f" (tags after: {', '.join(tags)})" if tags else ""),
                 (_link(run, "rollback.target_verified"),),
             )
         )
