@@ -479,7 +479,19 @@ def _impact(runs: Sequence[RunRecord], first_sig: RunRecord | None) -> Section:
     facts: list[Fact] = []
     if first_sig is not None:
         sig = _checks(first_sig)["ws.routes_probe"]
-        facts.append(_check_fact(first_sig, sig, "Before remediation: "))
+        observed = sig.get("observed")
+        answers = (
+            ", ".join(f"{path} -> {status}" for path, status in observed.items())
+            if isinstance(observed, Mapping)
+            else json.dumps(observed)
+        )
+        facts.append(
+            _fact(
+                f"Before remediation: {INCIDENT_SIGNATURE} ({answers}): no WebSocket "
+                "conversation could start.",
+                _link(first_sig, "ws.routes_probe"),
+            )
+        )
         healed = next(
             (
                 r
@@ -690,13 +702,9 @@ def _figures(runs: Sequence[RunRecord]) -> tuple[FigureRow, ...]:
     rows = []
     for stem in sorted(stems):
         m = re.match(r"p(\d+)-(.*)", stem)
-        title = (
-            f"{m.group(2).replace('-', ' ').capitalize()} (phase {int(m.group(1))})".replace(
-                "websocket", "WebSocket"
-            )
-            if m
-            else stem
-        )
+        words = m.group(2).replace("-", " ").capitalize() if m else stem
+        words = re.sub(r"(?i)websocket", "WebSocket", words)
+        title = f"{words} (phase {int(m.group(1))})" if m else words
         cells = []
         for run in runs:
             rel = f"figures/{stem}.png"
@@ -958,7 +966,7 @@ tr.deploy{background:#e3f2fd}tr.hold{background:#e8f5e9}
 .figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:.6em}
 .figs figure{margin:0}.figs img{width:100%;border:1px solid #eee}
 .figs figcaption{font-size:.8em;color:#555}.none{color:#999;font-size:.85em;padding:2em 0}
-code{overflow-wrap:anywhere}li{margin:.3em 0}
+code{overflow-wrap:anywhere}li{margin:.3em 0}td code.sha{font-size:.75em}
 """
 
 
@@ -1029,7 +1037,7 @@ def render_html(doc: Postmortem, figures: Mapping[tuple[str, str], bytes]) -> st
         mark = "" if s.used else " <b>NOT USED</b>"
         out.append(
             f"<tr><td class='k'><a href='{e(s.href)}'>{e(s.run_id)}</a></td>"
-            f"<td class='k'>{e(s.verdict)}</td><td class='t'><code>{e(s.manifest_sha256 or '-')}"
+            f"<td class='k'>{e(s.verdict)}</td><td class='t'><code class='sha'>{e(s.manifest_sha256 or '-')}"
             f"</code></td><td class='t'>{e(s.verify_words)}{mark}</td></tr>"
         )
     out.append("</table></body></html>")
