@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from run_records import JWT, deploy_ok, finalize, pass_outcomes, persist_phase
 
 from runbook_lib import cli, evidence
 from runbook_lib.checks.causes import INCIDENT_SIGNATURE
@@ -20,7 +21,6 @@ from runbook_lib.postmortem import (
     write_postmortem,
 )
 from runbook_lib.redaction import register_secret
-from tests.run_records import JWT, deploy_ok, finalize, pass_outcomes, persist_phase
 
 SIG = f"Incident signature: {INCIDENT_SIGNATURE} (/websocket -> 404). Cause: route missing"
 
