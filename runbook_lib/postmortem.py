@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks.causes import INCIDENT_SIGNATURE
+from .exceptions import ConfigError
 from .manifest import MANIFEST, RESULTS, UNSAFE_MARKER, chain_runs, verify_run
 from .phases import PHASES, phase_file
 from .redaction import JWT_PATTERN, count_secrets, redact
@@ -1069,8 +1070,15 @@ def write_postmortem(
 
     A secret found by the scan (after redaction) leaves ``UNSAFE_TO_SHARE`` beside the
     files and is reported in ``leaks`` (file names, never values).
+
+    Raises:
+        ConfigError: ``out_dir`` is inside one of the run folders (it would unseal it).
     """
     out = Path(out_dir)
+    for d in run_dirs:
+        if out.resolve().is_relative_to(Path(d).resolve()):
+            # A file added to a sealed folder would fail its verification from then on.
+            raise ConfigError(f"--out {out} is inside the run folder {d}: write it elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d, relative_to=out) for d in run_dirs]
     doc = build_postmortem(runs, generated_at=(now or datetime.now(UTC)).isoformat())

@@ -364,10 +364,12 @@ def test_postmortem_chain_cli_writes_beside_the_runs_by_default(tmp_path, capsys
         ["postmortem", "--since", "2026-12-07", "x"],
         ["postmortem", "--chain", "no-such-folder"],
         ["postmortem", "--chain", ".", "--since", "yesterday"],
+        ["postmortem", "20261207T100000Z-test", "--out", "20261207T100000Z-test/pm"],
     ],
 )
 def test_postmortem_usage_errors_exit_2(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "20261207T100000Z-test").mkdir()
     assert cli.main(argv) == 2
 
 
