@@ -833,6 +833,10 @@ def load_run(run_dir: str | os.PathLike[str], *, relative_to: str | os.PathLike[
         safe = False
     manifest = root / MANIFEST
     sha = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else ""
+    href = Path(os.path.relpath(root, Path(relative_to).resolve())).as_posix()
+    if not (verified and safe):
+        # Named in the document, never read further: nothing in it is evidence.
+        return RunRecord(root.name, href, results, verified, words, safe, sha)
     times: dict[int, tuple[str, str]] = {}
     arts: dict[int, Mapping[str, Any]] = {}
     for phase in PHASES:
@@ -852,7 +856,7 @@ def load_run(run_dir: str | os.PathLike[str], *, relative_to: str | os.PathLike[
             figures[str(rel)] = path.read_bytes()
     return RunRecord(
         run_id=root.name,
-        href=Path(os.path.relpath(root, Path(relative_to).resolve())).as_posix(),
+        href=href,
         results=results,
         verified=verified,
         verify_words=words,
