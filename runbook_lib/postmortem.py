@@ -154,7 +154,8 @@ class FigureRow:
 
 @dataclass(frozen=True, slots=True)
 class SourceRun:
-    """A run folder the document was built from (or refused)."""
+    """A run folder the document was built from (or refused); ``href`` is the folder
+    relative to the postmortem."""
 
     run_id: str
     verdict: str
@@ -732,7 +733,7 @@ def build_postmortem(
             r.verified,
             r.safe_to_share,
             r.verify_words,
-            _join(r.href, "index.html"),
+            r.href,
         )
         for r in ordered
     )
@@ -890,8 +891,8 @@ def chain_window(
 
 
 def _folders(doc: Postmortem) -> dict[str, str]:
-    """run id -> its folder relative to the postmortem (from the link to its front page)."""
-    return {s.run_id: s.href.rsplit("/", 1)[0] if "/" in s.href else "" for s in doc.sources}
+    """run id -> its folder relative to the postmortem."""
+    return {s.run_id: s.href for s in doc.sources}
 
 
 def _md_links(links: Sequence[Link]) -> str:
@@ -952,7 +953,7 @@ def render_markdown(doc: Postmortem) -> str:
     ]
     for s in doc.sources:
         lines.append(
-            f"| [{s.run_id}]({s.href}) | {s.verdict} | `{s.manifest_sha256 or '-'}` | "
+            f"| [{s.run_id}]({_join(s.href, 'index.html')}) | {s.verdict} | `{s.manifest_sha256 or '-'}` | "
             f"{_md_text(s.verify_words)}{'' if s.used else ' **NOT USED**'} |"
         )
     return redact("\n".join(lines) + "\n")
@@ -1041,7 +1042,7 @@ def render_html(doc: Postmortem, figures: Mapping[tuple[str, str], bytes]) -> st
     for s in doc.sources:
         mark = "" if s.used else " <b>NOT USED</b>"
         out.append(
-            f"<tr><td class='k'><a href='{e(s.href)}'>{e(s.run_id)}</a></td>"
+            f"<tr><td class='k'><a href='{e(_join(s.href, 'index.html'))}'>{e(s.run_id)}</a></td>"
             f"<td class='k'>{e(s.verdict)}</td><td class='t'><code class='sha'>{e(s.manifest_sha256 or '-')}"
             f"</code></td><td class='t'>{e(s.verify_words)}{mark}</td></tr>"
         )
