@@ -6,6 +6,7 @@
     runbook sandbox up|down|status [--serving PROFILE] [--deploy-image IMAGE]
     runbook verify RUN_DIR
     runbook compare RUN_A RUN_B [--json] [--fail-on-regression]
+    runbook postmortem RUN_DIR [RUN_DIR ...] | --chain [OUTPUTS] [--since T] [--until T] [--out DIR]
 
 Exit codes: 0 all gates pass (verify: folder intact); 1 a check failed (verify:
 a file changed, went missing or was added; compare: a regression when
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,6 +160,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on-regression",
         action="store_true",
         help="exit 1 when a check went from pass to fail or error",
+    )
+
+    pm = sub.add_parser(
+        "postmortem",
+        help="write postmortem.html and postmortem.md from verified run folders",
+    )
+    pm.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders, any order")
+    pm.add_argument(
+        "--chain",
+        nargs="?",
+        const="outputs",
+        default=None,
+        metavar="OUTPUTS",
+        help="use the runs of the manifest chain in this outputs folder (default outputs)",
+    )
+    pm.add_argument(
+        "--since",
+        default=None,
+        metavar="T",
+        help="with --chain: runs started at or after T (ISO 8601, UTC when no offset)",
+    )
+    pm.add_argument(
+        "--until", default=None, metavar="T", help="with --chain: runs started at or before T"
+    )
+    pm.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for postmortem.html and postmortem.md (default: postmortem/ beside the runs)",
     )
 
     # Parsed by init.init_main (its own options, help and exit codes).
@@ -415,6 +446,54 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if failing else EXIT_OK
 
 
+def _when(flag: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: not an ISO 8601 time: {value!r}") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _cmd_postmortem(args: argparse.Namespace) -> int:
+    from .postmortem import chain_window, write_postmortem
+
+    if (args.since or args.until) and args.chain is None:
+        raise ConfigError("--since and --until select runs of the chain: add --chain")
+    runs = [Path(d) for d in args.run_dirs]
+    if args.chain is not None:
+        if not Path(args.chain).is_dir():
+            raise ConfigError(f"--chain: not a folder: {args.chain}")
+        runs += chain_window(args.chain, _when("--since", args.since), _when("--until", args.until))
+    if not runs:
+        raise ConfigError("no run folder: give RUN_DIR ... or --chain [OUTPUTS]")
+    for run in runs:
+        if not run.is_dir():
+            raise ConfigError(f"not a folder: {run}")
+    out = Path(args.out) if args.out else runs[-1].resolve().parent / "postmortem"
+    written = write_postmortem(list(dict.fromkeys(runs)), out)
+    for source in written.document.sources:
+        state = "used" if source.used else "NOT USED"
+        print(f"{state}: {source.run_id}: {source.verify_words}")
+    print(f"postmortem: {written.html}")
+    print(f"markdown: {written.markdown}")
+    if written.leaks:
+        print(
+            f"NOT SAFE TO SHARE: the secret scan found secret material in "
+            f"{', '.join(written.leaks)}",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    if written.document.refused:
+        print(
+            f"FAILED: {len(written.document.refused)} run folder(s) failed verification "
+            "and were left out (named in the document)"
+        )
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
 def _cmd_sandbox(argv: Sequence[str]) -> int:
     try:
         from .sandbox.cli import sandbox_main
@@ -480,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_verify(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "postmortem":
+            return _cmd_postmortem(args)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         # One line, no traceback: the runner sealed the folder before letting it through.

@@ -30,6 +30,7 @@ __all__ = [
     "UNSAFE_MARKER",
     "Leak",
     "VerifyReport",
+    "chain_runs",
     "is_run_id",
     "scan_secrets",
     "tool_versions",
@@ -399,6 +400,15 @@ def _check_chain(root: Path, manifest: Mapping[str, Any], own_sha: str) -> tuple
     if not expected:
         return "genesis", "", ""
     return "ok", f"{idx} earlier run(s) checked against {CHAIN_FILE}", prev_id
+
+
+def chain_runs(out_dir: str | os.PathLike[str]) -> list[str]:
+    """The run ids ``.manifest-chain`` lists in ``out_dir``, oldest first, each once
+    (entries that are not run ids are left out: they never name a folder)."""
+    read = _read_chain(Path(out_dir))
+    if read is None:
+        return []
+    return [rid for rid in dict.fromkeys(rid for rid, _ in read[0]) if is_run_id(rid)]
 
 
 def unsealed_runs(out_dir: str | os.PathLike[str]) -> list[str]:

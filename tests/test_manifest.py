@@ -20,7 +20,7 @@ from run_records import JWT, finalize, pass_outcomes, persist_phase
 
 from runbook_lib import evidence, manifest
 from runbook_lib.cli import main
-from runbook_lib.manifest import CHAIN_FILE, is_run_id, verify_run
+from runbook_lib.manifest import CHAIN_FILE, chain_runs, is_run_id, verify_run
 from runbook_lib.redaction import register_secret
 
 
@@ -285,3 +285,15 @@ def test_unsealed_folders_since_the_last_sealed_run_are_listed(tmp_path: Path) -
     (tmp_path / "not-a-run").mkdir()
     assert unsealed_runs(tmp_path) == [killed.name]
     assert runs[0].name not in unsealed_runs(tmp_path)
+
+
+def test_chain_runs_lists_each_chained_run_once_in_order_and_never_a_path(tmp_path):
+    lines = [
+        {"run_id": "20261207T100000Z-a", "sha256": "1"},
+        {"run_id": "../../etc", "sha256": "2"},
+        {"run_id": "20261207T100500Z-a", "sha256": "3"},
+        {"run_id": "20261207T100000Z-a", "sha256": "4"},  # sealed a second time
+    ]
+    (tmp_path / CHAIN_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert chain_runs(tmp_path) == ["20261207T100000Z-a", "20261207T100500Z-a"]
+    assert chain_runs(tmp_path / "absent") == []
