@@ -114,9 +114,17 @@ def test_a_flow_plan_reaches_the_task_whole_and_its_message_token_only_as_a_vari
     plan = LoadPlan(url="ws://h/graphql", sessions=8, steps=steps, token=token)
     body = job_body(s, plan, "run1", token)
     env = {e["name"]: e["value"] for e in body["template"]["template"]["containers"][0]["env"]}
-    assert token not in env["RUNBOOK_LOAD_PLAN"] and env["RUNBOOK_LOAD_TOKEN"] == token
+    assert token not in env["RUNBOOK_LOAD_PLAN"] and "RUNBOOK_LOAD_TOKEN" not in env
+    # The execution's overrides carry the token, never the job.
+    (override,) = run_overrides(token)["containerOverrides"][0]["env"]
+    assert override == {"name": "RUNBOOK_LOAD_TOKEN", "value": token}
     task_plan, part, _ = _plan_from_env(
-        {**env, "CLOUD_RUN_TASK_INDEX": "1", "CLOUD_RUN_TASK_COUNT": "2"}
+        {
+            **env,
+            "RUNBOOK_LOAD_TOKEN": token,
+            "CLOUD_RUN_TASK_INDEX": "1",
+            "CLOUD_RUN_TASK_COUNT": "2",
+        }
     )
     assert task_plan.steps == steps and task_plan.token == token and part.sessions == 4
 
