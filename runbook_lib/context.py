@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,25 +85,29 @@ class PhaseContext:
         """True when mutating steps may run (``approve`` or the sandbox's ``auto_approve``)."""
         return self.approve or self.settings.auto_approve
 
-    def claim_mutation(self, key: str) -> Mutation:
+    def claim_mutation(self, key: str, what: str = "") -> Mutation:
         """Mark mutating step ``key`` as run and persist the intent; a second claim refuses.
 
         Call it immediately before the API call; call :meth:`Mutation.done` on the
-        returned handle right after, with the operation and revision names.
+        returned handle right after, with the operation and revision names. ``what``
+        says in words which change this is when a step makes several (each traffic step
+        of a staged shift, the restore, a tag removed); each is its own claim.
 
         Raises:
             ApprovalRequired: the step already ran in this context (re-executed cell).
         """
-        if key in self._mutations_done:
+        claim = f"{key}: {what}" if what else key
+        if claim in self._mutations_done:
             raise ApprovalRequired(
-                f"{key} already ran in this phase; re-run the notebook from the top "
+                f"{claim} already ran in this phase; re-run the notebook from the top "
                 "(open_phase) to approve it again"
             )
-        self._mutations_done.add(key)
+        self._mutations_done.add(claim)
         # Persisted before the API call, so a kernel killed mid-mutation still leaves
         # the record that the mutation was started (the run folder names it).
         entry: dict[str, Any] = {
             "key": key,
+            **({"what": what} if what else {}),
             "state": "started",
             "started_at": datetime.now(UTC).isoformat(),
         }
@@ -190,9 +195,16 @@ class Mutation:
     entry: dict[str, Any]
 
     def done(
-        self, *, operation: str = "", revision: str = "", succeeded: bool = True, error: str = ""
+        self,
+        *,
+        operation: str = "",
+        revision: str = "",
+        succeeded: bool = True,
+        error: str = "",
+        split: Mapping[str, int] | None = None,
     ) -> None:
-        """Persist the mutation's outcome (operation name, revision) to ``phases/NN.json``."""
+        """Persist the mutation's outcome (operation name, revision, the traffic split it
+        left) to ``phases/NN.json``."""
         self.entry.update(
             state="done" if succeeded else "failed",
             finished_at=datetime.now(UTC).isoformat(),
@@ -203,6 +215,8 @@ class Mutation:
             self.entry["revision"] = revision
         if error:
             self.entry["error"] = error
+        if split:
+            self.entry["split"] = ", ".join(f"{r} {p} %" for r, p in split.items())
         self.ctx.persist()
 
 

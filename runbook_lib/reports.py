@@ -161,8 +161,9 @@ def _interrupted_text(results: Mapping[str, Any]) -> str:
 
 
 def _mutation_text(m: Mapping[str, Any]) -> str:
-    parts = [f"phase {m.get('phase', '?')}: {m.get('key', 'mutation')} {m.get('state', '')}"]
-    for key in ("operation", "revision", "started_at", "finished_at", "error"):
+    what = f" ({m['what']})" if m.get("what") else ""
+    parts = [f"phase {m.get('phase', '?')}: {m.get('key', 'mutation')}{what} {m.get('state', '')}"]
+    for key in ("split", "operation", "revision", "started_at", "finished_at", "error"):
         if m.get(key):
             parts.append(f"{key} {m[key]}")
     return ", ".join(parts)

@@ -401,7 +401,10 @@ def judge_target_verified(
         refusal: what the refusal means and what to do next (appended when it fails).
         where: what ``url`` is, in words (``"the service URL"`` when it already serves).
     """
-    v = Verdict(check_id, threshold="health 200, WebSocket 101 with a valid accept, pong")
+    wanted = "health 200, WebSocket 101 with a valid accept, pong"
+    if "isolation" in parts:
+        wanted += ", no user receives another's events"
+    v = Verdict(check_id, threshold=wanted)
     observed = {label: str(r.status) for label, r in parts.items()}
     if not parts:
         return v.fail(

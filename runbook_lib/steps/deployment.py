@@ -97,7 +97,9 @@ async def deploy(ctx: PhaseContext) -> StepReport:
                 "with a gate after each step."
             )
         return rep
-    mutation = ctx.claim_mutation("deploy")
+    mutation = ctx.claim_mutation(
+        "deploy", what=f"new revision at 0 % with tag {tag!r}" if shifted else ""
+    )
     started = datetime.now(UTC)
     ctx.artifacts.update(dry_run=False, deploy_started_at=started.isoformat())
     if shifted:
@@ -188,7 +190,9 @@ async def _verify_then_shift(
             )
         )
     else:
-        parts = await probe_revision(ctx, outcome.tag_url, "deploy.tag_verified")
+        # Every per-user conversation the gates use runs here first, at 0 %: a revision
+        # that leaks between users is refused before any user is sent to it.
+        parts = await probe_revision(ctx, outcome.tag_url, "deploy.tag_verified", isolation=True)
         verdict = judge_target_verified(
             parts,
             check_id="deploy.tag_verified",
@@ -209,16 +213,19 @@ async def _verify_then_shift(
             if action.kind == "done":
                 break
             if action.kind == "restore":
-                restored = await _restore(cr, shift.restore, timeline)
+                restored = await _restore(ctx, cr, shift.restore, timeline)
                 break
             assert action.split is not None and action.step is not None
             pct = shift.steps[action.step].percent
+            step_claim = ctx.claim_mutation("traffic", what=f"shift {new} to {pct} %")
             try:
                 moved = await cr.set_traffic_split(action.split)
             except CloudRunError as exc:
                 error = str(exc)
-                restored = await _restore(cr, shift.restore, timeline)
+                step_claim.done(succeeded=False, error=error)
+                restored = await _restore(ctx, cr, shift.restore, timeline)
                 break
+            step_claim.done(operation=moved.name, succeeded=moved.succeeded, split=moved.split)
             timeline.add(moved.split, f"step {pct} %")
             passed, failed, words = gate_outcome(
                 await gate_probe(ctx, outcome.tag_url, "deploy.latest_serving")
@@ -229,7 +236,7 @@ async def _verify_then_shift(
                 timeline.samples[-1] = (*timeline.samples[-1][:2], f"step {pct} %: gate failed")
     # Also after a failed deploy: a tag left on a revision that is not ready keeps the
     # service not ready on Cloud Run and makes every later write repeating it fail.
-    await _untag(cr, tag)
+    await _untag(ctx, cr, tag)
     end = await cr.get_service()
     final = end.serving_revisions
     record = ShiftRecord(
@@ -277,23 +284,36 @@ def _revision_of(plan: Any) -> str:
     return str((body.get("template") or {}).get("revision") or "")
 
 
-async def _restore(cr: Any, split: Mapping[str, int], timeline: ShareTimeline) -> bool:
+async def _restore(
+    ctx: PhaseContext, cr: Any, split: Mapping[str, int], timeline: ShareTimeline
+) -> bool:
     """Return traffic to ``split``; False (and logged) when that fails too."""
+    words = ", ".join(f"{r} {p} %" for r, p in split.items())
+    claim = ctx.claim_mutation("traffic", what=f"restore the previous split ({words})")
     try:
         back = await cr.set_traffic_split(split)
     except CloudRunError as exc:
+        claim.done(succeeded=False, error=str(exc))
         log.error("returning traffic to %s failed: %s", split, exc)
         timeline.add((await cr.get_service()).serving_revisions, "restore FAILED")
         return False
+    claim.done(operation=back.name, succeeded=back.succeeded, split=back.split)
     timeline.add(back.split, "restore: previous split")
     return True
 
 
-async def _untag(cr: Any, tag: str) -> None:
+async def _untag(ctx: PhaseContext, cr: Any, tag: str) -> None:
     """Remove the verification tag (a failure is logged: the tag serves 0 % anyway)."""
     try:
-        if tag in (await cr.get_service()).tagged_revisions:
-            await cr.untag(tag)
+        if tag not in (await cr.get_service()).tagged_revisions:
+            return
+        claim = ctx.claim_mutation("tag", what=f"remove the tag {tag!r}")
+        try:
+            removed = await cr.untag(tag)
+        except CloudRunError as exc:
+            claim.done(succeeded=False, error=str(exc))
+            raise
+        claim.done(operation=removed.name, succeeded=removed.succeeded)
     except CloudRunError as exc:
         log.warning("could not remove the tag %s: %s", tag, exc)
 

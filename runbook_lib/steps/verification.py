@@ -75,12 +75,17 @@ async def _token_error(ctx: PhaseContext, check_id: str) -> tuple[Any, CheckResu
     )
 
 
-async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str, CheckResult]:
+async def probe_revision(
+    ctx: PhaseContext, url: str, check_id: str, *, isolation: bool = False
+) -> dict[str, CheckResult]:
     """Health, the WebSocket upgrade of every path and a round trip, on ``url``.
 
+    With ``isolation``: also a few users at once on ``url``, none of whom may receive
+    another's events (what a traffic gate checks, here before any traffic moves).
+
     Returns:
-        label (``health``, ``upgrade``, ``round trip``) -> the part judged as ``check_id``;
-        ``health`` is left out when the service declares no health endpoint.
+        label (``health``, ``upgrade``, ``round trip``, ``isolation``) -> the part judged
+        as ``check_id``; ``health`` is left out when the service declares no health endpoint.
     """
     from ..flow_runner import run_named_flow
     from ..handshake import observe_handshakes, with_subprotocols
@@ -105,7 +110,19 @@ async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str
         # The service's own ping conversation (the load flow), as ws.roundtrip runs it.
         rt = await run_named_flow(ctx.settings, "load", url=t.ws(), auth=auth)
         parts["round trip"] = judge_ws_roundtrip(rt, check_id=check_id)
+    if isolation and applies(ctx, "isolation.no_cross_user"):
+        parts["isolation"] = await _isolation(ctx, t.ws(), check_id)
     return parts
+
+
+async def _isolation(ctx: PhaseContext, ws_url: str, check_id: str) -> CheckResult:
+    """The isolation flow as phase 5 runs it (markers, the service's own protocol), with a
+    few users at once on ``ws_url``."""
+    from ..ws_checks import observe_flow_users
+
+    users = max(2, min(3, int(ctx.settings.thresholds.isolation_users)))
+    runs = await observe_flow_users(ctx.settings, "isolation", users=users, url=ws_url)
+    return judge_isolation_no_cross_user(runs, check_id=check_id)
 
 
 async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str, CheckResult]:
@@ -117,9 +134,8 @@ async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str
     """
     from ..flow_runner import run_named_flow
     from ..http_checks import observe_get
-    from ..ws_checks import observe_flow_users
 
-    t, th, to = ctx.settings.target, ctx.settings.thresholds, ctx.settings.timeouts
+    t, to = ctx.settings.target, ctx.settings.timeouts
     parts: dict[str, CheckResult] = {}
     if t.health_path is not None:
         health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
@@ -131,14 +147,7 @@ async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str
     rt = await run_named_flow(ctx.settings, "load", auth=auth)
     parts["round trip (service URL)"] = judge_ws_roundtrip(rt, check_id=check_id)
     if applies(ctx, "isolation.no_cross_user"):
-        # The isolation flow, as phase 5 runs it (markers, the service's own protocol).
-        runs = await observe_flow_users(
-            ctx.settings,
-            "isolation",
-            users=max(2, min(3, int(th.isolation_users))),
-            url=tag_target(t, tag_url).ws(),
-        )
-        parts["isolation (tag URL)"] = judge_isolation_no_cross_user(runs, check_id=check_id)
+        parts["isolation (tag URL)"] = await _isolation(ctx, tag_target(t, tag_url).ws(), check_id)
     return parts
 
 
