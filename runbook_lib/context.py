@@ -297,6 +297,10 @@ _COLORS = {
 }
 
 
+# JupyterLab right-aligns every table cell; text reads from the left.
+_LEFT = ' style="text-align: left"'
+
+
 def _cell(value: Any) -> str:
     """A table cell as a person reads it: no ``nan``/``None``, ``404`` not ``404.0``."""
     if value is None:
@@ -314,7 +318,7 @@ def _cell(value: Any) -> str:
 def _table_html(frame: Any) -> str:
     """A step's table as HTML: blank missing cells, whole numbers as integers, and line
     breaks kept (a JSON body, an output tail) instead of run together or shown as ``\\n``."""
-    head = "".join(f"<th>{_esc(str(c))}</th>" for c in frame.columns)
+    head = "".join(f"<th{_LEFT}>{_esc(str(c))}</th>" for c in frame.columns)
     td = '<td style="white-space: pre-wrap; vertical-align: top; text-align: left">'
     rows = []
     for rec in frame.itertuples(index=False, name=None):
@@ -327,9 +331,12 @@ def _style_results(frame: Any) -> str:
     rows = []
     for rec in frame.to_dict("records"):
         color = _COLORS.get(rec["status"], "#fff")
-        cells = "".join(f"<td>{_esc(redact(_cell(rec[c])))}</td>" for c in frame.columns)
+        cells = "".join(
+            f'<td style="vertical-align: top; text-align: left">{_esc(redact(_cell(rec[c])))}</td>'
+            for c in frame.columns
+        )
         rows.append(f'<tr style="background:{color}">{cells}</tr>')
-    head = "".join(f"<th>{c}</th>" for c in frame.columns)
+    head = "".join(f"<th{_LEFT}>{c}</th>" for c in frame.columns)
     return f'<table class="runbook-results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
