@@ -42,6 +42,8 @@ class StepReport:
     table: Any = None
     figure: Any = None
     note: str = ""
+    # The figure's title as a person reads it ("Load latency: histogram and CDF").
+    caption: str = ""
 
     def frame(self) -> Any:
         """The results as a DataFrame (see :func:`results_frame`)."""
@@ -56,7 +58,7 @@ class StepReport:
         if self.table is not None and hasattr(self.table, "to_html"):
             parts.append(_table_html(self.table))
         if self.figure is not None:
-            parts.append(_figure_html(self.figure, self.title))
+            parts.append(_figure_html(self.figure, self.caption or self.title))
         return "\n".join(parts)
 
     def __repr__(self) -> str:
@@ -130,7 +132,9 @@ class PhaseContext:
         ids = {r.id for r in report.results}
         self.results = [r for r in self.results if r.id not in ids] + list(report.results)
         if report.figure is not None:
-            self.save_figure(report.figure, _slug(report.title))
+            self.save_figure(
+                report.figure, _slug(report.title), caption=report.caption or report.title
+            )
         self.persist()
         return report
 
@@ -154,14 +158,16 @@ class PhaseContext:
                 return found
         return None
 
-    def save_figure(self, fig: Any, name: str) -> str | None:
-        """Save a matplotlib figure as ``figures/pNN-<name>.png`` in the run folder."""
+    def save_figure(self, fig: Any, name: str, caption: str = "") -> str | None:
+        """Save a matplotlib figure as ``figures/pNN-<name>.png`` in the run folder; its
+        ``caption`` travels in the PNG's ``Title`` text (``index.html`` shows it)."""
         if self.run_dir is None:
             return None
         rel = f"figures/p{self.phase:02d}-{name}.png"
         path = self.run_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        meta = {"Title": caption} if caption else {}
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata=meta)
         if rel not in self.figures:
             self.figures.append(rel)
         return rel
@@ -347,4 +353,7 @@ def _figure_html(fig: Any, title: str = "figure") -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}"/>'
+    return (
+        f'<p style="text-align: left"><b>Figure: {_esc(title)}</b></p>'
+        f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}"/>'
+    )

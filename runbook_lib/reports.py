@@ -160,6 +160,22 @@ def _interrupted_text(results: Mapping[str, Any]) -> str:
     )
 
 
+def figure_caption(path: Path) -> str:
+    """A figure's title as a person reads it: the caption saved in the PNG (phase and
+    title), else the file name's slug."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            title = str(getattr(im, "text", {}).get("Title") or "")
+    except (OSError, ValueError):
+        title = ""
+    phase = path.stem[1:3] if path.stem[:1] == "p" and path.stem[1:3].isdigit() else ""
+    if not title:
+        return path.stem
+    return f"Phase {int(phase)}: {title}" if phase else title
+
+
 def _mutation_text(m: Mapping[str, Any]) -> str:
     what = f" ({m['what']})" if m.get("what") else ""
     parts = [f"phase {m.get('phase', '?')}: {m.get('key', 'mutation')}{what} {m.get('state', '')}"]
@@ -305,6 +321,7 @@ img{max-width:100%;box-sizing:border-box;border:1px solid #eee;margin:.5em 0}
 .unsafe{background:#000;color:#ff5252;padding:1em;font-weight:bold}
 .pending{border:3px solid #e65100;padding:.2em 1em;margin:1em 0}
 .interrupted{background:#e65100}
+p.file{color:#777;font-size:.8em;margin:0 0 1.5em}
 """
 
 
@@ -414,8 +431,10 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         parts.append("<p>No figure was drawn in this run.</p>")
     for fig in figures:
         data = base64.b64encode(fig.read_bytes()).decode()
+        title = figure_caption(fig)
         parts.append(
-            f"<h3>{e(fig.stem)}</h3><img alt='{e(fig.name)}' src='data:image/png;base64,{data}'/>"
+            f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{data}'/>"
+            f"<p class='file'>{e(fig.name)}</p>"
         )
     parts.append(
         "<h2>All checks</h2><table><tr><th>phase</th><th>check</th><th>status</th>"

@@ -273,6 +273,7 @@ async def _verify_then_shift(
         results,
         table=table(rows),
         figure=fig,
+        caption="Traffic share per revision during the verify-then-shift deploy",
         note=f"previous split: {previous_split}; deployed revision: {outcome.revision} "
         f"(verify-then-shift, tag {tag!r} removed afterwards)",
     )
@@ -393,7 +394,7 @@ async def warmup(ctx: PhaseContext) -> StepReport:
     ]
     ctx.artifacts["warmup_samples"] = len(samples)
     fig = plot_warmup(samples, thresholds={url: limit for _, url, limit in polled})
-    return report(results, figure=fig)
+    return report(results, figure=fig, caption="Warm-up: every readiness poll's answer over time")
 
 
 @step
