@@ -280,3 +280,34 @@ async def test_each_traffic_step_of_verify_then_shift_is_recorded_before_its_api
     ]
     assert made[1]["split"].startswith(f"{new} 10 %") and made[3]["split"] == f"{new} 100 %"
     assert all(m.get("operation") for m in made)
+
+
+async def test_verify_then_shift_rolls_the_fix_out_over_the_broken_revision(
+    sandbox, tmp_path
+) -> None:
+    """The incident serves (WebSocket 404s through the service URL before any shift): the
+    gates judge those probes on the fix's tag URL instead of failing it for the old
+    revision's 404s, and the fix takes 100 %."""
+    from runbook_lib import steps
+    from runbook_lib.context import open_phase
+
+    env = str(sandbox.env_file)
+    ctx = open_phase(
+        2,
+        environment=env,
+        run_dir=str(tmp_path),
+        approve=True,
+        overrides={
+            "cloudrun.deploy_strategy": "verify-then-shift",
+            "cloudrun.deploy_image": "sandbox/backend:healthy",
+        },
+    )
+    rep = await steps.deploy(ctx)
+    by_id = {r.id: r for r in rep.results}
+    assert by_id["deploy.latest_serving"].status == "pass", by_id["deploy.latest_serving"]
+    new = ctx.artifacts["deployed_revision"]
+    assert (await _serving(env)) == ({new: 100}, {})
+    assert "round trip through the service URL already failed" in rep.note, rep.note
+    assert [m.get("what") for m in ctx.artifacts["mutations"]][1:4] == [
+        f"shift {new} to {p} %" for p in (10, 50, 100)
+    ]

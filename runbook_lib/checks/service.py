@@ -425,7 +425,7 @@ def judge_target_verified(
                 words.append("round trip: no socket (the upgrade was refused)")
             else:
                 words.append(f"{label}: {_cut(r.detail)}")
-        why = "; ".join(words)
+        why = "; ".join(words).rstrip(". ")
         return v.fail(
             f"{revision} failed on {where} {url}: {why}. {refusal}".strip(),
             observed=observed,

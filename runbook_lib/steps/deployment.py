@@ -39,7 +39,7 @@ from .common import (
     step,
     table,
 )
-from .verification import ShareTimeline, gate_probe, probe_revision, verify_tag
+from .verification import ShareTimeline, gate_probe, probe_revision, users_probe, verify_tag
 
 __all__ = ["deploy", "deploy_logs", "predeploy", "warmup"]
 
@@ -206,7 +206,15 @@ async def _verify_then_shift(
     gate_rows: list[tuple[int, bool, str]] = []
     restored: bool | None = None
     error = ""
+    failing_before: set[str] = set()
     if verified:
+        # What users get before any shift: a probe already failing (the incident being
+        # fixed) cannot judge the new revision through the service URL.
+        failing_before = {
+            kind
+            for kind, r in (await users_probe(ctx, "deploy.latest_serving")).items()
+            if not r.ok
+        }
         shift = plan_shift(new, previous_split, shift_steps(ctx.settings))
         for _ in range(len(shift.steps) + 2):  # bounded: each step once, then restore/done
             action = next_action(shift, True, gates)
@@ -228,7 +236,9 @@ async def _verify_then_shift(
             step_claim.done(operation=moved.name, succeeded=moved.succeeded, split=moved.split)
             timeline.add(moved.split, f"step {pct} %")
             passed, failed, words = gate_outcome(
-                await gate_probe(ctx, outcome.tag_url, "deploy.latest_serving")
+                await gate_probe(
+                    ctx, outcome.tag_url, "deploy.latest_serving", failing_before=failing_before
+                )
             )
             gates.append(Gate(action.step, passed, failed))
             gate_rows.append((pct, passed, words))
@@ -275,7 +285,13 @@ async def _verify_then_shift(
         figure=fig,
         caption="Traffic share per revision during the verify-then-shift deploy",
         note=f"previous split: {previous_split}; deployed revision: {outcome.revision} "
-        f"(verify-then-shift, tag {tag!r} removed afterwards)",
+        f"(verify-then-shift, tag {tag!r} removed afterwards)"
+        + (
+            f"; {' and '.join(sorted(failing_before))} through the service URL already failed "
+            "before the first shift, so the gates ran them on the new revision's tag URL"
+            if failing_before
+            else ""
+        ),
     )
 
 
