@@ -110,9 +110,13 @@ def _headline(results: Mapping[str, Any]) -> str:
     if done:
         return f"ROLLED BACK{to}"
     phase6 = (results.get("artifacts") or {}).get("6") or {}
+    phase2 = (results.get("artifacts") or {}).get("2") or {}
     if rec["action"] == "rollback" and phase6.get("rollback_rule") == "already-serving":
-        # verify-then-shift already returned to the split from before the deploy.
         back = f" (revision `{target}`)" if target else ""
+        if phase2.get("max_share") == 0:
+            # verify-then-shift refused the new revision before any user reached it.
+            return f"NO TRAFFIC MOVED: what served before the deploy still serves{back}"
+        # verify-then-shift already returned to the split from before the deploy.
         return f"TRAFFIC ALREADY BACK on what served before the deploy{back}"
     return f"Recommendation: {str(rec['action']).upper()}{to}"
 

@@ -242,6 +242,10 @@ def test_headline_when_the_deploy_already_restored_the_split() -> None:
         "artifacts": {"6": {"rollback_rule": "already-serving"}},
     }
     assert (
+        _headline(doc | {"artifacts": {**doc["artifacts"], "2": {"max_share": 0}}})
+        == "NO TRAFFIC MOVED: what served before the deploy still serves (revision `rev-1`)"
+    )
+    assert (
         _headline(doc) == "TRAFFIC ALREADY BACK on what served before the deploy (revision `rev-1`)"
     )
 

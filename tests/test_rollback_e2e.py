@@ -124,6 +124,7 @@ def test_verify_then_shift_refuses_a_leaking_revision_before_any_traffic_reaches
     assert not [m for m in made if m[0] == "traffic"], made
     summary = (outcome.run_dir / "summary.md").read_text()
     assert "phase 2: tag (remove the tag 'runbook-verify') done" in summary
+    assert "## NO TRAFFIC MOVED: what served before the deploy still serves" in summary
     assert checks["rollback.target_identified"]["status"] == "pass"
     assert "already-serving" in checks["rollback.target_identified"]["detail"]
     assert results["rollback_pending"] is None
