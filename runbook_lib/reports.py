@@ -21,6 +21,7 @@ from .verdict import Coverage
 
 __all__ = [
     "coverage_of",
+    "figure_caption",
     "verdict_line",
     "write_index",
     "write_junit",
