@@ -205,27 +205,39 @@ class ConsoleProgress:
     """Prints runner progress to stderr: every step on a terminal, phases and notes always.
 
     Without a terminal (CI, a pipe) one line per phase and every note (sandbox reuse,
-    configuration warnings, an added rollback phase) still print, one line each. On a
+    configuration warnings, an added rollback phase) still print, one line each, and a
+    heartbeat line ("still running ...") whenever nothing was printed for
+    ``heartbeat_s``, so a CI log reader can tell a long window from a hang. On a
     terminal the current step's line is rewritten every ``tick_s`` with its elapsed
     time, so a long step (the monitoring window, a held socket) visibly progresses;
     call :meth:`close` when the run ends.
     """
 
     def __init__(
-        self, stream: IO[str] | None = None, tty: bool | None = None, tick_s: float = 1.0
+        self,
+        stream: IO[str] | None = None,
+        tty: bool | None = None,
+        tick_s: float = 1.0,
+        heartbeat_s: float = 20.0,
     ) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.tick_s = tick_s
+        self.heartbeat_s = heartbeat_s
         self._lock = threading.Lock()
         self._live = ""
         self._since = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Without a terminal: what runs now (phase, step, since when) and the last output.
+        self._where = ""
+        self._step = ""
+        self._phase_t0 = self._step_t0 = self._last_out = time.monotonic()
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+        self._last_out = time.monotonic()
 
     def _say(self, text: str) -> None:
         with self._lock:
@@ -250,11 +262,30 @@ class ConsoleProgress:
                 if self._live:
                     self._write(f"\r{self._live}  {time.monotonic() - self._since:5.1f} s")
 
+    def _start_heartbeat(self) -> None:
+        if self._thread is None and self.heartbeat_s > 0:
+            self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        # Checked a few times per interval, so a line comes at most heartbeat_s after the
+        # last one and never more often.
+        while not self._stop.wait(min(1.0, self.heartbeat_s / 4)):
+            with self._lock:
+                now = time.monotonic()
+                if not self._where or now - self._last_out < self.heartbeat_s:
+                    continue
+                step = f", step {self._step} {now - self._step_t0:.0f} s" if self._step else ""
+                self._write(
+                    f"    ... still running {self._where}{step} "
+                    f"(phase {now - self._phase_t0:.0f} s)\n"
+                )
+
     def close(self) -> None:
         """Stop the ticker and end the live line."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2 * self.tick_s + 1)
+            self._thread.join(timeout=2 * max(self.tick_s, 1.0) + 1)
         with self._lock:
             if self._live:
                 self._write("\n")
@@ -262,6 +293,8 @@ class ConsoleProgress:
 
     def __call__(self, p: Progress) -> None:
         where = f"[{p.index}/{p.total}] {p.notebook}"
+        if not self.tty:
+            self._follow(p, where)
         if p.event == "phase-end":
             # Phase 1 observes the service before any remediation: a FAIL there is the
             # incident being seen, which a later deploy supersedes.
@@ -275,6 +308,19 @@ class ConsoleProgress:
             self._say(f"{where} starting (t={p.elapsed_s:.1f}s)")
         elif p.event == "step" and self.tty:
             self._start_live(f"    > {p.step}  ({p.message}, t={p.elapsed_s:.1f}s)")
+
+    def _follow(self, p: Progress, where: str) -> None:
+        """Without a terminal: remember what runs, for the heartbeat."""
+        with self._lock:
+            now = time.monotonic()
+            if p.event == "phase-start":
+                self._where, self._step, self._phase_t0 = f"phase {p.phase} {where}", "", now
+            elif p.event == "step":
+                self._step, self._step_t0 = p.step, now
+            elif p.event in ("phase-end", "phase-skip"):
+                self._where = self._step = ""
+        if p.event in ("phase-start", "step"):
+            self._start_heartbeat()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

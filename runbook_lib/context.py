@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,8 @@ class StepReport:
     table: Any = None
     figure: Any = None
     note: str = ""
+    # The figure's title as a person reads it ("Load latency: histogram and CDF").
+    caption: str = ""
 
     def frame(self) -> Any:
         """The results as a DataFrame (see :func:`results_frame`)."""
@@ -55,7 +58,7 @@ class StepReport:
         if self.table is not None and hasattr(self.table, "to_html"):
             parts.append(_table_html(self.table))
         if self.figure is not None:
-            parts.append(_figure_html(self.figure, self.title))
+            parts.append(_figure_html(self.figure, self.caption or self.title))
         return "\n".join(parts)
 
     def __repr__(self) -> str:
@@ -84,25 +87,29 @@ class PhaseContext:
         """True when mutating steps may run (``approve`` or the sandbox's ``auto_approve``)."""
         return self.approve or self.settings.auto_approve
 
-    def claim_mutation(self, key: str) -> Mutation:
+    def claim_mutation(self, key: str, what: str = "") -> Mutation:
         """Mark mutating step ``key`` as run and persist the intent; a second claim refuses.
 
         Call it immediately before the API call; call :meth:`Mutation.done` on the
-        returned handle right after, with the operation and revision names.
+        returned handle right after, with the operation and revision names. ``what``
+        says in words which change this is when a step makes several (each traffic step
+        of a staged shift, the restore, a tag removed); each is its own claim.
 
         Raises:
             ApprovalRequired: the step already ran in this context (re-executed cell).
         """
-        if key in self._mutations_done:
+        claim = f"{key}: {what}" if what else key
+        if claim in self._mutations_done:
             raise ApprovalRequired(
-                f"{key} already ran in this phase; re-run the notebook from the top "
+                f"{claim} already ran in this phase; re-run the notebook from the top "
                 "(open_phase) to approve it again"
             )
-        self._mutations_done.add(key)
+        self._mutations_done.add(claim)
         # Persisted before the API call, so a kernel killed mid-mutation still leaves
         # the record that the mutation was started (the run folder names it).
         entry: dict[str, Any] = {
             "key": key,
+            **({"what": what} if what else {}),
             "state": "started",
             "started_at": datetime.now(UTC).isoformat(),
         }
@@ -125,7 +132,9 @@ class PhaseContext:
         ids = {r.id for r in report.results}
         self.results = [r for r in self.results if r.id not in ids] + list(report.results)
         if report.figure is not None:
-            self.save_figure(report.figure, _slug(report.title))
+            self.save_figure(
+                report.figure, _slug(report.title), caption=report.caption or report.title
+            )
         self.persist()
         return report
 
@@ -149,14 +158,16 @@ class PhaseContext:
                 return found
         return None
 
-    def save_figure(self, fig: Any, name: str) -> str | None:
-        """Save a matplotlib figure as ``figures/pNN-<name>.png`` in the run folder."""
+    def save_figure(self, fig: Any, name: str, caption: str = "") -> str | None:
+        """Save a matplotlib figure as ``figures/pNN-<name>.png`` in the run folder; its
+        ``caption`` travels in the PNG's ``Title`` text (``index.html`` shows it)."""
         if self.run_dir is None:
             return None
         rel = f"figures/p{self.phase:02d}-{name}.png"
         path = self.run_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        meta = {"Title": caption} if caption else {}
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata=meta)
         if rel not in self.figures:
             self.figures.append(rel)
         return rel
@@ -190,9 +201,16 @@ class Mutation:
     entry: dict[str, Any]
 
     def done(
-        self, *, operation: str = "", revision: str = "", succeeded: bool = True, error: str = ""
+        self,
+        *,
+        operation: str = "",
+        revision: str = "",
+        succeeded: bool = True,
+        error: str = "",
+        split: Mapping[str, int] | None = None,
     ) -> None:
-        """Persist the mutation's outcome (operation name, revision) to ``phases/NN.json``."""
+        """Persist the mutation's outcome (operation name, revision, the traffic split it
+        left) to ``phases/NN.json``."""
         self.entry.update(
             state="done" if succeeded else "failed",
             finished_at=datetime.now(UTC).isoformat(),
@@ -203,6 +221,8 @@ class Mutation:
             self.entry["revision"] = revision
         if error:
             self.entry["error"] = error
+        if split:
+            self.entry["split"] = ", ".join(f"{r} {p} %" for r, p in split.items())
         self.ctx.persist()
 
 
@@ -283,6 +303,10 @@ _COLORS = {
 }
 
 
+# JupyterLab right-aligns every table cell; text reads from the left.
+_LEFT = ' style="text-align: left"'
+
+
 def _cell(value: Any) -> str:
     """A table cell as a person reads it: no ``nan``/``None``, ``404`` not ``404.0``."""
     if value is None:
@@ -300,7 +324,7 @@ def _cell(value: Any) -> str:
 def _table_html(frame: Any) -> str:
     """A step's table as HTML: blank missing cells, whole numbers as integers, and line
     breaks kept (a JSON body, an output tail) instead of run together or shown as ``\\n``."""
-    head = "".join(f"<th>{_esc(str(c))}</th>" for c in frame.columns)
+    head = "".join(f"<th{_LEFT}>{_esc(str(c))}</th>" for c in frame.columns)
     td = '<td style="white-space: pre-wrap; vertical-align: top; text-align: left">'
     rows = []
     for rec in frame.itertuples(index=False, name=None):
@@ -313,9 +337,12 @@ def _style_results(frame: Any) -> str:
     rows = []
     for rec in frame.to_dict("records"):
         color = _COLORS.get(rec["status"], "#fff")
-        cells = "".join(f"<td>{_esc(redact(_cell(rec[c])))}</td>" for c in frame.columns)
+        cells = "".join(
+            f'<td style="vertical-align: top; text-align: left">{_esc(redact(_cell(rec[c])))}</td>'
+            for c in frame.columns
+        )
         rows.append(f'<tr style="background:{color}">{cells}</tr>')
-    head = "".join(f"<th>{c}</th>" for c in frame.columns)
+    head = "".join(f"<th{_LEFT}>{c}</th>" for c in frame.columns)
     return f'<table class="runbook-results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
@@ -326,4 +353,7 @@ def _figure_html(fig: Any, title: str = "figure") -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}"/>'
+    return (
+        f'<p style="text-align: left"><b>Figure: {_esc(title)}</b></p>'
+        f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}"/>'
+    )

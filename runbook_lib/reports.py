@@ -21,6 +21,7 @@ from .verdict import Coverage
 
 __all__ = [
     "coverage_of",
+    "figure_caption",
     "verdict_line",
     "write_index",
     "write_junit",
@@ -110,9 +111,13 @@ def _headline(results: Mapping[str, Any]) -> str:
     if done:
         return f"ROLLED BACK{to}"
     phase6 = (results.get("artifacts") or {}).get("6") or {}
+    phase2 = (results.get("artifacts") or {}).get("2") or {}
     if rec["action"] == "rollback" and phase6.get("rollback_rule") == "already-serving":
-        # verify-then-shift already returned to the split from before the deploy.
         back = f" (revision `{target}`)" if target else ""
+        if phase2.get("max_share") == 0:
+            # verify-then-shift refused the new revision before any user reached it.
+            return f"NO TRAFFIC MOVED: what served before the deploy still serves{back}"
+        # verify-then-shift already returned to the split from before the deploy.
         return f"TRAFFIC ALREADY BACK on what served before the deploy{back}"
     return f"Recommendation: {str(rec['action']).upper()}{to}"
 
@@ -160,9 +165,26 @@ def _interrupted_text(results: Mapping[str, Any]) -> str:
     )
 
 
+def figure_caption(path: Path) -> str:
+    """A figure's title as a person reads it: the caption saved in the PNG (phase and
+    title), else the file name's slug."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            title = str(getattr(im, "text", {}).get("Title") or "")
+    except (OSError, ValueError):
+        title = ""
+    phase = path.stem[1:3] if path.stem[:1] == "p" and path.stem[1:3].isdigit() else ""
+    if not title:
+        return path.stem
+    return f"Phase {int(phase)}: {title}" if phase else title
+
+
 def _mutation_text(m: Mapping[str, Any]) -> str:
-    parts = [f"phase {m.get('phase', '?')}: {m.get('key', 'mutation')} {m.get('state', '')}"]
-    for key in ("operation", "revision", "started_at", "finished_at", "error"):
+    what = f" ({m['what']})" if m.get("what") else ""
+    parts = [f"phase {m.get('phase', '?')}: {m.get('key', 'mutation')}{what} {m.get('state', '')}"]
+    for key in ("split", "operation", "revision", "started_at", "finished_at", "error"):
         if m.get(key):
             parts.append(f"{key} {m[key]}")
     return ", ".join(parts)
@@ -304,6 +326,7 @@ img{max-width:100%;box-sizing:border-box;border:1px solid #eee;margin:.5em 0}
 .unsafe{background:#000;color:#ff5252;padding:1em;font-weight:bold}
 .pending{border:3px solid #e65100;padding:.2em 1em;margin:1em 0}
 .interrupted{background:#e65100}
+p.file{color:#777;font-size:.8em;margin:0 0 1.5em}
 """
 
 
@@ -413,8 +436,10 @@ def write_index(results: Mapping[str, Any], run_dir: Path, path: Path) -> None:
         parts.append("<p>No figure was drawn in this run.</p>")
     for fig in figures:
         data = base64.b64encode(fig.read_bytes()).decode()
+        title = figure_caption(fig)
         parts.append(
-            f"<h3>{e(fig.stem)}</h3><img alt='{e(fig.name)}' src='data:image/png;base64,{data}'/>"
+            f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{data}'/>"
+            f"<p class='file'>{e(fig.name)}</p>"
         )
     parts.append(
         "<h2>All checks</h2><table><tr><th>phase</th><th>check</th><th>status</th>"

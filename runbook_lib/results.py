@@ -128,14 +128,16 @@ def results_frame(results: Iterable[CheckResult]) -> Any:
     import pandas as pd
 
     rows = [{k: r.to_record()[k] for k in RESULT_COLUMNS} for r in results]
-    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    # object columns keep None as None: a float column would turn a missing threshold
+    # into NaN, shown as "nan" beside the numbers of other rows.
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS, dtype=object)
     for col in ("observed", "threshold"):
         frame[col] = frame[col].map(_short)
     return frame
 
 
 def _short(value: Any, limit: int = 120) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return ""
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -328,6 +328,8 @@ def _mutation_words(records: Mapping[int, PhaseRecord]) -> str:
     for phase in sorted(records):
         for m in records[phase].mutations():
             what = str(m.get("key", "mutation"))
+            if m.get("what"):
+                what += f" {m['what']}"
             extra = [f"{k} {m[k]}" for k in ("operation", "revision") if m.get(k)]
             state = str(m.get("state", "started"))
             done.append(f"{what} ({state}{', ' + ', '.join(extra) if extra else ''})")

@@ -165,6 +165,30 @@ def test_progress_ticks_the_elapsed_time_of_a_long_step() -> None:
     assert out.getvalue().endswith("\n")
 
 
+@pytest.mark.slow
+def test_without_a_terminal_a_long_step_gets_a_bounded_heartbeat() -> None:
+    """No TTY (CI): a silent step still prints "still running" with its phase, step and
+    elapsed time once per heartbeat interval, never more often; none after the phase ends."""
+    import time
+
+    out = io.StringIO()
+    progress = cli.ConsoleProgress(out, tty=False, heartbeat_s=0.3)
+    progress(Progress("phase-start", 7, 6, 6, "07_monitoring.ipynb"))
+    progress(Progress("step", 7, 6, 6, "07_monitoring.ipynb", step="monitor", message="cell 6"))
+    time.sleep(1.05)
+    progress(Progress("phase-end", 7, 6, 6, "07_monitoring.ipynb", status="pass", message="1 s"))
+    time.sleep(0.5)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    beats = [line for line in lines if "still running" in line]
+    assert 2 <= len(beats) <= 4, lines  # about one per 0.3 s over 1.05 s
+    assert beats[0].startswith(
+        "    ... still running phase 7 [6/6] 07_monitoring.ipynb, step monitor "
+    ), beats
+    assert lines[-1].startswith("[6/6] 07_monitoring.ipynb: PASS"), lines  # quiet afterwards
+    assert "\r" not in out.getvalue()
+
+
 def test_sandbox_subcommand_delegates_to_the_sandbox_cli(monkeypatch) -> None:
     got = []
     fake = types.ModuleType("runbook_lib.sandbox.cli")

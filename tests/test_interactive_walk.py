@@ -102,10 +102,17 @@ def test_the_readme_walk_never_routes_traffic_to_a_failing_revision(sandbox) -> 
         assert _serving(env) == after_fix
 
     p6 = _walk(6)  # defaults: no run_dir, no rollback_to: no evidence names a target
-    assert p6["rollback.target_identified"]["status"] == "fail"
-    assert "refused" in p6["rollback.target_identified"]["detail"]
-    assert f"Traffic stays on {fixed}" in p6["rollback.target_identified"]["detail"]
-    assert p6["rollback.traffic_moved"]["status"] == "fail"
+    # One refusal in the notebook's words; the steps after it have nothing to do.
+    assert _bad(p6).keys() == {"rollback.target_identified"}, _bad(p6)
+    refusal = p6["rollback.target_identified"]["detail"]
+    assert "refused" in refusal and f"Traffic stays on {fixed}" in refusal
+    assert 'set rollback_to = "REV" in the parameters cell' in refusal
+    assert "--param" not in refusal
+    # The incident revision is a candidate only with what is known of it said beside it.
+    assert f"{broken} (no recorded run judged it: unknown)" in refusal, refusal
+    assert {p6[i]["status"] for i in ("rollback.target_verified", "rollback.traffic_moved")} == {
+        "skip"
+    }
     assert _serving(env) == after_fix  # the incident was not re-created
 
     p7 = _walk(7)

@@ -148,3 +148,20 @@ def test_mutating_phases_say_so() -> None:
     for phase, (_, _, mutating) in PHASES.items():
         intro = _read(phase).cells[0].source
         assert ("mutates" in intro) == mutating, phase
+
+
+def test_prose_names_the_configured_values_and_cites_no_spec() -> None:
+    """A markdown cell cannot be parameterised: it never states a setting's default as if it
+    were in force ("`hold_s` (30 s)"); it says "the configured" and the step shows the
+    value. Product text speaks in its own words, never "SPEC section N"."""
+    default_as_fact = re.compile(r"`\w+` \(\d+(\.\d+)? ?(s|%)\)")
+    for phase in PHASES:
+        for cell in _read(phase).cells:
+            if cell.cell_type != "markdown":
+                continue
+            assert not default_as_fact.search(cell.source), (phase, cell.source[:200])
+            assert "SPEC" not in cell.source, (phase, cell.source[:200])
+    text = {p: "\n".join(c.source for c in _read(p).cells) for p in (2, 4, 7)}
+    assert "the configured `health_ready_s`" in text[2]
+    assert "the configured `event_timeout_s`" in text[4]
+    assert "the configured `monitor_window_s`" in text[7] and "the configured `hold_s`" in text[7]

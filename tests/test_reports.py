@@ -242,5 +242,77 @@ def test_headline_when_the_deploy_already_restored_the_split() -> None:
         "artifacts": {"6": {"rollback_rule": "already-serving"}},
     }
     assert (
+        _headline(doc | {"artifacts": {**doc["artifacts"], "2": {"max_share": 0}}})
+        == "NO TRAFFIC MOVED: what served before the deploy still serves (revision `rev-1`)"
+    )
+    assert (
         _headline(doc) == "TRAFFIC ALREADY BACK on what served before the deploy (revision `rev-1`)"
     )
+
+
+def test_figures_are_captioned_with_titles_a_person_reads(tmp_path: Path) -> None:
+    """The caption a step gives travels in the PNG; index.html titles the figure with it
+    (and the phase), the file name only as a footnote; the notebook output shows it too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from runbook_lib.context import PhaseContext, StepReport
+    from runbook_lib.settings import load_settings
+
+    env = tmp_path / "t.toml"
+    env.write_text('name = "t"\n[target]\nbase_url = "http://127.0.0.1:9"\n')
+    ctx = PhaseContext(phase=4, settings=load_settings(env), run_dir=tmp_path, approve=False)
+    fig = Figure()
+    fig.add_subplot().plot([1, 2], [3, 4])
+    rep = StepReport("Load test", [], figure=fig, caption="Load latency: histogram and CDF")
+    ctx.record(rep)
+    assert "<b>Figure: Load latency: histogram and CDF</b>" in rep._repr_html_()
+    write_index(_results(), tmp_path, tmp_path / "index.html")
+    page = (tmp_path / "index.html").read_text()
+    assert "<h3>Phase 4: Load latency: histogram and CDF</h3>" in page
+    assert "<h3>p04-load-test</h3>" not in page
+    assert "<p class='file'>p04-load-test.png</p>" in page
+
+
+def test_every_traffic_change_is_listed_among_the_mutations(tmp_path: Path) -> None:
+    from runbook_lib.reports import write_summary
+
+    made = [
+        {
+            "phase": 2,
+            "key": "deploy",
+            "what": "new revision at 0 % with tag 'runbook-verify'",
+            "state": "done",
+            "revision": "rev-2",
+        },
+        {
+            "phase": 2,
+            "key": "traffic",
+            "what": "shift rev-2 to 10 %",
+            "state": "done",
+            "split": "rev-2 10 %, rev-1 90 %",
+            "operation": "op-1",
+        },
+        {
+            "phase": 2,
+            "key": "traffic",
+            "what": "restore the previous split (rev-1 100 %)",
+            "state": "done",
+            "split": "rev-1 100 %",
+        },
+        {"phase": 2, "key": "tag", "what": "remove the tag 'runbook-verify'", "state": "done"},
+    ]
+    doc = _results() | {"mutations": made}
+    write_summary(doc, tmp_path / "summary.md")
+    write_index(doc, tmp_path, tmp_path / "index.html")
+    text = (tmp_path / "summary.md").read_text()
+    page = (tmp_path / "index.html").read_text()
+    for line in (
+        "phase 2: traffic (shift rev-2 to 10 %) done, split rev-2 10 %, rev-1 90 %, operation op-1",
+        "phase 2: traffic (restore the previous split (rev-1 100 %)) done, split rev-1 100 %",
+        "phase 2: tag (remove the tag 'runbook-verify') done",
+    ):
+        assert f"- {line}" in text
+        assert line.replace("'", "&#x27;") in page or line in page, line

@@ -5,8 +5,8 @@
   it, after that revision proved itself on its own tag URL;
 - a rollback whose only candidate is broken (the incident's ``ws-routes-missing``) is
   refused on the tag URL and traffic stays where it is;
-- a ``verify-then-shift`` deploy of ``cross-user-leak`` never receives more than its first
-  traffic step: the gate after it fails and the previous split comes back.
+- a ``verify-then-shift`` deploy of ``cross-user-leak`` never receives any traffic: its users
+  are isolated on the tag URL at 0 % first, and the leak is refused there.
 
 (``idle-close`` found in phase 7, rolled back late or reported pending: test_rollback_gate.py.)
 """
@@ -97,7 +97,11 @@ def test_a_rollback_whose_only_candidate_is_broken_is_refused(tmp_path: Path) ->
     assert "the rollback itself failed" in rec["reason"] and results["rollback_pending"] is None
 
 
-def test_verify_then_shift_stops_a_leaking_revision_at_its_first_step(tmp_path: Path) -> None:
+def test_verify_then_shift_refuses_a_leaking_revision_before_any_traffic_reaches_it(
+    tmp_path: Path,
+) -> None:
+    """Isolation runs on the tag URL at 0 % before the first shift: the leak is caught there,
+    the new revision never serves a single user, and the record lists every mutation."""
     outcome, results, checks = _run(
         tmp_path,
         serving="healthy",
@@ -107,19 +111,25 @@ def test_verify_then_shift_stops_a_leaking_revision_at_its_first_step(tmp_path: 
     )
     arts2 = _phase(outcome, 2)["artifacts"]
     new, before = arts2["deployed_revision"], arts2["previous_split"]
-    assert checks["deploy.tag_verified"]["status"] == "pass"  # it answers; sharing shows the leak
-    serving = checks["deploy.latest_serving"]
-    assert serving["status"] == "fail" and "the gate at 10 % failed" in serving["detail"], serving
-    assert "isolation (tag URL)" in serving["detail"]
+    verified = checks["deploy.tag_verified"]
+    assert verified["status"] == "fail", verified
+    assert "isolation:" in verified["detail"] and "Refused: no traffic moved" in verified["detail"]
     shares = [s["split"].get(new, 0) for s in arts2["traffic_timeline"]]
-    assert max(shares) == 10 == arts2["max_share"], arts2["traffic_timeline"]
-    assert arts2["traffic_timeline"][-1]["split"] == before  # the previous split is back
-    assert "figures/p02-deploy.png" in _phase(outcome, 2)["figures"]
-    assert (outcome.run_dir / "figures" / "p02-deploy.png").is_file()
-    # Validation is skipped after a failed deploy; phase 6 finds nothing to move.
+    assert max(shares) == 0 == arts2["max_share"], arts2["traffic_timeline"]
+    assert {r: p for r, p in arts2["traffic_timeline"][-1]["split"].items() if p} == before
+    assert checks["deploy.latest_serving"]["status"] == "fail"
+    # The record: the deploy at 0 % with its tag, then the tag removed; no traffic change.
+    made = [(m["key"], m.get("what", ""), m["state"]) for m in results["mutations"]]
+    assert made[:2] == [
+        ("deploy", "new revision at 0 % with tag 'runbook-verify'", "done"),
+        ("tag", "remove the tag 'runbook-verify'", "done"),
+    ], made
+    assert not [m for m in made if m[0] == "traffic"], made
+    summary = (outcome.run_dir / "summary.md").read_text()
+    assert "phase 2: tag (remove the tag 'runbook-verify') done" in summary
+    assert "## NO TRAFFIC MOVED: what served before the deploy still serves" in summary
     assert checks["rollback.target_identified"]["status"] == "pass"
     assert "already-serving" in checks["rollback.target_identified"]["detail"]
-    assert checks["rollback.traffic_moved"]["status"] == "pass"
     assert results["rollback_pending"] is None
     assert outcome.exit_code == 1
 
@@ -217,3 +227,91 @@ async def test_the_serving_revision_is_never_proposed_and_a_redeploy_of_its_imag
     for name in ("warmup", "deploy_logs"):
         rep = await getattr(steps, name)(ctx2)
         assert rep.results and not any("dry-run" in r.detail for r in rep.results)
+
+
+async def test_each_traffic_step_of_verify_then_shift_is_recorded_before_its_api_call(
+    tmp_path, monkeypatch
+) -> None:
+    """Every shift and the tag removal is a mutation in phases/02.json, claimed (state
+    ``started``) before Cloud Run is asked, then completed with its operation and split."""
+    from runbook_lib import steps
+    from runbook_lib.cloudrun import GoogleCloudRun
+    from runbook_lib.context import open_phase
+    from runbook_lib.phases import phase_file
+
+    seen: list[list[tuple[str, str]]] = []
+
+    def spy(name: str):
+        real = getattr(GoogleCloudRun, name)
+
+        async def call(self, *a, **kw):
+            doc = json.loads(phase_file(tmp_path, 2).read_text())
+            claims = doc["artifacts"]["mutations"]
+            seen.append([(m["key"], m["state"]) for m in claims])
+            return await real(self, *a, **kw)
+
+        monkeypatch.setattr(GoogleCloudRun, name, call)
+
+    spy("set_traffic_split")
+    spy("untag")
+    state = tmp_path / "sandbox"
+    info = manager.up(serving="healthy", state_dir=state, env_file=state / "local.toml")
+    try:
+        ctx = open_phase(
+            2,
+            environment=str(info.env_file),
+            run_dir=str(tmp_path),
+            approve=True,
+            overrides={
+                "cloudrun.deploy_strategy": "verify-then-shift",
+                "cloudrun.deploy_image": "sandbox/backend:healthy",
+            },
+        )
+        rep = await steps.deploy(ctx)
+    finally:
+        manager.down(state)
+    assert {r.id: r.status for r in rep.results}["deploy.latest_serving"] == "pass", rep.results
+    # At each call, the newest claim is the one being made, still "started".
+    assert [calls[-1] for calls in seen] == [("traffic", "started")] * 3 + [("tag", "started")]
+    made = ctx.artifacts["mutations"]
+    new = ctx.artifacts["deployed_revision"]
+    assert [(m["key"], m.get("what"), m["state"]) for m in made] == [
+        ("deploy", "new revision at 0 % with tag 'runbook-verify'", "done"),
+        ("traffic", f"shift {new} to 10 %", "done"),
+        ("traffic", f"shift {new} to 50 %", "done"),
+        ("traffic", f"shift {new} to 100 %", "done"),
+        ("tag", "remove the tag 'runbook-verify'", "done"),
+    ]
+    assert made[1]["split"].startswith(f"{new} 10 %") and made[3]["split"] == f"{new} 100 %"
+    assert all(m.get("operation") for m in made)
+
+
+async def test_verify_then_shift_rolls_the_fix_out_over_the_broken_revision(
+    sandbox, tmp_path
+) -> None:
+    """The incident serves (WebSocket 404s through the service URL before any shift): the
+    gates judge those probes on the fix's tag URL instead of failing it for the old
+    revision's 404s, and the fix takes 100 %."""
+    from runbook_lib import steps
+    from runbook_lib.context import open_phase
+
+    env = str(sandbox.env_file)
+    ctx = open_phase(
+        2,
+        environment=env,
+        run_dir=str(tmp_path),
+        approve=True,
+        overrides={
+            "cloudrun.deploy_strategy": "verify-then-shift",
+            "cloudrun.deploy_image": "sandbox/backend:healthy",
+        },
+    )
+    rep = await steps.deploy(ctx)
+    by_id = {r.id: r for r in rep.results}
+    assert by_id["deploy.latest_serving"].status == "pass", by_id["deploy.latest_serving"]
+    new = ctx.artifacts["deployed_revision"]
+    assert (await _serving(env)) == ({new: 100}, {})
+    assert "round trip through the service URL already failed" in rep.note, rep.note
+    assert [m.get("what") for m in ctx.artifacts["mutations"]][1:4] == [
+        f"shift {new} to {p} %" for p in (10, 50, 100)
+    ]

@@ -174,6 +174,25 @@ def test_exclusions_are_explained() -> None:
     assert "r3: it was seen failing" in refused.reason
 
 
+def test_a_refusal_marks_each_candidate_with_what_is_known_in_the_readers_words() -> None:
+    """Walked in a notebook with no evidence, every candidate says what is known of it (an
+    unjudged one says so), and the advice names the notebook's parameter, not a CLI flag."""
+    cell = 'set rollback_to = "REV" in the parameters cell'
+    refused = choose_rollback_target(
+        {"r3": 100}, REVS[:3], naming=cell, known={"r1": "last judged pass by run X"}
+    )
+    assert refused.revision is None
+    assert refused.reason.endswith(
+        "candidates, newest first: r2 (no recorded run judged it: unknown), "
+        f"r1 (last judged pass by run X); name one: {cell}"
+    )
+    assert "--param" not in refused.reason
+    seen = choose_rollback_target(
+        NOW, REVS, BEFORE, failed_seen={"r3": "this run: phase 1: ws.routes_probe"}
+    )
+    assert dict(seen.excluded)["r3"] == "it was seen failing (this run: phase 1: ws.routes_probe)"
+
+
 @pytest.mark.slow  # starts a process
 def test_module_is_pure() -> None:
     """Importing the rule pulls in no network, cloud or numeric library."""

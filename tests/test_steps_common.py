@@ -153,3 +153,25 @@ def test_a_dry_run_shows_each_request_once_as_json_beside_gcloud_and_curl(tmp_pa
     for r in rep.results:
         assert r.status is Status.SKIP and r.detail.startswith("dry-run: not approved; would run")
         assert "{" not in r.detail  # the body is in the table, once
+
+
+def test_a_step_table_shows_missing_values_empty_and_text_left_aligned() -> None:
+    """JupyterLab shows what ``_repr_html_`` gives: no ``nan`` where a threshold is missing
+    beside a numeric one, and every cell and header left-aligned (the lab right-aligns)."""
+    import re
+
+    import pandas as pd
+
+    from runbook_lib.results import results_frame
+
+    results = [
+        Verdict("rollback.traffic_moved", phase=6).fail("no rollback target was identified"),
+        Verdict("load.latency_p95", phase=4, threshold=3.0).ok("p95 0.1 s", observed=0.1),
+    ]
+    frame = results_frame(results)
+    assert frame["threshold"].tolist() == ["", "3.0"]
+    table = pd.DataFrame({"revision": ["a", "b"], "traffic_%": [100, None]})
+    html = StepReport("Rollback", results, table=table)._repr_html_()
+    assert "nan" not in html.lower() and "None" not in html
+    cells = re.findall(r"<t[dh][^>]*>", html)
+    assert cells and all("text-align: left" in c for c in cells), cells

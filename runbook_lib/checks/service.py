@@ -12,7 +12,8 @@ The rollback-target rule, in order:
    (phase 2 records the split it found);
 2. ``passed-in-chain``: else the newest revision that an earlier run in the
    manifest chain judged ``pass``;
-3. ``explicit``: else the revision the operator named (``--param rollback_to=REV``).
+3. ``explicit``: else the revision the operator named (``rollback_to``: the notebook's
+   parameter, ``--param rollback_to=REV`` on the command line).
 
 Whatever the rule, a target is never a revision this run or a chained run saw
 failing, never the revision serving now, and always an existing, ready revision.
@@ -355,7 +356,11 @@ def judge_rollback_target(choice: Choice, current: str | None) -> CheckResult:
         choice: :func:`choose_rollback_target`'s answer.
         current: the revision serving the most traffic now.
     """
-    v = Verdict("rollback.target_identified", threshold="a revision chosen by evidence (SPEC 9)")
+    v = Verdict(
+        "rollback.target_identified",
+        threshold="a revision chosen by evidence: served before the deploy, passed in the "
+        "chain, or named",
+    )
     data = {
         "rule": choice.rule,
         "candidates": list(choice.candidates),
@@ -401,7 +406,10 @@ def judge_target_verified(
         refusal: what the refusal means and what to do next (appended when it fails).
         where: what ``url`` is, in words (``"the service URL"`` when it already serves).
     """
-    v = Verdict(check_id, threshold="health 200, WebSocket 101 with a valid accept, pong")
+    wanted = "health 200, WebSocket 101 with a valid accept, pong"
+    if "isolation" in parts:
+        wanted += ", no user receives another's events"
+    v = Verdict(check_id, threshold=wanted)
     observed = {label: str(r.status) for label, r in parts.items()}
     if not parts:
         return v.fail(
@@ -417,7 +425,7 @@ def judge_target_verified(
                 words.append("round trip: no socket (the upgrade was refused)")
             else:
                 words.append(f"{label}: {_cut(r.detail)}")
-        why = "; ".join(words)
+        why = "; ".join(words).rstrip(". ")
         return v.fail(
             f"{revision} failed on {where} {url}: {why}. {refusal}".strip(),
             observed=observed,
@@ -596,6 +604,9 @@ def choose_rollback_target(
     failed_seen: Collection[str] = (),
     explicit: str | None = None,
     deployed: str | None = None,
+    *,
+    naming: str = "--param rollback_to=REV",
+    known: Mapping[str, str] | None = None,
 ) -> Choice:
     """Choose the revision to roll back to, by SPEC 9's rules (see the module docstring).
 
@@ -609,6 +620,10 @@ def choose_rollback_target(
         deployed: the revision this run's deploy created, if one ran: when it serves
             nothing and the split from before the deploy serves again, the choice is
             that split's main revision with rule ``already-serving`` (nothing to move).
+        naming: how the reader names a target, in their words (a notebook's parameters
+            cell or the CLI's ``--param``).
+        known: revision -> what the records say of it, shown beside each candidate a
+            refusal lists; a candidate with nothing known is marked so.
 
     Returns:
         The :class:`Choice`; ``revision is None`` when refused.
@@ -623,7 +638,8 @@ def choose_rollback_target(
         if rev in now:
             return "it is the revision serving now"
         if rev in failed:
-            return "it was seen failing"
+            seen = failed_seen.get(rev) if isinstance(failed_seen, Mapping) else ""
+            return f"it was seen failing ({seen})" if seen else "it was seen failing"
         info = by_name.get(rev)
         if info is None:
             return "no such revision"
@@ -642,6 +658,13 @@ def choose_rollback_target(
 
     def done(revision: str | None, rule: str, candidates: Sequence[str], reason: str) -> Choice:
         return Choice(revision, rule, tuple(candidates), reason, tuple(excluded.items()))
+
+    def marked(revs: Sequence[str]) -> str:
+        """Each candidate with what is known of it: nobody picks a broken one unawares."""
+        words = known or {}
+        return ", ".join(
+            f"{r} ({words.get(r) or 'no recorded run judged it: unknown'})" for r in revs
+        )
 
     notes: list[str] = []
 
@@ -684,8 +707,8 @@ def choose_rollback_target(
                 None,
                 RULE_REFUSED,
                 ok,
-                f"several revisions served before this run's deploy ({', '.join(ok)}): "
-                "name one with --param rollback_to=REV",
+                f"several revisions served before this run's deploy ({marked(ok)}): "
+                f"name one: {naming}",
             )
         notes.append(
             "the revision(s) that served before the deploy cannot take traffic ("
@@ -718,7 +741,7 @@ def choose_rollback_target(
             RULE_REFUSED,
             passed,
             "earlier runs judged several revisions pass and their order is unknown "
-            f"({', '.join(passed)}): name one with --param rollback_to=REV",
+            f"({marked(passed)}): name one: {naming}",
         )
     if passed_in_chain:
         notes.append("no revision an earlier run judged pass can take traffic")
@@ -738,7 +761,7 @@ def choose_rollback_target(
     candidates = _fallback(revisions, why_not)
     context = f" ({'; '.join(notes)})" if notes else ""
     if candidates:
-        hint = f"candidates: {', '.join(candidates)}; name one with --param rollback_to=REV"
+        hint = f"candidates, newest first: {marked(candidates)}; name one: {naming}"
     else:
         hint = "no other revision is ready and unblemished: fix forward instead"
     return done(

@@ -171,7 +171,17 @@ async def isolation(ctx: PhaseContext) -> StepReport:
         for r in runs
     ]
     fig = plot_event_timeline(flow_timeline(runs), ctx.settings.protocol.critical_events)
-    return report(results, table=table(rows), figure=fig)
+    note = (
+        f"In force: {th.isolation_users} users at once (thresholds.isolation_users), "
+        f">= {th.isolation_success_rate:.0%} succeeding within {th.isolation_response_s:g} s each."
+    )
+    return report(
+        results,
+        table=table(rows),
+        figure=fig,
+        note=note,
+        caption="Isolation: each user's events over time (another user's events in red)",
+    )
 
 
 @step
@@ -189,4 +199,9 @@ async def event_delivery(ctx: PhaseContext) -> StepReport:
         judge_events_latency(obs, timeout_s=th.event_timeout_s),
     ]
     fig = plot_event_timeline(flow_timeline([obs]), p.critical_events)
-    return report(results, table=table(flow_frame_rows(obs)), figure=fig)
+    return report(
+        results,
+        table=table(flow_frame_rows(obs)),
+        figure=fig,
+        caption="Event delivery: the agent's events over time",
+    )

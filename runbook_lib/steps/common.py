@@ -60,10 +60,18 @@ _SUMMARY_ORDER = (Status.ERROR, Status.FAIL, Status.WARN, Status.SKIP, Status.PA
 
 
 def report(
-    results: Sequence[CheckResult], *, table: Any = None, figure: Any = None, note: str = ""
+    results: Sequence[CheckResult],
+    *,
+    table: Any = None,
+    figure: Any = None,
+    note: str = "",
+    caption: str = "",
 ) -> StepReport:
-    """A step's report; the :func:`step` decorator gives it the catalog's title."""
-    return StepReport("", list(results), table=table, figure=figure, note=note)
+    """A step's report; the :func:`step` decorator gives it the catalog's title.
+
+    ``caption`` titles the figure for a person (the step's title when empty).
+    """
+    return StepReport("", list(results), table=table, figure=figure, note=note, caption=caption)
 
 
 def _ids(name: str, ctx: PhaseContext) -> list[str]:

@@ -39,7 +39,7 @@ from .common import (
     step,
     table,
 )
-from .verification import ShareTimeline, gate_probe, probe_revision, verify_tag
+from .verification import ShareTimeline, gate_probe, probe_revision, users_probe, verify_tag
 
 __all__ = ["deploy", "deploy_logs", "predeploy", "warmup"]
 
@@ -97,7 +97,9 @@ async def deploy(ctx: PhaseContext) -> StepReport:
                 "with a gate after each step."
             )
         return rep
-    mutation = ctx.claim_mutation("deploy")
+    mutation = ctx.claim_mutation(
+        "deploy", what=f"new revision at 0 % with tag {tag!r}" if shifted else ""
+    )
     started = datetime.now(UTC)
     ctx.artifacts.update(dry_run=False, deploy_started_at=started.isoformat())
     if shifted:
@@ -188,7 +190,9 @@ async def _verify_then_shift(
             )
         )
     else:
-        parts = await probe_revision(ctx, outcome.tag_url, "deploy.tag_verified")
+        # Every per-user conversation the gates use runs here first, at 0 %: a revision
+        # that leaks between users is refused before any user is sent to it.
+        parts = await probe_revision(ctx, outcome.tag_url, "deploy.tag_verified", isolation=True)
         verdict = judge_target_verified(
             parts,
             check_id="deploy.tag_verified",
@@ -202,26 +206,39 @@ async def _verify_then_shift(
     gate_rows: list[tuple[int, bool, str]] = []
     restored: bool | None = None
     error = ""
+    failing_before: set[str] = set()
     if verified:
+        # What users get before any shift: a probe already failing (the incident being
+        # fixed) cannot judge the new revision through the service URL.
+        failing_before = {
+            kind
+            for kind, r in (await users_probe(ctx, "deploy.latest_serving")).items()
+            if not r.ok
+        }
         shift = plan_shift(new, previous_split, shift_steps(ctx.settings))
         for _ in range(len(shift.steps) + 2):  # bounded: each step once, then restore/done
             action = next_action(shift, True, gates)
             if action.kind == "done":
                 break
             if action.kind == "restore":
-                restored = await _restore(cr, shift.restore, timeline)
+                restored = await _restore(ctx, cr, shift.restore, timeline)
                 break
             assert action.split is not None and action.step is not None
             pct = shift.steps[action.step].percent
+            step_claim = ctx.claim_mutation("traffic", what=f"shift {new} to {pct} %")
             try:
                 moved = await cr.set_traffic_split(action.split)
             except CloudRunError as exc:
                 error = str(exc)
-                restored = await _restore(cr, shift.restore, timeline)
+                step_claim.done(succeeded=False, error=error)
+                restored = await _restore(ctx, cr, shift.restore, timeline)
                 break
+            step_claim.done(operation=moved.name, succeeded=moved.succeeded, split=moved.split)
             timeline.add(moved.split, f"step {pct} %")
             passed, failed, words = gate_outcome(
-                await gate_probe(ctx, outcome.tag_url, "deploy.latest_serving")
+                await gate_probe(
+                    ctx, outcome.tag_url, "deploy.latest_serving", failing_before=failing_before
+                )
             )
             gates.append(Gate(action.step, passed, failed))
             gate_rows.append((pct, passed, words))
@@ -229,7 +246,7 @@ async def _verify_then_shift(
                 timeline.samples[-1] = (*timeline.samples[-1][:2], f"step {pct} %: gate failed")
     # Also after a failed deploy: a tag left on a revision that is not ready keeps the
     # service not ready on Cloud Run and makes every later write repeating it fail.
-    await _untag(cr, tag)
+    await _untag(ctx, cr, tag)
     end = await cr.get_service()
     final = end.serving_revisions
     record = ShiftRecord(
@@ -266,8 +283,15 @@ async def _verify_then_shift(
         results,
         table=table(rows),
         figure=fig,
+        caption="Traffic share per revision during the verify-then-shift deploy",
         note=f"previous split: {previous_split}; deployed revision: {outcome.revision} "
-        f"(verify-then-shift, tag {tag!r} removed afterwards)",
+        f"(verify-then-shift, tag {tag!r} removed afterwards)"
+        + (
+            f"; {' and '.join(sorted(failing_before))} through the service URL already failed "
+            "before the first shift, so the gates ran them on the new revision's tag URL"
+            if failing_before
+            else ""
+        ),
     )
 
 
@@ -277,23 +301,36 @@ def _revision_of(plan: Any) -> str:
     return str((body.get("template") or {}).get("revision") or "")
 
 
-async def _restore(cr: Any, split: Mapping[str, int], timeline: ShareTimeline) -> bool:
+async def _restore(
+    ctx: PhaseContext, cr: Any, split: Mapping[str, int], timeline: ShareTimeline
+) -> bool:
     """Return traffic to ``split``; False (and logged) when that fails too."""
+    words = ", ".join(f"{r} {p} %" for r, p in split.items())
+    claim = ctx.claim_mutation("traffic", what=f"restore the previous split ({words})")
     try:
         back = await cr.set_traffic_split(split)
     except CloudRunError as exc:
+        claim.done(succeeded=False, error=str(exc))
         log.error("returning traffic to %s failed: %s", split, exc)
         timeline.add((await cr.get_service()).serving_revisions, "restore FAILED")
         return False
+    claim.done(operation=back.name, succeeded=back.succeeded, split=back.split)
     timeline.add(back.split, "restore: previous split")
     return True
 
 
-async def _untag(cr: Any, tag: str) -> None:
+async def _untag(ctx: PhaseContext, cr: Any, tag: str) -> None:
     """Remove the verification tag (a failure is logged: the tag serves 0 % anyway)."""
     try:
-        if tag in (await cr.get_service()).tagged_revisions:
-            await cr.untag(tag)
+        if tag not in (await cr.get_service()).tagged_revisions:
+            return
+        claim = ctx.claim_mutation("tag", what=f"remove the tag {tag!r}")
+        try:
+            removed = await cr.untag(tag)
+        except CloudRunError as exc:
+            claim.done(succeeded=False, error=str(exc))
+            raise
+        claim.done(operation=removed.name, succeeded=removed.succeeded)
     except CloudRunError as exc:
         log.warning("could not remove the tag %s: %s", tag, exc)
 
@@ -373,7 +410,7 @@ async def warmup(ctx: PhaseContext) -> StepReport:
     ]
     ctx.artifacts["warmup_samples"] = len(samples)
     fig = plot_warmup(samples, thresholds={url: limit for _, url, limit in polled})
-    return report(results, figure=fig)
+    return report(results, figure=fig, caption="Warm-up: every readiness poll's answer over time")
 
 
 @step

@@ -114,7 +114,13 @@ async def load_on_job(ctx: PhaseContext, plan: LoadPlan) -> StepReport:
         }
     )
     # A token left readable in the execution is a finding the operator must act on.
-    return report(results, table=table(rows), figure=fig, note=run.token_note)
+    return report(
+        results,
+        table=table(rows),
+        figure=fig,
+        note=run.token_note,
+        caption="Load latency per Cloud Run Job task, and merged",
+    )
 
 
 def _q(rec: dict[str, Any], q: float) -> float | None:

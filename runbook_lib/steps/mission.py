@@ -130,4 +130,10 @@ async def load_test(ctx: PhaseContext) -> StepReport:
         {"metric": f"step {r['step']} p95_s ({r['what'][:60]})", "value": r["p95_s"]}
         for r in rec["steps"]
     ]
-    return report(results, table=table(rows), figure=fig)
+    note = (
+        f"In force: {th.load_connections} concurrent sessions (thresholds.load_connections), "
+        f"success rate >= {th.load_success_rate:.0%}, p95 < {th.load_p95_s:g} s."
+    )
+    return report(
+        results, table=table(rows), figure=fig, note=note, caption="Load latency: histogram and CDF"
+    )

@@ -71,7 +71,17 @@ async def monitor(ctx: PhaseContext) -> StepReport:
         for k in mon.ticks
     ]
     ctx.artifacts["monitor_ticks"] = len(samples)
-    return report(results, figure=plot_monitor(samples))
+    note = (
+        f"In force: a {th.monitor_window_s:g} s window (thresholds.monitor_window_s), a probe "
+        f"every {th.monitor_interval_s:g} s (monitor_interval_s), at least {n} samples "
+        "to judge; each check's limit is in its threshold column."
+    )
+    return report(
+        results,
+        figure=plot_monitor(samples),
+        note=note,
+        caption=f"Monitoring window: latency and probe results over {th.monitor_window_s:g} s",
+    )
 
 
 @step

@@ -37,6 +37,7 @@ from .verification import probe_revision, verify_tag
 
 if TYPE_CHECKING:
     from ..cloudrun import CloudRun
+    from ..rollback_rule import RollbackEvidence
 
 __all__ = ["rollback_target", "rollback_traffic", "rollback_verify"]
 
@@ -56,6 +57,7 @@ async def rollback_target(ctx: PhaseContext, rollback_to: str = "") -> StepRepor
     serving = svc.serving_revisions
     current = main_revision(serving) or svc.latest_ready_revision
     ev = gather_evidence(ctx.run_dir, ctx.settings.name)
+    known = {r.name: "; ".join(_evidence(r.name, ev)) for r in revisions}
     choice = choose_rollback_target(
         serving,
         revisions,
@@ -64,6 +66,8 @@ async def rollback_target(ctx: PhaseContext, rollback_to: str = "") -> StepRepor
         failed_seen=ev.failed_seen,
         explicit=rollback_to.strip() or None,
         deployed=ev.deployed or None,
+        naming=_naming(ctx),
+        known=known,
     )
     result = judge_rollback_target(choice, current)
     ctx.artifacts.update(
@@ -86,15 +90,7 @@ async def rollback_target(ctx: PhaseContext, rollback_to: str = "") -> StepRepor
         ctx.artifacts.pop("rollback_target", None)
     rows = []
     for r in revisions:
-        evidence = []
-        if r.name in ev.previous_split:
-            evidence.append(f"served {ev.previous_split[r.name]} % before this run's deploy")
-        if r.name == ev.deployed:
-            evidence.append("deployed by this run")
-        if r.name in ev.passed_in_chain:
-            evidence.append(f"passed in run {ev.passed_in_chain[r.name]}")
-        if r.name in ev.failed_seen:
-            evidence.append(f"seen failing ({ev.failed_seen[r.name]})")
+        evidence = _evidence(r.name, ev)
         if r.name == choice.revision:
             evidence.append(f"CHOSEN ({choice.rule})")
         rows.append(
@@ -116,11 +112,33 @@ async def rollback_target(ctx: PhaseContext, rollback_to: str = "") -> StepRepor
     return report([result], table=table(rows), note=where)
 
 
+def _evidence(revision: str, ev: RollbackEvidence) -> list[str]:
+    """What the records say of ``revision``, in words (empty when nothing)."""
+    words = []
+    if revision in ev.previous_split:
+        words.append(f"served {ev.previous_split[revision]} % before this run's deploy")
+    if revision == ev.deployed:
+        words.append("deployed by this run")
+    if revision in ev.passed_in_chain:
+        words.append(f"last judged pass by run {ev.passed_in_chain[revision]}")
+    if revision in ev.failed_seen:
+        words.append(f"seen failing ({ev.failed_seen[revision]})")
+    return words
+
+
+def _naming(ctx: PhaseContext) -> str:
+    """How the reader names a rollback target: a notebook walked on its own has its
+    parameters cell; a phase run by ``runbook run`` (a run folder) has ``--param``."""
+    if ctx.run_dir is None:
+        return 'set rollback_to = "REV" in the parameters cell and run the notebook again'
+    return "runbook run --approve --phases 6 --param rollback_to=REV"
+
+
 def _refusal(ctx: PhaseContext, target: str, current: str) -> str:
     others = [c for c in ctx.artifacts.get("rollback_alternatives", []) if c != target]
     pick = (
-        f"name another ready revision nobody saw failing with --param rollback_to=REV "
-        f"({', '.join(others[:5])}), whose tag URL is probed the same way"
+        f"name another ready revision nobody saw failing ({', '.join(others[:5])}): "
+        f"{_naming(ctx)}; it is probed on its tag URL the same way"
         if others
         else "no other ready revision is free of failures: fix forward (deploy a fixed image)"
     )
@@ -136,18 +154,12 @@ async def rollback_traffic(ctx: PhaseContext) -> StepReport:
     current = str(ctx.artifacts.get("rollback_from") or "")
     cr = cloudrun(ctx)
     if not target:
-        why = "no rollback target was identified (see rollback.target_identified)"
-        return report(
-            [
-                judge_target_verified(
-                    {},
-                    revision="(none)",
-                    url="",
-                    refusal=f"{why}: traffic stays on {current or 'the serving revision'}",
-                ),
-                judge_traffic_moved(None, None, {}),
-            ]
+        # One refusal, said once (rollback.target_identified): nothing to verify or move.
+        why = (
+            "no rollback target, so nothing to verify or move: traffic stays on "
+            f"{current or 'the serving revision'} (rollback.target_identified says why)"
         )
+        return report(skip_all(ctx, ids, why))
     ctx.artifacts["rollback_moved"] = False
     if ctx.artifacts.get("rollback_rule") == RULE_ALREADY_SERVING:
         return await _already_serving(ctx, str(target))

@@ -162,4 +162,9 @@ async def health_and_routes(ctx: PhaseContext) -> StepReport:
         results[:0] = [judge_url_reachable(health), judge_health_backend(health)]
     rows = handshake_rows(probes, t.ws_url)
     ctx.artifacts["handshakes_before"] = rows
-    return report(results, table=table(rows), figure=plot_handshakes(rows))
+    return report(
+        results,
+        table=table(rows),
+        figure=plot_handshakes(rows),
+        caption="WebSocket handshake per path, before remediation",
+    )

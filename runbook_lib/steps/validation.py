@@ -55,6 +55,7 @@ async def ws_upgrade(ctx: PhaseContext) -> StepReport:
         [judge_ws_upgrade(probes, evidence=evidence)],
         table=table(rows),
         figure=plot_handshakes(rows),
+        caption="WebSocket handshake per path, after the deploy",
     )
 
 

@@ -8,7 +8,7 @@ phase 6 (``rollback.target_verified``). Observation only: the judges of
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +32,7 @@ __all__ = [
     "gate_probe",
     "probe_revision",
     "tag_target",
+    "users_probe",
     "verify_tag",
 ]
 
@@ -75,12 +76,17 @@ async def _token_error(ctx: PhaseContext, check_id: str) -> tuple[Any, CheckResu
     )
 
 
-async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str, CheckResult]:
+async def probe_revision(
+    ctx: PhaseContext, url: str, check_id: str, *, isolation: bool = False
+) -> dict[str, CheckResult]:
     """Health, the WebSocket upgrade of every path and a round trip, on ``url``.
 
+    With ``isolation``: also a few users at once on ``url``, none of whom may receive
+    another's events (what a traffic gate checks, here before any traffic moves).
+
     Returns:
-        label (``health``, ``upgrade``, ``round trip``) -> the part judged as ``check_id``;
-        ``health`` is left out when the service declares no health endpoint.
+        label (``health``, ``upgrade``, ``round trip``, ``isolation``) -> the part judged
+        as ``check_id``; ``health`` is left out when the service declares no health endpoint.
     """
     from ..flow_runner import run_named_flow
     from ..handshake import observe_handshakes, with_subprotocols
@@ -105,41 +111,74 @@ async def probe_revision(ctx: PhaseContext, url: str, check_id: str) -> dict[str
         # The service's own ping conversation (the load flow), as ws.roundtrip runs it.
         rt = await run_named_flow(ctx.settings, "load", url=t.ws(), auth=auth)
         parts["round trip"] = judge_ws_roundtrip(rt, check_id=check_id)
+    if isolation and applies(ctx, "isolation.no_cross_user"):
+        parts["isolation"] = await _isolation(ctx, t.ws(), check_id)
     return parts
 
 
-async def gate_probe(ctx: PhaseContext, tag_url: str, check_id: str) -> dict[str, CheckResult]:
+async def _isolation(ctx: PhaseContext, ws_url: str, check_id: str) -> CheckResult:
+    """The isolation flow as phase 5 runs it (markers, the service's own protocol), with a
+    few users at once on ``ws_url``."""
+    from ..ws_checks import observe_flow_users
+
+    users = max(2, min(3, int(ctx.settings.thresholds.isolation_users)))
+    runs = await observe_flow_users(ctx.settings, "isolation", users=users, url=ws_url)
+    return judge_isolation_no_cross_user(runs, check_id=check_id)
+
+
+async def gate_probe(
+    ctx: PhaseContext, tag_url: str, check_id: str, *, failing_before: Collection[str] = ()
+) -> dict[str, CheckResult]:
     """The gate after one traffic step: what users get, and the new revision under sharing.
 
     Through the service URL (the split in force): health and a WebSocket round trip.
     On the new revision's tag URL: a few users at once, none of whom may receive
     another's events (a fault that only shows once sockets share a revision).
+
+    Args:
+        failing_before: service-URL probes (``health``, ``round trip``) that already
+            failed before the first shift (the incident being fixed): most users still
+            reach the old revision, so they would fail the new one for the old one's
+            fault; those probes run on the tag URL instead.
     """
+    parts: dict[str, CheckResult] = {}
+    t = ctx.settings.target
+    tagged = tag_target(t, tag_url)
+    for kind in ("health", "round trip"):
+        on_tag = kind in failing_before
+        found = await _user_probe(ctx, tagged if on_tag else t, kind, check_id)
+        if found is not None:
+            parts[f"{kind} ({'tag URL' if on_tag else 'service URL'})"] = found
+    if applies(ctx, "isolation.no_cross_user"):
+        parts["isolation (tag URL)"] = await _isolation(ctx, tagged.ws(), check_id)
+    return parts
+
+
+async def users_probe(ctx: PhaseContext, check_id: str) -> dict[str, CheckResult]:
+    """What users get through the service URL now: ``health`` and ``round trip``."""
+    t = ctx.settings.target
+    parts = {kind: await _user_probe(ctx, t, kind, check_id) for kind in ("health", "round trip")}
+    return {k: v for k, v in parts.items() if v is not None}
+
+
+async def _user_probe(
+    ctx: PhaseContext, t: TargetSettings, kind: str, check_id: str
+) -> CheckResult | None:
+    """One probe of what a user gets at ``t``: ``health`` (None without a health path) or
+    ``round trip`` (the service's own ping conversation)."""
     from ..flow_runner import run_named_flow
     from ..http_checks import observe_get
-    from ..ws_checks import observe_flow_users
 
-    t, th, to = ctx.settings.target, ctx.settings.thresholds, ctx.settings.timeouts
-    parts: dict[str, CheckResult] = {}
-    if t.health_path is not None:
-        health = await observe_get(t.http(t.health_path), timeout_s=to.read_s)
-        parts["health (service URL)"] = judge_health_backend(health, check_id=check_id)
+    if kind == "health":
+        if t.health_path is None:
+            return None
+        health = await observe_get(t.http(t.health_path), timeout_s=ctx.settings.timeouts.read_s)
+        return judge_health_backend(health, check_id=check_id)
     auth, err = await _token_error(ctx, check_id)
     if err is not None:
-        parts["round trip (service URL)"] = err
-        return parts
-    rt = await run_named_flow(ctx.settings, "load", auth=auth)
-    parts["round trip (service URL)"] = judge_ws_roundtrip(rt, check_id=check_id)
-    if applies(ctx, "isolation.no_cross_user"):
-        # The isolation flow, as phase 5 runs it (markers, the service's own protocol).
-        runs = await observe_flow_users(
-            ctx.settings,
-            "isolation",
-            users=max(2, min(3, int(th.isolation_users))),
-            url=tag_target(t, tag_url).ws(),
-        )
-        parts["isolation (tag URL)"] = judge_isolation_no_cross_user(runs, check_id=check_id)
-    return parts
+        return err
+    rt = await run_named_flow(ctx.settings, "load", url=t.ws(), auth=auth)
+    return judge_ws_roundtrip(rt, check_id=check_id)
 
 
 class ShareTimeline:
