@@ -28,7 +28,7 @@ from runbook_lib.load import LoadPlan
 from runbook_lib.load_task import merge_results
 from runbook_lib.redaction import clear_secrets
 from runbook_lib.sandbox import manager
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings_load import settings_from_dict
 
 BASE = {
     "name": "t",

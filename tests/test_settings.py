@@ -6,14 +6,14 @@ import math
 import re
 import sys
 import textwrap
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runbook_lib.exceptions import ConfigError
-from runbook_lib.flows import Flow, FlowStep
+from runbook_lib.flows import Flow, FlowStep, default_flows
 from runbook_lib.protocol import ProtocolSettings
 from runbook_lib.redaction import redact, registered_secrets
 from runbook_lib.settings import (
@@ -24,6 +24,9 @@ from runbook_lib.settings import (
     TargetSettings,
     Thresholds,
     Timeouts,
+    resolve_flow,
+)
+from runbook_lib.settings_load import (
     load_settings,
     resolve_environment,
     schema_keys,
@@ -780,3 +783,19 @@ def test_documented_ranges_are_the_enforced_ranges():
 def test_documented_cell_timeout_is_the_constant():
     text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert f"CELL_TIMEOUT_S = {CELL_TIMEOUT_S:g}" in text
+
+
+def test_resolve_flow_prefers_the_users_flow(tmp_path) -> None:
+    env = tmp_path / "e.toml"
+    env.write_text('name = "x"\n[target]\nbase_url = "http://127.0.0.1:1"\n')
+    settings = load_settings(str(env))
+    assert resolve_flow(settings, "agent") == default_flows(settings.protocol)["agent"]
+    mine = Flow("agent", (FlowStep(send="hello"), FlowStep(expect_pattern="hi")))
+    assert resolve_flow(replace(settings, flows={"agent": mine}), "agent") is mine
+    # isolation runs the user's agent conversation, not the seed's, when only agent is defined
+    assert resolve_flow(replace(settings, flows={"agent": mine}), "isolation").steps == mine.steps
+    assert resolve_flow(replace(settings, flows={"agent": mine}), "chat").steps[0].send == (
+        settings.protocol.chat_message
+    )
+    with pytest.raises(KeyError):
+        resolve_flow(settings, "nope")
