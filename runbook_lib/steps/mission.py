@@ -75,7 +75,7 @@ async def load_test(ctx: PhaseContext) -> StepReport:
     default ping -> pong: every send, expect, pattern and capture); judge success and
     the p95 of the flow's expect steps."""
     from ..flows import flow_values, load_flow_problem, reply_timeout_s
-    from ..load import LoadPlan, run_load
+    from ..load.engine import LoadPlan, run_load
     from ..plots import plot_load_latency
     from ..settings import resolve_flow
 
