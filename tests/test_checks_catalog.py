@@ -13,18 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from runbook_lib.checks import (
+from runbook_lib.checks import STEPS, Verdict, applicability, skip_reason, step_ids
+from runbook_lib.checks.catalog import (
     CATALOG,
     CHECK_IDS,
     DYNAMIC_PREFIXES,
     NEEDS,
-    STEPS,
-    Verdict,
-    applicability,
     is_known,
     phase_of,
-    skip_reason,
-    step_ids,
 )
 from runbook_lib.results import Status
 from runbook_lib.settings import Settings, TargetSettings
