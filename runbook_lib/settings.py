@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .exceptions import ConfigError
-from .flows import Flow, default_flows
+from .flows import Flow, FlowStep, default_flows
 from .protocol import ProtocolSettings, placeholder_names
 
 __all__ = [
@@ -302,7 +302,7 @@ class Settings:
         return out
 
 
-_STEP_FIELDS = ("send", "expect", "expect_pattern", "expect_event", "capture", "timeout_s")
+_STEP_FIELDS = tuple(f.name for f in fields(FlowStep))
 
 
 def _cmd(c: CommandSpec) -> dict[str, Any]:

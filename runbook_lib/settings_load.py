@@ -137,7 +137,6 @@ _PRIVATE = {"auth": {"token", "jwt_secret", "tokens"}}
 _THRESHOLD_KEYS = tuple(f.name for f in fields(Thresholds))
 _COMMAND_LISTS = ("predeploy", "mission_critical")
 _COMMAND_KEYS = ("name", "run", "timeout_s", "junit", "cwd")
-_FLOW_STEP_KEYS = tuple(f.name for f in fields(FlowStep))
 # [target] paths that accept ``false``: the service has no such endpoint.
 ABSENT_ABLE = (
     "health_path",
@@ -167,7 +166,7 @@ def schema_keys() -> list[str]:
     keys += [f"commands.{lst}" for lst in _COMMAND_LISTS]
     keys += [f"commands.<list>[].{k}" for k in _COMMAND_KEYS]
     keys += ["checks.not_applicable", "flows.<name>.steps"]
-    keys += [f"flows.<name>.steps[].{k}" for k in _FLOW_STEP_KEYS]
+    keys += [f"flows.<name>.steps[].{f.name}" for f in fields(FlowStep)]
     return keys
 
 

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -274,7 +274,8 @@ def check_regex(key: str, pattern: Any, source: str) -> None:
         raise ConfigError(f"{key} = {pattern!r} is not a valid regular expression: {why}", source)
 
 
-_STEP_KEYS = ("send", "expect", "expect_pattern", "expect_event", "capture", "timeout_s")
+# A step's keys in the file are FlowStep's fields, one for one.
+_STEP_KEYS = tuple(f.name for f in fields(FlowStep))
 _ACTIONS = ("send", "expect", "expect_pattern", "expect_event")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
