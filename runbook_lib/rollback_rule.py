@@ -1,7 +1,7 @@
 """The evidence the rollback-target rule reads.
 
-The rule itself, ``choose_rollback_target``, is pure and lives in the checks wing
-(:mod:`runbook_lib.checks.rollback_target`). This module turns run records into its inputs:
+The rule itself, ``choose_rollback_target``, lives with the other Cloud Run judges
+in :mod:`runbook_lib.checks.service`. This module turns run records into its inputs:
 
 - :func:`evidence_from_records`: what one run's phase records (``phases/NN.json``)
   say: the split before its deploy, the revision it deployed, the revision each

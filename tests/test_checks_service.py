@@ -22,7 +22,7 @@ from runbook_lib.checks import (
     judge_traffic_moved,
     judge_ws_preflight,
 )
-from runbook_lib.checks.rollback_target import Choice
+from runbook_lib.checks.service import Choice
 from runbook_lib.observations import CommandObservation
 from runbook_lib.results import Status
 from runbook_lib.settings import Thresholds

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runbook_lib.checks.rollback_target import (
+from runbook_lib.checks.service import (
     RULE_CHAIN_PASS,
     RULE_EXPLICIT,
     RULE_REFUSED,

@@ -12,8 +12,8 @@ Family (module) -> id prefixes:
 - ``agent``: ``e2e.agent_response``, ``chat.flow``, ``events.*``, ``isolation.*``.
 - ``monitor``: ``monitor.*``, ``load.*``, ``deploy.logs_clean``, ``logs.no_routing_errors``.
 - ``service``: ``status.*`` (Cloud Run), ``cloudrun.ws_preflight``, ``deploy.*``,
-  ``rollback.target_identified``, ``rollback.target_verified``, ``rollback.traffic_moved``.
-- ``rollback_target``: the rule that chooses the rollback target (no check id of its own).
+  ``rollback.target_identified``, ``rollback.target_verified``, ``rollback.traffic_moved``
+  (and the rollback-target rule of SPEC 9).
 - ``source``: ``source.*``.
 - ``commands``: ``predeploy.<name>``, ``tests.<name>``, ``tests.duration``.
 
@@ -72,9 +72,9 @@ from .monitor import (
     judge_monitor_ws_404,
     judge_monitor_ws_failure_rate,
 )
-from .rollback_target import choose_rollback_target
 from .service import (
     ShiftRecord,
+    choose_rollback_target,
     gate_outcome,
     judge_deploy,
     judge_latest_serving,

@@ -17,7 +17,7 @@ from ..checks import (
     judge_ws_roundtrip,
     step_ids,
 )
-from ..checks.rollback_target import RULE_ALREADY_SERVING
+from ..checks.service import RULE_ALREADY_SERVING
 from ..context import PhaseContext, StepReport
 from ..exceptions import CloudRunError
 from ..results import CheckResult
