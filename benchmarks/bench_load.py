@@ -63,7 +63,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from runbook_lib.flows import FlowStep  # noqa: E402
-from runbook_lib.load import LoadPlan, LoadReport, run_load  # noqa: E402
+from runbook_lib.load.engine import LoadPlan, LoadReport, run_load  # noqa: E402
 
 NODE_DIR = HERE / ".node"
 ARTILLERY = NODE_DIR / "node_modules" / ".bin" / "artillery"

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .runner import RunOutcome as RunOutcome
     from .runner import run as run
     from .settings import Settings as Settings
-    from .settings import load_settings as load_settings
+    from .settings_load import load_settings as load_settings
 
 
 __version__ = "0.1.0"
@@ -82,7 +82,7 @@ _HOME: dict[str, str] = {
     "RunOutcome": "runner",
     "run": "runner",
     "Settings": "settings",
-    "load_settings": "settings",
+    "load_settings": "settings_load",
 }
 
 __all__ = [

@@ -26,7 +26,8 @@ from .identity import bind_run
 from .phases import PHASES, phase_file
 from .redaction import redact, redact_obj
 from .results import CheckResult, Status, results_frame
-from .settings import Settings, load_settings
+from .settings import Settings
+from .settings_load import load_settings
 
 __all__ = ["Mutation", "PhaseContext", "StepReport", "open_phase"]
 

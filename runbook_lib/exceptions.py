@@ -56,7 +56,7 @@ class CloudRunError(RunbookError):
 class NotebookError(RunbookError):
     """A phase notebook failed to execute (raised, timed out, lost or never got its kernel).
 
-    ``runner.execute_phase`` turns papermill's and nbclient's errors into this one type
+    ``kernels.execute_phase`` turns papermill's and nbclient's errors into this one type
     and records it as the phase's ``error`` outcome; the run goes on and exits 3.
 
     Args:

@@ -7,7 +7,7 @@ How to call it (the checks that talk to a service run one of these):
       obs = await run_named_flow(settings, "agent", user_id="alice", auth=connect_auth(...))
 
   ``url`` defaults to ``settings.target.ws()``; the flow is ``[flows.agent]`` or the
-  seed's default (:func:`runbook_lib.flows.resolve_flow`); timeouts come from
+  seed's default (:func:`runbook_lib.settings.resolve_flow`); timeouts come from
   ``[timeouts]`` (connect) and ``[thresholds] event_timeout_s`` (expect steps without
   their own ``timeout_s``); ``[protocol] subprotocols`` are offered on the connect.
 
@@ -62,11 +62,11 @@ from .flows import (
     new_marker,
     render_step,
     reply_timeout_s,
-    resolve_flow,
 )
 from .identity import user_agent
 from .protocol import MAX_PARSE_BYTES, Frame, FrameKind, frame_text, parse_frame
 from .redaction import REDACTED, redact, redact_excerpt, secret_spans
+from .settings import resolve_flow
 from .tokens import ConnectAuth
 
 if TYPE_CHECKING:

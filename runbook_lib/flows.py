@@ -10,11 +10,12 @@ simulated user) and ``auth`` (``auth.*``: the conversation that proves a token i
 accepted; with ``[auth] mode = "message"`` it sends ``{token}`` and runs first in
 every other flow that does not send it itself). The seed's protocol gives the default flows.
 
-This module is pure (no I/O): the model (``settings`` parses ``[flows.NAME]``
+This module is pure (no I/O): the model (``settings_rules`` parses ``[flows.NAME]``
 tables into :class:`Flow`), the engine that renders a step's template
 (:func:`render_step`), matches a received frame against an expect step
 (:func:`match_step`) and captures values, the seed's default flows
-(:func:`default_flows`, :func:`resolve_flow`), and the record of one run of a flow
+(:func:`default_flows`; ``settings.resolve_flow`` picks the user's flow or the
+default), and the record of one run of a flow
 (:class:`FlowObservation`) that the I/O side (``flow_runner.run_flow``) fills.
 
 Matching rules (all must hold for a frame to satisfy an expect step):
@@ -40,7 +41,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .protocol import (
     PLACEHOLDERS,
@@ -57,7 +58,6 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .protocol import ProtocolSettings
-    from .settings import Settings
 
 __all__ = [
     "FLOW_NAMES",
@@ -78,7 +78,6 @@ __all__ = [
     "match_step",
     "new_marker",
     "render_step",
-    "resolve_flow",
 ]
 
 # The flows the checks run, by name. Users may define others; these are the ones read.
@@ -301,7 +300,7 @@ def reply_timeout_s(settings: Any = None) -> float:
 
 
 def default_flows(
-    settings: Settings | ProtocolSettings, event_timeout_s: float | None = None
+    protocol: ProtocolSettings, event_timeout_s: float | None = None
 ) -> dict[str, Flow]:
     """The seed's flows, derived from ``[protocol]`` and the thresholds.
 
@@ -312,7 +311,6 @@ def default_flows(
       for text);
     * ``isolation``: as ``agent``.
     """
-    protocol = cast("ProtocolSettings", getattr(settings, "protocol", settings))
     # The default flows' expect steps carry no deadline of their own: every check that
     # runs them waits the one default (reply_timeout_s), unless a caller names another.
     final = protocol.critical_events[-1] if protocol.critical_events else "*"
@@ -328,45 +326,6 @@ def default_flows(
         "load": Flow("load", (FlowStep(send=protocol.ping), pong)),
         "isolation": Flow("isolation", agent.steps),
     }
-
-
-# A flow the user did not define falls back to another flow the user did define before
-# the seed's default: an isolation test of a service whose agent conversation is
-# configured must run that conversation, not the seed's.
-_FALLBACK = {"isolation": ("agent",)}
-
-
-def resolve_flow(settings: Settings, name: str) -> Flow:
-    """The user's ``[flows.NAME]`` when defined, else the seed's default.
-
-    ``isolation`` not defined but ``agent`` defined: the user's agent flow (renamed);
-    ``auth`` not defined: the ``load`` flow (keeping its name). With ``[auth] mode = "message"`` a flow
-    that does not send ``{token}`` itself runs after the ``auth`` flow's steps, so
-    every session logs in first.
-
-    Raises:
-        KeyError: neither the user nor the defaults define ``name``.
-    """
-    flow = _own_flow(settings, name)
-    if name == "auth" or getattr(settings.auth, "mode", "none") != "message":
-        return flow
-    if any(s.send is not None and "token" in placeholder_names(s.send) for s in flow.steps):
-        return flow
-    return Flow(name, _own_flow(settings, "auth").steps + flow.steps)
-
-
-def _own_flow(settings: Settings, name: str) -> Flow:
-    user = settings.flows.get(name)
-    if user is not None:
-        return user
-    if name == "auth":
-        # No conversation of its own: the auth checks probe with the load flow (the
-        # user's, or the seed's ping), named as such in what they report.
-        return _own_flow(settings, "load")
-    for other in _FALLBACK.get(name, ()):
-        if other in settings.flows:
-            return Flow(name, settings.flows[other].steps)
-    return default_flows(settings)[name]
 
 
 # ---------------------------------------------------------------- the load engine's view

@@ -410,7 +410,7 @@ class CommandObservation:
 
 # ---------------------------------------------------------------- other adapters' values
 # Read-only views: ``cloudrun.ServiceInfo``/``RevisionInfo``/``OperationOutcome``,
-# ``logs.LogEntry``, ``load.LoadReport`` and ``source.GitObservation``/
+# ``logs.LogEntry``, ``load.engine.LoadReport`` and ``source.GitObservation``/
 # ``AppRoutesObservation`` satisfy them without this module importing their adapters
 # (Google clients, numpy, subprocesses).
 
@@ -495,7 +495,7 @@ class LogEntryView(Protocol):
 
 
 class LoadReportView(Protocol):
-    """What the load judges read of a ``load.LoadReport``."""
+    """What the load judges read of a ``load.engine.LoadReport``."""
 
     @property
     def planned(self) -> int: ...

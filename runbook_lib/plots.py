@@ -262,7 +262,7 @@ def plot_load_latency(
 
 def _cdf_points(hist: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(ms, cumulative %) of a histogram record (``LatencyHistogram.to_dict``)."""
-    from .histogram import LatencyHistogram
+    from .load.histogram import LatencyHistogram
 
     h = LatencyHistogram.from_dict(hist)
     if not h.count:
@@ -288,7 +288,7 @@ def plot_load_tasks(
         threshold_s: the p95 limit, drawn dashed when set.
         missing: tasks that failed or never reported (named in red in the title).
     """
-    from .histogram import LatencyHistogram
+    from .load.histogram import LatencyHistogram
 
     fig, a = _new_figure(ax, 10.0, 4.5)
     for i, hist in sorted(per_task.items()):

@@ -40,7 +40,7 @@ from .manifest import unsealed_runs
 from .phases import DEFAULT_PHASES, PHASES, ROLLBACK_PHASE
 from .results import Recommendation
 from .sandbox_session import SandboxSession
-from .settings import load_settings, resolve_environment
+from .settings_load import load_settings, resolve_environment
 from .settings_rules import CELL_TIMEOUT_S
 from .verdict import PhaseOutcome, PhaseRecord, RunPlan, next_action, settle
 

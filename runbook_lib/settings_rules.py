@@ -1,7 +1,7 @@
 """The environment file's rules that are not types: numeric ranges, the cell budget,
 placeholders, patterns and flows (SPEC sections 4 and 8).
 
-``settings`` builds the dataclasses; this module says which values make sense. Every
+``settings_load`` builds the dataclasses; this module says which values make sense. Every
 rule raises :class:`ConfigError` naming the file and the dotted key, so a bad value
 stops ``runbook run`` with exit 2 before any kernel starts instead of turning into a
 hang (``inf``), a false failure (``nan``, ``0``) or a cell timeout that names nothing
@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,7 +234,7 @@ def check_cell_budget(settings: Any, source: str, cell_timeout_s: float = CELL_T
         if need > cell_timeout_s:
             raise ConfigError(
                 f"{key}: {what} may take {need:g} s, more than the notebook cell timeout "
-                f"({cell_timeout_s:g} s, runbook_lib.settings.CELL_TIMEOUT_S); use seconds "
+                f"({cell_timeout_s:g} s, runbook_lib.settings_rules.CELL_TIMEOUT_S); use seconds "
                 f"and keep this wait (with its connect/read timeouts) under {cell_timeout_s:g} s",
                 source,
             )
@@ -274,7 +274,8 @@ def check_regex(key: str, pattern: Any, source: str) -> None:
         raise ConfigError(f"{key} = {pattern!r} is not a valid regular expression: {why}", source)
 
 
-_STEP_KEYS = ("send", "expect", "expect_pattern", "expect_event", "capture", "timeout_s")
+# A step's keys in the file are FlowStep's fields, one for one.
+_STEP_KEYS = tuple(f.name for f in fields(FlowStep))
 _ACTIONS = ("send", "expect", "expect_pattern", "expect_event")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 

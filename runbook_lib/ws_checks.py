@@ -297,7 +297,7 @@ async def observe_flow(
     A token that cannot be had gives an observation with ``connect_error = "token"``.
     """
     from .flow_runner import run_flow
-    from .flows import resolve_flow
+    from .settings import resolve_flow
 
     flow = resolve_flow(settings, name)
     user = user_id or settings.auth.default_user
@@ -321,7 +321,7 @@ async def observe_flow_users(
     token and a unique ``{marker}``; every frame is checked against the other users'
     markers (``FlowFrame.foreign``)."""
     from .flow_runner import run_users
-    from .flows import resolve_flow
+    from .settings import resolve_flow
 
     flow = resolve_flow(settings, name)
     target = url or settings.target.ws()

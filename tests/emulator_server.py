@@ -20,7 +20,8 @@ from typing import Any
 from runbook_lib.sandbox.api import create_emulator_app
 from runbook_lib.sandbox.emulator import CloudRunEmulator, RevisionStartError
 from runbook_lib.sandbox.resources import RevisionState, ServiceState
-from runbook_lib.settings import Settings, settings_from_dict
+from runbook_lib.settings import Settings
+from runbook_lib.settings_load import settings_from_dict
 from tests.asgi_server import served
 
 FAILING_IMAGE = "sandbox/backend:deploy-fails"

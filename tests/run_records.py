@@ -8,7 +8,7 @@ from pathlib import Path
 from runbook_lib import evidence
 from runbook_lib.context import PhaseContext, StepReport
 from runbook_lib.results import CheckResult, Status
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings_load import settings_from_dict
 from runbook_lib.verdict import PhaseOutcome
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"

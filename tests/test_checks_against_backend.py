@@ -9,6 +9,7 @@ import pytest
 from timing import T
 
 from runbook_lib import checks as ev
+from runbook_lib.checks.causes import INCIDENT_SIGNATURE
 from runbook_lib.flow_runner import run_flow, run_users
 from runbook_lib.flows import default_flows
 from runbook_lib.handshake import observe_handshake
@@ -149,7 +150,7 @@ async def test_ws_routes_missing_is_named_as_the_incident(backend) -> None:
     health = await observe_get(f"{base}/health")
     probes = [await observe_handshake(ws + p) for p in WS_PATHS]
     r = ev.judge_ws_routes_probe(health, probes)
-    assert r.status is Status.FAIL and ev.INCIDENT_SIGNATURE in r.detail
+    assert r.status is Status.FAIL and INCIDENT_SIGNATURE in r.detail
     assert ev.judge_ws_upgrade(probes).status is Status.FAIL
     assert ev.judge_ws_health(await observe_get(f"{base}/ws/health")).status is Status.FAIL
     run = await _flow(f"{ws}/websocket", "agent", timeout_s=3)

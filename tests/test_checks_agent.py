@@ -19,8 +19,8 @@ from runbook_lib.checks import (
     judge_events_structure,
     judge_isolation_no_cross_user,
     judge_isolation_sessions,
-    order_violation,
 )
+from runbook_lib.checks.agent import order_violation
 from runbook_lib.observations import ConnectOutcome
 from runbook_lib.protocol import Frame, FrameKind
 from runbook_lib.results import Status

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runbook_lib.checks import (
-    explain_close,
-    explain_status,
-)
+from runbook_lib.checks.causes import explain_close, explain_status
 
 
 @pytest.mark.parametrize(
@@ -88,7 +85,7 @@ _HTTP_WORDS = {
 
 
 def test_every_cause_table_entry_is_tested() -> None:
-    from runbook_lib.checks import CLOSE_CAUSES, HTTP_CAUSES, STATUS_CAUSES
+    from runbook_lib.checks.causes import CLOSE_CAUSES, HTTP_CAUSES, STATUS_CAUSES
 
     assert set(STATUS_CAUSES) == set(_STATUS_WORDS)
     assert set(CLOSE_CAUSES) == set(_CLOSE_WORDS)
@@ -107,7 +104,7 @@ def test_close_cause_table(code, words) -> None:
 
 @pytest.mark.parametrize(("code", "words"), sorted(_HTTP_WORDS.items()))
 def test_http_cause_table_never_speaks_of_websockets(code, words) -> None:
-    from runbook_lib.checks import explain_http_status
+    from runbook_lib.checks.causes import explain_http_status
 
     text = explain_http_status(code)
     assert words in text and "websocket" not in text.lower()
@@ -117,7 +114,8 @@ def test_plain_http_404_is_path_not_found() -> None:
     """A 404 on a health or test GET is "path not found", never a WebSocket route cause."""
     from observation_builders import http
 
-    from runbook_lib.checks import http_failure, judge_health_backend
+    from runbook_lib.checks import judge_health_backend
+    from runbook_lib.checks.causes import http_failure
 
     words = http_failure(http(404, url="http://x/healthz"))
     assert "path not found" in words and "WebSocket" not in words
@@ -248,7 +246,7 @@ _SRC = ("/ws", "/chat")
 def test_diagnose_refusal_uses_all_the_evidence(
     status, path, evidence, server, cause, words, absent
 ) -> None:
-    from runbook_lib.checks import WsEvidence, diagnose_refusal
+    from runbook_lib.checks.causes import WsEvidence, diagnose_refusal
 
     key, text = diagnose_refusal(status, path, WsEvidence(**evidence), server=server)
     assert key == cause and words in text, text

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from runbook_lib.checks import (
-    Choice,
     ShiftRecord,
     Verdict,
     choose_rollback_target,
@@ -23,6 +22,7 @@ from runbook_lib.checks import (
     judge_traffic_moved,
     judge_ws_preflight,
 )
+from runbook_lib.checks.service import Choice
 from runbook_lib.observations import CommandObservation
 from runbook_lib.results import Status
 from runbook_lib.settings import Thresholds

@@ -12,7 +12,6 @@ from observation_builders import (
 )
 
 from runbook_lib.checks import (
-    INCIDENT_SIGNATURE,
     judge_auth_rejects_invalid,
     judge_auth_ws_authenticated,
     judge_ws_roundtrip,
@@ -20,6 +19,7 @@ from runbook_lib.checks import (
     judge_ws_test_endpoint,
     judge_ws_upgrade,
 )
+from runbook_lib.checks.causes import INCIDENT_SIGNATURE
 from runbook_lib.observations import (
     AuthAttempt,
     AuthObservation,
@@ -121,7 +121,7 @@ def test_refusing_everything_is_no_evidence_for_token_checks(valid) -> None:
 def test_routes_probe_404_with_routes_in_source_is_no_ws_implementation() -> None:
     """Issue 9: uvicorn without a WebSocket library answers 404 while the source has the
     routes; phase 1 names the signature but does not advise redeploying the same code."""
-    from runbook_lib.checks import WsEvidence
+    from runbook_lib.checks.causes import WsEvidence
 
     ev = WsEvidence(source_routes=("/websocket", "/ws/test"))
     r = judge_ws_routes_probe(http(200), [hs("/websocket", 404), hs("/ws/test", 404)], evidence=ev)
@@ -140,7 +140,7 @@ def test_routes_probe_404_with_routes_in_source_is_no_ws_implementation() -> Non
 
 def test_upgrade_403_on_a_path_the_source_lacks_is_an_unknown_route() -> None:
     """Starlette answers 403 (not 404) to an upgrade on a path without a WebSocket route."""
-    from runbook_lib.checks import WsEvidence
+    from runbook_lib.checks.causes import WsEvidence
 
     ev = WsEvidence(source_routes=("/rpc",))
     r = judge_ws_upgrade([hs("/rpc2", 403)], evidence=ev)

@@ -15,7 +15,7 @@ from runbook_lib import cli, evidence, runner
 from runbook_lib.context import PhaseContext, StepReport
 from runbook_lib.results import CheckResult, Recommendation
 from runbook_lib.runner import Progress, RunOutcome
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings_load import settings_from_dict
 from runbook_lib.verdict import PhaseOutcome
 
 

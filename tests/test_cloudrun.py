@@ -33,7 +33,8 @@ from runbook_lib.cloudrun_plans import (
 )
 from runbook_lib.exceptions import CloudRunError
 from runbook_lib.sandbox import state as sandbox_state
-from runbook_lib.settings import Settings, load_settings, settings_from_dict
+from runbook_lib.settings import Settings
+from runbook_lib.settings_load import load_settings, settings_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,22 @@ import psutil
 import pytest
 
 from runbook_lib.checks import judge_load
-from runbook_lib.cloudrun_jobs import (
+from runbook_lib.context import open_phase
+from runbook_lib.exceptions import ConfigError
+from runbook_lib.load.engine import LoadPlan
+from runbook_lib.load.histogram import LatencyHistogram
+from runbook_lib.load.jobs import (
     job_body,
     job_path,
     read_task_results,
     run_overrides,
     total_sessions,
 )
-from runbook_lib.context import open_phase
-from runbook_lib.exceptions import ConfigError
-from runbook_lib.histogram import LatencyHistogram
-from runbook_lib.load import LoadPlan
-from runbook_lib.load_task import merge_results
+from runbook_lib.load.task import merge_results
 from runbook_lib.redaction import clear_secrets
 from runbook_lib.sandbox import manager
-from runbook_lib.settings import Settings, load_settings, settings_from_dict
+from runbook_lib.settings import Settings
+from runbook_lib.settings_load import load_settings, settings_from_dict
 
 BASE = {
     "name": "t",
@@ -101,7 +102,7 @@ def test_a_flow_plan_reaches_the_task_whole_and_its_message_token_only_as_a_vari
     """``[auth] mode = "message"``: the flow holds ``{token}``, the plan JSON never the
     token; the task gets the steps back and the token from RUNBOOK_LOAD_TOKEN."""
     from runbook_lib.flows import FlowStep
-    from runbook_lib.load_task import _plan_from_env
+    from runbook_lib.load.task import _plan_from_env
 
     s = _settings(engine="cloudrun-job", image="img", tasks=2)
     token = "eyJ-message-token-value"
@@ -208,7 +209,7 @@ def _task_pids(daemon_pid: int) -> list[int]:
     out = []
     for p in kids:
         try:
-            if "runbook_lib.load_task" in " ".join(p.cmdline()):
+            if "runbook_lib.load.task" in " ".join(p.cmdline()):
                 out.append(p.pid)
         except psutil.Error:
             continue
@@ -366,7 +367,7 @@ async def test_emulator_refuses_bad_job_requests_like_the_api(sandbox):
 @pytest.mark.e2e
 def test_stopping_the_sandbox_kills_running_tasks(tmp_path):
     """No orphan: tasks still running when the sandbox goes down die with it."""
-    from runbook_lib.cloudrun_jobs import _Jobs
+    from runbook_lib.load.jobs import _Jobs
 
     state = tmp_path / "sb"
     state.mkdir()
@@ -488,7 +489,7 @@ def test_cancelling_an_execution_kills_its_tasks(sandbox):
 
     from google.cloud import run_v2
 
-    from runbook_lib.cloudrun_jobs import _Jobs
+    from runbook_lib.load.jobs import _Jobs
 
     ctx = open_phase(
         4,
@@ -519,7 +520,7 @@ def test_cancelling_an_execution_kills_its_tasks(sandbox):
 
 
 def test_a_misconfigured_task_names_itself_so_the_merge_reports_its_error(capsys):
-    from runbook_lib.load_task import main
+    from runbook_lib.load.task import main
 
     code = main({"CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_TASK_COUNT": "4"})
     assert code == 2

@@ -11,7 +11,7 @@ from run_records import deploy_ok, finalize, pass_outcomes, persist_phase
 from runbook_lib import compare, evidence
 from runbook_lib.context import PhaseContext, StepReport
 from runbook_lib.results import CheckResult
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings_load import settings_from_dict
 
 
 def test_compare_reports_status_changes_and_numeric_deltas(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from run_records import deploy_ok, finalize, pass_outcomes, persist_phase
 
 from runbook_lib import evidence
 from runbook_lib.context import PhaseContext
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings_load import settings_from_dict
 from runbook_lib.verdict import PhaseOutcome
 
 # ------------------------------------------------------------------ folder

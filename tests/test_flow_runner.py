@@ -179,7 +179,7 @@ async def test_run_users_flags_another_users_marker(ws_server) -> None:
 
 
 async def test_run_named_flow_uses_the_default_seed_flow(ws_server) -> None:
-    from runbook_lib.settings import load_settings
+    from runbook_lib.settings_load import load_settings
 
     async def pong(ws: ServerConnection) -> None:
         async for raw in ws:

@@ -20,10 +20,8 @@ from runbook_lib.flows import (
     match_step,
     new_marker,
     render_step,
-    resolve_flow,
 )
 from runbook_lib.protocol import ProtocolSettings, parse_frame
-from runbook_lib.settings import Settings, load_settings
 
 P = ProtocolSettings()
 TEXT = ProtocolSettings(
@@ -143,22 +141,6 @@ def test_default_flows_reproduce_the_seed() -> None:
     assert text.steps[1].expect_pattern == "^PONG {marker}$"
     none = default_flows(replace(P, critical_events=()))
     assert none["agent"].steps[1].expect_event == "*"
-
-
-def test_resolve_flow_prefers_the_users_flow(tmp_path) -> None:
-    env = tmp_path / "e.toml"
-    env.write_text('name = "x"\n[target]\nbase_url = "http://127.0.0.1:1"\n')
-    settings: Settings = load_settings(str(env))
-    assert resolve_flow(settings, "agent") == default_flows(settings)["agent"]
-    mine = Flow("agent", (FlowStep(send="hello"), FlowStep(expect_pattern="hi")))
-    assert resolve_flow(replace(settings, flows={"agent": mine}), "agent") is mine
-    # isolation runs the user's agent conversation, not the seed's, when only agent is defined
-    assert resolve_flow(replace(settings, flows={"agent": mine}), "isolation").steps == mine.steps
-    assert resolve_flow(replace(settings, flows={"agent": mine}), "chat").steps[0].send == (
-        settings.protocol.chat_message
-    )
-    with pytest.raises(KeyError):
-        resolve_flow(settings, "nope")
 
 
 def test_describe_step_and_observation_summary() -> None:

@@ -167,7 +167,7 @@ def test_deeply_nested_toml_is_a_configuration_error(tmp_path) -> None:
     import pytest
 
     from runbook_lib.exceptions import ConfigError
-    from runbook_lib.settings import load_settings
+    from runbook_lib.settings_load import load_settings
 
     env = tmp_path / "deep.toml"
     env.write_text(
@@ -351,7 +351,7 @@ def test_a_run_against_an_endless_stream_stays_small_in_memory_and_on_disk(tmp_p
 )
 def test_unbounded_or_inert_configuration_is_refused(tmp_path, body, needle) -> None:
     from runbook_lib.exceptions import ConfigError
-    from runbook_lib.settings import load_settings
+    from runbook_lib.settings_load import load_settings
 
     env = tmp_path / "bad.toml"
     env.write_text('name = "bad"\n' + body + "\n")

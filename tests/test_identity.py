@@ -21,7 +21,7 @@ from runbook_lib.flows import default_flows
 from runbook_lib.handshake import observe_handshake
 from runbook_lib.http_checks import observe_get
 from runbook_lib.identity import bind_run, run_id, user_agent
-from runbook_lib.load import LoadPlan, run_load
+from runbook_lib.load.engine import LoadPlan, run_load
 from runbook_lib.settings import ProtocolSettings
 
 RUN = "20261207T120000Z-local"

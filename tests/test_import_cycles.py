@@ -13,20 +13,6 @@ import runbook_lib
 
 ROOT = Path(runbook_lib.__file__).parent
 
-# Cycles not broken yet, each with the reason (sorted module names of the loop).
-ALLOWED: dict[frozenset[str], str] = {
-    frozenset(
-        {
-            "runbook_lib.checks.catalog",
-            "runbook_lib.flows",
-            "runbook_lib.settings",
-            "runbook_lib.settings_rules",
-        }
-    ): "settings.py is both the schema every module reads and the loader that validates "
-    "against the catalog, the flows and the rules; the loader moves to its own module "
-    "(issue 19 part 5), then this loop goes",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -111,17 +97,11 @@ def _edges(graph: dict[str, set[str]], component: list[str]) -> list[str]:
 
 def test_no_import_cycle_between_modules() -> None:
     graph = import_graph()
-    unexpected = [c for c in cycles(graph) if frozenset(c) not in ALLOWED]
+    found = cycles(graph)
     message = "\n\n".join(
-        "cycle: " + " <-> ".join(c) + "\n  " + "\n  ".join(_edges(graph, c)) for c in unexpected
+        "cycle: " + " <-> ".join(c) + "\n  " + "\n  ".join(_edges(graph, c)) for c in found
     )
-    assert not unexpected, message
-
-
-def test_every_allowed_cycle_still_exists() -> None:
-    """An allowed cycle that was broken leaves the allow-list with it."""
-    found = {frozenset(c) for c in cycles(import_graph())}
-    assert [sorted(c) for c in ALLOWED if c not in found] == []
+    assert not found, message
 
 
 def test_the_graph_sees_type_checking_and_function_local_imports() -> None:

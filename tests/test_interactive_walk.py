@@ -26,7 +26,7 @@ from runbook_lib.cloudrun import cloudrun_client
 from runbook_lib.context import PHASES
 from runbook_lib.redaction import clear_secrets
 from runbook_lib.sandbox import manager
-from runbook_lib.settings import load_settings
+from runbook_lib.settings_load import load_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from runbook_lib.histogram import LatencyHistogram
-from runbook_lib.load_task import merge_results, parse_result_line, shard
+from runbook_lib.load.histogram import LatencyHistogram
+from runbook_lib.load.task import merge_results, parse_result_line, shard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -88,7 +88,7 @@ def test_parse_result_line_ignores_other_log_lines() -> None:
 def _task(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **env}
     return subprocess.run(
-        [sys.executable, "-m", "runbook_lib.load_task"],
+        [sys.executable, "-m", "runbook_lib.load.task"],
         env=full,
         capture_output=True,
         text=True,

@@ -27,7 +27,8 @@ from runbook_lib.logs import (
 )
 from runbook_lib.sandbox import manager
 from runbook_lib.sandbox import state as sandbox_state
-from runbook_lib.settings import Settings, load_settings, settings_from_dict
+from runbook_lib.settings import Settings
+from runbook_lib.settings_load import load_settings, settings_from_dict
 
 WS_PATHS = ("/websocket", "/ws/test")
 WS_HEADERS = {

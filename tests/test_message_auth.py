@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from runbook_lib.context import PhaseContext
 from runbook_lib.exceptions import ConfigError
-from runbook_lib.settings import settings_from_dict
+from runbook_lib.settings_load import settings_from_dict
 from runbook_lib.steps.business import auth_checks, isolation
 from runbook_lib.steps.mission import load_test
 

@@ -259,7 +259,7 @@ def test_figures_are_captioned_with_titles_a_person_reads(tmp_path: Path) -> Non
     from matplotlib.figure import Figure
 
     from runbook_lib.context import PhaseContext, StepReport
-    from runbook_lib.settings import load_settings
+    from runbook_lib.settings_load import load_settings
 
     env = tmp_path / "t.toml"
     env.write_text('name = "t"\n[target]\nbase_url = "http://127.0.0.1:9"\n')

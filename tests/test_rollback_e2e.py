@@ -150,7 +150,7 @@ def sandbox(tmp_path_factory):
 
 async def _serving(env: str) -> tuple[dict[str, int], dict[str, str]]:
     from runbook_lib.cloudrun import cloudrun_client
-    from runbook_lib.settings import load_settings
+    from runbook_lib.settings_load import load_settings
 
     svc = await cloudrun_client(load_settings(env)).get_service()
     return dict(svc.serving_revisions), dict(svc.tag_urls)

@@ -14,7 +14,7 @@ import pytest
 
 from runbook_lib.sandbox import cli as sandbox_cli
 from runbook_lib.sandbox import manager
-from runbook_lib.settings import load_settings
+from runbook_lib.settings_load import load_settings
 
 
 def _tree(pid: int) -> list[psutil.Process]:

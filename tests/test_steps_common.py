@@ -13,7 +13,8 @@ import pytest
 from runbook_lib.checks import STEPS, Verdict
 from runbook_lib.context import PhaseContext, StepReport
 from runbook_lib.results import Status
-from runbook_lib.settings import Settings, load_settings
+from runbook_lib.settings import Settings
+from runbook_lib.settings_load import load_settings
 from runbook_lib.steps import http_endpoints, ws_roundtrip
 from runbook_lib.steps.common import step
 

@@ -21,7 +21,8 @@ from runbook_lib.flows import default_flows
 from runbook_lib.handshake import expected_accept, observe_handshake
 from runbook_lib.monitor import observe_monitor
 from runbook_lib.protocol import ProtocolSettings
-from runbook_lib.settings import AuthSettings, Settings, settings_from_dict
+from runbook_lib.settings import AuthSettings, Settings
+from runbook_lib.settings_load import settings_from_dict
 from runbook_lib.tokens import ConnectAuth, connect_auth, mint_jwt
 from runbook_lib.ws_checks import observe_auth, observe_flow_users, observe_hold
 

@@ -20,6 +20,11 @@ Family (module) -> id prefixes:
 Judges take observations (:mod:`runbook_lib.observations`) and thresholds and return
 :class:`~runbook_lib.results.CheckResult` s: no I/O, no clock, no network library
 imported (a test checks it). Missing evidence is ``fail`` or ``error``, never ``pass``.
+
+This door presents what the steps use: every judge, the catalog's step lookups
+(``STEPS``, ``step_ids``, ``applicability``, ``skip_reason``), :class:`Verdict`, and the
+rollback rule and shift gate. Everything else (the catalog table, the cause wording) is
+imported from the module that owns it (``checks.catalog``, ``checks.causes``, ...).
 """
 
 from __future__ import annotations
@@ -33,41 +38,14 @@ from .agent import (
     judge_events_structure,
     judge_isolation_no_cross_user,
     judge_isolation_sessions,
-    order_violation,
 )
 from .catalog import (
-    CATALOG,
-    CHECK_IDS,
-    DYNAMIC_PREFIXES,
-    NEEDS,
     STEPS,
-    Check,
-    StepInfo,
     applicability,
-    is_known,
-    phase_of,
     skip_reason,
     step_ids,
 )
-from .causes import (
-    CLOSE_CAUSES,
-    HTTP_CAUSES,
-    INCIDENT_SIGNATURE,
-    NO_WS_IMPLEMENTATION,
-    STATUS_CAUSES,
-    UNREADABLE,
-    Verdict,
-    WsEvidence,
-    connect_failure_words,
-    diagnose_refusal,
-    ended_words,
-    explain_close,
-    explain_http_status,
-    explain_status,
-    http_failure,
-    kind_words,
-    upgrade_words,
-)
+from .causes import Verdict
 from .commands import (
     judge_command,
     judge_predeploy,
@@ -95,7 +73,6 @@ from .monitor import (
     judge_monitor_ws_failure_rate,
 )
 from .service import (
-    Choice,
     ShiftRecord,
     choose_rollback_target,
     gate_outcome,
@@ -121,34 +98,12 @@ from .ws import (
 )
 
 __all__ = [
-    "CATALOG",
-    "CHECK_IDS",
-    "CLOSE_CAUSES",
-    "DYNAMIC_PREFIXES",
-    "HTTP_CAUSES",
-    "INCIDENT_SIGNATURE",
-    "NEEDS",
-    "NO_WS_IMPLEMENTATION",
-    "STATUS_CAUSES",
     "STEPS",
-    "UNREADABLE",
-    "Check",
-    "Choice",
     "ShiftRecord",
-    "StepInfo",
     "Verdict",
-    "WsEvidence",
     "applicability",
     "choose_rollback_target",
-    "connect_failure_words",
-    "diagnose_refusal",
-    "ended_words",
-    "explain_close",
-    "explain_http_status",
-    "explain_status",
     "gate_outcome",
-    "http_failure",
-    "is_known",
     "judge_agent_response",
     "judge_auth_config",
     "judge_auth_health",
@@ -192,10 +147,6 @@ __all__ = [
     "judge_ws_routes_probe",
     "judge_ws_test_endpoint",
     "judge_ws_upgrade",
-    "kind_words",
-    "order_violation",
-    "phase_of",
     "skip_reason",
     "step_ids",
-    "upgrade_words",
 ]

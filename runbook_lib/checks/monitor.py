@@ -254,7 +254,7 @@ def judge_load(report: LoadReportView, *, success_rate: float, p95_s: float) -> 
     """``load.success_rate``, ``load.latency_p95`` and ``load.no_server_errors``.
 
     Args:
-        report: a :class:`runbook_lib.load.LoadReport`.
+        report: a :class:`runbook_lib.load.engine.LoadReport`.
         success_rate: minimum share of planned sessions that must succeed.
         p95_s: the p95 of the load flow's expect steps must stay below this.
     """

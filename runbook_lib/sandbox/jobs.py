@@ -3,7 +3,7 @@
 The subset the runbook's load fan-out uses (issue 13), with Google's REST shapes
 (:mod:`.wire`): create / get / update a job, run it (a long-running operation whose
 metadata is the Execution), get an execution, list its tasks. Each task is a real
-local process, ``python -m runbook_lib.load_task`` (the load worker image's entry
+local process, ``python -m runbook_lib.load.task`` (the load worker image's entry
 point), started with the environment Cloud Run sets (``CLOUD_RUN_JOB``,
 ``CLOUD_RUN_EXECUTION``, ``CLOUD_RUN_TASK_INDEX``, ``CLOUD_RUN_TASK_COUNT``,
 ``CLOUD_RUN_TASK_ATTEMPT``) plus the job's container env. ``parallelism``,
@@ -71,7 +71,7 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the forked child
 
 def task_command() -> list[str]:
     """The command line of one task (the load worker image's entry point)."""
-    return [sys.executable, "-m", "runbook_lib.load_task"]
+    return [sys.executable, "-m", "runbook_lib.load.task"]
 
 
 def _seconds(text: Any, default: float) -> float:

@@ -84,8 +84,8 @@ def flow_timeline(runs: Sequence[FlowObservation]) -> dict[str, list[dict[str, A
 @step
 async def auth_checks(ctx: PhaseContext) -> StepReport:
     """Auth service config and health; an authenticated socket works; invalid tokens are refused."""
-    from ..flows import resolve_flow
     from ..http_checks import observe_get
+    from ..settings import resolve_flow
     from ..ws_checks import observe_auth
 
     t, to = ctx.settings.target, ctx.settings.timeouts

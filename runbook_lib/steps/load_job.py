@@ -3,7 +3,7 @@
 Called by :func:`runbook_lib.steps.mission.load_test` with the plan it built for the
 local engine: the same plan (sessions = the whole test) runs as one execution of the
 load job, the tasks' results are merged, and the ``load.*`` judges read the merged
-result exactly as they read a local :class:`~runbook_lib.load.LoadReport`. A task that
+result exactly as they read a local :class:`~runbook_lib.load.engine.LoadReport`. A task that
 failed, was killed or never reported makes every ``load.*`` result ``error`` naming
 the tasks: missing data proves nothing.
 """
@@ -19,7 +19,7 @@ from .common import report, table
 
 if TYPE_CHECKING:
     from ..context import PhaseContext, StepReport
-    from ..load import LoadPlan
+    from ..load.engine import LoadPlan
 
 __all__ = ["load_on_job"]
 
@@ -37,7 +37,7 @@ def _token_in(plan: LoadPlan) -> str:
 
 async def load_on_job(ctx: PhaseContext, plan: LoadPlan) -> StepReport:
     """Run ``plan`` as a Cloud Run Job execution and judge ``load.*`` on the merged result."""
-    from ..cloudrun_jobs import run_load_job, total_sessions
+    from ..load.jobs import run_load_job, total_sessions
     from ..plots import plot_load_tasks
 
     th = ctx.settings.thresholds
@@ -124,7 +124,7 @@ async def load_on_job(ctx: PhaseContext, plan: LoadPlan) -> StepReport:
 
 
 def _q(rec: dict[str, Any], q: float) -> float | None:
-    from ..histogram import LatencyHistogram
+    from ..load.histogram import LatencyHistogram
 
     try:
         return LatencyHistogram.from_dict(rec["rtt_histogram"]).quantile(q)

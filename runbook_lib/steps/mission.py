@@ -74,9 +74,10 @@ async def load_test(ctx: PhaseContext) -> StepReport:
     """Open N concurrent sessions, each running the load flow whole (``[flows.load]``,
     default ping -> pong: every send, expect, pattern and capture); judge success and
     the p95 of the flow's expect steps."""
-    from ..flows import flow_values, load_flow_problem, reply_timeout_s, resolve_flow
-    from ..load import LoadPlan, run_load
+    from ..flows import flow_values, load_flow_problem, reply_timeout_s
+    from ..load.engine import LoadPlan, run_load
     from ..plots import plot_load_latency
+    from ..settings import resolve_flow
 
     th, p, to = ctx.settings.thresholds, ctx.settings.protocol, ctx.settings.timeouts
     flow = resolve_flow(ctx.settings, "load")

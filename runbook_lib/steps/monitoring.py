@@ -30,9 +30,10 @@ __all__ = ["hold", "log_errors", "monitor"]
 @step
 async def monitor(ctx: PhaseContext) -> StepReport:
     """Sample /health and a WebSocket handshake every interval for the monitoring window."""
-    from ..flows import reply_timeout_s, resolve_flow
+    from ..flows import reply_timeout_s
     from ..monitor import observe_monitor
     from ..plots import plot_monitor
+    from ..settings import resolve_flow
 
     t, th = ctx.settings.target, ctx.settings.thresholds
     auth, err = await connect_auth(ctx)

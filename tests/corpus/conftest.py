@@ -11,7 +11,8 @@ import pytest
 
 from runbook_lib.flows import Flow
 from runbook_lib.protocol import ProtocolSettings
-from runbook_lib.settings import Settings, settings_from_dict
+from runbook_lib.settings import Settings
+from runbook_lib.settings_load import settings_from_dict
 
 from . import agent_stream, text_chat
 from .serve import Running, serve_corpus

@@ -1,9 +1,9 @@
 """One task of a load test fanned out as a Cloud Run Job (issue 13).
 
-A Cloud Run Job runs ``python -m runbook_lib.load_task`` in ``TASK_COUNT`` containers;
+A Cloud Run Job runs ``python -m runbook_lib.load.task`` in ``TASK_COUNT`` containers;
 each reads the environment Cloud Run sets (``CLOUD_RUN_TASK_INDEX``,
 ``CLOUD_RUN_TASK_COUNT``, ``CLOUD_RUN_TASK_ATTEMPT``) and the plan the runbook put in
-the job's ``RUNBOOK_LOAD_PLAN`` (JSON of :class:`~runbook_lib.load.LoadPlan` fields for
+the job's ``RUNBOOK_LOAD_PLAN`` (JSON of :class:`~runbook_lib.load.engine.LoadPlan` fields for
 the *whole* test), runs its shard with the local engine and prints **one** structured
 JSON line on stdout, which Cloud Logging keeps as the task's ``jsonPayload``::
 
@@ -79,8 +79,8 @@ def shard(total_sessions: int, rate: float | None, index: int, count: int) -> Ta
 
 
 def _plan_from_env(environ: Mapping[str, str]) -> tuple[Any, TaskShard, str]:
-    from .flows import FlowStep
-    from .load import LoadPlan  # numpy and picows: only in the task itself
+    from ..flows import FlowStep
+    from .engine import LoadPlan  # numpy and picows: only in the task itself
 
     try:
         raw = json.loads(environ[PLAN_ENV])
@@ -127,7 +127,7 @@ def _histogram(values: Iterable[float]) -> dict[str, Any]:
 
 
 async def _run(environ: Mapping[str, str]) -> dict[str, Any]:
-    from .load import run_load
+    from .engine import run_load
 
     plan, part, run_id = _plan_from_env(environ)
     report = await run_load(plan)

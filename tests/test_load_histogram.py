@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from runbook_lib.histogram import LatencyHistogram
+from runbook_lib.load.histogram import LatencyHistogram
 
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 

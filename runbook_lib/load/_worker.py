@@ -3,7 +3,7 @@
 This is the hot path of :mod:`runbook_lib.load`. It runs either inside the caller's
 event loop (small plans) or as the body of a spawned worker process (one per core,
 uvloop when installed). It knows nothing about ``LoadPlan``/``LoadReport``: it takes a
-:class:`WorkerSpec` and returns a plain, picklable dict that ``load.py`` merges.
+:class:`WorkerSpec` and returns a plain, picklable dict that ``engine`` merges.
 
 Design notes (why it looks like this):
 
@@ -50,8 +50,8 @@ from picows import (
     ws_connect,
 )
 
-from .flows import FlowStep, LoadMatcher, SessionTemplate, load_session_names
-from .protocol import compile_pattern, placeholder_names, render_values
+from ..flows import FlowStep, LoadMatcher, SessionTemplate, load_session_names
+from ..protocol import compile_pattern, placeholder_names, render_values
 
 __all__ = ["WorkerSpec", "arrival_offset", "run_worker", "worker_process_main"]
 
@@ -73,7 +73,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class WorkerSpec:
     """What one generator runs: its share of a plan (sessions offset, offset+stride, ...).
 
-    Attributes mirror :class:`runbook_lib.load.LoadPlan`; ``concurrency`` is this
+    Attributes mirror :class:`runbook_lib.load.engine.LoadPlan`; ``concurrency`` is this
     worker's share of the cap (None = uncapped).
     """
 

@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request
 
 from runbook_lib.flows import FlowStep
-from runbook_lib.load import LoadPlan, LoadReport, run_load
+from runbook_lib.load.engine import LoadPlan, LoadReport, run_load
 
 pytestmark = pytest.mark.timeout(T(60))
 
@@ -263,7 +263,7 @@ def test_plan_rejects_nonsense() -> None:
 
 def test_expect_steps_match_by_fields_pattern_and_type_as_flows_do() -> None:
     """A flow's expect step as the engine matches it (JSON fields; text by regex)."""
-    from runbook_lib._load_worker import WorkerSpec, _Generator
+    from runbook_lib.load._worker import WorkerSpec, _Generator
 
     def gen(expect: FlowStep):
         spec = WorkerSpec(

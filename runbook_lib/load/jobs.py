@@ -1,13 +1,13 @@
 """Phase 4's load fanned out as a Cloud Run Job (issue 13).
 
 :func:`run_load_job` creates or updates the job ``[load] job`` (default
-``<service>-runbook-load``) whose tasks run ``python -m runbook_lib.load_task``
-(:mod:`runbook_lib.load_task`), runs one execution through the real
+``<service>-runbook-load``) whose tasks run ``python -m runbook_lib.load.task``
+(:mod:`runbook_lib.load.task`), runs one execution through the real
 ``google.cloud.run_v2`` Jobs/Executions/Tasks clients (``api_endpoint`` as for the
 services client, so the sandbox emulator and Google are the same code path), waits
 for it with a bounded timeout, reads each task's one result line through the real
 ``google-cloud-logging`` client (filtered on the job and this run's id) and merges
-them with :func:`~runbook_lib.load_task.merge_results`.
+them with :func:`~runbook_lib.load.task.merge_results`.
 
 Nothing here judges: a task that failed, was killed or never reported is named in
 :class:`JobLoadRun` (``merged.missing``, ``task_failures``) and the step makes the
@@ -31,14 +31,14 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import CloudRunError
-from .load_task import PLAN_ENV, RAW_ENV, RUN_ID_ENV, TOKEN_ENV, MergedLoad, merge_results
-from .load_task import parse_result_line as _parse_line
-from .redaction import redact_excerpt
+from ..exceptions import CloudRunError
+from ..redaction import redact_excerpt
+from .task import PLAN_ENV, RAW_ENV, RUN_ID_ENV, TOKEN_ENV, MergedLoad, merge_results
+from .task import parse_result_line as _parse_line
 
 if TYPE_CHECKING:
-    from .load import LoadPlan
-    from .settings import Settings
+    from ..settings import Settings
+    from .engine import LoadPlan
 
 __all__ = [
     "JobLoadRun",
@@ -205,7 +205,7 @@ class _Jobs:
 def _explain(what: str, where: str, exc: BaseException) -> CloudRunError:
     from google.api_core import exceptions as gexc
 
-    from .iam import role_hint
+    from ..iam import role_hint
 
     if isinstance(exc, gexc.GoogleAPICallError):
         named = "Permission '" in str(exc.message or "")
@@ -249,7 +249,7 @@ async def read_task_results(
     Raises:
         CloudRunError: the read failed (refused, unreachable, timed out, bad answer).
     """
-    from .logs import _bounded_session, _credentials
+    from ..logs import _bounded_session, _credentials
 
     endpoint = (settings.logging.api_endpoint or settings.cloudrun.api_endpoint).rstrip("/")
     project = settings.cloudrun.project
@@ -294,7 +294,7 @@ async def read_task_results(
     except CloudRunError:
         raise
     except Exception as exc:
-        from .logs import _explain as logs_explain
+        from ..logs import _explain as logs_explain
 
         raise logs_explain(endpoint, exc) from exc
 

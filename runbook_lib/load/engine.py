@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from ._load_worker import WorkerSpec, run_worker, worker_process_main
-from .flows import Flow, FlowStep, describe_step, load_flow_problem
-from .identity import user_agent
+from ..flows import Flow, FlowStep, describe_step, load_flow_problem
+from ..identity import user_agent
+from ._worker import WorkerSpec, run_worker, worker_process_main
 
 __all__ = ["LoadPlan", "LoadReport", "run_load"]
 
