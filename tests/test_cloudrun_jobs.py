@@ -304,16 +304,16 @@ async def test_a_retried_task_counts_its_new_attempt(sandbox, run_phase, tmp_pat
         run_phase, sandbox, tmp_path, _job_overrides(**{"load.max_retries": 1})
     )
     assert {r["status"] for r in results} == {"pass"}, [r["detail"] for r in results]
-    state = await _api("GET", f"{url}/v2/{record['artifacts']['load']['execution']}", timeout=10)
-    assert state.json()["retriedCount"] == 1
-    assert state.json()["succeededCount"] == 4
+    # The execution held the token and is deleted once read: its counts are in the record.
+    # Without the retry, the killed task 1 would be missing and load would be an error.
+    assert record["artifacts"]["load"]["succeeded_tasks"] == 4
 
 
 @pytest.mark.e2e
 async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(
     sandbox, run_phase, tmp_path
 ):
-    settings, record, results = _load_step(
+    _, record, results = _load_step(
         run_phase,
         sandbox,
         tmp_path,
@@ -321,11 +321,8 @@ async def test_a_task_over_its_timeout_is_killed_and_the_result_is_error(
     )
     assert {r["status"] for r in results} == {"error"}
     assert "timeout" in results[0]["detail"]
-    execution = f"{_emulator_url(settings)}/v2/{record['artifacts']['load']['execution']}"
-    ex = await _api("GET", execution, timeout=10)
-    assert ex.json()["failedCount"] == 4
-    tasks = (await _api("GET", f"{execution}/tasks")).json()["tasks"]
-    assert all(t["lastAttemptResult"]["status"]["code"] != 0 for t in tasks)
+    # The execution held the token and is deleted once read: its counts are in the record.
+    assert record["artifacts"]["load"]["failed_tasks"] == 4
     here = _task_pids(sandbox.pid)
     assert not here, "task processes outlived their timeout"
 

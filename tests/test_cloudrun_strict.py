@@ -149,17 +149,20 @@ async def test_redeploying_the_same_image_tag_makes_a_new_revision(tmp_path: Pat
 
 
 async def test_after_a_failed_tagged_deploy_the_verify_tag_is_removed(tmp_path: Path) -> None:
+    from runbook_lib.context import PhaseContext
     from runbook_lib.steps.deployment import _untag
 
     async with served_emulator() as s:
-        cr = cloudrun_client(s.settings(tmp_path))
+        settings = s.settings(tmp_path)
+        cr = cloudrun_client(settings)
+        ctx = PhaseContext(phase=2, settings=settings, run_dir=tmp_path / "run", approve=True)
         out = await cr.deploy(FAILING_IMAGE, no_traffic=True, tag=VERIFY_TAG)
         assert not out.succeeded
         assert (await cr.get_service()).tagged_revisions == {VERIFY_TAG: out.revision}
         # Cloud Run refuses every write that repeats a tag on the failed revision ...
         with pytest.raises(CloudRunError, match="not ready and cannot serve traffic"):
             await cr.set_traffic_split({s.service.latest_ready: 100})
-        await _untag(cr, VERIFY_TAG)  # ... so the deploy step always removes it
+        await _untag(ctx, cr, VERIFY_TAG)  # ... so the deploy step always removes it
         assert (await cr.get_service()).tagged_revisions == {}
         await cr.set_traffic_split({s.service.latest_ready: 100})
 

@@ -206,6 +206,7 @@ def test_a_sandbox_that_dies_mid_run_is_named_not_the_service(tmp_path, monkeypa
     does not recommend investigating the revision."""
     import subprocess
     import sys
+    import types
 
     from runbook_lib import runner
     from runbook_lib.runner import RunOptions
@@ -217,17 +218,17 @@ def test_a_sandbox_that_dies_mid_run_is_named_not_the_service(tmp_path, monkeypa
     monkeypatch.setenv("RB_FAKE_DAEMON", str(daemon.pid))
 
     class FakeManager:
-        @staticmethod
-        def status(**kw):
-            return None
+        class Sandbox:  # the manager's claim: started here, stopped on exit
+            started = True
 
-        @staticmethod
-        def up(**kw):
-            return {"env_file": str(env_file), "pid": daemon.pid}
+            def __init__(self, **kw):
+                pass
 
-        @staticmethod
-        def down(**kw):
-            pass
+            def __enter__(self):
+                return types.SimpleNamespace(env_file=str(env_file), pid=daemon.pid)
+
+            def __exit__(self, *exc):
+                pass
 
     kill = "import os, signal; os.kill(int(os.environ['RB_FAKE_DAEMON']), signal.SIGKILL)"
     nbs = _write(tmp_path / "nbs", {3: [kill, _record(3, ("ws.upgrade", "fail"))]})

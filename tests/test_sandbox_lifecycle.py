@@ -99,11 +99,23 @@ class Lab:
                 if _key(p) in self.before or p.pid == os.getpid():
                     continue
                 cmd = " ".join(p.info["cmdline"] or [])
-                if (
-                    str(ROOT) in cmd or str(self.tmp) in cmd
-                ) and p.status() != psutil.STATUS_ZOMBIE:
+                if self._mine(p, cmd) and p.status() != psutil.STATUS_ZOMBIE:
                     found.append(p)
         return found
+
+    def _mine(self, p: psutil.Process, cmd: str) -> bool:
+        """Started for this test: it names the test's folder, or it is a process of the
+        checkout that inherited this test's sandbox folder (kernels, revisions, daemons).
+        Other tests running at the same time (pytest-xdist workers) have processes of the
+        checkout too; they are never this test's to count or to kill."""
+        if str(self.tmp) in cmd:
+            return True
+        if str(ROOT) not in cmd:
+            return False
+        try:
+            return p.environ().get("RUNBOOK_SANDBOX_DIR") == str(self.state)
+        except psutil.Error:
+            return False
 
     def daemons(self) -> list[psutil.Process]:
         return [
