@@ -26,11 +26,12 @@ dropped client-side too, whatever the server returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
     "LogScope",
     "gcloud_logging_command",
     "log_scope",
+    "logging_client",
+    "logging_endpoint",
     "logging_filter",
     "read_logs",
     "scope_for",
@@ -423,7 +426,7 @@ async def read_logs(
         CloudRunError: the read failed (refused, unreachable, timed out, bad answer),
             or neither ``since`` nor ``scope`` was given.
     """
-    endpoint = (settings.logging.api_endpoint or settings.cloudrun.api_endpoint).rstrip("/")
+    endpoint = logging_endpoint(settings)
     since, revision = _scoped(scope, since, revision)
     if since is None:
         raise CloudRunError("read_logs needs since= or scope=: an unbounded read is no evidence")
@@ -442,17 +445,7 @@ async def read_logs(
     def fetch() -> list[LogEntry]:
         from google.cloud import logging as glogging
 
-        credentials = _credentials(endpoint)
-        kwargs: dict[str, Any] = {
-            "project": settings.cloudrun.project,
-            "credentials": credentials,
-            "_http": _bounded_session(credentials, timeout),
-            "_use_grpc": False,
-        }
-        if endpoint:
-            kwargs["client_options"] = {"api_endpoint": endpoint}
-        client = glogging.Client(**kwargs)
-        try:
+        with logging_client(settings, timeout) as client:
             # Newest first so ``limit`` keeps the most recent entries; re-sorted below.
             it = client.list_entries(
                 resource_names=[f"projects/{settings.cloudrun.project}"],
@@ -462,8 +455,6 @@ async def read_logs(
                 max_results=limit,
             )
             rows = [_entry(e) for e in it]
-        finally:
-            kwargs["_http"].close()
         if scope is not None:
             rows = [e for e in rows if scope.admits(e)]
         rows.sort(key=lambda e: e.timestamp)
@@ -475,6 +466,34 @@ async def read_logs(
         raise
     except Exception as exc:
         raise _explain(endpoint, exc) from exc
+
+
+def logging_endpoint(settings: Settings) -> str:
+    """The Cloud Logging endpoint the settings name ('' = Google's)."""
+    return (settings.logging.api_endpoint or settings.cloudrun.api_endpoint).rstrip("/")
+
+
+@contextlib.contextmanager
+def logging_client(settings: Settings, timeout_s: float) -> Iterator[Any]:
+    """A ``google.cloud.logging.Client`` for the settings' project and endpoint, every
+    request bounded by ``timeout_s``; its HTTP session is closed on exit."""
+    from google.cloud import logging as glogging
+
+    endpoint = logging_endpoint(settings)
+    credentials = _credentials(endpoint)
+    session = _bounded_session(credentials, timeout_s)
+    kwargs: dict[str, Any] = {
+        "project": settings.cloudrun.project,
+        "credentials": credentials,
+        "_http": session,
+        "_use_grpc": False,
+    }
+    if endpoint:
+        kwargs["client_options"] = {"api_endpoint": endpoint}
+    try:
+        yield glogging.Client(**kwargs)
+    finally:
+        session.close()
 
 
 def _credentials(endpoint: str) -> Any:

@@ -249,9 +249,9 @@ async def read_task_results(
     Raises:
         CloudRunError: the read failed (refused, unreachable, timed out, bad answer).
     """
-    from ..logs import _bounded_session, _credentials
+    from ..logs import _explain, logging_client, logging_endpoint
 
-    endpoint = (settings.logging.api_endpoint or settings.cloudrun.api_endpoint).rstrip("/")
+    endpoint = logging_endpoint(settings)
     project = settings.cloudrun.project
     job_name = job.rsplit("/", 1)[-1]
     flt = (
@@ -263,17 +263,7 @@ async def read_task_results(
     def fetch() -> list[dict[str, Any]]:
         from google.cloud import logging as glogging
 
-        credentials = _credentials(endpoint)
-        kwargs: dict[str, Any] = {
-            "project": project,
-            "credentials": credentials,
-            "_http": _bounded_session(credentials, timeout),
-            "_use_grpc": False,
-        }
-        if endpoint:
-            kwargs["client_options"] = {"api_endpoint": endpoint}
-        client = glogging.Client(**kwargs)
-        try:
+        with logging_client(settings, timeout) as client:
             out = []
             for entry in client.list_entries(
                 resource_names=[f"projects/{project}"],
@@ -286,17 +276,13 @@ async def read_task_results(
                 if rec is not None and rec.get("run_id", run_id) == run_id:
                     out.append(rec)
             return out
-        finally:
-            kwargs["_http"].close()
 
     try:
         return await asyncio.wait_for(asyncio.to_thread(fetch), timeout * 4 + 5.0)
     except CloudRunError:
         raise
     except Exception as exc:
-        from ..logs import _explain as logs_explain
-
-        raise logs_explain(endpoint, exc) from exc
+        raise _explain(endpoint, exc) from exc
 
 
 async def _clear_token(api: _Jobs, execution: str, where: str, call_s: float) -> str:
