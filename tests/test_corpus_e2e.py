@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from corpus import SERVICES
 from corpus.agent_stream import TOKENS
 from corpus.text_chat import DEFAULT_TOKEN
 from test_init import threaded
@@ -33,15 +34,6 @@ from runbook_lib.runner import RunOptions, run
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TESTS = Path(__file__).parent
-SERVICES = (
-    "jsonrpc_pubsub",
-    "text_chat",
-    "graphql_ws",
-    "agent_stream",
-    "no_health",
-    "socketio_chat",
-    "crash_chat",
-)
 TOKEN_ENV = {"text_chat": "CORPUS_CHAT_TOKEN", "agent_stream": "CORPUS_AGENT_TOKEN"}
 TOKEN = {"CORPUS_CHAT_TOKEN": DEFAULT_TOKEN, "CORPUS_AGENT_TOKEN": next(iter(TOKENS))}
 # The steps the fault tests run: the probes of phases 1, 3 and 7 as the healthy runs do,
